@@ -1,0 +1,174 @@
+//! What the layer decided about a request, and the window it reports.
+
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::store::Outcome;
+
+const NANOS: u64 = 1_000_000_000;
+
+/// Which window the single-valued headers (`X-RateLimit-*`) report when a
+/// request is counted in several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ReportedWindow {
+    /// The window closest to refusing: on a refusal, the one that makes the
+    /// client wait longest; otherwise the one with the least remaining
+    /// (ties: the one that takes longest to reset). The default.
+    #[default]
+    MostRestrictive,
+    /// The first window (in policy order) with this period, such as
+    /// TalkPilot's minute window; the most restrictive one if the request
+    /// was not counted in a window of this period.
+    Period(Duration),
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusalReason {
+    /// A window of an applying limit had no room.
+    Window,
+    /// The store is at its memory cap and the request needs a key it does
+    /// not track yet.
+    Capacity,
+}
+
+/// One window the request was counted in (or checked against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowReport {
+    /// Index of the limit in the policy.
+    pub limit_index: u16,
+    /// Index of the route in that limit.
+    pub route_index: u16,
+    /// Index of the window in that route's quota.
+    pub window_index: u8,
+    /// The window's limit.
+    pub limit: u32,
+    /// What is left (after this request, if admitted).
+    pub remaining: u32,
+    /// When the window is full again (GCRA) or ends (fixed window), in Unix
+    /// seconds, rounded up.
+    pub reset: u64,
+    /// Seconds until `reset`, rounded up.
+    pub reset_after: u64,
+    /// The window's period in seconds, rounded up.
+    pub period: u64,
+}
+
+/// The layer's decision about a request: put into the request's extensions
+/// (for handlers) and the response's (for outer layers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    refusal: Option<RefusalReason>,
+    retry_after: u64,
+    reported: usize,
+    windows: SmallVec<[WindowReport; 4]>,
+}
+
+/// Where each window of an outcome belongs in the policy.
+pub(crate) type WindowOrigin = (u16, u16);
+
+impl Decision {
+    /// Builds the decision from a store outcome. `origin[check]` is the
+    /// (limit, route) of each check; `period_of(check, window)` its period.
+    pub(crate) fn from_outcome(
+        outcome: &Outcome,
+        origin: &[WindowOrigin],
+        now: u64,
+        report: ReportedWindow,
+        period_ns: impl Fn(usize, usize) -> u64,
+    ) -> Self {
+        let windows: SmallVec<[WindowReport; 4]> = outcome
+            .windows()
+            .iter()
+            .map(|w| {
+                let (limit_index, route_index) = origin[usize::from(w.check)];
+                let period = period_ns(usize::from(w.check), usize::from(w.window));
+                WindowReport {
+                    limit_index,
+                    route_index,
+                    window_index: w.window,
+                    limit: w.limit,
+                    remaining: if outcome.admitted() { w.remaining } else { 0 },
+                    reset: (now + w.reset_after).div_ceil(NANOS),
+                    reset_after: w.reset_after.div_ceil(NANOS),
+                    period: period.div_ceil(NANOS),
+                }
+            })
+            .collect();
+        let refusal = match (outcome.admitted(), outcome.is_capacity_refusal()) {
+            (true, _) => None,
+            (false, true) => Some(RefusalReason::Capacity),
+            (false, false) => Some(RefusalReason::Window),
+        };
+        let retry_after = if refusal.is_some() {
+            outcome.retry_after().div_ceil(NANOS).max(1)
+        } else {
+            0
+        };
+        let reported = pick(outcome, report, &windows);
+        let mut decision = Decision {
+            refusal,
+            retry_after,
+            reported,
+            windows,
+        };
+        if refusal.is_some() {
+            // Never advertise a reset before the moment a retry is admitted.
+            let retry_at = now.div_ceil(NANOS) + retry_after;
+            if let Some(w) = decision.windows.get_mut(reported) {
+                if w.reset < retry_at {
+                    w.reset = retry_at;
+                    w.reset_after = retry_after;
+                }
+            }
+        }
+        decision
+    }
+
+    /// Whether the request was admitted.
+    pub fn is_admitted(&self) -> bool {
+        self.refusal.is_none()
+    }
+
+    /// Why the request was refused, if it was.
+    pub fn refusal(&self) -> Option<RefusalReason> {
+        self.refusal
+    }
+
+    /// Whole seconds (at least 1, rounded up) after which the refused request
+    /// would be admitted, absent other traffic; `None` if admitted.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.refusal.map(|_| self.retry_after)
+    }
+
+    /// The reported window (see [`ReportedWindow`]).
+    pub fn reported(&self) -> Option<&WindowReport> {
+        self.windows.get(self.reported)
+    }
+
+    /// Every window the request was counted in.
+    pub fn windows(&self) -> &[WindowReport] {
+        &self.windows
+    }
+}
+
+fn pick(outcome: &Outcome, report: ReportedWindow, windows: &[WindowReport]) -> usize {
+    if let ReportedWindow::Period(period) = report {
+        let secs = period.as_nanos().div_ceil(u128::from(NANOS)) as u64;
+        if let Some(i) = windows.iter().position(|w| w.period == secs) {
+            return i;
+        }
+    }
+    let statuses = outcome.windows();
+    if !outcome.admitted() && !outcome.is_capacity_refusal() {
+        return (0..statuses.len())
+            .max_by_key(|&i| (statuses[i].retry_after, std::cmp::Reverse(i)))
+            .unwrap_or(0);
+    }
+    (0..statuses.len())
+        .min_by_key(|&i| (statuses[i].remaining, std::cmp::Reverse(statuses[i].reset_after), i))
+        .unwrap_or(0)
+}

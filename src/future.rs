@@ -1,0 +1,111 @@
+//! The response future of [`RateLimit`](crate::RateLimit).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::Response;
+use pin_project_lite::pin_project;
+
+use crate::body::ResponseBody;
+use crate::decision::Decision;
+use crate::headers::PendingHeaders;
+
+type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+
+pin_project! {
+    /// The response of the inner service with rate-limit headers added, or a
+    /// response the layer produced itself.
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        state: State<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B, E> {
+        Inner {
+            #[pin]
+            future: F,
+            headers: Option<PendingHeaders>,
+            decision: Option<Decision>,
+        },
+        Produced {
+            response: Option<Response<ResponseBody<B>>>,
+        },
+        Deciding {
+            future: Boxed<B, E>,
+        },
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    pub(crate) fn inner(future: F, headers: Option<PendingHeaders>, decision: Option<Decision>) -> Self {
+        ResponseFuture {
+            state: State::Inner {
+                future,
+                headers,
+                decision,
+            },
+        }
+    }
+
+    pub(crate) fn produced(response: Response<ResponseBody<B>>) -> Self {
+        ResponseFuture {
+            state: State::Produced {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn deciding(future: Boxed<B, E>) -> Self {
+        ResponseFuture {
+            state: State::Deciding { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner {
+                future,
+                headers,
+                decision,
+            } => {
+                let response = ready!(future.poll(cx))?;
+                let mut response = response.map(ResponseBody::new);
+                if let Some(headers) = headers.take() {
+                    headers.write(response.headers_mut());
+                }
+                if let Some(decision) = decision.take() {
+                    response.extensions_mut().insert(decision);
+                }
+                Poll::Ready(Ok(response))
+            }
+            StateProj::Produced { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("ResponseFuture polled after completion"),
+            },
+            StateProj::Deciding { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Inner { .. } => "Inner",
+            State::Produced { .. } => "Produced",
+            State::Deciding { .. } => "Deciding",
+        };
+        f.debug_struct("ResponseFuture").field("state", &state).finish()
+    }
+}

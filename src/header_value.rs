@@ -1,0 +1,75 @@
+//! Numbers as header values, without allocating on the hot path.
+//!
+//! `HeaderValue::from(u64)` allocates a fresh buffer every time. Numbers below
+//! 10,000 (limits, remaining counts, most `Retry-After`s) come instead from a
+//! static table; larger ones (Unix timestamps for `X-RateLimit-Reset`) from a
+//! small per-thread cache, so a value is allocated once per thread and shared
+//! by every response that carries it.
+
+use std::cell::RefCell;
+
+use http::HeaderValue;
+
+const SMALL: usize = 10_000;
+const WIDTH: usize = 4;
+
+/// `0000`, `0001`, … `9999`, back to back.
+static DIGITS: [u8; SMALL * WIDTH] = {
+    let mut table = [0u8; SMALL * WIDTH];
+    let mut n = 0;
+    while n < SMALL {
+        table[n * WIDTH] = b'0' + (n / 1000) as u8;
+        table[n * WIDTH + 1] = b'0' + (n / 100 % 10) as u8;
+        table[n * WIDTH + 2] = b'0' + (n / 10 % 10) as u8;
+        table[n * WIDTH + 3] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    table
+};
+
+const CACHE: usize = 512;
+
+thread_local! {
+    static LARGE: RefCell<Vec<(u64, HeaderValue)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `n` as a header value.
+pub(crate) fn number(n: u64) -> HeaderValue {
+    if n < SMALL as u64 {
+        let n = n as usize;
+        let digits = match n {
+            0..=9 => 1,
+            10..=99 => 2,
+            100..=999 => 3,
+            _ => 4,
+        };
+        let end = (n + 1) * WIDTH;
+        let text = std::str::from_utf8(&DIGITS[end - digits..end]).unwrap_or("0");
+        return HeaderValue::from_static(text);
+    }
+    LARGE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.is_empty() {
+            // Key 0 never reaches the cache (it is in the static table).
+            cache.resize(CACHE, (0, HeaderValue::from_static("0")));
+        }
+        let slot = &mut cache[(n % CACHE as u64) as usize];
+        if slot.0 != n {
+            *slot = (n, HeaderValue::from(n));
+        }
+        slot.1.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_print_as_decimal() {
+        for n in [0, 7, 10, 99, 100, 999, 1000, 9999, 10_000, 1_700_000_000, u64::MAX - 1] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string());
+            assert_eq!(number(n).to_str().unwrap(), n.to_string(), "cached");
+        }
+    }
+}

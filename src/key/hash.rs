@@ -1,0 +1,80 @@
+//! Keyed hashing of keys into bucket ids.
+
+use std::fmt;
+use std::hash::Hasher;
+
+use siphasher::sip::SipHasher13;
+
+use super::Key;
+
+/// The secret under which keys are hashed (SipHash-1-3, 128-bit key).
+///
+/// A layer keeps only `hash(secret, limit, route, key)`, never the key. The
+/// default secret is random per policy; give every process the same secret
+/// when processes share a store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeySecret {
+    k0: u64,
+    k1: u64,
+}
+
+impl KeySecret {
+    /// A secret from the operating system's random source (falls back to a
+    /// time- and address-derived value if the source is unavailable).
+    pub fn random() -> Self {
+        let pair = getrandom::u64().and_then(|a| getrandom::u64().map(|b| (a, b)));
+        match pair {
+            Ok((k0, k1)) => KeySecret { k0, k1 },
+            Err(_) => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                let here = &nanos as *const u64 as u64;
+                KeySecret {
+                    k0: nanos,
+                    k1: here.rotate_left(17) ^ u64::from(std::process::id()),
+                }
+            }
+        }
+    }
+
+    /// A secret from 16 bytes (shared by the processes of one deployment).
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        let mut k0 = [0u8; 8];
+        let mut k1 = [0u8; 8];
+        let mut i = 0;
+        while i < 8 {
+            k0[i] = bytes[i];
+            k1[i] = bytes[i + 8];
+            i += 1;
+        }
+        KeySecret {
+            k0: u64::from_le_bytes(k0),
+            k1: u64::from_le_bytes(k1),
+        }
+    }
+
+    /// The bucket id of `key` under the route `route_id`.
+    pub(crate) fn bucket(&self, route_id: u64, key: &Key<'_>) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write_u64(route_id);
+        key.hash_into(&mut h);
+        h.finish()
+    }
+}
+
+impl fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeySecret(<hidden>)")
+    }
+}
+
+/// A stable id for route `index` of limit `limit` (the same in every
+/// process, so processes that share a secret share buckets).
+pub(crate) fn route_id(limit: &str, index: usize) -> u64 {
+    let mut h = SipHasher13::new_with_keys(0x7261_7465_6c69_6d69, 0x7420_726f_7574_6573);
+    h.write(limit.as_bytes());
+    h.write_u8(0xff);
+    h.write_u64(index as u64);
+    h.finish()
+}

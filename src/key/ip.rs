@@ -1,0 +1,293 @@
+//! Keys from the client's IP address: the peer, or the client a trusted proxy
+//! forwarded for.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use http::header::{HeaderName, FORWARDED};
+use http::Extensions;
+use ipnet::IpNet;
+
+use super::{Key, KeyError, KeyErrorKind, KeyExtractor, RequestView};
+use crate::error::ConfigError;
+
+/// The default IPv6 grouping: one /64 is one client (a single host usually
+/// owns a whole /64, so finer keys would let it multiply its quota).
+const DEFAULT_V6_PREFIX: u8 = 64;
+
+/// The peer's IP address: the TCP connection's remote end.
+///
+/// It is read from the request's extensions: a [`SocketAddr`] or [`IpAddr`]
+/// that the server put there, or (with the `axum` feature) axum's
+/// `ConnectInfo<SocketAddr>` (serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`). IPv6 addresses are
+/// grouped by /64 unless configured otherwise; IPv4-mapped IPv6 addresses
+/// count as the IPv4 address.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerIp {
+    v6_prefix: u8,
+}
+
+impl Default for PeerIp {
+    fn default() -> Self {
+        PeerIp {
+            v6_prefix: DEFAULT_V6_PREFIX,
+        }
+    }
+}
+
+impl PeerIp {
+    /// The peer address, IPv6 grouped by /64.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Groups IPv6 addresses by a `/prefix` (1 to 128) instead of /64.
+    pub fn ipv6_prefix(mut self, prefix: u8) -> Result<Self, ConfigError> {
+        self.v6_prefix = check_prefix(prefix)?;
+        Ok(self)
+    }
+}
+
+impl KeyExtractor for PeerIp {
+    fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
+        peer_ip(request.extensions())
+            .map(|ip| ip_key(ip, self.v6_prefix))
+            .ok_or_else(missing_peer)
+    }
+}
+
+/// Which header a trusted proxy writes the client's address into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    fn name(self) -> HeaderName {
+        match self {
+            ForwardedHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
+            ForwardedHeader::Forwarded => FORWARDED,
+        }
+    }
+
+    fn display(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "X-Forwarded-For header",
+            ForwardedHeader::Forwarded => "Forwarded header",
+        }
+    }
+}
+
+/// The client's IP address as forwarded by trusted proxies.
+///
+/// The forwarding header is believed only when the peer is a trusted proxy,
+/// and only as far as the chain of trusted proxies goes: entries are read
+/// from the right (the nearest proxy), skipping trusted proxies, and the first
+/// untrusted address is the client. A client that writes its own header
+/// cannot choose its key, because the proxies append to what it sent. Only
+/// the configured header is read (a proxy that manages `X-Forwarded-For`
+/// passes a client's forged `Forwarded` through untouched).
+///
+/// ```
+/// use tower_ratelimit::key::ForwardedIp;
+///
+/// let client = ForwardedIp::new(["10.0.0.0/8", "192.168.1.1"]).unwrap();
+/// assert!(ForwardedIp::new(["not an address"]).is_err());
+/// # let _ = client;
+/// ```
+#[derive(Debug, Clone)]
+pub struct ForwardedIp {
+    trusted: Vec<IpNet>,
+    header: ForwardedHeader,
+    v6_prefix: u8,
+}
+
+impl ForwardedIp {
+    /// Trusts the proxies in `trusted` (addresses or CIDR ranges).
+    pub fn new<I, S>(trusted: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let trusted = trusted
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| parse_net(s.as_ref()).map_err(|e| e.within(format!("trusted_proxies[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        Ok(ForwardedIp {
+            trusted,
+            header: ForwardedHeader::default(),
+            v6_prefix: DEFAULT_V6_PREFIX,
+        })
+    }
+
+    /// Reads `header` instead of `X-Forwarded-For`.
+    #[must_use]
+    pub fn header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Groups IPv6 addresses by a `/prefix` (1 to 128) instead of /64.
+    pub fn ipv6_prefix(mut self, prefix: u8) -> Result<Self, ConfigError> {
+        self.v6_prefix = check_prefix(prefix)?;
+        Ok(self)
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address, or an error if the header holds something that
+    /// is not an address where the client's address should be.
+    fn client(&self, peer: IpAddr, request: &RequestView<'_>) -> Result<IpAddr, KeyError> {
+        if !self.is_trusted(peer) {
+            return Ok(peer);
+        }
+        let mut nearest_trusted = peer;
+        for value in request.headers().get_all(self.header.name()).iter().rev() {
+            let text = value.to_str().map_err(|_| self.malformed())?;
+            for entry in text.rsplit(',') {
+                let ip = match self.header {
+                    ForwardedHeader::XForwardedFor => parse_forwarded_address(entry.trim()),
+                    ForwardedHeader::Forwarded => forwarded_for(entry),
+                }
+                .ok_or_else(|| self.malformed())?;
+                if !self.is_trusted(ip) {
+                    return Ok(ip);
+                }
+                nearest_trusted = ip;
+            }
+        }
+        Ok(nearest_trusted)
+    }
+
+    fn malformed(&self) -> KeyError {
+        KeyError::new(KeyErrorKind::Malformed, self.header.display())
+            .with_detail("Expected a comma-separated list of IP addresses.")
+    }
+}
+
+impl KeyExtractor for ForwardedIp {
+    fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
+        let peer = peer_ip(request.extensions()).ok_or_else(missing_peer)?;
+        let client = self.client(peer, request)?;
+        Ok(ip_key(client, self.v6_prefix))
+    }
+}
+
+fn missing_peer() -> KeyError {
+    KeyError::new(KeyErrorKind::Missing, "client IP address (the server did not record the peer address)")
+}
+
+fn check_prefix(prefix: u8) -> Result<u8, ConfigError> {
+    if (1..=128).contains(&prefix) {
+        Ok(prefix)
+    } else {
+        Err(ConfigError::invalid("ipv6_prefix", format!("{prefix} is not a prefix length from 1 to 128")))
+    }
+}
+
+fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| ConfigError::invalid("", format!("`{}` is not an IP address or CIDR range", text.escape_debug())))
+}
+
+pub(crate) fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip());
+    }
+    extensions
+        .get::<SocketAddr>()
+        .map(SocketAddr::ip)
+        .or_else(|| extensions.get::<IpAddr>().copied())
+}
+
+/// The key of an address: IPv4 as is, IPv6 masked to `v6_prefix` bits.
+fn ip_key<'a>(ip: IpAddr, v6_prefix: u8) -> Key<'a> {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => Key::copied(&v4.octets()),
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(v6_prefix)).unwrap_or(0);
+            Key::copied(&Ipv6Addr::from(u128::from(v6) & mask).octets())
+        }
+    }
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
+/// `[2001:db8::1]:80`.
+fn parse_forwarded_address(text: &str) -> Option<IpAddr> {
+    let text = text.trim_matches('"');
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    text.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
+/// The `for=` parameter of one `Forwarded` element.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("for") {
+            parse_forwarded_address(value.trim())
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(xff: &[&str], peer: &str) -> Result<IpAddr, KeyError> {
+        let extractor = ForwardedIp::new(["10.0.0.0/8"]).unwrap();
+        let mut req = http::Request::new(());
+        for v in xff {
+            req.headers_mut().append("x-forwarded-for", v.parse().unwrap());
+        }
+        req.extensions_mut().insert(peer.parse::<IpAddr>().unwrap());
+        extractor.client(peer.parse().unwrap(), &RequestView::new(&req, None))
+    }
+
+    #[test]
+    fn the_first_untrusted_address_from_the_right_is_the_client() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client(&["1.1.1.1, 2.2.2.2, 10.0.0.2"], "10.0.0.1"), Ok(ip("2.2.2.2")));
+        assert_eq!(client(&["1.1.1.1", "2.2.2.2:443"], "10.0.0.1"), Ok(ip("2.2.2.2")));
+        assert_eq!(client(&["[2001:db8::1]:443"], "10.0.0.1"), Ok(ip("2001:db8::1")));
+        assert_eq!(client(&["9.9.9.9"], "8.8.8.8"), Ok(ip("8.8.8.8")), "untrusted peer: header ignored");
+        assert_eq!(client(&[], "10.0.0.1"), Ok(ip("10.0.0.1")));
+        assert_eq!(client(&["10.0.0.9"], "10.0.0.1"), Ok(ip("10.0.0.9")));
+        assert_eq!(client(&["garbage"], "10.0.0.1").unwrap_err().kind(), KeyErrorKind::Malformed);
+    }
+
+    #[test]
+    fn forwarded_for_parameters() {
+        assert_eq!(forwarded_for("for=192.0.2.60;proto=http"), "192.0.2.60".parse().ok());
+        assert_eq!(forwarded_for(r#"For="[2001:db8:cafe::17]:4711""#), "2001:db8:cafe::17".parse().ok());
+        assert_eq!(forwarded_for("for=_hidden"), None);
+        assert_eq!(forwarded_for("proto=https"), None);
+    }
+
+    #[test]
+    fn ipv6_is_grouped_by_prefix() {
+        let a = ip_key("2001:db8:1:2:aaaa::1".parse().unwrap(), 64);
+        let b = ip_key("2001:db8:1:2:bbbb::2".parse().unwrap(), 64);
+        let c = ip_key("2001:db8:1:3::1".parse().unwrap(), 64);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mapped = ip_key("::ffff:192.0.2.1".parse().unwrap(), 64);
+        assert_eq!(mapped, ip_key("192.0.2.1".parse().unwrap(), 64));
+    }
+}

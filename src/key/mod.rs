@@ -1,0 +1,231 @@
+//! Who a request counts against: key extractors and keys.
+//!
+//! A [`KeyExtractor`] reads a [`Key`] from a request (through a
+//! [`RequestView`]): an API key header, a bearer token, an account an auth
+//! layer put in the request's extensions, a path capture, the client's IP.
+//! Closures `Fn(&RequestView<'_>) -> Option<K>` with `K: AsRef<[u8]>` are
+//! extractors too.
+//!
+//! A key that is missing, empty, not UTF-8, longer than the policy's cap
+//! (4 KiB by default) or given twice with different values is a [`KeyError`].
+//! What happens then is the limit's choice ([`MissingKey`](crate::MissingKey)):
+//! by default the request is answered with a 401 JSON error, is not counted
+//! and never reaches the inner service; no request ever falls into a shared
+//! anonymous bucket by accident.
+//!
+//! Keys are never stored: the layer keeps only a keyed hash
+//! (SipHash-1-3 under a secret, [`KeySecret`]) of the limit, route and key.
+//!
+//! ```
+//! use tower_ratelimit::key::{Bearer, Extension, FirstOf, Header, Key, KeyExtractor, PathCapture, PeerIp};
+//!
+//! struct Account { id: String }
+//!
+//! let api_key = Header::parse("X-API-Key").unwrap();
+//! let token = Bearer::new();
+//! let account = Extension::new(|a: &Account| Key::from(a.id.as_str()));
+//! let call = PathCapture::new("call_id");
+//! let key_or_ip = FirstOf::new().or(Header::parse("X-API-Key").unwrap()).or(PeerIp::new());
+//! let custom = |req: &tower_ratelimit::key::RequestView<'_>| {
+//!     req.headers().get("x-tenant").map(|v| v.as_bytes().to_vec())
+//! };
+//! # fn is_extractor(_: impl KeyExtractor) {}
+//! # is_extractor(api_key); is_extractor(token); is_extractor(account);
+//! # is_extractor(call); is_extractor(key_or_ip); is_extractor(custom);
+//! ```
+
+mod error;
+mod extension;
+mod first_of;
+mod hash;
+mod header;
+mod ip;
+mod path;
+mod view;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::hash::Hasher;
+use std::net::IpAddr;
+
+pub use error::{KeyError, KeyErrorKind};
+pub use extension::Extension;
+pub use first_of::FirstOf;
+pub(crate) use hash::route_id;
+pub use hash::KeySecret;
+pub use header::{Bearer, Header};
+pub use ip::{ForwardedHeader, ForwardedIp, PeerIp};
+pub use path::PathCapture;
+pub use view::RequestView;
+
+use crate::policy::pattern::PercentDecode;
+
+/// Reads the key a request counts against.
+///
+/// Implement it for your own types, or use a closure
+/// `Fn(&RequestView<'_>) -> Option<K>` where `K: AsRef<[u8]>` (`None` means
+/// the key is missing).
+pub trait KeyExtractor: Send + Sync + 'static {
+    /// The request's key, or why it has none.
+    fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError>;
+
+    /// The path captures this extractor needs from every route of its limit.
+    /// The policy refuses to build when a route lacks one.
+    fn required_capture(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl<F, K> KeyExtractor for F
+where
+    F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,
+    K: AsRef<[u8]>,
+{
+    fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
+        match self(request) {
+            Some(key) => Ok(Key::copied(key.as_ref())),
+            None => Err(KeyError::new(KeyErrorKind::Missing, "the request's key")),
+        }
+    }
+}
+
+/// The key a request counts against: borrowed from the request where it can
+/// be, copied inline when short, so extracting a key does not allocate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key<'a> {
+    repr: Repr<'a>,
+    /// Which alternative of a [`FirstOf`] produced the key, so that equal
+    /// bytes from different sources stay different keys.
+    tag: u8,
+}
+
+const INLINE: usize = 32;
+
+#[derive(Clone, PartialEq, Eq)]
+enum Repr<'a> {
+    Borrowed(&'a [u8]),
+    /// A raw path segment: hashed percent-decoded, so `%61` and `a` are one key.
+    PercentEncoded(&'a [u8]),
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Owned(Box<[u8]>),
+}
+
+impl<'a> Key<'a> {
+    /// A key borrowed from the request.
+    pub fn borrowed(bytes: &'a [u8]) -> Self {
+        Key {
+            repr: Repr::Borrowed(bytes),
+            tag: 0,
+        }
+    }
+
+    /// A key copied from `bytes` (inline, without allocating, up to 32 bytes).
+    pub fn copied(bytes: &[u8]) -> Self {
+        let repr = if bytes.len() <= INLINE {
+            let mut inline = [0; INLINE];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            Repr::Inline {
+                len: bytes.len() as u8,
+                bytes: inline,
+            }
+        } else {
+            Repr::Owned(bytes.into())
+        };
+        Key { repr, tag: 0 }
+    }
+
+    /// A raw (percent-encoded) path segment, compared decoded.
+    pub fn path_segment(raw: &'a str) -> Self {
+        Key {
+            repr: Repr::PercentEncoded(raw.as_bytes()),
+            tag: 0,
+        }
+    }
+
+    pub(crate) fn tagged(mut self, tag: u8) -> Self {
+        self.tag = tag;
+        self
+    }
+
+    /// The key's length in bytes (decoded, for a path segment).
+    pub fn len(&self) -> usize {
+        match &self.repr {
+            Repr::Borrowed(b) => b.len(),
+            Repr::PercentEncoded(b) => PercentDecode::new(b).count(),
+            Repr::Inline { len, .. } => usize::from(*len),
+            Repr::Owned(b) => b.len(),
+        }
+    }
+
+    /// Whether the key has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Feeds the key into a hasher.
+    pub(crate) fn hash_into(&self, hasher: &mut impl Hasher) {
+        hasher.write_u8(self.tag);
+        match &self.repr {
+            Repr::Borrowed(b) => hasher.write(b),
+            Repr::Inline { len, bytes } => hasher.write(&bytes[..usize::from(*len)]),
+            Repr::Owned(b) => hasher.write(b),
+            Repr::PercentEncoded(b) => {
+                let mut buf = [0u8; 64];
+                let mut n = 0;
+                for byte in PercentDecode::new(b) {
+                    buf[n] = byte;
+                    n += 1;
+                    if n == buf.len() {
+                        hasher.write(&buf);
+                        n = 0;
+                    }
+                }
+                hasher.write(&buf[..n]);
+            }
+        }
+    }
+
+    /// The key's bytes (decoded, for a path segment).
+    pub fn to_bytes(&self) -> Cow<'_, [u8]> {
+        match &self.repr {
+            Repr::Borrowed(b) => Cow::Borrowed(b),
+            Repr::Inline { len, bytes } => Cow::Borrowed(&bytes[..usize::from(*len)]),
+            Repr::Owned(b) => Cow::Borrowed(b),
+            Repr::PercentEncoded(b) => Cow::Owned(PercentDecode::new(b).collect()),
+        }
+    }
+}
+
+impl fmt::Debug for Key<'_> {
+    /// Keys are secrets (API keys, tokens): `Debug` shows only their length.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key(<{} bytes>)", self.len())
+    }
+}
+
+impl<'a> From<&'a str> for Key<'a> {
+    fn from(s: &'a str) -> Self {
+        Key::borrowed(s.as_bytes())
+    }
+}
+
+impl<'a> From<&'a [u8]> for Key<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        Key::borrowed(b)
+    }
+}
+
+impl From<u64> for Key<'_> {
+    fn from(n: u64) -> Self {
+        Key::copied(&n.to_be_bytes())
+    }
+}
+
+impl From<IpAddr> for Key<'_> {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Key::copied(&v4.octets()),
+            IpAddr::V6(v6) => Key::copied(&v6.octets()),
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The layer: a policy, a store and a clock, shared by every service it builds.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use crate::clock::{Clock, SystemClock};
+use crate::policy::Policy;
+use crate::service::RateLimit;
+use crate::store::{MemoryStore, Store};
+
+/// Applies a rate-limit [`Policy`] to a service.
+///
+/// Cloning the layer (or the services it builds) shares the policy, the
+/// store and the clock: every clone counts in the same buckets.
+///
+/// ```
+/// use tower_ratelimit::{key::Header, Limit, Policy, Quota, RateLimitLayer, Window};
+///
+/// let policy = Policy::builder()
+///     .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+///         .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))))
+///     .build()
+///     .unwrap();
+/// let layer = RateLimitLayer::new(policy);
+/// # let _ = layer;
+/// ```
+#[must_use]
+pub struct RateLimitLayer<St = MemoryStore> {
+    shared: Arc<Shared<St>>,
+}
+
+/// What every service of one layer shares.
+pub(crate) struct Shared<St> {
+    pub(crate) policy: Policy,
+    pub(crate) store: Arc<St>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) decision_extensions: bool,
+}
+
+impl<St> Clone for Shared<St> {
+    fn clone(&self) -> Self {
+        Shared {
+            policy: self.policy.clone(),
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+            decision_extensions: self.decision_extensions,
+        }
+    }
+}
+
+impl RateLimitLayer<MemoryStore> {
+    /// Enforces `policy` with counts in this process's memory.
+    pub fn new(policy: Policy) -> Self {
+        Self::with_store(policy, MemoryStore::new())
+    }
+}
+
+impl<St: Store> RateLimitLayer<St> {
+    /// Enforces `policy` with counts in `store`.
+    pub fn with_store(policy: Policy, store: St) -> Self {
+        Self::with_shared_store(policy, Arc::new(store))
+    }
+
+    /// Enforces `policy` with counts in a store shared with other layers.
+    pub fn with_shared_store(policy: Policy, store: Arc<St>) -> Self {
+        RateLimitLayer {
+            shared: Arc::new(Shared {
+                policy,
+                store,
+                clock: Arc::new(SystemClock::new()),
+                decision_extensions: true,
+            }),
+        }
+    }
+
+    /// Uses `clock` instead of the system clock (for tests).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        Arc::make_mut(&mut self.shared).clock = Arc::new(clock);
+        self
+    }
+
+    /// Whether the [`Decision`](crate::Decision) is put into the request's and
+    /// the response's extensions (default `true`). Each insertion allocates
+    /// inside `http::Extensions`; turn it off if nothing reads it.
+    pub fn decision_extensions(mut self, enabled: bool) -> Self {
+        Arc::make_mut(&mut self.shared).decision_extensions = enabled;
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<St> {
+        &self.shared.store
+    }
+
+    /// The current time on the layer's clock, in nanoseconds since the Unix epoch.
+    pub fn now(&self) -> u64 {
+        self.shared.clock.now()
+    }
+}
+
+impl<St> Clone for RateLimitLayer<St> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<St> fmt::Debug for RateLimitLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("policy", &self.shared.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, St> Layer<S> for RateLimitLayer<St> {
+    type Service = RateLimit<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::from_shared(inner, Arc::clone(&self.shared))
+    }
+}

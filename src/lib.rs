@@ -1,0 +1,152 @@
+//! Exact, keyed, multi-window API rate limiting for [Tower] services: axum,
+//! tonic, hyper.
+//!
+//! A [`RateLimitLayer`] wraps any `Service<http::Request<B>>`. For each
+//! request it
+//!
+//! 1. **matches** the request's method and path against each limit's routes
+//!    (`POST /v1/calls/{call_id}/control`, `GET *`);
+//! 2. reads each applying limit's **key** (an API key header, a bearer token,
+//!    an account an auth layer put in the request's extensions, a path
+//!    capture, the client IP …) and hashes it under a secret;
+//! 3. **decides** in one atomic step over every (key, window) pair: all admit,
+//!    or the request is refused and *nothing* is counted anywhere;
+//! 4. **responds**: an admitted request goes to the inner service and its
+//!    response gets `X-RateLimit-Limit`, `-Remaining` and `-Reset`; a refused
+//!    one gets a 429 with an honest `Retry-After` and a JSON body, and the
+//!    inner service is never called.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_ratelimit::{key::Header, Limit, Policy, Quota, RateLimitLayer, Window};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let policy = Policy::builder()
+//!     .limit(
+//!         Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+//!             .route("POST /v1/keys", Quota::new(Window::per_hour(10)))
+//!             .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))),
+//!     )
+//!     .build()
+//!     .unwrap();
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new(policy))
+//!     .service(service_fn(|_req: Request<String>| async {
+//!         Ok::<_, Infallible>(Response::new(String::from("hello")))
+//!     }));
+//!
+//! let request = Request::get("/v1/calls").header("x-api-key", "k_123").body(String::new()).unwrap();
+//! let response = service.clone().oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(response.headers()["x-ratelimit-limit"], "60");
+//! assert_eq!(response.headers()["x-ratelimit-remaining"], "59");
+//!
+//! let anonymous = Request::get("/v1/calls").body(String::new()).unwrap();
+//! let response = service.oneshot(anonymous).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # }
+//! ```
+//!
+//! # The words
+//!
+//! | word | meaning |
+//! |---|---|
+//! | [`Policy`] | a list of limits, plus header style, reported window and refusal format; built in code or loaded from TOML |
+//! | [`Limit`] | one named, independently counted limit: a key, a route table and quotas. Every limit whose routes match applies (stacking); within a limit the first matching route wins (partition) |
+//! | [`Quota`] | windows that must all admit (`60/minute` *and* `1000/hour`), a cost per request and an [`Algorithm`] |
+//! | [`key::KeyExtractor`] | reads who a request counts against |
+//! | [`store::Store`] | where counts live: [`store::MemoryStore`] by default |
+//! | [`Decision`] | admitted or refused, with every window's state; in the request's and response's extensions |
+//!
+//! # Promises
+//!
+//! * **Exact counting.** No window admits more than its algorithm's bound
+//!   ([`Algorithm`] states both), under any concurrency. A refused request
+//!   consumes nothing, in any window of any limit.
+//! * **Honest hints.** `Retry-After` is whole seconds, rounded up, at least 1,
+//!   and a request sent that much later is admitted (absent other traffic);
+//!   `X-RateLimit-Reset` on a refusal is never earlier. `Remaining` is 0 on a
+//!   refusal.
+//! * **No surprises for the inner service.** Its errors pass through
+//!   unchanged; a store failure never becomes one.
+//! * **Bounded memory.** Idle keys are dropped once they equal a fresh key;
+//!   the memory store has a cap, and at the cap it refuses requests that need
+//!   a new key (see [`store::MemoryStore`]) rather than forget anyone's counts.
+//! * **Secrets stay secret.** Keys are kept only as keyed hashes and are
+//!   never logged.
+//! * **Bad input gets a clear answer.** A missing, empty, oversized, non-UTF-8
+//!   or duplicated key is a 401 JSON error; a bad policy is a [`ConfigError`]
+//!   that names the field (and, for files, the line).
+//! * **Monotonic time.** Decisions use a monotonic clock ([`clock::Clock`],
+//!   injectable); wall-clock time is read once, to anchor it.
+//!
+//! # Why its own engine, and where governor fits
+//!
+//! [governor] is an excellent single-quota GCRA limiter, and this crate's
+//! default algorithm is the same GCRA. But a policy here needs what
+//! governor's state store does not offer: one atomic decision over several
+//! windows *and* several limits in which a refusal charges nothing (governor
+//! charges each limiter on its own, and has no refund), fixed windows,
+//! per-route quotas on one key, `Remaining`/`Reset` for headers, a memory cap
+//! that never forgets a live key, and arithmetic that a shared store (Redis)
+//! can reproduce exactly. So the counting engine is this crate's own, in
+//! integer nanoseconds, one `u64` per key and window. governor's `Quota`
+//! converts into a [`Window`] (feature `governor`), and the benchmarks run
+//! governor and tower_governor side by side with this crate.
+//!
+//! # Differences from `tower::limit::RateLimit` and tower_governor
+//!
+//! `tower::limit::RateLimit` is one global counter that makes callers wait in
+//! `poll_ready`: no keys, no 429, no headers. tower_governor is one GCRA
+//! quota per layer keyed by IP or a custom extractor: no path patterns, no
+//! stacked or multi-window limits, no reset header, a `Retry-After` that
+//! truncates to 0, no shared store.
+//!
+//! # Ordering with other layers
+//!
+//! Put the rate limiter *after* (inside) an authentication layer whose
+//! result it keys on, so the account is in the request's extensions when the
+//! limiter reads it: `ServiceBuilder::new().layer(auth).layer(rate_limit)`.
+//!
+//! # Cargo features
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `axum` | [`key::PeerIp`] also reads axum's `ConnectInfo<SocketAddr>` |
+//! | `governor` | `From<governor::Quota>` for [`Window`] |
+//!
+//! [Tower]: https://docs.rs/tower
+//! [governor]: https://docs.rs/governor
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+pub mod clock;
+mod decision;
+mod error;
+mod future;
+mod header_value;
+mod headers;
+pub mod key;
+mod layer;
+pub mod policy;
+mod response;
+mod service;
+pub mod store;
+
+pub use body::ResponseBody;
+pub use decision::{Decision, RefusalReason, ReportedWindow, WindowReport};
+pub use error::{ConfigError, ConfigErrorKind};
+pub use future::ResponseFuture;
+pub use headers::{
+    HeaderStyle, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+};
+pub use layer::RateLimitLayer;
+pub use policy::{Algorithm, Limit, MissingKey, Policy, PolicyBuilder, Quota, Window};
+pub use response::{CustomBody, Refusal, RefusalFormat, X_REQUEST_ID};
+pub use service::RateLimit;

@@ -1,0 +1,132 @@
+//! Sets of HTTP methods a route applies to.
+
+use std::fmt;
+
+use http::Method;
+
+use crate::error::ConfigError;
+
+/// A set of HTTP methods, as a bit set.
+///
+/// ```
+/// use tower_ratelimit::policy::Methods;
+/// use http::Method;
+///
+/// let writes: Methods = "POST,PUT,PATCH,DELETE".parse().unwrap();
+/// assert!(writes.contains(&Method::PATCH));
+/// assert!(!writes.contains(&Method::GET));
+/// assert!(Methods::ANY.contains(&Method::from_bytes(b"PURGE").unwrap()));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Methods(u16);
+
+const NAMES: [(&str, u16); 9] = [
+    ("GET", 1),
+    ("HEAD", 1 << 1),
+    ("POST", 1 << 2),
+    ("PUT", 1 << 3),
+    ("PATCH", 1 << 4),
+    ("DELETE", 1 << 5),
+    ("OPTIONS", 1 << 6),
+    ("CONNECT", 1 << 7),
+    ("TRACE", 1 << 8),
+];
+/// Methods outside the standard nine.
+const OTHER: u16 = 1 << 15;
+
+impl Methods {
+    /// Every method, including extension methods.
+    pub const ANY: Methods = Methods(u16::MAX);
+    /// `GET`.
+    pub const GET: Methods = Methods(1);
+    /// `HEAD`.
+    pub const HEAD: Methods = Methods(1 << 1);
+    /// `POST`.
+    pub const POST: Methods = Methods(1 << 2);
+    /// `PUT`.
+    pub const PUT: Methods = Methods(1 << 3);
+    /// `PATCH`.
+    pub const PATCH: Methods = Methods(1 << 4);
+    /// `DELETE`.
+    pub const DELETE: Methods = Methods(1 << 5);
+    /// `POST`, `PUT`, `PATCH` and `DELETE`.
+    pub const WRITES: Methods = Methods(1 << 2 | 1 << 3 | 1 << 4 | 1 << 5);
+
+    /// Both sets.
+    #[must_use]
+    pub const fn or(self, other: Methods) -> Methods {
+        Methods(self.0 | other.0)
+    }
+
+    /// Whether `method` is in the set.
+    pub fn contains(&self, method: &Method) -> bool {
+        self.0 & bit(method) != 0
+    }
+}
+
+fn bit(method: &Method) -> u16 {
+    match *method {
+        Method::GET => 1,
+        Method::HEAD => 1 << 1,
+        Method::POST => 1 << 2,
+        Method::PUT => 1 << 3,
+        Method::PATCH => 1 << 4,
+        Method::DELETE => 1 << 5,
+        Method::OPTIONS => 1 << 6,
+        Method::CONNECT => 1 << 7,
+        Method::TRACE => 1 << 8,
+        _ => OTHER,
+    }
+}
+
+impl std::str::FromStr for Methods {
+    type Err = ConfigError;
+
+    /// Parses `GET`, `POST,PUT`, `*` or `ANY` (names are case-insensitive).
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let mut set = 0u16;
+        for name in s.split(',').map(str::trim) {
+            if name == "*" || name.eq_ignore_ascii_case("ANY") {
+                return Ok(Methods::ANY);
+            }
+            match NAMES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                Some((_, b)) => set |= b,
+                None => {
+                    return Err(ConfigError::invalid(
+                        "methods",
+                        format!(
+                            "unknown method `{}` (use GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT, TRACE or *)",
+                            name.escape_debug()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(Methods(set))
+    }
+}
+
+impl fmt::Debug for Methods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Methods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Methods::ANY {
+            return f.write_str("*");
+        }
+        let mut first = true;
+        for (name, b) in NAMES {
+            if self.0 & b != 0 {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,243 @@
+//! Policies: everything a layer enforces.
+//!
+//! A [`Policy`] is a list of [`Limit`]s plus how responses look: which
+//! headers ([`HeaderStyle`]), which window they report ([`ReportedWindow`]),
+//! and the body of a refusal ([`RefusalFormat`]). Build one in code with
+//! [`Policy::builder`], or load one from TOML with [`Policy::from_toml`]
+//! (the format is in the crate's README).
+//!
+//! ```
+//! use tower_ratelimit::{key::Header, Limit, Policy, Quota, ReportedWindow, RefusalFormat, Window};
+//! use std::time::Duration;
+//!
+//! // TalkPilot: per X-API-Key, 60/minute and 1,000/hour, headers report the minute.
+//! let policy = Policy::builder()
+//!     .limit(
+//!         Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+//!             .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))),
+//!     )
+//!     .report(ReportedWindow::Period(Duration::from_secs(60)))
+//!     .refusal(RefusalFormat::TalkPilot)
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(policy.limit_names().collect::<Vec<_>>(), ["per_key"]);
+//! ```
+
+mod config;
+mod limit;
+mod methods;
+pub(crate) mod pattern;
+mod quota;
+pub(crate) mod rate_text;
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::StatusCode;
+
+pub use limit::{Limit, MissingKey};
+pub(crate) use limit::{CompiledLimit, Route};
+pub use methods::Methods;
+pub use pattern::{Captures, PathPattern, PathSegments};
+pub use quota::{Algorithm, Quota, Window};
+
+use crate::decision::{ReportedWindow, WindowReport};
+use crate::error::ConfigError;
+use crate::headers::HeaderStyle;
+use crate::key::KeySecret;
+use crate::response::RefusalFormat;
+
+/// The most limits one policy may have.
+const MAX_LIMITS: usize = 64;
+/// The default cap on a key's length.
+const DEFAULT_MAX_KEY_LEN: usize = 4096;
+
+/// Everything a layer enforces. Cheap to clone.
+#[derive(Clone)]
+pub struct Policy {
+    pub(crate) inner: Arc<PolicyInner>,
+}
+
+pub(crate) struct PolicyInner {
+    pub(crate) limits: Box<[CompiledLimit]>,
+    pub(crate) headers: HeaderStyle,
+    pub(crate) report: ReportedWindow,
+    pub(crate) refusal: RefusalFormat,
+    pub(crate) refusal_status: StatusCode,
+    pub(crate) max_key_len: usize,
+    pub(crate) secret: KeySecret,
+}
+
+impl Policy {
+    /// A builder for a policy.
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder::default()
+    }
+
+    /// The names of the policy's limits, in order.
+    pub fn limit_names(&self) -> impl Iterator<Item = &str> {
+        self.inner.limits.iter().map(|l| &*l.name)
+    }
+
+    /// The header style.
+    pub fn header_style(&self) -> HeaderStyle {
+        self.inner.headers
+    }
+
+    /// A window's name in the IETF headers: `<limit>.<period>`.
+    pub(crate) fn window_name(&self, w: &WindowReport) -> String {
+        let limit = &self.inner.limits[usize::from(w.limit_index)];
+        let route = &limit.routes[usize::from(w.route_index)];
+        let window = route.quota.windows()[usize::from(w.window_index)];
+        struct Period(std::time::Duration);
+        impl fmt::Display for Period {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                rate_text::fmt_period(self.0, f)
+            }
+        }
+        format!("{}.{}", limit.name, Period(window.period()))
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("limits", &self.inner.limits)
+            .field("headers", &self.inner.headers)
+            .field("report", &self.inner.report)
+            .field("refusal", &self.inner.refusal)
+            .field("refusal_status", &self.inner.refusal_status)
+            .field("max_key_len", &self.inner.max_key_len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Policy`]; [`PolicyBuilder::build`] checks everything at once.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PolicyBuilder {
+    limits: Vec<Limit>,
+    headers: HeaderStyle,
+    report: ReportedWindow,
+    refusal: RefusalFormat,
+    refusal_status: StatusCode,
+    max_key_len: usize,
+    secret: Option<KeySecret>,
+}
+
+impl Default for PolicyBuilder {
+    fn default() -> Self {
+        PolicyBuilder {
+            limits: Vec::new(),
+            headers: HeaderStyle::default(),
+            report: ReportedWindow::default(),
+            refusal: RefusalFormat::default(),
+            refusal_status: StatusCode::TOO_MANY_REQUESTS,
+            max_key_len: DEFAULT_MAX_KEY_LEN,
+            secret: None,
+        }
+    }
+}
+
+impl PolicyBuilder {
+    /// Adds a limit. Every limit whose routes match a request applies to it.
+    pub fn limit(mut self, limit: Limit) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// Sets which rate-limit headers responses carry (default `X-RateLimit-*`).
+    pub fn headers(mut self, style: HeaderStyle) -> Self {
+        self.headers = style;
+        self
+    }
+
+    /// Sets which window the `X-RateLimit-*` headers report (default: the
+    /// most restrictive).
+    pub fn report(mut self, report: ReportedWindow) -> Self {
+        self.report = report;
+        self
+    }
+
+    /// Sets the body of refusals (default: [`RefusalFormat::Json`]).
+    pub fn refusal(mut self, format: RefusalFormat) -> Self {
+        self.refusal = format;
+        self
+    }
+
+    /// Sets the status of refusals (default 429).
+    pub fn refusal_status(mut self, status: StatusCode) -> Self {
+        self.refusal_status = status;
+        self
+    }
+
+    /// Sets the longest key accepted, in bytes (default 4096); longer keys
+    /// are a [`KeyErrorKind::TooLong`](crate::key::KeyErrorKind::TooLong).
+    pub fn max_key_len(mut self, bytes: usize) -> Self {
+        self.max_key_len = bytes;
+        self
+    }
+
+    /// Sets the secret keys are hashed under (default: random). Processes
+    /// that share a store must share it.
+    pub fn key_secret(mut self, secret: KeySecret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Checks and compiles the policy.
+    pub fn build(self) -> Result<Policy, ConfigError> {
+        if self.limits.is_empty() {
+            return Err(ConfigError::invalid("limits", "a policy needs at least one limit"));
+        }
+        if self.limits.len() > MAX_LIMITS {
+            return Err(ConfigError::invalid(
+                "limits",
+                format!("at most {MAX_LIMITS} limits per policy"),
+            ));
+        }
+        if self.max_key_len == 0 {
+            return Err(ConfigError::invalid("max_key_len", "must be at least 1"));
+        }
+        if !(self.refusal_status.is_client_error() || self.refusal_status.is_server_error()) {
+            return Err(ConfigError::invalid(
+                "refusal_status",
+                format!("{} is not an error status", self.refusal_status),
+            ));
+        }
+        let mut limits = Vec::with_capacity(self.limits.len());
+        for (i, limit) in self.limits.iter().enumerate() {
+            if self.limits[..i].iter().any(|l| l.name == limit.name) {
+                return Err(ConfigError::invalid(
+                    format!("limits[{i}].name"),
+                    format!("two limits are named `{}`", limit.name),
+                ));
+            }
+            limits.push(limit.compile().map_err(|e| e.within(format!("limits[{i}]")))?);
+        }
+        if let ReportedWindow::Period(period) = self.report {
+            let found = limits
+                .iter()
+                .flat_map(|l| l.routes.iter())
+                .flat_map(|r| r.quota.windows())
+                .any(|w| w.period() == period);
+            if !found {
+                return Err(ConfigError::invalid(
+                    "report",
+                    format!("no window has the period {period:?}"),
+                ));
+            }
+        }
+        Ok(Policy {
+            inner: Arc::new(PolicyInner {
+                limits: limits.into(),
+                headers: self.headers,
+                report: self.report,
+                refusal: self.refusal,
+                refusal_status: self.refusal_status,
+                max_key_len: self.max_key_len,
+                secret: self.secret.unwrap_or_else(KeySecret::random),
+            }),
+        })
+    }
+}

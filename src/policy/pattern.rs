@@ -1,0 +1,312 @@
+//! Path patterns: `/v1/calls/{call_id}/control`, `/v2/accounts/{sid}/legs/*`, `*`.
+//!
+//! A pattern is a sequence of segments separated by `/`: a literal, a
+//! `{capture}` that matches any one segment, or a final `*` that matches
+//! whatever is left (including nothing). Matching ignores empty segments
+//! (`//`, a trailing `/`) and compares literals against the percent-decoded
+//! request segment, so `/v1/%6Beys` cannot slip past a `/v1/keys` route.
+
+use std::fmt;
+
+use smallvec::SmallVec;
+
+use crate::error::{ConfigError, ConfigErrorKind};
+
+/// A compiled path pattern.
+///
+/// ```
+/// use tower_ratelimit::policy::{PathPattern, PathSegments};
+///
+/// let pattern = PathPattern::parse("/v1/calls/{call_id}/control").unwrap();
+/// let path = PathSegments::new("/v1/calls/c_42/control");
+/// let captures = pattern.matches(&path).unwrap();
+/// assert_eq!(captures.get("call_id"), Some("c_42"));
+/// assert!(pattern.matches(&PathSegments::new("/v1/calls/c_42")).is_none());
+/// assert!(PathPattern::parse("/v1/{call_id").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    source: Box<str>,
+    segments: Box<[Segment]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Capture(Box<str>),
+    Rest,
+}
+
+/// The longest pattern accepted, in bytes.
+const MAX_PATTERN_LEN: usize = 1024;
+
+impl PathPattern {
+    /// Compiles a pattern. Errors name the pattern and what is wrong with it.
+    pub fn parse(pattern: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: String| {
+            ConfigError::new(
+                ConfigErrorKind::BadPattern,
+                "",
+                format!("path pattern `{}`: {reason}", pattern.escape_debug()),
+            )
+        };
+        if pattern.len() > MAX_PATTERN_LEN {
+            return Err(bad(format!("longer than {MAX_PATTERN_LEN} bytes")));
+        }
+        let body = if pattern == "*" {
+            "*"
+        } else if let Some(rest) = pattern.strip_prefix('/') {
+            rest
+        } else {
+            return Err(bad("must start with `/` (or be `*` for every path)".into()));
+        };
+        let mut segments = Vec::new();
+        let parts: Vec<&str> = body.split('/').filter(|s| !s.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let segment = if *part == "*" {
+                if i + 1 != parts.len() {
+                    return Err(bad("`*` may only be the last segment".into()));
+                }
+                Segment::Rest
+            } else if let Some(inner) = part.strip_prefix('{') {
+                let Some(name) = inner.strip_suffix('}') else {
+                    return Err(bad(format!("segment `{part}` opens `{{` without closing it")));
+                };
+                if name.is_empty()
+                    || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    || name.starts_with(|c: char| c.is_ascii_digit())
+                {
+                    return Err(bad(format!(
+                        "capture `{{{name}}}` must be a name of letters, digits and `_`"
+                    )));
+                }
+                if segments.iter().any(|s| matches!(s, Segment::Capture(n) if &**n == name)) {
+                    return Err(bad(format!("capture `{{{name}}}` appears twice")));
+                }
+                Segment::Capture(name.into())
+            } else {
+                if part.contains(['{', '}', '*']) {
+                    return Err(bad(format!(
+                        "segment `{part}`: `{{`, `}}` and `*` must stand alone in a segment"
+                    )));
+                }
+                if part.chars().any(|c| c.is_control() || c == ' ' || c == '?' || c == '#') {
+                    return Err(bad(format!("segment `{}` has a character paths cannot hold", part.escape_debug())));
+                }
+                Segment::Literal((*part).into())
+            };
+            segments.push(segment);
+        }
+        Ok(PathPattern {
+            source: pattern.into(),
+            segments: segments.into(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// The names of the pattern's captures, in order.
+    pub fn capture_names(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Capture(n) => Some(&**n),
+            _ => None,
+        })
+    }
+
+    /// Matches a request path; on success, its captures.
+    pub fn matches<'p>(&'p self, path: &'p PathSegments<'p>) -> Option<Captures<'p>> {
+        let mut i = 0;
+        for segment in self.segments.iter() {
+            match segment {
+                Segment::Rest => return Some(Captures { pattern: self, path }),
+                Segment::Literal(lit) => {
+                    let raw = path.get(i)?;
+                    if !eq_percent_decoded(raw.as_bytes(), lit.as_bytes()) {
+                        return None;
+                    }
+                }
+                Segment::Capture(_) => {
+                    path.get(i)?;
+                }
+            }
+            i += 1;
+        }
+        (i == path.len()).then_some(Captures { pattern: self, path })
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// A request path split into its non-empty segments once, so every route of
+/// every limit can match it without splitting again.
+#[derive(Debug, Clone)]
+pub struct PathSegments<'a> {
+    path: &'a str,
+    spans: SmallVec<[(u32, u32); 12]>,
+}
+
+impl<'a> PathSegments<'a> {
+    /// Splits `path` (the request URI's path, without the query).
+    pub fn new(path: &'a str) -> Self {
+        let mut spans = SmallVec::new();
+        let bytes = path.as_bytes();
+        let mut start = 0usize;
+        // Paths longer than u32::MAX cannot reach here (http limits URIs to
+        // 64 KiB), but stay correct anyway by treating them as unmatched.
+        let len = bytes.len().min(u32::MAX as usize);
+        for i in 0..=len {
+            if i == len || bytes[i] == b'/' {
+                if i > start {
+                    spans.push((start as u32, i as u32));
+                }
+                start = i + 1;
+            }
+        }
+        PathSegments { path, spans }
+    }
+
+    /// The number of segments.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the path has no segment (`/`).
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The `i`th segment, raw (still percent-encoded).
+    pub fn get(&self, i: usize) -> Option<&'a str> {
+        let &(a, b) = self.spans.get(i)?;
+        self.path.get(a as usize..b as usize)
+    }
+}
+
+/// The captures of one matched pattern.
+#[derive(Debug, Clone, Copy)]
+pub struct Captures<'p> {
+    pattern: &'p PathPattern,
+    path: &'p PathSegments<'p>,
+}
+
+impl<'p> Captures<'p> {
+    /// The raw (percent-encoded) value of capture `name`.
+    pub fn get(&self, name: &str) -> Option<&'p str> {
+        let i = self
+            .pattern
+            .segments
+            .iter()
+            .position(|s| matches!(s, Segment::Capture(n) if &**n == name))?;
+        self.path.get(i)
+    }
+}
+
+/// Compares a raw path segment with a literal, decoding `%XX` in the segment.
+fn eq_percent_decoded(raw: &[u8], literal: &[u8]) -> bool {
+    if !raw.contains(&b'%') {
+        return raw == literal;
+    }
+    let mut decoded = PercentDecode::new(raw);
+    literal.iter().all(|&b| decoded.next() == Some(b)) && decoded.next().is_none()
+}
+
+/// Decodes `%XX` escapes byte by byte; a `%` not followed by two hex digits
+/// stands for itself.
+#[derive(Debug, Clone)]
+pub(crate) struct PercentDecode<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> PercentDecode<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        PercentDecode { bytes }
+    }
+}
+
+impl Iterator for PercentDecode<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let (&first, rest) = self.bytes.split_first()?;
+        if first == b'%' {
+            if let [h, l, tail @ ..] = rest {
+                if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
+                    self.bytes = tail;
+                    return Some(h << 4 | l);
+                }
+            }
+        }
+        self.bytes = rest;
+        Some(first)
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(pattern: &str, path: &str) -> bool {
+        PathPattern::parse(pattern)
+            .unwrap()
+            .matches(&PathSegments::new(path))
+            .is_some()
+    }
+
+    #[test]
+    fn literals_captures_and_rest() {
+        assert!(matches("*", "/"));
+        assert!(matches("*", "/anything/at/all"));
+        assert!(matches("/v1/keys", "/v1/keys"));
+        assert!(matches("/v1/keys", "//v1//keys/"));
+        assert!(!matches("/v1/keys", "/v1/keys/extra"));
+        assert!(!matches("/v1/keys", "/v1/Keys"));
+        assert!(matches("/v2/accounts/{sid}/legs/*", "/v2/accounts/A1/legs"));
+        assert!(matches("/v2/accounts/{sid}/legs/*", "/v2/accounts/A1/legs/L1/actions"));
+        assert!(!matches("/v2/accounts/{sid}/legs/*", "/v2/accounts/A1/bridges"));
+        assert!(matches("/", "/"));
+        assert!(!matches("/", "/x"));
+    }
+
+    #[test]
+    fn percent_encoded_literals_cannot_bypass_a_route() {
+        assert!(matches("/v1/keys", "/v1/%6Beys"));
+        assert!(matches("/v1/keys", "/v1/%6b%65ys"));
+        assert!(!matches("/v1/keys", "/v1/%6Bey"));
+        assert!(!matches("/v1/keys", "/v1/%zzeys"));
+    }
+
+    #[test]
+    fn bad_patterns_name_the_pattern_and_the_reason() {
+        for (pattern, reason) in [
+            ("v1/keys", "must start with `/`"),
+            ("/v1/{id", "without closing"),
+            ("/v1/{}", "must be a name"),
+            ("/v1/{a-b}", "must be a name"),
+            ("/v1/{id}/{id}", "appears twice"),
+            ("/v1/*/x", "last segment"),
+            ("/v1/x*", "stand alone"),
+            ("/v1/a b", "cannot hold"),
+        ] {
+            let err = PathPattern::parse(pattern).unwrap_err();
+            assert_eq!(err.kind(), ConfigErrorKind::BadPattern);
+            assert!(err.message().contains(pattern), "{err}");
+            assert!(err.message().contains(reason), "{pattern}: {err}");
+        }
+    }
+}

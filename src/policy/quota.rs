@@ -1,0 +1,267 @@
+//! Quotas: the windows a request must fit in, its cost, and the counting algorithm.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// How a window counts requests.
+///
+/// Both algorithms work in integer nanoseconds (no floating point), so every
+/// store makes the same decision on the same sequence of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// Generic cell rate algorithm (a token bucket without a timer): a key may
+    /// spend its whole `limit` at once, then earns one request back every
+    /// `period / limit`.
+    ///
+    /// **Bound:** over any interval of length `t`, at most
+    /// `limit + floor(t / (period / limit))` requests are admitted.
+    ///
+    /// This is the default: it never admits the `2 × limit` burst that a fixed
+    /// window allows across a window boundary, its `Retry-After` is the exact
+    /// moment one request's worth of capacity returns (not the end of a
+    /// window), and its state is a single timestamp per key.
+    #[default]
+    Gcra,
+    /// Fixed windows aligned to the Unix epoch (a minute window runs from
+    /// `:00` to `:59`): a counter that starts at zero in each window.
+    ///
+    /// **Bound:** at most `limit` requests per aligned window (so up to
+    /// `2 × limit` across a boundary). `X-RateLimit-Reset` is the window's end
+    /// and a refused request is told to retry when the next window starts.
+    FixedWindow,
+}
+
+impl Algorithm {
+    /// The name used in policy files (`"gcra"`, `"fixed_window"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Gcra => "gcra",
+            Algorithm::FixedWindow => "fixed_window",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One window of a quota: at most `limit` units of cost per `period`.
+///
+/// ```
+/// use tower_ratelimit::Window;
+/// use std::time::Duration;
+///
+/// let minute = Window::per_minute(60);
+/// assert_eq!(minute.limit(), 60);
+/// assert_eq!(minute.period(), Duration::from_secs(60));
+/// assert_eq!(Window::new(100, Duration::from_secs(10)).unwrap().limit(), 100);
+/// assert!(Window::new(0, Duration::from_secs(1)).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    limit: u32,
+    period_ns: u64,
+}
+
+/// The shortest period a window may have.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+/// The longest period a window may have (a year); longer windows are almost
+/// certainly a unit mistake.
+const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
+
+impl Window {
+    /// A window of `limit` per `period`.
+    ///
+    /// Fails when `limit` is zero, or `period` is under a millisecond, over a
+    /// year, or shorter than `limit` nanoseconds.
+    pub fn new(limit: u32, period: Duration) -> Result<Self, ConfigError> {
+        if limit == 0 {
+            return Err(ConfigError::invalid("window", "limit must be at least 1"));
+        }
+        if period < MIN_PERIOD || period > MAX_PERIOD {
+            return Err(ConfigError::invalid(
+                "window",
+                format!("period {period:?} is outside 1ms..=366 days"),
+            ));
+        }
+        let period_ns = period.as_nanos() as u64;
+        if period_ns < u64::from(limit) {
+            return Err(ConfigError::invalid(
+                "window",
+                format!("{limit} per {period:?} is finer than one request per nanosecond"),
+            ));
+        }
+        Ok(Window { limit, period_ns })
+    }
+
+    const fn fixed(limit: u32, secs: u64) -> Self {
+        assert!(limit > 0, "a window's limit must be at least 1");
+        Window {
+            limit,
+            period_ns: secs * 1_000_000_000,
+        }
+    }
+
+    /// `limit` per second. Panics if `limit` is zero (use [`Window::new`] for
+    /// values that come from input).
+    pub const fn per_second(limit: u32) -> Self {
+        Self::fixed(limit, 1)
+    }
+
+    /// `limit` per minute. Panics if `limit` is zero.
+    pub const fn per_minute(limit: u32) -> Self {
+        Self::fixed(limit, 60)
+    }
+
+    /// `limit` per hour. Panics if `limit` is zero.
+    pub const fn per_hour(limit: u32) -> Self {
+        Self::fixed(limit, 3600)
+    }
+
+    /// `limit` per day. Panics if `limit` is zero.
+    pub const fn per_day(limit: u32) -> Self {
+        Self::fixed(limit, 86_400)
+    }
+
+    /// The most cost admitted per period.
+    pub const fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window's length.
+    pub const fn period(&self) -> Duration {
+        Duration::from_nanos(self.period_ns)
+    }
+
+    pub(crate) const fn period_ns(&self) -> u64 {
+        self.period_ns
+    }
+
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/", self.limit)?;
+        crate::policy::rate_text::fmt_period(self.period(), f)
+    }
+}
+
+#[cfg(feature = "governor")]
+impl From<governor::Quota> for Window {
+    /// A governor quota of `burst` cells replenished one per `interval` is a
+    /// GCRA window of `burst` per `burst × interval`.
+    fn from(quota: governor::Quota) -> Self {
+        let limit = quota.burst_size().get();
+        let period = quota.replenish_interval().as_nanos() as u64 * u64::from(limit);
+        Window {
+            limit,
+            period_ns: period.clamp(MIN_PERIOD.as_nanos() as u64, MAX_PERIOD.as_nanos() as u64),
+        }
+    }
+}
+
+/// What one request must fit in: every window must admit it.
+///
+/// ```
+/// use tower_ratelimit::{Algorithm, Quota, Window};
+///
+/// // TalkPilot: 60 per minute and 1,000 per hour, both.
+/// let quota = Quota::new(Window::per_minute(60)).and(Window::per_hour(1000));
+/// assert_eq!(quota.windows().len(), 2);
+///
+/// // Exotel: 10/second burst and 100/minute sustained, counted in fixed windows.
+/// let quota = Quota::new(Window::per_second(10))
+///     .and(Window::per_minute(100))
+///     .algorithm(Algorithm::FixedWindow);
+/// assert_eq!(quota.algorithm_kind(), Algorithm::FixedWindow);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    windows: Vec<Window>,
+    cost: u32,
+    algorithm: Algorithm,
+}
+
+impl Quota {
+    /// A quota of one window, cost 1 per request, GCRA.
+    pub fn new(window: Window) -> Self {
+        Quota {
+            windows: vec![window],
+            cost: 1,
+            algorithm: Algorithm::default(),
+        }
+    }
+
+    /// Adds a window that must also admit each request.
+    #[must_use]
+    pub fn and(mut self, window: Window) -> Self {
+        self.windows.push(window);
+        self
+    }
+
+    /// Sets how much of each window one request spends (default 1).
+    #[must_use]
+    pub fn cost(mut self, cost: u32) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// Sets the counting algorithm (default [`Algorithm::Gcra`]).
+    #[must_use]
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// The windows, in the order they were given.
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
+    }
+
+    /// The cost of one request.
+    pub fn request_cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// The counting algorithm.
+    pub fn algorithm_kind(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Checks that the quota can ever admit a request: a cost of at least 1
+    /// that fits in every window, and no two windows of the same period.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cost == 0 {
+            return Err(ConfigError::invalid("cost", "must be at least 1"));
+        }
+        if self.windows.len() > MAX_WINDOWS {
+            return Err(ConfigError::invalid(
+                "windows",
+                format!("at most {MAX_WINDOWS} windows per quota"),
+            ));
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            if self.cost > w.limit {
+                return Err(ConfigError::invalid(
+                    "cost",
+                    format!("cost {} exceeds the window {w}, so no request could ever pass", self.cost),
+                ));
+            }
+            if self.windows[..i].iter().any(|o| o.period_ns == w.period_ns) {
+                return Err(ConfigError::invalid(
+                    "windows",
+                    format!("two windows with the same period ({w})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The most windows one quota may have.
+pub(crate) const MAX_WINDOWS: usize = 8;

@@ -1,0 +1,155 @@
+//! The counting arithmetic of both algorithms, on one `u64` of state per key
+//! and window, in integer nanoseconds.
+//!
+//! Every store uses these functions (or, for a remote store, a literal
+//! translation of them), so all stores decide alike.
+
+use crate::policy::{Algorithm, Window};
+
+/// What one window says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Step {
+    /// The state to store if the whole request is admitted.
+    pub(crate) next: u64,
+    /// Whether this window admits the request.
+    pub(crate) admits: bool,
+    /// Remaining cost after the request (if admitted) or now (if refused).
+    pub(crate) remaining: u32,
+    /// Nanoseconds until the window is back to its full limit (GCRA) or ends
+    /// (fixed window), counting this request if admitted.
+    pub(crate) reset_after: u64,
+    /// Nanoseconds until this window would admit the request; 0 if it does.
+    pub(crate) retry_after: u64,
+}
+
+/// Applies a request of `cost` at `now` to a window whose stored state is
+/// `state` (0 for a key never seen).
+pub(crate) fn step(algorithm: Algorithm, window: &Window, state: u64, now: u64, cost: u32) -> Step {
+    match algorithm {
+        Algorithm::Gcra => gcra(window, state, now, cost),
+        Algorithm::FixedWindow => fixed_window(window, state, now, cost),
+    }
+}
+
+/// When `state` becomes indistinguishable from a key never seen, so that
+/// dropping it loses nothing (a time `<= now` means it already is).
+pub(crate) fn expires_at(algorithm: Algorithm, period_ns: u64, state: u64, now: u64) -> u64 {
+    match algorithm {
+        Algorithm::Gcra => state,
+        Algorithm::FixedWindow => {
+            let p = period_ns;
+            let current = now / p;
+            if fixed_index(state) == current as u32 {
+                (current + 1) * p
+            } else {
+                0
+            }
+        }
+    }
+}
+
+/// The emission interval: `period / limit`, rounded up so that the window can
+/// never admit more than its bound (the rounding makes it at most one
+/// nanosecond per request stricter).
+fn emission_interval(window: &Window) -> u64 {
+    window.period_ns().div_ceil(u64::from(window.limit()))
+}
+
+fn gcra(window: &Window, tat: u64, now: u64, cost: u32) -> Step {
+    let t = emission_interval(window);
+    let capacity = t * u64::from(window.limit());
+    let base = tat.max(now);
+    let next = base + t * u64::from(cost);
+    let horizon = now + capacity;
+    if next <= horizon {
+        Step {
+            next,
+            admits: true,
+            remaining: ((horizon - next) / t) as u32,
+            reset_after: next - now,
+            retry_after: 0,
+        }
+    } else {
+        Step {
+            next: tat,
+            admits: false,
+            remaining: (horizon.saturating_sub(base) / t) as u32,
+            reset_after: base - now,
+            retry_after: next - horizon,
+        }
+    }
+}
+
+fn fixed_index(state: u64) -> u32 {
+    (state >> 32) as u32
+}
+
+fn fixed_window(window: &Window, state: u64, now: u64, cost: u32) -> Step {
+    let p = window.period_ns();
+    let current = now / p;
+    let index = current as u32;
+    let used = if fixed_index(state) == index {
+        state as u32
+    } else {
+        0
+    };
+    let reset_after = (current + 1) * p - now;
+    let limit = window.limit();
+    match used.checked_add(cost).filter(|&u| u <= limit) {
+        Some(total) => Step {
+            next: (u64::from(index) << 32) | u64::from(total),
+            admits: true,
+            remaining: limit - total,
+            reset_after,
+            retry_after: 0,
+        },
+        None => Step {
+            next: state,
+            admits: false,
+            remaining: limit - used.min(limit),
+            reset_after,
+            retry_after: reset_after,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn gcra_admits_the_burst_then_one_per_interval() {
+        let w = Window::per_minute(60);
+        let mut state = 0;
+        let now = 1_000 * S;
+        for i in 0..60 {
+            let s = step(Algorithm::Gcra, &w, state, now, 1);
+            assert!(s.admits, "request {i}");
+            assert_eq!(s.remaining, 59 - i);
+            state = s.next;
+        }
+        let refused = step(Algorithm::Gcra, &w, state, now, 1);
+        assert!(!refused.admits);
+        assert_eq!(refused.retry_after, S);
+        assert_eq!(refused.reset_after, 60 * S);
+        assert!(step(Algorithm::Gcra, &w, state, now + S, 1).admits);
+        assert_eq!(expires_at(Algorithm::Gcra, w.period_ns(), state, now), now + 60 * S);
+    }
+
+    #[test]
+    fn fixed_window_resets_at_the_aligned_boundary() {
+        let w = Window::per_minute(2);
+        let now = 1_000 * S + S / 2; // 16m40.5s: 19.5s before the minute ends
+        let a = step(Algorithm::FixedWindow, &w, 0, now, 1);
+        let b = step(Algorithm::FixedWindow, &w, a.next, now, 1);
+        let c = step(Algorithm::FixedWindow, &w, b.next, now, 1);
+        assert!(a.admits && b.admits && !c.admits);
+        assert_eq!(b.remaining, 0);
+        assert_eq!(c.retry_after, 19 * S + S / 2);
+        let next_window = now + c.retry_after;
+        assert!(step(Algorithm::FixedWindow, &w, b.next, next_window, 1).admits);
+        assert_eq!(expires_at(Algorithm::FixedWindow, w.period_ns(), b.next, next_window), 0);
+    }
+}

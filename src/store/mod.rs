@@ -1,0 +1,76 @@
+//! Where counts live.
+//!
+//! A [`Store`] decides one request in one atomic step over every
+//! `(key, window)` pair that applies to it: either every window of every
+//! applying limit admits the request and all of them are charged, or the
+//! request is refused and nothing is charged anywhere.
+//!
+//! [`MemoryStore`] is the default. A store that must talk to a server returns
+//! [`Decided::Pending`] with a future; a store that decides on the spot (like
+//! the memory store) returns [`Decided::Ready`], and the layer then calls the
+//! inner service straight away without boxing or allocating.
+//!
+//! ```
+//! use tower_ratelimit::store::{Check, Decided, MemoryStore, Store};
+//! use tower_ratelimit::{Quota, Window};
+//!
+//! let store = MemoryStore::new();
+//! let quota = Quota::new(Window::per_minute(1));
+//! let check = [Check::new(42, &quota)];
+//! let now = 1_700_000_000_000_000_000;
+//! let Decided::Ready(Ok(first)) = store.check(now, &check) else { unreachable!() };
+//! let Decided::Ready(Ok(second)) = store.check(now, &check) else { unreachable!() };
+//! assert!(first.admitted() && !second.admitted());
+//! ```
+
+pub(crate) mod algorithm;
+mod memory;
+mod outcome;
+
+use std::future::Future;
+
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+pub use outcome::{Outcome, StoreError, WindowStatus};
+
+use crate::policy::Quota;
+
+/// One limit's part of a request: whose bucket, which quota.
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a> {
+    /// The bucket: a keyed hash of the limit, its route and the request's key.
+    pub bucket: u64,
+    /// The windows, algorithm and cost that apply.
+    pub quota: &'a Quota,
+}
+
+impl<'a> Check<'a> {
+    /// A check of `quota` for `bucket`.
+    pub fn new(bucket: u64, quota: &'a Quota) -> Self {
+        Check { bucket, quota }
+    }
+}
+
+/// A store's answer: now, or later.
+#[derive(Debug)]
+pub enum Decided<P> {
+    /// The decision is made.
+    Ready(Result<Outcome, StoreError>),
+    /// The decision is under way; the layer awaits this future.
+    Pending(P),
+}
+
+/// A place where counts are kept and decisions are made.
+///
+/// `check` must decide all `checks` atomically: if any window of any check
+/// refuses, no state changes. `now` is the layer's monotonic clock in
+/// nanoseconds since the Unix epoch; a remote store may use its own clock
+/// instead, as long as the durations it reports are measured from the moment
+/// of its decision.
+pub trait Store: Send + Sync + 'static {
+    /// The future of a decision that is not made on the spot. Stores that
+    /// always answer at once use [`std::future::Pending`]`<...>` or any never-built type.
+    type Pending: Future<Output = Result<Outcome, StoreError>> + Send + 'static;
+
+    /// Decides one request.
+    fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<Self::Pending>;
+}

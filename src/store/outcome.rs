@@ -1,0 +1,102 @@
+//! What a store says about a request.
+
+use std::fmt;
+
+use smallvec::SmallVec;
+
+/// The state of one window after a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowStatus {
+    /// Which check (in the order they were given) this window belongs to.
+    pub check: u8,
+    /// Which window of that check's quota.
+    pub window: u8,
+    /// The window's limit.
+    pub limit: u32,
+    /// What is left: after this request if admitted, as it stands if refused.
+    pub remaining: u32,
+    /// Nanoseconds until the window is full again (GCRA) or ends (fixed).
+    pub reset_after: u64,
+    /// Nanoseconds until this window would admit the request; 0 if it does.
+    pub retry_after: u64,
+}
+
+/// A store's decision about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    admitted: bool,
+    /// Nanoseconds until the store has room for a key it is not tracking,
+    /// when a refusal is due to its memory cap rather than a window.
+    capacity_retry_after: Option<u64>,
+    windows: SmallVec<[WindowStatus; 4]>,
+}
+
+impl Outcome {
+    /// An outcome from its parts.
+    pub fn new(admitted: bool, windows: impl IntoIterator<Item = WindowStatus>) -> Self {
+        Outcome {
+            admitted,
+            capacity_retry_after: None,
+            windows: windows.into_iter().collect(),
+        }
+    }
+
+    /// A refusal because the store is at its memory cap and the request needs
+    /// a key it does not track yet; room frees up in `retry_after` ns.
+    pub fn at_capacity(retry_after: u64, windows: impl IntoIterator<Item = WindowStatus>) -> Self {
+        Outcome {
+            admitted: false,
+            capacity_retry_after: Some(retry_after.max(1)),
+            windows: windows.into_iter().collect(),
+        }
+    }
+
+    /// Whether every window admitted the request (and was charged).
+    pub fn admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// Whether a refusal came from the store's memory cap.
+    pub fn is_capacity_refusal(&self) -> bool {
+        self.capacity_retry_after.is_some()
+    }
+
+    /// The state of every window that was checked.
+    pub fn windows(&self) -> &[WindowStatus] {
+        &self.windows
+    }
+
+    /// Nanoseconds until the request would be admitted, absent other traffic:
+    /// the longest wait of any window (or of the memory cap); 0 if admitted.
+    pub fn retry_after(&self) -> u64 {
+        if self.admitted {
+            return 0;
+        }
+        let windows = self.windows.iter().map(|w| w.retry_after).max().unwrap_or(0);
+        windows.max(self.capacity_retry_after.unwrap_or(0))
+    }
+}
+
+/// A store could not decide (it is unreachable, timed out, or answered
+/// nonsense). The layer never turns this into the inner service's error.
+#[derive(Debug)]
+pub struct StoreError {
+    message: Box<str>,
+}
+
+impl StoreError {
+    /// An error with a message for logs.
+    pub fn new(message: impl Into<String>) -> Self {
+        StoreError {
+            message: message.into().into_boxed_str(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rate-limit store failed: {}", self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
