@@ -37,6 +37,7 @@
 mod error;
 mod extension;
 mod first_of;
+mod global;
 mod hash;
 mod header;
 mod ip;
@@ -51,6 +52,7 @@ use std::net::IpAddr;
 pub use error::{KeyError, KeyErrorKind};
 pub use extension::Extension;
 pub use first_of::FirstOf;
+pub use global::Global;
 pub(crate) use hash::route_id;
 pub use hash::KeySecret;
 pub use header::{Bearer, Header};
