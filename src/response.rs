@@ -209,7 +209,8 @@ pub(crate) fn refusal(
         ),
         RefusalFormat::ProblemJson => (
             "application/problem+json",
-            json!({"type": "about:blank", "title": "Too Many Requests", "status": status.as_u16(),
+            json!({"type": "about:blank", "title": status.canonical_reason().unwrap_or("Too Many Requests"),
+                "status": status.as_u16(),
                 "detail": format!("Rate limit exceeded. Try again in {wait}."),
                 "retry_after": retry}),
             false,
@@ -288,9 +289,13 @@ pub(crate) fn key_error(error: &KeyError, request_headers: &HeaderMap) -> Produc
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    // `application/grpc`, `application/grpc+proto`, `application/grpc;…`,
+    // but not gRPC-web, whose clients expect their own framing.
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    })
 }
 
 /// A trailers-only gRPC answer with `code` and `message`.

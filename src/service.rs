@@ -106,7 +106,7 @@ where
                     checks.push(Check::new(policy.secret.bucket(route.id, &key), &route.quota));
                     origin.push((li as u16, ri as u16));
                 }
-                Err(error) if limit.missing_key == MissingKey::Skip => {
+                Err(error) if limit.missing_key == MissingKey::Skip && error.kind() == KeyErrorKind::Missing => {
                     tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
                 }
                 Err(error) => {
@@ -158,11 +158,11 @@ where
 fn extract_key<'a>(limit: &CompiledLimit, view: &RequestView<'a>, max_len: usize) -> Result<Key<'a>, KeyError> {
     let key = limit.key.extract(view)?;
     if key.len() > max_len {
-        return Err(KeyError::new(KeyErrorKind::TooLong, "request's key")
+        return Err(KeyError::new(KeyErrorKind::TooLong, limit.key.describe().into_owned())
             .with_detail(format!("The limit is {max_len} bytes.")));
     }
     if key.is_empty() {
-        return Err(KeyError::new(KeyErrorKind::Empty, "request's key"));
+        return Err(KeyError::new(KeyErrorKind::Empty, limit.key.describe().into_owned()));
     }
     Ok(key)
 }

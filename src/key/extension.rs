@@ -1,5 +1,6 @@
 //! Keys from request extensions: what an auth layer learnt about the caller.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -61,11 +62,12 @@ where
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         match request.extensions().get::<T>() {
             Some(value) => Ok((self.read)(value)),
-            None => Err(KeyError::new(
-                KeyErrorKind::Missing,
-                format!("{} (set by an authentication layer)", short_type_name::<T>()),
-            )),
+            None => Err(KeyError::new(KeyErrorKind::Missing, self.describe().into_owned())),
         }
+    }
+
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Owned(format!("{} (set by an authentication layer)", short_type_name::<T>()))
     }
 }
 

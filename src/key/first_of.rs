@@ -1,5 +1,6 @@
 //! Fallbacks between extractors.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -45,14 +46,19 @@ impl fmt::Debug for FirstOf {
 
 impl KeyExtractor for FirstOf {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
-        let mut last = KeyError::new(KeyErrorKind::Missing, "key");
         for (i, alternative) in self.alternatives.iter().enumerate() {
             match alternative.extract(request) {
                 Ok(key) => return Ok(key.tagged(i as u8 + 1)),
-                Err(e) if e.kind() == KeyErrorKind::Missing => last = e,
+                Err(e) if e.kind() == KeyErrorKind::Missing => {}
                 Err(e) => return Err(e),
             }
         }
-        Err(last)
+        Err(KeyError::new(KeyErrorKind::Missing, self.describe().into_owned()))
+    }
+
+    /// Every alternative's source, joined with "or".
+    fn describe(&self) -> Cow<'_, str> {
+        let sources: Vec<Cow<'_, str>> = self.alternatives.iter().map(|a| a.describe()).collect();
+        Cow::Owned(sources.join(" or "))
     }
 }

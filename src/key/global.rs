@@ -1,5 +1,7 @@
 //! One bucket for every request.
 
+use std::borrow::Cow;
+
 use super::{Key, KeyError, KeyExtractor, RequestView};
 
 /// Every request has the same key: the limit is global (a whole-API ceiling).
@@ -19,5 +21,9 @@ impl Global {
 impl KeyExtractor for Global {
     fn extract<'a>(&self, _request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         Ok(Key::borrowed(b"global"))
+    }
+
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Borrowed("global key")
     }
 }

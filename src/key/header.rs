@@ -1,5 +1,7 @@
 //! Keys from headers: a named header (`X-API-Key`) or a bearer token.
 
+use std::borrow::Cow;
+
 use http::header::{HeaderName, AUTHORIZATION};
 use http::{HeaderMap, HeaderValue};
 
@@ -46,6 +48,10 @@ impl KeyExtractor for Header {
         let value = single_value(request.headers(), &self.name, &self.display)?;
         text_key(value.as_bytes(), &self.display)
     }
+
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.display)
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme is
@@ -82,6 +88,10 @@ impl KeyExtractor for Bearer {
                 .with_detail("A bearer token has no spaces."));
         }
         text_key(token, BEARER_SOURCE)
+    }
+
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Borrowed(BEARER_SOURCE)
     }
 }
 

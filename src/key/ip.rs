@@ -1,6 +1,7 @@
 //! Keys from the client's IP address: the peer, or the client a trusted proxy
 //! forwarded for.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::header::{HeaderName, FORWARDED};
@@ -54,6 +55,10 @@ impl KeyExtractor for PeerIp {
             .map(|ip| ip_key(ip, self.v6_prefix))
             .ok_or_else(missing_peer)
     }
+
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Borrowed(PEER_SOURCE)
+    }
 }
 
 /// Which header a trusted proxy writes the client's address into.
@@ -88,7 +93,10 @@ impl ForwardedHeader {
 /// and only as far as the chain of trusted proxies goes: entries are read
 /// from the right (the nearest proxy), skipping trusted proxies, and the first
 /// untrusted address is the client. A client that writes its own header
-/// cannot choose its key, because the proxies append to what it sent. Only
+/// cannot choose its key, because the proxies append to what it sent. An
+/// RFC 7239 obfuscated identifier (`for=_hidden`) is the client's key;
+/// `for=unknown` or anything else that is not an address is a
+/// [`KeyErrorKind::Malformed`] error rather than a bucket shared by strangers. Only
 /// the configured header is read (a proxy that manages `X-Forwarded-For`
 /// passes a client's forged `Forwarded` through untouched).
 ///
@@ -144,26 +152,26 @@ impl ForwardedIp {
 
     /// The client's address, or an error if the header holds something that
     /// is not an address where the client's address should be.
-    fn client(&self, peer: IpAddr, request: &RequestView<'_>) -> Result<IpAddr, KeyError> {
+    fn client<'a>(&self, peer: IpAddr, request: &RequestView<'a>) -> Result<Client<'a>, KeyError> {
         if !self.is_trusted(peer) {
-            return Ok(peer);
+            return Ok(Client::Ip(peer));
         }
         let mut nearest_trusted = peer;
         for value in request.headers().get_all(self.header.name()).iter().rev() {
             let text = value.to_str().map_err(|_| self.malformed())?;
             for entry in text.rsplit(',') {
-                let ip = match self.header {
-                    ForwardedHeader::XForwardedFor => parse_forwarded_address(entry.trim()),
+                let client = match self.header {
+                    ForwardedHeader::XForwardedFor => parse_forwarded_address(entry.trim()).map(Client::Ip),
                     ForwardedHeader::Forwarded => forwarded_for(entry),
                 }
                 .ok_or_else(|| self.malformed())?;
-                if !self.is_trusted(ip) {
-                    return Ok(ip);
+                match client {
+                    Client::Ip(ip) if self.is_trusted(ip) => nearest_trusted = ip,
+                    client => return Ok(client),
                 }
-                nearest_trusted = ip;
             }
         }
-        Ok(nearest_trusted)
+        Ok(Client::Ip(nearest_trusted))
     }
 
     fn malformed(&self) -> KeyError {
@@ -175,13 +183,21 @@ impl ForwardedIp {
 impl KeyExtractor for ForwardedIp {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         let peer = peer_ip(request.extensions()).ok_or_else(missing_peer)?;
-        let client = self.client(peer, request)?;
-        Ok(ip_key(client, self.v6_prefix))
+        match self.client(peer, request)? {
+            Client::Ip(ip) => Ok(ip_key(ip, self.v6_prefix)),
+            Client::Obfuscated(token) => Ok(obfuscated_key(token)),
+        }
+    }
+
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Borrowed(PEER_SOURCE)
     }
 }
 
+const PEER_SOURCE: &str = "client IP address";
+
 fn missing_peer() -> KeyError {
-    KeyError::new(KeyErrorKind::Missing, "client IP address (the server did not record the peer address)")
+    KeyError::new(KeyErrorKind::Missing, PEER_SOURCE).with_detail("The server did not record the peer address.")
 }
 
 fn check_prefix(prefix: u8) -> Result<u8, ConfigError> {
@@ -235,34 +251,68 @@ fn parse_forwarded_address(text: &str) -> Option<IpAddr> {
 }
 
 /// The `for=` parameter of one `Forwarded` element.
-fn forwarded_for(element: &str) -> Option<IpAddr> {
+/// Who a forwarding header says the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client<'a> {
+    Ip(IpAddr),
+    /// An RFC 7239 obfuscated identifier (`for=_hidden`): stable per client
+    /// by design, so it is the client's key.
+    Obfuscated(&'a str),
+}
+
+/// The `for=` parameter of one `Forwarded` element. `for=unknown` is not a
+/// client (it would pool every unknown client in one bucket), so it is `None`.
+fn forwarded_for(element: &str) -> Option<Client<'_>> {
     element.split(';').find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
-        if name.trim().eq_ignore_ascii_case("for") {
-            parse_forwarded_address(value.trim())
+        if !name.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let value = value.trim().trim_matches('"');
+        let token = value.split_once(':').map_or(value, |(node, _port)| node);
+        let obfuscated = token.len() > 1
+            && token.starts_with('_')
+            && token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if obfuscated {
+            Some(Client::Obfuscated(token))
         } else {
-            None
+            parse_forwarded_address(value).map(Client::Ip)
         }
     })
+}
+
+/// The key of an obfuscated identifier. It starts with `ff 00`, so it can
+/// never equal an address key of a real client (as 4 bytes it would be in
+/// 255.0.0.0/8, as 16 bytes in the multicast range ff00::/8).
+fn obfuscated_key<'a>(token: &str) -> Key<'a> {
+    let mut bytes = Vec::with_capacity(token.len() + 2);
+    bytes.extend_from_slice(&[0xff, 0x00]);
+    bytes.extend_from_slice(token.as_bytes());
+    Key::copied(&bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn client(xff: &[&str], peer: &str) -> Result<IpAddr, KeyError> {
+    fn client(xff: &[&str], peer: &str) -> Result<Client<'static>, KeyError> {
         let extractor = ForwardedIp::new(["10.0.0.0/8"]).unwrap();
         let mut req = http::Request::new(());
         for v in xff {
             req.headers_mut().append("x-forwarded-for", v.parse().unwrap());
         }
         req.extensions_mut().insert(peer.parse::<IpAddr>().unwrap());
-        extractor.client(peer.parse().unwrap(), &RequestView::new(&req, None))
+        extractor
+            .client(peer.parse().unwrap(), &RequestView::new(&req, None))
+            .map(|c| match c {
+                Client::Ip(ip) => Client::Ip(ip),
+                Client::Obfuscated(_) => unreachable!("X-Forwarded-For holds addresses only"),
+            })
     }
 
     #[test]
     fn the_first_untrusted_address_from_the_right_is_the_client() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let ip = |s: &str| Client::Ip(s.parse::<IpAddr>().unwrap());
         assert_eq!(client(&["1.1.1.1, 2.2.2.2, 10.0.0.2"], "10.0.0.1"), Ok(ip("2.2.2.2")));
         assert_eq!(client(&["1.1.1.1", "2.2.2.2:443"], "10.0.0.1"), Ok(ip("2.2.2.2")));
         assert_eq!(client(&["[2001:db8::1]:443"], "10.0.0.1"), Ok(ip("2001:db8::1")));
@@ -274,9 +324,13 @@ mod tests {
 
     #[test]
     fn forwarded_for_parameters() {
-        assert_eq!(forwarded_for("for=192.0.2.60;proto=http"), "192.0.2.60".parse().ok());
-        assert_eq!(forwarded_for(r#"For="[2001:db8:cafe::17]:4711""#), "2001:db8:cafe::17".parse().ok());
-        assert_eq!(forwarded_for("for=_hidden"), None);
+        let ip = |s: &str| Some(Client::Ip(s.parse().unwrap()));
+        assert_eq!(forwarded_for("for=192.0.2.60;proto=http"), ip("192.0.2.60"));
+        assert_eq!(forwarded_for(r#"For="[2001:db8:cafe::17]:4711""#), ip("2001:db8:cafe::17"));
+        assert_eq!(forwarded_for("for=_hidden"), Some(Client::Obfuscated("_hidden")));
+        assert_eq!(forwarded_for(r#"for="_node7:_port""#), Some(Client::Obfuscated("_node7")));
+        assert_eq!(forwarded_for("for=unknown"), None);
+        assert_eq!(forwarded_for("for=_"), None);
         assert_eq!(forwarded_for("proto=https"), None);
     }
 

@@ -71,6 +71,12 @@ pub trait KeyExtractor: Send + Sync + 'static {
     /// The request's key, or why it has none.
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError>;
 
+    /// Where the key is sought, in words for error messages: `X-API-Key
+    /// header`, `Bearer token in the Authorization header`.
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Borrowed("request's key")
+    }
+
     /// The path captures this extractor needs from every route of its limit.
     /// The policy refuses to build when a route lacks one.
     fn required_capture(&self) -> Option<&str> {

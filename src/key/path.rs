@@ -1,5 +1,7 @@
 //! Keys from the request path: `{call_id}` in `/v1/calls/{call_id}/control`.
 
+use std::borrow::Cow;
+
 use super::{Key, KeyError, KeyErrorKind, KeyExtractor, RequestView};
 
 /// The value of a capture of the route that matched, percent-decoded (so
@@ -23,11 +25,12 @@ impl KeyExtractor for PathCapture {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         match request.capture(&self.name) {
             Some(raw) => Ok(Key::path_segment(raw)),
-            None => Err(KeyError::new(
-                KeyErrorKind::Missing,
-                format!("`{}` path segment", self.name),
-            )),
+            None => Err(KeyError::new(KeyErrorKind::Missing, self.describe().into_owned())),
         }
+    }
+
+    fn describe(&self) -> Cow<'_, str> {
+        Cow::Owned(format!("`{}` path segment", self.name))
     }
 
     fn required_capture(&self) -> Option<&str> {

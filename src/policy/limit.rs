@@ -19,8 +19,11 @@ pub enum MissingKey {
     /// not counted and never reaches the inner service. The default.
     #[default]
     Reject,
-    /// This limit does not apply to the request (other limits still do).
-    /// Choose it only where an unidentified request is limited elsewhere.
+    /// When the key is *missing*, this limit does not apply to the request
+    /// (other limits still do). A key that is present but unusable (empty,
+    /// conflicting, too long …) is still answered with a 401, so a client
+    /// cannot escape its bucket by breaking its key. Choose it only where an
+    /// unidentified request is limited elsewhere.
     Skip,
 }
 
