@@ -1,0 +1,739 @@
+//! Rate-limit headers through the public API: exact `X-RateLimit-*` values on
+//! admitted and refused responses, honest `Retry-After`, the reported window,
+//! the IETF header style, the inner service's own headers, and the decision
+//! in the request's and response's extensions.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::util::BoxCloneService;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_ratelimit::clock::{Clock, ManualClock};
+use tower_ratelimit::key::{Header, PathCapture};
+use tower_ratelimit::{
+    Algorithm, Decision, HeaderStyle, Limit, Policy, Quota, RateLimitLayer, RefusalReason,
+    ReportedWindow, ResponseBody, Window,
+};
+
+const NS: u64 = 1_000_000_000;
+/// 2023-11-14T22:13:20Z: 20 s into a minute, 800 s into an hour.
+const T0: u64 = 1_700_000_000;
+/// The first hour boundary after `T0`.
+const HOUR: u64 = (T0 / 3600 + 1) * 3600;
+
+type Res = Response<ResponseBody<String>>;
+type Svc = BoxCloneService<Request<String>, Res, Infallible>;
+
+/// A rate-limited service whose inner service records the decision it saw
+/// and sets headers of its own.
+struct Harness {
+    clock: ManualClock,
+    svc: Svc,
+    calls: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Option<Decision>>>>,
+}
+
+impl Harness {
+    fn new(policy: Policy) -> Self {
+        Self::with(RateLimitLayer::new(policy), T0 * NS)
+    }
+
+    fn at(policy: Policy, nanos: u64) -> Self {
+        Self::with(RateLimitLayer::new(policy), nanos)
+    }
+
+    fn with(layer: RateLimitLayer, nanos: u64) -> Self {
+        let clock = ManualClock::default();
+        clock.set(nanos);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (counter, record) = (Arc::clone(&calls), Arc::clone(&seen));
+        let inner = service_fn(move |req: Request<String>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            record
+                .lock()
+                .unwrap()
+                .push(req.extensions().get::<Decision>().cloned());
+            async {
+                let response = Response::builder()
+                    .header("content-type", "text/plain")
+                    .header("x-inner", "kept")
+                    .header("cache-control", "no-store")
+                    .body(String::from("inner body"))
+                    .unwrap();
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let svc = BoxCloneService::new(layer.clock(clock.clone()).layer(inner));
+        Harness {
+            clock,
+            svc,
+            calls,
+            seen,
+        }
+    }
+
+    async fn send(&self, method: &str, path: &str, key: &str) -> Res {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-api-key", key)
+            .body(String::new())
+            .unwrap();
+        self.svc.clone().oneshot(request).await.unwrap()
+    }
+
+    async fn get(&self) -> Res {
+        self.send("GET", "/v1/calls", "k").await
+    }
+
+    /// Sends `n` requests that must all be admitted.
+    async fn spend(&self, n: usize, method: &str, path: &str) {
+        for i in 0..n {
+            let response = self.send(method, path, "k").await;
+            assert_eq!(response.status(), StatusCode::OK, "request {i} of {n}");
+        }
+    }
+
+    fn set(&self, nanos: u64) {
+        self.clock.set(nanos);
+    }
+
+    fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+fn value<'r>(response: &'r Res, name: &str) -> Option<&'r str> {
+    response.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+fn number(response: &Res, name: &str) -> u64 {
+    value(response, name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", response.headers()))
+        .parse()
+        .unwrap()
+}
+
+/// `(Limit, Remaining, Reset)`.
+fn trio(response: &Res) -> (u64, u64, u64) {
+    (
+        number(response, "x-ratelimit-limit"),
+        number(response, "x-ratelimit-remaining"),
+        number(response, "x-ratelimit-reset"),
+    )
+}
+
+fn retry_after(response: &Res) -> Option<u64> {
+    value(response, "retry-after").map(|v| v.parse().unwrap())
+}
+
+fn api_key() -> Header {
+    Header::parse("X-API-Key").unwrap()
+}
+
+fn single(quota: Quota) -> Policy {
+    Policy::builder()
+        .limit(Limit::new("per_key", api_key()).quota(quota))
+        .build()
+        .unwrap()
+}
+
+fn fixed(window: Window) -> Quota {
+    Quota::new(window).algorithm(Algorithm::FixedWindow)
+}
+
+#[tokio::test]
+async fn gcra_admitted_responses_report_limit_remaining_and_the_moment_the_window_is_full_again() {
+    let h = Harness::new(single(Quota::new(Window::per_minute(60))));
+    let first = h.get().await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(trio(&first), (60, 59, T0 + 1));
+    assert_eq!(retry_after(&first), None);
+    let second = h.get().await;
+    assert_eq!(trio(&second), (60, 58, T0 + 2));
+    h.spend(57, "GET", "/v1/calls").await;
+    let last = h.get().await;
+    assert_eq!(trio(&last), (60, 0, T0 + 60));
+    assert_eq!(retry_after(&last), None, "Retry-After only on refusals");
+
+    // Half a second later: refused, 0 left, full again at T0 + 60.
+    h.advance(Duration::from_millis(500));
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(trio(&refused), (60, 0, T0 + 60));
+    assert_eq!(retry_after(&refused), Some(1), "0.5 s rounds up to 1");
+    assert_eq!(h.calls(), 60);
+}
+
+#[tokio::test]
+async fn fixed_window_reset_is_the_end_of_the_aligned_window() {
+    let h = Harness::new(single(fixed(Window::per_minute(3))));
+    let end = T0 + 40;
+    for left in [2, 1, 0] {
+        let response = h.get().await;
+        assert_eq!(trio(&response), (3, left, end));
+        assert_eq!(retry_after(&response), None);
+    }
+    h.advance(Duration::from_millis(250));
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(40), "39.75 s rounds up to 40");
+    // The window ends at `end`, but a client that waits the advertised 40 s
+    // comes back at `end + 0.25 s`: the reset is never before that.
+    assert_eq!(trio(&refused), (3, 0, end + 1));
+
+    h.set(end * NS);
+    let fresh = h.get().await;
+    assert_eq!(trio(&fresh), (3, 2, end + 60));
+}
+
+#[tokio::test]
+async fn remaining_decreases_by_the_cost_and_is_zero_on_a_refusal() {
+    // 10/minute at cost 3: a unit is earned back every 6 s.
+    let h = Harness::new(single(Quota::new(Window::per_minute(10)).cost(3)));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let response = h.get().await;
+        seen.push((
+            response.status().as_u16(),
+            trio(&response),
+            retry_after(&response),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            (200, (10, 7, T0 + 18), None),
+            (200, (10, 4, T0 + 36), None),
+            (200, (10, 1, T0 + 54), None),
+            (429, (10, 0, T0 + 54), Some(12)),
+        ]
+    );
+
+    let h = Harness::new(single(fixed(Window::per_minute(10)).cost(4)));
+    let remaining: Vec<_> = [h.get().await, h.get().await, h.get().await]
+        .iter()
+        .map(|r| (r.status().as_u16(), number(r, "x-ratelimit-remaining")))
+        .collect();
+    assert_eq!(remaining, [(200, 6), (200, 2), (429, 0)]);
+}
+
+#[tokio::test]
+async fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+    // GCRA 60/minute: after the burst, one back every second.
+    let h = Harness::new(single(Quota::new(Window::per_minute(60))));
+    h.spend(60, "GET", "/v1/calls").await;
+    for (at_ms, expected) in [(0, 1), (100, 1), (999, 1)] {
+        h.set(T0 * NS + at_ms * 1_000_000);
+        assert_eq!(
+            retry_after(&h.get().await),
+            Some(expected),
+            "{at_ms} ms after the burst"
+        );
+    }
+    // A wait of a single nanosecond still says 1, never 0.
+    h.set((T0 + 1) * NS - 1);
+    assert_eq!(retry_after(&h.get().await), Some(1));
+
+    // GCRA 30/minute: one back every 2 s; a 1.1 s wait says 2.
+    let h = Harness::new(single(Quota::new(Window::per_minute(30))));
+    h.spend(30, "GET", "/v1/calls").await;
+    h.advance(Duration::from_millis(900));
+    assert_eq!(retry_after(&h.get().await), Some(2));
+
+    // Fixed window: 100 ms and 1.1 s before the boundary.
+    let end = T0 + 40;
+    let h = Harness::at(
+        single(fixed(Window::per_minute(1))),
+        end * NS - 1_100_000_000,
+    );
+    h.spend(1, "GET", "/v1/calls").await;
+    assert_eq!(retry_after(&h.get().await), Some(2));
+    h.set(end * NS - 100_000_000);
+    assert_eq!(retry_after(&h.get().await), Some(1));
+    h.set(end * NS - 1);
+    assert_eq!(retry_after(&h.get().await), Some(1));
+}
+
+/// The next request must be refused with `Retry-After: expected`; a request
+/// sent that many seconds later is admitted and (when the wait is over a
+/// second) one sent a second earlier is refused. Returns the refusal.
+async fn assert_honest(h: &Harness, method: &str, path: &str, expected: u64) -> Res {
+    let now = h.clock.now();
+    let refused = h.send(method, path, "k").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait = retry_after(&refused).expect("Retry-After on a refusal");
+    assert_eq!(wait, expected);
+    let reset = number(&refused, "x-ratelimit-reset");
+    assert!(
+        reset >= now.div_ceil(NS) + wait,
+        "X-RateLimit-Reset {reset} is before now ({now} ns) + Retry-After {wait}"
+    );
+    assert_eq!(number(&refused, "x-ratelimit-remaining"), 0);
+    if wait >= 2 {
+        h.set(now + (wait - 1) * NS);
+        let early = h.send(method, path, "k").await;
+        assert_eq!(
+            early.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "a second early"
+        );
+    }
+    h.set(now + wait * NS);
+    let on_time = h.send(method, path, "k").await;
+    assert_eq!(on_time.status(), StatusCode::OK, "after Retry-After");
+    refused
+}
+
+#[tokio::test]
+async fn gcra_retry_after_is_honest() {
+    // 2/minute: one back every 30 s.
+    let h = Harness::new(single(Quota::new(Window::per_minute(2))));
+    h.spend(2, "GET", "/v1/calls").await;
+    let refused = assert_honest(&h, "GET", "/v1/calls", 30).await;
+    assert_eq!(trio(&refused), (2, 0, T0 + 60));
+
+    // 300 ms into the wait: 29.7 s left, said as 30.
+    let h = Harness::new(single(Quota::new(Window::per_minute(2))));
+    h.spend(2, "GET", "/v1/calls").await;
+    h.advance(Duration::from_millis(300));
+    assert_honest(&h, "GET", "/v1/calls", 30).await;
+}
+
+#[tokio::test]
+async fn fixed_window_retry_after_is_honest() {
+    let h = Harness::new(single(fixed(Window::per_minute(2))));
+    h.spend(2, "GET", "/v1/calls").await;
+    let refused = assert_honest(&h, "GET", "/v1/calls", 40).await;
+    assert_eq!(trio(&refused), (2, 0, T0 + 40));
+
+    let h = Harness::at(single(fixed(Window::per_minute(2))), T0 * NS + 250_000_000);
+    h.spend(2, "GET", "/v1/calls").await;
+    assert_honest(&h, "GET", "/v1/calls", 40).await;
+}
+
+#[tokio::test]
+async fn fixed_window_retry_after_is_honest_when_the_hour_window_binds() {
+    // 60/minute and 100/hour, starting 10 s into an hour.
+    let policy = single(fixed(Window::per_minute(60)).and(Window::per_hour(100)));
+    let h = Harness::at(policy, (HOUR + 10) * NS);
+    h.spend(60, "GET", "/v1/calls").await;
+    h.set((HOUR + 60) * NS);
+    h.spend(40, "GET", "/v1/calls").await;
+    // The minute has 20 left; the hour is spent until its end.
+    let refused = assert_honest(&h, "GET", "/v1/calls", 3540).await;
+    assert_eq!(
+        trio(&refused),
+        (100, 0, HOUR + 3600),
+        "the binding window is reported"
+    );
+}
+
+#[tokio::test]
+async fn gcra_retry_after_is_honest_when_the_hour_window_binds() {
+    // 5/minute (one back every 12 s) and 6/hour (one back every 600 s).
+    let h = Harness::new(single(
+        Quota::new(Window::per_minute(5)).and(Window::per_hour(6)),
+    ));
+    h.spend(5, "GET", "/v1/calls").await;
+    h.advance(Duration::from_secs(12));
+    h.spend(1, "GET", "/v1/calls").await;
+    h.advance(Duration::from_secs(12));
+    // The minute would admit; the hour has room again at T0 + 600.
+    let refused = assert_honest(&h, "GET", "/v1/calls", 576).await;
+    assert_eq!(trio(&refused), (6, 0, T0 + 3600));
+}
+
+fn flireo(call_quota: Quota) -> Policy {
+    Policy::builder()
+        .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_minute(100))))
+        .limit(
+            Limit::new("per_call", PathCapture::new("call_id"))
+                .route("POST /v1/calls/{call_id}/control", call_quota),
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn retry_after_is_honest_with_stacked_limits() {
+    // The call limit binds: 2/minute, one back every 30 s.
+    let h = Harness::new(flireo(Quota::new(Window::per_minute(2))));
+    h.spend(2, "POST", "/v1/calls/c1/control").await;
+    let refused = assert_honest(&h, "POST", "/v1/calls/c1/control", 30).await;
+    assert_eq!(
+        trio(&refused),
+        (2, 0, T0 + 60),
+        "the call window is reported"
+    );
+
+    // Both bind: the key in 0.6 s, the call in 30 s; the longer wait is told.
+    let h = Harness::new(flireo(Quota::new(Window::per_minute(2))));
+    h.spend(2, "POST", "/v1/calls/c1/control").await;
+    h.spend(98, "GET", "/v1/numbers").await;
+    assert_honest(&h, "POST", "/v1/calls/c1/control", 30).await;
+
+    // The key binds with a fixed-window call limit that has room.
+    let h = Harness::new(flireo(fixed(Window::per_minute(10))));
+    h.spend(100, "GET", "/v1/numbers").await;
+    h.advance(Duration::from_millis(100));
+    let refused = assert_honest(&h, "POST", "/v1/calls/c1/control", 1).await;
+    assert_eq!(
+        number(&refused, "x-ratelimit-limit"),
+        100,
+        "the key window is reported"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honest_with_paused_tokio_time() {
+    for quota in [
+        Quota::new(Window::per_minute(2)),
+        fixed(Window::per_minute(2)),
+    ] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let svc = RateLimitLayer::new(single(quota.clone())).layer(service_fn(
+            move |_req: Request<String>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, Infallible>(Response::new(String::new())) }
+            },
+        ));
+        let send = || {
+            let request = Request::get("/v1/calls")
+                .header("x-api-key", "k")
+                .body(String::new())
+                .unwrap();
+            svc.clone().oneshot(request)
+        };
+        // The default clock follows Tokio's paused time from the wall-clock
+        // moment the layer was made, so a fixed window's wait is whatever
+        // is left of the current minute.
+        assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+        let refused = send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait = retry_after(&refused).unwrap();
+        assert!((1..=60).contains(&wait), "{quota:?}: {wait}");
+        if wait >= 2 {
+            tokio::time::advance(Duration::from_secs(wait - 1)).await;
+            assert_eq!(
+                send().await.unwrap().status(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "{quota:?}"
+            );
+            tokio::time::advance(Duration::from_secs(1)).await;
+        } else {
+            tokio::time::advance(Duration::from_secs(wait)).await;
+        }
+        assert_eq!(send().await.unwrap().status(), StatusCode::OK, "{quota:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "{quota:?}");
+    }
+}
+
+fn talkpilot(report: ReportedWindow) -> Policy {
+    Policy::builder()
+        .limit(
+            Limit::new("per_key", api_key())
+                .quota(fixed(Window::per_minute(60)).and(Window::per_hour(100))),
+        )
+        .report(report)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_most_restrictive_window_is_reported_by_default() {
+    let h = Harness::at(talkpilot(ReportedWindow::default()), HOUR * NS);
+    let first = h.get().await;
+    // Minute: 59 left; hour: 99 left.
+    assert_eq!(trio(&first), (60, 59, HOUR + 60));
+    h.spend(59, "GET", "/v1/calls").await;
+    h.set((HOUR + 60) * NS);
+    // Minute: 59 left; hour: 39 left.
+    assert_eq!(trio(&h.get().await), (100, 39, HOUR + 3600));
+}
+
+#[tokio::test]
+async fn a_named_period_is_reported_even_when_another_window_has_less_left() {
+    let h = Harness::at(
+        talkpilot(ReportedWindow::Period(Duration::from_secs(60))),
+        HOUR * NS,
+    );
+    h.spend(60, "GET", "/v1/calls").await;
+    h.set((HOUR + 60) * NS);
+    // Minute: 59 left; hour: 39 left. TalkPilot reports the minute.
+    assert_eq!(trio(&h.get().await), (60, 59, HOUR + 120));
+    h.spend(39, "GET", "/v1/calls").await;
+    // The hour refuses; the minute window is still reported, with 0 left
+    // and a reset no earlier than the retry.
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(3540));
+    assert_eq!(trio(&refused), (60, 0, HOUR + 3600));
+}
+
+fn ietf(style: HeaderStyle) -> Policy {
+    Policy::builder()
+        .limit(
+            Limit::new("per_key", api_key())
+                .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))),
+        )
+        .headers(style)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ietf_style_sends_one_policy_item_per_window() {
+    let h = Harness::new(ietf(HeaderStyle::Ietf));
+    let response = h.get().await;
+    assert_eq!(
+        value(&response, "ratelimit-policy"),
+        Some(r#""per_key.minute";q=60;w=60, "per_key.hour";q=1000;w=3600"#)
+    );
+    // The hour earns a request back every 3.6 s: t rounds up to 4.
+    assert_eq!(
+        value(&response, "ratelimit"),
+        Some(r#""per_key.minute";r=59;t=1, "per_key.hour";r=999;t=4"#)
+    );
+    assert_eq!(value(&response, "x-ratelimit-limit"), None);
+    assert_eq!(value(&response, "x-ratelimit-remaining"), None);
+    assert_eq!(value(&response, "x-ratelimit-reset"), None);
+
+    h.spend(59, "GET", "/v1/calls").await;
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(1));
+    assert_eq!(
+        value(&refused, "ratelimit-policy"),
+        Some(r#""per_key.minute";q=60;w=60, "per_key.hour";q=1000;w=3600"#)
+    );
+    // Nothing was charged: the hour holds 60 requests (216 s), not 61.
+    assert_eq!(
+        value(&refused, "ratelimit"),
+        Some(r#""per_key.minute";r=0;t=60, "per_key.hour";r=0;t=216"#)
+    );
+}
+
+#[tokio::test]
+async fn ietf_style_names_every_stacked_limit() {
+    let policy = Policy::builder()
+        .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_minute(100))))
+        .limit(Limit::new("per_call", PathCapture::new("call_id")).route(
+            "POST /v1/calls/{call_id}/control",
+            Quota::new(Window::per_minute(10)),
+        ))
+        .headers(HeaderStyle::Ietf)
+        .build()
+        .unwrap();
+    let h = Harness::new(policy);
+    let response = h.send("POST", "/v1/calls/c1/control", "k").await;
+    assert_eq!(
+        value(&response, "ratelimit-policy"),
+        Some(r#""per_key.minute";q=100;w=60, "per_call.minute";q=10;w=60"#)
+    );
+    assert_eq!(
+        value(&response, "ratelimit"),
+        Some(r#""per_key.minute";r=99;t=1, "per_call.minute";r=9;t=6"#)
+    );
+    let other = h.send("GET", "/v1/numbers", "k").await;
+    assert_eq!(
+        value(&other, "ratelimit-policy"),
+        Some(r#""per_key.minute";q=100;w=60"#)
+    );
+    assert_eq!(
+        value(&other, "ratelimit"),
+        Some(r#""per_key.minute";r=98;t=2"#)
+    );
+}
+
+#[tokio::test]
+async fn both_style_sends_x_ratelimit_and_ietf_headers() {
+    let h = Harness::new(ietf(HeaderStyle::Both));
+    let response = h.get().await;
+    assert_eq!(trio(&response), (60, 59, T0 + 1));
+    assert_eq!(
+        value(&response, "ratelimit"),
+        Some(r#""per_key.minute";r=59;t=1, "per_key.hour";r=999;t=4"#)
+    );
+    assert!(value(&response, "ratelimit-policy").is_some());
+}
+
+#[tokio::test]
+async fn none_style_sends_no_rate_limit_headers_but_keeps_retry_after() {
+    let h = Harness::new(ietf(HeaderStyle::None));
+    let admitted = h.get().await;
+    assert_eq!(admitted.status(), StatusCode::OK);
+    for name in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit",
+        "ratelimit-policy",
+        "retry-after",
+    ] {
+        assert_eq!(value(&admitted, name), None, "{name}");
+    }
+    h.spend(59, "GET", "/v1/calls").await;
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(1));
+    for name in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit",
+        "ratelimit-policy",
+    ] {
+        assert_eq!(value(&refused, name), None, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn the_inner_service_headers_and_body_are_kept() {
+    let h = Harness::new(single(Quota::new(Window::per_minute(60))));
+    let response = h.get().await;
+    assert_eq!(value(&response, "x-inner"), Some("kept"));
+    assert_eq!(value(&response, "content-type"), Some("text/plain"));
+    assert_eq!(value(&response, "cache-control"), Some("no-store"));
+    assert_eq!(trio(&response), (60, 59, T0 + 1));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"inner body");
+}
+
+#[tokio::test]
+async fn a_refusal_carries_the_headers_and_a_json_body_with_the_same_wait() {
+    let h = Harness::new(single(Quota::new(Window::per_minute(2))));
+    h.spend(2, "GET", "/v1/calls").await;
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(trio(&refused), (2, 0, T0 + 60));
+    assert_eq!(retry_after(&refused), Some(30));
+    assert_eq!(value(&refused, "content-type"), Some("application/json"));
+    assert_eq!(
+        value(&refused, "x-inner"),
+        None,
+        "the inner service was not called"
+    );
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"]["retry_after"], 30);
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test]
+async fn the_decision_is_in_the_request_and_response_extensions() {
+    let h = Harness::new(single(
+        Quota::new(Window::per_minute(2)).and(Window::per_hour(10)),
+    ));
+    let response = h.get().await;
+    let decision = response
+        .extensions()
+        .get::<Decision>()
+        .expect("in the response")
+        .clone();
+    assert!(decision.is_admitted());
+    assert_eq!(decision.retry_after(), None);
+    assert_eq!(decision.refusal(), None);
+    let reported = decision.reported().unwrap();
+    assert_eq!(
+        (reported.limit, reported.remaining, reported.reset),
+        trio_u32(&response)
+    );
+    assert_eq!(decision.windows().len(), 2);
+    assert_eq!(
+        decision
+            .windows()
+            .iter()
+            .map(|w| (w.limit, w.remaining, w.period))
+            .collect::<Vec<_>>(),
+        [(2, 1, 60), (10, 9, 3600)]
+    );
+    let seen = h.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [Some(decision)],
+        "the inner service saw the same decision"
+    );
+
+    h.spend(1, "GET", "/v1/calls").await;
+    let refused = h.get().await;
+    let decision = refused
+        .extensions()
+        .get::<Decision>()
+        .expect("in a refusal");
+    assert!(!decision.is_admitted());
+    assert_eq!(decision.refusal(), Some(RefusalReason::Window));
+    assert_eq!(decision.retry_after(), Some(30));
+    assert_eq!(decision.retry_after(), retry_after(&refused));
+    assert_eq!(
+        h.seen.lock().unwrap().len(),
+        2,
+        "a refusal never reaches the inner service"
+    );
+}
+
+fn trio_u32(response: &Res) -> (u32, u32, u64) {
+    let (limit, remaining, reset) = trio(response);
+    (limit as u32, remaining as u32, reset)
+}
+
+#[tokio::test]
+async fn decision_extensions_can_be_turned_off() {
+    let layer =
+        RateLimitLayer::new(single(Quota::new(Window::per_minute(1)))).decision_extensions(false);
+    let h = Harness::with(layer, T0 * NS);
+    let admitted = h.get().await;
+    assert_eq!(admitted.status(), StatusCode::OK);
+    assert!(admitted.extensions().get::<Decision>().is_none());
+    assert_eq!(trio(&admitted), (1, 0, T0 + 60), "headers are still sent");
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.extensions().get::<Decision>().is_none());
+    assert_eq!(*h.seen.lock().unwrap(), [None]);
+}
+
+#[tokio::test]
+async fn requests_that_match_no_limit_pass_untouched() {
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("per_key", api_key())
+                .route("POST /v1/calls", Quota::new(Window::per_minute(1))),
+        )
+        .headers(HeaderStyle::Both)
+        .build()
+        .unwrap();
+    let h = Harness::new(policy);
+    for _ in 0..5 {
+        // No key at all: no limit applies, so no 401 either.
+        let request = Request::get("/health").body(String::new()).unwrap();
+        let response = h.svc.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "ratelimit",
+            "ratelimit-policy",
+            "retry-after",
+        ] {
+            assert_eq!(value(&response, name), None, "{name}");
+        }
+        assert_eq!(value(&response, "x-inner"), Some("kept"));
+        assert!(response.extensions().get::<Decision>().is_none());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"inner body");
+    }
+    assert_eq!(h.calls(), 5);
+    assert_eq!(*h.seen.lock().unwrap(), vec![None; 5]);
+}

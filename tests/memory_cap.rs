@@ -1,0 +1,419 @@
+//! The memory store's bounds through the public API: what happens at the
+//! entry cap (new keys are refused with an honest `Retry-After`, known keys
+//! are decided exactly), a flood of distinct keys never grows the store past
+//! its capacity, and idle keys are dropped losslessly.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use tower::util::BoxCloneService;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_ratelimit::clock::ManualClock;
+use tower_ratelimit::key::Header;
+use tower_ratelimit::store::MemoryStore;
+use tower_ratelimit::{
+    Algorithm, CustomBody, Decision, Limit, Policy, Quota, RateLimitLayer, RefusalFormat,
+    RefusalReason, ResponseBody, Window,
+};
+
+const NS: u64 = 1_000_000_000;
+const T0: u64 = 1_700_000_000;
+const HOUR: Duration = Duration::from_secs(3600);
+
+type Res = Response<ResponseBody<String>>;
+type Svc = BoxCloneService<Request<String>, Res, Infallible>;
+
+struct Harness {
+    clock: ManualClock,
+    layer: RateLimitLayer,
+    svc: Svc,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Harness {
+    fn new(policy: Policy, store: MemoryStore) -> Self {
+        let clock = ManualClock::at_unix_secs(T0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let inner = service_fn(move |_req: Request<String>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+        });
+        let layer = RateLimitLayer::with_store(policy, store).clock(clock.clone());
+        let svc = BoxCloneService::new(layer.layer(inner));
+        Harness {
+            clock,
+            layer,
+            svc,
+            calls,
+        }
+    }
+
+    async fn send(&self, method: &str, key: &str) -> Res {
+        let request = Request::builder()
+            .method(method)
+            .uri("/v1/calls")
+            .header("x-api-key", key)
+            .body(String::new())
+            .unwrap();
+        self.svc.clone().oneshot(request).await.unwrap()
+    }
+
+    async fn get(&self, key: &str) -> Res {
+        self.send("GET", key).await
+    }
+
+    fn at(&self, secs: u64) {
+        self.clock.set(secs * NS);
+    }
+
+    fn len(&self) -> usize {
+        self.layer.store().len()
+    }
+
+    fn sweep(&self) {
+        self.layer.store().sweep(self.layer.now());
+    }
+}
+
+fn per_key(quota: Quota) -> Policy {
+    Policy::builder()
+        .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(quota))
+        .build()
+        .unwrap()
+}
+
+/// 10/minute, GCRA: one request's state expires 6 s after it.
+fn ten_per_minute() -> Policy {
+    per_key(Quota::new(Window::per_minute(10)))
+}
+
+fn number(response: &Res, name: &str) -> u64 {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", response.headers()))
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn remaining(response: &Res) -> u64 {
+    number(response, "x-ratelimit-remaining")
+}
+
+fn retry_after(response: &Res) -> Option<u64> {
+    response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+fn refusal(response: &Res) -> Option<RefusalReason> {
+    response
+        .extensions()
+        .get::<Decision>()
+        .and_then(Decision::refusal)
+}
+
+/// Everything a client sees of a response.
+fn seen(response: &Res) -> (u16, Option<u64>, Option<u64>, Option<u64>, Option<u64>) {
+    let get = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().parse().unwrap())
+    };
+    (
+        response.status().as_u16(),
+        get("x-ratelimit-limit"),
+        get("x-ratelimit-remaining"),
+        get("x-ratelimit-reset"),
+        get("retry-after"),
+    )
+}
+
+#[tokio::test]
+async fn at_the_cap_a_new_key_is_refused_until_the_earliest_entry_expires() {
+    let store = MemoryStore::builder()
+        .max_entries(3)
+        .shards(1)
+        .sweep_interval(HOUR)
+        .build();
+    assert_eq!(store.capacity(), 3);
+    let h = Harness::new(ten_per_minute(), store);
+    for (secs, key) in [(0, "a"), (1, "b"), (2, "c")] {
+        h.at(T0 + secs);
+        assert_eq!(h.get(key).await.status(), StatusCode::OK);
+    }
+    assert_eq!(h.len(), 3);
+
+    // A fourth key: refused, told to come back when `a` (T0 + 6) expires.
+    h.at(T0 + 3);
+    let refused = h.get("d").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refusal(&refused), Some(RefusalReason::Capacity));
+    assert_eq!(retry_after(&refused), Some(3));
+    assert_eq!(h.len(), 3, "a refused new key is not stored");
+
+    // Known keys are still decided exactly: `c` has 8 then 7 left, and `b`
+    // gets exactly the 9 requests its window has left.
+    assert_eq!(remaining(&h.get("c").await), 8);
+    assert_eq!(remaining(&h.get("c").await), 7);
+    let mut admitted = 0;
+    for _ in 0..20 {
+        let response = h.get("b").await;
+        if response.status() == StatusCode::OK {
+            admitted += 1;
+        } else {
+            assert_eq!(refusal(&response), Some(RefusalReason::Window));
+        }
+    }
+    assert_eq!(admitted, 9);
+
+    // A second before `a` expires: still refused, 1 s to go.
+    h.at(T0 + 5);
+    assert_eq!(retry_after(&h.get("d").await), Some(1));
+    // When `a` expires, `d` takes its place, with a fresh key's count.
+    h.at(T0 + 6);
+    let admitted = h.get("d").await;
+    assert_eq!(admitted.status(), StatusCode::OK);
+    assert_eq!(remaining(&admitted), 9);
+    assert_eq!(h.len(), 3);
+
+    // Full again: the earliest expiry is now `d`'s own (T0 + 12), not `c`'s
+    // (T0 + 20) nor `b`'s (T0 + 61).
+    let refused = h.get("e").await;
+    assert_eq!(refusal(&refused), Some(RefusalReason::Capacity));
+    assert_eq!(retry_after(&refused), Some(6));
+    h.at(T0 + 12);
+    assert_eq!(h.get("e").await.status(), StatusCode::OK);
+    assert_eq!(h.calls.load(Ordering::SeqCst), 3 + 2 + 9 + 1 + 1);
+}
+
+#[tokio::test]
+async fn at_the_cap_retry_after_is_honest_with_the_default_sweep_interval() {
+    let store = MemoryStore::builder().max_entries(2).shards(1).build();
+    let h = Harness::new(ten_per_minute(), store);
+    h.at(T0);
+    assert_eq!(h.get("a").await.status(), StatusCode::OK);
+    h.at(T0 + 1);
+    assert_eq!(h.get("b").await.status(), StatusCode::OK);
+    h.at(T0 + 2);
+    let refused = h.get("c").await;
+    assert_eq!(refusal(&refused), Some(RefusalReason::Capacity));
+    // `a` expires at T0 + 6.
+    assert_eq!(retry_after(&refused), Some(4));
+    let reset = number(&refused, "x-ratelimit-reset");
+    assert!(reset >= T0 + 2 + 4, "reset {reset}");
+    h.at(T0 + 6);
+    assert_eq!(h.get("c").await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_distinct_keys_never_grows_the_store_past_its_capacity() {
+    let store = MemoryStore::builder().max_entries(1000).shards(4).build();
+    // The cap, rounded up to whole entries per shard.
+    let capacity = store.capacity();
+    assert!((1000..1004).contains(&capacity), "capacity {capacity}");
+    // A small refusal body keeps 100,000 requests quick.
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(10))),
+        )
+        .refusal(RefusalFormat::custom(|_| CustomBody::json("{}")))
+        .build()
+        .unwrap();
+    let h = Harness::new(policy, store);
+    for _ in 0..10 {
+        assert_eq!(h.get("client").await.status(), StatusCode::OK);
+    }
+    // 100,000 keys from 4 tasks over 10 s.
+    let mut tasks = Vec::new();
+    for t in 0..4u32 {
+        let (svc, clock, store) = (h.svc.clone(), h.clock.clone(), Arc::clone(h.layer.store()));
+        tasks.push(tokio::spawn(async move {
+            let (mut admitted, mut at_capacity) = (0, 0);
+            for i in 0..25_000u32 {
+                clock.advance(Duration::from_micros(100));
+                let request = Request::get("/v1/calls")
+                    .header("x-api-key", format!("flood-{t}-{i}"))
+                    .body(String::new())
+                    .unwrap();
+                let response = svc.clone().oneshot(request).await.unwrap();
+                match refusal(&response) {
+                    None => admitted += 1,
+                    Some(RefusalReason::Capacity) => at_capacity += 1,
+                    Some(other) => panic!("flood key {t}-{i} refused for {other:?}"),
+                }
+                if i % 256 == 0 {
+                    let len = store.len();
+                    assert!(len <= capacity, "{len} entries after {i} flood keys");
+                }
+            }
+            (admitted, at_capacity)
+        }));
+    }
+    let (mut admitted, mut at_capacity) = (0, 0);
+    for task in tasks {
+        let (a, c) = task.await.unwrap();
+        admitted += a;
+        at_capacity += c;
+    }
+    assert!(h.len() <= capacity);
+    assert!(
+        at_capacity > 0 && admitted >= 1000,
+        "{admitted} admitted, {at_capacity} refused"
+    );
+
+    // The real client was never forgotten: at T0 + 10 s it has earned back
+    // exactly one request (one per 6 s, its 10 spent at T0), not a fresh 10.
+    let response = h.get("client").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(remaining(&response), 0);
+    assert_eq!(
+        h.get("client").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn sweep_drops_idle_keys_once_they_equal_a_fresh_key() {
+    for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
+        let store = MemoryStore::builder()
+            .shards(4)
+            .sweep_interval(HOUR)
+            .build();
+        let h = Harness::new(
+            per_key(Quota::new(Window::per_minute(10)).algorithm(algorithm)),
+            store,
+        );
+        // T0 is 20 s into a minute: a fixed window's state expires at T0 + 40,
+        // a GCRA state of one request at T0 + 6.
+        let expiry = match algorithm {
+            Algorithm::FixedWindow => T0 + 40,
+            _ => T0 + 6,
+        };
+        for i in 0..100 {
+            assert_eq!(h.get(&format!("key-{i}")).await.status(), StatusCode::OK);
+        }
+        assert_eq!(h.len(), 100);
+        h.clock.set(expiry * NS - 1);
+        h.sweep();
+        assert_eq!(h.len(), 100, "{algorithm}: nothing is dropped early");
+        h.at(expiry);
+        h.sweep();
+        assert_eq!(h.len(), 0, "{algorithm}");
+
+        // A swept key answers exactly like a key never seen.
+        let swept = h.get("key-0").await;
+        let fresh = h.get("never-seen").await;
+        assert_eq!(seen(&swept), seen(&fresh), "{algorithm}");
+        assert_eq!(remaining(&swept), 9);
+    }
+}
+
+#[tokio::test]
+async fn idle_keys_are_dropped_when_the_sweep_interval_passes_with_traffic() {
+    let store = MemoryStore::builder()
+        .shards(1)
+        .sweep_interval(Duration::from_secs(1))
+        .build();
+    let h = Harness::new(ten_per_minute(), store);
+    for i in 0..100 {
+        h.get(&format!("key-{i}")).await;
+    }
+    assert_eq!(h.len(), 100);
+    // Two seconds on, the keys are not idle yet (6 s): nothing is dropped.
+    h.at(T0 + 2);
+    h.get("other").await;
+    assert_eq!(h.len(), 101);
+    h.at(T0 + 7);
+    h.get("another").await;
+    assert_eq!(h.len(), 2, "only the keys used in the last 6 s remain");
+}
+
+/// A tiny deterministic generator, so that both layers see one sequence.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % below
+    }
+}
+
+#[tokio::test]
+async fn sweeping_is_lossless_a_sweeping_store_decides_like_one_that_never_sweeps() {
+    let two_routes = || {
+        Policy::builder()
+            .limit(
+                Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                    .route(
+                        "GET *",
+                        Quota::new(Window::per_second(3))
+                            .and(Window::new(10, Duration::from_secs(10)).unwrap()),
+                    )
+                    .route(
+                        "POST *",
+                        Quota::new(Window::per_second(2))
+                            .and(Window::new(7, Duration::from_secs(10)).unwrap())
+                            .cost(2)
+                            .algorithm(Algorithm::FixedWindow),
+                    ),
+            )
+            .build()
+            .unwrap()
+    };
+    let sweeping = Harness::new(
+        two_routes(),
+        MemoryStore::builder()
+            .shards(1)
+            .sweep_interval(Duration::from_millis(1))
+            .build(),
+    );
+    let keeping = Harness::new(
+        two_routes(),
+        MemoryStore::builder()
+            .shards(1)
+            .sweep_interval(HOUR * 24)
+            .build(),
+    );
+    let mut rng = Lcg(7);
+    let mut smaller = 0;
+    for step in 0..5000 {
+        let by = Duration::from_millis(match rng.next(10) {
+            0 => 3000 + rng.next(9000),
+            _ => rng.next(400),
+        });
+        sweeping.clock.advance(by);
+        keeping.clock.advance(by);
+        if rng.next(50) == 0 {
+            sweeping.sweep();
+        }
+        let key = format!("k{}", rng.next(6));
+        let method = if rng.next(3) == 0 { "POST" } else { "GET" };
+        let a = sweeping.send(method, &key).await;
+        let b = keeping.send(method, &key).await;
+        assert_eq!(seen(&a), seen(&b), "step {step}: {method} {key}");
+        if sweeping.len() < keeping.len() {
+            smaller += 1;
+        }
+    }
+    assert!(
+        smaller > 100,
+        "the sweeping store really dropped keys ({smaller} steps)"
+    );
+    assert_eq!(
+        sweeping.calls.load(Ordering::SeqCst),
+        keeping.calls.load(Ordering::SeqCst)
+    );
+}
