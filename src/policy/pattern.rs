@@ -155,19 +155,22 @@ pub struct PathSegments<'a> {
 impl<'a> PathSegments<'a> {
     /// Splits `path` (the request URI's path, without the query).
     pub fn new(path: &'a str) -> Self {
+        // http caps URIs at 64 KiB, so every offset fits in a u32; a longer
+        // path would only be cut short, never misread.
+        let bytes = &path.as_bytes()[..path.len().min(u32::MAX as usize)];
         let mut spans = SmallVec::new();
-        let bytes = path.as_bytes();
-        let mut start = 0usize;
-        // Paths longer than u32::MAX cannot reach here (http limits URIs to
-        // 64 KiB), but stay correct anyway by treating them as unmatched.
-        let len = bytes.len().min(u32::MAX as usize);
-        for i in 0..=len {
-            if i == len || bytes[i] == b'/' {
-                if i > start {
-                    spans.push((start as u32, i as u32));
-                }
-                start = i + 1;
+        let mut start = 0;
+        let ends = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'/')
+            .map(|(i, _)| i)
+            .chain(std::iter::once(bytes.len()));
+        for end in ends {
+            if end > start {
+                spans.push((start as u32, end as u32));
             }
+            start = end + 1;
         }
         PathSegments { path, spans }
     }
