@@ -147,6 +147,6 @@ pub use headers::{
     HeaderStyle, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
 pub use layer::RateLimitLayer;
-pub use policy::{Algorithm, Limit, MissingKey, Policy, PolicyBuilder, Quota, Window};
+pub use policy::{Algorithm, CustomKeys, Limit, MissingKey, Policy, PolicyBuilder, Quota, Window};
 pub use response::{CustomBody, Refusal, RefusalFormat, X_REQUEST_ID};
 pub use service::RateLimit;

@@ -48,7 +48,7 @@ impl KeyExtractor for FirstOf {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         for (i, alternative) in self.alternatives.iter().enumerate() {
             match alternative.extract(request) {
-                Ok(key) => return Ok(key.tagged(i as u8 + 1)),
+                Ok(key) => return Ok(key.tagged(i)),
                 Err(e) if e.kind() == KeyErrorKind::Missing => {}
                 Err(e) => return Err(e),
             }

@@ -102,9 +102,10 @@ where
 #[derive(Clone, PartialEq, Eq)]
 pub struct Key<'a> {
     repr: Repr<'a>,
-    /// Which alternative of a [`FirstOf`] produced the key, so that equal
-    /// bytes from different sources stay different keys.
-    tag: u8,
+    /// Which alternative of a [`FirstOf`] produced the key (16 bits per
+    /// nesting level), so that equal bytes from different sources stay
+    /// different keys.
+    tag: u64,
 }
 
 const INLINE: usize = 32;
@@ -150,8 +151,10 @@ impl<'a> Key<'a> {
         }
     }
 
-    pub(crate) fn tagged(mut self, tag: u8) -> Self {
-        self.tag = tag;
+    /// Marks the key as coming from alternative `index` of a [`FirstOf`];
+    /// an inner `FirstOf`'s mark is kept beneath the outer one's.
+    pub(crate) fn tagged(mut self, index: usize) -> Self {
+        self.tag = self.tag.rotate_left(16) ^ (index as u64 % 0xffff + 1);
         self
     }
 
@@ -172,7 +175,7 @@ impl<'a> Key<'a> {
 
     /// Feeds the key into a hasher.
     pub(crate) fn hash_into(&self, hasher: &mut impl Hasher) {
-        hasher.write_u8(self.tag);
+        hasher.write_u64(self.tag);
         match &self.repr {
             Repr::Borrowed(b) => hasher.write(b),
             Repr::Inline { len, bytes } => hasher.write(&bytes[..usize::from(*len)]),

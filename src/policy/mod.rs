@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
+pub use config::CustomKeys;
 pub use limit::{Limit, MissingKey};
 pub(crate) use limit::{CompiledLimit, Route};
 pub use methods::Methods;

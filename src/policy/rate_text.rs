@@ -29,7 +29,11 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{text}`: expected a number before `{rest}`"));
+            return Err(if rest.starts_with(|c: char| c.is_alphabetic()) {
+                format!("`{text}`: unknown unit `{rest}` (ms, s, m, h or d)")
+            } else {
+                format!("`{text}`: expected a number before `{rest}`")
+            });
         }
         let number: u64 = rest[..digits]
             .parse()

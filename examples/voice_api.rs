@@ -1,0 +1,131 @@
+//! Run with `cargo run --example voice_api` (options: `--addr 127.0.0.1:3000`,
+//! `--config FILE`).
+//!
+//! A stand-in for a voice-AI API: every method and path answers 200 JSON,
+//! behind a `RateLimitLayer`. Without `--config` it enforces
+//! `examples/policies/default.toml`: per `X-API-Key`, 60/minute and
+//! 1,000/hour, both.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_ratelimit::{Policy, RateLimitLayer};
+
+const DEFAULT_POLICY: &str = include_str!("policies/default.toml");
+
+struct Options {
+    addr: SocketAddr,
+    config: Option<String>,
+}
+
+fn usage() -> &'static str {
+    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml]"
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+        config: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{}", usage()));
+        match arg.as_str() {
+            "--addr" => {
+                let text = value("--addr")?;
+                options.addr = text
+                    .parse()
+                    .map_err(|_| format!("--addr: `{text}` is not HOST:PORT (such as 127.0.0.1:3000)"))?;
+            }
+            "--config" => options.config = Some(value("--config")?),
+            "-h" | "--help" => return Err(usage().to_owned()),
+            other => return Err(format!("unknown argument `{other}`\n{}", usage())),
+        }
+    }
+    Ok(options)
+}
+
+fn load_policy(config: Option<&str>) -> Result<Policy, String> {
+    match config {
+        Some(path) => Policy::from_toml_file(path).map_err(|e| format!("{path}: {e}")),
+        None => Policy::from_toml(DEFAULT_POLICY).map_err(|e| format!("built-in policy: {e}")),
+    }
+}
+
+/// Every request the limiter lets through gets a 200 with what was asked.
+async fn answer(method: Method, uri: Uri) -> Response {
+    Json(json!({
+        "ok": true,
+        "method": method.as_str(),
+        "path": uri.path(),
+    }))
+    .into_response()
+}
+
+/// Makes the peer address visible to `PeerIp` keys without the `axum` feature.
+async fn record_peer(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(peer);
+    next.run(request).await
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = match parse_args() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let policy = match load_policy(options.config.as_deref()) {
+        Ok(policy) => policy,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let limits: Vec<String> = policy.limit_names().map(str::to_owned).collect();
+    // Layers run outside-in: `record_peer` first, so the limiter can key on the peer.
+    let app = Router::new()
+        .fallback(answer)
+        .layer(RateLimitLayer::new(policy))
+        .layer(middleware::from_fn(record_peer));
+
+    let listener = match tokio::net::TcpListener::bind(options.addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", options.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(options.addr);
+    println!("voice_api listening on http://{addr}");
+    println!(
+        "policy: {} (limits: {})",
+        options.config.as_deref().unwrap_or("built-in default: per X-API-Key, 60/minute and 1000/hour"),
+        limits.join(", ")
+    );
+    println!("try:");
+    println!("  curl -i -H 'X-API-Key: demo' http://{addr}/v1/calls");
+    println!("  curl -i -X POST -H 'X-API-Key: demo' http://{addr}/v1/calls");
+    println!("  curl -i http://{addr}/v1/calls            # no key: 401");
+    println!(
+        "  for i in $(seq 61); do curl -s -o /dev/null -w '%{{http_code}} ' -H 'X-API-Key: burst' http://{addr}/v1/agents; done; echo"
+    );
+
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown).await {
+        eprintln!("server error: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

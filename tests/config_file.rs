@@ -1,0 +1,1286 @@
+//! Policy files through the public API: a file means exactly what the
+//! equivalent code means, every key form and default works, and every kind of
+//! mistake is a `ConfigError` naming the field, line and column.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::util::BoxCloneService;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_ratelimit::clock::SystemClock;
+use tower_ratelimit::key::{
+    Extension, FirstOf, ForwardedHeader, ForwardedIp, Header, Key, PathCapture,
+};
+use tower_ratelimit::policy::CustomKeys;
+use tower_ratelimit::{
+    Algorithm, ConfigError, ConfigErrorKind, HeaderStyle, Limit, MissingKey, Policy, Quota,
+    RateLimitLayer, RefusalFormat, ReportedWindow, ResponseBody, Window,
+};
+
+type Svc = BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
+
+fn service(policy: Policy, clock: SystemClock) -> Svc {
+    let inner = service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::from("ok")))
+    });
+    BoxCloneService::new(RateLimitLayer::new(policy).clock(clock).layer(inner))
+}
+
+/// A response, read whole.
+#[derive(Debug, PartialEq, Eq)]
+struct Reply {
+    status: StatusCode,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+/// The headers the layer writes.
+const LAYER_HEADERS: [&str; 6] = [
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "ratelimit",
+    "ratelimit-policy",
+    "retry-after",
+];
+
+fn layer_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    LAYER_HEADERS
+        .iter()
+        .filter_map(|name| {
+            headers
+                .get(*name)
+                .map(|v| (name.to_string(), v.to_str().unwrap().to_owned()))
+        })
+        .collect()
+}
+
+async fn send(svc: &Svc, request: Request<String>) -> Reply {
+    let response = svc.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = layer_headers(response.headers());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn request(method: &str, path: &str, api_key: Option<&str>) -> Request<String> {
+    let mut builder = Request::builder().method(method).uri(path);
+    if let Some(key) = api_key {
+        builder = builder.header("x-api-key", key);
+    }
+    builder.body(String::new()).unwrap()
+}
+
+fn from_peer(mut request: Request<String>, peer: &str) -> Request<String> {
+    request
+        .extensions_mut()
+        .insert(SocketAddr::new(peer.parse().unwrap(), 40_000));
+    request
+}
+
+// ---------------------------------------------------------------------------
+// A file means what code means.
+
+const COMPLETE: &str = r#"
+headers = "both"
+report = "minute"
+refusal = "nixflex"
+refusal_status = 429
+max_key_len = 64
+
+# Per API key: key creation is partitioned from writes, writes from reads.
+[[limits]]
+name = "per_key"
+key = { header = "X-API-Key" }
+
+[[limits.routes]]
+methods = ["POST"]
+path = "/v1/keys"
+windows = ["2/hour"]
+
+[[limits.routes]]
+methods = "POST,PUT,PATCH,DELETE"
+path = "*"
+windows = ["3/minute", { limit = 5, period = "1h" }]
+algorithm = "fixed_window"
+
+[[limits.routes]]
+windows = ["4/minute", "10/hour"]
+
+# Per call, stacked on the per-key limit.
+[[limits]]
+name = "per_call"
+key = { path = "call_id" }
+algorithm = "fixed_window"
+
+[[limits.routes]]
+path = "/v1/calls/{call_id}/control"
+windows = ["2/minute"]
+cost = 1
+"#;
+
+fn complete_in_code() -> Policy {
+    Policy::builder()
+        .headers(HeaderStyle::Both)
+        .report(ReportedWindow::Period(Duration::from_secs(60)))
+        .refusal(RefusalFormat::Nixflex)
+        .refusal_status(StatusCode::TOO_MANY_REQUESTS)
+        .max_key_len(64)
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .route("POST /v1/keys", Quota::new(Window::per_hour(2)))
+                .route(
+                    "POST,PUT,PATCH,DELETE *",
+                    Quota::new(Window::per_minute(3))
+                        .and(Window::per_hour(5))
+                        .algorithm(Algorithm::FixedWindow),
+                )
+                .quota(Quota::new(Window::per_minute(4)).and(Window::per_hour(10))),
+        )
+        .limit(Limit::new("per_call", PathCapture::new("call_id")).route(
+            "/v1/calls/{call_id}/control",
+            Quota::new(Window::per_minute(2)).algorithm(Algorithm::FixedWindow),
+        ))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_complete_file_compiles_to_the_same_policy_as_code() {
+    let file = Policy::from_toml(COMPLETE).unwrap();
+    assert_eq!(format!("{file:?}"), format!("{:?}", complete_in_code()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_complete_file_behaves_like_the_same_policy_in_code() {
+    let clock = SystemClock::new();
+    let from_file = service(Policy::from_toml(COMPLETE).unwrap(), clock);
+    let from_code = service(complete_in_code(), clock);
+
+    let methods = ["GET", "POST", "PUT", "DELETE"];
+    let paths = [
+        "/v1/keys",
+        "/v1/calls",
+        "/v1/calls/c1/control",
+        "/v1/calls/c2/control",
+        "/",
+    ];
+    let keys = [Some("k_alpha"), Some("k_beta"), None, Some("")];
+    // A fixed pseudo-random walk, so the run is the same every time.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for step in 0..400 {
+        let (method, path, key) = (methods[next(4)], paths[next(5)], keys[next(4)]);
+        let a = send(&from_file, request(method, path, key)).await;
+        let b = send(&from_code, request(method, path, key)).await;
+        assert_eq!(a, b, "step {step}: {method} {path} key {key:?}");
+        *statuses.entry(a.status.as_u16()).or_default() += 1;
+        tokio::time::advance(Duration::from_millis(100 + 700 * next(4) as u64)).await;
+    }
+    // The walk saw admissions, refusals and unusable keys.
+    for status in [200, 429, 401] {
+        assert!(
+            statuses.get(&status).copied().unwrap_or(0) >= 10,
+            "{statuses:?}"
+        );
+    }
+}
+
+#[test]
+fn the_demo_servers_default_policy_loads() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/policies/default.toml"
+    );
+    let file = Policy::from_toml_file(path).unwrap();
+    let code = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(format!("{file:?}"), format!("{code:?}"));
+}
+
+#[test]
+fn files_load_from_disk() {
+    let path = std::env::temp_dir().join(format!(
+        "tower-ratelimit-policy-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, COMPLETE).unwrap();
+    let loaded = Policy::from_toml_file(&path);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        format!("{:?}", loaded.unwrap()),
+        format!("{:?}", complete_in_code())
+    );
+}
+
+/// The complete example of the README's "Policy files" section, verbatim.
+const README_EXAMPLE: &str = r#"# Response format (all optional; the values shown are the defaults except where noted).
+headers = "both"                # "x-ratelimit" (default) | "ietf" | "both" | "none"
+report = "minute"               # "most_restrictive" (default) or a window's period
+refusal = "nixflex"             # "json" (default) | "problem_json" | "flireo" | "nixflex" | "talkpilot" | "exotel"
+refusal_status = 429            # default 429
+max_key_len = 4096              # default 4096 bytes
+
+# Per API key. Inside a limit the first matching route wins:
+# creating keys is 10/hour *instead of* the write quota.
+[[limits]]
+name = "per_key"
+key = { header = "X-API-Key" }
+on_missing_key = "reject"       # default: a missing key is a 401, never a shared bucket
+
+[[limits.routes]]
+methods = ["POST"]
+path = "/v1/keys"
+windows = ["10/hour"]
+
+[[limits.routes]]
+methods = ["POST", "PUT", "PATCH", "DELETE"]
+windows = ["120/minute"]
+algorithm = "fixed_window"
+
+[[limits.routes]]               # everything else: 600/minute and 10,000/hour, both
+windows = ["600/minute", { limit = 10_000, period = "1h" }]
+
+# Per call, stacked on the per-key limit: a call-control request counts
+# against both.
+[[limits]]
+name = "per_call"
+key = { path = "call_id" }
+
+[[limits.routes]]
+path = "/v1/calls/{call_id}/control"
+windows = ["10/minute"]
+
+# A whole-API ceiling by client address, behind a load balancer.
+[[limits]]
+name = "per_client"
+key = { forwarded_ip = { trusted = ["10.0.0.0/8"], header = "x-forwarded-for", ipv6_prefix = 64 } }
+routes = [{ windows = ["20/second", "100/minute"] }]
+"#;
+
+#[test]
+fn the_readme_example_loads() {
+    let policy = Policy::from_toml(README_EXAMPLE).unwrap();
+    assert_eq!(
+        policy.limit_names().collect::<Vec<_>>(),
+        ["per_key", "per_call", "per_client"]
+    );
+    assert_eq!(policy.header_style(), HeaderStyle::Both);
+}
+
+// ---------------------------------------------------------------------------
+// Defaults.
+
+#[test]
+fn defaults_are_the_builders_defaults() {
+    let file = Policy::from_toml(
+        r#"
+[[limits]]
+name = "per_key"
+key = { header = "X-API-Key" }
+routes = [{ windows = ["2/minute"] }]
+"#,
+    )
+    .unwrap();
+    let code = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .on_missing_key(MissingKey::Reject)
+                .route(
+                    "*",
+                    Quota::new(Window::per_minute(2))
+                        .cost(1)
+                        .algorithm(Algorithm::Gcra),
+                ),
+        )
+        .headers(HeaderStyle::XRateLimit)
+        .report(ReportedWindow::MostRestrictive)
+        .refusal(RefusalFormat::Json)
+        .refusal_status(StatusCode::TOO_MANY_REQUESTS)
+        .max_key_len(4096)
+        .build()
+        .unwrap();
+    assert_eq!(format!("{file:?}"), format!("{code:?}"));
+    assert_eq!(file.header_style(), HeaderStyle::XRateLimit);
+}
+
+#[tokio::test(start_paused = true)]
+async fn defaults_behave_as_documented() {
+    let policy = Policy::from_toml(
+        r#"
+[[limits]]
+name = "per_key"
+key = { header = "X-API-Key" }
+routes = [{ windows = ["2/minute"] }]
+"#,
+    )
+    .unwrap();
+    let svc = service(policy, SystemClock::new());
+    // Any method, any path.
+    assert_eq!(
+        send(&svc, request("DELETE", "/a/b", Some("k")))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&svc, request("GET", "/", Some("k"))).await.status,
+        StatusCode::OK
+    );
+    // A plain JSON 429 with X-RateLimit-* only.
+    let refused = send(&svc, request("GET", "/", Some("k"))).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let names: Vec<_> = refused.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "retry-after"
+        ]
+    );
+    let body: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    // GCRA: one request's worth returns after period / limit.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(
+        send(&svc, request("GET", "/", Some("k"))).await.status,
+        StatusCode::OK
+    );
+    // A missing key is rejected; keys up to 4096 bytes are accepted.
+    assert_eq!(
+        send(&svc, request("GET", "/", None)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let long = "k".repeat(4096);
+    assert_eq!(
+        send(&svc, request("GET", "/", Some(&long))).await.status,
+        StatusCode::OK
+    );
+    let too_long = "k".repeat(4097);
+    assert_eq!(
+        send(&svc, request("GET", "/", Some(&too_long)))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Every key form.
+
+/// A policy of one `1/minute` limit keyed by `key` (a TOML inline table).
+fn keyed(key: &str, custom: &CustomKeys) -> Svc {
+    let text = format!(
+        "[[limits]]\nname = \"k\"\nkey = {key}\n[[limits.routes]]\npath = \"/calls/{{call_id}}\"\nwindows = [\"1/minute\"]\n"
+    );
+    let policy = Policy::from_toml_with(&text, custom).unwrap_or_else(|e| panic!("{key}: {e}"));
+    service(policy, SystemClock::new())
+}
+
+/// Whether the first request is admitted, a repeat refused (same key) and
+/// the `other` request admitted (a different key).
+async fn same_then_other(
+    svc: &Svc,
+    make: impl Fn(usize) -> Request<String>,
+    other: Request<String>,
+) {
+    assert_eq!(send(svc, make(0)).await.status, StatusCode::OK);
+    assert_eq!(
+        send(svc, make(1)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(send(svc, other).await.status, StatusCode::OK);
+}
+
+fn get(path: &str) -> http::request::Builder {
+    Request::get(path)
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_key() {
+    let svc = keyed(r#"{ header = "X-API-Key" }"#, &CustomKeys::new());
+    let make = |_| request("GET", "/calls/c1", Some("a"));
+    same_then_other(&svc, make, request("GET", "/calls/c1", Some("b"))).await;
+    assert_eq!(
+        send(&svc, request("GET", "/calls/c1", None)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bearer_key() {
+    let svc = keyed("{ bearer = true }", &CustomKeys::new());
+    let bearer = |token: &str| {
+        get("/calls/c1")
+            .header("authorization", format!("Bearer {token}"))
+            .body(String::new())
+            .unwrap()
+    };
+    same_then_other(&svc, |_| bearer("t1"), bearer("t2")).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn path_capture_key() {
+    let svc = keyed(r#"{ path = "call_id" }"#, &CustomKeys::new());
+    same_then_other(
+        &svc,
+        |_| request("GET", "/calls/c1", None),
+        request("GET", "/calls/c2", None),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn peer_ip_key() {
+    let svc = keyed("{ peer_ip = true }", &CustomKeys::new());
+    let at = |ip: &str| from_peer(request("GET", "/calls/c1", None), ip);
+    same_then_other(&svc, |_| at("192.0.2.1"), at("192.0.2.2")).await;
+    // IPv6 by /64 unless told otherwise.
+    assert_eq!(
+        send(&svc, at("2001:db8:0:1::1")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&svc, at("2001:db8:0:1::2")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        send(&svc, at("2001:db8:0:2::1")).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn peer_ip_key_with_an_ipv6_prefix() {
+    let svc = keyed("{ peer_ip = { ipv6_prefix = 56 } }", &CustomKeys::new());
+    let at = |ip: &str| from_peer(request("GET", "/calls/c1", None), ip);
+    // Different /64s in one /56 share a bucket; another /56 does not.
+    same_then_other(
+        &svc,
+        |i| at(["2001:db8:0:100::1", "2001:db8:0:1ff::1"][i]),
+        at("2001:db8:0:200::1"),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn forwarded_ip_key() {
+    let svc = keyed(
+        r#"{ forwarded_ip = { trusted = ["10.0.0.0/8"] } }"#,
+        &CustomKeys::new(),
+    );
+    let via_proxy = |client: &str| {
+        let request = get("/calls/c1")
+            .header("x-forwarded-for", client)
+            .body(String::new())
+            .unwrap();
+        from_peer(request, "10.0.0.1")
+    };
+    same_then_other(
+        &svc,
+        |_| via_proxy("198.51.100.7"),
+        via_proxy("198.51.100.8"),
+    )
+    .await;
+    // An untrusted peer's header is ignored: it counts as itself.
+    let direct = from_peer(
+        get("/calls/c1")
+            .header("x-forwarded-for", "198.51.100.9")
+            .body(String::new())
+            .unwrap(),
+        "203.0.113.1",
+    );
+    assert_eq!(send(&svc, direct).await.status, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forwarded_ip_key_with_the_forwarded_header_and_a_prefix() {
+    let svc = keyed(
+        r#"{ forwarded_ip = { trusted = ["10.0.0.1", "192.168.0.0/16"], header = "forwarded", ipv6_prefix = 48 } }"#,
+        &CustomKeys::new(),
+    );
+    let via_proxy = |client: &str| {
+        let value = format!("for=\"[{client}]\";proto=https");
+        from_peer(
+            get("/calls/c1")
+                .header("forwarded", value)
+                .body(String::new())
+                .unwrap(),
+            "10.0.0.1",
+        )
+    };
+    same_then_other(
+        &svc,
+        |i| via_proxy(["2001:db8:1:1::1", "2001:db8:1:ff::1"][i]),
+        via_proxy("2001:db8:2::1"),
+    )
+    .await;
+    // X-Forwarded-For is not read when `forwarded` is configured.
+    let xff = from_peer(
+        get("/calls/c1")
+            .header("x-forwarded-for", "198.51.100.1")
+            .body(String::new())
+            .unwrap(),
+        "10.0.0.1",
+    );
+    assert_eq!(send(&svc, xff).await.status, StatusCode::OK);
+    let xff = from_peer(
+        get("/calls/c1")
+            .header("x-forwarded-for", "198.51.100.2")
+            .body(String::new())
+            .unwrap(),
+        "10.0.0.1",
+    );
+    assert_eq!(
+        send(&svc, xff).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "both count as the proxy"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn global_key() {
+    let svc = keyed("{ global = true }", &CustomKeys::new());
+    assert_eq!(
+        send(&svc, request("GET", "/calls/c1", Some("a")))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&svc, request("GET", "/calls/c2", None)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[derive(Clone)]
+struct Account(&'static str);
+
+#[tokio::test(start_paused = true)]
+async fn custom_key() {
+    let custom = CustomKeys::new().with("account", Extension::new(|a: &Account| Key::from(a.0)));
+    let svc = keyed(r#"{ custom = "account" }"#, &custom);
+    let as_account = |id: &'static str| {
+        let mut request = request("GET", "/calls/c1", None);
+        request.extensions_mut().insert(Account(id));
+        request
+    };
+    same_then_other(&svc, |_| as_account("acct_1"), as_account("acct_2")).await;
+    assert_eq!(
+        send(&svc, request("GET", "/calls/c1", None)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_of_key() {
+    let svc = keyed(
+        r#"{ first_of = [{ header = "X-API-Key" }, { peer_ip = true }] }"#,
+        &CustomKeys::new(),
+    );
+    let make = |key: Option<&str>, ip: &str| from_peer(request("GET", "/calls/c1", key), ip);
+    // With an API key, per key whatever the address.
+    same_then_other(
+        &svc,
+        |i| make(Some("k1"), ["192.0.2.1", "192.0.2.2"][i]),
+        make(Some("k2"), "192.0.2.1"),
+    )
+    .await;
+    // Without one, per address.
+    same_then_other(&svc, |_| make(None, "192.0.2.3"), make(None, "192.0.2.4")).await;
+}
+
+#[test]
+fn a_file_key_is_the_same_as_the_code_key() {
+    let text = r#"
+[[limits]]
+name = "client"
+key = { first_of = [{ header = "X-API-Key" }, { forwarded_ip = { trusted = ["10.0.0.0/8"], header = "x-forwarded-for", ipv6_prefix = 64 } }] }
+on_missing_key = "skip"
+routes = [{ windows = ["5/second"] }]
+"#;
+    let code = Policy::builder()
+        .limit(
+            Limit::new(
+                "client",
+                FirstOf::new()
+                    .or(Header::parse("X-API-Key").unwrap())
+                    .or(ForwardedIp::new(["10.0.0.0/8"])
+                        .unwrap()
+                        .header(ForwardedHeader::XForwardedFor)
+                        .ipv6_prefix(64)
+                        .unwrap()),
+            )
+            .on_missing_key(MissingKey::Skip)
+            .quota(Quota::new(Window::per_second(5))),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(
+        format!("{:?}", Policy::from_toml(text).unwrap()),
+        format!("{code:?}")
+    );
+}
+
+#[test]
+fn a_custom_key_can_be_replaced_and_listed() {
+    let custom = CustomKeys::new()
+        .with("account", Extension::new(|a: &Account| Key::from(a.0)))
+        .with("tenant", |_: &tower_ratelimit::key::RequestView<'_>| {
+            Some(b"t".to_vec())
+        })
+        .with("account", |_: &tower_ratelimit::key::RequestView<'_>| {
+            Some(b"a".to_vec())
+        });
+    assert_eq!(custom.names().collect::<Vec<_>>(), ["account", "tenant"]);
+    assert!(custom.get("tenant").is_some());
+    assert!(custom.get("nobody").is_none());
+    assert_eq!(
+        format!("{custom:?}"),
+        r#"CustomKeys(["account", "tenant"])"#
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_missing_key_skip_lets_the_request_through_uncounted_by_that_limit() {
+    let policy = Policy::from_toml(
+        r#"
+[[limits]]
+name = "per_key"
+key = { header = "X-API-Key" }
+on_missing_key = "skip"
+routes = [{ windows = ["1/minute"] }]
+
+[[limits]]
+name = "everyone"
+key = { global = true }
+routes = [{ windows = ["3/minute"] }]
+"#,
+    )
+    .unwrap();
+    let svc = service(policy, SystemClock::new());
+    assert_eq!(
+        send(&svc, request("GET", "/", None)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&svc, request("GET", "/", None)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&svc, request("GET", "/", None)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&svc, request("GET", "/", None)).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Every kind of mistake: kind, field, line and column.
+
+#[track_caller]
+fn check(
+    text: &str,
+    kind: ConfigErrorKind,
+    field: &str,
+    line: usize,
+    column: usize,
+) -> ConfigError {
+    check_with(text, &CustomKeys::new(), kind, field, line, column)
+}
+
+#[track_caller]
+fn check_with(
+    text: &str,
+    custom: &CustomKeys,
+    kind: ConfigErrorKind,
+    field: &str,
+    line: usize,
+    column: usize,
+) -> ConfigError {
+    let err = Policy::from_toml_with(text, custom).unwrap_err();
+    assert_eq!(
+        (err.kind(), err.field(), err.line(), err.column()),
+        (kind, field, Some(line), Some(column)),
+        "{err}"
+    );
+    let shown = err.to_string();
+    assert!(
+        shown.contains(&format!("line {line}, column {column}")),
+        "{shown}"
+    );
+    err
+}
+
+/// One limit keyed by `X-API-Key`, with the route table written by `routes`.
+fn with_routes(routes: &str) -> String {
+    format!("[[limits]]\nname = \"per_key\"\nkey = {{ header = \"X-API-Key\" }}\n{routes}")
+}
+
+#[test]
+fn toml_syntax_errors() {
+    // An unterminated string.
+    let err = check(
+        "[[limits]]\nname = \"per_key\nkey = { header = \"X-API-Key\" }\n",
+        ConfigErrorKind::Syntax,
+        "limits[0].name",
+        2,
+        16,
+    );
+    assert!(err.message().contains("invalid basic string"), "{err}");
+    // A key twice in one table.
+    check(
+        "[[limits]]\nname = \"a\"\nname = \"b\"\n",
+        ConfigErrorKind::Syntax,
+        "limits[0].name",
+        3,
+        1,
+    );
+    // A value missing.
+    check(
+        &with_routes("[[limits.routes]]\ncost =\nwindows = [\"1/s\"]\n"),
+        ConfigErrorKind::Syntax,
+        "limits[0].routes[0].cost",
+        5,
+        7,
+    );
+}
+
+#[test]
+fn wrong_types() {
+    let err = check(
+        &with_routes("[[limits.routes]]\nwindows = [\"1/s\"]\ncost = \"2\"\n"),
+        ConfigErrorKind::Syntax,
+        "limits[0].routes[0].cost",
+        6,
+        8,
+    );
+    assert!(err.message().contains("expected an integer"), "{err}");
+    check(
+        &with_routes("[[limits.routes]]\nwindows = [\"1/s\", 60]\n"),
+        ConfigErrorKind::Syntax,
+        "limits[0].routes[0].windows[1]",
+        5,
+        19,
+    );
+    check(
+        &with_routes("[[limits.routes]]\nmethods = 3\nwindows = [\"1/s\"]\n"),
+        ConfigErrorKind::Syntax,
+        "limits[0].routes[0].methods",
+        5,
+        11,
+    );
+    // A table where a list of tables belongs.
+    check(
+        &with_routes("[limits.routes]\nwindows = [\"1/s\"]\n"),
+        ConfigErrorKind::Syntax,
+        "limits[0].routes",
+        4,
+        1,
+    );
+    let err = check(
+        "[[limits]]\nname = \"a\"\nkey = \"X-API-Key\"\n",
+        ConfigErrorKind::Syntax,
+        "limits[0].key",
+        3,
+        7,
+    );
+    assert!(err.message().contains("a key table such as"), "{err}");
+    check(
+        "[[limits]]\nname = \"a\"\nkey = { peer_ip = \"yes\" }\n",
+        ConfigErrorKind::Syntax,
+        "limits[0].key.peer_ip",
+        3,
+        19,
+    );
+}
+
+#[test]
+fn unknown_fields_are_typos() {
+    let err = check(
+        &with_routes("[[limits.routes]]\nwindws = [\"1/s\"]\n"),
+        ConfigErrorKind::Syntax,
+        "limits[0].routes[0].windws",
+        5,
+        1,
+    );
+    assert!(err.message().contains("unknown field `windws`"), "{err}");
+    check(
+        "header = \"ietf\"\n",
+        ConfigErrorKind::Syntax,
+        "header",
+        1,
+        1,
+    );
+    check(
+        "[[limits]]\nname = \"a\"\nkey = { heder = \"X-API-Key\" }\n",
+        ConfigErrorKind::Syntax,
+        "limits[0].key.heder",
+        3,
+        9,
+    );
+    check(
+        &with_routes("routes = [{ windows = [{ limit = 1, perod = \"1s\" }] }]\n"),
+        ConfigErrorKind::Syntax,
+        "limits[0].routes[0].windows[0].perod",
+        4,
+        37,
+    );
+}
+
+#[test]
+fn missing_required_fields() {
+    let err = check(
+        &with_routes("[[limits.routes]]\npath = \"/v1\"\n"),
+        ConfigErrorKind::Syntax,
+        "limits[0].routes[0]",
+        4,
+        1,
+    );
+    assert!(err.message().contains("missing field `windows`"), "{err}");
+    check(
+        "[[limits]]\nname = \"a\"\nroutes = [{ windows = [\"1/s\"] }]\n",
+        ConfigErrorKind::Syntax,
+        "limits[0]",
+        1,
+        1,
+    );
+}
+
+#[test]
+fn bad_windows() {
+    let err = check(
+        &with_routes("[[limits.routes]]\nwindows = [\"60/minute\", \"10/fortnight\"]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].windows[1]",
+        5,
+        25,
+    );
+    assert!(err.message().contains("fortnight"), "{err}");
+    check(
+        &with_routes("[[limits.routes]]\nwindows = [\"0/minute\"]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].windows[0]",
+        5,
+        12,
+    );
+    check(
+        &with_routes("[[limits.routes]]\nwindows = [{ limit = -1, period = \"1h\" }]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].windows[0].limit",
+        5,
+        22,
+    );
+    check(
+        &with_routes("[[limits.routes]]\nwindows = [{ limit = 5, period = \"1 fortnight\" }]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].windows[0].period",
+        5,
+        34,
+    );
+    check(
+        &with_routes("[[limits.routes]]\nwindows = [{ limit = 5, period = \"2y\" }]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].windows[0].period",
+        5,
+        34,
+    );
+    // Two windows of one period.
+    check(
+        &with_routes("[[limits.routes]]\nwindows = [\"60/minute\", \"100/60s\"]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].windows",
+        5,
+        11,
+    );
+    let err = check(
+        &with_routes("[[limits.routes]]\nwindows = []\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].windows",
+        5,
+        11,
+    );
+    assert!(err.message().contains("at least one window"), "{err}");
+}
+
+#[test]
+fn bad_path_patterns() {
+    let err = check(
+        &with_routes("[[limits.routes]]\npath = \"/v1/{id\"\nwindows = [\"1/s\"]\n"),
+        ConfigErrorKind::BadPattern,
+        "limits[0].routes[0].path",
+        5,
+        8,
+    );
+    assert!(err.message().contains("/v1/{id"), "{err}");
+    check(
+        &with_routes("[[limits.routes]]\npath = \"v1/keys\"\nwindows = [\"1/s\"]\n"),
+        ConfigErrorKind::BadPattern,
+        "limits[0].routes[0].path",
+        5,
+        8,
+    );
+}
+
+#[test]
+fn unknown_methods() {
+    check(
+        &with_routes("[[limits.routes]]\nmethods = [\"GET\", \"FETCH\"]\nwindows = [\"1/s\"]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].methods[1]",
+        5,
+        19,
+    );
+    let err = check(
+        &with_routes("[[limits.routes]]\nmethods = \"GET,FETCH\"\nwindows = [\"1/s\"]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].methods",
+        5,
+        11,
+    );
+    assert!(err.message().contains("FETCH"), "{err}");
+    check(
+        &with_routes("[[limits.routes]]\nmethods = []\nwindows = [\"1/s\"]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].methods",
+        5,
+        11,
+    );
+}
+
+#[test]
+fn a_cost_larger_than_a_window() {
+    let err = check(
+        &with_routes("[[limits.routes]]\nwindows = [\"100/minute\", \"5/second\"]\ncost = 10\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].cost",
+        6,
+        8,
+    );
+    assert!(err.message().contains("5/second"), "{err}");
+    check(
+        &with_routes("[[limits.routes]]\nwindows = [\"100/minute\"]\ncost = 0\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].cost",
+        6,
+        8,
+    );
+}
+
+#[test]
+fn bad_algorithms_and_missing_key_choices() {
+    check(
+        &with_routes("algorithm = \"leaky\"\nroutes = [{ windows = [\"1/s\"] }]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].algorithm",
+        4,
+        13,
+    );
+    check(
+        &with_routes("[[limits.routes]]\nwindows = [\"1/s\"]\nalgorithm = \"sliding\"\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].algorithm",
+        6,
+        13,
+    );
+    check(
+        &with_routes("on_missing_key = \"allow\"\nroutes = [{ windows = [\"1/s\"] }]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].on_missing_key",
+        4,
+        18,
+    );
+}
+
+#[test]
+fn unknown_custom_keys() {
+    let custom = CustomKeys::new().with("account", Extension::new(|a: &Account| Key::from(a.0)));
+    let err = check_with(
+        "[[limits]]\nname = \"a\"\nkey = { custom = \"acount\" }\nroutes = [{ windows = [\"1/s\"] }]\n",
+        &custom,
+        ConfigErrorKind::UnknownName,
+        "limits[0].key.custom",
+        3,
+        18,
+    );
+    assert!(
+        err.message().contains("`account`"),
+        "names what is registered: {err}"
+    );
+    check(
+        "[[limits]]\nname = \"a\"\nkey = { first_of = [{ header = \"x\" }, { custom = \"account\" }] }\nroutes = [{ windows = [\"1/s\"] }]\n",
+        ConfigErrorKind::UnknownName,
+        "limits[0].key.first_of[1].custom",
+        3,
+        50,
+    );
+}
+
+#[test]
+fn a_path_key_needs_its_capture_in_every_route() {
+    check(
+        "[[limits]]\nname = \"per_call\"\nkey = { path = \"call_id\" }\n\n[[limits.routes]]\npath = \"/v1/calls/{call_id}\"\nwindows = [\"1/s\"]\n\n[[limits.routes]]\npath = \"/v1/calls\"\nwindows = [\"1/s\"]\n",
+        ConfigErrorKind::UnknownName,
+        "limits[0].routes[1].path",
+        10,
+        8,
+    );
+    check(
+        "[[limits]]\nname = \"per_call\"\nkey = { path = \"{call_id}\" }\nroutes = [{ path = \"/{call_id}\", windows = [\"1/s\"] }]\n",
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.path",
+        3,
+        16,
+    );
+}
+
+#[test]
+fn bad_key_tables() {
+    let routes = "routes = [{ windows = [\"1/s\"] }]\n";
+    let err = check(
+        &format!(
+            "[[limits]]\nname = \"a\"\nkey = {{ header = \"X-API-Key\", bearer = true }}\n{routes}"
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key",
+        3,
+        7,
+    );
+    assert!(err.message().contains("first_of"), "{err}");
+    check(
+        &format!("[[limits]]\nname = \"a\"\nkey = {{}}\n{routes}"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key",
+        3,
+        7,
+    );
+    check(
+        &format!("[[limits]]\nname = \"a\"\nkey = {{ header = \"X API Key\" }}\n{routes}"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.header",
+        3,
+        18,
+    );
+    check(
+        &format!("[[limits]]\nname = \"a\"\nkey = {{ bearer = false }}\n{routes}"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.bearer",
+        3,
+        18,
+    );
+    check(
+        &format!(
+            "[[limits]]\nname = \"a\"\nkey = {{ peer_ip = {{ ipv6_prefix = 129 }} }}\n{routes}"
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.peer_ip.ipv6_prefix",
+        3,
+        35,
+    );
+    check(
+        &format!("[[limits]]\nname = \"a\"\nkey = {{ forwarded_ip = {{ trusted = [\"10.0.0.0/8\", \"10.0.0.0/33\"] }} }}\n{routes}"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.forwarded_ip.trusted[1]",
+        3,
+        51,
+    );
+    check(
+        &format!(
+            "[[limits]]\nname = \"a\"\nkey = {{ forwarded_ip = {{ trusted = [] }} }}\n{routes}"
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.forwarded_ip.trusted",
+        3,
+        36,
+    );
+    check(
+        &format!(
+            "[[limits]]\nname = \"a\"\nkey = {{ forwarded_ip = {{ trusted = [\"10.0.0.1\"], header = \"x-real-ip\" }} }}\n{routes}"
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.forwarded_ip.header",
+        3,
+        59,
+    );
+    check(
+        &format!("[[limits]]\nname = \"a\"\nkey = {{ first_of = [] }}\n{routes}"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.first_of",
+        3,
+        20,
+    );
+}
+
+#[test]
+fn bad_limits() {
+    let limit = |name: &str| {
+        format!("[[limits]]\nname = \"{name}\"\nkey = {{ global = true }}\nroutes = [{{ windows = [\"1/s\"] }}]\n")
+    };
+    let err = check(
+        &format!("{}\n{}", limit("per_key"), limit("per_key")),
+        ConfigErrorKind::InvalidValue,
+        "limits[1].name",
+        7,
+        8,
+    );
+    assert!(
+        err.message().contains("two limits are named `per_key`"),
+        "{err}"
+    );
+    check(
+        &limit("per key"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].name",
+        2,
+        8,
+    );
+    check(
+        "[[limits]]\nname = \"a\"\nkey = { global = true }\n",
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes",
+        1,
+        1,
+    );
+    check(
+        "limits = []\n",
+        ConfigErrorKind::InvalidValue,
+        "limits",
+        1,
+        10,
+    );
+    check("# nothing\n", ConfigErrorKind::InvalidValue, "limits", 1, 1);
+}
+
+#[test]
+fn bad_top_level_values() {
+    let rest = with_routes("routes = [{ windows = [\"60/minute\"] }]\n");
+    check(
+        &format!("headers = \"draft\"\n{rest}"),
+        ConfigErrorKind::InvalidValue,
+        "headers",
+        1,
+        11,
+    );
+    check(
+        &format!("refusal = \"xml\"\n{rest}"),
+        ConfigErrorKind::InvalidValue,
+        "refusal",
+        1,
+        11,
+    );
+    check(
+        &format!("refusal_status = 200\n{rest}"),
+        ConfigErrorKind::InvalidValue,
+        "refusal_status",
+        1,
+        18,
+    );
+    check(
+        &format!("refusal_status = 42\n{rest}"),
+        ConfigErrorKind::InvalidValue,
+        "refusal_status",
+        1,
+        18,
+    );
+    check(
+        &format!("max_key_len = 0\n{rest}"),
+        ConfigErrorKind::InvalidValue,
+        "max_key_len",
+        1,
+        15,
+    );
+    check(
+        &format!("report = \"sometimes\"\n{rest}"),
+        ConfigErrorKind::InvalidValue,
+        "report",
+        1,
+        10,
+    );
+    // A period no window has.
+    let err = check(
+        &format!("report = \"hour\"\n{rest}"),
+        ConfigErrorKind::InvalidValue,
+        "report",
+        1,
+        10,
+    );
+    assert!(err.message().contains("no window has the period"), "{err}");
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    check(
+        "# Ünïcödé\n[[limits]]\nname = \"ß\" # é\nkey = { global = true }\nroutes = [{ windows = [\"1/s\"], path = \"/ü/{x\" }]\n",
+        ConfigErrorKind::BadPattern,
+        "limits[0].routes[0].path",
+        5,
+        39,
+    );
+}
+
+#[test]
+fn io_errors_name_the_path() {
+    let path = std::env::temp_dir().join("tower-ratelimit-no-such-dir/policy.toml");
+    let err = Policy::from_toml_file(&path).unwrap_err();
+    assert_eq!(err.kind(), ConfigErrorKind::Io);
+    assert!(
+        err.message()
+            .contains("tower-ratelimit-no-such-dir/policy.toml"),
+        "{err}"
+    );
+    assert_eq!(err.line(), None);
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_a_syntax_error_with_its_position() {
+    let path = std::env::temp_dir().join(format!(
+        "tower-ratelimit-latin1-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, b"# ok\nname = \"caf\xe9\"\n").unwrap();
+    let err = Policy::from_toml_file(&path);
+    std::fs::remove_file(&path).unwrap();
+    let err = err.unwrap_err();
+    assert_eq!(err.kind(), ConfigErrorKind::Syntax);
+    assert_eq!((err.line(), err.column()), (Some(2), Some(12)));
+    assert!(err.message().contains("UTF-8"), "{err}");
+}
+
+#[test]
+fn the_error_in_the_crate_docs() {
+    let err = Policy::from_toml(
+        r#"
+[[limits]]
+name = "per_key"
+key = { header = "x-api-key" }
+routes = [{ path = "/v1/{id", windows = ["60/minute"] }]
+"#,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ConfigErrorKind::BadPattern);
+    assert_eq!(err.field(), "limits[0].routes[0].path");
+    assert_eq!((err.line(), err.column()), (Some(5), Some(20)));
+}

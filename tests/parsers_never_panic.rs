@@ -1,0 +1,294 @@
+//! Everything that parses input, fed arbitrary input: it answers `Ok` or a
+//! sensible `Err`, and never panics. The same entry points as the fuzz
+//! targets in `fuzz/`, run on stable in CI.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use http::{HeaderValue, Request};
+use proptest::prelude::*;
+use tower_ratelimit::key::{
+    Bearer, ForwardedHeader, ForwardedIp, Header, KeyExtractor, PeerIp, RequestView,
+};
+use tower_ratelimit::policy::{Methods, PathPattern, PathSegments};
+use tower_ratelimit::{ConfigError, ConfigErrorKind, Policy};
+
+/// A valid policy that mutations start from.
+const VALID: &str = r#"headers = "both"
+report = "minute"
+refusal = "nixflex"
+refusal_status = 429
+max_key_len = 64
+
+[[limits]]
+name = "per_key"
+key = { first_of = [{ header = "X-API-Key" }, { forwarded_ip = { trusted = ["10.0.0.0/8"], header = "forwarded", ipv6_prefix = 56 } }] }
+on_missing_key = "reject"
+algorithm = "gcra"
+
+[[limits.routes]]
+methods = ["POST"]
+path = "/v1/keys"
+windows = ["10/hour"]
+
+[[limits.routes]]
+methods = "POST,PUT"
+windows = ["60/minute", { limit = 1000, period = "1h" }]
+cost = 2
+algorithm = "fixed_window"
+
+[[limits]]
+name = "per_call"
+key = { path = "call_id" }
+routes = [{ path = "/v1/calls/{call_id}/control", windows = ["10/minute"] }]
+"#;
+
+/// What every error from a policy text must look like: a position inside
+/// the text, a well-formed field path and a message.
+fn check_error(text: &str, err: &ConfigError) {
+    assert_ne!(err.kind(), ConfigErrorKind::Io);
+    assert!(!err.message().is_empty());
+    let (line, column) = (err.line().expect("a line"), err.column().expect("a column"));
+    let lines = text.split('\n').count();
+    assert!((1..=lines).contains(&line), "line {line} of {lines}: {err}");
+    let line_len = text.split('\n').nth(line - 1).unwrap().chars().count();
+    assert!(
+        (1..=line_len + 1).contains(&column),
+        "column {column} of {line_len}: {err}"
+    );
+    let field = err.field();
+    assert!(
+        !field.starts_with('.') && !field.ends_with('.') && !field.contains(".."),
+        "{field:?}"
+    );
+    let _ = err.to_string();
+}
+
+fn load(text: &str) {
+    if let Err(err) = Policy::from_toml(text) {
+        check_error(text, &err);
+    }
+}
+
+/// A TOML string literal holding `s`.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// Lines that look like a policy file, with arbitrary values in them.
+fn policy_like() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        any::<String>().prop_map(|s| quote(&s)),
+        "[0-9]{1,4}/[a-z0-9 ]{0,8}".prop_map(|s| quote(&s)),
+        "[/{}*a-z_]{0,12}".prop_map(|s| quote(&s)),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        Just("[]".to_owned()),
+        Just("{}".to_owned()),
+        "[0-9]{1,3}/(s|m|h|minute|hour)".prop_map(|w| format!("[{}]", quote(&w))),
+        (1u32..100, "[0-9]{0,2}(s|m|h|ms|d|y)")
+            .prop_map(|(l, p)| format!("[{{ limit = {l}, period = {} }}]", quote(&p))),
+    ];
+    let key = prop_oneof![
+        Just("name"),
+        Just("key"),
+        Just("routes"),
+        Just("windows"),
+        Just("path"),
+        Just("methods"),
+        Just("cost"),
+        Just("algorithm"),
+        Just("on_missing_key"),
+        Just("headers"),
+        Just("report"),
+        Just("refusal"),
+        Just("refusal_status"),
+        Just("max_key_len"),
+        Just("header"),
+        Just("peer_ip"),
+        Just("forwarded_ip"),
+        Just("first_of"),
+        Just("custom"),
+        Just("global"),
+        Just("bearer"),
+        Just("trusted"),
+        Just("ipv6_prefix"),
+    ];
+    let line = prop_oneof![
+        Just("[[limits]]".to_owned()),
+        Just("[[limits.routes]]".to_owned()),
+        Just("[limits.routes]".to_owned()),
+        (key.clone(), value.clone()).prop_map(|(k, v)| format!("{k} = {v}")),
+        (key.clone(), key, value).prop_map(|(k1, k2, v)| format!("{k1} = {{ {k2} = {v} }}")),
+    ];
+    prop::collection::vec(line, 0..16).prop_map(|lines| lines.join("\n"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_text_is_a_policy_or_an_error(text in any::<String>()) {
+        load(&text);
+    }
+
+    #[test]
+    fn policy_like_text_is_a_policy_or_an_error(text in policy_like()) {
+        load(&text);
+    }
+
+    #[test]
+    fn a_mutated_valid_policy_is_a_policy_or_an_error(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<char>()), 1..6),
+    ) {
+        let mut text: Vec<char> = VALID.chars().collect();
+        for (at, op, c) in edits {
+            let i = at.index(text.len() + 1);
+            match op {
+                0 => text.insert(i, c),
+                1 if i < text.len() => { text.remove(i); }
+                _ if i < text.len() => text[i] = c,
+                _ => {}
+            }
+        }
+        load(&text.into_iter().collect::<String>());
+    }
+
+    #[test]
+    fn arbitrary_window_text(window in any::<String>(), period in any::<String>(), limit in any::<i64>()) {
+        let route = |windows: String| format!(
+            "[[limits]]\nname = \"a\"\nkey = {{ global = true }}\n[[limits.routes]]\nwindows = {windows}\n"
+        );
+        load(&route(format!("[{}]", quote(&window))));
+        load(&route(format!("[{{ limit = {limit}, period = {} }}]", quote(&period))));
+        load(&format!("report = {}\n{}", quote(&period), route("[\"1/s\"]".into())));
+    }
+
+    #[test]
+    fn arbitrary_key_tables(name in any::<String>(), list in prop::collection::vec(any::<String>(), 0..4), prefix in any::<i64>()) {
+        let routes = "routes = [{ path = \"/{x}\", windows = [\"1/s\"] }]";
+        let list = format!("[{}]", list.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "));
+        for key in [
+            format!("{{ header = {} }}", quote(&name)),
+            format!("{{ path = {} }}", quote(&name)),
+            format!("{{ custom = {} }}", quote(&name)),
+            format!("{{ peer_ip = {{ ipv6_prefix = {prefix} }} }}"),
+            format!("{{ forwarded_ip = {{ trusted = {list}, header = {}, ipv6_prefix = {prefix} }} }}", quote(&name)),
+            format!("{{ first_of = [{{ header = {} }}, {{ peer_ip = true }}] }}", quote(&name)),
+        ] {
+            load(&format!("[[limits]]\nname = \"a\"\nkey = {key}\n{routes}\n"));
+        }
+    }
+
+    #[test]
+    fn arbitrary_route_tables(path in any::<String>(), methods in any::<String>(), cost in any::<i64>()) {
+        let head = "[[limits]]\nname = \"a\"\nkey = { global = true }\n[[limits.routes]]\nwindows = [\"100/s\"]\n";
+        load(&format!("{head}path = {}\n", quote(&path)));
+        load(&format!("{head}methods = {}\n", quote(&methods)));
+        load(&format!("{head}methods = [{}]\n", quote(&methods)));
+        load(&format!("{head}cost = {cost}\n"));
+    }
+
+    #[test]
+    fn path_patterns_parse_or_fail_and_match_without_panicking(pattern in any::<String>(), paths in prop::collection::vec(any::<String>(), 0..4)) {
+        match PathPattern::parse(&pattern) {
+            Ok(compiled) => {
+                prop_assert_eq!(compiled.as_str(), pattern.as_str());
+                for path in &paths {
+                    let segments = PathSegments::new(path);
+                    if let Some(captures) = compiled.matches(&segments) {
+                        for name in compiled.capture_names() {
+                            prop_assert!(captures.get(name).is_some());
+                        }
+                    }
+                }
+                if compiled.capture_names().next().is_none() && !pattern.ends_with('*') {
+                    // A pattern of literals matches itself.
+                    let segments = PathSegments::new(&pattern);
+                    prop_assert!(compiled.matches(&segments).is_some(), "{:?}", pattern);
+                }
+            }
+            Err(err) => {
+                prop_assert_eq!(err.kind(), ConfigErrorKind::BadPattern);
+                prop_assert!(!err.message().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn patterns_from_path_like_text(pattern in "(/(\\{[a-z_0-9]{0,4}\\}?|[a-z%0-9]{0,3}|\\*)){0,6}", path in "(/[a-z%0-9A-F]{0,4}){0,8}") {
+        if let Ok(compiled) = PathPattern::parse(&pattern) {
+            let segments = PathSegments::new(&path);
+            let _ = compiled.matches(&segments);
+            prop_assert!(PathPattern::parse("*").unwrap().matches(&segments).is_some());
+        }
+    }
+
+    #[test]
+    fn methods_and_header_names_parse_or_fail(text in any::<String>()) {
+        let _ = Methods::from_str(&text);
+        let _ = Header::parse(&text);
+        let _ = ForwardedIp::new([text.as_str()]);
+    }
+
+    #[test]
+    fn key_headers_extract_or_fail(
+        api_key in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
+        authorization in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
+        forwarded_for in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
+        forwarded in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
+        peer in prop::sample::select(vec!["10.0.0.1:1", "[2001:db8::1]:1", "198.51.100.1:1"]),
+        prefix in any::<u8>(),
+    ) {
+        extract_all(&[
+            ("x-api-key", api_key),
+            ("authorization", authorization),
+            ("x-forwarded-for", forwarded_for),
+            ("forwarded", forwarded),
+        ], peer.parse().unwrap(), prefix);
+    }
+
+    #[test]
+    fn address_like_headers_extract_or_fail(
+        forwarded_for in "[0-9a-f:\\[\\]., ]{0,40}",
+        forwarded in "(for=|proto=|;|,| |\"|\\[|\\]|[0-9a-f:.]){0,20}",
+        authorization in "(Bearer|bearer|Basic)?[ \t]{0,2}[a-z ]{0,6}",
+    ) {
+        extract_all(&[
+            ("x-forwarded-for", vec![forwarded_for.into_bytes()]),
+            ("forwarded", vec![forwarded.into_bytes()]),
+            ("authorization", vec![authorization.into_bytes()]),
+        ], "10.1.2.3:9".parse().unwrap(), 64);
+    }
+}
+
+/// Runs every header-reading extractor over a request with these headers.
+fn extract_all(headers: &[(&'static str, Vec<Vec<u8>>)], peer: SocketAddr, prefix: u8) {
+    let mut request = Request::new(());
+    for (name, values) in headers {
+        for value in values {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                request.headers_mut().append(*name, value);
+            }
+        }
+    }
+    request.extensions_mut().insert(peer);
+    let view = RequestView::new(&request, None);
+    let trust_all = ForwardedIp::new(["0.0.0.0/0", "::/0"]).unwrap();
+    let extractors: Vec<Box<dyn KeyExtractor>> = vec![
+        Box::new(Header::parse("X-API-Key").unwrap()),
+        Box::new(Bearer::new()),
+        Box::new(trust_all.clone()),
+        Box::new(trust_all.header(ForwardedHeader::Forwarded)),
+        Box::new(ForwardedIp::new(["10.0.0.0/8"]).unwrap()),
+        Box::new(PeerIp::new()),
+    ];
+    for extractor in &extractors {
+        if let Ok(key) = extractor.extract(&view) {
+            assert!(!key.is_empty());
+        }
+    }
+    if let Ok(peer_ip) = PeerIp::new().ipv6_prefix(prefix) {
+        assert!(peer_ip.extract(&view).is_ok());
+    }
+}
