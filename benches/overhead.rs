@@ -1,1 +1,345 @@
-fn main(){}
+//! Per-request overhead of the layer over a bare service, compared with
+//! `tower_governor` (headers on) and `governor`'s keyed `check_key`, and how
+//! throughput scales from one thread to two on disjoint keys.
+//!
+//! Run with `cargo bench --bench overhead`. Every request is admitted (the
+//! limits are far above what a benchmark can send), responses carry rate-limit
+//! headers, and futures are polled in place: no runtime, no TCP.
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use futures::FutureExt;
+use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor as GovernorKeyExtractor;
+use tower_governor::{GovernorError, GovernorLayer};
+use tower_ratelimit::key::{Header, PathCapture};
+use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+
+/// Distinct API keys in the many-keys workloads.
+const MANY: usize = 10_000;
+/// A limit no benchmark gets near.
+const HUGE: u32 = u32::MAX;
+
+/// `nx_live_` and 24 hex digits: 32 bytes, like a real API key.
+fn api_keys(n: usize, salt: u64) -> Vec<&'static str> {
+    (0..n as u64)
+        .map(|i| {
+            let x = (i ^ salt.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let key: &'static str =
+                Box::leak(format!("nx_live_{:016x}{:08x}", x, i as u32).into_boxed_str());
+            key
+        })
+        .collect()
+}
+
+/// The request most workloads send: a read of one call, by API key. It
+/// matches the third route of the per-key limit tried (`GET *`) and no route
+/// of the per-call limit.
+fn request(key: &'static str) -> Request<()> {
+    to(Method::GET, "/v1/calls/c_42", key)
+}
+
+/// A call-control command: counted by the per-key limit's write route and,
+/// stacked, by the per-call limit.
+fn control(key: &'static str) -> Request<()> {
+    to(Method::POST, "/v1/calls/c_42/control", key)
+}
+
+fn to(method: Method, path: &'static str, key: &'static str) -> Request<()> {
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = http::Uri::from_static(path);
+    request
+        .headers_mut()
+        .insert("x-api-key", HeaderValue::from_static(key));
+    request
+}
+
+/// The service being protected: answers at once with an empty body and a
+/// `Content-Type`, as an axum handler returning a string does. (The header
+/// map is allocated by the bare service, as in real applications; the
+/// rate-limit headers then fit in it without growing it.)
+fn bare() -> impl Service<
+    Request<()>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = Ready<Result<Response<Body>, Infallible>>,
+> + Clone {
+    service_fn(|_: Request<()>| {
+        let mut response = Response::new(Body::empty());
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        ready(Ok::<_, Infallible>(response))
+    })
+}
+
+/// A Nixflex-like policy: per API key, a partitioned route table (key
+/// creation, reads, writes), and a stacked per-call limit on call control.
+/// `windows` is 1 (per minute) or 2 (per minute and per hour).
+fn policy(windows: usize) -> Policy {
+    let quota = |_| {
+        let q = Quota::new(Window::per_minute(HUGE));
+        if windows == 2 {
+            q.and(Window::per_hour(HUGE))
+        } else {
+            q
+        }
+    };
+    Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .route("POST /v1/keys", quota(()))
+                .route("GET *", quota(()))
+                .route("POST,PUT,PATCH,DELETE *", quota(())),
+        )
+        .limit(
+            Limit::new("per_call", PathCapture::new("call_id"))
+                .route("POST /v1/calls/{call_id}/control", quota(())),
+        )
+        .build()
+        .unwrap()
+}
+
+fn layer(windows: usize) -> RateLimitLayer {
+    RateLimitLayer::new(policy(windows)).decision_extensions(false)
+}
+
+/// tower_governor's key: the `X-API-Key` header, as a `String`.
+#[derive(Debug, Clone, Copy)]
+struct ApiKey;
+
+impl GovernorKeyExtractor for ApiKey {
+    type Key = String;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<String, GovernorError> {
+        request
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+fn governor_layer() -> GovernorLayer<ApiKey, governor::middleware::StateInformationMiddleware, Body>
+{
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(HUGE)
+        .key_extractor(ApiKey)
+        .use_headers()
+        .finish()
+        .unwrap();
+    GovernorLayer::new(config)
+}
+
+fn keyed_limiter() -> DefaultKeyedRateLimiter<String> {
+    RateLimiter::keyed(GovernorQuota::per_second(NonZeroU32::MAX))
+}
+
+/// Sends one request through `service`, polling its futures in place.
+fn send<S, B>(service: &mut S, key: &'static str) -> Response<B>
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    send_request(service, request(key))
+}
+
+fn send_request<S, B>(service: &mut S, request: Request<()>) -> Response<B>
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let service = service.ready().now_or_never().unwrap().unwrap();
+    let response = service.call(request).now_or_never().unwrap().unwrap();
+    debug_assert!(response.status().is_success());
+    response
+}
+
+/// Round-robin over `keys`.
+struct Cycle {
+    keys: Vec<&'static str>,
+    next: usize,
+}
+
+impl Cycle {
+    fn new(keys: Vec<&'static str>) -> Self {
+        Cycle { keys, next: 0 }
+    }
+
+    fn next(&mut self) -> &'static str {
+        let key = self.keys[self.next];
+        self.next = (self.next + 1) % self.keys.len();
+        key
+    }
+}
+
+fn overhead(c: &mut Criterion) {
+    let mut group = c.benchmark_group("overhead");
+    group.throughput(Throughput::Elements(1));
+    for (label, n) in [("1key", 1), ("10k_keys", MANY)] {
+        let keys = api_keys(n, 1);
+
+        let mut svc = bare();
+        let mut cycle = Cycle::new(keys.clone());
+        group.bench_function(format!("bare/{label}"), |b| {
+            b.iter(|| black_box(send(&mut svc, cycle.next())))
+        });
+
+        for windows in [1, 2] {
+            let mut svc = layer(windows).layer(bare());
+            let mut cycle = Cycle::new(keys.clone());
+            let response = send(&mut svc, cycle.next());
+            assert!(response.headers().contains_key("x-ratelimit-remaining"));
+            group.bench_function(format!("ratelimit_{windows}w/{label}"), |b| {
+                b.iter(|| black_box(send(&mut svc, cycle.next())))
+            });
+        }
+
+        let mut svc = bare();
+        let mut cycle = Cycle::new(keys.clone());
+        group.bench_function(format!("bare_control/{label}"), |b| {
+            b.iter(|| black_box(send_request(&mut svc, control(cycle.next()))))
+        });
+        let mut svc = layer(2).layer(bare());
+        let mut cycle = Cycle::new(keys.clone());
+        group.bench_function(format!("ratelimit_2w_stacked/{label}"), |b| {
+            b.iter(|| black_box(send_request(&mut svc, control(cycle.next()))))
+        });
+
+        let mut svc = governor_layer().layer(bare());
+        let mut cycle = Cycle::new(keys.clone());
+        let response = send(&mut svc, cycle.next());
+        assert!(response.headers().contains_key("x-ratelimit-remaining"));
+        group.bench_function(format!("tower_governor/{label}"), |b| {
+            b.iter(|| black_box(send(&mut svc, cycle.next())))
+        });
+
+        let limiter = keyed_limiter();
+        let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let mut i = 0;
+        group.bench_function(format!("governor_check_key/{label}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % owned.len();
+                black_box(limiter.check_key(&owned[i]).is_ok())
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Runs `per_thread` over `threads` threads at once, each on its own keys,
+/// and returns the wall time for `iters` requests in all.
+fn run_threads<F>(threads: usize, iters: u64, make: &F) -> Duration
+where
+    F: Fn(usize) -> Box<dyn FnMut() + Send> + Sync,
+{
+    let start = Barrier::new(threads);
+    let share = iters.div_ceil(threads as u64);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mut work = make(t);
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    let began = Instant::now();
+                    for _ in 0..share {
+                        work();
+                    }
+                    (began, Instant::now())
+                })
+            })
+            .collect();
+        let spans: Vec<(Instant, Instant)> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let began = spans.iter().map(|s| s.0).min().unwrap();
+        let ended = spans.iter().map(|s| s.1).max().unwrap();
+        ended - began
+    })
+}
+
+fn scaling(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scaling");
+    group.throughput(Throughput::Elements(1));
+    // Disjoint key sets, one per thread; the single thread uses the first.
+    let key_sets: Arc<Vec<Vec<&'static str>>> =
+        Arc::new(vec![api_keys(MANY / 2, 1), api_keys(MANY / 2, 2)]);
+
+    let layer = layer(2);
+    let ratelimit = |t: usize| -> Box<dyn FnMut() + Send> {
+        let mut svc = layer.layer(bare());
+        let mut cycle = Cycle::new(key_sets[t].clone());
+        Box::new(move || {
+            black_box(send(&mut svc, cycle.next()));
+        })
+    };
+    // The harness alone (building requests, the bare service's responses):
+    // how far two threads can scale on this machine at all.
+    let unlimited = |t: usize| -> Box<dyn FnMut() + Send> {
+        let mut svc = bare();
+        let mut cycle = Cycle::new(key_sets[t].clone());
+        Box::new(move || {
+            black_box(send(&mut svc, cycle.next()));
+        })
+    };
+    let limiter = Arc::new(keyed_limiter());
+    let governor = |t: usize| -> Box<dyn FnMut() + Send> {
+        let limiter = Arc::clone(&limiter);
+        let keys: Vec<String> = key_sets[t].iter().map(|k| k.to_string()).collect();
+        let mut i = 0;
+        Box::new(move || {
+            i = (i + 1) % keys.len();
+            black_box(limiter.check_key(&keys[i]).is_ok());
+        })
+    };
+    // Warm both stores so the measured runs only update known keys.
+    for t in 0..2 {
+        let mut a = ratelimit(t);
+        let mut b = governor(t);
+        for _ in 0..MANY / 2 {
+            a();
+            b();
+        }
+    }
+    for threads in [1, 2] {
+        group.bench_function(format!("bare/{threads}_threads"), |b| {
+            b.iter_custom(|iters| run_threads(threads, iters, &unlimited))
+        });
+        group.bench_function(format!("ratelimit_2w/{threads}_threads"), |b| {
+            b.iter_custom(|iters| run_threads(threads, iters, &ratelimit))
+        });
+        group.bench_function(format!("governor_check_key/{threads}_threads"), |b| {
+            b.iter_custom(|iters| run_threads(threads, iters, &governor))
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = overhead, scaling
+}
+criterion_main!(benches);

@@ -63,7 +63,9 @@ impl From<&WindowReport> for Reported {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PendingHeaders {
     x: Option<Reported>,
-    ietf: Option<(HeaderValue, HeaderValue)>,
+    /// Boxed: rarely used, and it would double the size of every response
+    /// future (which is moved a few times per request).
+    ietf: Option<Box<(HeaderValue, HeaderValue)>>,
     retry_after: Option<u64>,
 }
 
@@ -104,7 +106,8 @@ impl PendingHeaders {
             headers.insert(X_RATELIMIT_REMAINING, number(u64::from(r.remaining)));
             headers.insert(X_RATELIMIT_RESET, number(r.reset));
         }
-        if let Some((policy, state)) = self.ietf {
+        if let Some(fields) = self.ietf {
+            let (policy, state) = *fields;
             headers.insert(RATELIMIT_POLICY, policy);
             headers.insert(RATELIMIT, state);
         }
@@ -117,20 +120,24 @@ impl PendingHeaders {
 fn ietf_fields(
     windows: &[WindowReport],
     name: impl Fn(&WindowReport) -> String,
-) -> Option<(HeaderValue, HeaderValue)> {
+) -> Option<Box<(HeaderValue, HeaderValue)>> {
     let mut policy = String::new();
     let mut state = String::new();
     for (i, w) in windows.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
         let name = name(w);
         let _ = write!(policy, "{sep}\"{name}\";q={};w={}", w.limit, w.period);
-        let _ = write!(state, "{sep}\"{name}\";r={};t={}", w.remaining, w.reset_after);
+        let _ = write!(
+            state,
+            "{sep}\"{name}\";r={};t={}",
+            w.remaining, w.reset_after
+        );
     }
     if windows.is_empty() {
         return None;
     }
-    Some((
+    Some(Box::new((
         HeaderValue::try_from(policy).ok()?,
         HeaderValue::try_from(state).ok()?,
-    ))
+    )))
 }

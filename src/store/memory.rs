@@ -15,7 +15,9 @@ use crate::policy::Algorithm;
 ///
 /// Keys are spread over shards, each a mutex around small hash tables (one per
 /// algorithm and window period) that map a bucket's 64-bit keyed hash to one
-/// `u64` of state: 16 bytes per key and window plus the table's control byte.
+/// `u64` of state: 16 bytes per key and window plus the table's control byte
+/// and free slots, about 28 bytes in all (shards get unequal shares of the
+/// keys so that their tables never all sit just after doubling at once).
 /// A decision locks the shards of the request's buckets in index order, so
 /// decisions over several limits are atomic and cannot deadlock, and threads
 /// working on different keys rarely meet.
@@ -27,7 +29,7 @@ use crate::policy::Algorithm;
 /// [`MemoryStore::sweep`] sweeps every shard at once.
 ///
 /// **At the cap** ([`MemoryStoreBuilder::max_entries`], default 1,000,000
-/// entries, about 25–40 MB): counting stays exact. A request whose buckets are
+/// entries, about 28 MB): counting stays exact. A request whose buckets are
 /// already tracked is decided as usual; a request that needs a new entry in a
 /// full shard is *refused*, with a `Retry-After` that is honest: the moment
 /// the earliest entry of that shard expires and frees room. Nothing is ever
@@ -46,8 +48,14 @@ use crate::policy::Algorithm;
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Box<[Padded<Mutex<Shard>>]>,
-    shard_mask: u64,
-    per_shard_cap: usize,
+    /// Shard `i` takes the buckets whose hash bits 24..56 are below
+    /// `bounds[i]` (and not below `bounds[i - 1]`).
+    bounds: Box<[u64]>,
+    /// For each 1/256 of that hash space, the shard where it starts (so
+    /// finding a bucket's shard takes a step or two, not a binary search).
+    starts: Box<[usize]>,
+    /// The most entries each shard keeps: its share of the cap.
+    caps: Box<[usize]>,
     sweep_interval: u64,
 }
 
@@ -96,10 +104,35 @@ impl MemoryStoreBuilder {
         let shards = (0..self.shards)
             .map(|_| Padded(Mutex::new(Shard::default())))
             .collect();
+        // Shard `i`'s share grows as 2^(i/n): the largest is twice the
+        // smallest. Hash tables double when they fill, so equal shards would
+        // all double at the same moment and the store's memory per entry
+        // would swing between ~20 and ~40 bytes as keys come and go; shares
+        // spread over one doubling keep the tables' fill levels spread too,
+        // and memory per entry near its mean (~28 bytes) at any key count.
+        let n = self.shards;
+        let weights: Vec<f64> = (0..n).map(|i| (i as f64 / n as f64).exp2()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut share = 0.0;
+        let mut bounds = Vec::with_capacity(n);
+        let mut caps = Vec::with_capacity(n);
+        for (i, w) in weights.iter().enumerate() {
+            share += w / total;
+            let bound = if i + 1 == n {
+                1 << 32
+            } else {
+                (share * (1u64 << 32) as f64) as u64
+            };
+            bounds.push(bound);
+            caps.push(((self.max_entries as f64 * w / total).ceil() as usize).max(1));
+        }
         MemoryStore {
             shards,
-            shard_mask: self.shards as u64 - 1,
-            per_shard_cap: self.max_entries.div_ceil(self.shards),
+            starts: (0..256u64)
+                .map(|r| bounds.partition_point(|&b| b <= r << 24))
+                .collect(),
+            bounds: bounds.into(),
+            caps: caps.into(),
             sweep_interval: self.sweep_interval,
         }
     }
@@ -132,10 +165,10 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// The most entries the store keeps (the configured cap, rounded up to a
-    /// multiple of the shard count).
+    /// The most entries the store keeps: the configured cap, plus under one
+    /// entry per shard (each shard's share is rounded up).
     pub fn capacity(&self) -> usize {
-        self.per_shard_cap * self.shards.len()
+        self.caps.iter().sum()
     }
 
     /// Drops every entry that equals a fresh key's at `now` (nanoseconds since
@@ -147,15 +180,30 @@ impl MemoryStore {
     }
 
     fn shard_of(&self, bucket: u64) -> usize {
-        ((bucket >> 40) & self.shard_mask) as usize
+        // Bits 24..56: the tables use the lowest bits to place an entry and
+        // the highest seven to tell entries apart.
+        let x = (bucket >> 24) & 0xFFFF_FFFF;
+        let mut shard = self.starts[(x >> 24) as usize];
+        while self.bounds[shard] <= x {
+            shard += 1;
+        }
+        shard
     }
 
     fn decide(&self, now: u64, checks: &[Check<'_>]) -> Outcome {
-        let mut ids: SmallVec<[usize; 4]> = checks.iter().map(|c| self.shard_of(c.bucket)).collect();
+        // (Plain pushes: a request has a check or two, and `collect` costs
+        // more than the pushes themselves.)
+        let mut of_check: SmallVec<[usize; 4]> = SmallVec::new();
+        for check in checks {
+            of_check.push(self.shard_of(check.bucket));
+        }
+        let mut ids = of_check.clone();
         ids.sort_unstable();
         ids.dedup();
-        let mut shards: SmallVec<[MutexGuard<'_, Shard>; 4]> =
-            ids.iter().map(|&i| self.shards[i].0.lock()).collect();
+        let mut shards: SmallVec<[MutexGuard<'_, Shard>; 4]> = SmallVec::new();
+        for &i in &ids {
+            shards.push(self.shards[i].0.lock());
+        }
         for shard in shards.iter_mut() {
             if now >= shard.next_sweep {
                 shard.sweep(now);
@@ -163,17 +211,32 @@ impl MemoryStore {
             }
         }
 
+        // Read every window's state once; nothing changes yet.
         let mut statuses: SmallVec<[WindowStatus; 4]> = SmallVec::new();
-        let mut next: SmallVec<[u64; 4]> = SmallVec::new();
+        let mut slots: SmallVec<[Slot; 4]> = SmallVec::new();
         let mut admitted = true;
         for (ci, check) in checks.iter().enumerate() {
-            let shard = &shards[shard_slot(&ids, self.shard_of(check.bucket))];
+            let shard_index = shard_slot(&ids, of_check[ci]);
+            let shard = &shards[shard_index];
             let algorithm = check.quota.algorithm_kind();
             for (wi, window) in check.quota.windows().iter().enumerate() {
-                let state = shard.get(algorithm, window.period_ns(), check.bucket);
-                let s: Step = step(algorithm, window, state, now, check.quota.request_cost());
+                let table = shard.table_index(algorithm, window.period_ns());
+                let state = table.and_then(|t| shard.tables[t].map.get(&check.bucket).copied());
+                let s: Step = step(
+                    algorithm,
+                    window,
+                    state.unwrap_or(0),
+                    now,
+                    check.quota.request_cost(),
+                );
                 admitted &= s.admits;
-                next.push(s.next);
+                slots.push(Slot {
+                    shard: shard_index,
+                    table,
+                    found: state.is_some(),
+                    state: state.unwrap_or(0),
+                    next: s.next,
+                });
                 statuses.push(WindowStatus {
                     check: ci as u8,
                     window: wi as u8,
@@ -186,43 +249,74 @@ impl MemoryStore {
         }
         if !admitted {
             // Nothing is charged: windows that would have admitted report
-            // what they have now, not what they would have had.
-            for (status, check) in statuses.iter_mut().map(|s| {
-                let check = &checks[usize::from(s.check)];
-                (s, check)
-            }) {
+            // what they have now (remaining and reset), not what they would
+            // have had. A step of cost 0 reads a state without changing it.
+            for (status, slot) in statuses.iter_mut().zip(&slots) {
                 if status.retry_after == 0 {
-                    status.remaining += check.quota.request_cost();
+                    let check = &checks[usize::from(status.check)];
+                    let window = &check.quota.windows()[usize::from(status.window)];
+                    let as_is = step(check.quota.algorithm_kind(), window, slot.state, now, 0);
+                    status.remaining = as_is.remaining;
+                    status.reset_after = as_is.reset_after;
                 }
             }
             return Outcome::new(false, statuses);
         }
 
+        // Room for the entries that are new. A sweep (only when a shard is
+        // full) may move tables, so after one every state is written by
+        // looking its table up again.
+        let mut swept = false;
         for (slot, shard) in shards.iter_mut().enumerate() {
-            let needed = new_entries(shard, checks, |b| shard_slot(&ids, self.shard_of(b)) == slot);
-            if shard.entries + needed <= self.per_shard_cap {
+            let needed = slots.iter().filter(|s| s.shard == slot && !s.found).count();
+            let cap = self.caps[ids[slot]];
+            if shard.entries + needed <= cap {
                 continue;
             }
             if now >= shard.full_until {
                 shard.sweep(now);
+                swept = true;
             }
-            let needed = new_entries(shard, checks, |b| shard_slot(&ids, self.shard_of(b)) == slot);
-            if shard.entries + needed > self.per_shard_cap {
+            let needed = new_entries(shard, checks, |b| {
+                shard_slot(&ids, self.shard_of(b)) == slot
+            });
+            if shard.entries + needed > cap {
                 return Outcome::at_capacity(shard.full_until.saturating_sub(now), statuses);
             }
         }
 
-        let mut states = next.into_iter();
+        let mut slots = slots.into_iter();
         for check in checks {
-            let shard = &mut shards[shard_slot(&ids, self.shard_of(check.bucket))];
             let algorithm = check.quota.algorithm_kind();
             for window in check.quota.windows() {
-                let state = states.next().unwrap_or_default();
-                shard.set(algorithm, window.period_ns(), check.bucket, state);
+                let Some(slot) = slots.next() else { break };
+                let shard = &mut shards[slot.shard];
+                let known = match slot.table {
+                    Some(t) if slot.found && !swept => shard.tables[t].map.get_mut(&check.bucket),
+                    _ => None,
+                };
+                match known {
+                    Some(state) => *state = slot.next,
+                    None => shard.set(algorithm, window.period_ns(), check.bucket, slot.next, now),
+                }
             }
         }
         Outcome::new(true, statuses)
     }
+}
+
+/// One window of one check, as the first pass over the locked shards found it.
+struct Slot {
+    /// The shard's place among the locked ones.
+    shard: usize,
+    /// The window's table in that shard, if there is one yet.
+    table: Option<usize>,
+    /// Whether the bucket has an entry in that table.
+    found: bool,
+    /// The state now (0 for a bucket never seen).
+    state: u64,
+    /// The state to store if the request is admitted.
+    next: u64,
 }
 
 impl Store for MemoryStore {
@@ -295,22 +389,21 @@ struct Shard {
     tables: Vec<Table>,
     entries: usize,
     next_sweep: u64,
-    /// Until when a sweep cannot free anything (set when a sweep leaves the
-    /// shard full).
+    /// Until when a sweep cannot free anything: the earliest expiry found by
+    /// the last sweep, lowered by every entry added since.
     full_until: u64,
 }
 
 impl Shard {
-    fn table(&self, algorithm: Algorithm, period_ns: u64) -> Option<&Table> {
+    fn table_index(&self, algorithm: Algorithm, period_ns: u64) -> Option<usize> {
         self.tables
             .iter()
-            .find(|t| t.period_ns == period_ns && t.algorithm == algorithm)
+            .position(|t| t.period_ns == period_ns && t.algorithm == algorithm)
     }
 
-    fn get(&self, algorithm: Algorithm, period_ns: u64, bucket: u64) -> u64 {
-        self.table(algorithm, period_ns)
-            .and_then(|t| t.map.get(&bucket).copied())
-            .unwrap_or(0)
+    fn table(&self, algorithm: Algorithm, period_ns: u64) -> Option<&Table> {
+        self.table_index(algorithm, period_ns)
+            .map(|i| &self.tables[i])
     }
 
     fn contains(&self, algorithm: Algorithm, period_ns: u64, bucket: u64) -> bool {
@@ -318,12 +411,9 @@ impl Shard {
             .is_some_and(|t| t.map.contains_key(&bucket))
     }
 
-    fn set(&mut self, algorithm: Algorithm, period_ns: u64, bucket: u64, state: u64) {
-        let index = match self
-            .tables
-            .iter()
-            .position(|t| t.period_ns == period_ns && t.algorithm == algorithm)
-        {
+    /// Stores `state` for `bucket` at `now`.
+    fn set(&mut self, algorithm: Algorithm, period_ns: u64, bucket: u64, state: u64, now: u64) {
+        let index = match self.table_index(algorithm, period_ns) {
             Some(i) => i,
             None => {
                 self.tables.push(Table {
@@ -336,6 +426,12 @@ impl Shard {
         };
         if self.tables[index].map.insert(bucket, state).is_none() {
             self.entries += 1;
+            // A new entry may expire before every other one: `full_until`
+            // stays the earliest expiry (or earlier), so that a refusal at
+            // the cap never promises room later than it comes.
+            self.full_until = self
+                .full_until
+                .min(expires_at(algorithm, period_ns, state, now));
         }
     }
 
@@ -355,6 +451,9 @@ impl Shard {
             }
         }
         self.tables.retain(|t| !t.map.is_empty());
+        if self.tables.is_empty() {
+            self.tables = Vec::new();
+        }
         self.entries = self.tables.iter().map(|t| t.map.len()).sum();
         self.full_until = earliest;
     }
@@ -384,7 +483,11 @@ mod tests {
         assert!(ready(&store, T0, &both).admitted());
         let refused = ready(&store, T0, &both);
         assert!(!refused.admitted());
-        assert_eq!(refused.windows()[0].remaining, 99, "reports what is left, untouched");
+        assert_eq!(
+            refused.windows()[0].remaining,
+            99,
+            "reports what is left, untouched"
+        );
         let only_wide = ready(&store, T0, &[Check::new(1, &wide)]);
         assert_eq!(only_wide.windows()[0].remaining, 98);
     }
