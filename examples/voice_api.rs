@@ -35,13 +35,16 @@ fn parse_args() -> Result<Options, String> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{}", usage()));
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| format!("{name} needs a value\n{}", usage()))
+        };
         match arg.as_str() {
             "--addr" => {
                 let text = value("--addr")?;
-                options.addr = text
-                    .parse()
-                    .map_err(|_| format!("--addr: `{text}` is not HOST:PORT (such as 127.0.0.1:3000)"))?;
+                options.addr = text.parse().map_err(|_| {
+                    format!("--addr: `{text}` is not HOST:PORT (such as 127.0.0.1:3000)")
+                })?;
             }
             "--config" => options.config = Some(value("--config")?),
             "-h" | "--help" => return Err(usage().to_owned()),
@@ -69,7 +72,11 @@ async fn answer(method: Method, uri: Uri) -> Response {
 }
 
 /// Makes the peer address visible to `PeerIp` keys without the `axum` feature.
-async fn record_peer(ConnectInfo(peer): ConnectInfo<SocketAddr>, mut request: Request, next: Next) -> Response {
+async fn record_peer(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     request.extensions_mut().insert(peer);
     next.run(request).await
 }
@@ -108,7 +115,10 @@ async fn main() -> ExitCode {
     println!("voice_api listening on http://{addr}");
     println!(
         "policy: {} (limits: {})",
-        options.config.as_deref().unwrap_or("built-in default: per X-API-Key, 60/minute and 1000/hour"),
+        options
+            .config
+            .as_deref()
+            .unwrap_or("built-in default: per X-API-Key, 60/minute and 1000/hour"),
         limits.join(", ")
     );
     println!("try:");
@@ -123,7 +133,10 @@ async fn main() -> ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         eprintln!("server error: {e}");
         return ExitCode::FAILURE;
     }

@@ -169,6 +169,12 @@ fn pick(outcome: &Outcome, report: ReportedWindow, windows: &[WindowReport]) -> 
             .unwrap_or(0);
     }
     (0..statuses.len())
-        .min_by_key(|&i| (statuses[i].remaining, std::cmp::Reverse(statuses[i].reset_after), i))
+        .min_by_key(|&i| {
+            (
+                statuses[i].remaining,
+                std::cmp::Reverse(statuses[i].reset_after),
+                i,
+            )
+        })
         .unwrap_or(0)
 }

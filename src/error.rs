@@ -45,7 +45,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn new(kind: ConfigErrorKind, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        kind: ConfigErrorKind,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigError {
             kind,
             field: field.into(),

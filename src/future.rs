@@ -42,7 +42,11 @@ pin_project! {
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn inner(future: F, headers: Option<PendingHeaders>, decision: Option<Decision>) -> Self {
+    pub(crate) fn inner(
+        future: F,
+        headers: Option<PendingHeaders>,
+        decision: Option<Decision>,
+    ) -> Self {
         ResponseFuture {
             state: State::Inner {
                 future,
@@ -106,6 +110,8 @@ impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
             State::Produced { .. } => "Produced",
             State::Deciding { .. } => "Deciding",
         };
-        f.debug_struct("ResponseFuture").field("state", &state).finish()
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
     }
 }

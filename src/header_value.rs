@@ -67,7 +67,19 @@ mod tests {
 
     #[test]
     fn numbers_print_as_decimal() {
-        for n in [0, 7, 10, 99, 100, 999, 1000, 9999, 10_000, 1_700_000_000, u64::MAX - 1] {
+        for n in [
+            0,
+            7,
+            10,
+            99,
+            100,
+            999,
+            1000,
+            9999,
+            10_000,
+            1_700_000_000,
+            u64::MAX - 1,
+        ] {
             assert_eq!(number(n).to_str().unwrap(), n.to_string());
             assert_eq!(number(n).to_str().unwrap(), n.to_string(), "cached");
         }

@@ -144,7 +144,8 @@ pub use decision::{Decision, RefusalReason, ReportedWindow, WindowReport};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use future::ResponseFuture;
 pub use headers::{
-    HeaderStyle, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
+    HeaderStyle, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
 };
 pub use layer::RateLimitLayer;
 pub use policy::{Algorithm, CustomKeys, Limit, MissingKey, Policy, PolicyBuilder, Quota, Window};

@@ -302,7 +302,10 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 fn grpc(code: u8, message: &str) -> Produced {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert(HeaderName::from_static("grpc-status"), HeaderValue::from(u16::from(code)));
+    headers.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from(u16::from(code)),
+    );
     let encoded: String = message
         .bytes()
         .map(|b| {

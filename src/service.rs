@@ -103,16 +103,25 @@ where
             let view = RequestView::new(&request, Some(captures));
             match extract_key(limit, &view, policy.max_key_len) {
                 Ok(key) => {
-                    checks.push(Check::new(policy.secret.bucket(route.id, &key), &route.quota));
+                    checks.push(Check::new(
+                        policy.secret.bucket(route.id, &key),
+                        &route.quota,
+                    ));
                     origin.push((li as u16, ri as u16));
                 }
-                Err(error) if limit.missing_key == MissingKey::Skip && error.kind() == KeyErrorKind::Missing => {
+                Err(error)
+                    if limit.missing_key == MissingKey::Skip
+                        && error.kind() == KeyErrorKind::Missing =>
+                {
                     tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
                 }
                 Err(error) => {
                     tracing::debug!(limit = %limit.name, %error, "request refused: no usable key");
                     let produced = response::key_error(&error, request.headers());
-                    let headers = PendingHeaders::x_only(policy.headers, uncounted(route, policy.report, now));
+                    let headers = PendingHeaders::x_only(
+                        policy.headers,
+                        uncounted(route, policy.report, now),
+                    );
                     return ResponseFuture::produced(build(produced, headers, None));
                 }
             }
@@ -155,14 +164,23 @@ where
 }
 
 /// The request's key for `limit`, checked against the length cap.
-fn extract_key<'a>(limit: &CompiledLimit, view: &RequestView<'a>, max_len: usize) -> Result<Key<'a>, KeyError> {
+fn extract_key<'a>(
+    limit: &CompiledLimit,
+    view: &RequestView<'a>,
+    max_len: usize,
+) -> Result<Key<'a>, KeyError> {
     let key = limit.key.extract(view)?;
     if key.len() > max_len {
-        return Err(KeyError::new(KeyErrorKind::TooLong, limit.key.describe().into_owned())
-            .with_detail(format!("The limit is {max_len} bytes.")));
+        return Err(
+            KeyError::new(KeyErrorKind::TooLong, limit.key.describe().into_owned())
+                .with_detail(format!("The limit is {max_len} bytes.")),
+        );
     }
     if key.is_empty() {
-        return Err(KeyError::new(KeyErrorKind::Empty, limit.key.describe().into_owned()));
+        return Err(KeyError::new(
+            KeyErrorKind::Empty,
+            limit.key.describe().into_owned(),
+        ));
     }
     Ok(key)
 }
@@ -170,7 +188,10 @@ fn extract_key<'a>(limit: &CompiledLimit, view: &RequestView<'a>, max_len: usize
 fn decide(policy: &PolicyInner, outcome: &Outcome, origin: &[WindowOrigin], now: u64) -> Decision {
     Decision::from_outcome(outcome, origin, now, policy.report, |check, window| {
         let (li, ri) = origin[check];
-        policy.limits[usize::from(li)].routes[usize::from(ri)].quota.windows()[window].period_ns()
+        policy.limits[usize::from(li)].routes[usize::from(ri)]
+            .quota
+            .windows()[window]
+            .period_ns()
     })
 }
 
@@ -186,7 +207,8 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     let policy = &shared.policy;
-    let headers = PendingHeaders::for_decision(policy.inner.headers, &decision, |w| policy.window_name(w));
+    let headers =
+        PendingHeaders::for_decision(policy.inner.headers, &decision, |w| policy.window_name(w));
     if decision.is_admitted() {
         let decision = shared.decision_extensions.then(|| {
             request.extensions_mut().insert(decision.clone());
@@ -225,7 +247,11 @@ fn uncounted(route: &Route, report: ReportedWindow, now: u64) -> Reported {
     }
 }
 
-fn build<B>(produced: Produced, headers: PendingHeaders, decision: Option<Decision>) -> Response<ResponseBody<B>> {
+fn build<B>(
+    produced: Produced,
+    headers: PendingHeaders,
+    decision: Option<Decision>,
+) -> Response<ResponseBody<B>> {
     let Produced {
         status,
         headers: mut map,

@@ -82,7 +82,10 @@ impl fmt::Display for KeyError {
             KeyErrorKind::Empty => write!(f, "The {source} is empty."),
             KeyErrorKind::NotUtf8 => write!(f, "The {source} is not valid UTF-8."),
             KeyErrorKind::TooLong => write!(f, "The {source} is too long."),
-            KeyErrorKind::Conflicting => write!(f, "The request has more than one {source}, with different values."),
+            KeyErrorKind::Conflicting => write!(
+                f,
+                "The request has more than one {source}, with different values."
+            ),
             KeyErrorKind::Malformed => write!(f, "The {source} is malformed."),
         }?;
         if let Some(detail) = &self.detail {

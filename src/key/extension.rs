@@ -62,12 +62,18 @@ where
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         match request.extensions().get::<T>() {
             Some(value) => Ok((self.read)(value)),
-            None => Err(KeyError::new(KeyErrorKind::Missing, self.describe().into_owned())),
+            None => Err(KeyError::new(
+                KeyErrorKind::Missing,
+                self.describe().into_owned(),
+            )),
         }
     }
 
     fn describe(&self) -> Cow<'_, str> {
-        Cow::Owned(format!("{} (set by an authentication layer)", short_type_name::<T>()))
+        Cow::Owned(format!(
+            "{} (set by an authentication layer)",
+            short_type_name::<T>()
+        ))
     }
 }
 

@@ -53,7 +53,10 @@ impl KeyExtractor for FirstOf {
                 Err(e) => return Err(e),
             }
         }
-        Err(KeyError::new(KeyErrorKind::Missing, self.describe().into_owned()))
+        Err(KeyError::new(
+            KeyErrorKind::Missing,
+            self.describe().into_owned(),
+        ))
     }
 
     /// Every alternative's source, joined with "or".

@@ -29,7 +29,10 @@ impl Header {
     /// not a valid header name. Error messages use `name` as written.
     pub fn parse(name: &str) -> Result<Self, ConfigError> {
         let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            ConfigError::invalid("header", format!("`{}` is not a valid header name", name.escape_debug()))
+            ConfigError::invalid(
+                "header",
+                format!("`{}` is not a valid header name", name.escape_debug()),
+            )
         })?;
         Ok(Header {
             name: parsed,
@@ -79,8 +82,10 @@ impl KeyExtractor for Bearer {
             None => (bytes, &b""[..]),
         };
         if !scheme.eq_ignore_ascii_case(b"bearer") {
-            return Err(KeyError::new(KeyErrorKind::Malformed, "Authorization header")
-                .with_detail("Expected `Authorization: Bearer <token>`."));
+            return Err(
+                KeyError::new(KeyErrorKind::Malformed, "Authorization header")
+                    .with_detail("Expected `Authorization: Bearer <token>`."),
+            );
         }
         let token = trim_spaces(token);
         if token.contains(&b' ') {
@@ -125,7 +130,13 @@ fn text_key<'a>(bytes: &'a [u8], source: &str) -> Result<Key<'a>, KeyError> {
 }
 
 fn trim_spaces(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |e| e + 1);
+    let start = bytes
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
     &bytes[start..end]
 }

@@ -124,7 +124,9 @@ impl ForwardedIp {
         let trusted = trusted
             .into_iter()
             .enumerate()
-            .map(|(i, s)| parse_net(s.as_ref()).map_err(|e| e.within(format!("trusted_proxies[{i}]"))))
+            .map(|(i, s)| {
+                parse_net(s.as_ref()).map_err(|e| e.within(format!("trusted_proxies[{i}]")))
+            })
             .collect::<Result<_, _>>()?;
         Ok(ForwardedIp {
             trusted,
@@ -161,7 +163,9 @@ impl ForwardedIp {
             let text = value.to_str().map_err(|_| self.malformed())?;
             for entry in text.rsplit(',') {
                 let client = match self.header {
-                    ForwardedHeader::XForwardedFor => parse_forwarded_address(entry.trim()).map(Client::Ip),
+                    ForwardedHeader::XForwardedFor => {
+                        parse_forwarded_address(entry.trim()).map(Client::Ip)
+                    }
                     ForwardedHeader::Forwarded => forwarded_for(entry),
                 }
                 .ok_or_else(|| self.malformed())?;
@@ -197,14 +201,18 @@ impl KeyExtractor for ForwardedIp {
 const PEER_SOURCE: &str = "client IP address";
 
 fn missing_peer() -> KeyError {
-    KeyError::new(KeyErrorKind::Missing, PEER_SOURCE).with_detail("The server did not record the peer address.")
+    KeyError::new(KeyErrorKind::Missing, PEER_SOURCE)
+        .with_detail("The server did not record the peer address.")
 }
 
 fn check_prefix(prefix: u8) -> Result<u8, ConfigError> {
     if (1..=128).contains(&prefix) {
         Ok(prefix)
     } else {
-        Err(ConfigError::invalid("ipv6_prefix", format!("{prefix} is not a prefix length from 1 to 128")))
+        Err(ConfigError::invalid(
+            "ipv6_prefix",
+            format!("{prefix} is not a prefix length from 1 to 128"),
+        ))
     }
 }
 
@@ -212,7 +220,15 @@ fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
     let text = text.trim();
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| ConfigError::invalid("", format!("`{}` is not an IP address or CIDR range", text.escape_debug())))
+        .map_err(|_| {
+            ConfigError::invalid(
+                "",
+                format!(
+                    "`{}` is not an IP address or CIDR range",
+                    text.escape_debug()
+                ),
+            )
+        })
 }
 
 pub(crate) fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
@@ -231,7 +247,9 @@ fn ip_key<'a>(ip: IpAddr, v6_prefix: u8) -> Key<'a> {
     match ip.to_canonical() {
         IpAddr::V4(v4) => Key::copied(&v4.octets()),
         IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(v6_prefix)).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_prefix))
+                .unwrap_or(0);
             Key::copied(&Ipv6Addr::from(u128::from(v6) & mask).octets())
         }
     }
@@ -272,7 +290,9 @@ fn forwarded_for(element: &str) -> Option<Client<'_>> {
         let token = value.split_once(':').map_or(value, |(node, _port)| node);
         let obfuscated = token.len() > 1
             && token.starts_with('_')
-            && token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if obfuscated {
             Some(Client::Obfuscated(token))
         } else {
@@ -299,7 +319,8 @@ mod tests {
         let extractor = ForwardedIp::new(["10.0.0.0/8"]).unwrap();
         let mut req = http::Request::new(());
         for v in xff {
-            req.headers_mut().append("x-forwarded-for", v.parse().unwrap());
+            req.headers_mut()
+                .append("x-forwarded-for", v.parse().unwrap());
         }
         req.extensions_mut().insert(peer.parse::<IpAddr>().unwrap());
         extractor
@@ -313,22 +334,47 @@ mod tests {
     #[test]
     fn the_first_untrusted_address_from_the_right_is_the_client() {
         let ip = |s: &str| Client::Ip(s.parse::<IpAddr>().unwrap());
-        assert_eq!(client(&["1.1.1.1, 2.2.2.2, 10.0.0.2"], "10.0.0.1"), Ok(ip("2.2.2.2")));
-        assert_eq!(client(&["1.1.1.1", "2.2.2.2:443"], "10.0.0.1"), Ok(ip("2.2.2.2")));
-        assert_eq!(client(&["[2001:db8::1]:443"], "10.0.0.1"), Ok(ip("2001:db8::1")));
-        assert_eq!(client(&["9.9.9.9"], "8.8.8.8"), Ok(ip("8.8.8.8")), "untrusted peer: header ignored");
+        assert_eq!(
+            client(&["1.1.1.1, 2.2.2.2, 10.0.0.2"], "10.0.0.1"),
+            Ok(ip("2.2.2.2"))
+        );
+        assert_eq!(
+            client(&["1.1.1.1", "2.2.2.2:443"], "10.0.0.1"),
+            Ok(ip("2.2.2.2"))
+        );
+        assert_eq!(
+            client(&["[2001:db8::1]:443"], "10.0.0.1"),
+            Ok(ip("2001:db8::1"))
+        );
+        assert_eq!(
+            client(&["9.9.9.9"], "8.8.8.8"),
+            Ok(ip("8.8.8.8")),
+            "untrusted peer: header ignored"
+        );
         assert_eq!(client(&[], "10.0.0.1"), Ok(ip("10.0.0.1")));
         assert_eq!(client(&["10.0.0.9"], "10.0.0.1"), Ok(ip("10.0.0.9")));
-        assert_eq!(client(&["garbage"], "10.0.0.1").unwrap_err().kind(), KeyErrorKind::Malformed);
+        assert_eq!(
+            client(&["garbage"], "10.0.0.1").unwrap_err().kind(),
+            KeyErrorKind::Malformed
+        );
     }
 
     #[test]
     fn forwarded_for_parameters() {
         let ip = |s: &str| Some(Client::Ip(s.parse().unwrap()));
         assert_eq!(forwarded_for("for=192.0.2.60;proto=http"), ip("192.0.2.60"));
-        assert_eq!(forwarded_for(r#"For="[2001:db8:cafe::17]:4711""#), ip("2001:db8:cafe::17"));
-        assert_eq!(forwarded_for("for=_hidden"), Some(Client::Obfuscated("_hidden")));
-        assert_eq!(forwarded_for(r#"for="_node7:_port""#), Some(Client::Obfuscated("_node7")));
+        assert_eq!(
+            forwarded_for(r#"For="[2001:db8:cafe::17]:4711""#),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(
+            forwarded_for("for=_hidden"),
+            Some(Client::Obfuscated("_hidden"))
+        );
+        assert_eq!(
+            forwarded_for(r#"for="_node7:_port""#),
+            Some(Client::Obfuscated("_node7"))
+        );
         assert_eq!(forwarded_for("for=unknown"), None);
         assert_eq!(forwarded_for("for=_"), None);
         assert_eq!(forwarded_for("proto=https"), None);

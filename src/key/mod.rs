@@ -115,7 +115,10 @@ enum Repr<'a> {
     Borrowed(&'a [u8]),
     /// A raw path segment: hashed percent-decoded, so `%61` and `a` are one key.
     PercentEncoded(&'a [u8]),
-    Inline { len: u8, bytes: [u8; INLINE] },
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
     Owned(Box<[u8]>),
 }
 

@@ -25,7 +25,10 @@ impl KeyExtractor for PathCapture {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         match request.capture(&self.name) {
             Some(raw) => Ok(Key::path_segment(raw)),
-            None => Err(KeyError::new(KeyErrorKind::Missing, self.describe().into_owned())),
+            None => Err(KeyError::new(
+                KeyErrorKind::Missing,
+                self.describe().into_owned(),
+            )),
         }
     }
 

@@ -112,7 +112,10 @@ impl Limit {
             ));
         }
         if self.routes.is_empty() {
-            return Err(ConfigError::invalid("routes", "a limit needs at least one route"));
+            return Err(ConfigError::invalid(
+                "routes",
+                "a limit needs at least one route",
+            ));
         }
         let routes = self
             .routes
@@ -174,7 +177,10 @@ impl CompiledLimit {
             if !route.methods.contains(method) {
                 return None;
             }
-            route.pattern.matches(path).map(|captures| (i, route, captures))
+            route
+                .pattern
+                .matches(path)
+                .map(|captures| (i, route, captures))
         })
     }
 }

@@ -36,8 +36,8 @@ use std::sync::Arc;
 use http::StatusCode;
 
 pub use config::CustomKeys;
-pub use limit::{Limit, MissingKey};
 pub(crate) use limit::{CompiledLimit, Route};
+pub use limit::{Limit, MissingKey};
 pub use methods::Methods;
 pub use pattern::{Captures, PathPattern, PathSegments};
 pub use quota::{Algorithm, Quota, Window};
@@ -189,7 +189,10 @@ impl PolicyBuilder {
     /// Checks and compiles the policy.
     pub fn build(self) -> Result<Policy, ConfigError> {
         if self.limits.is_empty() {
-            return Err(ConfigError::invalid("limits", "a policy needs at least one limit"));
+            return Err(ConfigError::invalid(
+                "limits",
+                "a policy needs at least one limit",
+            ));
         }
         if self.limits.len() > MAX_LIMITS {
             return Err(ConfigError::invalid(
@@ -214,7 +217,11 @@ impl PolicyBuilder {
                     format!("two limits are named `{}`", limit.name),
                 ));
             }
-            limits.push(limit.compile().map_err(|e| e.within(format!("limits[{i}]")))?);
+            limits.push(
+                limit
+                    .compile()
+                    .map_err(|e| e.within(format!("limits[{i}]")))?,
+            );
         }
         if let ReportedWindow::Period(period) = self.report {
             let found = limits

@@ -70,7 +70,9 @@ impl PathPattern {
                 Segment::Rest
             } else if let Some(inner) = part.strip_prefix('{') {
                 let Some(name) = inner.strip_suffix('}') else {
-                    return Err(bad(format!("segment `{part}` opens `{{` without closing it")));
+                    return Err(bad(format!(
+                        "segment `{part}` opens `{{` without closing it"
+                    )));
                 };
                 if name.is_empty()
                     || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -80,7 +82,10 @@ impl PathPattern {
                         "capture `{{{name}}}` must be a name of letters, digits and `_`"
                     )));
                 }
-                if segments.iter().any(|s| matches!(s, Segment::Capture(n) if &**n == name)) {
+                if segments
+                    .iter()
+                    .any(|s| matches!(s, Segment::Capture(n) if &**n == name))
+                {
                     return Err(bad(format!("capture `{{{name}}}` appears twice")));
                 }
                 Segment::Capture(name.into())
@@ -90,8 +95,14 @@ impl PathPattern {
                         "segment `{part}`: `{{`, `}}` and `*` must stand alone in a segment"
                     )));
                 }
-                if part.chars().any(|c| c.is_control() || c == ' ' || c == '?' || c == '#') {
-                    return Err(bad(format!("segment `{}` has a character paths cannot hold", part.escape_debug())));
+                if part
+                    .chars()
+                    .any(|c| c.is_control() || c == ' ' || c == '?' || c == '#')
+                {
+                    return Err(bad(format!(
+                        "segment `{}` has a character paths cannot hold",
+                        part.escape_debug()
+                    )));
                 }
                 Segment::Literal((*part).into())
             };
@@ -121,7 +132,12 @@ impl PathPattern {
         let mut i = 0;
         for segment in self.segments.iter() {
             match segment {
-                Segment::Rest => return Some(Captures { pattern: self, path }),
+                Segment::Rest => {
+                    return Some(Captures {
+                        pattern: self,
+                        path,
+                    })
+                }
                 Segment::Literal(lit) => {
                     let raw = path.get(i)?;
                     if !eq_percent_decoded(raw.as_bytes(), lit.as_bytes()) {
@@ -134,7 +150,10 @@ impl PathPattern {
             }
             i += 1;
         }
-        (i == path.len()).then_some(Captures { pattern: self, path })
+        (i == path.len()).then_some(Captures {
+            pattern: self,
+            path,
+        })
     }
 }
 
@@ -280,8 +299,14 @@ mod tests {
         assert!(!matches("/v1/keys", "/v1/keys/extra"));
         assert!(!matches("/v1/keys", "/v1/Keys"));
         assert!(matches("/v2/accounts/{sid}/legs/*", "/v2/accounts/A1/legs"));
-        assert!(matches("/v2/accounts/{sid}/legs/*", "/v2/accounts/A1/legs/L1/actions"));
-        assert!(!matches("/v2/accounts/{sid}/legs/*", "/v2/accounts/A1/bridges"));
+        assert!(matches(
+            "/v2/accounts/{sid}/legs/*",
+            "/v2/accounts/A1/legs/L1/actions"
+        ));
+        assert!(!matches(
+            "/v2/accounts/{sid}/legs/*",
+            "/v2/accounts/A1/bridges"
+        ));
         assert!(matches("/", "/"));
         assert!(!matches("/", "/x"));
     }

@@ -141,7 +141,6 @@ impl Window {
     pub(crate) const fn period_ns(&self) -> u64 {
         self.period_ns
     }
-
 }
 
 impl fmt::Display for Window {
@@ -249,7 +248,10 @@ impl Quota {
             if self.cost > w.limit {
                 return Err(ConfigError::invalid(
                     "cost",
-                    format!("cost {} exceeds the window {w}, so no request could ever pass", self.cost),
+                    format!(
+                        "cost {} exceeds the window {w}, so no request could ever pass",
+                        self.cost
+                    ),
                 ));
             }
             if self.windows[..i].iter().any(|o| o.period_ns == w.period_ns) {

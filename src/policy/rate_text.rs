@@ -27,7 +27,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(if rest.starts_with(|c: char| c.is_alphabetic()) {
                 format!("`{text}`: unknown unit `{rest}` (ms, s, m, h or d)")
@@ -39,7 +41,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("`{text}`: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = rest[..unit_len].trim();
         let nanos = unit_nanos(unit).ok_or_else(|| {
             if unit.is_empty() {
@@ -70,11 +74,10 @@ pub(crate) fn parse_window(text: &str) -> Result<Window, String> {
     let (limit, period) = text
         .split_once('/')
         .ok_or_else(|| format!("`{text}`: expected `<limit>/<period>`, such as `60/minute`"))?;
-    let limit: u32 = limit
-        .trim()
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("`{text}`: the limit must be a whole number from 1 to 4294967295"))?;
+    let limit: u32 =
+        limit.trim().replace('_', "").parse().map_err(|_| {
+            format!("`{text}`: the limit must be a whole number from 1 to 4294967295")
+        })?;
     let period = parse_duration(period)?;
     Window::new(limit, period).map_err(|e| format!("`{text}`: {}", e.message()))
 }
@@ -82,7 +85,12 @@ pub(crate) fn parse_window(text: &str) -> Result<Window, String> {
 /// Writes a period the way a person would: `minute`, `hour`, `10s`, `500ms`.
 pub(crate) fn fmt_period(period: Duration, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let nanos = period.as_nanos() as u64;
-    for (name, unit) in [("day", 86_400), ("hour", 3600), ("minute", 60), ("second", 1)] {
+    for (name, unit) in [
+        ("day", 86_400),
+        ("hour", 3600),
+        ("minute", 60),
+        ("second", 1),
+    ] {
         if nanos == unit * 1_000_000_000 {
             return f.write_str(name);
         }
@@ -109,9 +117,13 @@ mod tests {
         assert_eq!(parse_duration("2 hours"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("10 fortnights").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("10 fortnights")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration("99999999999999999999s").is_err());
-        assert!(parse_duration("999999999999d").unwrap_err().contains("too large"));
+        assert!(parse_duration("999999999999d")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]

@@ -135,7 +135,10 @@ mod tests {
         assert_eq!(refused.retry_after, S);
         assert_eq!(refused.reset_after, 60 * S);
         assert!(step(Algorithm::Gcra, &w, state, now + S, 1).admits);
-        assert_eq!(expires_at(Algorithm::Gcra, w.period_ns(), state, now), now + 60 * S);
+        assert_eq!(
+            expires_at(Algorithm::Gcra, w.period_ns(), state, now),
+            now + 60 * S
+        );
     }
 
     #[test]
@@ -150,6 +153,9 @@ mod tests {
         assert_eq!(c.retry_after, 19 * S + S / 2);
         let next_window = now + c.retry_after;
         assert!(step(Algorithm::FixedWindow, &w, b.next, next_window, 1).admits);
-        assert_eq!(expires_at(Algorithm::FixedWindow, w.period_ns(), b.next, next_window), 0);
+        assert_eq!(
+            expires_at(Algorithm::FixedWindow, w.period_ns(), b.next, next_window),
+            0
+        );
     }
 }

@@ -72,7 +72,12 @@ impl Outcome {
         if self.admitted {
             return 0;
         }
-        let windows = self.windows.iter().map(|w| w.retry_after).max().unwrap_or(0);
+        let windows = self
+            .windows
+            .iter()
+            .map(|w| w.retry_after)
+            .max()
+            .unwrap_or(0);
         windows.max(self.capacity_retry_after.unwrap_or(0))
     }
 }
