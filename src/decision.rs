@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use crate::store::Outcome;
+use crate::store::{Outcome, WindowStatus};
 
 const NANOS: u64 = 1_000_000_000;
 
@@ -80,24 +80,10 @@ impl Decision {
         report: ReportedWindow,
         period_ns: impl Fn(usize, usize) -> u64,
     ) -> Self {
-        let windows: SmallVec<[WindowReport; 4]> = outcome
-            .windows()
-            .iter()
-            .map(|w| {
-                let (limit_index, route_index) = origin[usize::from(w.check)];
-                let period = period_ns(usize::from(w.check), usize::from(w.window));
-                WindowReport {
-                    limit_index,
-                    route_index,
-                    window_index: w.window,
-                    limit: w.limit,
-                    remaining: if outcome.admitted() { w.remaining } else { 0 },
-                    reset: (now + w.reset_after).div_ceil(NANOS),
-                    reset_after: w.reset_after.div_ceil(NANOS),
-                    period: period.div_ceil(NANOS),
-                }
-            })
-            .collect();
+        let mut windows: SmallVec<[WindowReport; 4]> = SmallVec::new();
+        for status in outcome.windows() {
+            windows.push(window_report(outcome, status, origin, now, &period_ns));
+        }
         let refusal = match (outcome.admitted(), outcome.is_capacity_refusal()) {
             (true, _) => None,
             (false, true) => Some(RefusalReason::Capacity),
@@ -108,7 +94,7 @@ impl Decision {
         } else {
             0
         };
-        let reported = pick(outcome, report, &windows);
+        let reported = pick(outcome, report, |i| windows[i].period);
         let mut decision = Decision {
             refusal,
             retry_after,
@@ -126,6 +112,25 @@ impl Decision {
             }
         }
         decision
+    }
+
+    /// Only the reported window of an *admitted* request: what the
+    /// `X-RateLimit-*` headers need, without building the whole decision.
+    pub(crate) fn reported_window(
+        outcome: &Outcome,
+        origin: &[WindowOrigin],
+        now: u64,
+        report: ReportedWindow,
+        period_ns: impl Fn(usize, usize) -> u64,
+    ) -> Option<WindowReport> {
+        debug_assert!(outcome.admitted(), "refusals build the whole decision");
+        let statuses = outcome.windows();
+        let period = |i: usize| {
+            let w: &WindowStatus = &statuses[i];
+            period_ns(usize::from(w.check), usize::from(w.window)).div_ceil(NANOS)
+        };
+        let status = statuses.get(pick(outcome, report, period))?;
+        Some(window_report(outcome, status, origin, now, &period_ns))
     }
 
     /// Whether the request was admitted.
@@ -155,14 +160,38 @@ impl Decision {
     }
 }
 
-fn pick(outcome: &Outcome, report: ReportedWindow, windows: &[WindowReport]) -> usize {
+/// What the headers say about one window.
+fn window_report(
+    outcome: &Outcome,
+    w: &WindowStatus,
+    origin: &[WindowOrigin],
+    now: u64,
+    period_ns: impl Fn(usize, usize) -> u64,
+) -> WindowReport {
+    let (limit_index, route_index) = origin[usize::from(w.check)];
+    let period = period_ns(usize::from(w.check), usize::from(w.window));
+    WindowReport {
+        limit_index,
+        route_index,
+        window_index: w.window,
+        limit: w.limit,
+        remaining: if outcome.admitted() { w.remaining } else { 0 },
+        reset: (now + w.reset_after).div_ceil(NANOS),
+        reset_after: w.reset_after.div_ceil(NANOS),
+        period: period.div_ceil(NANOS),
+    }
+}
+
+/// The index of the reported window; `period_secs(i)` is window `i`'s period
+/// in whole seconds.
+fn pick(outcome: &Outcome, report: ReportedWindow, period_secs: impl Fn(usize) -> u64) -> usize {
+    let statuses = outcome.windows();
     if let ReportedWindow::Period(period) = report {
         let secs = period.as_nanos().div_ceil(u128::from(NANOS)) as u64;
-        if let Some(i) = windows.iter().position(|w| w.period == secs) {
+        if let Some(i) = (0..statuses.len()).find(|&i| period_secs(i) == secs) {
             return i;
         }
     }
-    let statuses = outcome.windows();
     if !outcome.admitted() && !outcome.is_capacity_refusal() {
         return (0..statuses.len())
             .max_by_key(|&i| (statuses[i].retry_after, std::cmp::Reverse(i)))

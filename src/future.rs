@@ -30,7 +30,7 @@ pin_project! {
             #[pin]
             future: F,
             headers: Option<PendingHeaders>,
-            decision: Option<Decision>,
+            decision: Option<Box<Decision>>,
         },
         Produced {
             response: Option<Response<ResponseBody<B>>>,
@@ -45,7 +45,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(
         future: F,
         headers: Option<PendingHeaders>,
-        decision: Option<Decision>,
+        decision: Option<Box<Decision>>,
     ) -> Self {
         ResponseFuture {
             state: State::Inner {
@@ -90,7 +90,7 @@ where
                     headers.write(response.headers_mut());
                 }
                 if let Some(decision) = decision.take() {
-                    response.extensions_mut().insert(decision);
+                    response.extensions_mut().insert(*decision);
                 }
                 Poll::Ready(Ok(response))
             }

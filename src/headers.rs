@@ -29,6 +29,13 @@ pub enum HeaderStyle {
     None,
 }
 
+impl HeaderStyle {
+    /// Whether the style includes the IETF fields.
+    pub(crate) fn has_ietf(self) -> bool {
+        matches!(self, HeaderStyle::Ietf | HeaderStyle::Both)
+    }
+}
+
 /// `X-RateLimit-Limit`.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// `X-RateLimit-Remaining`.
@@ -80,7 +87,8 @@ impl PendingHeaders {
         let x = matches!(style, HeaderStyle::XRateLimit | HeaderStyle::Both)
             .then(|| decision.reported().map(Reported::from))
             .flatten();
-        let ietf = matches!(style, HeaderStyle::Ietf | HeaderStyle::Both)
+        let ietf = style
+            .has_ietf()
             .then(|| ietf_fields(decision.windows(), name))
             .flatten();
         PendingHeaders {

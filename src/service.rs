@@ -134,8 +134,20 @@ where
         // 3. decide: one atomic check of every (key, window) pair.
         match shared.store.check(now, &checks) {
             Decided::Ready(Ok(outcome)) => {
+                // 4. respond. The common case (admitted, nothing reads the
+                // decision, single-window headers) skips building it.
+                if outcome.admitted() && !shared.decision_extensions && !policy.headers.has_ietf() {
+                    let headers = Decision::reported_window(
+                        &outcome,
+                        &origin,
+                        now,
+                        policy.report,
+                        period_of(policy, &origin),
+                    )
+                    .map(|w| PendingHeaders::x_only(policy.headers, Reported::from(&w)));
+                    return ResponseFuture::inner(inner.call(request), headers, None);
+                }
                 let decision = decide(policy, &outcome, &origin, now);
-                // 4. respond.
                 respond(shared, decision, request, inner)
             }
             Decided::Ready(Err(error)) => {
@@ -186,13 +198,27 @@ fn extract_key<'a>(
 }
 
 fn decide(policy: &PolicyInner, outcome: &Outcome, origin: &[WindowOrigin], now: u64) -> Decision {
-    Decision::from_outcome(outcome, origin, now, policy.report, |check, window| {
+    Decision::from_outcome(
+        outcome,
+        origin,
+        now,
+        policy.report,
+        period_of(policy, origin),
+    )
+}
+
+/// The period (ns) of window `window` of check `check`.
+fn period_of<'a>(
+    policy: &'a PolicyInner,
+    origin: &'a [WindowOrigin],
+) -> impl Fn(usize, usize) -> u64 + 'a {
+    move |check, window| {
         let (li, ri) = origin[check];
         policy.limits[usize::from(li)].routes[usize::from(ri)]
             .quota
             .windows()[window]
             .period_ns()
-    })
+    }
 }
 
 /// Admitted: call the inner service and decorate its response. Refused:
@@ -212,7 +238,7 @@ where
     if decision.is_admitted() {
         let decision = shared.decision_extensions.then(|| {
             request.extensions_mut().insert(decision.clone());
-            decision
+            Box::new(decision)
         });
         return ResponseFuture::inner(inner.call(request), Some(headers), decision);
     }

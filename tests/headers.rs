@@ -737,3 +737,71 @@ async fn requests_that_match_no_limit_pass_untouched() {
     assert_eq!(h.calls(), 5);
     assert_eq!(*h.seen.lock().unwrap(), vec![None; 5]);
 }
+
+/// With the decision extensions off, admitted requests take a shorter path
+/// that builds only the reported window; its headers must be exactly those of
+/// the full decision, for every reporting choice and algorithm, with stacked
+/// limits and several windows, through admissions and refusals.
+#[tokio::test]
+async fn headers_are_the_same_with_or_without_the_decision_extensions() {
+    let policies = |report: ReportedWindow, algorithm: Algorithm| {
+        Policy::builder()
+            .limit(
+                Limit::new("per_key", api_key()).quota(
+                    Quota::new(Window::per_minute(7))
+                        .and(Window::per_hour(20))
+                        .algorithm(algorithm),
+                ),
+            )
+            .limit(Limit::new("per_call", PathCapture::new("call_id")).route(
+                "POST /v1/calls/{call_id}/control",
+                Quota::new(Window::per_second(2)).and(Window::per_minute(5)),
+            ))
+            .report(report)
+            .build()
+            .unwrap()
+    };
+    for report in [
+        ReportedWindow::MostRestrictive,
+        ReportedWindow::Period(Duration::from_secs(60)),
+        ReportedWindow::Period(Duration::from_secs(3600)),
+    ] {
+        for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
+            let full = Harness::new(policies(report, algorithm));
+            let lean = Harness::with(
+                RateLimitLayer::new(policies(report, algorithm)).decision_extensions(false),
+                T0 * NS,
+            );
+            for step in 0..60u64 {
+                let (method, path) = if step % 3 == 0 {
+                    ("POST", "/v1/calls/c1/control")
+                } else {
+                    ("GET", "/v1/calls")
+                };
+                let a = full.send(method, path, "k").await;
+                let b = lean.send(method, path, "k").await;
+                assert_eq!(
+                    a.status(),
+                    b.status(),
+                    "{report:?} {algorithm:?} step {step}"
+                );
+                for name in [
+                    "x-ratelimit-limit",
+                    "x-ratelimit-remaining",
+                    "x-ratelimit-reset",
+                    "retry-after",
+                ] {
+                    assert_eq!(
+                        value(&a, name),
+                        value(&b, name),
+                        "{name}: {report:?} {algorithm:?} step {step}"
+                    );
+                }
+                assert!(b.extensions().get::<Decision>().is_none());
+                let gap = Duration::from_millis(250 + step * 37 % 900);
+                full.advance(gap);
+                lean.advance(gap);
+            }
+        }
+    }
+}

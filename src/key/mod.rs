@@ -178,7 +178,9 @@ impl<'a> Key<'a> {
 
     /// Feeds the key into a hasher.
     pub(crate) fn hash_into(&self, hasher: &mut impl Hasher) {
-        hasher.write_u64(self.tag);
+        if self.tag != 0 {
+            hasher.write_u64(self.tag);
+        }
         match &self.repr {
             Repr::Borrowed(b) => hasher.write(b),
             Repr::Inline { len, bytes } => hasher.write(&bytes[..usize::from(*len)]),

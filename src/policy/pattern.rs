@@ -6,6 +6,7 @@
 //! (`//`, a trailing `/`) and compares literals against the percent-decoded
 //! request segment, so `/v1/%6Beys` cannot slip past a `/v1/keys` route.
 
+use std::cell::OnceCell;
 use std::fmt;
 
 use smallvec::SmallVec;
@@ -163,50 +164,60 @@ impl fmt::Display for PathPattern {
     }
 }
 
-/// A request path split into its non-empty segments once, so every route of
-/// every limit can match it without splitting again.
+/// A request path, split into its non-empty segments the first time a
+/// pattern needs them (a `*` route never does), once for every route of every
+/// limit.
 #[derive(Debug, Clone)]
 pub struct PathSegments<'a> {
     path: &'a str,
-    spans: SmallVec<[(u32, u32); 12]>,
+    spans: OnceCell<SmallVec<[(u32, u32); 12]>>,
 }
 
 impl<'a> PathSegments<'a> {
-    /// Splits `path` (the request URI's path, without the query).
+    /// Wraps `path` (the request URI's path, without the query).
     pub fn new(path: &'a str) -> Self {
-        // http caps URIs at 64 KiB, so every offset fits in a u32; a longer
-        // path would only be cut short, never misread.
-        let bytes = &path.as_bytes()[..path.len().min(u32::MAX as usize)];
-        let mut spans = SmallVec::new();
-        let mut start = 0;
-        let ends = bytes
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b == b'/')
-            .map(|(i, _)| i)
-            .chain(std::iter::once(bytes.len()));
-        for end in ends {
-            if end > start {
-                spans.push((start as u32, end as u32));
-            }
-            start = end + 1;
+        PathSegments {
+            path,
+            spans: OnceCell::new(),
         }
-        PathSegments { path, spans }
+    }
+
+    fn spans(&self) -> &SmallVec<[(u32, u32); 12]> {
+        self.spans.get_or_init(|| {
+            // http caps URIs at 64 KiB, so every offset fits in a u32; a
+            // longer path would only be cut short, never misread.
+            let bytes = &self.path.as_bytes()[..self.path.len().min(u32::MAX as usize)];
+            let mut spans = SmallVec::new();
+            let mut start = 0;
+            let ends = bytes
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b == b'/')
+                .map(|(i, _)| i)
+                .chain(std::iter::once(bytes.len()));
+            for end in ends {
+                if end > start {
+                    spans.push((start as u32, end as u32));
+                }
+                start = end + 1;
+            }
+            spans
+        })
     }
 
     /// The number of segments.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.spans().len()
     }
 
     /// Whether the path has no segment (`/`).
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.spans().is_empty()
     }
 
     /// The `i`th segment, raw (still percent-encoded).
     pub fn get(&self, i: usize) -> Option<&'a str> {
-        let &(a, b) = self.spans.get(i)?;
+        let &(a, b) = self.spans().get(i)?;
         self.path.get(a as usize..b as usize)
     }
 }

@@ -66,6 +66,10 @@ impl fmt::Display for Algorithm {
 pub struct Window {
     limit: u32,
     period_ns: u64,
+    /// GCRA's emission interval, `period / limit` rounded up (so that the
+    /// window can never admit more than its bound): computed once, not per
+    /// request.
+    interval_ns: u64,
 }
 
 /// The shortest period a window may have.
@@ -96,15 +100,20 @@ impl Window {
                 format!("{limit} per {period:?} is finer than one request per nanosecond"),
             ));
         }
-        Ok(Window { limit, period_ns })
+        Ok(Self::from_parts(limit, period_ns))
+    }
+
+    const fn from_parts(limit: u32, period_ns: u64) -> Self {
+        Window {
+            limit,
+            period_ns,
+            interval_ns: period_ns.div_ceil(limit as u64),
+        }
     }
 
     const fn fixed(limit: u32, secs: u64) -> Self {
         assert!(limit > 0, "a window's limit must be at least 1");
-        Window {
-            limit,
-            period_ns: secs * 1_000_000_000,
-        }
+        Self::from_parts(limit, secs * 1_000_000_000)
     }
 
     /// `limit` per second. Panics if `limit` is zero (use [`Window::new`] for
@@ -141,6 +150,10 @@ impl Window {
     pub(crate) const fn period_ns(&self) -> u64 {
         self.period_ns
     }
+
+    pub(crate) const fn interval_ns(&self) -> u64 {
+        self.interval_ns
+    }
 }
 
 impl fmt::Display for Window {
@@ -157,10 +170,8 @@ impl From<governor::Quota> for Window {
     fn from(quota: governor::Quota) -> Self {
         let limit = quota.burst_size().get();
         let period = quota.replenish_interval().as_nanos() as u64 * u64::from(limit);
-        Window {
-            limit,
-            period_ns: period.clamp(MIN_PERIOD.as_nanos() as u64, MAX_PERIOD.as_nanos() as u64),
-        }
+        let period = period.clamp(MIN_PERIOD.as_nanos() as u64, MAX_PERIOD.as_nanos() as u64);
+        Window::from_parts(limit, period.max(u64::from(limit)))
     }
 }
 

@@ -48,15 +48,8 @@ pub(crate) fn expires_at(algorithm: Algorithm, period_ns: u64, state: u64, now: 
     }
 }
 
-/// The emission interval: `period / limit`, rounded up so that the window can
-/// never admit more than its bound (the rounding makes it at most one
-/// nanosecond per request stricter).
-fn emission_interval(window: &Window) -> u64 {
-    window.period_ns().div_ceil(u64::from(window.limit()))
-}
-
 fn gcra(window: &Window, tat: u64, now: u64, cost: u32) -> Step {
-    let t = emission_interval(window);
+    let t = window.interval_ns();
     let capacity = t * u64::from(window.limit());
     let base = tat.max(now);
     let next = base + t * u64::from(cost);

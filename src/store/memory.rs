@@ -260,7 +260,7 @@ impl MemoryStore {
                     status.reset_after = as_is.reset_after;
                 }
             }
-            return Outcome::new(false, statuses);
+            return Outcome::from_statuses(false, statuses);
         }
 
         // Room for the entries that are new. A sweep (only when a shard is
@@ -301,7 +301,7 @@ impl MemoryStore {
                 }
             }
         }
-        Outcome::new(true, statuses)
+        Outcome::from_statuses(true, statuses)
     }
 }
 

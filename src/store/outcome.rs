@@ -34,10 +34,14 @@ pub struct Outcome {
 impl Outcome {
     /// An outcome from its parts.
     pub fn new(admitted: bool, windows: impl IntoIterator<Item = WindowStatus>) -> Self {
+        Self::from_statuses(admitted, windows.into_iter().collect())
+    }
+
+    pub(crate) fn from_statuses(admitted: bool, windows: SmallVec<[WindowStatus; 4]>) -> Self {
         Outcome {
             admitted,
             capacity_retry_after: None,
-            windows: windows.into_iter().collect(),
+            windows,
         }
     }
 
@@ -45,9 +49,8 @@ impl Outcome {
     /// a key it does not track yet; room frees up in `retry_after` ns.
     pub fn at_capacity(retry_after: u64, windows: impl IntoIterator<Item = WindowStatus>) -> Self {
         Outcome {
-            admitted: false,
             capacity_retry_after: Some(retry_after.max(1)),
-            windows: windows.into_iter().collect(),
+            ..Self::from_statuses(false, windows.into_iter().collect())
         }
     }
 
