@@ -62,6 +62,7 @@ pub struct WindowReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     refusal: Option<RefusalReason>,
+    shadow_refused: bool,
     retry_after: u64,
     reported: usize,
     windows: SmallVec<[WindowReport; 4]>,
@@ -97,6 +98,7 @@ impl Decision {
         let reported = pick(outcome, report, |i| windows[i].period);
         let mut decision = Decision {
             refusal,
+            shadow_refused: outcome.shadow_refused(),
             retry_after,
             reported,
             windows,
@@ -136,6 +138,11 @@ impl Decision {
     /// Whether the request was admitted.
     pub fn is_admitted(&self) -> bool {
         self.refusal.is_none()
+    }
+
+    /// Whether a limit in shadow mode would have refused the request.
+    pub fn shadow_refused(&self) -> bool {
+        self.shadow_refused
     }
 
     /// Why the request was refused, if it was.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
+use crate::event::{Event, Hook};
 use crate::policy::Policy;
 use crate::service::RateLimit;
 use crate::store::{MemoryStore, Store};
@@ -37,6 +38,7 @@ pub(crate) struct Shared<St> {
     pub(crate) store: Arc<St>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) decision_extensions: bool,
+    pub(crate) on_event: Option<Hook>,
 }
 
 impl<St> Clone for Shared<St> {
@@ -46,6 +48,7 @@ impl<St> Clone for Shared<St> {
             store: Arc::clone(&self.store),
             clock: Arc::clone(&self.clock),
             decision_extensions: self.decision_extensions,
+            on_event: self.on_event.clone(),
         }
     }
 }
@@ -71,6 +74,7 @@ impl<St: Store> RateLimitLayer<St> {
                 store,
                 clock: Arc::new(SystemClock::new()),
                 decision_extensions: true,
+                on_event: None,
             }),
         }
     }
@@ -88,6 +92,18 @@ impl<St: Store> RateLimitLayer<St> {
     /// nothing of the layer's own. Turn it off if nothing reads it.
     pub fn decision_extensions(mut self, enabled: bool) -> Self {
         Arc::make_mut(&mut self.shared).decision_extensions = enabled;
+        self
+    }
+
+    /// Calls `hook` for every refusal, shadow refusal and key rejection, on
+    /// the request's task (keep it quick: count, log, or send to a channel).
+    /// The layer also emits a `tracing` event for each, at `debug` level
+    /// (shadow refusals at `info`).
+    pub fn on_event<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&Event<'_>) + Send + Sync + 'static,
+    {
+        Arc::make_mut(&mut self.shared).on_event = Some(Hook(Arc::new(hook)));
         self
     }
 

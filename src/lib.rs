@@ -129,6 +129,7 @@ mod body;
 pub mod clock;
 mod decision;
 mod error;
+mod event;
 mod future;
 mod header_value;
 mod headers;
@@ -142,6 +143,7 @@ pub mod store;
 pub use body::ResponseBody;
 pub use decision::{Decision, RefusalReason, ReportedWindow, WindowReport};
 pub use error::{ConfigError, ConfigErrorKind};
+pub use event::{Event, EventKind};
 pub use future::ResponseFuture;
 pub use headers::{
     HeaderStyle, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,

@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::decision::{Decision, ReportedWindow, WindowOrigin};
+use crate::event::{Event, EventKind};
 use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Reported};
 use crate::key::{Key, KeyError, KeyErrorKind, RequestView};
@@ -95,6 +96,7 @@ where
         // 1. match and 2. key: every limit with a matching route adds a check.
         let mut checks: SmallVec<[Check<'_>; 4]> = SmallVec::new();
         let mut origin: SmallVec<[WindowOrigin; 4]> = SmallVec::new();
+        let mut buckets: SmallVec<[u64; 4]> = SmallVec::new();
         let path = PathSegments::new(request.uri().path());
         for (li, limit) in policy.limits.iter().enumerate() {
             let Some((ri, route, captures)) = limit.route_for(request.method(), &path) else {
@@ -102,12 +104,18 @@ where
             };
             let view = RequestView::new(&request, Some(captures));
             match extract_key(limit, &view, policy.max_key_len) {
+                Ok(key) if limit.exemptions.covers(&key, &view, &policy.secret) => {
+                    tracing::trace!(limit = %limit.name, "limit skipped: exempt");
+                }
                 Ok(key) => {
-                    checks.push(Check::new(
-                        policy.secret.bucket(route.id, &key),
-                        &route.quota,
-                    ));
+                    let bucket = policy.secret.bucket(route.id, &key);
+                    checks.push(if limit.shadow {
+                        Check::shadow(bucket, &route.quota)
+                    } else {
+                        Check::new(bucket, &route.quota)
+                    });
                     origin.push((li as u16, ri as u16));
+                    buckets.push(bucket);
                 }
                 Err(error)
                     if limit.missing_key == MissingKey::Skip
@@ -116,6 +124,19 @@ where
                     tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
                 }
                 Err(error) => {
+                    if let Some(hook) = &shared.on_event {
+                        (hook.0)(&Event {
+                            kind: EventKind::KeyRejected,
+                            limit: &limit.name,
+                            bucket: None,
+                            decision: None,
+                            key_error: Some(&error),
+                        });
+                    }
+                    if limit.shadow {
+                        tracing::info!(limit = %limit.name, %error, "shadow limit would have rejected the key");
+                        continue;
+                    }
                     tracing::debug!(limit = %limit.name, %error, "request refused: no usable key");
                     let produced = response::key_error(&error, request.headers());
                     let headers = PendingHeaders::x_only(
@@ -136,7 +157,8 @@ where
             Decided::Ready(Ok(outcome)) => {
                 // 4. respond. The common case (admitted, nothing reads the
                 // decision, single-window headers) skips building it.
-                if outcome.admitted() && !shared.decision_extensions && !policy.headers.has_ietf() {
+                let quiet = outcome.admitted() && !outcome.shadow_refused();
+                if quiet && !shared.decision_extensions && !policy.headers.has_ietf() {
                     let headers = Decision::reported_window(
                         &outcome,
                         &origin,
@@ -148,6 +170,9 @@ where
                     return ResponseFuture::inner(inner.call(request), headers, None);
                 }
                 let decision = decide(policy, &outcome, &origin, now);
+                if !quiet {
+                    report(shared, &outcome, &origin, &buckets, &decision);
+                }
                 respond(shared, decision, request, inner)
             }
             Decided::Ready(Err(error)) => {
@@ -162,6 +187,9 @@ where
                     match pending.await {
                         Ok(outcome) => {
                             let decision = decide(&shared.policy.inner, &outcome, &origin, now);
+                            if !outcome.admitted() || outcome.shadow_refused() {
+                                report(&shared, &outcome, &origin, &buckets, &decision);
+                            }
                             respond(&shared, decision, request, &mut ready).await
                         }
                         Err(error) => {
@@ -171,6 +199,61 @@ where
                     }
                 }))
             }
+        }
+    }
+}
+
+/// Tells the logs and the event hook about a refusal or a shadow refusal:
+/// the limit whose window makes the client wait longest (for a shadow
+/// refusal, each shadow limit that would have refused).
+fn report<St>(
+    shared: &Shared<St>,
+    outcome: &Outcome,
+    origin: &[WindowOrigin],
+    buckets: &[u64],
+    decision: &Decision,
+) {
+    let policy = &shared.policy.inner;
+    let statuses = outcome.windows();
+    let emit = |kind: EventKind, check: usize| {
+        let limit = &policy.limits[usize::from(origin[check].0)].name;
+        match kind {
+            EventKind::ShadowRefused => {
+                tracing::info!(limit = %limit, bucket = buckets[check], "shadow limit would have refused")
+            }
+            _ => tracing::debug!(
+                limit = %limit,
+                bucket = buckets[check],
+                retry_after = decision.retry_after().unwrap_or(0),
+                reason = ?decision.refusal(),
+                "request refused by rate limit"
+            ),
+        }
+        if let Some(hook) = &shared.on_event {
+            (hook.0)(&Event {
+                kind,
+                limit,
+                bucket: Some(buckets[check]),
+                decision: Some(decision),
+                key_error: None,
+            });
+        }
+    };
+    if !outcome.admitted() {
+        let binding = statuses
+            .iter()
+            .max_by_key(|w| w.retry_after)
+            .map_or(0, |w| usize::from(w.check));
+        emit(EventKind::Refused, binding);
+        return;
+    }
+    let mut last = None;
+    for status in statuses.iter().filter(|w| w.retry_after > 0) {
+        let check = usize::from(status.check);
+        let shadow = policy.limits[usize::from(origin[check].0)].shadow;
+        if shadow && last != Some(check) {
+            emit(EventKind::ShadowRefused, check);
+            last = Some(check);
         }
     }
 }
@@ -242,11 +325,6 @@ where
         });
         return ResponseFuture::inner(inner.call(request), Some(headers), decision);
     }
-    tracing::debug!(
-        retry_after = decision.retry_after().unwrap_or(0),
-        reason = ?decision.refusal(),
-        "request refused by rate limit"
-    );
     let produced = response::refusal(
         &policy.inner.refusal,
         policy.inner.refusal_status,

@@ -457,6 +457,12 @@ struct LimitSpec {
     on_missing_key: Option<String>,
     algorithm: Option<String>,
     #[serde(default)]
+    shadow: bool,
+    #[serde(default)]
+    exempt_keys: Vec<String>,
+    #[serde(default)]
+    exempt_ips: Vec<String>,
+    #[serde(default)]
     routes: Vec<RouteSpec>,
 }
 
@@ -733,7 +739,11 @@ impl LimitSpec {
             Some(text) => algorithm(text, "algorithm")?,
             None => Algorithm::default(),
         };
-        let mut limit = Limit::with_shared_key(self.name, key).on_missing_key(missing_key);
+        let mut limit = Limit::with_shared_key(self.name, key)
+            .on_missing_key(missing_key)
+            .shadow(self.shadow)
+            .exempt_keys(self.exempt_keys)
+            .exempt_ips(self.exempt_ips);
         for (j, route) in self.routes.into_iter().enumerate() {
             let (spec, quota) = route
                 .into_route(default_algorithm)

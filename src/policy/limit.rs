@@ -9,7 +9,8 @@ use super::methods::Methods;
 use super::pattern::{Captures, PathPattern, PathSegments};
 use super::quota::Quota;
 use crate::error::ConfigError;
-use crate::key::{route_id, KeyExtractor};
+use crate::key::{route_id, KeyExtractor, KeySecret};
+use crate::policy::exemptions::Exemptions;
 
 /// What a limit does with a request whose key is missing or unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +57,9 @@ pub struct Limit {
     pub(crate) key: Arc<dyn KeyExtractor>,
     pub(crate) routes: Vec<(String, Quota)>,
     pub(crate) missing_key: MissingKey,
+    pub(crate) shadow: bool,
+    pub(crate) exempt_keys: Vec<String>,
+    pub(crate) exempt_ips: Vec<String>,
 }
 
 impl Limit {
@@ -71,6 +75,9 @@ impl Limit {
             key,
             routes: Vec::new(),
             missing_key: MissingKey::default(),
+            shadow: false,
+            exempt_keys: Vec::new(),
+            exempt_ips: Vec::new(),
         }
     }
 
@@ -95,7 +102,41 @@ impl Limit {
         self
     }
 
-    pub(crate) fn compile(&self) -> Result<CompiledLimit, ConfigError> {
+    /// Runs the limit in shadow mode: it decides, sets headers and reports
+    /// (in the [`Decision`](crate::Decision), the event hook and the logs)
+    /// what it would have refused, but never refuses. It counts exactly what
+    /// it would count if enforced, so switching it on is safe to rehearse.
+    #[must_use]
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// Keys this limit never applies to (internal keys, partner accounts …).
+    /// Only their keyed hashes are kept once the policy is built.
+    #[must_use]
+    pub fn exempt_keys<I, S>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.exempt_keys.extend(keys.into_iter().map(Into::into));
+        self
+    }
+
+    /// Peer addresses (IPs or CIDR ranges, such as `10.0.0.0/8`) this limit
+    /// never applies to. Checked when the policy is built.
+    #[must_use]
+    pub fn exempt_ips<I, S>(mut self, ranges: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.exempt_ips.extend(ranges.into_iter().map(Into::into));
+        self
+    }
+
+    pub(crate) fn compile(&self, secret: &KeySecret) -> Result<CompiledLimit, ConfigError> {
         let valid_name = !self.name.is_empty()
             && self.name.len() <= 64
             && self
@@ -144,6 +185,13 @@ impl Limit {
             key: Arc::clone(&self.key),
             routes,
             missing_key: self.missing_key,
+            shadow: self.shadow,
+            exemptions: Exemptions::compile(
+                &self.name,
+                &self.exempt_keys,
+                &self.exempt_ips,
+                secret,
+            )?,
         })
     }
 }
@@ -154,6 +202,12 @@ impl fmt::Debug for Limit {
             .field("name", &self.name)
             .field("routes", &self.routes)
             .field("missing_key", &self.missing_key)
+            .field("shadow", &self.shadow)
+            .field(
+                "exempt_keys",
+                &format_args!("<{} keys>", self.exempt_keys.len()),
+            )
+            .field("exempt_ips", &self.exempt_ips)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +218,8 @@ pub(crate) struct CompiledLimit {
     pub(crate) key: Arc<dyn KeyExtractor>,
     pub(crate) routes: Box<[Route]>,
     pub(crate) missing_key: MissingKey,
+    pub(crate) shadow: bool,
+    pub(crate) exemptions: Exemptions,
 }
 
 impl CompiledLimit {

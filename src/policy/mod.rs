@@ -24,6 +24,7 @@
 //! ```
 
 mod config;
+mod exemptions;
 mod limit;
 mod methods;
 pub(crate) mod pattern;
@@ -209,6 +210,7 @@ impl PolicyBuilder {
                 format!("{} is not an error status", self.refusal_status),
             ));
         }
+        let secret = self.secret.unwrap_or_else(KeySecret::random);
         let mut limits = Vec::with_capacity(self.limits.len());
         for (i, limit) in self.limits.iter().enumerate() {
             if self.limits[..i].iter().any(|l| l.name == limit.name) {
@@ -219,7 +221,7 @@ impl PolicyBuilder {
             }
             limits.push(
                 limit
-                    .compile()
+                    .compile(&secret)
                     .map_err(|e| e.within(format!("limits[{i}]")))?,
             );
         }
@@ -244,7 +246,7 @@ impl PolicyBuilder {
                 refusal: self.refusal,
                 refusal_status: self.refusal_status,
                 max_key_len: self.max_key_len,
-                secret: self.secret.unwrap_or_else(KeySecret::random),
+                secret,
             }),
         })
     }

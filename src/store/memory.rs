@@ -215,6 +215,7 @@ impl MemoryStore {
         let mut statuses: SmallVec<[WindowStatus; 4]> = SmallVec::new();
         let mut slots: SmallVec<[Slot; 4]> = SmallVec::new();
         let mut admitted = true;
+        let mut shadow_admitted = true;
         for (ci, check) in checks.iter().enumerate() {
             let shard_index = shard_slot(&ids, of_check[ci]);
             let shard = &shards[shard_index];
@@ -229,7 +230,11 @@ impl MemoryStore {
                     now,
                     check.quota.request_cost(),
                 );
-                admitted &= s.admits;
+                if check.shadow {
+                    shadow_admitted &= s.admits;
+                } else {
+                    admitted &= s.admits;
+                }
                 slots.push(Slot {
                     shard: shard_index,
                     table,
@@ -247,20 +252,36 @@ impl MemoryStore {
                 });
             }
         }
-        if !admitted {
-            // Nothing is charged: windows that would have admitted report
-            // what they have now (remaining and reset), not what they would
-            // have had. A step of cost 0 reads a state without changing it.
+        // Windows that are not charged report what they have now (remaining
+        // and reset), not what they would have had. A step of cost 0 reads a
+        // state without changing it.
+        let uncharged = |statuses: &mut SmallVec<[WindowStatus; 4]>,
+                         which: &dyn Fn(&Check<'_>) -> bool| {
             for (status, slot) in statuses.iter_mut().zip(&slots) {
-                if status.retry_after == 0 {
-                    let check = &checks[usize::from(status.check)];
+                let check = &checks[usize::from(status.check)];
+                if status.retry_after == 0 && which(check) {
                     let window = &check.quota.windows()[usize::from(status.window)];
                     let as_is = step(check.quota.algorithm_kind(), window, slot.state, now, 0);
                     status.remaining = as_is.remaining;
                     status.reset_after = as_is.reset_after;
                 }
             }
+        };
+        if !admitted {
+            // A shadow window never makes a client wait.
+            for status in statuses.iter_mut() {
+                if checks[usize::from(status.check)].shadow {
+                    status.retry_after = 0;
+                }
+            }
+            uncharged(&mut statuses, &|_| true);
             return Outcome::from_statuses(false, statuses);
+        }
+        // Shadow checks are charged only when they would have admitted too:
+        // they count exactly what they would count if they were enforced.
+        let charged = |check: &Check<'_>| !check.shadow || shadow_admitted;
+        if !shadow_admitted {
+            uncharged(&mut statuses, &|c| c.shadow);
         }
 
         // Room for the entries that are new. A sweep (only when a shard is
@@ -268,7 +289,13 @@ impl MemoryStore {
         // looking its table up again.
         let mut swept = false;
         for (slot, shard) in shards.iter_mut().enumerate() {
-            let needed = slots.iter().filter(|s| s.shard == slot && !s.found).count();
+            let needed = slots
+                .iter()
+                .zip(&statuses)
+                .filter(|(s, w)| {
+                    s.shard == slot && !s.found && charged(&checks[usize::from(w.check)])
+                })
+                .count();
             let cap = self.caps[ids[slot]];
             if shard.entries + needed <= cap {
                 continue;
@@ -277,8 +304,8 @@ impl MemoryStore {
                 shard.sweep(now);
                 swept = true;
             }
-            let needed = new_entries(shard, checks, |b| {
-                shard_slot(&ids, self.shard_of(b)) == slot
+            let needed = new_entries(shard, checks, |c| {
+                charged(c) && shard_slot(&ids, self.shard_of(c.bucket)) == slot
             });
             if shard.entries + needed > cap {
                 return Outcome::at_capacity(shard.full_until.saturating_sub(now), statuses);
@@ -290,6 +317,9 @@ impl MemoryStore {
             let algorithm = check.quota.algorithm_kind();
             for window in check.quota.windows() {
                 let Some(slot) = slots.next() else { break };
+                if !charged(check) {
+                    continue;
+                }
                 let shard = &mut shards[slot.shard];
                 let known = match slot.table {
                     Some(t) if slot.found && !swept => shard.tables[t].map.get_mut(&check.bucket),
@@ -301,7 +331,7 @@ impl MemoryStore {
                 }
             }
         }
-        Outcome::from_statuses(true, statuses)
+        Outcome::from_statuses(true, statuses).with_shadow_refusal(!shadow_admitted)
     }
 }
 
@@ -331,12 +361,11 @@ fn shard_slot(ids: &[usize], shard: usize) -> usize {
     ids.binary_search(&shard).unwrap_or_default()
 }
 
-/// How many entries of `checks` (in the shard picked by `here`) are not
-/// tracked yet.
-fn new_entries(shard: &Shard, checks: &[Check<'_>], here: impl Fn(u64) -> bool) -> usize {
+/// How many entries of the checks picked by `here` are not tracked yet.
+fn new_entries(shard: &Shard, checks: &[Check<'_>], here: impl Fn(&Check<'_>) -> bool) -> usize {
     checks
         .iter()
-        .filter(|c| here(c.bucket))
+        .filter(|c| here(c))
         .map(|c| {
             let algorithm = c.quota.algorithm_kind();
             c.quota

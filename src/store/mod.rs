@@ -41,12 +41,28 @@ pub struct Check<'a> {
     pub bucket: u64,
     /// The windows, algorithm and cost that apply.
     pub quota: &'a Quota,
+    /// A shadow check never refuses the request: it is charged only when the
+    /// request is admitted and it would have admitted it too, and its verdict
+    /// is reported in [`Outcome::shadow_refused`].
+    pub shadow: bool,
 }
 
 impl<'a> Check<'a> {
     /// A check of `quota` for `bucket`.
     pub fn new(bucket: u64, quota: &'a Quota) -> Self {
-        Check { bucket, quota }
+        Check {
+            bucket,
+            quota,
+            shadow: false,
+        }
+    }
+
+    /// A shadow check (see [`Check::shadow`](Check#structfield.shadow)).
+    pub fn shadow(bucket: u64, quota: &'a Quota) -> Self {
+        Check {
+            shadow: true,
+            ..Check::new(bucket, quota)
+        }
     }
 }
 
@@ -61,8 +77,10 @@ pub enum Decided<P> {
 
 /// A place where counts are kept and decisions are made.
 ///
-/// `check` must decide all `checks` atomically: if any window of any check
-/// refuses, no state changes. `now` is the layer's monotonic clock in
+/// `check` must decide all `checks` atomically: if any window of any
+/// enforced check refuses, no state changes; otherwise every enforced check
+/// is charged, and the shadow checks are charged too if all of their windows
+/// admit (else none of them is). `now` is the layer's monotonic clock in
 /// nanoseconds since the Unix epoch; a remote store may use its own clock
 /// instead, as long as the durations it reports are measured from the moment
 /// of its decision.

@@ -28,6 +28,7 @@ pub struct Outcome {
     /// Nanoseconds until the store has room for a key it is not tracking,
     /// when a refusal is due to its memory cap rather than a window.
     capacity_retry_after: Option<u64>,
+    shadow_refused: bool,
     windows: SmallVec<[WindowStatus; 4]>,
 }
 
@@ -41,8 +42,21 @@ impl Outcome {
         Outcome {
             admitted,
             capacity_retry_after: None,
+            shadow_refused: false,
             windows,
         }
+    }
+
+    /// Marks an admitted outcome whose shadow checks would have refused.
+    #[must_use]
+    pub fn with_shadow_refusal(mut self, refused: bool) -> Self {
+        self.shadow_refused = refused;
+        self
+    }
+
+    /// Whether a shadow check would have refused the request.
+    pub fn shadow_refused(&self) -> bool {
+        self.shadow_refused
     }
 
     /// A refusal because the store is at its memory cap and the request needs

@@ -1,0 +1,83 @@
+//! Keys and addresses a limit never applies to.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::error::ConfigError;
+use crate::key::{peer_ip, route_id, Key, KeySecret, RequestView};
+
+/// A limit's allowlist: keyed hashes of exempt keys (never the keys) and
+/// exempt peer ranges.
+#[derive(Debug, Default)]
+pub(crate) struct Exemptions {
+    /// The hash domain of this limit's exempt keys.
+    domain: u64,
+    keys: HashSet<u64>,
+    ranges: Box<[IpNet]>,
+}
+
+impl Exemptions {
+    pub(crate) fn compile(
+        limit: &str,
+        keys: &[String],
+        ranges: &[String],
+        secret: &KeySecret,
+    ) -> Result<Self, ConfigError> {
+        let domain = route_id(limit, usize::MAX);
+        let keys = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                if key.is_empty() {
+                    Err(ConfigError::invalid(
+                        format!("exempt_keys[{i}]"),
+                        "an exempt key cannot be empty",
+                    ))
+                } else {
+                    Ok(secret.bucket(domain, &Key::from(key.as_str())))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let ranges = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let text = text.trim();
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        ConfigError::invalid(
+                            format!("exempt_ips[{i}]"),
+                            format!(
+                                "`{}` is not an IP address or CIDR range",
+                                text.escape_debug()
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Exemptions {
+            domain,
+            keys,
+            ranges,
+        })
+    }
+
+    /// Whether a request with `key` (as this limit extracted it) is exempt.
+    pub(crate) fn covers(
+        &self,
+        key: &Key<'_>,
+        request: &RequestView<'_>,
+        secret: &KeySecret,
+    ) -> bool {
+        let by_key = !self.keys.is_empty() && self.keys.contains(&secret.bucket(self.domain, key));
+        let by_ip = !self.ranges.is_empty()
+            && peer_ip(request.extensions()).is_some_and(|ip| {
+                let ip = ip.to_canonical();
+                self.ranges.iter().any(|r| r.contains(&ip))
+            });
+        by_key || by_ip
+    }
+}
