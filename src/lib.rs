@@ -135,6 +135,7 @@ mod header_value;
 mod headers;
 pub mod key;
 mod layer;
+pub mod penalty;
 pub mod policy;
 mod response;
 mod service;
