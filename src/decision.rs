@@ -33,6 +33,9 @@ pub enum RefusalReason {
     /// The store is at its memory cap and the request needs a key it does
     /// not track yet.
     Capacity,
+    /// The key is temporarily banned after repeated refusals (see
+    /// [`Limit::penalty`](crate::Limit::penalty)).
+    Banned,
 }
 
 /// One window the request was counted in (or checked against).
@@ -114,6 +117,25 @@ impl Decision {
             }
         }
         decision
+    }
+
+    /// A refusal because a key is banned for `ban_left` more nanoseconds;
+    /// `reported` is the banning limit's window, reported as empty until the
+    /// ban ends.
+    pub(crate) fn banned(ban_left: u64, now: u64, mut reported: WindowReport) -> Self {
+        let retry_after = ban_left.div_ceil(NANOS).max(1);
+        reported.remaining = 0;
+        reported.reset = now.div_ceil(NANOS) + retry_after;
+        reported.reset_after = retry_after;
+        let mut windows = SmallVec::new();
+        windows.push(reported);
+        Decision {
+            refusal: Some(RefusalReason::Banned),
+            shadow_refused: false,
+            retry_after,
+            reported: 0,
+            windows,
+        }
     }
 
     /// Only the reported window of an *admitted* request: what the

@@ -16,6 +16,9 @@ pub enum EventKind {
     ShadowRefused,
     /// The request had no usable key for a limit and was answered with a 401.
     KeyRejected,
+    /// A refusal started a temporary ban of the key (the refusal itself is
+    /// reported as `Refused` too).
+    Banned,
 }
 
 /// One refusal, shadow refusal or key rejection, for the hook set with

@@ -7,6 +7,7 @@ use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
 use crate::event::{Event, Hook};
+use crate::penalty::PenaltyBox;
 use crate::policy::Policy;
 use crate::service::RateLimit;
 use crate::store::{MemoryStore, Store};
@@ -39,6 +40,7 @@ pub(crate) struct Shared<St> {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) decision_extensions: bool,
     pub(crate) on_event: Option<Hook>,
+    pub(crate) penalties: Arc<PenaltyBox>,
 }
 
 impl<St> Clone for Shared<St> {
@@ -49,6 +51,7 @@ impl<St> Clone for Shared<St> {
             clock: Arc::clone(&self.clock),
             decision_extensions: self.decision_extensions,
             on_event: self.on_event.clone(),
+            penalties: Arc::clone(&self.penalties),
         }
     }
 }
@@ -75,6 +78,7 @@ impl<St: Store> RateLimitLayer<St> {
                 clock: Arc::new(SystemClock::new()),
                 decision_extensions: true,
                 on_event: None,
+                penalties: Arc::new(PenaltyBox::new()),
             }),
         }
     }
@@ -104,6 +108,13 @@ impl<St: Store> RateLimitLayer<St> {
         F: Fn(&Event<'_>) + Send + Sync + 'static,
     {
         Arc::make_mut(&mut self.shared).on_event = Some(Hook(Arc::new(hook)));
+        self
+    }
+
+    /// Keeps the bans of limits with a [`Penalty`](crate::penalty::Penalty)
+    /// in `penalties` (default: `PenaltyBox::new()`, up to 100,000 keys).
+    pub fn penalty_box(mut self, penalties: PenaltyBox) -> Self {
+        Arc::make_mut(&mut self.shared).penalties = Arc::new(penalties);
         self
     }
 

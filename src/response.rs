@@ -8,7 +8,7 @@ use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 
-use crate::decision::Decision;
+use crate::decision::{Decision, RefusalReason};
 use crate::key::KeyError;
 
 /// `x-request-id`.
@@ -199,11 +199,18 @@ pub(crate) fn refusal(
     }
     let request_id = request_id(request_headers);
     let wait = seconds(retry);
+    // A ban keeps each format's shape and codes; its message says what it is.
+    let banned = decision.refusal() == Some(RefusalReason::Banned);
+    let try_again = if banned {
+        format!("Temporarily blocked after repeated rate-limit violations. Try again in {wait}.")
+    } else {
+        format!("Rate limit exceeded. Try again in {wait}.")
+    };
     let (content_type, body, with_id) = match format {
         RefusalFormat::Json => (
             "application/json",
-            json!({"error": {"code": "rate_limit_exceeded",
-                "message": format!("Rate limit exceeded. Try again in {wait}."),
+            json!({"error": {"code": if banned { "temporarily_blocked" } else { "rate_limit_exceeded" },
+                "message": try_again,
                 "retry_after": retry}}),
             false,
         ),
@@ -211,35 +218,43 @@ pub(crate) fn refusal(
             "application/problem+json",
             json!({"type": "about:blank", "title": status.canonical_reason().unwrap_or("Too Many Requests"),
                 "status": status.as_u16(),
-                "detail": format!("Rate limit exceeded. Try again in {wait}."),
+                "detail": try_again,
                 "retry_after": retry}),
             false,
         ),
         RefusalFormat::Flireo => (
             "application/json",
             json!({"error": {"code": "rate_limit_exceeded",
-                "message": format!("Too many requests. Please retry after {wait}.")}}),
+            "message": if banned {
+                format!("Temporarily blocked after repeated rate-limit violations. Please retry after {wait}.")
+            } else {
+                format!("Too many requests. Please retry after {wait}.")
+            }}}),
             false,
         ),
         RefusalFormat::Nixflex => (
             "application/json",
             json!({"error": {"type": "rate_limit_error", "code": "rate_limit_exceeded",
-                "message": format!("Rate limit exceeded. Try again in {wait}."),
+                "message": try_again,
                 "details": {"retry_after": retry}}}),
             false,
         ),
         RefusalFormat::TalkPilot => (
             "application/json",
             json!({"error": {"code": "RATE_LIMITED",
-                "message": format!("Rate limit exceeded. Try again in {wait}."),
+                "message": try_again,
                 "request_id": request_id}}),
             true,
         ),
         RefusalFormat::Exotel => (
             "application/json",
             json!({"request_id": request_id, "http_code": status.as_u16(),
-                "response": {"error": {"code": "rate_limit_exceeded",
-                "message": "rate limit exceeded please retry after some time"}}}),
+            "response": {"error": {"code": "rate_limit_exceeded",
+            "message": if banned {
+                "temporarily throttled after repeated rate limit violations please retry after some time"
+            } else {
+                "rate limit exceeded please retry after some time"
+            }}}}),
             true,
         ),
         RefusalFormat::Custom(f) => {

@@ -10,12 +10,13 @@ use smallvec::SmallVec;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::decision::{Decision, ReportedWindow, WindowOrigin};
+use crate::decision::{Decision, ReportedWindow, WindowOrigin, WindowReport};
 use crate::event::{Event, EventKind};
 use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Reported};
 use crate::key::{Key, KeyError, KeyErrorKind, RequestView};
 use crate::layer::Shared;
+use crate::penalty::PenaltyBox;
 use crate::policy::{CompiledLimit, MissingKey, PathSegments, PolicyInner, Route};
 use crate::response::{self, Produced};
 use crate::store::{Check, Decided, MemoryStore, Outcome, Store};
@@ -97,6 +98,8 @@ where
         let mut checks: SmallVec<[Check<'_>; 4]> = SmallVec::new();
         let mut origin: SmallVec<[WindowOrigin; 4]> = SmallVec::new();
         let mut buckets: SmallVec<[u64; 4]> = SmallVec::new();
+        let mut penalty_keys: SmallVec<[Option<u64>; 4]> = SmallVec::new();
+        let mut banned = None;
         let path = PathSegments::new(request.uri().path());
         for (li, limit) in policy.limits.iter().enumerate() {
             let Some((ri, route, captures)) = limit.route_for(request.method(), &path) else {
@@ -109,6 +112,16 @@ where
                 }
                 Ok(key) => {
                     let bucket = policy.secret.bucket(route.id, &key);
+                    let penalty_key = limit
+                        .penalty
+                        .map(|_| policy.secret.bucket(limit.penalty_domain, &key));
+                    if let (Some(key), false) = (penalty_key, limit.shadow) {
+                        if let Some(left) = shared.penalties.banned_for(key, now) {
+                            banned = Some((li, ri, left, bucket));
+                            break;
+                        }
+                    }
+                    penalty_keys.push(penalty_key);
                     checks.push(if limit.shadow {
                         Check::shadow(bucket, &route.quota)
                     } else {
@@ -148,6 +161,12 @@ where
             }
         }
         drop(path);
+        if let Some((li, ri, left, bucket)) = banned {
+            let route = &policy.limits[li].routes[ri];
+            let decision = Decision::banned(left, now, window_report(route, li, ri, policy.report));
+            report(shared, &Banned { limit: li, bucket }, &decision);
+            return respond(shared, decision, request, inner);
+        }
         if checks.is_empty() {
             return ResponseFuture::inner(inner.call(request), None, None);
         }
@@ -169,10 +188,14 @@ where
                     .map(|w| PendingHeaders::x_only(policy.headers, Reported::from(&w)));
                     return ResponseFuture::inner(inner.call(request), headers, None);
                 }
-                let decision = decide(policy, &outcome, &origin, now);
-                if !quiet {
-                    report(shared, &outcome, &origin, &buckets, &decision);
-                }
+                let counted = Counted {
+                    outcome: &outcome,
+                    origin: &origin,
+                    buckets: &buckets,
+                    penalty_keys: &penalty_keys,
+                    now,
+                };
+                let decision = decide_counted(shared, &counted);
                 respond(shared, decision, request, inner)
             }
             Decided::Ready(Err(error)) => {
@@ -186,10 +209,14 @@ where
                 ResponseFuture::deciding(Box::pin(async move {
                     match pending.await {
                         Ok(outcome) => {
-                            let decision = decide(&shared.policy.inner, &outcome, &origin, now);
-                            if !outcome.admitted() || outcome.shadow_refused() {
-                                report(&shared, &outcome, &origin, &buckets, &decision);
-                            }
+                            let counted = Counted {
+                                outcome: &outcome,
+                                origin: &origin,
+                                buckets: &buckets,
+                                penalty_keys: &penalty_keys,
+                                now,
+                            };
+                            let decision = decide_counted(&shared, &counted);
                             respond(&shared, decision, request, &mut ready).await
                         }
                         Err(error) => {
@@ -203,27 +230,117 @@ where
     }
 }
 
-/// Tells the logs and the event hook about a refusal or a shadow refusal:
-/// the limit whose window makes the client wait longest (for a shadow
-/// refusal, each shadow limit that would have refused).
+/// A decision the store made, with what the layer knows of each check.
+struct Counted<'a> {
+    outcome: &'a Outcome,
+    origin: &'a [WindowOrigin],
+    buckets: &'a [u64],
+    penalty_keys: &'a [Option<u64>],
+    now: u64,
+}
+
+/// A refusal because the key of limit `limit` is banned.
+struct Banned {
+    limit: usize,
+    bucket: u64,
+}
+
+/// Something to tell the logs and the event hook about.
+trait Notable {
+    /// Calls `emit(kind, limit index, bucket)` for each event and counts
+    /// refusals towards penalties; returns the check whose refusal started a
+    /// ban, with the ban's length.
+    fn events(
+        &self,
+        penalties: &PenaltyBox,
+        policy: &PolicyInner,
+        emit: &mut dyn FnMut(EventKind, usize, u64),
+    ) -> Option<(usize, u64)>;
+}
+
+impl Notable for Banned {
+    fn events(
+        &self,
+        _: &PenaltyBox,
+        _: &PolicyInner,
+        emit: &mut dyn FnMut(EventKind, usize, u64),
+    ) -> Option<(usize, u64)> {
+        emit(EventKind::Refused, self.limit, self.bucket);
+        None
+    }
+}
+
+impl Notable for Counted<'_> {
+    /// A refusal names the limit whose window makes the client wait longest,
+    /// and counts towards the penalty of every limit that refused; a shadow
+    /// refusal names each shadow limit that would have refused.
+    fn events(
+        &self,
+        penalties: &PenaltyBox,
+        policy: &PolicyInner,
+        emit: &mut dyn FnMut(EventKind, usize, u64),
+    ) -> Option<(usize, u64)> {
+        let statuses = self.outcome.windows();
+        let limit_of = |check: usize| usize::from(self.origin[check].0);
+        let refusing = (0..self.origin.len()).filter(|&c| {
+            statuses
+                .iter()
+                .any(|w| usize::from(w.check) == c && w.retry_after > 0)
+        });
+        if self.outcome.admitted() {
+            for check in refusing {
+                if policy.limits[limit_of(check)].shadow {
+                    emit(
+                        EventKind::ShadowRefused,
+                        limit_of(check),
+                        self.buckets[check],
+                    );
+                }
+            }
+            return None;
+        }
+        let binding = statuses
+            .iter()
+            .max_by_key(|w| w.retry_after)
+            .map_or(0, |w| usize::from(w.check));
+        emit(EventKind::Refused, limit_of(binding), self.buckets[binding]);
+        if self.outcome.is_capacity_refusal() {
+            return None;
+        }
+        let mut started = None;
+        for check in refusing {
+            let limit = &policy.limits[limit_of(check)];
+            if let (Some(penalty), Some(key)) = (&limit.penalty, self.penalty_keys[check]) {
+                if let Some(ban) = penalties.record_refusal(key, self.now, penalty) {
+                    emit(EventKind::Banned, limit_of(check), self.buckets[check]);
+                    started = started.or(Some((check, ban)));
+                }
+            }
+        }
+        started
+    }
+}
+
+/// Tells the logs and the event hook about a refusal, a ban or a shadow
+/// refusal; returns the check whose refusal started a ban, with its length.
 fn report<St>(
     shared: &Shared<St>,
-    outcome: &Outcome,
-    origin: &[WindowOrigin],
-    buckets: &[u64],
+    notable: &dyn Notable,
     decision: &Decision,
-) {
+) -> Option<(usize, u64)> {
     let policy = &shared.policy.inner;
-    let statuses = outcome.windows();
-    let emit = |kind: EventKind, check: usize| {
-        let limit = &policy.limits[usize::from(origin[check].0)].name;
+    notable.events(&shared.penalties, policy, &mut |kind, limit, bucket| {
+        let limit = &*policy.limits[limit].name;
         match kind {
             EventKind::ShadowRefused => {
-                tracing::info!(limit = %limit, bucket = buckets[check], "shadow limit would have refused")
+                tracing::info!(limit, bucket, "shadow limit would have refused")
+            }
+            EventKind::Banned => {
+                tracing::info!(limit, bucket, "key banned after repeated refusals")
             }
             _ => tracing::debug!(
-                limit = %limit,
-                bucket = buckets[check],
+                limit,
+                bucket,
                 retry_after = decision.retry_after().unwrap_or(0),
                 reason = ?decision.refusal(),
                 "request refused by rate limit"
@@ -233,28 +350,34 @@ fn report<St>(
             (hook.0)(&Event {
                 kind,
                 limit,
-                bucket: Some(buckets[check]),
+                bucket: Some(bucket),
                 decision: Some(decision),
                 key_error: None,
             });
         }
-    };
-    if !outcome.admitted() {
-        let binding = statuses
-            .iter()
-            .max_by_key(|w| w.retry_after)
-            .map_or(0, |w| usize::from(w.check));
-        emit(EventKind::Refused, binding);
-        return;
+    })
+}
+
+/// The decision for a store outcome; a refusal that started a ban answers
+/// as the ban (its `Retry-After` is the ban's, so it stays honest).
+fn decide_counted<St>(shared: &Shared<St>, counted: &Counted<'_>) -> Decision {
+    let policy = &*shared.policy.inner;
+    let decision = decide(policy, counted.outcome, counted.origin, counted.now);
+    if counted.outcome.admitted() && !counted.outcome.shadow_refused() {
+        return decision;
     }
-    let mut last = None;
-    for status in statuses.iter().filter(|w| w.retry_after > 0) {
-        let check = usize::from(status.check);
-        let shadow = policy.limits[usize::from(origin[check].0)].shadow;
-        if shadow && last != Some(check) {
-            emit(EventKind::ShadowRefused, check);
-            last = Some(check);
+    match report(shared, counted, &decision) {
+        Some((check, ban)) => {
+            let (li, ri) = counted.origin[check];
+            let (li, ri) = (usize::from(li), usize::from(ri));
+            let route = &policy.limits[li].routes[ri];
+            Decision::banned(
+                ban,
+                counted.now,
+                window_report(route, li, ri, policy.report),
+            )
         }
+        None => decision,
     }
 }
 
@@ -335,19 +458,40 @@ where
     ResponseFuture::produced(build(produced, headers, decision))
 }
 
+/// Which window of `route` the headers report when nothing was counted.
+fn route_window(route: &Route, report: ReportedWindow) -> usize {
+    let windows = route.quota.windows();
+    match report {
+        ReportedWindow::Period(p) => windows.iter().position(|w| w.period() == p),
+        ReportedWindow::MostRestrictive => None,
+    }
+    .unwrap_or(0)
+}
+
 /// What the headers report for a request that was not counted: the limit
 /// that would have applied, untouched.
 fn uncounted(route: &Route, report: ReportedWindow, now: u64) -> Reported {
-    let windows = route.quota.windows();
-    let window = match report {
-        ReportedWindow::Period(p) => windows.iter().find(|w| w.period() == p),
-        ReportedWindow::MostRestrictive => None,
-    }
-    .unwrap_or(&windows[0]);
+    let window = route.quota.windows()[route_window(route, report)];
     Reported {
         limit: window.limit(),
         remaining: window.limit(),
         reset: now.div_ceil(1_000_000_000),
+    }
+}
+
+/// The reported window of route `ri` of limit `li`, before any adjustment.
+fn window_report(route: &Route, li: usize, ri: usize, report: ReportedWindow) -> WindowReport {
+    let index = route_window(route, report);
+    let window = route.quota.windows()[index];
+    WindowReport {
+        limit_index: li as u16,
+        route_index: ri as u16,
+        window_index: index as u8,
+        limit: window.limit(),
+        remaining: 0,
+        reset: 0,
+        reset_after: 0,
+        period: window.period_ns().div_ceil(1_000_000_000),
     }
 }
 

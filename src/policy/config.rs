@@ -56,6 +56,7 @@ use crate::key::{
     Bearer, FirstOf, ForwardedHeader, ForwardedIp, Global, Header, KeyExtractor, PathCapture,
     PeerIp,
 };
+use crate::penalty::Penalty;
 use crate::response::RefusalFormat;
 
 /// The most alternatives one `first_of` key may list.
@@ -462,8 +463,26 @@ struct LimitSpec {
     exempt_keys: Vec<String>,
     #[serde(default)]
     exempt_ips: Vec<String>,
+    penalty: Option<PenaltySpec>,
     #[serde(default)]
     routes: Vec<RouteSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(expecting = "a penalty table such as { refusals = 20, within = \"60s\", ban = \"300s\" }")]
+struct PenaltySpec {
+    refusals: u32,
+    within: String,
+    ban: String,
+}
+
+impl PenaltySpec {
+    fn into_penalty(self) -> Result<Penalty, ConfigError> {
+        let within = parse_duration(&self.within).map_err(|reason| invalid("within", reason))?;
+        let ban = parse_duration(&self.ban).map_err(|reason| invalid("ban", reason))?;
+        Penalty::new(self.refusals, within, ban)
+    }
 }
 
 #[derive(Deserialize)]
@@ -744,6 +763,9 @@ impl LimitSpec {
             .shadow(self.shadow)
             .exempt_keys(self.exempt_keys)
             .exempt_ips(self.exempt_ips);
+        if let Some(penalty) = self.penalty {
+            limit = limit.penalty(penalty.into_penalty().map_err(|e| e.within("penalty"))?);
+        }
         for (j, route) in self.routes.into_iter().enumerate() {
             let (spec, quota) = route
                 .into_route(default_algorithm)

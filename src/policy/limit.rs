@@ -10,6 +10,7 @@ use super::pattern::{Captures, PathPattern, PathSegments};
 use super::quota::Quota;
 use crate::error::ConfigError;
 use crate::key::{route_id, KeyExtractor, KeySecret};
+use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
 
 /// What a limit does with a request whose key is missing or unusable.
@@ -60,6 +61,7 @@ pub struct Limit {
     pub(crate) shadow: bool,
     pub(crate) exempt_keys: Vec<String>,
     pub(crate) exempt_ips: Vec<String>,
+    pub(crate) penalty: Option<Penalty>,
 }
 
 impl Limit {
@@ -78,6 +80,7 @@ impl Limit {
             shadow: false,
             exempt_keys: Vec::new(),
             exempt_ips: Vec::new(),
+            penalty: None,
         }
     }
 
@@ -136,6 +139,17 @@ impl Limit {
         self
     }
 
+    /// Bans a key for a while after repeated refusals by this limit (Exotel:
+    /// refused 20 times within 60 s → every request refused for 300 s). While
+    /// banned, every request of the key that this limit applies to is refused
+    /// with `Retry-After` the ban's remaining time and a body that says it is
+    /// a temporary block; the counting rule is on [`Penalty`].
+    #[must_use]
+    pub fn penalty(mut self, penalty: Penalty) -> Self {
+        self.penalty = Some(penalty);
+        self
+    }
+
     pub(crate) fn compile(&self, secret: &KeySecret) -> Result<CompiledLimit, ConfigError> {
         let valid_name = !self.name.is_empty()
             && self.name.len() <= 64
@@ -186,6 +200,8 @@ impl Limit {
             routes,
             missing_key: self.missing_key,
             shadow: self.shadow,
+            penalty: self.penalty,
+            penalty_domain: route_id(&self.name, usize::MAX - 1),
             exemptions: Exemptions::compile(
                 &self.name,
                 &self.exempt_keys,
@@ -208,6 +224,7 @@ impl fmt::Debug for Limit {
                 &format_args!("<{} keys>", self.exempt_keys.len()),
             )
             .field("exempt_ips", &self.exempt_ips)
+            .field("penalty", &self.penalty)
             .finish_non_exhaustive()
     }
 }
@@ -219,6 +236,10 @@ pub(crate) struct CompiledLimit {
     pub(crate) routes: Box<[Route]>,
     pub(crate) missing_key: MissingKey,
     pub(crate) shadow: bool,
+    pub(crate) penalty: Option<Penalty>,
+    /// The hash domain of this limit's penalty keys: one per key, whatever
+    /// the route.
+    pub(crate) penalty_domain: u64,
     pub(crate) exemptions: Exemptions,
 }
 

@@ -1,0 +1,285 @@
+//! Temporary bans through the layer: a key refused N times within a window
+//! is refused for a while, with an honest `Retry-After` and a body that says
+//! it is a temporary block.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::util::BoxCloneService;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_ratelimit::clock::ManualClock;
+use tower_ratelimit::key::{Header, PathCapture};
+use tower_ratelimit::penalty::Penalty;
+use tower_ratelimit::{
+    Algorithm, Decision, EventKind, Limit, Policy, Quota, RateLimitLayer, RefusalReason,
+    ResponseBody, Window,
+};
+
+const NS: u64 = 1_000_000_000;
+/// A minute boundary.
+const T0: u64 = 1_700_000_040;
+
+type Res = Response<ResponseBody<String>>;
+
+struct Harness {
+    clock: ManualClock,
+    svc: BoxCloneService<Request<String>, Res, Infallible>,
+    calls: Arc<AtomicUsize>,
+    events: Arc<Mutex<Vec<EventKind>>>,
+}
+
+impl Harness {
+    fn new(policy: Policy) -> Self {
+        let clock = ManualClock::at_unix_secs(T0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let inner = service_fn(move |_req: Request<String>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+        });
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&events);
+        let layer = RateLimitLayer::new(policy)
+            .clock(clock.clone())
+            .on_event(move |e| record.lock().unwrap().push(e.kind()));
+        Harness {
+            clock,
+            svc: BoxCloneService::new(layer.layer(inner)),
+            calls,
+            events,
+        }
+    }
+
+    async fn send(&self, path: &str, key: &str) -> Res {
+        let request = Request::get(path)
+            .header("x-api-key", key)
+            .body(String::new())
+            .unwrap();
+        self.svc.clone().oneshot(request).await.unwrap()
+    }
+
+    fn at(&self, secs_after_t0: u64) {
+        self.clock.set((T0 + secs_after_t0) * NS);
+    }
+
+    fn bans(&self) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| **k == EventKind::Banned)
+            .count()
+    }
+}
+
+fn retry_after(response: &Res) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn body(response: Res) -> Value {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Per key: 2 per minute in fixed windows; 3 refusals within 60 s ban the
+/// key for 300 s.
+fn policy() -> Policy {
+    Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(2)).algorithm(Algorithm::FixedWindow))
+                .penalty(
+                    Penalty::new(3, Duration::from_secs(60), Duration::from_secs(300)).unwrap(),
+                ),
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_third_refusal_within_a_minute_bans_the_key_for_the_ban_time() {
+    let h = Harness::new(policy());
+    h.at(0);
+    assert_eq!(h.send("/", "k").await.status(), StatusCode::OK);
+    assert_eq!(h.send("/", "k").await.status(), StatusCode::OK);
+    h.at(10);
+    let first = h.send("/", "k").await;
+    assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        retry_after(&first),
+        50,
+        "an ordinary refusal: the window ends in 50 s"
+    );
+    h.at(20);
+    assert_eq!(retry_after(&h.send("/", "k").await), 40);
+    assert_eq!(h.bans(), 0);
+
+    // The third refusal starts the ban, and says so: its Retry-After is the
+    // ban's, so a client that honours it is not refused again.
+    h.at(30);
+    let third = h.send("/", "k").await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&third), 300);
+    assert_eq!(h.bans(), 1);
+    let decision = third.extensions().get::<Decision>().unwrap().clone();
+    assert_eq!(decision.refusal(), Some(RefusalReason::Banned));
+    assert_eq!(third.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(
+        third.headers()["x-ratelimit-reset"],
+        (T0 + 330).to_string().as_str()
+    );
+    assert_eq!(
+        body(third).await,
+        json!({"error": {"code": "temporarily_blocked",
+            "message": "Temporarily blocked after repeated rate-limit violations. Try again in 300 seconds.",
+            "retry_after": 300}})
+    );
+
+    // The window resets at 60 s, but the ban holds, counting down; requests
+    // during the ban neither reach the service nor extend the ban.
+    let calls = h.calls.load(Ordering::SeqCst);
+    for (at, left) in [(60, 270), (100, 230), (329, 1)] {
+        h.at(at);
+        let refused = h.send("/", "k").await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "at {at}");
+        assert_eq!(retry_after(&refused), left, "at {at}");
+    }
+    assert_eq!(h.calls.load(Ordering::SeqCst), calls);
+    assert_eq!(h.bans(), 1);
+
+    // It lifts exactly when it said.
+    h.at(330);
+    assert_eq!(h.send("/", "k").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn refusals_spread_wider_than_the_window_never_ban() {
+    let h = Harness::new(policy());
+    for minute in 0..10 {
+        h.at(minute * 61);
+        // Two admitted, then one refusal per minute: never 3 within 60 s.
+        let _ = h.send("/", "k").await;
+        let _ = h.send("/", "k").await;
+        let refused = h.send("/", "k").await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_ne!(
+            refused.extensions().get::<Decision>().unwrap().refusal(),
+            Some(RefusalReason::Banned)
+        );
+    }
+    assert_eq!(h.bans(), 0);
+}
+
+#[tokio::test]
+async fn a_ban_is_per_key_and_covers_every_route_of_the_limit() {
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("per_account", PathCapture::new("account"))
+                .route(
+                    "/v2/accounts/{account}/legs/*",
+                    Quota::new(Window::per_minute(1)),
+                )
+                .route(
+                    "/v2/accounts/{account}/bridges/*",
+                    Quota::new(Window::per_minute(1)),
+                )
+                .penalty(
+                    Penalty::new(2, Duration::from_secs(60), Duration::from_secs(300)).unwrap(),
+                ),
+        )
+        .build()
+        .unwrap();
+    let h = Harness::new(policy);
+    h.at(0);
+    assert_eq!(
+        h.send("/v2/accounts/A/legs", "-").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.send("/v2/accounts/A/bridges", "-").await.status(),
+        StatusCode::OK
+    );
+    // One refusal in each category: two refusals of the same account.
+    assert_eq!(retry_after(&h.send("/v2/accounts/A/legs", "-").await), 60);
+    assert_eq!(
+        retry_after(&h.send("/v2/accounts/A/bridges", "-").await),
+        300
+    );
+    h.at(120);
+    for path in ["/v2/accounts/A/legs", "/v2/accounts/A/bridges"] {
+        assert_eq!(retry_after(&h.send(path, "-").await), 180, "{path}");
+    }
+    // Another account is not touched.
+    assert_eq!(
+        h.send("/v2/accounts/B/legs", "-").await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_shadow_limit_never_bans() {
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(1)))
+                .penalty(
+                    Penalty::new(1, Duration::from_secs(60), Duration::from_secs(300)).unwrap(),
+                )
+                .shadow(true),
+        )
+        .build()
+        .unwrap();
+    let h = Harness::new(policy);
+    h.at(0);
+    for _ in 0..5 {
+        assert_eq!(h.send("/", "k").await.status(), StatusCode::OK);
+    }
+    assert_eq!(h.bans(), 0);
+}
+
+#[tokio::test]
+async fn policy_files_express_penalties() {
+    let policy = Policy::from_toml(
+        r#"
+        refusal = "exotel"
+
+        [[limits]]
+        name = "per_key"
+        key = { header = "X-API-Key" }
+        penalty = { refusals = 1, within = "60s", ban = "5m" }
+        routes = [{ windows = ["1/minute"] }]
+        "#,
+    )
+    .unwrap();
+    let h = Harness::new(policy);
+    h.at(0);
+    assert_eq!(h.send("/", "k").await.status(), StatusCode::OK);
+    let banned = h.send("/", "k").await;
+    assert_eq!(retry_after(&banned), 300);
+    let request_id = banned.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        body(banned).await,
+        json!({"request_id": request_id, "http_code": 429, "response": {"error": {
+            "code": "rate_limit_exceeded",
+            "message": "temporarily throttled after repeated rate limit violations please retry after some time"}}})
+    );
+
+    let err = Policy::from_toml(
+        "[[limits]]\nname = \"a\"\nkey = { global = true }\npenalty = { refusals = 20, within = \"0s\", ban = \"5m\" }\nroutes = [{ windows = [\"1/minute\"] }]\n",
+    )
+    .unwrap_err();
+    assert_eq!(err.field(), "limits[0].penalty.within");
+    assert_eq!(err.line(), Some(4));
+}
