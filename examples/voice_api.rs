@@ -1,5 +1,5 @@
 //! Run with `cargo run --example voice_api` (options: `--addr 127.0.0.1:3000`,
-//! `--config FILE`).
+//! `--config FILE`, `--preset NAME` for `examples/policies/NAME.toml`).
 //!
 //! A stand-in for a voice-AI API: every method and path answers 200 JSON,
 //! behind a `RateLimitLayer`. Without `--config` it enforces
@@ -24,8 +24,26 @@ struct Options {
     config: Option<String>,
 }
 
+/// Where the platform presets live.
+const PRESETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies");
+
 fn usage() -> &'static str {
-    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml]"
+    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME]"
+}
+
+/// The names of the policy files in `examples/policies`.
+fn preset_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(PRESETS)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            Some(name.strip_suffix(".toml")?.to_owned())
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -47,6 +65,17 @@ fn parse_args() -> Result<Options, String> {
                 })?;
             }
             "--config" => options.config = Some(value("--config")?),
+            "--preset" => {
+                let name = value("--preset")?;
+                let known = preset_names();
+                if !known.contains(&name) {
+                    return Err(format!(
+                        "--preset: no preset `{name}` (presets: {})",
+                        known.join(", ")
+                    ));
+                }
+                options.config = Some(format!("{PRESETS}/{name}.toml"));
+            }
             "-h" | "--help" => return Err(usage().to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{}", usage())),
         }
