@@ -127,6 +127,7 @@
 
 mod body;
 pub mod clock;
+pub mod concurrency;
 mod decision;
 mod error;
 mod event;
