@@ -95,10 +95,9 @@
 //! A `max_wait` too large to add to the current instant means "no limit"
 //! (and needs no timer).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -108,6 +107,8 @@ use parking_lot::Mutex;
 use pin_project_lite::pin_project;
 use smallvec::SmallVec;
 use tokio::time::{Instant, Sleep};
+
+use crate::shard::{MixedKeyMap, Padded};
 
 /// The number of shards: keys are spread over this many mutexes, so that
 /// threads working on different keys rarely meet.
@@ -427,14 +428,9 @@ impl Default for Inner {
     }
 }
 
-/// Keeps each shard on its own cache lines, so two threads locking two
-/// shards do not slow each other down.
-#[repr(align(128))]
-struct Padded<T>(T);
-
 #[derive(Default)]
 struct Shard {
-    keys: HashMap<u64, Entry, BuildHasherDefault<Mix>>,
+    keys: MixedKeyMap<Entry>,
 }
 
 /// One key's count and line.
@@ -647,26 +643,5 @@ impl Entry {
         if self.queue.capacity() > 64 && self.queue.len() * 4 < self.queue.capacity() {
             self.queue.shrink_to(self.queue.len() * 2);
         }
-    }
-}
-
-/// Keys may be hashes or small integers: one multiply spreads both.
-#[derive(Default)]
-struct Mix(u64);
-
-impl Hasher for Mix {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        let product = u128::from(n) * 0x9E37_79B9_7F4A_7C15;
-        self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 }

@@ -140,6 +140,7 @@ pub mod penalty;
 pub mod policy;
 mod response;
 mod service;
+mod shard;
 pub mod store;
 
 pub use body::ResponseBody;

@@ -77,14 +77,14 @@
 //! assert!(bans.is_empty());
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::shard::{mix, KeyMap, Padded};
 use crate::ConfigError;
 
 /// When a key is banned and for how long: after `refusals` refusals within
@@ -523,7 +523,7 @@ impl State {
 
 #[derive(Debug)]
 struct Shard {
-    map: HashMap<u64, State, BuildHasherDefault<PassThrough>>,
+    map: KeyMap<State>,
     /// When a sweep runs on its own next.
     next_sweep: u64,
     /// No state here becomes fresh before this time: the earliest expiry
@@ -534,7 +534,7 @@ struct Shard {
 impl Default for Shard {
     fn default() -> Self {
         Shard {
-            map: HashMap::default(),
+            map: KeyMap::default(),
             next_sweep: 0,
             earliest: u64::MAX,
         }
@@ -559,40 +559,4 @@ impl Shard {
         self.earliest = earliest;
         before - self.map.len()
     }
-}
-
-/// Keeps each shard on its own cache lines.
-#[derive(Debug)]
-#[repr(align(128))]
-struct Padded<T>(T);
-
-/// Keys are mixed once (see [`mix`]) before they reach a table, so hashing
-/// them again would only cost time.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// A bijection on `u64` that spreads every input bit over the output
-/// (splitmix64's finalizer), so that keys which are not hashes (small
-/// integers) still fill every shard and table evenly, and distinct keys stay
-/// distinct.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }

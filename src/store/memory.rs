@@ -1,8 +1,6 @@
 //! The in-memory store: sharded hash tables of one `u64` per key and window.
 
-use std::collections::HashMap;
 use std::future::Pending;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
@@ -10,6 +8,7 @@ use smallvec::SmallVec;
 use super::algorithm::{expires_at, step, Step};
 use super::{Check, Decided, Outcome, Store, StoreError, WindowStatus};
 use crate::policy::Algorithm;
+use crate::shard::{KeyMap, Padded};
 
 /// Counts kept in this process's memory.
 ///
@@ -377,34 +376,7 @@ fn new_entries(shard: &Shard, checks: &[Check<'_>], here: impl Fn(&Check<'_>) ->
         .sum()
 }
 
-/// Keeps each shard on its own cache lines, so two threads locking two
-/// shards do not slow each other down.
-#[derive(Debug)]
-#[repr(align(128))]
-struct Padded<T>(T);
-
-/// Bucket hashes are already keyed SipHash output: hashing them again would
-/// only cost time.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type Map = HashMap<u64, u64, BuildHasherDefault<PassThrough>>;
+type Map = KeyMap<u64>;
 
 #[derive(Debug)]
 struct Table {
