@@ -96,9 +96,12 @@ where
 
         // 1. match and 2. key: every limit with a matching route adds a check.
         let mut checks: SmallVec<[Check<'_>; 4]> = SmallVec::new();
-        let mut origin: SmallVec<[WindowOrigin; 4]> = SmallVec::new();
-        let mut buckets: SmallVec<[u64; 4]> = SmallVec::new();
-        let mut penalty_keys: SmallVec<[Option<u64>; 4]> = SmallVec::new();
+        let mut applied = Applied {
+            origin: SmallVec::new(),
+            buckets: SmallVec::new(),
+            penalty_keys: SmallVec::new(),
+            now,
+        };
         let mut banned = None;
         let path = PathSegments::new(request.uri().path());
         for (li, limit) in policy.limits.iter().enumerate() {
@@ -121,14 +124,14 @@ where
                             break;
                         }
                     }
-                    penalty_keys.push(penalty_key);
+                    applied.penalty_keys.push(penalty_key);
                     checks.push(if limit.shadow {
                         Check::shadow(bucket, &route.quota)
                     } else {
                         Check::new(bucket, &route.quota)
                     });
-                    origin.push((li as u16, ri as u16));
-                    buckets.push(bucket);
+                    applied.origin.push((li as u16, ri as u16));
+                    applied.buckets.push(bucket);
                 }
                 Err(error)
                     if limit.missing_key == MissingKey::Skip
@@ -180,22 +183,15 @@ where
                 if quiet && !shared.decision_extensions && !policy.headers.has_ietf() {
                     let headers = Decision::reported_window(
                         &outcome,
-                        &origin,
+                        &applied.origin,
                         now,
                         policy.report,
-                        period_of(policy, &origin),
+                        period_of(policy, &applied.origin),
                     )
                     .map(|w| PendingHeaders::x_only(policy.headers, Reported::from(&w)));
                     return ResponseFuture::inner(inner.call(request), headers, None);
                 }
-                let counted = Counted {
-                    outcome: &outcome,
-                    origin: &origin,
-                    buckets: &buckets,
-                    penalty_keys: &penalty_keys,
-                    now,
-                };
-                let decision = decide_counted(shared, &counted);
+                let decision = decide_counted(shared, &outcome, &applied);
                 respond(shared, decision, request, inner)
             }
             Decided::Ready(Err(error)) => {
@@ -209,14 +205,7 @@ where
                 ResponseFuture::deciding(Box::pin(async move {
                     match pending.await {
                         Ok(outcome) => {
-                            let counted = Counted {
-                                outcome: &outcome,
-                                origin: &origin,
-                                buckets: &buckets,
-                                penalty_keys: &penalty_keys,
-                                now,
-                            };
-                            let decision = decide_counted(&shared, &counted);
+                            let decision = decide_counted(&shared, &outcome, &applied);
                             respond(&shared, decision, request, &mut ready).await
                         }
                         Err(error) => {
@@ -230,13 +219,21 @@ where
     }
 }
 
+/// What the layer knows of each check it asked the store about.
+struct Applied {
+    /// The (limit, route) of each check.
+    origin: SmallVec<[WindowOrigin; 4]>,
+    /// Each check's bucket.
+    buckets: SmallVec<[u64; 4]>,
+    /// Each check's key in its limit's penalty box, if the limit has a penalty.
+    penalty_keys: SmallVec<[Option<u64>; 4]>,
+    now: u64,
+}
+
 /// A decision the store made, with what the layer knows of each check.
 struct Counted<'a> {
     outcome: &'a Outcome,
-    origin: &'a [WindowOrigin],
-    buckets: &'a [u64],
-    penalty_keys: &'a [Option<u64>],
-    now: u64,
+    applied: &'a Applied,
 }
 
 /// A refusal because the key of limit `limit` is banned.
@@ -281,8 +278,8 @@ impl Notable for Counted<'_> {
         emit: &mut dyn FnMut(EventKind, usize, u64),
     ) -> Option<(usize, u64)> {
         let statuses = self.outcome.windows();
-        let limit_of = |check: usize| usize::from(self.origin[check].0);
-        let refusing = (0..self.origin.len()).filter(|&c| {
+        let limit_of = |check: usize| usize::from(self.applied.origin[check].0);
+        let refusing = (0..self.applied.origin.len()).filter(|&c| {
             statuses
                 .iter()
                 .any(|w| usize::from(w.check) == c && w.retry_after > 0)
@@ -293,7 +290,7 @@ impl Notable for Counted<'_> {
                     emit(
                         EventKind::ShadowRefused,
                         limit_of(check),
-                        self.buckets[check],
+                        self.applied.buckets[check],
                     );
                 }
             }
@@ -303,16 +300,24 @@ impl Notable for Counted<'_> {
             .iter()
             .max_by_key(|w| w.retry_after)
             .map_or(0, |w| usize::from(w.check));
-        emit(EventKind::Refused, limit_of(binding), self.buckets[binding]);
+        emit(
+            EventKind::Refused,
+            limit_of(binding),
+            self.applied.buckets[binding],
+        );
         if self.outcome.is_capacity_refusal() {
             return None;
         }
         let mut started = None;
         for check in refusing {
             let limit = &policy.limits[limit_of(check)];
-            if let (Some(penalty), Some(key)) = (&limit.penalty, self.penalty_keys[check]) {
-                if let Some(ban) = penalties.record_refusal(key, self.now, penalty) {
-                    emit(EventKind::Banned, limit_of(check), self.buckets[check]);
+            if let (Some(penalty), Some(key)) = (&limit.penalty, self.applied.penalty_keys[check]) {
+                if let Some(ban) = penalties.record_refusal(key, self.applied.now, penalty) {
+                    emit(
+                        EventKind::Banned,
+                        limit_of(check),
+                        self.applied.buckets[check],
+                    );
                     started = started.or(Some((check, ban)));
                 }
             }
@@ -360,20 +365,20 @@ fn report<St>(
 
 /// The decision for a store outcome; a refusal that started a ban answers
 /// as the ban (its `Retry-After` is the ban's, so it stays honest).
-fn decide_counted<St>(shared: &Shared<St>, counted: &Counted<'_>) -> Decision {
+fn decide_counted<St>(shared: &Shared<St>, outcome: &Outcome, applied: &Applied) -> Decision {
     let policy = &*shared.policy.inner;
-    let decision = decide(policy, counted.outcome, counted.origin, counted.now);
-    if counted.outcome.admitted() && !counted.outcome.shadow_refused() {
+    let decision = decide(policy, outcome, &applied.origin, applied.now);
+    if outcome.admitted() && !outcome.shadow_refused() {
         return decision;
     }
-    match report(shared, counted, &decision) {
+    match report(shared, &Counted { outcome, applied }, &decision) {
         Some((check, ban)) => {
-            let (li, ri) = counted.origin[check];
+            let (li, ri) = applied.origin[check];
             let (li, ri) = (usize::from(li), usize::from(ri));
             let route = &policy.limits[li].routes[ri];
             Decision::banned(
                 ban,
-                counted.now,
+                applied.now,
                 window_report(route, li, ri, policy.report),
             )
         }
