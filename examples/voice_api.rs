@@ -1,5 +1,7 @@
 //! Run with `cargo run --example voice_api` (options: `--addr 127.0.0.1:3000`,
 //! `--config FILE`, `--preset NAME` for `examples/policies/NAME.toml`).
+//! Any request may add `?hold_ms=N` (up to 60,000) to stay in flight N ms
+//! before it is answered, to try concurrency by hand.
 //!
 //! A stand-in for a voice-AI API: every method and path answers 200 JSON,
 //! behind a `RateLimitLayer`. Without `--config` it enforces
@@ -90,12 +92,35 @@ fn load_policy(config: Option<&str>) -> Result<Policy, String> {
     }
 }
 
-/// Every request the limiter lets through gets a 200 with what was asked.
+/// The longest `?hold_ms=` accepted.
+const MAX_HOLD_MS: u64 = 60_000;
+
+/// Every request the limiter lets through gets a 200 with what was asked,
+/// after `?hold_ms=N` milliseconds if it asks for them.
 async fn answer(method: Method, uri: Uri) -> Response {
+    let hold = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("hold_ms="));
+    let hold_ms = match hold.map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(ms)) if ms <= MAX_HOLD_MS => ms,
+        Some(_) => {
+            let message =
+                format!("hold_ms must be a whole number of milliseconds from 0 to {MAX_HOLD_MS}");
+            let body = Json(json!({"error": {"code": "invalid_hold_ms", "message": message}}));
+            return (axum::http::StatusCode::BAD_REQUEST, body).into_response();
+        }
+    };
+    if hold_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(hold_ms)).await;
+    }
     Json(json!({
         "ok": true,
         "method": method.as_str(),
         "path": uri.path(),
+        "held_ms": hold_ms,
     }))
     .into_response()
 }
@@ -154,6 +179,7 @@ async fn main() -> ExitCode {
     println!("  curl -i -H 'X-API-Key: demo' http://{addr}/v1/calls");
     println!("  curl -i -X POST -H 'X-API-Key: demo' http://{addr}/v1/calls");
     println!("  curl -i http://{addr}/v1/calls            # no key: 401");
+    println!("  curl -i -H 'X-API-Key: demo' 'http://{addr}/v1/calls?hold_ms=2000'   # stays in flight 2 s");
     println!(
         "  for i in $(seq 61); do curl -s -o /dev/null -w '%{{http_code}} ' -H 'X-API-Key: burst' http://{addr}/v1/agents; done; echo"
     );
