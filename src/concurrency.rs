@@ -108,7 +108,7 @@ use pin_project_lite::pin_project;
 use smallvec::SmallVec;
 use tokio::time::{Instant, Sleep};
 
-use crate::shard::{MixedKeyMap, Padded};
+use crate::shard::{sparse, MixedKeyMap, Padded};
 
 /// The number of shards: keys are spread over this many mutexes, so that
 /// threads working on different keys rarely meet.
@@ -615,7 +615,7 @@ impl Shard {
             .is_some_and(|e| e.in_flight == 0 && e.queue.is_empty())
         {
             self.keys.remove(&key);
-            if self.keys.capacity() > 64 && self.keys.len() * 4 < self.keys.capacity() {
+            if sparse(self.keys.len(), self.keys.capacity()) {
                 self.keys.shrink_to(self.keys.len() * 2);
             }
         }
@@ -640,7 +640,7 @@ impl Entry {
 
     fn remove(&mut self, at: usize) {
         self.queue.remove(at);
-        if self.queue.capacity() > 64 && self.queue.len() * 4 < self.queue.capacity() {
+        if sparse(self.queue.len(), self.queue.capacity()) {
             self.queue.shrink_to(self.queue.len() * 2);
         }
     }

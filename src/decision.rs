@@ -6,7 +6,8 @@ use smallvec::SmallVec;
 
 use crate::store::{Outcome, WindowStatus};
 
-const NANOS: u64 = 1_000_000_000;
+/// Nanoseconds in a second.
+pub(crate) const NANOS: u64 = 1_000_000_000;
 
 /// Which window the single-valued headers (`X-RateLimit-*`) report when a
 /// request is counted in several.

@@ -84,7 +84,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::shard::{mix, KeyMap, Padded};
+use crate::shard::{mix, sparse, KeyMap, Padded};
 use crate::ConfigError;
 
 /// When a key is banned and for how long: after `refusals` refusals within
@@ -553,7 +553,7 @@ impl Shard {
             }
             expires > now
         });
-        if self.map.capacity() > 64 && self.map.len() * 4 < self.map.capacity() {
+        if sparse(self.map.len(), self.map.capacity()) {
             self.map.shrink_to(self.map.len() * 2);
         }
         self.earliest = earliest;

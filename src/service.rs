@@ -10,13 +10,12 @@ use smallvec::SmallVec;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::decision::{Decision, ReportedWindow, WindowOrigin, WindowReport};
+use crate::decision::{Decision, ReportedWindow, WindowOrigin, WindowReport, NANOS};
 use crate::event::{Event, EventKind};
 use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Reported};
 use crate::key::{Key, KeyError, KeyErrorKind, RequestView};
 use crate::layer::Shared;
-use crate::penalty::PenaltyBox;
 use crate::policy::{CompiledLimit, MissingKey, PathSegments, PolicyInner, Route};
 use crate::response::{self, Produced};
 use crate::store::{Check, Decided, MemoryStore, Outcome, Store};
@@ -167,7 +166,7 @@ where
         if let Some((li, ri, left, bucket)) = banned {
             let route = &policy.limits[li].routes[ri];
             let decision = Decision::banned(left, now, window_report(route, li, ri, policy.report));
-            report(shared, &Banned { limit: li, bucket }, &decision);
+            emit(shared, EventKind::Refused, li, bucket, &decision);
             return respond(shared, decision, request, inner);
         }
         if checks.is_empty() {
@@ -236,49 +235,18 @@ struct Counted<'a> {
     applied: &'a Applied,
 }
 
-/// A refusal because the key of limit `limit` is banned.
-struct Banned {
-    limit: usize,
-    bucket: u64,
-}
-
-/// Something to tell the logs and the event hook about.
-trait Notable {
-    /// Calls `emit(kind, limit index, bucket)` for each event and counts
-    /// refusals towards penalties; returns the check whose refusal started a
-    /// ban, with the ban's length.
-    fn events(
-        &self,
-        penalties: &PenaltyBox,
-        policy: &PolicyInner,
-        emit: &mut dyn FnMut(EventKind, usize, u64),
-    ) -> Option<(usize, u64)>;
-}
-
-impl Notable for Banned {
-    fn events(
-        &self,
-        _: &PenaltyBox,
-        _: &PolicyInner,
-        emit: &mut dyn FnMut(EventKind, usize, u64),
-    ) -> Option<(usize, u64)> {
-        emit(EventKind::Refused, self.limit, self.bucket);
-        None
-    }
-}
-
-impl Notable for Counted<'_> {
-    /// A refusal names the limit whose window makes the client wait longest,
-    /// and counts towards the penalty of every limit that refused; a shadow
-    /// refusal names each shadow limit that would have refused.
-    fn events(
-        &self,
-        penalties: &PenaltyBox,
-        policy: &PolicyInner,
-        emit: &mut dyn FnMut(EventKind, usize, u64),
-    ) -> Option<(usize, u64)> {
+impl Counted<'_> {
+    /// Reports the outcome (see [`emit`]) and counts refusals towards
+    /// penalties. A refusal names the limit whose window makes the client
+    /// wait longest and counts towards the penalty of every limit that
+    /// refused; a shadow refusal names each shadow limit that would have
+    /// refused. Returns the check whose refusal started a ban, with the ban's
+    /// length.
+    fn report<St>(&self, shared: &Shared<St>, decision: &Decision) -> Option<(usize, u64)> {
+        let policy = &*shared.policy.inner;
         let statuses = self.outcome.windows();
         let limit_of = |check: usize| usize::from(self.applied.origin[check].0);
+        let bucket_of = |check: usize| self.applied.buckets[check];
         let refusing = (0..self.applied.origin.len()).filter(|&c| {
             statuses
                 .iter()
@@ -288,9 +256,11 @@ impl Notable for Counted<'_> {
             for check in refusing {
                 if policy.limits[limit_of(check)].shadow {
                     emit(
+                        shared,
                         EventKind::ShadowRefused,
                         limit_of(check),
-                        self.applied.buckets[check],
+                        bucket_of(check),
+                        decision,
                     );
                 }
             }
@@ -301,9 +271,11 @@ impl Notable for Counted<'_> {
             .max_by_key(|w| w.retry_after)
             .map_or(0, |w| usize::from(w.check));
         emit(
+            shared,
             EventKind::Refused,
             limit_of(binding),
-            self.applied.buckets[binding],
+            bucket_of(binding),
+            decision,
         );
         if self.outcome.is_capacity_refusal() {
             return None;
@@ -312,11 +284,16 @@ impl Notable for Counted<'_> {
         for check in refusing {
             let limit = &policy.limits[limit_of(check)];
             if let (Some(penalty), Some(key)) = (&limit.penalty, self.applied.penalty_keys[check]) {
-                if let Some(ban) = penalties.record_refusal(key, self.applied.now, penalty) {
+                if let Some(ban) = shared
+                    .penalties
+                    .record_refusal(key, self.applied.now, penalty)
+                {
                     emit(
+                        shared,
                         EventKind::Banned,
                         limit_of(check),
-                        self.applied.buckets[check],
+                        bucket_of(check),
+                        decision,
                     );
                     started = started.or(Some((check, ban)));
                 }
@@ -326,41 +303,34 @@ impl Notable for Counted<'_> {
     }
 }
 
-/// Tells the logs and the event hook about a refusal, a ban or a shadow
-/// refusal; returns the check whose refusal started a ban, with its length.
-fn report<St>(
-    shared: &Shared<St>,
-    notable: &dyn Notable,
-    decision: &Decision,
-) -> Option<(usize, u64)> {
-    let policy = &shared.policy.inner;
-    notable.events(&shared.penalties, policy, &mut |kind, limit, bucket| {
-        let limit = &*policy.limits[limit].name;
-        match kind {
-            EventKind::ShadowRefused => {
-                tracing::info!(limit, bucket, "shadow limit would have refused")
-            }
-            EventKind::Banned => {
-                tracing::info!(limit, bucket, "key banned after repeated refusals")
-            }
-            _ => tracing::debug!(
-                limit,
-                bucket,
-                retry_after = decision.retry_after().unwrap_or(0),
-                reason = ?decision.refusal(),
-                "request refused by rate limit"
-            ),
+/// Tells the logs and the event hook about one refusal, ban or shadow
+/// refusal by limit `limit` of the request in `bucket`.
+fn emit<St>(shared: &Shared<St>, kind: EventKind, limit: usize, bucket: u64, decision: &Decision) {
+    let limit = &*shared.policy.inner.limits[limit].name;
+    match kind {
+        EventKind::ShadowRefused => {
+            tracing::info!(limit, bucket, "shadow limit would have refused")
         }
-        if let Some(hook) = &shared.on_event {
-            (hook.0)(&Event {
-                kind,
-                limit,
-                bucket: Some(bucket),
-                decision: Some(decision),
-                key_error: None,
-            });
+        EventKind::Banned => {
+            tracing::info!(limit, bucket, "key banned after repeated refusals")
         }
-    })
+        _ => tracing::debug!(
+            limit,
+            bucket,
+            retry_after = decision.retry_after().unwrap_or(0),
+            reason = ?decision.refusal(),
+            "request refused by rate limit"
+        ),
+    }
+    if let Some(hook) = &shared.on_event {
+        (hook.0)(&Event {
+            kind,
+            limit,
+            bucket: Some(bucket),
+            decision: Some(decision),
+            key_error: None,
+        });
+    }
 }
 
 /// The decision for a store outcome; a refusal that started a ban answers
@@ -371,7 +341,7 @@ fn decide_counted<St>(shared: &Shared<St>, outcome: &Outcome, applied: &Applied)
     if outcome.admitted() && !outcome.shadow_refused() {
         return decision;
     }
-    match report(shared, &Counted { outcome, applied }, &decision) {
+    match (Counted { outcome, applied }).report(shared, &decision) {
         Some((check, ban)) => {
             let (li, ri) = applied.origin[check];
             let (li, ri) = (usize::from(li), usize::from(ri));
@@ -480,7 +450,7 @@ fn uncounted(route: &Route, report: ReportedWindow, now: u64) -> Reported {
     Reported {
         limit: window.limit(),
         remaining: window.limit(),
-        reset: now.div_ceil(1_000_000_000),
+        reset: now.div_ceil(NANOS),
     }
 }
 
@@ -496,7 +466,7 @@ fn window_report(route: &Route, li: usize, ri: usize, report: ReportedWindow) ->
         remaining: 0,
         reset: 0,
         reset_after: 0,
-        period: window.period_ns().div_ceil(1_000_000_000),
+        period: window.period_ns().div_ceil(NANOS),
     }
 }
 

@@ -58,6 +58,12 @@ impl Hasher for Mixing {
     }
 }
 
+/// Whether a collection holds so few of its slots that it should give
+/// memory back (to twice its length).
+pub(crate) fn sparse(len: usize, capacity: usize) -> bool {
+    capacity > 64 && len * 4 < capacity
+}
+
 /// A bijection on `u64` that spreads every input bit over the output
 /// (splitmix64's finalizer), so that keys which are not hashes still fill
 /// every shard and table evenly, and distinct keys stay distinct.

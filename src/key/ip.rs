@@ -216,7 +216,8 @@ fn check_prefix(prefix: u8) -> Result<u8, ConfigError> {
     }
 }
 
-fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
+/// An IP address or CIDR range, as written in a policy.
+pub(crate) fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
     let text = text.trim();
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))

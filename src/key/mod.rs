@@ -56,7 +56,7 @@ pub use global::Global;
 pub(crate) use hash::route_id;
 pub use hash::KeySecret;
 pub use header::{Bearer, Header};
-pub(crate) use ip::peer_ip;
+pub(crate) use ip::{parse_net, peer_ip};
 pub use ip::{ForwardedHeader, ForwardedIp, PeerIp};
 pub use path::PathCapture;
 pub use view::RequestView;

@@ -1,12 +1,10 @@
 //! Keys and addresses a limit never applies to.
 
-use std::collections::HashSet;
-use std::net::IpAddr;
-
 use ipnet::IpNet;
+use std::collections::HashSet;
 
 use crate::error::ConfigError;
-use crate::key::{peer_ip, route_id, Key, KeySecret, RequestView};
+use crate::key::{parse_net, peer_ip, route_id, Key, KeySecret, RequestView};
 
 /// A limit's allowlist: keyed hashes of exempt keys (never the keys) and
 /// exempt peer ranges.
@@ -43,20 +41,7 @@ impl Exemptions {
         let ranges = ranges
             .iter()
             .enumerate()
-            .map(|(i, text)| {
-                let text = text.trim();
-                text.parse::<IpNet>()
-                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        ConfigError::invalid(
-                            format!("exempt_ips[{i}]"),
-                            format!(
-                                "`{}` is not an IP address or CIDR range",
-                                text.escape_debug()
-                            ),
-                        )
-                    })
-            })
+            .map(|(i, text)| parse_net(text).map_err(|e| e.within(format!("exempt_ips[{i}]"))))
             .collect::<Result<_, _>>()?;
         Ok(Exemptions {
             domain,

@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use super::algorithm::{expires_at, step, Step};
 use super::{Check, Decided, Outcome, Store, StoreError, WindowStatus};
 use crate::policy::Algorithm;
-use crate::shard::{KeyMap, Padded};
+use crate::shard::{sparse, KeyMap, Padded};
 
 /// Counts kept in this process's memory.
 ///
@@ -447,7 +447,7 @@ impl Shard {
                 }
                 expires > now
             });
-            if table.map.capacity() > 64 && table.map.len() * 4 < table.map.capacity() {
+            if sparse(table.map.len(), table.map.capacity()) {
                 table.map.shrink_to(table.map.len() * 2);
             }
         }
