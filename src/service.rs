@@ -363,19 +363,16 @@ fn extract_key<'a>(
     max_len: usize,
 ) -> Result<Key<'a>, KeyError> {
     let key = limit.key.extract(view)?;
-    if key.len() > max_len {
-        return Err(
-            KeyError::new(KeyErrorKind::TooLong, limit.key.describe().into_owned())
-                .with_detail(format!("The limit is {max_len} bytes.")),
-        );
-    }
-    if key.is_empty() {
-        return Err(KeyError::new(
-            KeyErrorKind::Empty,
-            limit.key.describe().into_owned(),
-        ));
-    }
-    Ok(key)
+    let kind = match key.len() {
+        0 => KeyErrorKind::Empty,
+        len if len > max_len => KeyErrorKind::TooLong,
+        _ => return Ok(key),
+    };
+    let error = KeyError::new(kind, limit.key.describe().into_owned());
+    Err(match kind {
+        KeyErrorKind::TooLong => error.with_detail(format!("The limit is {max_len} bytes.")),
+        _ => error,
+    })
 }
 
 fn decide(policy: &PolicyInner, outcome: &Outcome, origin: &[WindowOrigin], now: u64) -> Decision {
