@@ -124,11 +124,14 @@ where
                         }
                     }
                     applied.penalty_keys.push(penalty_key);
-                    checks.push(if limit.shadow {
-                        Check::shadow(bucket, &route.quota)
-                    } else {
-                        Check::new(bucket, &route.quota)
-                    });
+                    checks.push(
+                        if limit.shadow {
+                            Check::shadow(bucket, &route.quota)
+                        } else {
+                            Check::new(bucket, &route.quota)
+                        }
+                        .in_limit(&limit.name),
+                    );
                     applied.origin.push((li as u16, ri as u16));
                     applied.buckets.push(bucket);
                 }

@@ -45,6 +45,9 @@ pub struct Check<'a> {
     /// request is admitted and it would have admitted it too, and its verdict
     /// is reported in [`Outcome::shadow_refused`].
     pub shadow: bool,
+    /// The name of the limit the check belongs to (empty when unknown), for
+    /// stores whose behaviour differs per limit (a failure policy, say).
+    pub limit: &'a str,
 }
 
 impl<'a> Check<'a> {
@@ -54,6 +57,7 @@ impl<'a> Check<'a> {
             bucket,
             quota,
             shadow: false,
+            limit: "",
         }
     }
 
@@ -63,6 +67,12 @@ impl<'a> Check<'a> {
             shadow: true,
             ..Check::new(bucket, quota)
         }
+    }
+
+    /// The same check, naming the limit it belongs to.
+    #[must_use]
+    pub fn in_limit(self, limit: &'a str) -> Self {
+        Check { limit, ..self }
     }
 }
 
