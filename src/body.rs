@@ -7,13 +7,23 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::concurrency::Permit;
+
+/// The in-flight slots a response holds (see
+/// [`Quota::in_flight`](crate::Quota::in_flight)).
+pub(crate) type Slots = Option<Box<[Permit]>>;
+
 pin_project! {
     /// The inner service's body, or the body of a response the layer produced
     /// itself (a refusal). No foreign body type shows in the API.
+    ///
+    /// A request of an in-flight-capped limit holds its slot in this body:
+    /// the slot is freed when the body has been sent to its end, or dropped.
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
+        slots: Slots,
     }
 }
 
@@ -31,6 +41,15 @@ impl<B> ResponseBody<B> {
     pub fn new(body: B) -> Self {
         ResponseBody {
             kind: Kind::Inner { body },
+            slots: None,
+        }
+    }
+
+    /// Wraps the inner service's body, which holds `slots` until it ends.
+    pub(crate) fn holding(body: B, slots: Slots) -> Self {
+        ResponseBody {
+            kind: Kind::Inner { body },
+            slots,
         }
     }
 
@@ -40,6 +59,7 @@ impl<B> ResponseBody<B> {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
             },
+            slots: None,
         }
     }
 }
@@ -56,10 +76,20 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Inner { body } => body.poll_frame(cx),
+        let this = self.project();
+        let frame = match this.kind.project() {
+            KindProj::Inner { body } => {
+                let frame = body.poll_frame(cx);
+                if this.slots.is_some() && matches!(frame, Poll::Ready(None)) {
+                    // The whole body is out: free the slots now, not when
+                    // the connection gets round to dropping it.
+                    *this.slots = None;
+                }
+                frame
+            }
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d.into())))),
-        }
+        };
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -37,6 +37,10 @@ pub enum RefusalReason {
     /// The key is temporarily banned after repeated refusals (see
     /// [`Limit::penalty`](crate::Limit::penalty)).
     Banned,
+    /// The key had no free in-flight slot (see
+    /// [`Quota::in_flight`](crate::Quota::in_flight)): refused at once, or
+    /// after its queue was full or its wait ran out.
+    Busy,
 }
 
 /// One window the request was counted in (or checked against).
@@ -57,8 +61,11 @@ pub struct WindowReport {
     pub reset: u64,
     /// Seconds until `reset`, rounded up.
     pub reset_after: u64,
-    /// The window's period in seconds, rounded up.
+    /// The window's period in seconds, rounded up (0 for an in-flight cap).
     pub period: u64,
+    /// Whether this is an in-flight cap rather than a window: `limit`
+    /// requests at once, `remaining` slots free.
+    pub concurrent: bool,
 }
 
 /// The layer's decision about a request: put into the request's extensions
@@ -139,6 +146,51 @@ impl Decision {
         }
     }
 
+    /// A refusal because a key had no free in-flight slot; `reported` is the
+    /// cap that refused it.
+    pub(crate) fn busy(retry_after: u64, now: u64, mut reported: WindowReport) -> Self {
+        reported.remaining = 0;
+        reported.reset = now.div_ceil(NANOS) + retry_after;
+        reported.reset_after = retry_after;
+        let mut windows = SmallVec::new();
+        windows.push(reported);
+        Decision {
+            refusal: Some(RefusalReason::Busy),
+            shadow_refused: false,
+            retry_after,
+            reported: 0,
+            windows,
+        }
+    }
+
+    /// Adds the in-flight caps a request holds slots of (after its windows).
+    /// They become the reported window only when no window was counted.
+    pub(crate) fn with_caps(mut self, caps: impl IntoIterator<Item = WindowReport>) -> Self {
+        let counted = !self.windows.is_empty();
+        self.windows.extend(caps);
+        if !counted {
+            self.reported = 0;
+        }
+        self
+    }
+
+    /// A decision with no window, for a request only capped in flight.
+    pub(crate) fn admitted() -> Self {
+        Decision {
+            refusal: None,
+            shadow_refused: false,
+            retry_after: 0,
+            reported: 0,
+            windows: SmallVec::new(),
+        }
+    }
+
+    /// Marks that a shadow limit would have refused the request.
+    pub(crate) fn with_shadow_refusal(mut self, refused: bool) -> Self {
+        self.shadow_refused |= refused;
+        self
+    }
+
     /// Only the reported window of an *admitted* request: what the
     /// `X-RateLimit-*` headers need, without building the whole decision.
     pub(crate) fn reported_window(
@@ -209,6 +261,7 @@ fn window_report(
         reset: (now + w.reset_after).div_ceil(NANOS),
         reset_after: w.reset_after.div_ceil(NANOS),
         period: period.div_ceil(NANOS),
+        concurrent: false,
     }
 }
 

@@ -8,7 +8,7 @@ use std::task::{ready, Context, Poll};
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, Slots};
 use crate::decision::Decision;
 use crate::headers::PendingHeaders;
 
@@ -31,6 +31,7 @@ pin_project! {
             future: F,
             headers: Option<PendingHeaders>,
             decision: Option<Box<Decision>>,
+            slots: Slots,
         },
         Produced {
             response: Option<Response<ResponseBody<B>>>,
@@ -46,12 +47,14 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         future: F,
         headers: Option<PendingHeaders>,
         decision: Option<Box<Decision>>,
+        slots: Slots,
     ) -> Self {
         ResponseFuture {
             state: State::Inner {
                 future,
                 headers,
                 decision,
+                slots,
             },
         }
     }
@@ -83,9 +86,11 @@ where
                 future,
                 headers,
                 decision,
+                slots,
             } => {
                 let response = ready!(future.poll(cx))?;
-                let mut response = response.map(ResponseBody::new);
+                let slots = slots.take();
+                let mut response = response.map(|body| ResponseBody::holding(body, slots));
                 if let Some(headers) = headers.take() {
                     headers.write(response.headers_mut());
                 }

@@ -21,7 +21,9 @@ pub enum HeaderStyle {
     /// `RateLimit-Policy` and `RateLimit` of draft-ietf-httpapi-ratelimit-headers-10,
     /// one item per window the request was counted in:
     /// `RateLimit-Policy: "per_key.minute";q=60;w=60` and
-    /// `RateLimit: "per_key.minute";r=59;t=1`.
+    /// `RateLimit: "per_key.minute";r=59;t=1`; an in-flight cap is
+    /// `"calls.concurrency";q=10;qu="concurrent-requests"` and
+    /// `"calls.concurrency";r=9`.
     Ietf,
     /// Both of the above.
     Both,
@@ -134,6 +136,16 @@ fn ietf_fields(
     for (i, w) in windows.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
         let name = name(w);
+        if w.concurrent {
+            // An in-flight cap has no window and no reset.
+            let _ = write!(
+                policy,
+                "{sep}\"{name}\";q={};qu=\"concurrent-requests\"",
+                w.limit
+            );
+            let _ = write!(state, "{sep}\"{name}\";r={}", w.remaining);
+            continue;
+        }
         let _ = write!(policy, "{sep}\"{name}\";q={};w={}", w.limit, w.period);
         let _ = write!(
             state,

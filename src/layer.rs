@@ -6,9 +6,10 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
+use crate::concurrency::ConcurrencyLimiter;
 use crate::event::{Event, Hook};
 use crate::penalty::PenaltyBox;
-use crate::policy::Policy;
+use crate::policy::{Overrides, Policy};
 use crate::service::RateLimit;
 use crate::store::{MemoryStore, Store};
 
@@ -41,6 +42,7 @@ pub(crate) struct Shared<St> {
     pub(crate) decision_extensions: bool,
     pub(crate) on_event: Option<Hook>,
     pub(crate) penalties: Arc<PenaltyBox>,
+    pub(crate) in_flight: ConcurrencyLimiter,
 }
 
 impl<St> Clone for Shared<St> {
@@ -52,6 +54,7 @@ impl<St> Clone for Shared<St> {
             decision_extensions: self.decision_extensions,
             on_event: self.on_event.clone(),
             penalties: Arc::clone(&self.penalties),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -79,6 +82,7 @@ impl<St: Store> RateLimitLayer<St> {
                 decision_extensions: true,
                 on_event: None,
                 penalties: Arc::new(PenaltyBox::new()),
+                in_flight: ConcurrencyLimiter::new(),
             }),
         }
     }
@@ -118,9 +122,29 @@ impl<St: Store> RateLimitLayer<St> {
         self
     }
 
+    /// Keeps the in-flight slots of capped limits (see
+    /// [`Quota::in_flight`](crate::Quota::in_flight)) in `limiter` (default:
+    /// a limiter of this layer's own). Layers that share a limiter share
+    /// their slots.
+    pub fn concurrency_limiter(mut self, limiter: ConcurrencyLimiter) -> Self {
+        Arc::make_mut(&mut self.shared).in_flight = limiter;
+        self
+    }
+
     /// The policy.
     pub fn policy(&self) -> &Policy {
         &self.shared.policy
+    }
+
+    /// The handle that sets keys' own quotas at runtime (the policy's, see
+    /// [`Policy::overrides`]).
+    pub fn overrides(&self) -> Overrides {
+        self.shared.policy.overrides()
+    }
+
+    /// The in-flight slots of capped limits.
+    pub fn in_flight(&self) -> &ConcurrencyLimiter {
+        &self.shared.in_flight
     }
 
     /// The store.

@@ -153,6 +153,9 @@ pub use headers::{
     X_RATELIMIT_RESET,
 };
 pub use layer::RateLimitLayer;
-pub use policy::{Algorithm, CustomKeys, Limit, MissingKey, Policy, PolicyBuilder, Quota, Window};
+pub use policy::{
+    Algorithm, CustomKeys, Limit, MissingKey, Override, Overrides, Policy, PolicyBuilder, Quota,
+    Tiers, Window,
+};
 pub use response::{CustomBody, Refusal, RefusalFormat, X_REQUEST_ID};
 pub use service::RateLimit;

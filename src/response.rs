@@ -193,23 +193,39 @@ pub(crate) fn refusal(
     request_headers: &HeaderMap,
 ) -> Produced {
     let retry = decision.retry_after().unwrap_or(1);
+    let reason = decision.refusal();
+    let banned = reason == Some(RefusalReason::Banned);
+    let busy = reason == Some(RefusalReason::Busy);
     if is_grpc(request_headers) {
-        let message = format!("rate limit exceeded, retry after {}", seconds(retry));
-        return grpc(8, &message);
+        let what = if busy {
+            "too many requests in flight"
+        } else {
+            "rate limit exceeded"
+        };
+        return grpc(8, &format!("{what}, retry after {}", seconds(retry)));
     }
     let request_id = request_id(request_headers);
     let wait = seconds(retry);
-    // A ban keeps each format's shape and codes; its message says what it is.
-    let banned = decision.refusal() == Some(RefusalReason::Banned);
+    // A ban or a busy answer keeps each format's shape; its message (and,
+    // where the format has its own code for it, its code) says what it is.
     let try_again = if banned {
         format!("Temporarily blocked after repeated rate-limit violations. Try again in {wait}.")
+    } else if busy {
+        format!("Too many requests in flight. Try again in {wait}.")
     } else {
         format!("Rate limit exceeded. Try again in {wait}.")
+    };
+    let code = if banned {
+        "temporarily_blocked"
+    } else if busy {
+        "concurrency_limit_exceeded"
+    } else {
+        "rate_limit_exceeded"
     };
     let (content_type, body, with_id) = match format {
         RefusalFormat::Json => (
             "application/json",
-            json!({"error": {"code": if banned { "temporarily_blocked" } else { "rate_limit_exceeded" },
+            json!({"error": {"code": code,
                 "message": try_again,
                 "retry_after": retry}}),
             false,
@@ -224,9 +240,11 @@ pub(crate) fn refusal(
         ),
         RefusalFormat::Flireo => (
             "application/json",
-            json!({"error": {"code": "rate_limit_exceeded",
+            json!({"error": {"code": if busy { code } else { "rate_limit_exceeded" },
             "message": if banned {
                 format!("Temporarily blocked after repeated rate-limit violations. Please retry after {wait}.")
+            } else if busy {
+                format!("Too many requests in flight. Please retry after {wait}.")
             } else {
                 format!("Too many requests. Please retry after {wait}.")
             }}}),
@@ -234,8 +252,13 @@ pub(crate) fn refusal(
         ),
         RefusalFormat::Nixflex => (
             "application/json",
-            json!({"error": {"type": "rate_limit_error", "code": "rate_limit_exceeded",
-                "message": try_again,
+            json!({"error": {"type": "rate_limit_error",
+                "code": if busy { code } else { "rate_limit_exceeded" },
+                "message": if busy {
+                    format!("Concurrency limit reached. Try again in {wait}.")
+                } else {
+                    try_again
+                },
                 "details": {"retry_after": retry}}}),
             false,
         ),
@@ -252,6 +275,8 @@ pub(crate) fn refusal(
             "response": {"error": {"code": "rate_limit_exceeded",
             "message": if banned {
                 "temporarily throttled after repeated rate limit violations please retry after some time"
+            } else if busy {
+                "too many concurrent requests please retry after some time"
             } else {
                 "rate limit exceeded please retry after some time"
             }}}}),

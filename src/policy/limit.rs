@@ -6,10 +6,12 @@ use std::sync::Arc;
 use http::Method;
 
 use super::methods::Methods;
+use super::overrides::{Override, Own};
 use super::pattern::{Captures, PathPattern, PathSegments};
 use super::quota::Quota;
-use crate::error::ConfigError;
-use crate::key::{route_id, KeyExtractor, KeySecret};
+use super::tiers::Tiers;
+use crate::error::{ConfigError, ConfigErrorKind};
+use crate::key::{route_id, Key, KeyExtractor, KeySecret};
 use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
 
@@ -56,12 +58,14 @@ pub enum MissingKey {
 pub struct Limit {
     pub(crate) name: String,
     pub(crate) key: Arc<dyn KeyExtractor>,
-    pub(crate) routes: Vec<(String, Quota)>,
+    pub(crate) routes: Vec<(String, Tiers)>,
     pub(crate) missing_key: MissingKey,
     pub(crate) shadow: bool,
     pub(crate) exempt_keys: Vec<String>,
     pub(crate) exempt_ips: Vec<String>,
     pub(crate) penalty: Option<Penalty>,
+    pub(crate) plan: Option<Arc<dyn KeyExtractor>>,
+    pub(crate) overrides: Vec<(String, Override)>,
 }
 
 impl Limit {
@@ -81,21 +85,57 @@ impl Limit {
             exempt_keys: Vec::new(),
             exempt_ips: Vec::new(),
             penalty: None,
+            plan: None,
+            overrides: Vec::new(),
         }
     }
 
-    /// Adds a route (`"[METHODS] PATTERN"`) and its quota, tried after the
-    /// routes before it.
+    /// Adds a route (`"[METHODS] PATTERN"`) and its quota (a [`Quota`], or
+    /// [`Tiers`] of quotas by plan), tried after the routes before it.
     #[must_use]
-    pub fn route(mut self, route: impl Into<String>, quota: Quota) -> Self {
-        self.routes.push((route.into(), quota));
+    pub fn route(mut self, route: impl Into<String>, quota: impl Into<Tiers>) -> Self {
+        self.routes.push((route.into(), quota.into()));
         self
     }
 
     /// Adds a route for every request: the same as `.route("*", quota)`.
     #[must_use]
-    pub fn quota(self, quota: Quota) -> Self {
+    pub fn quota(self, quota: impl Into<Tiers>) -> Self {
         self.route("*", quota)
+    }
+
+    /// Reads each request's plan with `plan` (an extractor whose value is
+    /// the plan's name, such as the plan an authentication layer put in the
+    /// request's extensions); routes give each plan its quota with
+    /// [`Tiers`]. A request with no plan, or a plan a route does not name,
+    /// gets the route's default quota.
+    ///
+    /// ```
+    /// use tower_ratelimit::{key::{Extension, Key}, Limit, Quota, Tiers, Window};
+    ///
+    /// #[derive(Clone)]
+    /// struct Account { id: u64, plan: String }
+    ///
+    /// let per_account = Limit::new("per_account", Extension::new(|a: &Account| Key::from(a.id)))
+    ///     .plan_from(Extension::new(|a: &Account| Key::from(a.plan.as_str())))
+    ///     .quota(Tiers::new(Quota::new(Window::per_minute(100)))
+    ///         .plan("pro", Quota::new(Window::per_minute(1000))));
+    /// # let _ = per_account;
+    /// ```
+    #[must_use]
+    pub fn plan_from(mut self, plan: impl KeyExtractor) -> Self {
+        self.plan = Some(Arc::new(plan));
+        self
+    }
+
+    /// Gives `key` its own quotas in this limit (a plan, or one quota for
+    /// every route), whatever plan its requests carry. Keys listed here are
+    /// kept only as keyed hashes; [`Policy::overrides`](crate::Policy::overrides)
+    /// changes them at runtime.
+    #[must_use]
+    pub fn key_override(mut self, key: impl Into<String>, value: Override) -> Self {
+        self.overrides.push((key.into(), value));
+        self
     }
 
     /// Sets what happens when a request has no usable key.
@@ -172,12 +212,32 @@ impl Limit {
                 "a limit needs at least one route",
             ));
         }
+        if self.routes.len() > MAX_ROUTES {
+            return Err(ConfigError::invalid(
+                "routes",
+                format!("a limit has at most {MAX_ROUTES} routes"),
+            ));
+        }
+        let mut plans: Vec<Box<str>> = Vec::new();
+        for (_, tiers) in &self.routes {
+            for (name, _) in &tiers.plans {
+                if !plans.iter().any(|p| **p == **name) {
+                    plans.push(name.as_str().into());
+                }
+            }
+        }
+        if plans.len() > usize::from(u8::MAX) {
+            return Err(ConfigError::invalid(
+                "routes",
+                format!("a limit names at most {} plans", u8::MAX),
+            ));
+        }
         let routes = self
             .routes
             .iter()
             .enumerate()
-            .map(|(i, (spec, quota))| {
-                let route = Route::parse(spec, quota.clone(), route_id(&self.name, i))
+            .map(|(i, (spec, tiers))| {
+                let route = Route::parse(spec, tiers, &plans, route_id(&self.name, i))
                     .map_err(|e| e.within(format!("routes[{i}]")))?;
                 if let Some(capture) = self.key.required_capture() {
                     if !route.pattern.capture_names().any(|c| c == capture) {
@@ -194,7 +254,7 @@ impl Limit {
                 Ok(route)
             })
             .collect::<Result<_, ConfigError>>()?;
-        Ok(CompiledLimit {
+        let mut limit = CompiledLimit {
             name: self.name.as_str().into(),
             key: Arc::clone(&self.key),
             routes,
@@ -202,13 +262,37 @@ impl Limit {
             shadow: self.shadow,
             penalty: self.penalty,
             penalty_domain: route_id(&self.name, usize::MAX - 1),
+            override_domain: route_id(&self.name, usize::MAX - 2),
+            concurrency_domain: route_id(&self.name, usize::MAX - 3),
             exemptions: Exemptions::compile(
                 &self.name,
                 &self.exempt_keys,
                 &self.exempt_ips,
                 secret,
             )?,
-        })
+            plan: self.plan.clone(),
+            plans: plans.into(),
+            listed: Vec::new(),
+        };
+        limit.listed = self
+            .overrides
+            .iter()
+            .enumerate()
+            .map(|(i, (key, value))| {
+                if key.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("overrides[{i}].key"),
+                        "an override's key cannot be empty",
+                    ));
+                }
+                let own = limit
+                    .own(value)
+                    .map_err(|e| e.within(format!("overrides[{i}]")))?;
+                let hash = secret.bucket(limit.override_domain, &Key::from(key.as_str()));
+                Ok((hash, own))
+            })
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(limit)
     }
 }
 
@@ -225,6 +309,11 @@ impl fmt::Debug for Limit {
             )
             .field("exempt_ips", &self.exempt_ips)
             .field("penalty", &self.penalty)
+            .field("plan_from", &self.plan.as_ref().map(|p| p.describe()))
+            .field(
+                "overrides",
+                &format_args!("<{} keys>", self.overrides.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -240,10 +329,65 @@ pub(crate) struct CompiledLimit {
     /// The hash domain of this limit's penalty keys: one per key, whatever
     /// the route.
     pub(crate) penalty_domain: u64,
+    /// The hash domain of this limit's overrides.
+    pub(crate) override_domain: u64,
+    /// The hash domain of this limit's in-flight slots: one count per key,
+    /// whatever the route.
+    pub(crate) concurrency_domain: u64,
     pub(crate) exemptions: Exemptions,
+    /// Where a request's plan comes from.
+    pub(crate) plan: Option<Arc<dyn KeyExtractor>>,
+    /// The plans the routes name, in order of first mention.
+    pub(crate) plans: Box<[Box<str>]>,
+    /// The overrides the policy lists: keyed hashes and values.
+    pub(crate) listed: Vec<(u64, Own)>,
 }
 
+/// The most routes one limit may have.
+const MAX_ROUTES: usize = 64;
+
 impl CompiledLimit {
+    /// Compiles an override against this limit's plans.
+    pub(crate) fn own(&self, value: &Override) -> Result<Own, ConfigError> {
+        match value {
+            Override::Plan(name) => self
+                .plans
+                .iter()
+                .position(|p| **p == **name)
+                .map(|i| Own::Plan(i as u8))
+                .ok_or_else(|| {
+                    let known: Vec<_> = self.plans.iter().map(|p| format!("`{p}`")).collect();
+                    ConfigError::new(
+                        ConfigErrorKind::UnknownName,
+                        "plan",
+                        format!(
+                            "no route of limit `{}` names the plan `{}` (known: {})",
+                            self.name,
+                            name.escape_debug(),
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    )
+                }),
+            Override::Quota(quota) => {
+                quota.validate().map_err(|e| e.within("quota"))?;
+                Ok(Own::Quota(Arc::new(quota.clone())))
+            }
+        }
+    }
+
+    /// The index of the plan named `name`, if a route names it.
+    pub(crate) fn plan_index(&self, name: &Key<'_>) -> Option<u8> {
+        let name = name.to_bytes();
+        self.plans
+            .iter()
+            .position(|p| p.as_bytes() == &*name)
+            .map(|i| i as u8)
+    }
+
     /// The first route that matches, with its index and captures.
     pub(crate) fn route_for<'s: 'p, 'p>(
         &'s self,
@@ -276,25 +420,50 @@ impl fmt::Debug for CompiledLimit {
 pub(crate) struct Route {
     pub(crate) methods: Methods,
     pub(crate) pattern: PathPattern,
+    /// The default quota.
     pub(crate) quota: Quota,
+    /// The quota of each of the limit's plans, where this route names it.
+    pub(crate) plans: Box<[Option<Quota>]>,
     /// Stable id of (limit, route index), hashed into every bucket.
     pub(crate) id: u64,
 }
 
 impl Route {
-    fn parse(spec: &str, quota: Quota, id: u64) -> Result<Route, ConfigError> {
+    fn parse(spec: &str, tiers: &Tiers, plans: &[Box<str>], id: u64) -> Result<Route, ConfigError> {
         let spec = spec.trim();
         let (methods, path) = match spec.split_once(char::is_whitespace) {
             Some((methods, path)) => (methods.parse::<Methods>()?, path.trim()),
             None => (Methods::ANY, spec),
         };
         let pattern = PathPattern::parse(path).map_err(|e| e.within("path"))?;
-        quota.validate()?;
+        tiers.default.validate()?;
+        for (name, quota) in &tiers.plans {
+            quota
+                .validate()
+                .map_err(|e| e.within(format!("plans.{name}")))?;
+        }
+        let plans = plans
+            .iter()
+            .map(|p| {
+                tiers
+                    .plans
+                    .iter()
+                    .find(|(n, _)| **n == **p)
+                    .map(|(_, q)| q.clone())
+            })
+            .collect();
         Ok(Route {
             methods,
             pattern,
-            quota,
+            quota: tiers.default.clone(),
+            plans,
             id,
         })
+    }
+
+    /// The quota of a request on plan `plan` (an index into the limit's plans).
+    pub(crate) fn quota_for(&self, plan: Option<u8>) -> &Quota {
+        plan.and_then(|p| self.plans.get(usize::from(p))?.as_ref())
+            .unwrap_or(&self.quota)
     }
 }

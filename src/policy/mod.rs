@@ -27,12 +27,15 @@ mod config;
 mod exemptions;
 mod limit;
 mod methods;
+mod overrides;
 pub(crate) mod pattern;
 mod quota;
 pub(crate) mod rate_text;
+mod tiers;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 
@@ -40,8 +43,11 @@ pub use config::CustomKeys;
 pub(crate) use limit::{CompiledLimit, Route};
 pub use limit::{Limit, MissingKey};
 pub use methods::Methods;
+pub(crate) use overrides::{Before, Entry, OverrideTable, Own};
+pub use overrides::{Override, Overrides};
 pub use pattern::{Captures, PathPattern, PathSegments};
 pub use quota::{Algorithm, Quota, Window};
+pub use tiers::Tiers;
 
 use crate::decision::{ReportedWindow, WindowReport};
 use crate::error::ConfigError;
@@ -68,9 +74,20 @@ pub(crate) struct PolicyInner {
     pub(crate) refusal_status: StatusCode,
     pub(crate) max_key_len: usize,
     pub(crate) secret: KeySecret,
+    /// The status of a "busy" refusal (no free in-flight slot).
+    pub(crate) busy_status: StatusCode,
+    /// The `Retry-After` of a "busy" refusal, in whole seconds.
+    pub(crate) busy_retry_after: u64,
+    pub(crate) overrides: OverrideTable,
 }
 
 impl Policy {
+    /// The handle that sets keys' own quotas at runtime; every layer built
+    /// from this policy (or a clone of it) sees its changes.
+    pub fn overrides(&self) -> Overrides {
+        Overrides::new(Arc::clone(&self.inner))
+    }
+
     /// A builder for a policy.
     pub fn builder() -> PolicyBuilder {
         PolicyBuilder::default()
@@ -87,17 +104,19 @@ impl Policy {
     }
 
     /// A window's name in the IETF headers: `<limit>.<period>`.
+    /// (`<limit>.concurrency` for an in-flight cap).
     pub(crate) fn window_name(&self, w: &WindowReport) -> String {
         let limit = &self.inner.limits[usize::from(w.limit_index)];
-        let route = &limit.routes[usize::from(w.route_index)];
-        let window = route.quota.windows()[usize::from(w.window_index)];
+        if w.concurrent {
+            return format!("{}.concurrency", limit.name);
+        }
         struct Period(std::time::Duration);
         impl fmt::Display for Period {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 rate_text::fmt_period(self.0, f)
             }
         }
-        format!("{}.{}", limit.name, Period(window.period()))
+        format!("{}.{}", limit.name, Period(Duration::from_secs(w.period)))
     }
 }
 
@@ -125,6 +144,8 @@ pub struct PolicyBuilder {
     refusal_status: StatusCode,
     max_key_len: usize,
     secret: Option<KeySecret>,
+    busy_status: StatusCode,
+    busy_retry_after: Duration,
 }
 
 impl Default for PolicyBuilder {
@@ -137,6 +158,8 @@ impl Default for PolicyBuilder {
             refusal_status: StatusCode::TOO_MANY_REQUESTS,
             max_key_len: DEFAULT_MAX_KEY_LEN,
             secret: None,
+            busy_status: StatusCode::TOO_MANY_REQUESTS,
+            busy_retry_after: Duration::from_secs(1),
         }
     }
 }
@@ -187,6 +210,21 @@ impl PolicyBuilder {
         self
     }
 
+    /// Sets the status of a "busy" refusal, when a request finds no free
+    /// in-flight slot (default 429).
+    pub fn busy_status(mut self, status: StatusCode) -> Self {
+        self.busy_status = status;
+        self
+    }
+
+    /// Sets the `Retry-After` of a "busy" refusal (default 1 s; rounded up
+    /// to whole seconds). No one knows when a request in flight will end,
+    /// so this is a hint, not a promise.
+    pub fn busy_retry_after(mut self, after: Duration) -> Self {
+        self.busy_retry_after = after;
+        self
+    }
+
     /// Checks and compiles the policy.
     pub fn build(self) -> Result<Policy, ConfigError> {
         if self.limits.is_empty() {
@@ -204,12 +242,22 @@ impl PolicyBuilder {
         if self.max_key_len == 0 {
             return Err(ConfigError::invalid("max_key_len", "must be at least 1"));
         }
-        if !(self.refusal_status.is_client_error() || self.refusal_status.is_server_error()) {
-            return Err(ConfigError::invalid(
-                "refusal_status",
-                format!("{} is not an error status", self.refusal_status),
-            ));
+        for (field, status) in [
+            ("refusal_status", self.refusal_status),
+            ("busy_status", self.busy_status),
+        ] {
+            if !(status.is_client_error() || status.is_server_error()) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{status} is not an error status"),
+                ));
+            }
         }
+        let busy_retry_after = self
+            .busy_retry_after
+            .as_nanos()
+            .div_ceil(1_000_000_000)
+            .clamp(1, 86_400) as u64;
         let secret = self.secret.unwrap_or_else(KeySecret::random);
         let mut limits = Vec::with_capacity(self.limits.len());
         for (i, limit) in self.limits.iter().enumerate() {
@@ -229,7 +277,8 @@ impl PolicyBuilder {
             let found = limits
                 .iter()
                 .flat_map(|l| l.routes.iter())
-                .flat_map(|r| r.quota.windows())
+                .flat_map(|r| std::iter::once(&r.quota).chain(r.plans.iter().flatten()))
+                .flat_map(|q| q.windows())
                 .any(|w| w.period() == period);
             if !found {
                 return Err(ConfigError::invalid(
@@ -238,8 +287,16 @@ impl PolicyBuilder {
                 ));
             }
         }
+        let overrides = OverrideTable::new(limits.len());
+        for (i, limit) in limits.iter_mut().enumerate() {
+            let listed = std::mem::take(&mut limit.listed);
+            overrides.load(i, limit.routes.len(), listed);
+        }
         Ok(Policy {
             inner: Arc::new(PolicyInner {
+                busy_status: self.busy_status,
+                busy_retry_after,
+                overrides,
                 limits: limits.into(),
                 headers: self.headers,
                 report: self.report,

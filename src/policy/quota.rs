@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::concurrency::Mode;
 use crate::error::ConfigError;
 
 /// How a window counts requests.
@@ -190,11 +191,30 @@ impl From<governor::Quota> for Window {
 ///     .algorithm(Algorithm::FixedWindow);
 /// assert_eq!(quota.algorithm_kind(), Algorithm::FixedWindow);
 /// ```
+///
+/// A quota can also cap the requests *in flight* (Nixflex: 10 calls at once
+/// on pay-as-you-go), alone or beside its windows:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ratelimit::{Quota, Window};
+///
+/// // Inbound calls: at most 10 at once, the 11th is refused at once.
+/// let inbound = Quota::in_flight(10);
+/// // Outbound calls: at most 10 at once, the rest wait (100 at most, 30 s at most).
+/// let outbound = Quota::in_flight(10).queue(100, Duration::from_secs(30));
+/// // 60 a minute, and never more than 5 at once.
+/// let both = Quota::new(Window::per_minute(60)).max_in_flight(5);
+/// assert_eq!(both.in_flight_cap(), Some(5));
+/// # let _ = (inbound, outbound);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quota {
     windows: Vec<Window>,
     cost: u32,
     algorithm: Algorithm,
+    in_flight: Option<u32>,
+    mode: Mode,
 }
 
 impl Quota {
@@ -202,9 +222,55 @@ impl Quota {
     pub fn new(window: Window) -> Self {
         Quota {
             windows: vec![window],
+            in_flight: None,
+            ..Quota::in_flight(0)
+        }
+    }
+
+    /// A quota that only caps the requests in flight at `max`: a request
+    /// over the cap is refused at once ("busy"), unless [`Quota::queue`]
+    /// lets it wait. The slot is held until the response body has been sent
+    /// or dropped. Counted per key across every route of the limit.
+    pub fn in_flight(max: u32) -> Self {
+        Quota {
+            windows: Vec::new(),
             cost: 1,
             algorithm: Algorithm::default(),
+            in_flight: Some(max),
+            mode: Mode::Refuse,
         }
+    }
+
+    /// Also caps the requests in flight at `max` (see [`Quota::in_flight`]).
+    #[must_use]
+    pub fn max_in_flight(mut self, max: u32) -> Self {
+        self.in_flight = Some(max);
+        self
+    }
+
+    /// Lets a request over the in-flight cap wait for a slot, first come
+    /// first served, instead of being refused at once: at most `max_queued`
+    /// wait per key, each at most `max_wait`; past either it is refused as
+    /// busy. A request that waits is counted in the quota's windows (if any)
+    /// only once it has its slot, so a request refused after waiting costs
+    /// nothing.
+    #[must_use]
+    pub fn queue(mut self, max_queued: usize, max_wait: Duration) -> Self {
+        self.mode = Mode::Queue {
+            max_queued,
+            max_wait,
+        };
+        self
+    }
+
+    /// The cap on requests in flight, if the quota has one.
+    pub fn in_flight_cap(&self) -> Option<u32> {
+        self.in_flight
+    }
+
+    /// What happens to a request over the in-flight cap.
+    pub fn in_flight_mode(&self) -> Mode {
+        self.mode
     }
 
     /// Adds a window that must also admit each request.
@@ -246,6 +312,18 @@ impl Quota {
     /// Checks that the quota can ever admit a request: a cost of at least 1
     /// that fits in every window, and no two windows of the same period.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.windows.is_empty() && self.in_flight.is_none() {
+            return Err(ConfigError::invalid(
+                "windows",
+                "a quota needs a window or an in-flight cap",
+            ));
+        }
+        if self.in_flight.is_none() && self.mode != Mode::Refuse {
+            return Err(ConfigError::invalid(
+                "queue",
+                "a queue needs an in-flight cap (`concurrency`)",
+            ));
+        }
         if self.cost == 0 {
             return Err(ConfigError::invalid("cost", "must be at least 1"));
         }

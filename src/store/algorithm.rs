@@ -48,6 +48,27 @@ pub(crate) fn expires_at(algorithm: Algorithm, period_ns: u64, state: u64, now: 
     }
 }
 
+/// `state`, charged under window `from`, expressed in window `to` of the
+/// same period with the same number of requests used. A GCRA state is a
+/// time debt of `used × interval`, so it scales with the interval; a fixed
+/// window's state is its count, which carries over as it is.
+pub(crate) fn carry_over(
+    algorithm: Algorithm,
+    from: &Window,
+    to: &Window,
+    state: u64,
+    now: u64,
+) -> u64 {
+    match algorithm {
+        Algorithm::Gcra if state > now && from.interval_ns() != to.interval_ns() => {
+            let debt = u128::from(state - now) * u128::from(to.interval_ns())
+                / u128::from(from.interval_ns());
+            now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
+        }
+        _ => state,
+    }
+}
+
 fn gcra(window: &Window, tat: u64, now: u64, cost: u32) -> Step {
     let t = window.interval_ns();
     let capacity = t * u64::from(window.limit());

@@ -5,9 +5,9 @@ use std::future::Pending;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
-use super::algorithm::{expires_at, step, Step};
+use super::algorithm::{carry_over, expires_at, step, Step};
 use super::{Check, Decided, Outcome, Store, StoreError, WindowStatus};
-use crate::policy::Algorithm;
+use crate::policy::{Algorithm, Quota, Window};
 use crate::shard::{sparse, KeyMap, Padded};
 
 /// Counts kept in this process's memory.
@@ -217,11 +217,19 @@ impl MemoryStore {
         let mut shadow_admitted = true;
         for (ci, check) in checks.iter().enumerate() {
             let shard_index = shard_slot(&ids, of_check[ci]);
-            let shard = &shards[shard_index];
+            let shard = &mut shards[shard_index];
             let algorithm = check.quota.algorithm_kind();
             for (wi, window) in check.quota.windows().iter().enumerate() {
                 let table = shard.table_index(algorithm, window.period_ns());
-                let state = table.and_then(|t| shard.tables[t].map.get(&check.bucket).copied());
+                let mut state = table.and_then(|t| shard.tables[t].map.get_mut(&check.bucket));
+                if let (Some(state), Some(from)) = (state.as_deref_mut(), check.previous) {
+                    // Counts charged under another quota carry over, kept
+                    // whatever this decision is.
+                    if let Some(old) = same_period(from, algorithm, window) {
+                        *state = carry_over(algorithm, old, window, *state, now);
+                    }
+                }
+                let state = state.map(|s| *s);
                 let s: Step = step(
                     algorithm,
                     window,
@@ -354,6 +362,18 @@ impl Store for MemoryStore {
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<Self::Pending> {
         Decided::Ready(Ok(self.decide(now, checks)))
     }
+}
+
+/// The window of `quota` counted like `window` (same algorithm and period).
+fn same_period<'q>(quota: &'q Quota, algorithm: Algorithm, window: &Window) -> Option<&'q Window> {
+    (quota.algorithm_kind() == algorithm)
+        .then(|| {
+            quota
+                .windows()
+                .iter()
+                .find(|w| w.period_ns() == window.period_ns())
+        })
+        .flatten()
 }
 
 fn shard_slot(ids: &[usize], shard: usize) -> usize {

@@ -48,6 +48,13 @@ pub struct Check<'a> {
     /// The name of the limit the check belongs to (empty when unknown), for
     /// stores whose behaviour differs per limit (a failure policy, say).
     pub limit: &'a str,
+    /// The quota this bucket's counts were last charged under, when it
+    /// differs from `quota` (the key's quota was changed by an override):
+    /// the store first carries the counts over to `quota`, keeping the
+    /// number of requests used in each window of the same period, and keeps
+    /// them converted even if it refuses the request. Stores that keep each
+    /// window's rate beside its state may convert on their own instead.
+    pub previous: Option<&'a Quota>,
 }
 
 impl<'a> Check<'a> {
@@ -58,6 +65,7 @@ impl<'a> Check<'a> {
             quota,
             shadow: false,
             limit: "",
+            previous: None,
         }
     }
 
@@ -67,6 +75,13 @@ impl<'a> Check<'a> {
             shadow: true,
             ..Check::new(bucket, quota)
         }
+    }
+
+    /// The same check, converting counts charged under `previous` first
+    /// (see [`Check::previous`](Check#structfield.previous)).
+    #[must_use]
+    pub fn converting_from(self, previous: Option<&'a Quota>) -> Self {
+        Check { previous, ..self }
     }
 
     /// The same check, naming the limit it belongs to.

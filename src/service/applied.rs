@@ -1,0 +1,167 @@
+//! What the layer knows of each limit that applies to a request: which
+//! quota (default, plan or override), which bucket, which in-flight slot.
+
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::concurrency::Mode;
+use crate::decision::WindowOrigin;
+use crate::key::{Key, RequestView};
+use crate::policy::{Before, CompiledLimit, Entry, Own, PolicyInner, Quota, Route};
+use crate::store::Check;
+
+/// Which quota applies: the route's for a plan (or its default), or a key's
+/// own quota.
+#[derive(Debug, Clone)]
+pub(super) enum QuotaRef {
+    Plan(Option<u8>),
+    Own(Arc<Quota>),
+}
+
+impl QuotaRef {
+    fn from_own(own: &Own) -> Self {
+        match own {
+            Own::Plan(p) => QuotaRef::Plan(Some(*p)),
+            Own::Quota(q) => QuotaRef::Own(Arc::clone(q)),
+        }
+    }
+
+    pub(super) fn get<'a>(&'a self, route: &'a Route) -> &'a Quota {
+        match self {
+            QuotaRef::Plan(plan) => route.quota_for(*plan),
+            QuotaRef::Own(quota) => quota,
+        }
+    }
+}
+
+/// A key's override entry in a limit, with the key's hash there.
+pub(super) struct Overridden {
+    entry: Arc<Entry>,
+    key: u64,
+}
+
+/// The quota that applies to `key` on route `route` of limit `index`: its
+/// override's, else its plan's, else the route's default. Returns the
+/// plan the request names, for converting counts (see [`Charge::checks`]).
+pub(super) fn resolve(
+    policy: &PolicyInner,
+    index: usize,
+    limit: &CompiledLimit,
+    key: &Key<'_>,
+    view: &RequestView<'_>,
+) -> (QuotaRef, Option<u8>, Option<Overridden>) {
+    let plan = limit
+        .plan
+        .as_ref()
+        .and_then(|source| source.extract(view).ok())
+        .and_then(|name| limit.plan_index(&name));
+    if !policy.overrides.any(index) {
+        return (QuotaRef::Plan(plan), plan, None);
+    }
+    let hash = policy.secret.bucket(limit.override_domain, key);
+    let Some(entry) = policy.overrides.get(index, hash) else {
+        return (QuotaRef::Plan(plan), plan, None);
+    };
+    let quota = entry
+        .own
+        .as_ref()
+        .map_or(QuotaRef::Plan(plan), QuotaRef::from_own);
+    (quota, plan, Some(Overridden { entry, key: hash }))
+}
+
+/// One limit's rate check of a request.
+pub(super) struct Charge {
+    pub(super) origin: WindowOrigin,
+    pub(super) bucket: u64,
+    /// The key in the limit's penalty box, if the limit has a penalty.
+    pub(super) penalty_key: Option<u64>,
+    pub(super) quota: QuotaRef,
+    /// The plan the request named (for counts charged before an override).
+    pub(super) plan: Option<u8>,
+    pub(super) overridden: Option<Overridden>,
+    pub(super) shadow: bool,
+}
+
+/// One limit's in-flight cap on a request.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claim {
+    pub(super) origin: WindowOrigin,
+    /// The key's slot count, in the limit's concurrency domain.
+    pub(super) key: u64,
+    /// The request's bucket, for events.
+    pub(super) bucket: u64,
+    pub(super) cap: u32,
+    pub(super) mode: Mode,
+    pub(super) shadow: bool,
+}
+
+/// What the layer knows of the limits that apply to a request.
+pub(super) struct Applied {
+    /// The (limit, route) of each charge, as the decision needs them.
+    pub(super) origin: SmallVec<[WindowOrigin; 4]>,
+    pub(super) charges: SmallVec<[Charge; 4]>,
+    pub(super) claims: SmallVec<[Claim; 1]>,
+    /// When the charges are decided (after any wait for a slot).
+    pub(super) now: u64,
+}
+
+impl Applied {
+    pub(super) fn new(now: u64) -> Self {
+        Applied {
+            origin: SmallVec::new(),
+            charges: SmallVec::new(),
+            claims: SmallVec::new(),
+            now,
+        }
+    }
+
+    /// The route of charge `check`.
+    pub(super) fn route<'p>(&self, policy: &'p PolicyInner, check: usize) -> &'p Route {
+        let (li, ri) = self.origin[check];
+        &policy.limits[usize::from(li)].routes[usize::from(ri)]
+    }
+
+    /// The quota of charge `check`.
+    pub(super) fn quota<'a>(&'a self, policy: &'a PolicyInner, check: usize) -> &'a Quota {
+        self.charges[check].quota.get(self.route(policy, check))
+    }
+
+    /// The store's checks. A charge whose key's quota changed since its
+    /// counts were last charged carries the old quota, once, so that the
+    /// store converts them.
+    pub(super) fn checks<'a>(&'a self, policy: &'a PolicyInner) -> SmallVec<[Check<'a>; 4]> {
+        let mut checks = SmallVec::new();
+        for (i, charge) in self.charges.iter().enumerate() {
+            let route = self.route(policy, i);
+            let limit = &policy.limits[usize::from(charge.origin.0)];
+            let quota = charge.quota.get(route);
+            let previous = charge.overridden.as_ref().and_then(|o| {
+                let before = o.entry.claim(usize::from(charge.origin.1))?;
+                policy
+                    .overrides
+                    .tidy(usize::from(charge.origin.0), o.key, &o.entry);
+                Some(match before {
+                    Before::Resolved => route.quota_for(charge.plan),
+                    Before::Own(Own::Plan(p)) => route.quota_for(Some(*p)),
+                    Before::Own(Own::Quota(q)) => &**q,
+                })
+            });
+            let check = if charge.shadow {
+                Check::shadow(charge.bucket, quota)
+            } else {
+                Check::new(charge.bucket, quota)
+            };
+            checks.push(check.in_limit(&limit.name).converting_from(previous));
+        }
+        checks
+    }
+
+    /// The period (ns) of window `window` of check `check`.
+    pub(super) fn period_of<'a>(
+        &'a self,
+        policy: &'a PolicyInner,
+    ) -> impl Fn(usize, usize) -> u64 + 'a {
+        move |check, window| self.quota(policy, check).windows()[window].period_ns()
+    }
+}

@@ -1,0 +1,144 @@
+//! Turning a store's outcome into the layer's decision: events, penalties
+//! and bans.
+
+use super::applied::Applied;
+use super::respond::window_report;
+use crate::decision::Decision;
+use crate::event::{Event, EventKind};
+use crate::layer::Shared;
+use crate::store::Outcome;
+
+/// The decision for a store outcome; a refusal that started a ban answers
+/// as the ban (its `Retry-After` is the ban's, so it stays honest).
+pub(super) fn decide_counted<St>(
+    shared: &Shared<St>,
+    outcome: &Outcome,
+    applied: &Applied,
+) -> Decision {
+    let policy = &*shared.policy.inner;
+    let decision = Decision::from_outcome(
+        outcome,
+        &applied.origin,
+        applied.now,
+        policy.report,
+        applied.period_of(policy),
+    );
+    if outcome.admitted() && !outcome.shadow_refused() {
+        return decision;
+    }
+    match report(shared, outcome, applied, &decision) {
+        Some((check, ban)) => {
+            let (li, ri) = applied.origin[check];
+            let quota = applied.quota(policy, check);
+            Decision::banned(
+                ban,
+                applied.now,
+                window_report(quota, usize::from(li), usize::from(ri), policy.report),
+            )
+        }
+        None => decision,
+    }
+}
+
+/// Reports the outcome (see [`emit`]) and counts refusals towards
+/// penalties. A refusal names the limit whose window makes the client wait
+/// longest and counts towards the penalty of every limit that refused; a
+/// shadow refusal names each shadow limit that would have refused. Returns
+/// the check whose refusal started a ban, with the ban's length.
+fn report<St>(
+    shared: &Shared<St>,
+    outcome: &Outcome,
+    applied: &Applied,
+    decision: &Decision,
+) -> Option<(usize, u64)> {
+    let policy = &*shared.policy.inner;
+    let statuses = outcome.windows();
+    let limit_of = |check: usize| usize::from(applied.origin[check].0);
+    let bucket_of = |check: usize| applied.charges[check].bucket;
+    let refusing = (0..applied.charges.len()).filter(|&c| {
+        statuses
+            .iter()
+            .any(|w| usize::from(w.check) == c && w.retry_after > 0)
+    });
+    if outcome.admitted() {
+        for check in refusing {
+            if policy.limits[limit_of(check)].shadow {
+                emit(
+                    shared,
+                    EventKind::ShadowRefused,
+                    limit_of(check),
+                    bucket_of(check),
+                    decision,
+                );
+            }
+        }
+        return None;
+    }
+    let binding = statuses
+        .iter()
+        .max_by_key(|w| w.retry_after)
+        .map_or(0, |w| usize::from(w.check));
+    emit(
+        shared,
+        EventKind::Refused,
+        limit_of(binding),
+        bucket_of(binding),
+        decision,
+    );
+    if outcome.is_capacity_refusal() {
+        return None;
+    }
+    let mut started = None;
+    for check in refusing {
+        let limit = &policy.limits[limit_of(check)];
+        if let (Some(penalty), Some(key)) = (&limit.penalty, applied.charges[check].penalty_key) {
+            if let Some(ban) = shared.penalties.record_refusal(key, applied.now, penalty) {
+                emit(
+                    shared,
+                    EventKind::Banned,
+                    limit_of(check),
+                    bucket_of(check),
+                    decision,
+                );
+                started = started.or(Some((check, ban)));
+            }
+        }
+    }
+    started
+}
+
+/// Tells the logs and the event hook about one refusal, ban or shadow
+/// refusal by limit `limit` of the request in `bucket`.
+pub(super) fn emit<St>(
+    shared: &Shared<St>,
+    kind: EventKind,
+    limit: usize,
+    bucket: u64,
+    decision: &Decision,
+) {
+    let limit = &*shared.policy.inner.limits[limit].name;
+    match kind {
+        EventKind::ShadowRefused => {
+            tracing::info!(limit, bucket, "shadow limit would have refused")
+        }
+        EventKind::Banned => {
+            tracing::info!(limit, bucket, "key banned after repeated refusals")
+        }
+        _ => tracing::debug!(
+            limit,
+            bucket,
+            retry_after = decision.retry_after().unwrap_or(0),
+            reason = ?decision.refusal(),
+            "request refused by rate limit"
+        ),
+    }
+    if let Some(hook) = &shared.on_event {
+        (hook.0)(&Event {
+            kind,
+            limit,
+            bucket: Some(bucket),
+            decision: Some(decision),
+            key_error: None,
+        });
+    }
+}
