@@ -48,7 +48,7 @@ use toml::Spanned;
 use super::methods::Methods;
 use super::pattern::PathPattern;
 use super::rate_text::{parse_duration, parse_window};
-use super::{Algorithm, Limit, MissingKey, Policy, PolicyBuilder, Quota, Window};
+use super::{Algorithm, Limit, MissingKey, Override, Policy, PolicyBuilder, Quota, Tiers, Window};
 use crate::decision::ReportedWindow;
 use crate::error::{ConfigError, ConfigErrorKind};
 use crate::headers::HeaderStyle;
@@ -444,6 +444,8 @@ struct FileSpec {
     report: Option<String>,
     refusal: Option<String>,
     refusal_status: Option<Int>,
+    busy_status: Option<Int>,
+    busy_retry_after: Option<String>,
     max_key_len: Option<Int>,
     #[serde(default)]
     limits: Vec<LimitSpec>,
@@ -464,8 +466,48 @@ struct LimitSpec {
     #[serde(default)]
     exempt_ips: Vec<String>,
     penalty: Option<PenaltySpec>,
+    plan: Option<KeySpec>,
     #[serde(default)]
     routes: Vec<RouteSpec>,
+    #[serde(default)]
+    overrides: Vec<OverrideSpec>,
+}
+
+/// One key's own quota (`windows` …) or plan (`plan`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(expecting = "an override table such as { key = \"k\", plan = \"pro\" }")]
+struct OverrideSpec {
+    key: String,
+    plan: Option<String>,
+    #[serde(default)]
+    windows: Vec<WindowSpec>,
+    cost: Option<Int>,
+    algorithm: Option<String>,
+    concurrency: Option<Int>,
+    queue: Option<QueueSpec>,
+}
+
+/// A quota's fields, as a route, a plan or an override gives them.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+#[serde(expecting = "a quota table such as { windows = [\"60/minute\"] } or { concurrency = 10 }")]
+struct QuotaSpec {
+    #[serde(default)]
+    windows: Vec<WindowSpec>,
+    cost: Option<Int>,
+    algorithm: Option<String>,
+    concurrency: Option<Int>,
+    queue: Option<QueueSpec>,
+}
+
+/// `queue = { max_queued = 100, max_wait = "30s" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(expecting = "a queue table such as { max_queued = 100, max_wait = \"30s\" }")]
+struct QueueSpec {
+    max_queued: Int,
+    max_wait: String,
 }
 
 #[derive(Deserialize)]
@@ -526,9 +568,14 @@ struct PeerIpOptions {
 struct RouteSpec {
     methods: Option<MethodsSpec>,
     path: Option<String>,
+    #[serde(default)]
     windows: Vec<WindowSpec>,
     cost: Option<Int>,
     algorithm: Option<String>,
+    concurrency: Option<Int>,
+    queue: Option<QueueSpec>,
+    #[serde(default)]
+    plans: std::collections::BTreeMap<String, QuotaSpec>,
 }
 
 /// `methods = ["GET", "POST"]` or `methods = "GET,POST"`.
@@ -683,6 +730,17 @@ impl FileSpec {
                 .map_err(|_| invalid("refusal_status", format!("{code} is not an HTTP status")))?;
             builder = builder.refusal_status(status);
         }
+        if let Some(status) = self.busy_status {
+            let code: u16 = int_in(status, 100, 999, "busy_status")?;
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| invalid("busy_status", format!("{code} is not an HTTP status")))?;
+            builder = builder.busy_status(status);
+        }
+        if let Some(after) = &self.busy_retry_after {
+            let after =
+                parse_duration(after).map_err(|reason| invalid("busy_retry_after", reason))?;
+            builder = builder.busy_retry_after(after);
+        }
         if let Some(len) = self.max_key_len {
             builder = builder.max_key_len(int_in(len, 1, i64::from(u32::MAX), "max_key_len")?);
         }
@@ -766,19 +824,129 @@ impl LimitSpec {
         if let Some(penalty) = self.penalty {
             limit = limit.penalty(penalty.into_penalty().map_err(|e| e.within("penalty"))?);
         }
+        if let Some(plan) = &self.plan {
+            let source = plan.extractor(custom, true).map_err(|e| e.within("plan"))?;
+            limit = limit.plan_from(SharedKey(source));
+        }
         for (j, route) in self.routes.into_iter().enumerate() {
-            let (spec, quota) = route
+            let (spec, tiers) = route
                 .into_route(default_algorithm)
                 .map_err(|e| e.within(format!("routes[{j}]")))?;
-            limit = limit.route(spec, quota);
+            limit = limit.route(spec, tiers);
+        }
+        for (j, spec) in self.overrides.into_iter().enumerate() {
+            let (key, value) = spec
+                .into_override(default_algorithm)
+                .map_err(|e| e.within(format!("overrides[{j}]")))?;
+            limit = limit.key_override(key, value);
         }
         Ok(limit)
     }
 }
 
+/// A shared extractor, as [`Limit::plan_from`] takes one.
+struct SharedKey(Arc<dyn KeyExtractor>);
+
+impl KeyExtractor for SharedKey {
+    fn extract<'a>(
+        &self,
+        request: &crate::key::RequestView<'a>,
+    ) -> Result<crate::key::Key<'a>, crate::key::KeyError> {
+        self.0.extract(request)
+    }
+
+    fn describe(&self) -> std::borrow::Cow<'_, str> {
+        self.0.describe()
+    }
+}
+
+impl OverrideSpec {
+    fn into_override(
+        self,
+        default_algorithm: Algorithm,
+    ) -> Result<(String, Override), ConfigError> {
+        let OverrideSpec {
+            key,
+            plan,
+            windows,
+            cost,
+            algorithm,
+            concurrency,
+            queue,
+        } = self;
+        let quota = QuotaSpec {
+            windows,
+            cost,
+            algorithm,
+            concurrency,
+            queue,
+        };
+        let has_quota = !quota.windows.is_empty() || quota.concurrency.is_some();
+        let value = match (plan, has_quota) {
+            (Some(_), true) => {
+                return Err(invalid(
+                    "plan",
+                    "give an override either a `plan` or its own quota (`windows`, `concurrency`), not both",
+                ))
+            }
+            (Some(plan), false) => Override::Plan(plan),
+            (None, _) => Override::Quota(quota.into_quota(default_algorithm)?),
+        };
+        Ok((key, value))
+    }
+}
+
+impl QuotaSpec {
+    fn into_quota(self, default_algorithm: Algorithm) -> Result<Quota, ConfigError> {
+        let mut windows = self
+            .windows
+            .iter()
+            .enumerate()
+            .map(|(k, w)| w.window().map_err(|e| e.within(format!("windows[{k}]"))));
+        let mut quota = match (windows.next(), self.concurrency) {
+            (Some(first), _) => Quota::new(first?),
+            (None, Some(max)) => {
+                Quota::in_flight(int_in(max, 0, i64::from(u32::MAX), "concurrency")?)
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "windows",
+                    "list at least one window, such as \"60/minute\", or set `concurrency`",
+                ))
+            }
+        };
+        for window in windows {
+            quota = quota.and(window?);
+        }
+        if let Some(max) = self.concurrency {
+            quota = quota.max_in_flight(int_in(max, 0, i64::from(u32::MAX), "concurrency")?);
+        }
+        if let Some(queue) = self.queue {
+            if self.concurrency.is_none() {
+                return Err(invalid(
+                    "queue",
+                    "a queue needs `concurrency` (the in-flight cap)",
+                ));
+            }
+            let max_queued = int_in(queue.max_queued, 0, 1_000_000, "queue.max_queued")?;
+            let max_wait = parse_duration(&queue.max_wait)
+                .map_err(|reason| invalid("queue.max_wait", reason))?;
+            quota = quota.queue(max_queued, max_wait);
+        }
+        if let Some(cost) = self.cost {
+            quota = quota.cost(int_in(cost, 1, i64::from(u32::MAX), "cost")?);
+        }
+        let algorithm = match &self.algorithm {
+            Some(text) => algorithm(text, "algorithm")?,
+            None => default_algorithm,
+        };
+        Ok(quota.algorithm(algorithm))
+    }
+}
+
 impl RouteSpec {
-    /// The route as `Limit::route` takes it: `"METHODS PATH"` and a quota.
-    fn into_route(self, default_algorithm: Algorithm) -> Result<(String, Quota), ConfigError> {
+    /// The route as `Limit::route` takes it: `"METHODS PATH"` and quotas by plan.
+    fn into_route(self, default_algorithm: Algorithm) -> Result<(String, Tiers), ConfigError> {
         let methods = match &self.methods {
             None => Methods::ANY,
             Some(MethodsSpec::One(text)) => text.parse::<Methods>()?,
@@ -809,29 +977,21 @@ impl RouteSpec {
         // Check the pattern as written (not as `Limit::route` would trim it).
         PathPattern::parse(path).map_err(|e| e.within("path"))?;
 
-        let mut windows = self
-            .windows
-            .iter()
-            .enumerate()
-            .map(|(k, w)| w.window().map_err(|e| e.within(format!("windows[{k}]"))));
-        let Some(first) = windows.next() else {
-            return Err(invalid(
-                "windows",
-                "list at least one window, such as \"60/minute\"",
-            ));
+        let own = QuotaSpec {
+            windows: self.windows,
+            cost: self.cost,
+            algorithm: self.algorithm,
+            concurrency: self.concurrency,
+            queue: self.queue,
         };
-        let mut quota = Quota::new(first?);
-        for window in windows {
-            quota = quota.and(window?);
+        let mut tiers = Tiers::new(own.into_quota(default_algorithm)?);
+        for (name, spec) in self.plans {
+            let quota = spec
+                .into_quota(default_algorithm)
+                .map_err(|e| e.within(format!("plans.{name}")))?;
+            tiers = tiers.plan(name, quota);
         }
-        if let Some(cost) = self.cost {
-            quota = quota.cost(int_in(cost, 1, i64::from(u32::MAX), "cost")?);
-        }
-        let algorithm = match &self.algorithm {
-            Some(text) => algorithm(text, "algorithm")?,
-            None => default_algorithm,
-        };
-        Ok((format!("{methods} {path}"), quota.algorithm(algorithm)))
+        Ok((format!("{methods} {path}"), tiers))
     }
 }
 
