@@ -54,6 +54,16 @@ impl KeySecret {
         }
     }
 
+    /// The id of `key`'s bytes under `domain`, whichever alternative of a
+    /// [`FirstOf`](super::FirstOf) produced it: how keys that an operator
+    /// names (allowlists, overrides) are matched.
+    pub(crate) fn named(&self, domain: u64, key: &Key<'_>) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write_u64(domain);
+        key.hash_bytes_into(&mut h);
+        h.finish()
+    }
+
     /// The bucket id of `key` under the route `route_id`.
     pub(crate) fn bucket(&self, route_id: u64, key: &Key<'_>) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);

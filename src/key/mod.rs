@@ -182,6 +182,12 @@ impl<'a> Key<'a> {
         if self.tag != 0 {
             hasher.write_u64(self.tag);
         }
+        self.hash_bytes_into(hasher);
+    }
+
+    /// Feeds the key's bytes into a hasher, whichever alternative of a
+    /// [`FirstOf`] produced it.
+    pub(crate) fn hash_bytes_into(&self, hasher: &mut impl Hasher) {
         match &self.repr {
             Repr::Borrowed(b) => hasher.write(b),
             Repr::Inline { len, bytes } => hasher.write(&bytes[..usize::from(*len)]),

@@ -34,7 +34,7 @@ impl Exemptions {
                         "an exempt key cannot be empty",
                     ))
                 } else {
-                    Ok(secret.bucket(domain, &Key::from(key.as_str())))
+                    Ok(secret.named(domain, &Key::from(key.as_str())))
                 }
             })
             .collect::<Result<_, _>>()?;
@@ -57,7 +57,7 @@ impl Exemptions {
         request: &RequestView<'_>,
         secret: &KeySecret,
     ) -> bool {
-        let by_key = !self.keys.is_empty() && self.keys.contains(&secret.bucket(self.domain, key));
+        let by_key = !self.keys.is_empty() && self.keys.contains(&secret.named(self.domain, key));
         let by_ip = !self.ranges.is_empty()
             && peer_ip(request.extensions()).is_some_and(|ip| {
                 let ip = ip.to_canonical();

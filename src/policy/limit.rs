@@ -288,7 +288,7 @@ impl Limit {
                 let own = limit
                     .own(value)
                     .map_err(|e| e.within(format!("overrides[{i}]")))?;
-                let hash = secret.bucket(limit.override_domain, &Key::from(key.as_str()));
+                let hash = secret.named(limit.override_domain, &Key::from(key.as_str()));
                 Ok((hash, own))
             })
             .collect::<Result<_, ConfigError>>()?;

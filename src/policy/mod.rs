@@ -43,8 +43,8 @@ pub use config::CustomKeys;
 pub(crate) use limit::{CompiledLimit, Route};
 pub use limit::{Limit, MissingKey};
 pub use methods::Methods;
-pub(crate) use overrides::{Before, Entry, OverrideTable, Own};
 pub use overrides::{Override, Overrides};
+pub(crate) use overrides::{OverrideTable, Own};
 pub use pattern::{Captures, PathPattern, PathSegments};
 pub use quota::{Algorithm, Quota, Window};
 pub use tiers::Tiers;
@@ -290,7 +290,7 @@ impl PolicyBuilder {
         let overrides = OverrideTable::new(limits.len());
         for (i, limit) in limits.iter_mut().enumerate() {
             let listed = std::mem::take(&mut limit.listed);
-            overrides.load(i, limit.routes.len(), listed);
+            overrides.load(i, listed);
         }
         Ok(Policy {
             inner: Arc::new(PolicyInner {

@@ -2,7 +2,7 @@
 //! [`Overrides`] handle.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -33,47 +33,6 @@ pub(crate) enum Own {
     Quota(Arc<Quota>),
 }
 
-/// What a key's counts on one route were last charged under.
-#[derive(Debug, Clone)]
-pub(crate) enum Before {
-    /// The quota the request resolves to without an override: its plan's,
-    /// or the route's default.
-    Resolved,
-    /// An earlier override.
-    Own(Own),
-}
-
-/// One key's override in one limit.
-///
-/// Changing a key's quota keeps its counts: the first request on each route
-/// after a change carries the quota the counts were charged under, and the
-/// store converts them (see [`Check::previous`](crate::store::Check::previous)).
-#[derive(Debug)]
-pub(crate) struct Entry {
-    /// `None` after a removal: the key is back on its plan.
-    pub(crate) own: Option<Own>,
-    before: Box<[Before]>,
-    /// Bit `r` set: route `r`'s counts are not converted yet.
-    unconverted: AtomicU64,
-}
-
-impl Entry {
-    /// What route `route`'s counts were charged under, if they still need
-    /// converting; answered once, to the first request that asks.
-    pub(crate) fn claim(&self, route: usize) -> Option<&Before> {
-        let bit = 1u64 << route;
-        if self.unconverted.load(Ordering::Relaxed) & bit == 0 {
-            return None;
-        }
-        let was = self.unconverted.fetch_and(!bit, Ordering::AcqRel);
-        (was & bit != 0).then(|| &self.before[route])
-    }
-
-    fn settled(&self) -> bool {
-        self.unconverted.load(Ordering::Acquire) == 0
-    }
-}
-
 /// Every limit's overrides, by the keyed hash of the key.
 #[derive(Debug)]
 pub(crate) struct OverrideTable {
@@ -84,7 +43,7 @@ pub(crate) struct OverrideTable {
 struct Slots {
     /// Entries in `map`: lets a limit with none skip hashing the key.
     len: AtomicUsize,
-    map: RwLock<KeyMap<Arc<Entry>>>,
+    map: RwLock<KeyMap<Own>>,
 }
 
 impl OverrideTable {
@@ -94,78 +53,32 @@ impl OverrideTable {
         }
     }
 
-    /// Whether limit `limit` has any override (or conversion) pending.
+    /// Whether limit `limit` has any override.
     pub(crate) fn any(&self, limit: usize) -> bool {
         self.limits[limit].len.load(Ordering::Relaxed) > 0
     }
 
-    /// The entry of `key` (its hash in the limit's override domain).
-    pub(crate) fn get(&self, limit: usize, key: u64) -> Option<Arc<Entry>> {
+    /// The override of `key` (its hash in the limit's override domain).
+    pub(crate) fn get(&self, limit: usize, key: u64) -> Option<Own> {
         self.limits[limit].map.read().get(&key).cloned()
     }
 
-    /// Sets (or with `None`, removes) a key's override; `converted` says
-    /// whether its counts need no converting (a policy's own list).
-    fn set(
-        &self,
-        limit: usize,
-        routes: usize,
-        key: u64,
-        own: Option<Own>,
-        converted: bool,
-    ) -> bool {
+    /// Sets (or with `None`, removes) a key's override; whether it had one.
+    fn set(&self, limit: usize, key: u64, own: Option<Own>) -> bool {
         let slots = &self.limits[limit];
         let mut map = slots.map.write();
-        let old = map.get(&key).cloned();
-        let existed = old.as_ref().is_some_and(|e| e.own.is_some());
-        if own.is_none() && old.is_none() {
-            return false;
-        }
-        let before: Box<[Before]> = (0..routes)
-            .map(|r| match &old {
-                None => Before::Resolved,
-                Some(e) if e.unconverted.load(Ordering::Acquire) & (1 << r) != 0 => {
-                    e.before[r].clone()
-                }
-                Some(e) => e.own.clone().map_or(Before::Resolved, Before::Own),
-            })
-            .collect();
-        let all = if routes >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << routes) - 1
+        let had = match own {
+            Some(own) => map.insert(key, own),
+            None => map.remove(&key),
         };
-        let entry = Arc::new(Entry {
-            own,
-            before,
-            unconverted: AtomicU64::new(if converted { 0 } else { all }),
-        });
-        if entry.own.is_none() && entry.settled() {
-            map.remove(&key);
-        } else {
-            map.insert(key, entry);
-        }
         slots.len.store(map.len(), Ordering::Relaxed);
-        existed
-    }
-
-    /// Drops a removed override once every route's counts are converted.
-    pub(crate) fn tidy(&self, limit: usize, key: u64, entry: &Arc<Entry>) {
-        if entry.own.is_some() || !entry.settled() {
-            return;
-        }
-        let slots = &self.limits[limit];
-        let mut map = slots.map.write();
-        if map.get(&key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-            map.remove(&key);
-            slots.len.store(map.len(), Ordering::Relaxed);
-        }
+        had.is_some()
     }
 
     /// Lists the policy's own overrides of limit `index`.
-    pub(crate) fn load(&self, index: usize, routes: usize, listed: Vec<(u64, Own)>) {
+    pub(crate) fn load(&self, index: usize, listed: Vec<(u64, Own)>) {
         for (key, own) in listed {
-            self.set(index, routes, key, Some(own), true);
+            self.set(index, key, Some(own));
         }
     }
 }
@@ -176,8 +89,9 @@ impl OverrideTable {
 /// change on its next request, without a rebuild. A key keeps its counts
 /// across a change: lowering its limit below what it has used refuses it at
 /// once, raising it admits it at once. (The counts of a GCRA window are a
-/// time debt; the first request after a change converts that debt exactly to
-/// the new limit, so the *number* of requests used is what carries over.)
+/// time debt; the store converts that debt to the new limit on the key's
+/// next request, so the *number* of requests used is what carries over; see
+/// [`Check::base`](crate::store::Check::base).)
 ///
 /// ```
 /// use tower_ratelimit::{key::Header, Limit, Override, Policy, Quota, Window};
@@ -229,7 +143,7 @@ impl Overrides {
         Ok(self
             .policy
             .secret
-            .bucket(limit.override_domain, &Key::from(key)))
+            .named(limit.override_domain, &Key::from(key)))
     }
 
     /// Gives `key` its own quotas in the limit named `limit`, from its next
@@ -239,9 +153,7 @@ impl Overrides {
         let (index, compiled) = self.limit(limit)?;
         let own = compiled.own(&value)?;
         let key = self.hash(compiled, key)?;
-        self.policy
-            .overrides
-            .set(index, compiled.routes.len(), key, Some(own), false);
+        self.policy.overrides.set(index, key, Some(own));
         Ok(())
     }
 
@@ -250,20 +162,16 @@ impl Overrides {
     pub fn remove(&self, limit: &str, key: &str) -> Result<bool, ConfigError> {
         let (index, compiled) = self.limit(limit)?;
         let key = self.hash(compiled, key)?;
-        Ok(self
-            .policy
-            .overrides
-            .set(index, compiled.routes.len(), key, None, false))
+        Ok(self.policy.overrides.set(index, key, None))
     }
 
     /// The override of `key` in the limit named `limit`, if it has one.
     pub fn get(&self, limit: &str, key: &str) -> Option<Override> {
         let (index, compiled) = self.limit(limit).ok()?;
         let key = self.hash(compiled, key).ok()?;
-        let entry = self.policy.overrides.get(index, key)?;
-        Some(match entry.own.as_ref()? {
-            Own::Plan(p) => Override::Plan(compiled.plans[usize::from(*p)].to_string()),
-            Own::Quota(q) => Override::Quota(Quota::clone(q)),
+        Some(match self.policy.overrides.get(index, key)? {
+            Own::Plan(p) => Override::Plan(compiled.plans[usize::from(p)].to_string()),
+            Own::Quota(q) => Override::Quota(Quota::clone(&q)),
         })
     }
 }

@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use crate::concurrency::Mode;
 use crate::decision::WindowOrigin;
 use crate::key::{Key, RequestView};
-use crate::policy::{Before, CompiledLimit, Entry, Own, PolicyInner, Quota, Route};
+use crate::policy::{CompiledLimit, Own, PolicyInner, Quota, Route};
 use crate::store::Check;
 
 /// Which quota applies: the route's for a plan (or its default), or a key's
@@ -35,39 +35,27 @@ impl QuotaRef {
     }
 }
 
-/// A key's override entry in a limit, with the key's hash there.
-pub(super) struct Overridden {
-    entry: Arc<Entry>,
-    key: u64,
-}
-
-/// The quota that applies to `key` on route `route` of limit `index`: its
-/// override's, else its plan's, else the route's default. Returns the
-/// plan the request names, for converting counts (see [`Charge::checks`]).
+/// The quota that applies to `key` on a route of limit `index`: its
+/// override's, else its plan's, else the route's default.
 pub(super) fn resolve(
     policy: &PolicyInner,
     index: usize,
     limit: &CompiledLimit,
     key: &Key<'_>,
     view: &RequestView<'_>,
-) -> (QuotaRef, Option<u8>, Option<Overridden>) {
+) -> QuotaRef {
+    if policy.overrides.any(index) {
+        let hash = policy.secret.named(limit.override_domain, key);
+        if let Some(own) = policy.overrides.get(index, hash) {
+            return QuotaRef::from_own(&own);
+        }
+    }
     let plan = limit
         .plan
         .as_ref()
         .and_then(|source| source.extract(view).ok())
         .and_then(|name| limit.plan_index(&name));
-    if !policy.overrides.any(index) {
-        return (QuotaRef::Plan(plan), plan, None);
-    }
-    let hash = policy.secret.bucket(limit.override_domain, key);
-    let Some(entry) = policy.overrides.get(index, hash) else {
-        return (QuotaRef::Plan(plan), plan, None);
-    };
-    let quota = entry
-        .own
-        .as_ref()
-        .map_or(QuotaRef::Plan(plan), QuotaRef::from_own);
-    (quota, plan, Some(Overridden { entry, key: hash }))
+    QuotaRef::Plan(plan)
 }
 
 /// One limit's rate check of a request.
@@ -77,9 +65,6 @@ pub(super) struct Charge {
     /// The key in the limit's penalty box, if the limit has a penalty.
     pub(super) penalty_key: Option<u64>,
     pub(super) quota: QuotaRef,
-    /// The plan the request named (for counts charged before an override).
-    pub(super) plan: Option<u8>,
-    pub(super) overridden: Option<Overridden>,
     pub(super) shadow: bool,
 }
 
@@ -127,32 +112,19 @@ impl Applied {
         self.charges[check].quota.get(self.route(policy, check))
     }
 
-    /// The store's checks. A charge whose key's quota changed since its
-    /// counts were last charged carries the old quota, once, so that the
-    /// store converts them.
+    /// The store's checks.
     pub(super) fn checks<'a>(&'a self, policy: &'a PolicyInner) -> SmallVec<[Check<'a>; 4]> {
         let mut checks = SmallVec::new();
         for (i, charge) in self.charges.iter().enumerate() {
             let route = self.route(policy, i);
             let limit = &policy.limits[usize::from(charge.origin.0)];
             let quota = charge.quota.get(route);
-            let previous = charge.overridden.as_ref().and_then(|o| {
-                let before = o.entry.claim(usize::from(charge.origin.1))?;
-                policy
-                    .overrides
-                    .tidy(usize::from(charge.origin.0), o.key, &o.entry);
-                Some(match before {
-                    Before::Resolved => route.quota_for(charge.plan),
-                    Before::Own(Own::Plan(p)) => route.quota_for(Some(*p)),
-                    Before::Own(Own::Quota(q)) => &**q,
-                })
-            });
             let check = if charge.shadow {
                 Check::shadow(charge.bucket, quota)
             } else {
                 Check::new(charge.bucket, quota)
             };
-            checks.push(check.in_limit(&limit.name).converting_from(previous));
+            checks.push(check.in_limit(&limit.name).based_on(&route.quota));
         }
         checks
     }

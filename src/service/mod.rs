@@ -117,7 +117,7 @@ where
                 }
                 Ok(key) => {
                     let bucket = policy.secret.bucket(route.id, &key);
-                    let (quota, plan, overridden) = resolve(policy, li, limit, &key, &view);
+                    let quota = resolve(policy, li, limit, &key, &view);
                     let penalty_key = limit
                         .penalty
                         .map(|_| policy.secret.bucket(limit.penalty_domain, &key));
@@ -147,8 +147,6 @@ where
                             bucket,
                             penalty_key,
                             quota,
-                            plan,
-                            overridden,
                             shadow: limit.shadow,
                         });
                     }

@@ -48,25 +48,16 @@ pub(crate) fn expires_at(algorithm: Algorithm, period_ns: u64, state: u64, now: 
     }
 }
 
-/// `state`, charged under window `from`, expressed in window `to` of the
-/// same period with the same number of requests used. A GCRA state is a
-/// time debt of `used × interval`, so it scales with the interval; a fixed
-/// window's state is its count, which carries over as it is.
-pub(crate) fn carry_over(
-    algorithm: Algorithm,
-    from: &Window,
-    to: &Window,
-    state: u64,
-    now: u64,
-) -> u64 {
-    match algorithm {
-        Algorithm::Gcra if state > now && from.interval_ns() != to.interval_ns() => {
-            let debt = u128::from(state - now) * u128::from(to.interval_ns())
-                / u128::from(from.interval_ns());
-            now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
-        }
-        _ => state,
+/// A GCRA state charged at `from` ns per request, expressed at `to` ns per
+/// request with the same number of requests used: the state is a time debt
+/// of `used × interval`, so the debt scales with the interval. (A fixed
+/// window's state is its count, which carries over as it is.)
+pub(crate) fn carry_over(from: u64, to: u64, tat: u64, now: u64) -> u64 {
+    if tat <= now || from == to || from == 0 {
+        return tat;
     }
+    let debt = u128::from(tat - now) * u128::from(to) / u128::from(from);
+    now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
 }
 
 fn gcra(window: &Window, tat: u64, now: u64, cost: u32) -> Step {

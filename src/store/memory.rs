@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 
 use super::algorithm::{carry_over, expires_at, step, Step};
 use super::{Check, Decided, Outcome, Store, StoreError, WindowStatus};
-use crate::policy::{Algorithm, Quota, Window};
+use crate::policy::{Algorithm, Quota};
 use crate::shard::{sparse, KeyMap, Padded};
 
 /// Counts kept in this process's memory.
@@ -217,19 +217,14 @@ impl MemoryStore {
         let mut shadow_admitted = true;
         for (ci, check) in checks.iter().enumerate() {
             let shard_index = shard_slot(&ids, of_check[ci]);
-            let shard = &mut shards[shard_index];
+            if check.quota.algorithm_kind() == Algorithm::Gcra {
+                shards[shard_index].follow_rates(check, now);
+            }
+            let shard = &shards[shard_index];
             let algorithm = check.quota.algorithm_kind();
             for (wi, window) in check.quota.windows().iter().enumerate() {
                 let table = shard.table_index(algorithm, window.period_ns());
-                let mut state = table.and_then(|t| shard.tables[t].map.get_mut(&check.bucket));
-                if let (Some(state), Some(from)) = (state.as_deref_mut(), check.previous) {
-                    // Counts charged under another quota carry over, kept
-                    // whatever this decision is.
-                    if let Some(old) = same_period(from, algorithm, window) {
-                        *state = carry_over(algorithm, old, window, *state, now);
-                    }
-                }
-                let state = state.map(|s| *s);
+                let state = table.and_then(|t| shard.tables[t].map.get(&check.bucket).copied());
                 let s: Step = step(
                     algorithm,
                     window,
@@ -364,16 +359,16 @@ impl Store for MemoryStore {
     }
 }
 
-/// The window of `quota` counted like `window` (same algorithm and period).
-fn same_period<'q>(quota: &'q Quota, algorithm: Algorithm, window: &Window) -> Option<&'q Window> {
-    (quota.algorithm_kind() == algorithm)
-        .then(|| {
-            quota
-                .windows()
-                .iter()
-                .find(|w| w.period_ns() == window.period_ns())
-        })
-        .flatten()
+/// The GCRA rates of `quota`: each window's period and interval (ns).
+fn gcra_rates(quota: &Quota) -> Box<[(u64, u64)]> {
+    if quota.algorithm_kind() != Algorithm::Gcra {
+        return Box::new([]);
+    }
+    quota
+        .windows()
+        .iter()
+        .map(|w| (w.period_ns(), w.interval_ns()))
+        .collect()
 }
 
 fn shard_slot(ids: &[usize], shard: usize) -> usize {
@@ -408,6 +403,9 @@ struct Table {
 #[derive(Debug, Default)]
 struct Shard {
     tables: Vec<Table>,
+    /// The GCRA rates (period, interval) each bucket not on its route's
+    /// default quota was last charged at (see [`Check::base`]).
+    rates: KeyMap<Box<[(u64, u64)]>>,
     entries: usize,
     next_sweep: u64,
     /// Until when a sweep cannot free anything: the earliest expiry found by
@@ -416,6 +414,46 @@ struct Shard {
 }
 
 impl Shard {
+    /// Carries `check.bucket`'s GCRA counts over to `check.quota`'s rates if
+    /// they were last charged at other rates (its plan or override changed),
+    /// and remembers the rates of a bucket that is not on its route's
+    /// default quota. Buckets on the default cost nothing here while no
+    /// bucket of the shard is on another quota.
+    fn follow_rates(&mut self, check: &Check<'_>, now: u64) {
+        let custom = !std::ptr::eq(check.quota, check.base) && check.quota != check.base;
+        if !custom && self.rates.is_empty() {
+            return;
+        }
+        let base = gcra_rates(check.base);
+        let last = if custom {
+            self.rates.get(&check.bucket).cloned()
+        } else {
+            self.rates.remove(&check.bucket)
+        };
+        let last = last.as_deref().unwrap_or(&base);
+        let rate_of = |rates: &[(u64, u64)], period: u64| {
+            rates.iter().find(|(p, _)| *p == period).map(|(_, i)| *i)
+        };
+        for window in check.quota.windows() {
+            let period = window.period_ns();
+            let Some(from) = rate_of(last, period).or_else(|| rate_of(&base, period)) else {
+                continue;
+            };
+            let Some(t) = self.table_index(Algorithm::Gcra, period) else {
+                continue;
+            };
+            if let Some(tat) = self.tables[t].map.get_mut(&check.bucket) {
+                *tat = carry_over(from, window.interval_ns(), *tat, now);
+            }
+        }
+        if custom {
+            let rates = gcra_rates(check.quota);
+            if self.rates.get(&check.bucket) != Some(&rates) {
+                self.rates.insert(check.bucket, rates);
+            }
+        }
+    }
+
     fn table_index(&self, algorithm: Algorithm, period_ns: u64) -> Option<usize> {
         self.tables
             .iter()
@@ -477,6 +515,14 @@ impl Shard {
         }
         self.entries = self.tables.iter().map(|t| t.map.len()).sum();
         self.full_until = earliest;
+        if !self.rates.is_empty() {
+            let tables = &self.tables;
+            self.rates
+                .retain(|bucket, _| tables.iter().any(|t| t.map.contains_key(bucket)));
+            if sparse(self.rates.len(), self.rates.capacity()) {
+                self.rates.shrink_to(self.rates.len() * 2);
+            }
+        }
     }
 }
 

@@ -48,13 +48,15 @@ pub struct Check<'a> {
     /// The name of the limit the check belongs to (empty when unknown), for
     /// stores whose behaviour differs per limit (a failure policy, say).
     pub limit: &'a str,
-    /// The quota this bucket's counts were last charged under, when it
-    /// differs from `quota` (the key's quota was changed by an override):
-    /// the store first carries the counts over to `quota`, keeping the
-    /// number of requests used in each window of the same period, and keeps
-    /// them converted even if it refuses the request. Stores that keep each
-    /// window's rate beside its state may convert on their own instead.
-    pub previous: Option<&'a Quota>,
+    /// The route's default quota, when `quota` is another (a plan's or a
+    /// key's own). A key's counts must survive a change of its quota: when a
+    /// bucket's windows were last charged at other rates, the store carries
+    /// the number of requests used over to `quota`'s windows of the same
+    /// period before deciding (and keeps them converted whatever it
+    /// decides). The memory store remembers the rates only of buckets whose
+    /// quota is not `base`; a store may also keep each window's rate beside
+    /// its state and ignore this.
+    pub base: &'a Quota,
 }
 
 impl<'a> Check<'a> {
@@ -65,7 +67,7 @@ impl<'a> Check<'a> {
             quota,
             shadow: false,
             limit: "",
-            previous: None,
+            base: quota,
         }
     }
 
@@ -77,11 +79,11 @@ impl<'a> Check<'a> {
         }
     }
 
-    /// The same check, converting counts charged under `previous` first
-    /// (see [`Check::previous`](Check#structfield.previous)).
+    /// The same check, on a route whose default quota is `base` (see
+    /// [`Check::base`](Check#structfield.base)).
     #[must_use]
-    pub fn converting_from(self, previous: Option<&'a Quota>) -> Self {
-        Check { previous, ..self }
+    pub fn based_on(self, base: &'a Quota) -> Self {
+        Check { base, ..self }
     }
 
     /// The same check, naming the limit it belongs to.
