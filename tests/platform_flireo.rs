@@ -3,77 +3,40 @@
 //! commands per minute per active call on top of it, the `X-RateLimit-*`
 //! trio on every response, and a 429 with `Retry-After` and Flireo's body.
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+mod platform;
 
-use http::{Request, Response, StatusCode};
+use std::sync::atomic::Ordering;
+
+use http::StatusCode;
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
-use tower::util::BoxCloneService;
-use tower::{service_fn, Layer, ServiceExt};
-use tower_ratelimit::clock::ManualClock;
-use tower_ratelimit::{Policy, RateLimitLayer, ResponseBody};
+use platform::{body, header, Platform, Res, NS};
+use serde_json::json;
 
-const NS: u64 = 1_000_000_000;
 /// The page's example: `X-RateLimit-Reset: 1702479600`, a minute boundary.
 const RESET: u64 = 1_702_479_600;
 /// 15 s into the minute that ends at `RESET`, so a refusal says 45 seconds.
 const T0: u64 = RESET - 45;
 
-type Res = Response<ResponseBody<String>>;
+struct Flireo(Platform);
 
-struct Flireo {
-    clock: ManualClock,
-    svc: BoxCloneService<Request<String>, Res, Infallible>,
-    calls: Arc<AtomicUsize>,
+impl std::ops::Deref for Flireo {
+    type Target = Platform;
+
+    fn deref(&self) -> &Platform {
+        &self.0
+    }
 }
 
 impl Flireo {
     fn new() -> Self {
-        let policy = Policy::from_toml_file(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/policies/flireo.toml"
-        ))
-        .expect("the Flireo policy file loads");
-        let clock = ManualClock::at_unix_secs(T0);
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&calls);
-        let inner = service_fn(move |_req: Request<String>| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, Infallible>(Response::new(String::from("{}"))) }
-        });
-        let layer = RateLimitLayer::new(policy).clock(clock.clone());
-        Flireo {
-            clock,
-            svc: BoxCloneService::new(layer.layer(inner)),
-            calls,
-        }
+        Flireo(Platform::new("flireo", T0))
     }
 
     async fn send(&self, method: &str, path: &str, authorization: Option<&str>) -> Res {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(value) = authorization {
-            request = request.header("authorization", value);
+        match authorization {
+            Some(value) => self.0.send(method, path, &[("authorization", value)]).await,
+            None => self.0.send(method, path, &[]).await,
         }
-        let response = self
-            .svc
-            .clone()
-            .oneshot(request.body(String::new()).unwrap())
-            .await
-            .unwrap();
-        for name in [
-            "x-ratelimit-limit",
-            "x-ratelimit-remaining",
-            "x-ratelimit-reset",
-        ] {
-            assert!(
-                response.headers().contains_key(name),
-                "{method} {path}: every response carries {name}: {:?}",
-                response.headers()
-            );
-        }
-        response
     }
 
     async fn get(&self, key: &str) -> Res {
@@ -89,15 +52,6 @@ impl Flireo {
         )
         .await
     }
-}
-
-fn header(response: &Res, name: &str) -> String {
-    response.headers()[name].to_str().unwrap().to_owned()
-}
-
-async fn body(response: Res) -> Value {
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 #[tokio::test]
