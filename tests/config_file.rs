@@ -853,14 +853,15 @@ fn unknown_fields_are_typos() {
 
 #[test]
 fn missing_required_fields() {
+    // A route needs a window or an in-flight cap.
     let err = check(
         &with_routes("[[limits.routes]]\npath = \"/v1\"\n"),
-        ConfigErrorKind::Syntax,
-        "limits[0].routes[0]",
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].windows",
         4,
         1,
     );
-    assert!(err.message().contains("missing field `windows`"), "{err}");
+    assert!(err.message().contains("or set `concurrency`"), "{err}");
     check(
         "[[limits]]\nname = \"a\"\nroutes = [{ windows = [\"1/s\"] }]\n",
         ConfigErrorKind::Syntax,
