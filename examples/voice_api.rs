@@ -1,5 +1,6 @@
 //! Run with `cargo run --example voice_api` (options: `--addr 127.0.0.1:3000`,
-//! `--config FILE`, `--preset NAME` for `examples/policies/NAME.toml`).
+//! `--config FILE`, `--preset NAME` for `examples/policies/NAME.toml`,
+//! `--redis redis://127.0.0.1:6379` to count in Redis, with `--features redis`).
 //! Any request may add `?hold_ms=N` (up to 60,000) to stay in flight N ms
 //! before it is answered, to try concurrency by hand.
 //!
@@ -24,13 +25,14 @@ const DEFAULT_POLICY: &str = include_str!("policies/default.toml");
 struct Options {
     addr: SocketAddr,
     config: Option<String>,
+    redis: Option<String>,
 }
 
 /// Where the platform presets live.
 const PRESETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies");
 
 fn usage() -> &'static str {
-    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME]"
+    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME] [--redis redis://HOST:PORT]"
 }
 
 /// The names of the policy files in `examples/policies`.
@@ -52,6 +54,7 @@ fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         config: None,
+        redis: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -77,6 +80,16 @@ fn parse_args() -> Result<Options, String> {
                     ));
                 }
                 options.config = Some(format!("{PRESETS}/{name}.toml"));
+            }
+            "--redis" => {
+                let url = value("--redis")?;
+                if cfg!(not(feature = "redis")) {
+                    return Err(String::from(
+                        "--redis needs the `redis` feature: \
+                         cargo run --example voice_api --features redis -- --redis URL",
+                    ));
+                }
+                options.redis = Some(url);
             }
             "-h" | "--help" => return Err(usage().to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{}", usage())),
@@ -135,6 +148,28 @@ async fn record_peer(
     next.run(request).await
 }
 
+/// The limiter with its counts in the Redis at `url`.
+#[cfg(feature = "redis")]
+async fn redis_layer(
+    policy: Policy,
+    url: &str,
+) -> Result<RateLimitLayer<tower_ratelimit::store::RedisStore>, String> {
+    let store = tower_ratelimit::store::RedisStore::builder(url)
+        .connect()
+        .await
+        .map_err(|e| format!("--redis: {e}"))?;
+    println!("counting in Redis (prefix `{}`)", store.prefix());
+    Ok(RateLimitLayer::with_store(policy, store))
+}
+
+/// Without the `redis` feature `--redis` is refused while parsing arguments.
+#[cfg(not(feature = "redis"))]
+async fn redis_layer(_policy: Policy, _url: &str) -> Result<RateLimitLayer, String> {
+    Err(String::from(
+        "--redis needs the `redis` feature: cargo run --example voice_api --features redis -- --redis URL",
+    ))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = match parse_args() {
@@ -152,11 +187,19 @@ async fn main() -> ExitCode {
         }
     };
     let limits: Vec<String> = policy.limit_names().map(str::to_owned).collect();
+    let app = Router::new().fallback(answer);
+    let app = match options.redis.as_deref() {
+        None => app.layer(RateLimitLayer::new(policy)),
+        Some(url) => match redis_layer(policy, url).await {
+            Ok(layer) => app.layer(layer),
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     // Layers run outside-in: `record_peer` first, so the limiter can key on the peer.
-    let app = Router::new()
-        .fallback(answer)
-        .layer(RateLimitLayer::new(policy))
-        .layer(middleware::from_fn(record_peer));
+    let app = app.layer(middleware::from_fn(record_peer));
 
     let listener = match tokio::net::TcpListener::bind(options.addr).await {
         Ok(listener) => listener,

@@ -447,6 +447,7 @@ struct FileSpec {
     busy_status: Option<Int>,
     busy_retry_after: Option<String>,
     max_key_len: Option<Int>,
+    key_secret: Option<String>,
     #[serde(default)]
     limits: Vec<LimitSpec>,
 }
@@ -706,6 +707,20 @@ fn quoted(text: &str) -> String {
 impl FileSpec {
     fn into_builder(self, custom: &CustomKeys) -> Result<PolicyBuilder, ConfigError> {
         let mut builder = Policy::builder();
+        if let Some(hex) = &self.key_secret {
+            // 32 hex digits: the secret processes that share a store share.
+            let bytes: Option<Vec<u8>> = (hex.len() == 32 && hex.is_ascii())
+                .then(|| {
+                    (0..16)
+                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                        .collect()
+                })
+                .flatten();
+            let bytes: [u8; 16] = bytes
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| invalid("key_secret", "expected 32 hex digits"))?;
+            builder = builder.key_secret(crate::key::KeySecret::from_bytes(bytes));
+        }
         if let Some(headers) = &self.headers {
             builder = builder.headers(header_style(headers)?);
         }

@@ -56,7 +56,9 @@ pub(crate) fn carry_over(from: u64, to: u64, tat: u64, now: u64) -> u64 {
     if tat <= now || from == to || from == 0 {
         return tat;
     }
-    let debt = u128::from(tat - now) * u128::from(to) / u128::from(from);
+    // Rounded up, as the Redis store does: a conversion never frees a
+    // fraction of a request.
+    let debt = (u128::from(tat - now) * u128::from(to)).div_ceil(u128::from(from));
     now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
 }
 

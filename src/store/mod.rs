@@ -26,9 +26,14 @@
 pub(crate) mod algorithm;
 mod memory;
 mod outcome;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 use std::future::Future;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{FailurePolicy, RedisStore};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use outcome::{Outcome, StoreError, WindowStatus};
 

@@ -1,0 +1,161 @@
+//! What a decision costs in Redis against the memory store, on loopback:
+//! decisions per second from one process over one connection, and the p50 and
+//! p99 latency one decision adds.
+//!
+//! Run with `cargo bench --bench redis --features redis`. The bench starts its
+//! own `redis-server` (from `PATH`, persistence off) on a free loopback port
+//! and stops it at the end. Each decision checks two windows (60/minute and
+//! 1,000/hour, GCRA) of one of 10,000 keys.
+
+use std::hint::black_box;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use tower_ratelimit::store::redis::RedisStore;
+use tower_ratelimit::store::{Check, Decided, MemoryStore, Outcome, Store};
+use tower_ratelimit::{Quota, Window};
+
+/// 2023-11-14T22:13:20Z, in nanoseconds.
+const T0: u64 = 1_700_000_000_000_000_000;
+const KEYS: u64 = 10_000;
+/// Decisions in flight at once in the throughput runs.
+const IN_FLIGHT: usize = 64;
+
+/// A `redis-server` child, killed on drop.
+struct Server(Child, u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Server {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (apt-get install -y redis-server)");
+    let server = Server(child, port);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+/// A well-mixed 64-bit bucket id, as the layer's keyed hash would give.
+fn bucket(i: u64) -> u64 {
+    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+async fn decide<St: Store>(store: &St, now: u64, checks: &[Check<'_>]) -> Outcome {
+    match store.check(now, checks) {
+        Decided::Ready(result) => result.expect("decided"),
+        Decided::Pending(pending) => pending.await.expect("decided"),
+    }
+}
+
+/// p50 and p99 of `n` sequential decisions, in microseconds.
+fn percentiles<St: Store>(
+    runtime: &tokio::runtime::Runtime,
+    store: &St,
+    quota: &Quota,
+    n: u64,
+) -> (f64, f64) {
+    let mut samples = Vec::with_capacity(n as usize);
+    runtime.block_on(async {
+        for i in 0..n {
+            let checks = [Check::new(bucket(i % KEYS), quota)];
+            let started = Instant::now();
+            black_box(decide(store, T0 + i, &checks).await);
+            samples.push(started.elapsed());
+        }
+    });
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    (micros(at(0.50)), micros(at(0.99)))
+}
+
+fn main() {
+    let server = start_redis();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = runtime
+        .block_on(
+            RedisStore::builder(format!("redis://127.0.0.1:{}", server.1))
+                .deadline(Duration::from_secs(5))
+                .connect(),
+        )
+        .expect("the bench's Redis answers");
+    let memory = MemoryStore::new();
+    let quota = Quota::new(Window::per_minute(60)).and(Window::per_hour(1000));
+
+    let (m50, m99) = percentiles(&runtime, &memory, &quota, 20_000);
+    let (r50, r99) = percentiles(&runtime, &redis, &quota, 20_000);
+    println!("latency of one decision (20,000 sequential, 2 windows, 10,000 keys):");
+    println!("  memory store  p50 {m50:>8.2} µs   p99 {m99:>8.2} µs");
+    println!("  redis store   p50 {r50:>8.2} µs   p99 {r99:>8.2} µs");
+    assert_eq!(redis.failures(), 0, "every decision came from Redis");
+
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    let mut group = criterion.benchmark_group("decisions");
+    group.throughput(Throughput::Elements(IN_FLIGHT as u64));
+    let mut i = 0u64;
+    group.bench_function("memory store, 64 decisions", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                for _ in 0..IN_FLIGHT {
+                    i += 1;
+                    let checks = [Check::new(bucket(i % KEYS), &quota)];
+                    black_box(decide(&memory, T0 + i, &checks).await);
+                }
+            })
+        })
+    });
+    group.bench_function("redis store, one connection, 64 in flight", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let mut pending = Vec::with_capacity(IN_FLIGHT);
+                for _ in 0..IN_FLIGHT {
+                    i += 1;
+                    let checks = [Check::new(bucket(i % KEYS), &quota)];
+                    // The store's future owns what it needs: all 64 go out
+                    // on the one connection before the first answer.
+                    match redis.check(T0 + i, &checks) {
+                        Decided::Pending(decision) => pending.push(decision),
+                        Decided::Ready(_) => panic!("the breaker opened"),
+                    }
+                }
+                black_box(futures::future::join_all(pending).await);
+            })
+        })
+    });
+    group.finish();
+    criterion.final_summary();
+    assert_eq!(redis.failures(), 0, "every decision came from Redis");
+}

@@ -1,0 +1,219 @@
+//! The circuit breaker: after a run of failures, stop waiting on Redis for a
+//! cool-down, then let one request probe it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// Counts consecutive failures; opens after `threshold` of them.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    threshold: u32,
+    cool_down: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    failures: u32,
+    /// While set, Redis is not called until then.
+    open_until: Option<Instant>,
+    /// A probe is under way; other requests keep failing fast meanwhile.
+    probing: bool,
+}
+
+/// May a request call Redis?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permit {
+    /// Yes.
+    Call,
+    /// Yes, as the one probe after a cool-down.
+    Probe,
+    /// No: the breaker is open for this much longer.
+    Refused(Duration),
+}
+
+/// What a finished call did to the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transition {
+    None,
+    Opened,
+    Closed,
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
+        Breaker {
+            threshold: threshold.max(1),
+            cool_down,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub(crate) fn cool_down(&self) -> Duration {
+        self.cool_down
+    }
+
+    pub(crate) fn permit(&self) -> Permit {
+        let mut state = self.state.lock();
+        let Some(until) = state.open_until else {
+            return Permit::Call;
+        };
+        let now = Instant::now();
+        if now < until {
+            return Permit::Refused(until - now);
+        }
+        if state.probing {
+            // Past the cool-down, waiting for the probe: a short wait.
+            return Permit::Refused(self.cool_down.min(Duration::from_secs(1)));
+        }
+        state.probing = true;
+        Permit::Probe
+    }
+
+    /// How long a fail-closed refusal should ask the client to wait.
+    pub(crate) fn retry_hint(&self) -> Duration {
+        let state = self.state.lock();
+        match state.open_until {
+            Some(until) => until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+            None => self.cool_down,
+        }
+    }
+
+    pub(crate) fn success(&self, permit: Permit) -> Transition {
+        let mut state = self.state.lock();
+        state.failures = 0;
+        if permit == Permit::Probe {
+            state.probing = false;
+        }
+        if state.open_until.take().is_some() {
+            return Transition::Closed;
+        }
+        Transition::None
+    }
+
+    pub(crate) fn failure(&self, permit: Permit) -> Transition {
+        let mut state = self.state.lock();
+        state.failures = state.failures.saturating_add(1);
+        if permit == Permit::Probe {
+            state.probing = false;
+            state.open_until = Some(Instant::now() + self.cool_down);
+            return Transition::None;
+        }
+        if state.failures >= self.threshold && state.open_until.is_none() {
+            state.open_until = Some(Instant::now() + self.cool_down);
+            return Transition::Opened;
+        }
+        Transition::None
+    }
+
+    /// A probe that ended without an answer (its request was dropped): the
+    /// next request probes instead.
+    pub(crate) fn abandoned(&self, permit: Permit) {
+        if permit == Permit::Probe {
+            self.state.lock().probing = false;
+        }
+    }
+
+    /// The number of failures since the last success.
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.state.lock().failures
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.state.lock().open_until.is_some()
+    }
+}
+
+/// A call's permit, handed back to the breaker exactly once: as a success, a
+/// failure, or (when dropped unanswered) as abandoned.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    breaker: Arc<Breaker>,
+    permit: Permit,
+    done: bool,
+}
+
+impl Ticket {
+    pub(crate) fn new(breaker: Arc<Breaker>, permit: Permit) -> Self {
+        Ticket {
+            breaker,
+            permit,
+            done: false,
+        }
+    }
+
+    pub(crate) fn success(mut self) -> Transition {
+        self.done = true;
+        self.breaker.success(self.permit)
+    }
+
+    pub(crate) fn failure(mut self) -> Transition {
+        self.done = true;
+        self.breaker.failure(self.permit)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.abandoned(self.permit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_the_threshold_then_probes_once_after_the_cool_down() {
+        let breaker = Breaker::new(3, Duration::from_secs(2));
+        for _ in 0..2 {
+            assert_eq!(breaker.permit(), Permit::Call);
+            assert_eq!(breaker.failure(Permit::Call), Transition::None);
+        }
+        assert_eq!(breaker.failure(Permit::Call), Transition::Opened);
+        assert_eq!(breaker.permit(), Permit::Refused(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(breaker.retry_hint(), Duration::from_millis(500));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(breaker.permit(), Permit::Probe);
+        assert!(
+            matches!(breaker.permit(), Permit::Refused(_)),
+            "one probe at a time"
+        );
+        // The probe fails: another cool-down.
+        assert_eq!(breaker.failure(Permit::Probe), Transition::None);
+        assert_eq!(breaker.permit(), Permit::Refused(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(breaker.permit(), Permit::Probe);
+        assert_eq!(breaker.success(Permit::Probe), Transition::Closed);
+        assert_eq!(breaker.permit(), Permit::Call);
+        assert_eq!(breaker.consecutive_failures(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_lets_the_next_request_probe() {
+        let breaker = Arc::new(Breaker::new(1, Duration::from_secs(1)));
+        breaker.failure(Permit::Call);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let permit = breaker.permit();
+        assert_eq!(permit, Permit::Probe);
+        drop(Ticket::new(Arc::clone(&breaker), permit));
+        assert_eq!(breaker.permit(), Permit::Probe);
+    }
+
+    #[test]
+    fn a_success_resets_the_run_of_failures() {
+        let breaker = Breaker::new(2, Duration::from_secs(1));
+        breaker.failure(Permit::Call);
+        breaker.success(Permit::Call);
+        assert_eq!(breaker.failure(Permit::Call), Transition::None);
+        assert!(!breaker.is_open());
+    }
+}

@@ -1,0 +1,227 @@
+//! What a request gets when Redis cannot decide it: per limit, let it
+//! through, refuse it, or count it locally against a share of the quota.
+
+use smallvec::SmallVec;
+
+use super::script::Planned;
+use crate::policy::{Quota, Window};
+use crate::store::{Check, Decided, MemoryStore, Outcome, Store, WindowStatus};
+
+/// What a limit does while Redis cannot decide (unreachable, too slow, or the
+/// circuit breaker is open).
+///
+/// ```
+/// use tower_ratelimit::store::FailurePolicy;
+///
+/// assert_eq!(FailurePolicy::default(), FailurePolicy::Open);
+/// assert_eq!(FailurePolicy::local(25), FailurePolicy::Local { percent: 25 });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Let the request through as far as this limit is concerned, uncounted
+    /// and without rate-limit headers for it (the default: an outage of the
+    /// limiter does not become an outage of the API).
+    #[default]
+    Open,
+    /// Refuse the request, with a `Retry-After` of the circuit breaker's
+    /// cool-down (what is left of it while it is open). A shadow limit never
+    /// refuses, so for it this acts as [`FailurePolicy::Open`].
+    Closed,
+    /// Count the request in this process's memory against `percent` % of
+    /// every window's limit (1 to 100; at least 1 request and at least the
+    /// request's cost per window), with the same algorithm and periods: with
+    /// `n` nodes, `100 / n` keeps the whole fleet near the real limit. The
+    /// local counts start from zero at each outage and are not merged back.
+    Local {
+        /// The share of each window's limit this process allows on its own.
+        percent: u8,
+    },
+}
+
+impl FailurePolicy {
+    /// [`FailurePolicy::Local`] with `percent` clamped to 1..=100.
+    pub const fn local(percent: u8) -> Self {
+        let percent = if percent == 0 {
+            1
+        } else if percent > 100 {
+            100
+        } else {
+            percent
+        };
+        FailurePolicy::Local { percent }
+    }
+}
+
+/// The outcome for `checks` when Redis could not decide at `now` (the
+/// layer's clock); a fail-closed refusal asks to retry in `retry_after` ns.
+///
+/// A request is refused if any enforced check fails closed (and then nothing
+/// is counted anywhere); otherwise the checks that fall back to memory are
+/// decided there, all or nothing, and the ones that fail open are left out.
+pub(crate) fn decide(
+    checks: &[Planned],
+    local: &MemoryStore,
+    now: u64,
+    retry_after: u64,
+) -> Outcome {
+    let retry_after = retry_after.max(1);
+    let closed = |c: &Planned| c.on_failure == FailurePolicy::Closed && !c.shadow;
+    if checks.iter().any(closed) {
+        let mut statuses: SmallVec<[WindowStatus; 4]> = SmallVec::new();
+        for (ci, check) in checks.iter().enumerate().filter(|(_, c)| closed(c)) {
+            for (wi, window) in check.windows.iter().enumerate() {
+                statuses.push(WindowStatus {
+                    check: ci as u8,
+                    window: wi as u8,
+                    limit: window.limit(),
+                    remaining: 0,
+                    reset_after: retry_after,
+                    retry_after,
+                });
+            }
+        }
+        return Outcome::from_statuses(false, statuses);
+    }
+
+    let mut origin: SmallVec<[u8; 4]> = SmallVec::new();
+    let mut quotas: SmallVec<[Quota; 2]> = SmallVec::new();
+    for (ci, check) in checks.iter().enumerate() {
+        if let FailurePolicy::Local { percent } = check.on_failure {
+            origin.push(ci as u8);
+            quotas.push(share(check, percent));
+        }
+    }
+    if quotas.is_empty() {
+        return Outcome::from_statuses(true, SmallVec::new());
+    }
+    let local_checks: SmallVec<[Check<'_>; 2]> = origin
+        .iter()
+        .zip(&quotas)
+        .map(|(&ci, quota)| {
+            let check = &checks[usize::from(ci)];
+            let mut c = Check::new(check.bucket, quota);
+            c.shadow = check.shadow;
+            c
+        })
+        .collect();
+    let outcome = match local.check(now, &local_checks) {
+        Decided::Ready(Ok(outcome)) => outcome,
+        // The memory store always decides at once; if it ever did not, the
+        // request is let through rather than held.
+        Decided::Ready(Err(_)) | Decided::Pending(_) => {
+            return Outcome::from_statuses(true, SmallVec::new())
+        }
+    };
+    let statuses = outcome.windows().iter().map(|w| WindowStatus {
+        check: origin[usize::from(w.check)],
+        ..*w
+    });
+    if outcome.is_capacity_refusal() {
+        return Outcome::at_capacity(outcome.retry_after(), statuses);
+    }
+    Outcome::new(outcome.admitted(), statuses).with_shadow_refusal(outcome.shadow_refused())
+}
+
+/// `check`'s quota with every window's limit cut to `percent` %.
+fn share(check: &Planned, percent: u8) -> Quota {
+    let percent = u64::from(percent.clamp(1, 100));
+    let scaled = |w: &Window| {
+        let limit = (u64::from(w.limit()) * percent / 100).max(u64::from(check.cost.max(1)));
+        let limit = u32::try_from(limit).unwrap_or(w.limit()).min(w.limit());
+        Window::new(limit, w.period()).unwrap_or(*w)
+    };
+    let mut windows = check.windows.iter();
+    let first = windows.next().map_or(Window::per_second(1), scaled);
+    let mut quota = Quota::new(first)
+        .cost(check.cost)
+        .algorithm(check.algorithm);
+    for w in windows {
+        quota = quota.and(scaled(w));
+    }
+    quota
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Algorithm;
+
+    const T0: u64 = 1_700_000_000_000_000_000;
+
+    fn planned(bucket: u64, quota: &Quota, on_failure: FailurePolicy) -> Planned {
+        Planned::new(&Check::new(bucket, quota), on_failure)
+    }
+
+    #[test]
+    fn open_checks_are_left_out_and_admit() {
+        let quota = Quota::new(Window::per_minute(1));
+        let local = MemoryStore::new();
+        let checks = [planned(1, &quota, FailurePolicy::Open)];
+        for _ in 0..5 {
+            let o = decide(&checks, &local, T0, 1);
+            assert!(o.admitted());
+            assert!(o.windows().is_empty());
+        }
+        assert!(local.is_empty(), "nothing counted");
+    }
+
+    #[test]
+    fn a_closed_check_refuses_and_nothing_is_counted_locally() {
+        let quota = Quota::new(Window::per_minute(10)).and(Window::per_hour(100));
+        let local = MemoryStore::new();
+        let checks = [
+            planned(1, &quota, FailurePolicy::local(50)),
+            planned(2, &quota, FailurePolicy::Closed),
+        ];
+        let o = decide(&checks, &local, T0, 3_000_000_000);
+        assert!(!o.admitted());
+        assert_eq!(o.retry_after(), 3_000_000_000);
+        assert_eq!(o.windows().len(), 2);
+        assert!(o.windows().iter().all(|w| w.check == 1 && w.remaining == 0));
+        assert!(local.is_empty());
+    }
+
+    #[test]
+    fn a_shadow_check_never_fails_closed() {
+        let quota = Quota::new(Window::per_minute(10));
+        let local = MemoryStore::new();
+        let mut shadow = planned(1, &quota, FailurePolicy::Closed);
+        shadow.shadow = true;
+        assert!(decide(&[shadow], &local, T0, 1).admitted());
+    }
+
+    #[test]
+    fn the_local_fallback_counts_a_share_of_each_window() {
+        let quota = Quota::new(Window::per_minute(10))
+            .and(Window::per_hour(100))
+            .algorithm(Algorithm::FixedWindow);
+        let local = MemoryStore::new();
+        let checks = [
+            planned(9, &quota, FailurePolicy::Open),
+            planned(1, &quota, FailurePolicy::local(30)),
+        ];
+        let admitted = (0..10)
+            .filter(|_| decide(&checks, &local, T0, 1).admitted())
+            .count();
+        assert_eq!(admitted, 3, "30 % of 10 per minute");
+        let o = decide(&checks, &local, T0, 1);
+        assert!(o.windows().iter().all(|w| w.check == 1));
+        assert_eq!(o.windows()[0].limit, 3);
+        assert_eq!(o.windows()[1].limit, 30);
+    }
+
+    #[test]
+    fn a_share_never_drops_below_one_request_or_the_cost() {
+        let quota = Quota::new(Window::per_minute(10)).cost(4);
+        let local = MemoryStore::new();
+        let checks = [planned(1, &quota, FailurePolicy::local(1))];
+        assert!(decide(&checks, &local, T0, 1).admitted());
+        assert!(!decide(&checks, &local, T0, 1).admitted());
+        assert_eq!(FailurePolicy::local(0), FailurePolicy::Local { percent: 1 });
+        assert_eq!(
+            FailurePolicy::local(250),
+            FailurePolicy::Local { percent: 100 }
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! [`RedisStore`]: the same limits shared by any number of processes, one
+//! round trip per decision (feature `redis`).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_ratelimit::key::{Header, KeySecret};
+//! use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
+//! use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Every node hashes keys under the same secret, so they share buckets.
+//! let secret = KeySecret::from_bytes(*b"sixteen byte key");
+//! let policy = Policy::builder()
+//!     .key_secret(secret)
+//!     .limit(Limit::new("per_key", Header::parse("X-API-Key")?)
+//!         .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))))
+//!     .limit(Limit::new("signups", Header::parse("X-API-Key")?)
+//!         .route("POST /v1/accounts", Quota::new(Window::per_hour(5))))
+//!     .build()?;
+//! let store = RedisStore::builder("redis://127.0.0.1:6379")
+//!     .deadline(Duration::from_millis(50))
+//!     .on_failure(FailurePolicy::local(25)) // 4 nodes: each allows a quarter alone
+//!     .on_failure_of("signups", FailurePolicy::Closed)
+//!     .connect()
+//!     .await?;
+//! let layer = RateLimitLayer::with_store(policy, store);
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # One script, all or nothing
+//!
+//! A request's checks (every window of every limit that applies to it) are
+//! decided by one Lua script, run with `EVALSHA`: the script is loaded when
+//! the store connects, and loaded again whenever Redis answers `NOSCRIPT` (a
+//! restarted or flushed server), transparently. The script reads every
+//! window's state first, decides, and writes only if every enforced window
+//! admits the request, so a refused request writes nothing. Shadow checks are
+//! charged only when the request is admitted and all of them admit too.
+//!
+//! # The same arithmetic as the memory store
+//!
+//! Both algorithms count in integer nanoseconds. Redis's Lua numbers are
+//! doubles, exact only up to 2^53 (about 104 days in nanoseconds), so the
+//! script keeps every time and duration as an array of 24-bit limbs and does
+//! exact integer addition, subtraction, multiplication and division on them;
+//! values cross the script's boundary as decimal strings. The script returns
+//! the state each window was decided on, and the store computes the outcome
+//! (remaining, reset, retry-after) from it with the very functions the
+//! [`MemoryStore`](crate::store::MemoryStore) uses, and checks that the
+//! script's verdict agrees. On the same sequence of requests at the same
+//! times both stores make the same decisions (a property test runs them side
+//! by side).
+//!
+//! A GCRA window stores, beside its theoretical arrival time, the interval
+//! (period / limit) it was charged with. When a bucket's quota changes (a
+//! per-key override, a new policy) the debt it carries is rescaled to the new
+//! interval, rounded up, so the bucket keeps its *count*: a key that used 8
+//! of 10 and is lowered to 5 is refused at once. Fixed windows keep their
+//! count as it is.
+//!
+//! # Keys
+//!
+//! One Redis key per bucket and window:
+//! `{PREFIX}:<bucket, 16 hex digits>:<gcra|fixed>:<period in ns>`, such as
+//! `{ratelimit}:9f86d081884c7d65:gcra:60000000000`. The bucket is the keyed
+//! hash (SipHash-1-3 under the policy's [`KeySecret`](crate::key::KeySecret))
+//! of the limit, its route and the request's key: no raw key ever reaches
+//! Redis. Processes that share limits must share the secret
+//! ([`PolicyBuilder::key_secret`](crate::PolicyBuilder::key_secret)) and the
+//! prefix. Every write sets a TTL one millisecond past the moment the
+//! window's state equals a fresh key's, so once traffic stops the database
+//! empties, with nothing lost.
+//!
+//! # Clock
+//!
+//! By default the script reads Redis's clock (`TIME`), so nodes whose clocks
+//! disagree still decide alike; the durations the store reports are measured
+//! from that moment. [`ClockSource::Layer`] uses the layer's clock instead.
+//!
+//! # When Redis fails
+//!
+//! Every call has a deadline (default 50 ms, reconnecting included). A call
+//! that errs, misses the deadline or gets a nonsensical answer is logged
+//! (`tracing`, at `warn` for the first failure in a row and when the breaker
+//! opens), counted ([`RedisStore::stats`]), and the request is decided by its
+//! limits' [`FailurePolicy`], chosen per limit name: fail open (the default),
+//! fail closed (refuse, `Retry-After` the breaker's cool-down), or count
+//! locally against a share of the quota. After 3 failures in a row (by
+//! default) a circuit breaker stops calling Redis for a cool-down (default
+//! 500 ms); then one request probes, and a success closes it. The store's
+//! future never fails and never panics on Redis's account: the layer never
+//! sees a store error from it, so a failure never becomes the inner
+//! service's error. A check that fails open is left out of the outcome: the
+//! request goes through without rate-limit headers for that limit, rather
+//! than with made-up numbers.
+//!
+//! # Redis Cluster
+//!
+//! [`RedisStore::cluster_builder`] uses a Redis Cluster. The prefix is a hash
+//! tag (the braces), so all keys of a store live in one hash slot and one
+//! script still decides a whole request atomically, across limits. The price
+//! is that one store's keys sit on one shard: spread load over shards by
+//! giving separate deployments separate prefixes.
+//!
+//! # Why the crate's own engine
+//!
+//! The decisions are not made by `governor`: a policy here needs one atomic
+//! decision over several windows and several limits in which a refusal
+//! charges nothing, fixed windows beside GCRA, remaining and reset for the
+//! headers, and state a Redis script can hold and rescale. The crate's own
+//! integer arithmetic does all of that in a few lines that a Lua script can
+//! repeat exactly, so the in-memory and Redis stores agree to the
+//! nanosecond.
+
+mod breaker;
+mod connection;
+mod failure;
+mod keys;
+mod script;
+mod store;
+
+pub use failure::FailurePolicy;
+pub use store::{ClockSource, PendingDecision, RedisStats, RedisStore, RedisStoreBuilder};

@@ -1,0 +1,500 @@
+//! `RedisStore` and its builder.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::Script;
+
+use super::breaker::{Breaker, Permit, Ticket, Transition};
+use super::connection::{Backend, Cluster};
+use super::failure::{self, FailurePolicy};
+use super::keys::{valid_prefix, MAX_PREFIX_LEN};
+use super::script::{self, Planned};
+use crate::error::ConfigError;
+use crate::store::{Check, Decided, MemoryStore, Outcome, Store, StoreError};
+
+/// Whose clock decisions use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ClockSource {
+    /// Redis's `TIME`, read inside the decision script (the default): every
+    /// node decides on one clock, however far apart the nodes' own clocks
+    /// are.
+    #[default]
+    Redis,
+    /// The layer's clock (the `now` it passes to the store): for tests with
+    /// a [`ManualClock`](crate::clock::ManualClock), and for running
+    /// side by side with a [`MemoryStore`]. Nodes must then agree on the
+    /// time. The keys' TTLs run on Redis's clock, so each gets one more
+    /// period and one second of slack: the layer's clock must not fall
+    /// behind real time by more than that.
+    Layer,
+}
+
+/// Counters of what a [`RedisStore`] did, since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Requests Redis decided.
+    pub decisions: u64,
+    /// Calls to Redis that failed: an error, a missed deadline, or an answer
+    /// that made no sense.
+    pub failures: u64,
+    /// Of the failures, the calls that missed the deadline.
+    pub timeouts: u64,
+    /// Requests not sent to Redis because the circuit breaker was open.
+    pub short_circuits: u64,
+    /// Requests decided by their limits' [`FailurePolicy`] instead of Redis
+    /// (failures plus short circuits).
+    pub fallbacks: u64,
+    /// Times the script was loaded into Redis: once at
+    /// [`RedisStoreBuilder::connect`], and again after each `NOSCRIPT` (a
+    /// restarted or flushed server).
+    pub script_loads: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    decisions: AtomicU64,
+    failures: AtomicU64,
+    timeouts: AtomicU64,
+    short_circuits: AtomicU64,
+    fallbacks: AtomicU64,
+    script_loads: AtomicU64,
+}
+
+/// Counts shared by every process that shares a Redis server (or cluster).
+///
+/// See the [module documentation](crate::store::redis) for the
+/// arithmetic, the keys, the clock and what happens when Redis fails.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    script: Script,
+    prefix: Box<str>,
+    clock: ClockSource,
+    deadline: Duration,
+    breaker: Arc<Breaker>,
+    on_failure: FailurePolicy,
+    per_limit: HashMap<Box<str>, FailurePolicy>,
+    local: MemoryStore,
+    counters: Counters,
+}
+
+/// Where the builder connects.
+#[derive(Clone)]
+enum Target {
+    Server(String),
+    Cluster(Vec<String>),
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    target: Target,
+    prefix: String,
+    clock: ClockSource,
+    deadline: Duration,
+    connect_timeout: Duration,
+    failure_threshold: u32,
+    cool_down: Duration,
+    on_failure: FailurePolicy,
+    per_limit: HashMap<Box<str>, FailurePolicy>,
+}
+
+impl RedisStore {
+    /// A builder for a store on the Redis server at `url`
+    /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`, `rediss://…` needs TLS support
+    /// that this crate does not enable, `redis+unix:///path`).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Target::Server(url.into()))
+    }
+
+    /// A builder for a store on a Redis Cluster reached through any of
+    /// `urls`. Every key of the store shares one hash slot (see the module
+    /// documentation).
+    pub fn cluster_builder<I, S>(urls: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisStoreBuilder::new(Target::Cluster(urls.into_iter().map(Into::into).collect()))
+    }
+
+    /// What the store has done so far.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RedisStats {
+            decisions: get(&c.decisions),
+            failures: get(&c.failures),
+            timeouts: get(&c.timeouts),
+            short_circuits: get(&c.short_circuits),
+            fallbacks: get(&c.fallbacks),
+            script_loads: get(&c.script_loads),
+        }
+    }
+
+    /// Calls to Redis that failed so far (see [`RedisStats::failures`]).
+    pub fn failures(&self) -> u64 {
+        self.inner.counters.failures.load(Ordering::Relaxed)
+    }
+
+    /// Whether the circuit breaker is open: Redis is not being called, and
+    /// requests follow their limits' [`FailurePolicy`].
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// The prefix of the store's keys (inside the `{…}` hash tag).
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The policy that applies to the limit named `limit` when Redis fails.
+    pub fn failure_policy(&self, limit: &str) -> FailurePolicy {
+        self.inner.policy_for(limit)
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("backend", &self.inner.backend)
+            .field("prefix", &self.inner.prefix)
+            .field("clock", &self.inner.clock)
+            .field("deadline", &self.inner.deadline)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password: not printed.
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("clock", &self.clock)
+            .field("deadline", &self.deadline)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("failure_threshold", &self.failure_threshold)
+            .field("cool_down", &self.cool_down)
+            .field("on_failure", &self.on_failure)
+            .field("per_limit", &self.per_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStoreBuilder {
+    fn new(target: Target) -> Self {
+        RedisStoreBuilder {
+            target,
+            prefix: String::from("ratelimit"),
+            clock: ClockSource::Redis,
+            deadline: Duration::from_millis(50),
+            connect_timeout: Duration::from_millis(500),
+            failure_threshold: 3,
+            cool_down: Duration::from_millis(500),
+            on_failure: FailurePolicy::Open,
+            per_limit: HashMap::new(),
+        }
+    }
+
+    /// The prefix of every key (default `ratelimit`, giving keys such as
+    /// `{ratelimit}:9f86d081884c7d65:gcra:60000000000`): 1 to 64 printable
+    /// ASCII characters without `{`, `}` or spaces. Deployments that share
+    /// a Redis but not their limits use different prefixes.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Whose clock decides (default [`ClockSource::Redis`]).
+    pub fn clock(mut self, clock: ClockSource) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The longest a decision may wait for Redis, reconnecting included
+    /// (default 50 ms); past it the request follows its limits'
+    /// [`FailurePolicy`].
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The longest one attempt to (re)connect may take (default 500 ms). It
+    /// runs in the background: requests still wait at most the deadline.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// After `failures` consecutive failed calls (default 3), stop calling
+    /// Redis for `cool_down` (default 500 ms); then one request probes it,
+    /// and a success closes the breaker again.
+    pub fn circuit_breaker(mut self, failures: u32, cool_down: Duration) -> Self {
+        self.failure_threshold = failures.max(1);
+        self.cool_down = cool_down;
+        self
+    }
+
+    /// What every limit without its own setting does when Redis fails
+    /// (default [`FailurePolicy::Open`]).
+    pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// What the limit named `limit` does when Redis fails.
+    pub fn on_failure_of(mut self, limit: impl Into<String>, policy: FailurePolicy) -> Self {
+        self.per_limit.insert(limit.into().into_boxed_str(), policy);
+        self
+    }
+
+    /// Builds the store without waiting for Redis: it connects on first use,
+    /// and requests follow the failure policy until it answers. Must be
+    /// called inside a Tokio runtime (the connection runs on it).
+    ///
+    /// Fails on a malformed URL or prefix, or outside a Tokio runtime.
+    pub fn build(self) -> Result<RedisStore, ConfigError> {
+        if !valid_prefix(&self.prefix) {
+            return Err(ConfigError::invalid(
+                "prefix",
+                format!(
+                    "`{}` is not 1 to {MAX_PREFIX_LEN} printable ASCII characters without braces or spaces",
+                    self.prefix.escape_default()
+                ),
+            ));
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::invalid(
+                "redis",
+                "the Redis store must be built inside a Tokio runtime",
+            ));
+        }
+        let backend = match &self.target {
+            Target::Server(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(|_| bad_url())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(None)
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(10))
+                    .set_max_delay(Duration::from_millis(100));
+                let manager = ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| ConfigError::invalid("redis", format!("cannot set up: {e}")))?;
+                Backend::Single(manager)
+            }
+            Target::Cluster(urls) => {
+                if urls.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "redis",
+                        "a cluster needs at least one URL",
+                    ));
+                }
+                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                    .connection_timeout(self.connect_timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(|_| bad_url())?;
+                Backend::Cluster(Box::new(Cluster {
+                    client,
+                    connection: tokio::sync::OnceCell::new(),
+                }))
+            }
+        };
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                backend,
+                script: Script::new(script::SOURCE),
+                prefix: self.prefix.into_boxed_str(),
+                clock: self.clock,
+                deadline: self.deadline,
+                breaker: Arc::new(Breaker::new(self.failure_threshold, self.cool_down)),
+                on_failure: self.on_failure,
+                per_limit: self.per_limit,
+                local: MemoryStore::new(),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// Builds the store, checks that Redis answers within the connect
+    /// timeout, and loads the script.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let timeout = self.connect_timeout;
+        let store = self.build().map_err(|e| StoreError::new(e.to_string()))?;
+        let inner = &store.inner;
+        match tokio::time::timeout(
+            timeout,
+            inner
+                .backend
+                .prepare(&inner.script, &inner.counters.script_loads),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(store),
+            Ok(Err(e)) => Err(StoreError::new(format!("Redis did not answer: {e}"))),
+            Err(_) => Err(StoreError::new(format!(
+                "Redis did not answer within {timeout:?}"
+            ))),
+        }
+    }
+}
+
+fn bad_url() -> ConfigError {
+    // The URL itself is not repeated: it may hold a password.
+    ConfigError::invalid(
+        "redis",
+        "not a Redis URL (redis://[:PASSWORD@]HOST:PORT[/DB] or redis+unix:///PATH)",
+    )
+}
+
+/// Why a call to Redis did not decide.
+enum Failure {
+    Timeout(Duration),
+    Redis(redis::RedisError),
+    Reply(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
+            Failure::Redis(e) => write!(f, "{e}"),
+            Failure::Reply(e) => write!(f, "unexpected answer: {e}"),
+        }
+    }
+}
+
+impl Inner {
+    fn policy_for(&self, limit: &str) -> FailurePolicy {
+        self.per_limit
+            .get(limit)
+            .copied()
+            .unwrap_or(self.on_failure)
+    }
+
+    /// The outcome when Redis did not decide, with the failure recorded.
+    fn fall_back(&self, checks: &[Planned], now: u64) -> Outcome {
+        self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+        let retry = self.breaker.retry_hint().as_nanos();
+        failure::decide(
+            checks,
+            &self.local,
+            now,
+            u64::try_from(retry).unwrap_or(u64::MAX),
+        )
+    }
+
+    fn record_failure(&self, failure: &Failure, transition: Transition) {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        if matches!(failure, Failure::Timeout(_)) {
+            self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        if transition == Transition::Opened {
+            tracing::warn!(
+                error = %failure,
+                cool_down = ?self.breaker.cool_down(),
+                "rate-limit store: Redis keeps failing; not calling it for the cool-down, \
+                 requests follow their failure policy"
+            );
+        } else if self.breaker.consecutive_failures() == 1 {
+            tracing::warn!(error = %failure, "rate-limit store: Redis failed; request follows its failure policy");
+        } else {
+            tracing::debug!(error = %failure, "rate-limit store: Redis failed again");
+        }
+    }
+}
+
+/// A decision on its way from Redis.
+pub struct PendingDecision {
+    inner: Pin<Box<dyn Future<Output = Result<Outcome, StoreError>> + Send>>,
+}
+
+impl fmt::Debug for PendingDecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PendingDecision")
+    }
+}
+
+impl Future for PendingDecision {
+    type Output = Result<Outcome, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl Store for RedisStore {
+    type Pending = PendingDecision;
+
+    /// Never fails: when Redis cannot decide, each check follows its limit's
+    /// [`FailurePolicy`] (and the failure is logged and counted).
+    fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<PendingDecision> {
+        let inner = &self.inner;
+        let planned: Vec<Planned> = checks
+            .iter()
+            .map(|c| Planned::new(c, inner.policy_for(c.limit)))
+            .collect();
+        if planned.is_empty() {
+            return Decided::Ready(Ok(Outcome::new(true, std::iter::empty())));
+        }
+        let permit = inner.breaker.permit();
+        if let Permit::Refused(_) = permit {
+            inner
+                .counters
+                .short_circuits
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::trace!("rate-limit store: circuit open, Redis not called");
+            return Decided::Ready(Ok(inner.fall_back(&planned, now)));
+        }
+        let layer_now = (inner.clock == ClockSource::Layer).then_some(now);
+        let (keys, args) = script::invocation(&inner.prefix, layer_now, &planned);
+        let ticket = Ticket::new(Arc::clone(&inner.breaker), permit);
+        let inner = Arc::clone(inner);
+        Decided::Pending(PendingDecision {
+            inner: Box::pin(async move {
+                let call =
+                    inner
+                        .backend
+                        .eval(&inner.script, &keys, &args, &inner.counters.script_loads);
+                let decided = match tokio::time::timeout(inner.deadline, call).await {
+                    Err(_) => Err(Failure::Timeout(inner.deadline)),
+                    Ok(Err(e)) => Err(Failure::Redis(e)),
+                    Ok(Ok(reply)) => script::parse_reply(&planned, &reply)
+                        .and_then(|reply| script::outcome(&planned, &reply))
+                        .map_err(Failure::Reply),
+                };
+                match decided {
+                    Ok(outcome) => {
+                        inner.counters.decisions.fetch_add(1, Ordering::Relaxed);
+                        if ticket.success() == Transition::Closed {
+                            tracing::info!("rate-limit store: Redis answers again");
+                        }
+                        Ok(outcome)
+                    }
+                    Err(failure) => {
+                        let transition = ticket.failure();
+                        inner.record_failure(&failure, transition);
+                        Ok(inner.fall_back(&planned, now))
+                    }
+                }
+            }),
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! The Redis store and the memory store, side by side on random sequences of
+//! requests at random times, make the same decisions with the same numbers.
+
+#![cfg(feature = "redis")]
+
+mod redis_support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tower_ratelimit::store::redis::{ClockSource, RedisStore};
+use tower_ratelimit::store::{Check, Decided, MemoryStore, Outcome, Store};
+use tower_ratelimit::{Algorithm, Quota, Window};
+
+const T0: u64 = 1_700_000_000_123_456_789;
+
+fn quotas() -> Vec<Quota> {
+    let ms = Duration::from_millis;
+    vec![
+        Quota::new(Window::per_second(3)).and(Window::per_minute(10)),
+        Quota::new(Window::per_second(2))
+            .and(Window::per_minute(5))
+            .algorithm(Algorithm::FixedWindow),
+        Quota::new(Window::new(7, Duration::from_secs(10)).unwrap()).cost(2),
+        Quota::new(Window::new(3, ms(200)).unwrap())
+            .and(Window::new(4, ms(700)).unwrap())
+            .algorithm(Algorithm::FixedWindow),
+        // An interval that does not divide evenly: 1000 ms / 3.
+        Quota::new(Window::new(3, ms(1000)).unwrap()).and(Window::per_hour(40)),
+    ]
+}
+
+/// One request: its checks as (bucket, shadow); a bucket always has the
+/// same quota (bucket % number of quotas).
+#[derive(Debug, Clone)]
+struct Step {
+    advance_ns: u64,
+    checks: Vec<(u64, bool)>,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let step = (
+        prop_oneof![Just(0u64), 0u64..400_000_000, 0u64..3_000_000_000],
+        prop::collection::vec((0u64..7, prop::bool::weighted(0.2)), 1..=3),
+    )
+        .prop_map(|(advance_ns, mut checks)| {
+            checks.dedup_by_key(|c| c.0);
+            Step { advance_ns, checks }
+        });
+    prop::collection::vec(step, 20..60)
+}
+
+fn memory(store: &MemoryStore, now: u64, checks: &[Check<'_>]) -> Outcome {
+    match store.check(now, checks) {
+        Decided::Ready(Ok(outcome)) => outcome,
+        other => panic!("memory store answered {other:?}"),
+    }
+}
+
+#[test]
+fn redis_and_memory_stores_decide_alike_on_random_sequences() {
+    let Some(server) = redis_support::server() else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let case = AtomicUsize::new(0);
+    let quotas = quotas();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&steps(), |steps| {
+        runtime.block_on(async {
+            // A prefix per case: every case starts from fresh keys.
+            let prefix = format!("case{}", case.fetch_add(1, Ordering::SeqCst));
+            let redis = RedisStore::builder(server.url())
+                .prefix(prefix)
+                .clock(ClockSource::Layer)
+                .deadline(Duration::from_secs(5))
+                .connect()
+                .await
+                .unwrap();
+            let memory_store = MemoryStore::new();
+            let mut now = T0;
+            let mut admitted = 0;
+            for (i, step) in steps.iter().enumerate() {
+                now += step.advance_ns;
+                let checks: Vec<Check<'_>> = step
+                    .checks
+                    .iter()
+                    .map(|&(bucket, shadow)| {
+                        let quota = &quotas[(bucket % quotas.len() as u64) as usize];
+                        // Spread buckets over the hash space, as real ones are.
+                        let bucket = bucket.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                        if shadow {
+                            Check::shadow(bucket, quota)
+                        } else {
+                            Check::new(bucket, quota)
+                        }
+                    })
+                    .collect();
+                let expected = memory(&memory_store, now, &checks);
+                let got = match redis.check(now, &checks) {
+                    Decided::Pending(pending) => pending.await.unwrap(),
+                    Decided::Ready(result) => result.unwrap(),
+                };
+                prop_assert_eq!(
+                    &got,
+                    &expected,
+                    "step {} at +{} ns: {:?}",
+                    i,
+                    now - T0,
+                    step
+                );
+                admitted += usize::from(got.admitted());
+            }
+            prop_assert_eq!(redis.failures(), 0);
+            let _ = admitted;
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

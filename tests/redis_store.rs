@@ -1,0 +1,445 @@
+//! The Redis store against a real `redis-server`: shared exact counts across
+//! layers, all-or-nothing decisions, keys and TTLs, clocks, and quota
+//! changes that keep a bucket's count.
+
+#![cfg(feature = "redis")]
+
+mod redis_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use redis_support::{header, send, service};
+use tower_ratelimit::clock::ManualClock;
+use tower_ratelimit::key::{Header, KeySecret, PathCapture};
+use tower_ratelimit::store::redis::{ClockSource, RedisStore};
+use tower_ratelimit::store::{Check, Decided, Outcome, Store};
+use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
+
+const S: u64 = 1_000_000_000;
+/// 2023-11-14T22:13:20Z: not aligned to a minute or an hour.
+const T0: u64 = 1_700_000_000;
+const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
+
+fn per_key(quota: Quota) -> Policy {
+    Policy::builder()
+        .key_secret(SECRET)
+        .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(quota))
+        .build()
+        .unwrap()
+}
+
+async fn decide(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
+    match store.check(now, checks) {
+        Decided::Pending(pending) => pending.await.expect("the Redis store never fails"),
+        Decided::Ready(result) => result.expect("the Redis store never fails"),
+    }
+}
+
+async fn layer_clock_store(server: &redis_support::RedisServer) -> RedisStore {
+    RedisStore::builder(server.url())
+        .clock(ClockSource::Layer)
+        .deadline(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("the test server answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_layers_sharing_one_redis_admit_exactly_the_limit_under_concurrent_load() {
+    let server = redis_or_skip!();
+    // GCRA, 60 per hour: one request earns back a slot only after 60 s, so
+    // exactly 60 of these requests may pass, whichever node they reach.
+    let policy = per_key(Quota::new(Window::per_hour(60)).and(Window::per_day(1000)));
+    let mut services = Vec::new();
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::builder(server.url())
+            .deadline(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+        stores.push(store.clone());
+        services.push(service(&RateLimitLayer::with_store(policy.clone(), store)));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let svc = services[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let response = send(&svc, "GET", "/v1/calls", "shared-key").await;
+            (i % 2, response.status())
+        }));
+    }
+    let mut admitted = [0usize; 2];
+    let mut refused = 0;
+    for task in tasks {
+        let (node, status) = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("no request hangs")
+            .unwrap();
+        match status {
+            StatusCode::OK => admitted[node] += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(admitted[0] + admitted[1], 60, "{admitted:?} admitted");
+    assert!(
+        admitted[0] > 0 && admitted[1] > 0,
+        "both nodes admitted: {admitted:?}"
+    );
+    assert_eq!(refused, 240);
+    for store in &stores {
+        assert_eq!(store.failures(), 0, "every decision came from Redis");
+    }
+    // Another key is untouched.
+    let response = send(&services[0], "GET", "/v1/calls", "other-key").await;
+    assert_eq!(header(&response, "x-ratelimit-remaining"), Some("59"));
+}
+
+#[tokio::test]
+async fn a_refused_request_writes_nothing_across_windows_and_stacked_limits() {
+    let server = redis_or_skip!();
+    let store = layer_clock_store(&server).await;
+    let now = T0 * S;
+    let wide = Quota::new(Window::per_minute(100)).and(Window::per_hour(1000));
+    let narrow = Quota::new(Window::per_second(1))
+        .and(Window::per_minute(1))
+        .algorithm(Algorithm::FixedWindow);
+    let both = [Check::new(1, &wide), Check::new(2, &narrow)];
+    assert!(decide(&store, now, &both).await.admitted());
+
+    let mut client = server.client().await;
+    let snapshot = |keys: Vec<String>| async {
+        let mut client = server.client().await;
+        let mut values = Vec::new();
+        for key in keys {
+            let value: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut client)
+                .await
+                .unwrap();
+            values.push((key, value));
+        }
+        values.sort();
+        values
+    };
+    let before = snapshot(server.keys().await).await;
+    assert_eq!(before.len(), 4, "one key per bucket and window: {before:?}");
+
+    let refused = decide(&store, now, &both).await;
+    assert!(!refused.admitted());
+    assert_eq!(
+        refused.windows()[0].remaining,
+        99,
+        "the admitting limit reports what is left, untouched"
+    );
+    assert_eq!(
+        refused.retry_after(),
+        40 * S,
+        "the fixed minute ends in 40 s"
+    );
+    assert_eq!(
+        snapshot(server.keys().await).await,
+        before,
+        "nothing was written"
+    );
+
+    // Multi-window inside one limit: the hour refuses, so the minute is not charged.
+    let tight = Quota::new(Window::per_minute(5)).and(Window::per_hour(2));
+    let one = [Check::new(3, &tight)];
+    assert!(decide(&store, now, &one).await.admitted());
+    assert!(decide(&store, now, &one).await.admitted());
+    let refused = decide(&store, now, &one).await;
+    assert!(!refused.admitted());
+    assert_eq!(
+        refused.windows()[0].remaining,
+        3,
+        "the minute window kept 3 of 5"
+    );
+    let only_wide = decide(&store, now, &[Check::new(1, &wide)]).await;
+    assert_eq!(
+        only_wide.windows()[0].remaining,
+        98,
+        "one request counted, not two"
+    );
+    let _: () = redis::cmd("PING").query_async(&mut client).await.unwrap();
+}
+
+#[tokio::test]
+async fn shadow_checks_are_charged_only_when_the_request_and_all_of_them_admit() {
+    let server = redis_or_skip!();
+    let store = layer_clock_store(&server).await;
+    let now = T0 * S;
+    let enforced = Quota::new(Window::per_minute(3));
+    let shadow = Quota::new(Window::per_minute(1));
+    let checks = [Check::new(10, &enforced), Check::shadow(11, &shadow)];
+    let first = decide(&store, now, &checks).await;
+    assert!(first.admitted() && !first.shadow_refused());
+    let second = decide(&store, now, &checks).await;
+    assert!(second.admitted(), "a shadow limit never refuses");
+    assert!(second.shadow_refused());
+    assert_eq!(second.retry_after(), 0);
+    let third = decide(&store, now, &checks).await;
+    assert!(third.admitted());
+    let refused = decide(&store, now, &checks).await;
+    assert!(!refused.admitted(), "3 per minute enforced");
+    assert_eq!(
+        refused.windows()[1].retry_after,
+        0,
+        "a shadow window never makes a client wait"
+    );
+}
+
+#[tokio::test]
+async fn no_raw_key_reaches_redis_and_every_key_has_a_ttl_just_past_its_window() {
+    let server = redis_or_skip!();
+    let policy = Policy::builder()
+        .key_secret(SECRET)
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))),
+        )
+        .limit(
+            Limit::new("per_call", PathCapture::new("call_id")).route(
+                "POST /v1/calls/{call_id}/control",
+                Quota::new(Window::per_second(2))
+                    .and(Window::per_minute(10))
+                    .algorithm(Algorithm::FixedWindow),
+            ),
+        )
+        .build()
+        .unwrap();
+    let store = RedisStore::builder(server.url())
+        .prefix("nodes")
+        .connect()
+        .await
+        .unwrap();
+    let svc = service(&RateLimitLayer::with_store(policy, store));
+    let raw_keys = ["sk_live_RAWSECRETKEY1", "sk_live_RAWSECRETKEY2"];
+    for (i, key) in raw_keys.iter().enumerate() {
+        for _ in 0..3 {
+            send(
+                &svc,
+                "POST",
+                &format!("/v1/calls/call_RAWCALLID{i}/control"),
+                key,
+            )
+            .await;
+        }
+    }
+    let keys = server.keys().await;
+    assert_eq!(
+        keys.len(),
+        2 * 2 + 2 * 2,
+        "two windows per key and per call: {keys:?}"
+    );
+    let mut client = server.client().await;
+    for key in &keys {
+        let parts: Vec<&str> = key.split(':').collect();
+        assert_eq!(parts.len(), 4, "{key}");
+        assert_eq!(parts[0], "{nodes}");
+        assert!(
+            parts[1].len() == 16 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{key}: the bucket is a 64-bit hash"
+        );
+        assert!(["gcra", "fixed"].contains(&parts[2]), "{key}");
+        let period_ns: u64 = parts[3].parse().unwrap();
+        let value: String = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        for raw in ["RAWSECRETKEY", "RAWCALLID", "sk_live"] {
+            assert!(
+                !key.contains(raw) && !value.contains(raw),
+                "{key} = {value}"
+            );
+        }
+        let ttl_ms: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        assert!(ttl_ms > 0, "{key} has a TTL");
+        assert!(
+            ttl_ms as u64 <= period_ns / 1_000_000 + 2,
+            "{key}: TTL {ttl_ms} ms, just past its window at most"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_database_empties_once_the_longest_window_has_passed() {
+    let server = redis_or_skip!();
+    let store = RedisStore::builder(server.url()).connect().await.unwrap();
+    let gcra = Quota::new(Window::new(5, Duration::from_millis(200)).unwrap())
+        .and(Window::new(20, Duration::from_millis(600)).unwrap());
+    let fixed = Quota::new(Window::new(5, Duration::from_millis(300)).unwrap())
+        .algorithm(Algorithm::FixedWindow);
+    for bucket in 0..20u64 {
+        let checks = [Check::new(bucket, &gcra), Check::new(bucket << 32, &fixed)];
+        assert!(decide(&store, 0, &checks).await.admitted());
+    }
+    let mut client = server.client().await;
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut client).await.unwrap();
+    assert_eq!(size, 60);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Redis expires keys lazily and in an active cycle (10 times a second);
+    // give the cycle a moment.
+    let mut size = u64::MAX;
+    for _ in 0..20 {
+        size = redis::cmd("DBSIZE").query_async(&mut client).await.unwrap();
+        if size == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(size, 0, "every key expired");
+}
+
+#[tokio::test]
+async fn skewed_node_clocks_change_no_decision() {
+    let server = redis_or_skip!();
+    // Two nodes, their clocks 5 hours apart, one Redis clock.
+    let policy = per_key(Quota::new(Window::per_minute(10)));
+    let early = ManualClock::at_unix_secs(T0);
+    let late = ManualClock::at_unix_secs(T0 + 5 * 3600);
+    let mut nodes = Vec::new();
+    for clock in [&early, &late] {
+        let store = RedisStore::builder(server.url()).connect().await.unwrap();
+        nodes.push(service(
+            &RateLimitLayer::with_store(policy.clone(), store).clock(clock.clone()),
+        ));
+    }
+    let mut statuses = Vec::new();
+    for i in 0..14 {
+        let response = send(&nodes[i % 2], "GET", "/", "k").await;
+        statuses.push(response.status().as_u16());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            // Either node says the same wait: the next slot is ~6 s away on
+            // Redis's clock.
+            assert_eq!(header(&response, "retry-after"), Some("6"), "request {i}");
+        }
+    }
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(&statuses[..10], &[200; 10]);
+    // Moving a node's clock on by an hour earns nothing back: Redis decides.
+    early.advance(Duration::from_secs(3600));
+    assert_eq!(
+        send(&nodes[0], "GET", "/", "k").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn lowering_a_gcra_limit_keeps_the_count_and_refuses_at_once() {
+    let server = redis_or_skip!();
+    let store = layer_clock_store(&server).await;
+    let now = T0 * S;
+    let ten = Quota::new(Window::per_minute(10));
+    let five = Quota::new(Window::per_minute(5));
+    let twenty = Quota::new(Window::per_minute(20));
+    for _ in 0..8 {
+        assert!(decide(&store, now, &[Check::new(7, &ten)]).await.admitted());
+    }
+    // 8 used of a new limit of 5: refused at once, until 4 requests' worth
+    // (3 over the limit, and room for this one) has returned at 12 s each.
+    let lowered = decide(&store, now, &[Check::new(7, &five)]).await;
+    assert!(!lowered.admitted());
+    assert_eq!(lowered.windows()[0].remaining, 0);
+    assert_eq!(lowered.retry_after(), 48 * S);
+    // The conversion is kept although the request was refused: the count
+    // now returns at the new rate (one per 12 s, not one per 6 s).
+    let later = decide(&store, now + 24 * S, &[Check::new(7, &five)]).await;
+    assert!(!later.admitted(), "6 of 5 still used after 24 s");
+    assert_eq!(later.retry_after(), 24 * S);
+    assert!(decide(&store, now + 48 * S, &[Check::new(7, &five)])
+        .await
+        .admitted());
+    // Raised to 20 at the same moment: 5 used, so 14 left after one more.
+    let raised = decide(&store, now + 48 * S, &[Check::new(7, &twenty)]).await;
+    assert!(raised.admitted());
+    assert_eq!(raised.windows()[0].remaining, 14);
+    // Back at 10: 6 used (rescaled from the 20-per-minute interval).
+    let back = decide(&store, now + 48 * S, &[Check::new(7, &ten)]).await;
+    assert!(back.admitted());
+    assert_eq!(back.windows()[0].remaining, 3);
+
+    // Fixed windows keep their count as it is.
+    let fixed = |limit| Quota::new(Window::per_minute(limit)).algorithm(Algorithm::FixedWindow);
+    for _ in 0..8 {
+        assert!(decide(&store, now, &[Check::new(8, &fixed(10))])
+            .await
+            .admitted());
+    }
+    assert!(!decide(&store, now, &[Check::new(8, &fixed(5))])
+        .await
+        .admitted());
+    let raised = decide(&store, now, &[Check::new(8, &fixed(20))]).await;
+    assert_eq!(raised.windows()[0].remaining, 11);
+}
+
+#[tokio::test]
+async fn script_flush_is_recovered_from_transparently() {
+    let server = redis_or_skip!();
+    let store = layer_clock_store(&server).await;
+    let quota = Quota::new(Window::per_minute(3));
+    let check = [Check::new(1, &quota)];
+    assert!(decide(&store, T0 * S, &check).await.admitted());
+    let loads = store.stats().script_loads;
+    let mut client = server.client().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    let after = decide(&store, T0 * S, &check).await;
+    assert!(after.admitted());
+    assert_eq!(
+        after.windows()[0].remaining,
+        1,
+        "the count survived, the script was reloaded"
+    );
+    assert_eq!(store.stats().script_loads, loads + 1);
+    assert_eq!(store.failures(), 0, "NOSCRIPT is no failure");
+}
+
+#[tokio::test]
+async fn keys_of_other_prefixes_and_stores_do_not_mix() {
+    let server = redis_or_skip!();
+    let a = Arc::new(
+        RedisStore::builder(server.url())
+            .prefix("a")
+            .clock(ClockSource::Layer)
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let b = RedisStore::builder(server.url())
+        .prefix("b")
+        .clock(ClockSource::Layer)
+        .connect()
+        .await
+        .unwrap();
+    let quota = Quota::new(Window::per_minute(1));
+    assert!(decide(&a, T0 * S, &[Check::new(1, &quota)])
+        .await
+        .admitted());
+    assert!(decide(&b, T0 * S, &[Check::new(1, &quota)])
+        .await
+        .admitted());
+    assert!(!decide(&a, T0 * S, &[Check::new(1, &quota)])
+        .await
+        .admitted());
+    assert!(RedisStore::builder(server.url())
+        .prefix("bad{tag}")
+        .build()
+        .is_err());
+    assert!(RedisStore::builder("not a url").build().is_err());
+}

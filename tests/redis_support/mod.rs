@@ -1,0 +1,260 @@
+//! A real `redis-server` for the Redis tests: each test process starts its
+//! own on a free loopback port, with persistence off, and kills it on drop.
+//!
+//! Without `redis-server` on `PATH` the tests fail with a message that says
+//! how to install it, unless `TOWER_RATELIMIT_SKIP_REDIS=1` is set (then each
+//! test passes after printing that it did not run).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process.
+#[derive(Debug)]
+pub(crate) struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+/// Starts a server, or returns `None` (after saying so) when the Redis tests
+/// are skipped on purpose.
+pub(crate) fn server() -> Option<RedisServer> {
+    if std::env::var_os("TOWER_RATELIMIT_SKIP_REDIS").is_some_and(|v| v == "1") {
+        eprintln!("note: TOWER_RATELIMIT_SKIP_REDIS=1: this Redis test did not run");
+        return None;
+    }
+    Some(RedisServer::start())
+}
+
+/// Skips the test (with a note) when the Redis tests are skipped on purpose.
+#[macro_export]
+macro_rules! redis_or_skip {
+    () => {
+        match $crate::redis_support::server() {
+            Some(server) => server,
+            None => return,
+        }
+    };
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    listener.local_addr().expect("its address").port()
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers.
+    pub(crate) fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with more command-line options.
+    pub(crate) fn start_with(extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "tower-ratelimit-redis-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--dir", &self.dir.to_string_lossy()])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "the Redis tests need `redis-server` on PATH: install it with \
+                 `apt-get install -y redis-server` (or `brew install redis`), \
+                 or set TOWER_RATELIMIT_SKIP_REDIS=1 to skip them"
+            ),
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        };
+        self.child = Some(child);
+        let started = Instant::now();
+        while !self.answers() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server on port {} did not answer within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the server answers PING.
+    pub(crate) fn answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect_timeout(
+            &([127, 0, 0, 1], self.port).into(),
+            Duration::from_millis(200),
+        ) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        if stream.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub(crate) fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub(crate) fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// A plain client connection for inspecting the server.
+    pub(crate) async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("a URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to the test server")
+    }
+
+    /// Every key on the server (SCAN, not KEYS).
+    pub(crate) async fn keys(&self) -> Vec<String> {
+        let mut connection = self.client().await;
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .expect("SCAN");
+            keys.extend(batch);
+            if next == 0 {
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A rate-limited service for the tests.
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use tower::util::BoxCloneService;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_ratelimit::store::Store;
+use tower_ratelimit::{RateLimitLayer, ResponseBody};
+
+pub(crate) type Svc = BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
+
+/// `layer` around a service that answers 200 "ok".
+pub(crate) fn service<St: Store>(layer: &RateLimitLayer<St>) -> Svc {
+    let inner = service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::from("ok")))
+    });
+    BoxCloneService::new(layer.layer(inner))
+}
+
+/// Sends one request with `X-API-Key: key`.
+pub(crate) fn send(
+    svc: &Svc,
+    method: &str,
+    path: &str,
+    key: &str,
+) -> impl std::future::Future<Output = Response<ResponseBody<String>>> + Send + 'static {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-api-key", key)
+        .body(String::new())
+        .expect("a request");
+    let svc = svc.clone();
+    async move {
+        svc.oneshot(request)
+            .await
+            .unwrap_or_else(|e: Infallible| match e {})
+    }
+}
+
+/// A header's value as text.
+pub(crate) fn header<'r>(
+    response: &'r Response<ResponseBody<String>>,
+    name: &str,
+) -> Option<&'r str> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ASCII"))
+}
