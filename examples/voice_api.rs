@@ -170,6 +170,39 @@ async fn redis_layer(_policy: Policy, _url: &str) -> Result<RateLimitLayer, Stri
     ))
 }
 
+/// `curl` lines that show a preset's limits (`ADDR` is the server's address).
+fn hints(preset: Option<&str>) -> &'static [&'static str] {
+    match preset {
+        Some("flireo") => &[
+            "curl -i -H 'Authorization: Bearer key_a' http://ADDR/agents     # X-RateLimit-Limit: 100",
+            "for i in $(seq 11); do curl -s -o /dev/null -w '%{http_code} ' -X POST -H 'Authorization: Bearer key_a' http://ADDR/calls/call_1/control; done; echo",
+        ],
+        Some("nixflex") => &[
+            "curl -i -X POST -H 'Authorization: Bearer nx_a' http://ADDR/v1/keys     # 10/hour",
+            "for i in $(seq 10); do curl -s -o /dev/null -X POST -H 'Authorization: Bearer nx_a' 'http://ADDR/v1/calls/inbound?hold_ms=20000' & done; sleep 1",
+            "curl -i -X POST -H 'Authorization: Bearer nx_a' http://ADDR/v1/calls/inbound   # the 11th call: busy",
+            "time curl -s -X POST -H 'Authorization: Bearer nx_a' http://ADDR/v1/calls      # outbound: waits its turn",
+        ],
+        Some("talkpilot") => &[
+            "curl -i -H 'X-API-Key: tp_a' http://ADDR/agents        # X-RateLimit-Limit: 60",
+            "curl -i -H 'X-API-Key: tp_custom' http://ADDR/agents   # its own: 120",
+            "for i in $(seq 61); do curl -s -o /dev/null -w '%{http_code} ' -H 'X-API-Key: tp_b' http://ADDR/agents; done; echo",
+        ],
+        Some("exotel") => &[
+            "for i in $(seq 11); do curl -s -o /dev/null -w '%{http_code} ' http://ADDR/v2/accounts/AC1/legs; done; echo",
+            "curl -i http://ADDR/v2/accounts/AC1/bridges   # another category",
+            "curl -s -X POST 'http://ADDR/v2/accounts/AC1/legs/L1/actions?hold_ms=5000' & sleep 1; curl -i -X POST http://ADDR/v2/accounts/AC1/legs/L1/actions",
+        ],
+        _ => &[
+            "curl -i -H 'X-API-Key: demo' http://ADDR/v1/calls",
+            "curl -i -X POST -H 'X-API-Key: demo' http://ADDR/v1/calls",
+            "curl -i http://ADDR/v1/calls            # no key: 401",
+            "curl -i -H 'X-API-Key: demo' 'http://ADDR/v1/calls?hold_ms=2000'   # stays in flight 2 s",
+            "for i in $(seq 61); do curl -s -o /dev/null -w '%{http_code} ' -H 'X-API-Key: burst' http://ADDR/v1/agents; done; echo",
+        ],
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let options = match parse_args() {
@@ -219,13 +252,13 @@ async fn main() -> ExitCode {
         limits.join(", ")
     );
     println!("try:");
-    println!("  curl -i -H 'X-API-Key: demo' http://{addr}/v1/calls");
-    println!("  curl -i -X POST -H 'X-API-Key: demo' http://{addr}/v1/calls");
-    println!("  curl -i http://{addr}/v1/calls            # no key: 401");
-    println!("  curl -i -H 'X-API-Key: demo' 'http://{addr}/v1/calls?hold_ms=2000'   # stays in flight 2 s");
-    println!(
-        "  for i in $(seq 61); do curl -s -o /dev/null -w '%{{http_code}} ' -H 'X-API-Key: burst' http://{addr}/v1/agents; done; echo"
-    );
+    let preset = options
+        .config
+        .as_deref()
+        .and_then(|path| std::path::Path::new(path).file_stem()?.to_str());
+    for line in hints(preset) {
+        println!("  {}", line.replace("ADDR", &addr.to_string()));
+    }
 
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async {
