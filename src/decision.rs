@@ -83,18 +83,18 @@ pub struct Decision {
 pub(crate) type WindowOrigin = (u16, u16);
 
 impl Decision {
-    /// Builds the decision from a store outcome. `origin[check]` is the
+    /// Builds the decision from a store outcome. `origin(check)` is the
     /// (limit, route) of each check; `period_of(check, window)` its period.
     pub(crate) fn from_outcome(
         outcome: &Outcome,
-        origin: &[WindowOrigin],
+        origin: impl Fn(usize) -> WindowOrigin,
         now: u64,
         report: ReportedWindow,
         period_ns: impl Fn(usize, usize) -> u64,
     ) -> Self {
         let mut windows: SmallVec<[WindowReport; 4]> = SmallVec::new();
         for status in outcome.windows() {
-            windows.push(window_report(outcome, status, origin, now, &period_ns));
+            windows.push(window_report(outcome, status, &origin, now, &period_ns));
         }
         let refusal = match (outcome.admitted(), outcome.is_capacity_refusal()) {
             (true, _) => None,
@@ -130,32 +130,32 @@ impl Decision {
     /// A refusal because a key is banned for `ban_left` more nanoseconds;
     /// `reported` is the banning limit's window, reported as empty until the
     /// ban ends.
-    pub(crate) fn banned(ban_left: u64, now: u64, mut reported: WindowReport) -> Self {
+    pub(crate) fn banned(ban_left: u64, now: u64, reported: WindowReport) -> Self {
         let retry_after = ban_left.div_ceil(NANOS).max(1);
-        reported.remaining = 0;
-        reported.reset = now.div_ceil(NANOS) + retry_after;
-        reported.reset_after = retry_after;
-        let mut windows = SmallVec::new();
-        windows.push(reported);
-        Decision {
-            refusal: Some(RefusalReason::Banned),
-            shadow_refused: false,
-            retry_after,
-            reported: 0,
-            windows,
-        }
+        Self::refused_by(RefusalReason::Banned, retry_after, now, reported)
     }
 
     /// A refusal because a key had no free in-flight slot; `reported` is the
     /// cap that refused it.
-    pub(crate) fn busy(retry_after: u64, now: u64, mut reported: WindowReport) -> Self {
+    pub(crate) fn busy(retry_after: u64, now: u64, reported: WindowReport) -> Self {
+        Self::refused_by(RefusalReason::Busy, retry_after, now, reported)
+    }
+
+    /// A refusal for `reason` that is not a window's: `reported` is shown
+    /// empty until `retry_after` seconds from `now`.
+    fn refused_by(
+        reason: RefusalReason,
+        retry_after: u64,
+        now: u64,
+        mut reported: WindowReport,
+    ) -> Self {
         reported.remaining = 0;
         reported.reset = now.div_ceil(NANOS) + retry_after;
         reported.reset_after = retry_after;
         let mut windows = SmallVec::new();
         windows.push(reported);
         Decision {
-            refusal: Some(RefusalReason::Busy),
+            refusal: Some(reason),
             shadow_refused: false,
             retry_after,
             reported: 0,
@@ -195,7 +195,7 @@ impl Decision {
     /// `X-RateLimit-*` headers need, without building the whole decision.
     pub(crate) fn reported_window(
         outcome: &Outcome,
-        origin: &[WindowOrigin],
+        origin: impl Fn(usize) -> WindowOrigin,
         now: u64,
         report: ReportedWindow,
         period_ns: impl Fn(usize, usize) -> u64,
@@ -246,11 +246,11 @@ impl Decision {
 fn window_report(
     outcome: &Outcome,
     w: &WindowStatus,
-    origin: &[WindowOrigin],
+    origin: impl Fn(usize) -> WindowOrigin,
     now: u64,
     period_ns: impl Fn(usize, usize) -> u64,
 ) -> WindowReport {
-    let (limit_index, route_index) = origin[usize::from(w.check)];
+    let (limit_index, route_index) = origin(usize::from(w.check));
     let period = period_ns(usize::from(w.check), usize::from(w.window));
     WindowReport {
         limit_index,

@@ -740,16 +740,10 @@ impl FileSpec {
             builder = builder.refusal(format);
         }
         if let Some(status) = self.refusal_status {
-            let code: u16 = int_in(status, 100, 999, "refusal_status")?;
-            let status = StatusCode::from_u16(code)
-                .map_err(|_| invalid("refusal_status", format!("{code} is not an HTTP status")))?;
-            builder = builder.refusal_status(status);
+            builder = builder.refusal_status(status_code(status, "refusal_status")?);
         }
         if let Some(status) = self.busy_status {
-            let code: u16 = int_in(status, 100, 999, "busy_status")?;
-            let status = StatusCode::from_u16(code)
-                .map_err(|_| invalid("busy_status", format!("{code} is not an HTTP status")))?;
-            builder = builder.busy_status(status);
+            builder = builder.busy_status(status_code(status, "busy_status")?);
         }
         if let Some(after) = &self.busy_retry_after {
             let after =
@@ -768,6 +762,12 @@ impl FileSpec {
         }
         Ok(builder)
     }
+}
+
+/// An HTTP status from the field `field`.
+fn status_code(value: Int, field: &str) -> Result<StatusCode, ConfigError> {
+    let code: u16 = int_in(value, 100, 999, field)?;
+    StatusCode::from_u16(code).map_err(|_| invalid(field, format!("{code} is not an HTTP status")))
 }
 
 fn header_style(text: &str) -> Result<HeaderStyle, ConfigError> {

@@ -83,8 +83,6 @@ pub(super) struct Claim {
 
 /// What the layer knows of the limits that apply to a request.
 pub(super) struct Applied {
-    /// The (limit, route) of each charge, as the decision needs them.
-    pub(super) origin: SmallVec<[WindowOrigin; 4]>,
     pub(super) charges: SmallVec<[Charge; 4]>,
     pub(super) claims: SmallVec<[Claim; 1]>,
     /// When the charges are decided (after any wait for a slot).
@@ -94,16 +92,20 @@ pub(super) struct Applied {
 impl Applied {
     pub(super) fn new(now: u64) -> Self {
         Applied {
-            origin: SmallVec::new(),
             charges: SmallVec::new(),
             claims: SmallVec::new(),
             now,
         }
     }
 
+    /// The (limit, route) of charge `check`.
+    pub(super) fn origin(&self, check: usize) -> WindowOrigin {
+        self.charges[check].origin
+    }
+
     /// The route of charge `check`.
     pub(super) fn route<'p>(&self, policy: &'p PolicyInner, check: usize) -> &'p Route {
-        let (li, ri) = self.origin[check];
+        let (li, ri) = self.origin(check);
         &policy.limits[usize::from(li)].routes[usize::from(ri)]
     }
 

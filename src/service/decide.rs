@@ -18,7 +18,7 @@ pub(super) fn decide_counted<St>(
     let policy = &*shared.policy.inner;
     let decision = Decision::from_outcome(
         outcome,
-        &applied.origin,
+        |check| applied.origin(check),
         applied.now,
         policy.report,
         applied.period_of(policy),
@@ -28,7 +28,7 @@ pub(super) fn decide_counted<St>(
     }
     match report(shared, outcome, applied, &decision) {
         Some((check, ban)) => {
-            let (li, ri) = applied.origin[check];
+            let (li, ri) = applied.origin(check);
             let quota = applied.quota(policy, check);
             Decision::banned(
                 ban,
@@ -53,7 +53,7 @@ fn report<St>(
 ) -> Option<(usize, u64)> {
     let policy = &*shared.policy.inner;
     let statuses = outcome.windows();
-    let limit_of = |check: usize| usize::from(applied.origin[check].0);
+    let limit_of = |check: usize| usize::from(applied.origin(check).0);
     let bucket_of = |check: usize| applied.charges[check].bucket;
     let refusing = (0..applied.charges.len()).filter(|&c| {
         statuses

@@ -141,7 +141,6 @@ where
                         });
                     }
                     if !applies.windows().is_empty() {
-                        applied.origin.push(origin);
                         applied.charges.push(Charge {
                             origin,
                             bucket,
@@ -398,7 +397,7 @@ where
         let reported = match outcome {
             Some(outcome) => Decision::reported_window(
                 outcome,
-                &applied.origin,
+                |check| applied.origin(check),
                 now,
                 policy.report,
                 applied.period_of(policy),

@@ -6,6 +6,7 @@ use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
 use super::algorithm::{carry_over, expires_at, step, Step};
+use super::outcome::settle_uncharged;
 use super::{Check, Decided, Outcome, Store, StoreError, WindowStatus};
 use crate::policy::{Algorithm, Quota};
 use crate::shard::{sparse, KeyMap, Padded};
@@ -254,37 +255,23 @@ impl MemoryStore {
                 });
             }
         }
-        // Windows that are not charged report what they have now (remaining
-        // and reset), not what they would have had. A step of cost 0 reads a
-        // state without changing it.
-        let uncharged = |statuses: &mut SmallVec<[WindowStatus; 4]>,
-                         which: &dyn Fn(&Check<'_>) -> bool| {
-            for (status, slot) in statuses.iter_mut().zip(&slots) {
+        settle_uncharged(
+            &mut statuses,
+            admitted,
+            shadow_admitted,
+            |check| checks[check].shadow,
+            |i, status| {
                 let check = &checks[usize::from(status.check)];
-                if status.retry_after == 0 && which(check) {
-                    let window = &check.quota.windows()[usize::from(status.window)];
-                    let as_is = step(check.quota.algorithm_kind(), window, slot.state, now, 0);
-                    status.remaining = as_is.remaining;
-                    status.reset_after = as_is.reset_after;
-                }
-            }
-        };
+                let window = &check.quota.windows()[usize::from(status.window)];
+                step(check.quota.algorithm_kind(), window, slots[i].state, now, 0)
+            },
+        );
         if !admitted {
-            // A shadow window never makes a client wait.
-            for status in statuses.iter_mut() {
-                if checks[usize::from(status.check)].shadow {
-                    status.retry_after = 0;
-                }
-            }
-            uncharged(&mut statuses, &|_| true);
             return Outcome::from_statuses(false, statuses);
         }
         // Shadow checks are charged only when they would have admitted too:
         // they count exactly what they would count if they were enforced.
         let charged = |check: &Check<'_>| !check.shadow || shadow_admitted;
-        if !shadow_admitted {
-            uncharged(&mut statuses, &|c| c.shadow);
-        }
 
         // Room for the entries that are new. A sweep (only when a shard is
         // full) may move tables, so after one every state is written by
@@ -424,33 +411,47 @@ impl Shard {
         if !custom && self.rates.is_empty() {
             return;
         }
-        let base = gcra_rates(check.base);
+        let Shard { tables, rates, .. } = self;
+        let removed;
         let last = if custom {
-            self.rates.get(&check.bucket).cloned()
+            rates.get(&check.bucket).map(|r| &**r)
         } else {
-            self.rates.remove(&check.bucket)
+            removed = rates.remove(&check.bucket);
+            removed.as_deref()
         };
-        let last = last.as_deref().unwrap_or(&base);
-        let rate_of = |rates: &[(u64, u64)], period: u64| {
+        let rate_in = |rates: &[(u64, u64)], period: u64| {
             rates.iter().find(|(p, _)| *p == period).map(|(_, i)| *i)
         };
+        let base_rate = |period: u64| {
+            (check.base.algorithm_kind() == Algorithm::Gcra)
+                .then(|| {
+                    check
+                        .base
+                        .windows()
+                        .iter()
+                        .find(|w| w.period_ns() == period)
+                })
+                .flatten()
+                .map(|w| w.interval_ns())
+        };
+        // Whether the rates on record are this quota's already.
+        let mut recorded = last.is_some_and(|r| r.len() == check.quota.windows().len());
         for window in check.quota.windows() {
             let period = window.period_ns();
-            let Some(from) = rate_of(last, period).or_else(|| rate_of(&base, period)) else {
+            let from = last.and_then(|r| rate_in(r, period));
+            recorded &= from == Some(window.interval_ns());
+            let Some(from) = from.or_else(|| base_rate(period)) else {
                 continue;
             };
-            let Some(t) = self.table_index(Algorithm::Gcra, period) else {
-                continue;
-            };
-            if let Some(tat) = self.tables[t].map.get_mut(&check.bucket) {
+            let table = tables
+                .iter_mut()
+                .find(|t| t.algorithm == Algorithm::Gcra && t.period_ns == period);
+            if let Some(tat) = table.and_then(|t| t.map.get_mut(&check.bucket)) {
                 *tat = carry_over(from, window.interval_ns(), *tat, now);
             }
         }
-        if custom {
-            let rates = gcra_rates(check.quota);
-            if self.rates.get(&check.bucket) != Some(&rates) {
-                self.rates.insert(check.bucket, rates);
-            }
+        if custom && !recorded {
+            rates.insert(check.bucket, gcra_rates(check.quota));
         }
     }
 

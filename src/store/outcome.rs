@@ -4,6 +4,8 @@ use std::fmt;
 
 use smallvec::SmallVec;
 
+use super::algorithm::Step;
+
 /// The state of one window after a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowStatus {
@@ -19,6 +21,34 @@ pub struct WindowStatus {
     pub reset_after: u64,
     /// Nanoseconds until this window would admit the request; 0 if it does.
     pub retry_after: u64,
+}
+
+/// Makes the statuses of a decision tell the truth about the windows that
+/// are not charged: on a refusal, none is (and a shadow window never makes
+/// the client wait); on an admission whose shadow checks would have refused,
+/// the shadow ones are not. Those report what they have now, not what they
+/// would have had: `as_is(i, status)` is window `i`'s step at cost 0, and
+/// `shadow(check)` whether a check is a shadow one. Every store settles its
+/// statuses with this, so all report alike.
+pub(crate) fn settle_uncharged(
+    statuses: &mut [WindowStatus],
+    admitted: bool,
+    shadow_admitted: bool,
+    shadow: impl Fn(usize) -> bool,
+    as_is: impl Fn(usize, &WindowStatus) -> Step,
+) {
+    for (i, status) in statuses.iter_mut().enumerate() {
+        let is_shadow = shadow(usize::from(status.check));
+        if !admitted && is_shadow {
+            status.retry_after = 0;
+        }
+        let charged = admitted && (shadow_admitted || !is_shadow);
+        if !charged && status.retry_after == 0 {
+            let now = as_is(i, status);
+            status.remaining = now.remaining;
+            status.reset_after = now.reset_after;
+        }
+    }
 }
 
 /// A store's decision about one request.

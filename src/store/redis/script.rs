@@ -8,6 +8,7 @@ use super::failure::FailurePolicy;
 use super::keys::window_key;
 use crate::policy::{Algorithm, Window};
 use crate::store::algorithm::{step, Step};
+use crate::store::outcome::settle_uncharged;
 use crate::store::{Check, Outcome, WindowStatus};
 
 /// The Lua source: exact integer helpers, then the decision.
@@ -207,31 +208,19 @@ pub(crate) fn outcome(checks: &[Planned], reply: &Reply) -> Result<Outcome, Stri
             reply.admitted, reply.shadow_admitted
         ));
     }
-    // Windows that are not charged report what they have now, not what they
-    // would have had (a step of cost 0 reads a state without changing it).
-    let uncharged = |statuses: &mut SmallVec<[WindowStatus; 4]>, shadow_only: bool| {
-        for (status, &state) in statuses.iter_mut().zip(&state_of) {
+    settle_uncharged(
+        &mut statuses,
+        admitted,
+        shadow_admitted,
+        |check| checks[check].shadow,
+        |i, status| {
             let check = &checks[usize::from(status.check)];
-            if status.retry_after == 0 && (!shadow_only || check.shadow) {
-                let window = &check.windows[usize::from(status.window)];
-                let as_is = step(check.algorithm, window, state, now, 0);
-                status.remaining = as_is.remaining;
-                status.reset_after = as_is.reset_after;
-            }
-        }
-    };
+            let window = &check.windows[usize::from(status.window)];
+            step(check.algorithm, window, state_of[i], now, 0)
+        },
+    );
     if !admitted {
-        // A shadow window never makes a client wait.
-        for status in statuses.iter_mut() {
-            if checks[usize::from(status.check)].shadow {
-                status.retry_after = 0;
-            }
-        }
-        uncharged(&mut statuses, false);
         return Ok(Outcome::from_statuses(false, statuses));
-    }
-    if !shadow_admitted {
-        uncharged(&mut statuses, true);
     }
     Ok(Outcome::from_statuses(true, statuses).with_shadow_refusal(!shadow_admitted))
 }
