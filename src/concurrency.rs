@@ -171,6 +171,9 @@ pub enum Busy {
         /// How long it waited (on Tokio's clock).
         waited: Duration,
     },
+    /// A shared store could not be asked, and the limit's failure policy is
+    /// to refuse.
+    Unavailable,
 }
 
 impl fmt::Display for Busy {
@@ -182,6 +185,7 @@ impl fmt::Display for Busy {
             Busy::TimedOut { waited } => {
                 write!(f, "no request slot came free within {waited:?}")
             }
+            Busy::Unavailable => f.write_str("the shared in-flight count could not be reached"),
         }
     }
 }
@@ -192,9 +196,22 @@ impl std::error::Error for Busy {}
 ///
 /// Dropping it (on any thread) frees the slot, or hands it straight to the
 /// key's longest-waiting request. It cannot be cloned: one permit, one slot.
+///
+/// A store that shares slots between processes (see
+/// [`SharedSlots`](crate::store::SharedSlots)) makes its permits with
+/// [`Permit::shared`], which runs the store's own release when dropped.
 pub struct Permit {
-    inner: Arc<Inner>,
     key: u64,
+    in_flight: u32,
+    release: Release,
+}
+
+/// What dropping a permit does.
+enum Release {
+    /// Frees the slot in this limiter.
+    Local(Arc<Inner>),
+    /// Runs a shared store's release (taken when it runs).
+    Shared(Option<Box<dyn FnOnce() + Send + Sync>>),
 }
 
 pin_project! {
@@ -268,7 +285,7 @@ impl ConcurrencyLimiter {
             let entry = shard.entry(key, max, &mut wake);
             if entry.queue.is_empty() && entry.in_flight < entry.cap {
                 entry.in_flight += 1;
-                Ok(())
+                Ok(entry.in_flight)
             } else {
                 let in_flight = entry.in_flight;
                 shard.forget_if_idle(key);
@@ -276,7 +293,7 @@ impl ConcurrencyLimiter {
             }
         };
         wake_all(wake);
-        answer.map(|()| self.inner.permit(key))
+        answer.map(|in_flight| self.inner.permit(key, in_flight))
     }
 
     /// The requests of `key` holding a slot now, including any slot just
@@ -317,15 +334,44 @@ impl fmt::Debug for ConcurrencyLimiter {
 }
 
 impl Permit {
+    /// A permit for a slot kept by a shared store: `in_flight` is the key's
+    /// count when the slot was granted (this one included), and `release`
+    /// runs once, when the permit is dropped (it must not block: send the
+    /// release to a task).
+    pub fn shared(
+        key: u64,
+        in_flight: u32,
+        release: impl FnOnce() + Send + Sync + 'static,
+    ) -> Self {
+        Permit {
+            key,
+            in_flight,
+            release: Release::Shared(Some(Box::new(release))),
+        }
+    }
+
     /// The key whose slot this is.
     pub fn key(&self) -> u64 {
         self.key
+    }
+
+    /// The requests of the key in flight when this slot was granted, this
+    /// one included.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.inner.release(self.key);
+        match &mut self.release {
+            Release::Local(inner) => inner.release(self.key),
+            Release::Shared(release) => {
+                if let Some(release) = release.take() {
+                    release();
+                }
+            }
+        }
     }
 }
 
@@ -333,6 +379,7 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("key", &format_args!("{:#018x}", self.key))
+            .field("in_flight", &self.in_flight)
             .finish()
     }
 }
@@ -361,9 +408,9 @@ impl Future for Acquire {
             State::Start { max, mode } => {
                 let first = this.inner.first_poll(key, max, mode, cx.waker());
                 match first {
-                    First::Admitted => {
+                    First::Admitted(in_flight) => {
                         *this.state = State::Done;
-                        Poll::Ready(Ok(this.inner.permit(key)))
+                        Poll::Ready(Ok(this.inner.permit(key, in_flight)))
                     }
                     First::Refused(busy) => {
                         *this.state = State::Done;
@@ -393,9 +440,9 @@ impl Future for Acquire {
                     None => false,
                 };
                 match this.inner.poll_queued(key, ticket, expired, cx.waker()) {
-                    Waiting::Granted => {
+                    Waiting::Granted(in_flight) => {
                         *this.state = State::Done;
-                        Poll::Ready(Ok(this.inner.permit(key)))
+                        Poll::Ready(Ok(this.inner.permit(key, in_flight)))
                     }
                     Waiting::Left => {
                         *this.state = State::Done;
@@ -457,15 +504,20 @@ struct Waiter {
 
 /// What the first poll of an [`Acquire`] found.
 enum First {
-    Admitted,
+    /// With the key's count now.
+    Admitted(u32),
     Refused(Busy),
-    Queued { ticket: u64, since: Instant },
+    Queued {
+        ticket: u64,
+        since: Instant,
+    },
 }
 
 /// What a later poll of a waiting [`Acquire`] found.
 enum Waiting {
-    /// A slot was handed to it (and is counted in `in_flight`).
-    Granted,
+    /// A slot was handed to it (and is counted in `in_flight`, the key's
+    /// count now).
+    Granted(u32),
     /// Its time ran out; it has left the line.
     Left,
     Pending,
@@ -489,10 +541,11 @@ impl Inner {
     }
 
     /// A permit for a slot already counted in `in_flight`.
-    fn permit(self: &Arc<Self>, key: u64) -> Permit {
+    fn permit(self: &Arc<Self>, key: u64, in_flight: u32) -> Permit {
         Permit {
-            inner: Arc::clone(self),
             key,
+            in_flight,
+            release: Release::Local(Arc::clone(self)),
         }
     }
 
@@ -503,7 +556,7 @@ impl Inner {
             let entry = shard.entry(key, max, &mut wake);
             if entry.queue.is_empty() && entry.in_flight < entry.cap {
                 entry.in_flight += 1;
-                First::Admitted
+                First::Admitted(entry.in_flight)
             } else {
                 let first = match mode {
                     Mode::Queue {
@@ -549,7 +602,7 @@ impl Inner {
             return Waiting::Left;
         };
         let Some(at) = entry.position(ticket) else {
-            return Waiting::Granted;
+            return Waiting::Granted(entry.in_flight);
         };
         if expired {
             entry.remove(at);

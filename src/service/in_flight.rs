@@ -1,10 +1,13 @@
-//! In-flight caps: taking a request's slots, at once or after a wait.
+//! In-flight caps: taking a request's slots, at once or after a wait, from
+//! the layer's own limiter or from a store that shares them.
 
 use smallvec::SmallVec;
 
 use super::applied::Claim;
-use crate::concurrency::{ConcurrencyLimiter, Mode, Permit};
+use crate::concurrency::{Busy, ConcurrencyLimiter, Mode, Permit};
 use crate::decision::WindowReport;
+use crate::layer::Shared;
+use crate::store::Store;
 
 /// The slots a request holds so far.
 pub(super) type Held = SmallVec<[Permit; 1]>;
@@ -17,12 +20,12 @@ pub(super) enum Taken {
     /// Claim `.0` has no free slot and its mode lets the request wait.
     Wait(usize),
     /// Claim `.0` has no free slot and the request cannot wait.
-    Busy(usize),
+    Refused(usize, Busy),
 }
 
-/// Takes the slots of `claims[from..]` that are free now, in order (the
-/// order is the policy's, so two requests never wait on each other's
-/// slots); stops at the first that is not.
+/// Takes the slots of `claims[from..]` that are free now in the layer's
+/// own limiter, in order (the order is the policy's, so two requests never
+/// wait on each other's slots); stops at the first that is not.
 pub(super) fn take_now(
     limiter: &ConcurrencyLimiter,
     claims: &[Claim],
@@ -36,23 +39,70 @@ pub(super) fn take_now(
             // A shadow cap never makes a request wait or fail.
             Err(_) if claim.shadow => *shadow_busy |= 1 << i,
             Err(_) if can_wait(claim.mode) => return Taken::Wait(i),
-            Err(_) => return Taken::Busy(i),
+            Err(busy) => return Taken::Refused(i, busy),
         }
     }
     Taken::All
+}
+
+/// Takes the slots of `claims[from..]`, waiting where a claim's mode lets
+/// it: in the store's shared slots if it has them, else in the layer's own
+/// limiter (where `claims[from]` is the one found busy by [`take_now`]).
+/// On a refusal, names the claim that got no slot and why.
+pub(super) async fn take_waiting<St: Store>(
+    shared: &Shared<St>,
+    claims: &[Claim],
+    mut from: usize,
+    held: &mut Held,
+    shadow_busy: &mut u64,
+) -> Result<(), (usize, Busy)> {
+    if let Some(slots) = shared.store.shared_slots() {
+        let limits = &shared.policy.inner.limits;
+        for (i, claim) in claims.iter().enumerate().skip(from) {
+            let limit = &limits[usize::from(claim.origin.0)].name;
+            let mode = if claim.shadow {
+                Mode::Refuse
+            } else {
+                claim.mode
+            };
+            match slots.acquire(claim.key, claim.cap, mode, limit).await {
+                Ok(permit) => held.push(permit),
+                Err(_) if claim.shadow => *shadow_busy |= 1 << i,
+                Err(busy) => return Err((i, busy)),
+            }
+        }
+        return Ok(());
+    }
+    let limiter = &shared.in_flight;
+    loop {
+        let claim = &claims[from];
+        match limiter.acquire(claim.key, claim.cap, claim.mode).await {
+            Ok(permit) => held.push(permit),
+            Err(busy) => return Err((from, busy)),
+        }
+        match take_now(limiter, claims, from + 1, held, shadow_busy) {
+            Taken::All => return Ok(()),
+            Taken::Wait(i) => from = i,
+            Taken::Refused(i, busy) => return Err((i, busy)),
+        }
+    }
 }
 
 fn can_wait(mode: Mode) -> bool {
     matches!(mode, Mode::Queue { max_queued, max_wait } if max_queued > 0 && !max_wait.is_zero())
 }
 
-/// What the headers say about claim `claim`'s cap now.
-pub(super) fn cap_report(
-    limiter: &ConcurrencyLimiter,
-    claim: &Claim,
-    now_secs: u64,
-) -> WindowReport {
-    let in_flight = limiter.in_flight(claim.key);
+/// The requests in flight that `claim`'s headers report: those when its
+/// slot was granted, or the whole cap when it got none.
+pub(super) fn in_flight_of(claim: &Claim, held: &[Permit]) -> u32 {
+    held.iter()
+        .find(|p| p.key() == claim.key)
+        .map_or(claim.cap, Permit::in_flight)
+}
+
+/// What the headers say about `claim`'s cap with `in_flight` requests in
+/// flight.
+pub(super) fn cap_report(claim: &Claim, in_flight: u32, now_secs: u64) -> WindowReport {
     WindowReport {
         limit_index: claim.origin.0,
         route_index: claim.origin.1,

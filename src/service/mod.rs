@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use self::applied::{resolve, Applied, Charge, Claim};
 use self::decide::{decide_counted, emit};
-use self::in_flight::{cap_report, take_now, Held, Taken};
+use self::in_flight::{cap_report, in_flight_of, take_now, take_waiting, Held, Taken};
 use self::respond::{build, busy, refuse, respond, slots, uncounted, window_report};
 use crate::body::ResponseBody;
 use crate::decision::{Decision, NANOS};
@@ -190,19 +190,27 @@ where
         }
 
         // 3. decide: the request's in-flight slots first (a request that
-        // waits for one is counted only once it has it), then one atomic
-        // check of every (key, window) pair.
+        // waits for one is counted only once it has it; slots a store
+        // shares are always asked for later), then one atomic check of
+        // every (key, window) pair.
         let mut held = Held::new();
         let mut shadow_busy = 0;
-        match take_now(
-            &shared.in_flight,
-            &applied.claims,
-            0,
-            &mut held,
-            &mut shadow_busy,
-        ) {
+        let taken = if applied.claims.is_empty() {
+            Taken::All
+        } else if shared.store.shared_slots().is_some() {
+            Taken::Wait(0)
+        } else {
+            take_now(
+                &shared.in_flight,
+                &applied.claims,
+                0,
+                &mut held,
+                &mut shadow_busy,
+            )
+        };
+        match taken {
             Taken::All => {}
-            Taken::Busy(i) => return busy(shared, &applied.claims[i], now, &request),
+            Taken::Refused(i, why) => return busy(shared, &applied.claims[i], why, now, &request),
             Taken::Wait(i) => {
                 let state = Waiting {
                     applied,
@@ -288,43 +296,13 @@ where
         } = state;
         let decided = match resume {
             Resume::Store(pending) => pending.await,
-            Resume::Claim(mut next) => {
-                loop {
-                    let claim = applied.claims[next];
-                    let acquire = shared.in_flight.acquire(claim.key, claim.cap, claim.mode);
-                    match acquire.await {
-                        Ok(permit) => held.push(permit),
-                        Err(_) => {
-                            return busy::<S::Future, _, _, _, _>(
-                                &shared,
-                                &claim,
-                                shared.clock.now(),
-                                &request,
-                            )
-                            .await;
-                        }
-                    }
-                    let claims = &applied.claims;
-                    match take_now(
-                        &shared.in_flight,
-                        claims,
-                        next + 1,
-                        &mut held,
-                        &mut shadow_busy,
-                    ) {
-                        Taken::All => break,
-                        Taken::Wait(i) => next = i,
-                        Taken::Busy(i) => {
-                            let claim = applied.claims[i];
-                            return busy::<S::Future, _, _, _, _>(
-                                &shared,
-                                &claim,
-                                shared.clock.now(),
-                                &request,
-                            )
-                            .await;
-                        }
-                    }
+            Resume::Claim(from) => {
+                let taken =
+                    take_waiting(&shared, &applied.claims, from, &mut held, &mut shadow_busy);
+                if let Err((i, why)) = taken.await {
+                    let claim = &applied.claims[i];
+                    let now = shared.clock.now();
+                    return busy::<S::Future, _, _, _, _>(&shared, claim, why, now, &request).await;
                 }
                 applied.now = shared.clock.now();
                 if applied.charges.is_empty() {
@@ -390,7 +368,7 @@ where
         applied
             .claims
             .iter()
-            .map(|c| cap_report(&shared.in_flight, c, now.div_ceil(NANOS)))
+            .map(|c| cap_report(c, in_flight_of(c, &held), now.div_ceil(NANOS)))
     };
     let quiet = outcome.is_none_or(|o| o.admitted() && !o.shadow_refused()) && shadow_busy == 0;
     if quiet && !shared.decision_extensions && !policy.headers.has_ietf() {

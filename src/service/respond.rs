@@ -8,6 +8,7 @@ use super::applied::Claim;
 use super::decide::emit;
 use super::in_flight::{cap_report, Held};
 use crate::body::{ResponseBody, Slots};
+use crate::concurrency::Busy;
 use crate::decision::{Decision, RefusalReason, ReportedWindow, WindowReport, NANOS};
 use crate::event::EventKind;
 use crate::future::ResponseFuture;
@@ -60,14 +61,19 @@ pub(super) fn refuse<F, B, E, St, ReqBody>(
     ResponseFuture::produced(build(produced, headers, decision))
 }
 
-/// The "busy" answer: claim `claim` found no free slot.
+/// The "busy" answer: claim `claim` got no slot, for the reason `why`.
 pub(super) fn busy<F, B, E, St, ReqBody>(
     shared: &Shared<St>,
     claim: &Claim,
+    why: Busy,
     now: u64,
     request: &Request<ReqBody>,
 ) -> ResponseFuture<F, B, E> {
-    let report = cap_report(&shared.in_flight, claim, 0);
+    let in_flight = match why {
+        Busy::Full { in_flight } => in_flight,
+        _ => claim.cap,
+    };
+    let report = cap_report(claim, in_flight, 0);
     let decision = Decision::busy(shared.policy.inner.busy_retry_after, now, report);
     emit(
         shared,

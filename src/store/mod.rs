@@ -29,6 +29,7 @@ mod outcome;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod shared_slots;
 
 use std::future::Future;
 
@@ -36,6 +37,7 @@ use std::future::Future;
 pub use self::redis::{FailurePolicy, RedisStore};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use outcome::{Outcome, StoreError, WindowStatus};
+pub use shared_slots::{SharedSlots, SlotFuture};
 
 use crate::policy::Quota;
 
@@ -123,4 +125,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Decides one request.
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<Self::Pending>;
+
+    /// The in-flight slots this store keeps for every process that shares
+    /// it; `None` (the default) leaves them to the layer's own
+    /// [`ConcurrencyLimiter`](crate::concurrency::ConcurrencyLimiter).
+    fn shared_slots(&self) -> Option<&dyn SharedSlots> {
+        None
+    }
 }

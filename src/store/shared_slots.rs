@@ -1,0 +1,28 @@
+//! In-flight slots kept by a store, so that processes share one count.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::concurrency::{Busy, Mode, Permit};
+
+/// A slot on its way: resolves to a [`Permit`] or to [`Busy`].
+pub type SlotFuture = Pin<Box<dyn Future<Output = Result<Permit, Busy>> + Send + 'static>>;
+
+/// In-flight caps counted by a store rather than by the layer's own
+/// [`ConcurrencyLimiter`](crate::concurrency::ConcurrencyLimiter), so that
+/// every process sharing the store shares each key's slots.
+///
+/// A store offers this through [`Store::shared_slots`](super::Store::shared_slots);
+/// the layer then asks it, not its own limiter, for every capped limit's
+/// slot. The rules are the limiter's (see
+/// [`concurrency`](crate::concurrency)): at most `max` slots of `key` at
+/// once, the latest `max` wins, a line served first come first served when
+/// `mode` queues, and dropping the [`Permit`] frees the slot. A store that
+/// cannot answer decides by its failure policy for `limit`: a permit that
+/// holds nothing (fail open), [`Busy::Unavailable`] (fail closed), or a
+/// local share.
+pub trait SharedSlots: Send + Sync {
+    /// Asks for a slot of `key` (a keyed hash) under a cap of `max`, for the
+    /// limit named `limit`, waiting as `mode` says.
+    fn acquire(&self, key: u64, max: u32, mode: Mode, limit: &str) -> SlotFuture;
+}
