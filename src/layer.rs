@@ -8,7 +8,6 @@ use tower_layer::Layer;
 use crate::clock::{Clock, SystemClock};
 use crate::concurrency::ConcurrencyLimiter;
 use crate::event::{Event, Hook};
-use crate::penalty::PenaltyBox;
 use crate::policy::{Overrides, Policy};
 use crate::service::RateLimit;
 use crate::store::{MemoryStore, Store};
@@ -41,7 +40,6 @@ pub(crate) struct Shared<St> {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) decision_extensions: bool,
     pub(crate) on_event: Option<Hook>,
-    pub(crate) penalties: Arc<PenaltyBox>,
     pub(crate) in_flight: ConcurrencyLimiter,
 }
 
@@ -53,7 +51,6 @@ impl<St> Clone for Shared<St> {
             clock: Arc::clone(&self.clock),
             decision_extensions: self.decision_extensions,
             on_event: self.on_event.clone(),
-            penalties: Arc::clone(&self.penalties),
             in_flight: self.in_flight.clone(),
         }
     }
@@ -81,7 +78,6 @@ impl<St: Store> RateLimitLayer<St> {
                 clock: Arc::new(SystemClock::new()),
                 decision_extensions: true,
                 on_event: None,
-                penalties: Arc::new(PenaltyBox::new()),
                 in_flight: ConcurrencyLimiter::new(),
             }),
         }
@@ -115,17 +111,11 @@ impl<St: Store> RateLimitLayer<St> {
         self
     }
 
-    /// Keeps the bans of limits with a [`Penalty`](crate::penalty::Penalty)
-    /// in `penalties` (default: `PenaltyBox::new()`, up to 100,000 keys).
-    pub fn penalty_box(mut self, penalties: PenaltyBox) -> Self {
-        Arc::make_mut(&mut self.shared).penalties = Arc::new(penalties);
-        self
-    }
-
     /// Keeps the in-flight slots of capped limits (see
     /// [`Quota::in_flight`](crate::Quota::in_flight)) in `limiter` (default:
     /// a limiter of this layer's own). Layers that share a limiter share
-    /// their slots.
+    /// their slots. A store that shares slots between processes (see
+    /// [`Store::shared_slots`]) keeps them instead.
     pub fn concurrency_limiter(mut self, limiter: ConcurrencyLimiter) -> Self {
         Arc::make_mut(&mut self.shared).in_flight = limiter;
         self

@@ -349,6 +349,41 @@ impl PenaltyBox {
     /// If one key is recorded under different penalties (a policy changed at
     /// runtime), the times it kept are judged by the penalty of each call.
     pub fn record_refusal(&self, key: u64, now: u64, penalty: &Penalty) -> Option<u64> {
+        self.upsert(
+            key,
+            now,
+            |state| state.refused(now, penalty),
+            || State::first(now, penalty),
+        )
+        .flatten()
+    }
+
+    /// Records that `key` is banned until `until` (ns since the Unix epoch):
+    /// a ban learned elsewhere, such as from a store shared with other
+    /// processes. A later ban in force is kept.
+    pub(crate) fn note_ban(&self, key: u64, now: u64, until: u64) {
+        let banned = |until| State::Banned { until };
+        self.upsert(
+            key,
+            now,
+            |state| match state {
+                State::Banned { until: known } if *known >= until => {}
+                state => *state = banned(until),
+            },
+            || (banned(until), ()),
+        );
+    }
+
+    /// Updates `key`'s state with `existing`, or inserts `fresh()`'s if the
+    /// key is not tracked and the cap leaves room (sweeping to make room if
+    /// need be); `None` when the box is full.
+    fn upsert<R>(
+        &self,
+        key: u64,
+        now: u64,
+        existing: impl FnOnce(&mut State) -> R,
+        fresh: impl FnOnce() -> (State, R),
+    ) -> Option<R> {
         let key = mix(key);
         // Whether this call holds one place under the cap for `key`.
         let mut reserved = false;
@@ -364,16 +399,16 @@ impl PenaltyBox {
                 if reserved {
                     self.len.fetch_sub(1, Ordering::AcqRel);
                 }
-                let started = state.refused(now, penalty);
+                let answer = existing(state);
                 let expires = state.expires();
                 self.written(&mut shard, expires);
-                return started;
+                return Some(answer);
             }
             if reserved || self.reserve() {
-                let (state, started) = State::first(now, penalty);
+                let (state, answer) = fresh();
                 self.written(&mut shard, state.expires());
                 shard.map.insert(key, state);
-                return started;
+                return Some(answer);
             }
             // Full. Sweeping needs every shard's lock, one at a time.
             drop(shard);

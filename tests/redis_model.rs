@@ -1,5 +1,6 @@
 //! The Redis store and the memory store, side by side on random sequences of
-//! requests at random times, make the same decisions with the same numbers.
+//! requests at random times, make the same decisions with the same numbers,
+//! penalties and bans included.
 
 #![cfg(feature = "redis")]
 
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use tower_ratelimit::penalty::Penalty;
 use tower_ratelimit::store::redis::{ClockSource, RedisStore};
 use tower_ratelimit::store::{Check, Decided, MemoryStore, Outcome, Store};
 use tower_ratelimit::{Algorithm, Quota, Window};
@@ -65,7 +67,12 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let case = AtomicUsize::new(0);
+    let (refusals_seen, bans_seen) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let quotas = quotas();
+    // Buckets 0 and 3 are under a penalty: 3 refusals within 2 s, banned
+    // for 5 s (bucket 0 alone: 1 refusal, banned for 1.5 s).
+    let strict = Penalty::new(3, Duration::from_secs(2), Duration::from_secs(5)).unwrap();
+    let instant = Penalty::new(1, Duration::from_secs(1), Duration::from_millis(1500)).unwrap();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 24,
         failure_persistence: None,
@@ -85,6 +92,7 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
             let memory_store = MemoryStore::new();
             let mut now = T0;
             let mut admitted = 0;
+            let mut bans = 0;
             for (i, step) in steps.iter().enumerate() {
                 now += step.advance_ns;
                 let checks: Vec<Check<'_>> = step
@@ -93,11 +101,17 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
                     .map(|&(bucket, shadow)| {
                         let quota = &quotas[(bucket % quotas.len() as u64) as usize];
                         // Spread buckets over the hash space, as real ones are.
+                        let id = bucket;
                         let bucket = bucket.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                        if shadow {
+                        let check = if shadow {
                             Check::shadow(bucket, quota)
                         } else {
                             Check::new(bucket, quota)
+                        };
+                        match id {
+                            0 => check.with_penalty(!bucket, &instant),
+                            3 => check.with_penalty(!bucket, &strict),
+                            _ => check,
                         }
                     })
                     .collect();
@@ -115,13 +129,18 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
                     step
                 );
                 admitted += usize::from(got.admitted());
+                bans += usize::from(got.ban().is_some_and(|b| b.started));
             }
             prop_assert_eq!(redis.failures(), 0);
-            let _ = admitted;
+            refusals_seen.fetch_add(steps.len() - admitted, Ordering::Relaxed);
+            bans_seen.fetch_add(bans, Ordering::Relaxed);
             Ok(())
         })
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+    // The sequences did exercise refusals and bans.
+    assert!(refusals_seen.into_inner() > 0);
+    assert!(bans_seen.into_inner() > 0);
 }

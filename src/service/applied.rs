@@ -126,7 +126,11 @@ impl Applied {
             } else {
                 Check::new(charge.bucket, quota)
             };
-            checks.push(check.in_limit(&limit.name).based_on(&route.quota));
+            let check = check.in_limit(&limit.name).based_on(&route.quota);
+            checks.push(match (charge.penalty_key, &limit.penalty) {
+                (Some(key), Some(penalty)) => check.with_penalty(key, penalty),
+                _ => check,
+            });
         }
         checks
     }

@@ -1,5 +1,4 @@
-//! Turning a store's outcome into the layer's decision: events, penalties
-//! and bans.
+//! Turning a store's outcome into the layer's decision: events and bans.
 
 use super::applied::Applied;
 use super::respond::window_report;
@@ -40,11 +39,11 @@ pub(super) fn decide_counted<St>(
     }
 }
 
-/// Reports the outcome (see [`emit`]) and counts refusals towards
-/// penalties. A refusal names the limit whose window makes the client wait
-/// longest and counts towards the penalty of every limit that refused; a
+/// Reports the outcome (see [`emit`]). A refusal names the limit whose
+/// window makes the client wait longest (or whose ban is in force); a
 /// shadow refusal names each shadow limit that would have refused. Returns
-/// the check whose refusal started a ban, with the ban's length.
+/// the check whose ban refused the request or was started by its refusal
+/// (the store counts refusals towards penalties), with the ban's length.
 fn report<St>(
     shared: &Shared<St>,
     outcome: &Outcome,
@@ -55,12 +54,12 @@ fn report<St>(
     let statuses = outcome.windows();
     let limit_of = |check: usize| usize::from(applied.origin(check).0);
     let bucket_of = |check: usize| applied.charges[check].bucket;
-    let refusing = (0..applied.charges.len()).filter(|&c| {
-        statuses
-            .iter()
-            .any(|w| usize::from(w.check) == c && w.retry_after > 0)
-    });
     if outcome.admitted() {
+        let refusing = (0..applied.charges.len()).filter(|&c| {
+            statuses
+                .iter()
+                .any(|w| usize::from(w.check) == c && w.retry_after > 0)
+        });
         for check in refusing {
             if policy.limits[limit_of(check)].shadow {
                 emit(
@@ -74,10 +73,13 @@ fn report<St>(
         }
         return None;
     }
+    let ban = outcome.ban();
     let binding = statuses
         .iter()
         .max_by_key(|w| w.retry_after)
-        .map_or(0, |w| usize::from(w.check));
+        .map(|w| w.check)
+        .or(ban.map(|b| b.check))
+        .map_or(0, usize::from);
     emit(
         shared,
         EventKind::Refused,
@@ -85,26 +87,18 @@ fn report<St>(
         bucket_of(binding),
         decision,
     );
-    if outcome.is_capacity_refusal() {
-        return None;
+    let ban = ban?;
+    let check = usize::from(ban.check);
+    if ban.started {
+        emit(
+            shared,
+            EventKind::Banned,
+            limit_of(check),
+            bucket_of(check),
+            decision,
+        );
     }
-    let mut started = None;
-    for check in refusing {
-        let limit = &policy.limits[limit_of(check)];
-        if let (Some(penalty), Some(key)) = (&limit.penalty, applied.charges[check].penalty_key) {
-            if let Some(ban) = shared.penalties.record_refusal(key, applied.now, penalty) {
-                emit(
-                    shared,
-                    EventKind::Banned,
-                    limit_of(check),
-                    bucket_of(check),
-                    decision,
-                );
-                started = started.or(Some((check, ban)));
-            }
-        }
-    }
-    started
+    Some((check, ban.left))
 }
 
 /// Tells the logs and the event hook about one refusal, ban or shadow

@@ -122,7 +122,7 @@ where
                         .penalty
                         .map(|_| policy.secret.bucket(limit.penalty_domain, &key));
                     if let (Some(key), false) = (penalty_key, limit.shadow) {
-                        if let Some(left) = shared.penalties.banned_for(key, now) {
+                        if let Some(left) = shared.store.banned_for(key, now) {
                             let report = window_report(quota.get(route), li, ri, policy.report);
                             banned = Some((li, left, bucket, report));
                             break;

@@ -7,7 +7,9 @@ use smallvec::SmallVec;
 
 use super::algorithm::{carry_over, expires_at, step, Step};
 use super::outcome::settle_uncharged;
+use super::penalties::{ban_in_force, count_refusal};
 use super::{Check, Decided, Outcome, Store, StoreError, WindowStatus};
+use crate::penalty::PenaltyBox;
 use crate::policy::{Algorithm, Quota};
 use crate::shard::{sparse, KeyMap, Padded};
 
@@ -57,6 +59,8 @@ pub struct MemoryStore {
     /// The most entries each shard keeps: its share of the cap.
     caps: Box<[usize]>,
     sweep_interval: u64,
+    /// The bans and counted refusals of checks with a penalty.
+    penalties: PenaltyBox,
 }
 
 /// Builds a [`MemoryStore`].
@@ -66,6 +70,7 @@ pub struct MemoryStoreBuilder {
     max_entries: usize,
     shards: usize,
     sweep_interval: u64,
+    max_banned_keys: usize,
 }
 
 impl Default for MemoryStoreBuilder {
@@ -74,6 +79,7 @@ impl Default for MemoryStoreBuilder {
             max_entries: 1_000_000,
             shards: 64,
             sweep_interval: 5_000_000_000,
+            max_banned_keys: PenaltyBox::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -96,6 +102,15 @@ impl MemoryStoreBuilder {
     /// (default 5 seconds).
     pub fn sweep_interval(mut self, interval: std::time::Duration) -> Self {
         self.sweep_interval = interval.as_nanos().min(u128::from(u64::MAX)) as u64;
+        self
+    }
+
+    /// The most keys kept for penalties at once, banned or with refusals
+    /// that still count (default
+    /// [`PenaltyBox::DEFAULT_MAX_KEYS`](crate::penalty::PenaltyBox::DEFAULT_MAX_KEYS));
+    /// see [`PenaltyBox`](crate::penalty::PenaltyBox) for what happens at the cap.
+    pub fn max_banned_keys(mut self, max: usize) -> Self {
+        self.max_banned_keys = max;
         self
     }
 
@@ -134,6 +149,8 @@ impl MemoryStoreBuilder {
             bounds: bounds.into(),
             caps: caps.into(),
             sweep_interval: self.sweep_interval,
+            penalties: PenaltyBox::with_max_keys(self.max_banned_keys)
+                .sweep_interval(std::time::Duration::from_nanos(self.sweep_interval)),
         }
     }
 }
@@ -177,6 +194,12 @@ impl MemoryStore {
         for shard in self.shards.iter() {
             shard.0.lock().sweep(now);
         }
+        self.penalties.sweep(now);
+    }
+
+    /// The bans and counted refusals of checks with a penalty.
+    pub fn penalties(&self) -> &PenaltyBox {
+        &self.penalties
     }
 
     fn shard_of(&self, bucket: u64) -> usize {
@@ -342,7 +365,15 @@ impl Store for MemoryStore {
     type Pending = Pending<Result<Outcome, StoreError>>;
 
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<Self::Pending> {
-        Decided::Ready(Ok(self.decide(now, checks)))
+        let outcome = match ban_in_force(&self.penalties, now, checks) {
+            Some(banned) => banned,
+            None => count_refusal(&self.penalties, now, checks, self.decide(now, checks)),
+        };
+        Decided::Ready(Ok(outcome))
+    }
+
+    fn banned_for(&self, key: u64, now: u64) -> Option<u64> {
+        self.penalties.banned_for(key, now)
     }
 }
 

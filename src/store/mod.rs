@@ -26,6 +26,7 @@
 pub(crate) mod algorithm;
 mod memory;
 mod outcome;
+mod penalties;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
@@ -36,9 +37,10 @@ use std::future::Future;
 #[cfg(feature = "redis")]
 pub use self::redis::{FailurePolicy, RedisStore};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
-pub use outcome::{Outcome, StoreError, WindowStatus};
+pub use outcome::{Ban, Outcome, StoreError, WindowStatus};
 pub use shared_slots::{SharedSlots, SlotFuture};
 
+use crate::penalty::Penalty;
 use crate::policy::Quota;
 
 /// One limit's part of a request: whose bucket, which quota.
@@ -64,6 +66,10 @@ pub struct Check<'a> {
     /// quota is not `base`; a store may also keep each window's rate beside
     /// its state and ignore this.
     pub base: &'a Quota,
+    /// The limit's penalty, if it has one: the key's 64-bit keyed hash in
+    /// the limit's penalty domain, and the rule. See [`Store`] for what a
+    /// store does with it.
+    pub penalty: Option<(u64, &'a Penalty)>,
 }
 
 impl<'a> Check<'a> {
@@ -75,6 +81,7 @@ impl<'a> Check<'a> {
             shadow: false,
             limit: "",
             base: quota,
+            penalty: None,
         }
     }
 
@@ -91,6 +98,16 @@ impl<'a> Check<'a> {
     #[must_use]
     pub fn based_on(self, base: &'a Quota) -> Self {
         Check { base, ..self }
+    }
+
+    /// The same check, under `penalty` for the key `key` (see
+    /// [`Check::penalty`](Check#structfield.penalty)).
+    #[must_use]
+    pub fn with_penalty(self, key: u64, penalty: &'a Penalty) -> Self {
+        Check {
+            penalty: Some((key, penalty)),
+            ..self
+        }
     }
 
     /// The same check, naming the limit it belongs to.
@@ -118,6 +135,14 @@ pub enum Decided<P> {
 /// nanoseconds since the Unix epoch; a remote store may use its own clock
 /// instead, as long as the durations it reports are measured from the moment
 /// of its decision.
+///
+/// A store also keeps the [penalties](crate::penalty) of its checks, in the
+/// same step: an enforced check whose penalty key is banned at `now` refuses
+/// the request, charging nothing, and the outcome says so
+/// ([`Outcome::ban`]); a request refused by its windows counts one refusal
+/// against the penalty of each enforced check whose windows refused it, and
+/// the outcome names the first ban that starts. (A refusal for the store's
+/// memory cap counts against no one.)
 pub trait Store: Send + Sync + 'static {
     /// The future of a decision that is not made on the spot. Stores that
     /// always answer at once use [`std::future::Pending`]`<...>` or any never-built type.
@@ -125,6 +150,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Decides one request.
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<Self::Pending>;
+
+    /// Whether `key` (a penalty key, as in [`Check::penalty`]) is known to
+    /// be banned at `now`, and for how many more nanoseconds: a quick look
+    /// before any slot is taken or any check made. [`Store::check`] remains
+    /// the authority; a store shared by several processes answers from the
+    /// bans it has seen. The default knows of none.
+    fn banned_for(&self, key: u64, now: u64) -> Option<u64> {
+        let _ = (key, now);
+        None
+    }
 
     /// The in-flight slots this store keeps for every process that shares
     /// it; `None` (the default) leaves them to the layer's own

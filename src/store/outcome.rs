@@ -51,10 +51,24 @@ pub(crate) fn settle_uncharged(
     }
 }
 
+/// A ban that refused a request, or that a refusal started (see
+/// [`Store`](super::Store) on penalties).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ban {
+    /// Which check's penalty it is.
+    pub check: u8,
+    /// Nanoseconds until it lifts.
+    pub left: u64,
+    /// Whether this request's refusal started it (rather than finding it in
+    /// force).
+    pub started: bool,
+}
+
 /// A store's decision about one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     admitted: bool,
+    ban: Option<Ban>,
     /// Nanoseconds until the store has room for a key it is not tracking,
     /// when a refusal is due to its memory cap rather than a window.
     capacity_retry_after: Option<u64>,
@@ -71,6 +85,7 @@ impl Outcome {
     pub(crate) fn from_statuses(admitted: bool, windows: SmallVec<[WindowStatus; 4]>) -> Self {
         Outcome {
             admitted,
+            ban: None,
             capacity_retry_after: None,
             shadow_refused: false,
             windows,
@@ -96,6 +111,38 @@ impl Outcome {
             capacity_retry_after: Some(retry_after.max(1)),
             ..Self::from_statuses(false, windows.into_iter().collect())
         }
+    }
+
+    /// A refusal because check `check`'s penalty key is banned for `left`
+    /// more nanoseconds; no window was looked at.
+    pub fn banned(check: u8, left: u64) -> Self {
+        Outcome {
+            ban: Some(Ban {
+                check,
+                left: left.max(1),
+                started: false,
+            }),
+            ..Self::from_statuses(false, SmallVec::new())
+        }
+    }
+
+    /// Marks a refusal whose count started a ban of check `check`'s penalty
+    /// key, lasting `ban` nanoseconds.
+    #[must_use]
+    pub fn with_ban_started(mut self, check: u8, ban: u64) -> Self {
+        if !self.admitted {
+            self.ban = Some(Ban {
+                check,
+                left: ban.max(1),
+                started: true,
+            });
+        }
+        self
+    }
+
+    /// The ban that refused the request, or that its refusal started.
+    pub fn ban(&self) -> Option<Ban> {
+        self.ban
     }
 
     /// Whether every window admitted the request (and was charged).
@@ -125,7 +172,8 @@ impl Outcome {
             .map(|w| w.retry_after)
             .max()
             .unwrap_or(0);
-        windows.max(self.capacity_retry_after.unwrap_or(0))
+        let ban = self.ban.map_or(0, |b| b.left);
+        windows.max(self.capacity_retry_after.unwrap_or(0)).max(ban)
     }
 }
 

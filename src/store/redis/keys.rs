@@ -34,6 +34,15 @@ pub(crate) fn window_key(
     format!("{{{prefix}}}:{bucket:016x}:{algorithm}:{period_ns}")
 }
 
+/// The keys of one penalty key's ban and refusals: `{prefix}:<key, 16 hex
+/// digits>:ban` and `…:refusals`.
+pub(crate) fn penalty_keys(prefix: &str, key: u64) -> [String; 2] {
+    [
+        format!("{{{prefix}}}:{key:016x}:ban"),
+        format!("{{{prefix}}}:{key:016x}:refusals"),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +56,13 @@ mod tests {
         assert_eq!(
             window_key("app.v1", u64::MAX, Algorithm::FixedWindow, 1_000_000),
             "{app.v1}:ffffffffffffffff:fixed:1000000"
+        );
+        assert_eq!(
+            penalty_keys("rl", 0xab),
+            [
+                "{rl}:00000000000000ab:ban",
+                "{rl}:00000000000000ab:refusals"
+            ]
         );
     }
 

@@ -5,7 +5,8 @@
 use smallvec::SmallVec;
 
 use super::failure::FailurePolicy;
-use super::keys::window_key;
+use super::keys::{penalty_keys, window_key};
+use crate::penalty::Penalty;
 use crate::policy::{Algorithm, Window};
 use crate::store::algorithm::{step, Step};
 use crate::store::outcome::settle_uncharged;
@@ -30,6 +31,8 @@ pub(crate) struct Planned {
     pub(crate) windows: SmallVec<[Window; 2]>,
     /// What to do for this check when Redis cannot decide.
     pub(crate) on_failure: FailurePolicy,
+    /// The penalty of an enforced check: its key and rule.
+    pub(crate) penalty: Option<(u64, Penalty)>,
 }
 
 impl Planned {
@@ -41,6 +44,10 @@ impl Planned {
             shadow: check.shadow,
             windows: check.quota.windows().iter().copied().collect(),
             on_failure,
+            penalty: check
+                .penalty
+                .filter(|_| !check.shadow)
+                .map(|(key, penalty)| (key, *penalty)),
         }
     }
 }
@@ -59,10 +66,13 @@ pub(crate) fn invocation(
     checks: &[Planned],
 ) -> (Vec<String>, Vec<String>) {
     let windows: usize = checks.iter().map(|c| c.windows.len()).sum();
-    let mut keys = Vec::with_capacity(windows);
-    let mut args = Vec::with_capacity(4 + 11 * windows);
+    let penalties = checks.iter().filter(|c| c.penalty.is_some()).count();
+    let mut keys = Vec::with_capacity(windows + 2 * penalties);
+    let mut args = Vec::with_capacity(6 + 11 * windows + 9 * penalties);
     args.push(if now.is_some() { "l" } else { "r" }.to_owned());
     args.extend(limbs(now.unwrap_or(0)).iter().map(u64::to_string));
+    args.push(windows.to_string());
+    args.push(penalties.to_string());
     for check in checks {
         let shadow = if check.shadow { "1" } else { "0" };
         for window in &check.windows {
@@ -101,6 +111,19 @@ pub(crate) fn invocation(
             }
         }
     }
+    let mut first = 1;
+    for check in checks {
+        if let Some((key, penalty)) = &check.penalty {
+            keys.extend(penalty_keys(prefix, *key));
+            args.push(first.to_string());
+            args.push(check.windows.len().to_string());
+            args.push(penalty.refusals().to_string());
+            for n in [penalty.within_ns(), penalty.ban_ns()] {
+                args.extend(limbs(n).iter().map(u64::to_string));
+            }
+        }
+        first += check.windows.len();
+    }
     (keys, args)
 }
 
@@ -114,12 +137,15 @@ pub(crate) struct Reply {
     /// Each window's state before the request, in the memory store's
     /// encoding (GCRA: the arrival time; fixed window: index << 32 | count).
     pub(crate) states: Vec<u64>,
+    /// A ban that refused the request or that its refusal started: the
+    /// check, the ns left, and whether it started now.
+    pub(crate) ban: Option<(u8, u64, bool)>,
 }
 
 /// Reads the script's answer for `checks`.
 pub(crate) fn parse_reply(checks: &[Planned], reply: &[i64]) -> Result<Reply, String> {
     let windows: usize = checks.iter().map(|c| c.windows.len()).sum();
-    if reply.len() != 5 + 3 * windows {
+    if reply.len() != 10 + 3 * windows {
         return Err(format!(
             "the script answered {} values for {windows} windows",
             reply.len()
@@ -164,11 +190,27 @@ pub(crate) fn parse_reply(checks: &[Planned], reply: &[i64]) -> Result<Reply, St
             at += 3;
         }
     }
+    let ban = match reply[at] {
+        0 => None,
+        kind @ (1 | 2) => {
+            let nth = usize::try_from(reply[at + 1]).unwrap_or(0);
+            let check = checks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.penalty.is_some())
+                .nth(nth.wrapping_sub(1))
+                .map(|(i, _)| i as u8)
+                .ok_or_else(|| format!("the script named penalty {nth}, which was not sent"))?;
+            Some((check, number(at + 2)?, kind == 2))
+        }
+        other => return Err(format!("the script answered {other}, not a ban kind")),
+    };
     Ok(Reply {
         now: number(0)?,
         admitted: flag(3)?,
         shadow_admitted: flag(4)?,
         states,
+        ban,
     })
 }
 
@@ -177,6 +219,9 @@ pub(crate) fn parse_reply(checks: &[Planned], reply: &[i64]) -> Result<Reply, St
 /// them, and the script's verdict must agree.
 pub(crate) fn outcome(checks: &[Planned], reply: &Reply) -> Result<Outcome, String> {
     let now = reply.now;
+    if let Some((check, left, false)) = reply.ban {
+        return Ok(Outcome::banned(check, left));
+    }
     let mut statuses: SmallVec<[WindowStatus; 4]> = SmallVec::new();
     let mut admitted = true;
     let mut shadow_admitted = true;
@@ -220,7 +265,14 @@ pub(crate) fn outcome(checks: &[Planned], reply: &Reply) -> Result<Outcome, Stri
         },
     );
     if !admitted {
-        return Ok(Outcome::from_statuses(false, statuses));
+        let outcome = Outcome::from_statuses(false, statuses);
+        return Ok(match reply.ban {
+            Some((check, left, true)) => outcome.with_ban_started(check, left),
+            _ => outcome,
+        });
+    }
+    if reply.ban.is_some() {
+        return Err("the script started a ban for an admitted request".into());
     }
     Ok(Outcome::from_statuses(true, statuses).with_shadow_refusal(!shadow_admitted))
 }
@@ -251,6 +303,7 @@ mod tests {
         );
         let l = |x: u64| limbs(x).map(|n| n.to_string());
         let mut expected: Vec<String> = vec!["r".into(), "0".into(), "0".into(), "0".into()];
+        expected.extend(["3".into(), "0".into()]);
         for (kind, shadow, numbers) in [
             ("g", "0", [1_000_000_000, 60_000_000_000, 1_000_000_000]),
             ("g", "0", [3_600_000_000, 3_600_000_000_000, 3_600_000_000]),
@@ -274,11 +327,18 @@ mod tests {
     fn a_reply_that_does_not_fit_the_checks_is_an_error() {
         let quota = Quota::new(Window::per_minute(1));
         let checks = [Planned::new(&Check::new(1, &quota), FailurePolicy::Open)];
+        let none = [0, 0, 0, 0, 0];
+        let reply = |head: [i64; 8]| [&head[..], &none[..]].concat();
         assert!(parse_reply(&checks, &[1, 1]).is_err());
-        assert!(parse_reply(&checks, &[0, 0, -5, 1, 1, 0, 0, 0]).is_err());
-        assert!(parse_reply(&checks, &[0, 0, 5, 2, 1, 0, 0, 0]).is_err());
-        assert!(parse_reply(&checks, &[0, 1 << 24, 5, 1, 1, 0, 0, 0]).is_err());
-        let ok = parse_reply(&checks, &[0, 1, 5, 1, 1, 0, 0, 0]).unwrap();
+        assert!(parse_reply(&checks, &reply([0, 0, -5, 1, 1, 0, 0, 0])).is_err());
+        assert!(parse_reply(&checks, &reply([0, 0, 5, 2, 1, 0, 0, 0])).is_err());
+        assert!(parse_reply(&checks, &reply([0, 1 << 24, 5, 1, 1, 0, 0, 0])).is_err());
+        // A ban of a penalty that was not sent is nonsense.
+        let mut banned = reply([0, 1, 5, 0, 1, 0, 0, 0]);
+        banned[8] = 1;
+        banned[9] = 1;
+        assert!(parse_reply(&checks, &banned).is_err());
+        let ok = parse_reply(&checks, &reply([0, 1, 5, 1, 1, 0, 0, 0])).unwrap();
         assert_eq!(ok.now, (1 << 24) + 5);
         assert_eq!(ok.states, [0]);
         // A verdict the states contradict is refused, not believed.

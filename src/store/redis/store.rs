@@ -19,6 +19,7 @@ use super::failure::{self, FailurePolicy};
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
 use super::script::{self, Planned};
 use crate::error::ConfigError;
+use crate::penalty::PenaltyBox;
 use crate::store::{Check, Decided, MemoryStore, Outcome, Store, StoreError};
 
 /// Whose clock decisions use.
@@ -91,6 +92,9 @@ struct Inner {
     per_limit: HashMap<Box<str>, FailurePolicy>,
     local: MemoryStore,
     counters: Counters,
+    /// The bans this process has seen (Redis keeps them all): a banned key
+    /// is refused here without a call.
+    bans: PenaltyBox,
 }
 
 /// Where the builder connects.
@@ -329,6 +333,7 @@ impl RedisStoreBuilder {
                 per_limit: self.per_limit,
                 local: MemoryStore::new(),
                 counters: Counters::default(),
+                bans: PenaltyBox::new(),
             }),
         })
     }
@@ -382,6 +387,16 @@ impl fmt::Display for Failure {
 }
 
 impl Inner {
+    /// Remembers the ban an outcome reports, so that the key is refused
+    /// here without a call until it lifts (on the layer's clock, `now`).
+    fn note_ban(&self, checks: &[Planned], outcome: &Outcome, now: u64) {
+        let ban = outcome.ban();
+        let key = ban.and_then(|b| checks.get(usize::from(b.check))?.penalty);
+        if let (Some(ban), Some((key, _))) = (ban, key) {
+            self.bans.note_ban(key, now, now.saturating_add(ban.left));
+        }
+    }
+
     fn policy_for(&self, limit: &str) -> FailurePolicy {
         self.per_limit
             .get(limit)
@@ -443,6 +458,11 @@ impl Future for PendingDecision {
 impl Store for RedisStore {
     type Pending = PendingDecision;
 
+    /// Answers from the bans this process has seen in Redis's answers.
+    fn banned_for(&self, key: u64, now: u64) -> Option<u64> {
+        self.inner.bans.banned_for(key, now)
+    }
+
     /// Never fails: when Redis cannot decide, each check follows its limit's
     /// [`FailurePolicy`] (and the failure is logged and counted).
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<PendingDecision> {
@@ -483,6 +503,7 @@ impl Store for RedisStore {
                 match decided {
                     Ok(outcome) => {
                         inner.counters.decisions.fetch_add(1, Ordering::Relaxed);
+                        inner.note_ban(&planned, &outcome, now);
                         if ticket.success() == Transition::Closed {
                             tracing::info!("rate-limit store: Redis answers again");
                         }

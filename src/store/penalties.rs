@@ -1,0 +1,54 @@
+//! Penalties in a store that keeps them in this process: a ban in force
+//! refuses before any window is looked at, and a refusal counts towards the
+//! penalties of the checks that refused (see [`Store`](super::Store)).
+
+use super::{Check, Outcome};
+use crate::penalty::PenaltyBox;
+
+/// The enforced checks that have a penalty, with their index.
+fn penalized<'c, 'a>(
+    checks: &'c [Check<'a>],
+) -> impl Iterator<Item = (u8, (u64, &'a crate::penalty::Penalty))> + 'c {
+    checks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.shadow)
+        .filter_map(|(i, c)| Some((i as u8, c.penalty?)))
+}
+
+/// The refusal for a ban in force on one of `checks` at `now`, if any.
+pub(crate) fn ban_in_force(bans: &PenaltyBox, now: u64, checks: &[Check<'_>]) -> Option<Outcome> {
+    penalized(checks).find_map(|(i, (key, _))| {
+        bans.banned_for(key, now)
+            .map(|left| Outcome::banned(i, left))
+    })
+}
+
+/// Counts a refusal at `now` against the penalty of each enforced check
+/// whose windows refused, and marks the first ban it starts.
+pub(crate) fn count_refusal(
+    bans: &PenaltyBox,
+    now: u64,
+    checks: &[Check<'_>],
+    outcome: Outcome,
+) -> Outcome {
+    if outcome.admitted() || outcome.is_capacity_refusal() || outcome.ban().is_some() {
+        return outcome;
+    }
+    let mut started = None;
+    for (i, (key, penalty)) in penalized(checks) {
+        let refused = outcome
+            .windows()
+            .iter()
+            .any(|w| w.check == i && w.retry_after > 0);
+        if refused {
+            if let Some(ban) = bans.record_refusal(key, now, penalty) {
+                started = started.or(Some((i, ban)));
+            }
+        }
+    }
+    match started {
+        Some((i, ban)) => outcome.with_ban_started(i, ban),
+        None => outcome,
+    }
+}

@@ -1,0 +1,159 @@
+//! Penalties across processes: refusals counted on any node add up in
+//! Redis, a ban started by one node refuses on every node, and it lifts on
+//! time everywhere.
+
+#![cfg(feature = "redis")]
+
+mod redis_support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use redis_support::{header, send, service, Svc};
+use tower_ratelimit::clock::ManualClock;
+use tower_ratelimit::key::{Header, KeySecret};
+use tower_ratelimit::penalty::Penalty;
+use tower_ratelimit::store::redis::{ClockSource, RedisStore};
+use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+
+const T0: u64 = 1_700_000_000;
+const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
+
+/// One request a minute per key; 3 refusals within 60 s ban the key for
+/// 300 s.
+fn policy() -> Policy {
+    Policy::builder()
+        .key_secret(SECRET)
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(1)))
+                .penalty(
+                    Penalty::new(3, Duration::from_secs(60), Duration::from_secs(300)).unwrap(),
+                ),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Two nodes on one Redis, on one manual clock (the layer's, so that the
+/// test can move time).
+async fn two_nodes(server: &redis_support::RedisServer, clock: &ManualClock) -> [Svc; 2] {
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::builder(server.url())
+            .clock(ClockSource::Layer)
+            .deadline(Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap();
+        nodes.push(service(
+            &RateLimitLayer::with_store(policy(), store).clock(clock.clone()),
+        ));
+    }
+    nodes.try_into().ok().unwrap()
+}
+
+async fn status(svc: &Svc, key: &str) -> (StatusCode, Option<u64>) {
+    let response = send(svc, "GET", "/v1/calls", key).await;
+    let retry = header(&response, "retry-after").map(|v| v.parse().unwrap());
+    (response.status(), retry)
+}
+
+#[tokio::test]
+async fn refusals_on_both_nodes_add_up_and_the_ban_holds_on_every_node() {
+    let server = redis_or_skip!();
+    let clock = ManualClock::at_unix_secs(T0);
+    let [a, b] = two_nodes(&server, &clock).await;
+    assert_eq!(status(&a, "k").await, (StatusCode::OK, None));
+    // Refusals alternate between the nodes: only their sum reaches 3.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        status(&b, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(59))
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        status(&a, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(58))
+    );
+    clock.advance(Duration::from_secs(1));
+    // The third starts the ban: its Retry-After is the ban's.
+    assert_eq!(
+        status(&b, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(300))
+    );
+    // Node A never saw the ban start; Redis refuses for it, with the time
+    // left, and without counting a refusal (a ban is not extended).
+    clock.advance(Duration::from_secs(100));
+    assert_eq!(
+        status(&a, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(200))
+    );
+    // Now both nodes know it and refuse without asking Redis.
+    for _ in 0..5 {
+        assert_eq!(
+            status(&a, "k").await,
+            (StatusCode::TOO_MANY_REQUESTS, Some(200))
+        );
+        assert_eq!(
+            status(&b, "k").await,
+            (StatusCode::TOO_MANY_REQUESTS, Some(200))
+        );
+    }
+    // Other keys are not touched.
+    assert_eq!(status(&a, "other").await.0, StatusCode::OK);
+    // One nanosecond before it ends, it holds; at its end it lifts on both.
+    clock.advance(Duration::from_secs(200) - Duration::from_nanos(1));
+    assert_eq!(
+        status(&b, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(1))
+    );
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(status(&a, "k").await, (StatusCode::OK, None));
+    // The count starts fresh: two refusals do not ban again.
+    assert_eq!(status(&b, "k").await.1, Some(60));
+    assert_eq!(status(&a, "k").await.1, Some(60));
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(status(&b, "k").await, (StatusCode::OK, None));
+}
+
+#[tokio::test]
+async fn ban_and_refusal_keys_hold_no_raw_key_and_expire() {
+    let server = redis_or_skip!();
+    let clock = ManualClock::at_unix_secs(T0);
+    let [a, b] = two_nodes(&server, &clock).await;
+    let raw = "sk_live_RAWSECRET";
+    assert_eq!(status(&a, raw).await.0, StatusCode::OK);
+    assert_eq!(status(&b, raw).await.1, Some(60));
+    let keys = server.keys().await;
+    let mut client = server.client().await;
+    assert!(keys.iter().any(|k| k.ends_with(":refusals")), "{keys:?}");
+    for key in &keys {
+        assert!(!key.contains("RAWSECRET"), "{key}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has a TTL");
+    }
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(status(&a, raw).await.1, Some(59));
+    assert_eq!(status(&b, raw).await.1, Some(300));
+    let keys = server.keys().await;
+    assert!(keys.iter().any(|k| k.ends_with(":ban")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.ends_with(":refusals")),
+        "dropped when the ban starts: {keys:?}"
+    );
+    for key in keys.iter().filter(|k| k.ends_with(":ban")) {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        // On the layer's clock: the ban's 300 s, plus its slack of 300 s
+        // and 1 s.
+        assert!(ttl > 0 && ttl <= 601_002, "{key}: {ttl}");
+    }
+}
