@@ -53,8 +53,8 @@ use crate::decision::ReportedWindow;
 use crate::error::{ConfigError, ConfigErrorKind};
 use crate::headers::HeaderStyle;
 use crate::key::{
-    Bearer, FirstOf, ForwardedHeader, ForwardedIp, Global, Header, KeyExtractor, PathCapture,
-    PeerIp,
+    Bearer, FirstOf, ForwardedHeader, ForwardedIp, Global, Header, KeyExtractor, KeySecret,
+    PathCapture, PeerIp,
 };
 use crate::penalty::Penalty;
 use crate::response::RefusalFormat;
@@ -447,9 +447,22 @@ struct FileSpec {
     busy_status: Option<Int>,
     busy_retry_after: Option<String>,
     max_key_len: Option<Int>,
-    key_secret: Option<String>,
+    key_secret: Option<KeySecretSpec>,
     #[serde(default)]
     limits: Vec<LimitSpec>,
+}
+
+/// `key_secret = "<32 hex digits>"` or `key_secret = { env = "NAME" }`.
+enum KeySecretSpec {
+    Hex(String),
+    Env(KeySecretEnv),
+}
+
+/// `{ env = "NAME" }`: the secret is in an environment variable.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySecretEnv {
+    env: String,
 }
 
 #[derive(Deserialize)]
@@ -662,6 +675,26 @@ impl<'de> Deserialize<'de> for MethodsSpec {
     }
 }
 
+impl<'de> Deserialize<'de> for KeySecretSpec {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeySecretSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("32 hex digits, or a table such as { env = \"RATELIMIT_KEY_SECRET\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeySecretSpec, E> {
+                Ok(KeySecretSpec::Hex(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<KeySecretSpec, A::Error> {
+                KeySecretEnv::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(KeySecretSpec::Env)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for WindowSpec {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct V;
@@ -707,19 +740,8 @@ fn quoted(text: &str) -> String {
 impl FileSpec {
     fn into_builder(self, custom: &CustomKeys) -> Result<PolicyBuilder, ConfigError> {
         let mut builder = Policy::builder();
-        if let Some(hex) = &self.key_secret {
-            // 32 hex digits: the secret processes that share a store share.
-            let bytes: Option<Vec<u8>> = (hex.len() == 32 && hex.is_ascii())
-                .then(|| {
-                    (0..16)
-                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                        .collect()
-                })
-                .flatten();
-            let bytes: [u8; 16] = bytes
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| invalid("key_secret", "expected 32 hex digits"))?;
-            builder = builder.key_secret(crate::key::KeySecret::from_bytes(bytes));
+        if let Some(secret) = &self.key_secret {
+            builder = builder.key_secret(secret.resolve()?);
         }
         if let Some(headers) = &self.headers {
             builder = builder.headers(header_style(headers)?);
@@ -1174,6 +1196,54 @@ impl KeySpec {
     }
 }
 
+impl KeySecretSpec {
+    /// The secret: from the file, or from the environment variable it names.
+    /// No message repeats the secret or any part of it.
+    fn resolve(&self) -> Result<KeySecret, ConfigError> {
+        match self {
+            KeySecretSpec::Hex(hex) => {
+                secret_from_hex(hex).ok_or_else(|| invalid("key_secret", "expected 32 hex digits"))
+            }
+            KeySecretSpec::Env(KeySecretEnv { env: name }) => {
+                let field = "key_secret.env";
+                if name.is_empty() || name.contains(['=', '\0']) {
+                    return Err(invalid(
+                        field,
+                        format!("{} is not an environment variable name", quoted(name)),
+                    ));
+                }
+                let problem = |what: &str| {
+                    let name = quoted(name);
+                    invalid(
+                        field,
+                        format!("the environment variable {name} (the key secret) {what}"),
+                    )
+                };
+                let value = std::env::var(name).map_err(|e| match e {
+                    std::env::VarError::NotPresent => problem("is not set"),
+                    std::env::VarError::NotUnicode(_) => {
+                        problem("is not valid Unicode: expected 32 hex digits")
+                    }
+                })?;
+                secret_from_hex(value.trim()).ok_or_else(|| problem("does not hold 32 hex digits"))
+            }
+        }
+    }
+}
+
+/// A secret from exactly 32 hex digits (either case).
+fn secret_from_hex(hex: &str) -> Option<KeySecret> {
+    fn digit(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    }
+    let hex: &[u8; 32] = hex.as_bytes().try_into().ok()?;
+    let mut bytes = [0u8; 16];
+    for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(KeySecret::from_bytes(bytes))
+}
+
 impl ForwardedIpSpec {
     fn extractor(&self) -> Result<Arc<dyn KeyExtractor>, ConfigError> {
         if self.trusted.is_empty() {
@@ -1250,6 +1320,52 @@ mod tests {
         let e = err("");
         assert_eq!(e.field(), "limits");
         assert_eq!((e.line(), e.column()), (Some(1), Some(1)));
+    }
+
+    #[test]
+    fn key_secrets_are_exactly_32_hex_digits() {
+        let secret = KeySecret::from_bytes(
+            *b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\xfe\xff",
+        );
+        assert_eq!(
+            secret_from_hex("000102030405060708090a0b0c0dfeff"),
+            Some(secret)
+        );
+        assert_eq!(
+            secret_from_hex("000102030405060708090A0B0C0DFEFF"),
+            Some(secret)
+        );
+        for bad in [
+            "",
+            "000102030405060708090a0b0c0dfef",
+            "000102030405060708090a0b0c0dfeff0",
+            "+00102030405060708090a0b0c0dfeff",
+            "000102030405060708090a0b0c0dfefg",
+            " 00102030405060708090a0b0c0dfeff",
+            "é00102030405060708090a0b0c0dfef",
+        ] {
+            assert_eq!(secret_from_hex(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_secret_tables_name_the_field() {
+        let limits = "\n[[limits]]\nname = \"a\"\nkey = { global = true }\nroutes = [{ windows = [\"1/s\"] }]\n";
+        let e = err(&format!(
+            "key_secret = {{ env = \"X\", file = \"y\" }}{limits}"
+        ));
+        assert_eq!(e.kind(), ConfigErrorKind::Syntax);
+        assert_eq!(e.field(), "key_secret.file");
+        let e = err(&format!("key_secret = {{}}{limits}"));
+        assert_eq!(e.field(), "key_secret");
+        let e = err(&format!("key_secret = 7{limits}"));
+        assert_eq!(e.field(), "key_secret");
+        let e = err(&format!("key_secret = {{ env = \"A=B\" }}{limits}"));
+        assert_eq!(
+            (e.kind(), e.field()),
+            (ConfigErrorKind::InvalidValue, "key_secret.env")
+        );
+        assert_eq!((e.line(), e.column()), (Some(1), Some(22)));
     }
 
     #[test]

@@ -10,11 +10,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
 use redis::Script;
 
 use super::breaker::{Breaker, Permit, Ticket, Transition};
-use super::connection::{Backend, Cluster};
+use super::connection::{self, Backend, Cluster, Tls};
 use super::failure::{self, FailurePolicy};
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
 use super::script::{self, Planned};
@@ -109,6 +108,7 @@ enum Target {
 #[must_use]
 pub struct RedisStoreBuilder {
     target: Target,
+    tls: Tls,
     prefix: String,
     clock: ClockSource,
     deadline: Duration,
@@ -121,8 +121,8 @@ pub struct RedisStoreBuilder {
 
 impl RedisStore {
     /// A builder for a store on the Redis server at `url`
-    /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`, `rediss://…` needs TLS support
-    /// that this crate does not enable, `redis+unix:///path`).
+    /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`, `redis+unix:///path`, or
+    /// `rediss://…` for TLS with the cargo feature `redis-tls`).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder::new(Target::Server(url.into()))
     }
@@ -198,6 +198,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("cool_down", &self.cool_down)
             .field("on_failure", &self.on_failure)
             .field("per_limit", &self.per_limit)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -206,6 +207,7 @@ impl RedisStoreBuilder {
     fn new(target: Target) -> Self {
         RedisStoreBuilder {
             target,
+            tls: Tls::default(),
             prefix: String::from("ratelimit"),
             clock: ClockSource::Redis,
             deadline: Duration::from_millis(50),
@@ -269,6 +271,18 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Trusts only the CA certificates in `pem` (one or more PEM
+    /// `CERTIFICATE` blocks), instead of the operating system's roots, for a
+    /// `rediss://` server: a server whose certificate a private CA signed.
+    /// [`build`](Self::build) fails if they do not parse or the URL is not
+    /// `rediss://`.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_certificates = Some(pem.into());
+        self
+    }
+
     /// Builds the store without waiting for Redis: it connects on first use,
     /// and requests follow the failure policy until it answers. Must be
     /// called inside a Tokio runtime (the connection runs on it).
@@ -292,7 +306,7 @@ impl RedisStoreBuilder {
         }
         let backend = match &self.target {
             Target::Server(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|_| bad_url())?;
+                let client = connection::server_client(url, &self.tls)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(None)
@@ -304,13 +318,7 @@ impl RedisStoreBuilder {
                 Backend::Single(manager)
             }
             Target::Cluster(urls) => {
-                if urls.is_empty() {
-                    return Err(ConfigError::invalid(
-                        "redis",
-                        "a cluster needs at least one URL",
-                    ));
-                }
-                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                let client = connection::cluster_builder(urls, &self.tls)?
                     .connection_timeout(self.connect_timeout)
                     .retries(1)
                     .build()
