@@ -96,6 +96,56 @@
 //! request goes through without rate-limit headers for that limit, rather
 //! than with made-up numbers.
 //!
+//! # Penalties across processes
+//!
+//! The decision script also keeps [penalties](crate::penalty), by the rule
+//! of the in-memory penalty box: a ban in force on any check refuses the
+//! request before any window is read (and is not extended), whichever node
+//! started it; a request refused by its windows counts a refusal towards
+//! the penalty of each check that refused, in one short list per key
+//! (`{PREFIX}:<key hash>:refusals`, the times of the refusals that still
+//! count, at most `refusals - 1`); and the refusal that completes the count
+//! starts the ban (`{PREFIX}:<key hash>:ban`, its end) and drops the list.
+//! Both keys expire when they stop mattering. Each node remembers the bans
+//! it has seen in Redis's answers and refuses those keys without a call
+//! until they lift ([`Store::banned_for`](crate::store::Store::banned_for)).
+//! While Redis cannot decide, refusals are not counted towards penalties.
+//!
+//! # In-flight caps across processes
+//!
+//! The store also counts in-flight caps ([`Quota::in_flight`](crate::Quota::in_flight)):
+//! it implements [`SharedSlots`](crate::store::SharedSlots), so the layer
+//! asks Redis, not its own limiter, and each key's `max` slots are shared by
+//! every node, with the rules of [`concurrency`](crate::concurrency): the
+//! latest cap wins, one first-come-first-served line per key across nodes
+//! (at most `max_queued` waiters in all), and while anyone waits no
+//! newcomer takes a free slot ahead of them.
+//!
+//! Per key, four Redis keys (`{PREFIX}:<key hash>:inflight:held`, `:line`,
+//! `:wait` and `:cap`) hold the slots held (a sorted set of holder ids by
+//! lease expiry, on Redis's clock), the line (waiter ids by ticket), the
+//! waiters' own leases and the latest cap; a second script decides on them
+//! atomically. A slot is held under a lease
+//! ([`RedisStoreBuilder::slot_lease`], default 30 s) that a task of each
+//! node renews every third of a lease, in one call for all its slots, and
+//! that also sends the releases of dropped permits and cancelled waiters. A
+//! node that dies stops renewing: its slots come free when their leases run
+//! out, and its waiters leave the line within a few polls. A waiting request
+//! asks again every [`RedisStoreBuilder::slot_poll`] (default 25 ms), or as
+//! soon as a slot of its key is freed on the same node; it leaves the line
+//! when its `max_wait` runs out or its future is dropped. Every key expires
+//! with its latest lease, so the database empties when traffic stops.
+//!
+//! Every call has the store's deadline and goes through its circuit
+//! breaker. When Redis cannot answer, the limit's [`FailurePolicy`] decides:
+//! `Open` gives a permit that holds nothing, `Closed` answers
+//! [`Busy::Unavailable`](crate::concurrency::Busy::Unavailable), and
+//! `Local { percent }` takes a slot of this node's share of the cap (`max ×
+//! percent / 100`, rounded up, at least 1) in a local limiter. A waiting
+//! request never waits past its `max_wait`. Slots of permits that outlive
+//! every clone of their store are not released or renewed: they come free
+//! when their leases run out.
+//!
 //! # Redis Cluster
 //!
 //! [`RedisStore::cluster_builder`] uses a Redis Cluster. The prefix is a hash
@@ -119,6 +169,7 @@ mod connection;
 mod failure;
 mod keys;
 mod script;
+mod slots;
 mod store;
 
 pub use failure::FailurePolicy;

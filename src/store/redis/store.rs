@@ -14,7 +14,7 @@ use redis::Script;
 
 use super::breaker::{Breaker, Permit, Ticket, Transition};
 use super::connection::{self, Backend, Cluster, Tls};
-use super::failure::{self, FailurePolicy};
+use super::failure::{self, Failure, FailurePolicy};
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
 use super::script::{self, Planned};
 use crate::error::ConfigError;
@@ -43,7 +43,8 @@ pub enum ClockSource {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisStats {
-    /// Requests Redis decided.
+    /// Requests whose windows Redis decided (in-flight slots are not
+    /// counted here).
     pub decisions: u64,
     /// Calls to Redis that failed: an error, a missed deadline, or an answer
     /// that made no sense.
@@ -91,6 +92,8 @@ struct Inner {
     per_limit: HashMap<Box<str>, FailurePolicy>,
     local: MemoryStore,
     counters: Counters,
+    /// This node's side of the in-flight slots shared through Redis.
+    slots: super::slots::Slots,
     /// The bans this process has seen (Redis keeps them all): a banned key
     /// is refused here without a call.
     bans: PenaltyBox,
@@ -117,6 +120,8 @@ pub struct RedisStoreBuilder {
     cool_down: Duration,
     on_failure: FailurePolicy,
     per_limit: HashMap<Box<str>, FailurePolicy>,
+    slot_lease: Duration,
+    slot_poll: Duration,
 }
 
 impl RedisStore {
@@ -199,6 +204,8 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("on_failure", &self.on_failure)
             .field("per_limit", &self.per_limit)
             .field("tls", &self.tls)
+            .field("slot_lease", &self.slot_lease)
+            .field("slot_poll", &self.slot_poll)
             .finish_non_exhaustive()
     }
 }
@@ -216,6 +223,8 @@ impl RedisStoreBuilder {
             cool_down: Duration::from_millis(500),
             on_failure: FailurePolicy::Open,
             per_limit: HashMap::new(),
+            slot_lease: super::slots::DEFAULT_LEASE,
+            slot_poll: super::slots::DEFAULT_POLL,
         }
     }
 
@@ -271,6 +280,27 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// How long an in-flight slot stays held in Redis without a renewal
+    /// (default 30 s). Each node renews the leases of the slots it holds
+    /// every third of a lease; the slots of a node that dies (or cannot
+    /// reach Redis for that long) come free when their leases run out. At
+    /// least three deadlines and at most a day, or `build` fails.
+    pub fn slot_lease(mut self, lease: Duration) -> Self {
+        self.slot_lease = lease;
+        self
+    }
+
+    /// How often a request waiting in an in-flight cap's line asks Redis
+    /// whether a slot is its turn (default 25 ms); a slot freed on the same
+    /// node wakes it at once. A place in line lapses after four polls and
+    /// four deadlines (at least 250 ms) without one, so a node that dies
+    /// leaves the line. At least 1 ms and at most the slot lease, or `build`
+    /// fails.
+    pub fn slot_poll(mut self, poll: Duration) -> Self {
+        self.slot_poll = poll;
+        self
+    }
+
     /// Trusts only the CA certificates in `pem` (one or more PEM
     /// `CERTIFICATE` blocks), instead of the operating system's roots, for a
     /// `rediss://` server: a server whose certificate a private CA signed.
@@ -302,6 +332,25 @@ impl RedisStoreBuilder {
             return Err(ConfigError::invalid(
                 "redis",
                 "the Redis store must be built inside a Tokio runtime",
+            ));
+        }
+        let min_lease = self.deadline.saturating_mul(3);
+        if self.slot_lease < min_lease || self.slot_lease > super::slots::MAX_LEASE {
+            return Err(ConfigError::invalid(
+                "slot_lease",
+                format!(
+                    "{:?} is not between three deadlines ({min_lease:?}) and a day",
+                    self.slot_lease
+                ),
+            ));
+        }
+        if self.slot_poll < Duration::from_millis(1) || self.slot_poll > self.slot_lease {
+            return Err(ConfigError::invalid(
+                "slot_poll",
+                format!(
+                    "{:?} is not between 1 ms and the slot lease ({:?})",
+                    self.slot_poll, self.slot_lease
+                ),
             ));
         }
         let backend = match &self.target {
@@ -341,6 +390,7 @@ impl RedisStoreBuilder {
                 per_limit: self.per_limit,
                 local: MemoryStore::new(),
                 counters: Counters::default(),
+                slots: super::slots::Slots::new(self.slot_lease, self.slot_poll, self.deadline),
                 bans: PenaltyBox::new(),
             }),
         })
@@ -377,23 +427,6 @@ fn bad_url() -> ConfigError {
     )
 }
 
-/// Why a call to Redis did not decide.
-enum Failure {
-    Timeout(Duration),
-    Redis(redis::RedisError),
-    Reply(String),
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
-            Failure::Redis(e) => write!(f, "{e}"),
-            Failure::Reply(e) => write!(f, "unexpected answer: {e}"),
-        }
-    }
-}
-
 impl Inner {
     /// Remembers the ban an outcome reports, so that the key is refused
     /// here without a call until it lifts (on the layer's clock, `now`).
@@ -425,22 +458,8 @@ impl Inner {
     }
 
     fn record_failure(&self, failure: &Failure, transition: Transition) {
-        self.counters.failures.fetch_add(1, Ordering::Relaxed);
-        if matches!(failure, Failure::Timeout(_)) {
-            self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-        }
-        if transition == Transition::Opened {
-            tracing::warn!(
-                error = %failure,
-                cool_down = ?self.breaker.cool_down(),
-                "rate-limit store: Redis keeps failing; not calling it for the cool-down, \
-                 requests follow their failure policy"
-            );
-        } else if self.breaker.consecutive_failures() == 1 {
-            tracing::warn!(error = %failure, "rate-limit store: Redis failed; request follows its failure policy");
-        } else {
-            tracing::debug!(error = %failure, "rate-limit store: Redis failed again");
-        }
+        let counters = [&self.counters.failures, &self.counters.timeouts];
+        failure::record(failure, transition, &self.breaker, counters, "requests");
     }
 }
 
@@ -465,6 +484,13 @@ impl Future for PendingDecision {
 
 impl Store for RedisStore {
     type Pending = PendingDecision;
+
+    /// In-flight caps are counted in Redis too, so every node shares each
+    /// key's slots (see [`SharedSlots`](crate::store::SharedSlots) for
+    /// [`RedisStore`]).
+    fn shared_slots(&self) -> Option<&dyn crate::store::SharedSlots> {
+        Some(self)
+    }
 
     /// Answers from the bans this process has seen in Redis's answers.
     fn banned_for(&self, key: u64, now: u64) -> Option<u64> {
@@ -525,5 +551,39 @@ impl Store for RedisStore {
                 }
             }),
         })
+    }
+}
+
+/// Slots held under leases in Redis, shared by every node: see
+/// [In-flight caps across processes](crate::store::redis#in-flight-caps-across-processes).
+/// When Redis cannot answer, the limit's [`FailurePolicy`] decides: a permit
+/// that holds nothing, [`Busy::Unavailable`](crate::concurrency::Busy::Unavailable),
+/// or a slot of this node's own share of the cap.
+impl crate::store::SharedSlots for RedisStore {
+    fn acquire(
+        &self,
+        key: u64,
+        max: u32,
+        mode: crate::concurrency::Mode,
+        limit: &str,
+    ) -> crate::store::SlotFuture {
+        fn parts(inner: &Inner) -> super::slots::Parts<'_> {
+            super::slots::Parts {
+                backend: &inner.backend,
+                breaker: &inner.breaker,
+                deadline: inner.deadline,
+                prefix: &inner.prefix,
+                counters: super::slots::Counts {
+                    failures: &inner.counters.failures,
+                    timeouts: &inner.counters.timeouts,
+                    short_circuits: &inner.counters.short_circuits,
+                    fallbacks: &inner.counters.fallbacks,
+                    script_loads: &inner.counters.script_loads,
+                },
+                slots: &inner.slots,
+            }
+        }
+        let policy = self.inner.policy_for(limit);
+        super::slots::acquire(Arc::clone(&self.inner), parts, key, max, mode, policy)
     }
 }

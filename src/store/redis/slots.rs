@@ -1,0 +1,744 @@
+//! In-flight slots shared through Redis: [`SharedSlots`](crate::store::SharedSlots)
+//! for [`RedisStore`](super::RedisStore).
+//!
+//! Each key's held slots, line and cap live in Redis (see `slots.lua`), so
+//! every node sharing the server shares them. A slot is held under a lease
+//! that this node's upkeep task renews; a node that dies stops renewing, and
+//! its slots come free when their leases run out. A waiting request polls
+//! its place in line (refreshing its own, shorter lease) until a slot is its
+//! turn, its wait runs out, or it is dropped.
+//!
+//! The store's private parts reach this module as a [`Parts`], built by a
+//! function the store hands over, so the store's fields stay its own.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::Script;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::breaker::{Breaker, Permit as Call, Ticket, Transition};
+use super::connection::Backend;
+use super::failure::{self, Failure, FailurePolicy};
+use crate::concurrency::{Busy, ConcurrencyLimiter, Mode, Permit};
+use crate::store::SlotFuture;
+
+/// The Lua source of the slots script.
+const SOURCE: &str = include_str!("slots.lua");
+
+/// The default lease of a held slot.
+pub(super) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The default time between two polls of a waiting request.
+pub(super) const DEFAULT_POLL: Duration = Duration::from_millis(25);
+/// The longest lease accepted.
+pub(super) const MAX_LEASE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Renewals and releases sent in one script call, at most.
+const KEYS_PER_CALL: usize = 128;
+const IDS_PER_CALL: usize = 1024;
+/// Frees kept for a retry while Redis cannot take them, at most.
+const MAX_PENDING_FREES: usize = 100_000;
+
+/// The script's answer to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// A slot, with the key's count now.
+    Granted(u32),
+    /// In line.
+    Waiting,
+    /// Refused: no free slot and no room (or no leave) to wait.
+    Full(u32),
+    /// Refused: it would have had to wait, and may not (`max_wait` of 0).
+    WouldWait,
+}
+
+/// What the slot logic needs of the store, borrowed from it.
+pub(super) struct Parts<'a> {
+    pub(super) backend: &'a Backend,
+    pub(super) breaker: &'a Arc<Breaker>,
+    pub(super) deadline: Duration,
+    pub(super) prefix: &'a str,
+    pub(super) counters: Counts<'a>,
+    pub(super) slots: &'a Slots,
+}
+
+/// The store's counters that slot calls add to.
+pub(super) struct Counts<'a> {
+    pub(super) failures: &'a AtomicU64,
+    pub(super) timeouts: &'a AtomicU64,
+    pub(super) short_circuits: &'a AtomicU64,
+    pub(super) fallbacks: &'a AtomicU64,
+    pub(super) script_loads: &'a AtomicU64,
+}
+
+/// How to get a [`Parts`] from the store's shared state `T`.
+pub(super) type PartsOf<T> = for<'a> fn(&'a T) -> Parts<'a>;
+
+/// This node's side of the shared slots: its identity, its settings, the
+/// channel to its upkeep task, its fallback limiter and its local waiters.
+pub(super) struct Slots {
+    script: Script,
+    /// A random id for this node (this store): holder ids start with it.
+    node: u64,
+    /// The counter that makes holder ids unique on this node.
+    next: AtomicU64,
+    lease: Duration,
+    poll: Duration,
+    waiter_lease: Duration,
+    upkeep: UnboundedSender<Msg>,
+    /// The upkeep task, until the first request spawns it.
+    idle_upkeep: Mutex<Option<Upkeep>>,
+    /// Counts slots while Redis cannot, for limits that fail locally.
+    local: ConcurrencyLimiter,
+    /// Per key, what wakes this node's waiters when it frees a slot.
+    waiters: Mutex<HashMap<u64, (Arc<Notify>, usize)>>,
+}
+
+impl fmt::Debug for Slots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slots")
+            .field("lease", &self.lease)
+            .field("poll", &self.poll)
+            .field("waiter_lease", &self.waiter_lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message to the upkeep task.
+#[derive(Debug)]
+enum Msg {
+    /// This node now holds slot `n` of `key`: renew it.
+    Held { key: u64, n: u64 },
+    /// Slot or place in line `n` of `key` is given up: remove it.
+    Free { key: u64, n: u64 },
+}
+
+/// The upkeep task, before it is spawned.
+struct Upkeep {
+    rx: UnboundedReceiver<Msg>,
+    lease: Duration,
+}
+
+impl Slots {
+    /// This node's slots with leases of `lease`, waiters polling every
+    /// `poll`, and calls of at most `deadline`. The upkeep task starts with
+    /// the first request.
+    pub(super) fn new(lease: Duration, poll: Duration, deadline: Duration) -> Slots {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // A random node id; should the OS not give one, the clock and the
+        // address of a fresh allocation still tell nodes apart in practice.
+        let node = getrandom::u64().unwrap_or_else(|_| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let spot = Box::new(0u8);
+            nanos ^ (&*spot as *const u8 as u64).rotate_left(32)
+        });
+        Slots {
+            script: Script::new(SOURCE),
+            node,
+            next: AtomicU64::new(0),
+            lease,
+            poll,
+            waiter_lease: waiter_lease(poll, deadline),
+            upkeep: tx,
+            idle_upkeep: Mutex::new(Some(Upkeep { rx, lease })),
+            local: ConcurrencyLimiter::new(),
+            waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Spawns the upkeep task on the current Tokio runtime, once (with the
+    /// first request, so that a store whose limits have no cap runs none).
+    fn start_upkeep<T: Send + Sync + 'static>(&self, owner: &Arc<T>, parts: PartsOf<T>) {
+        let mut idle = self.idle_upkeep.lock();
+        if idle.is_none() {
+            return;
+        }
+        // Outside a runtime nothing can be spawned (the request falls back
+        // to its policy, see `run`): a later request starts the task.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if let Some(upkeep) = idle.take() {
+                runtime.spawn(upkeep.run(Arc::downgrade(owner), parts));
+            }
+        }
+    }
+
+    fn holder(&self, n: u64) -> String {
+        format!("{:016x}{n:x}", self.node)
+    }
+
+    /// Registers a waiter of `key`, to be woken when this node frees one of
+    /// its slots.
+    fn wait_on(&self, key: u64) -> Waiting<'_> {
+        let mut waiters = self.waiters.lock();
+        let entry = waiters
+            .entry(key)
+            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+        entry.1 += 1;
+        Waiting {
+            slots: self,
+            key,
+            notify: Arc::clone(&entry.0),
+        }
+    }
+
+    /// Wakes this node's waiters of `key`.
+    fn wake(&self, key: u64) {
+        if let Some((notify, _)) = self.waiters.lock().get(&key) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// How long a waiter's place in line lasts without a poll: four polls and
+/// four deadlines, and at least 250 ms. A node that dies leaves the line
+/// after it.
+fn waiter_lease(poll: Duration, deadline: Duration) -> Duration {
+    (poll.saturating_add(deadline))
+        .saturating_mul(4)
+        .max(Duration::from_millis(250))
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
+/// The Redis keys of `key`'s slots: held, line, waiter leases, cap.
+pub(super) fn slot_keys(prefix: &str, key: u64) -> [String; 4] {
+    ["held", "line", "wait", "cap"].map(|part| format!("{{{prefix}}}:{key:016x}:inflight:{part}"))
+}
+
+/// A registered waiter; unregisters on drop.
+struct Waiting<'a> {
+    slots: &'a Slots,
+    key: u64,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.slots.waiters.lock();
+        if let Some(entry) = waiters.get_mut(&self.key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                waiters.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Gives up what a request may have in Redis (a place in line, or a slot
+/// whose grant never reached it) when dropped armed: the request's future
+/// was dropped, it timed out, or it fell back.
+struct Leave<'a> {
+    upkeep: &'a UnboundedSender<Msg>,
+    key: u64,
+    n: u64,
+    armed: bool,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.upkeep.send(Msg::Free {
+                key: self.key,
+                n: self.n,
+            });
+        }
+    }
+}
+
+/// Why a script call gave no answer.
+enum CallError {
+    /// The request's wait ran out during the call (not Redis's fault).
+    WaitOver,
+    /// Redis failed (or the breaker is open); `sent` if the call may have
+    /// reached it.
+    Failed { sent: bool },
+}
+
+/// Asks for a slot of `key` for the store `owner` (see
+/// [`SharedSlots::acquire`](crate::store::SharedSlots::acquire)).
+pub(super) fn acquire<T: Send + Sync + 'static>(
+    owner: Arc<T>,
+    parts: PartsOf<T>,
+    key: u64,
+    max: u32,
+    mode: Mode,
+    policy: FailurePolicy,
+) -> SlotFuture {
+    Box::pin(async move {
+        let p = parts(&owner);
+        p.slots.start_upkeep(&owner, parts);
+        run(&p, key, max, mode, policy).await
+    })
+}
+
+async fn run(
+    p: &Parts<'_>,
+    key: u64,
+    max: u32,
+    mode: Mode,
+    policy: FailurePolicy,
+) -> Result<Permit, Busy> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        // Neither Redis calls nor their deadlines work outside a Tokio
+        // runtime: the failure policy answers instead of a panic.
+        return fall_back(p, key, max, mode, policy, Instant::now()).await;
+    }
+    let s = p.slots;
+    let (max_queued, max_wait) = match mode {
+        Mode::Refuse => (0, Duration::ZERO),
+        Mode::Queue {
+            max_queued,
+            max_wait,
+        } => (max_queued, max_wait),
+    };
+    let may_join = !max_wait.is_zero();
+    let started = Instant::now();
+    let until = started.checked_add(max_wait);
+    let n = s.next.fetch_add(1, Ordering::Relaxed);
+    let keys = slot_keys(p.prefix, key);
+    let mut args = [
+        String::from("a"),
+        s.holder(n),
+        max.to_string(),
+        String::from("1"),
+        max_queued.to_string(),
+        String::from(if may_join { "1" } else { "0" }),
+        millis(s.lease),
+        millis(s.waiter_lease),
+    ];
+    let mut leave = Leave {
+        upkeep: &s.upkeep,
+        key,
+        n,
+        armed: false,
+    };
+    let waiting = (may_join && max_queued > 0).then(|| s.wait_on(key));
+    let mut polls = 0u32;
+    loop {
+        // Listen for this node's releases before asking, so that none made
+        // during the call is missed.
+        let mut woken = pin!(waiting.as_ref().map(|w| w.notify.notified()));
+        if let Some(woken) = woken.as_mut().as_pin_mut() {
+            woken.enable();
+        }
+        let budget = match until {
+            Some(until) if polls > 0 => p
+                .deadline
+                .min(until.saturating_duration_since(Instant::now())),
+            _ => p.deadline,
+        };
+        leave.armed = true;
+        let reply = match call(p, &keys, &args, budget).await {
+            Ok(reply) => reply,
+            Err(CallError::WaitOver) => {
+                return Err(Busy::TimedOut {
+                    waited: started.elapsed(),
+                })
+            }
+            Err(CallError::Failed { sent }) => {
+                // Nothing to give up if nothing reached Redis.
+                leave.armed = sent || polls > 0;
+                drop(leave);
+                return fall_back(p, key, max, mode, policy, started).await;
+            }
+        };
+        let Some(verdict) = parse(&reply) else {
+            // Cannot happen: `call` checked the reply.
+            drop(leave);
+            return fall_back(p, key, max, mode, policy, started).await;
+        };
+        match verdict {
+            Verdict::Granted(in_flight) => {
+                leave.armed = false;
+                let _ = s.upkeep.send(Msg::Held { key, n });
+                let upkeep = s.upkeep.clone();
+                return Ok(Permit::shared(key, in_flight, move || {
+                    let _ = upkeep.send(Msg::Free { key, n });
+                }));
+            }
+            Verdict::Full(in_flight) => {
+                leave.armed = false;
+                return Err(Busy::Full { in_flight });
+            }
+            Verdict::WouldWait => {
+                leave.armed = false;
+                return Err(Busy::TimedOut {
+                    waited: Duration::ZERO,
+                });
+            }
+            Verdict::Waiting => {
+                // In line, `leave` armed. Wait for a poll, a local
+                // release, or the end of the wait.
+                polls = polls.saturating_add(1);
+                args[3] = String::from("0");
+                let pause = match until {
+                    Some(until) => s.poll.min(until.saturating_duration_since(Instant::now())),
+                    None => s.poll,
+                };
+                if !pause.is_zero() {
+                    match woken.as_mut().as_pin_mut() {
+                        Some(woken) => drop(tokio::time::timeout(pause, woken).await),
+                        None => tokio::time::sleep(pause).await,
+                    }
+                }
+                if until.is_some_and(|until| Instant::now() >= until) {
+                    return Err(Busy::TimedOut {
+                        waited: started.elapsed(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Reads an acquire reply: `[verdict, in flight, position, line length]`.
+fn parse(reply: &[i64]) -> Option<Verdict> {
+    let [verdict, in_flight, position, line] = *reply else {
+        return None;
+    };
+    let in_flight = u32::try_from(in_flight).ok()?;
+    if position < 0 || line < 0 {
+        return None;
+    }
+    match verdict {
+        1 => Some(Verdict::Granted(in_flight)),
+        2 => Some(Verdict::Waiting),
+        3 => Some(Verdict::Full(in_flight)),
+        4 => Some(Verdict::WouldWait),
+        _ => None,
+    }
+}
+
+/// One script call through the breaker, within `budget` (the deadline, or
+/// less when the request's wait ends sooner).
+async fn call(
+    p: &Parts<'_>,
+    keys: &[String],
+    args: &[String],
+    budget: Duration,
+) -> Result<Vec<i64>, CallError> {
+    let permit = p.breaker.permit();
+    if let Call::Refused(_) = permit {
+        p.counters.short_circuits.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!("rate-limit store: circuit open, Redis not called for a slot");
+        return Err(CallError::Failed { sent: false });
+    }
+    let ticket = Ticket::new(Arc::clone(p.breaker), permit);
+    let cut_short = budget < p.deadline;
+    let call = p
+        .backend
+        .eval(&p.slots.script, keys, args, p.counters.script_loads);
+    let failure = match tokio::time::timeout(budget, call).await {
+        // The request's own time ran out, not Redis's: the ticket is
+        // dropped unanswered (abandoned).
+        Err(_) if cut_short => return Err(CallError::WaitOver),
+        Err(_) => Failure::Timeout(budget),
+        Ok(Err(e)) => Failure::Redis(e),
+        Ok(Ok(reply)) if args[0] != "a" || parse(&reply).is_some() => {
+            if ticket.success() == Transition::Closed {
+                tracing::info!("rate-limit store: Redis answers again");
+            }
+            return Ok(reply);
+        }
+        Ok(Ok(reply)) => Failure::Reply(format!("{reply:?}")),
+    };
+    let transition = ticket.failure();
+    record_failure(p, &failure, transition);
+    Err(CallError::Failed { sent: true })
+}
+
+fn record_failure(p: &Parts<'_>, failure: &Failure, transition: Transition) {
+    let counters = [p.counters.failures, p.counters.timeouts];
+    failure::record(failure, transition, p.breaker, counters, "in-flight caps");
+}
+
+/// The answer when Redis could not give one: the limit's failure policy.
+async fn fall_back(
+    p: &Parts<'_>,
+    key: u64,
+    max: u32,
+    mode: Mode,
+    policy: FailurePolicy,
+    started: Instant,
+) -> Result<Permit, Busy> {
+    p.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+    match policy {
+        FailurePolicy::Open => Ok(Permit::shared(key, 0, || {})),
+        FailurePolicy::Closed => Err(Busy::Unavailable),
+        FailurePolicy::Local { percent } => {
+            let elapsed = started.elapsed();
+            let mode = match mode {
+                Mode::Queue {
+                    max_queued,
+                    max_wait,
+                } if !max_wait.is_zero() => {
+                    let left = max_wait.saturating_sub(elapsed);
+                    if left.is_zero() {
+                        return Err(Busy::TimedOut { waited: elapsed });
+                    }
+                    Mode::Queue {
+                        max_queued,
+                        max_wait: left,
+                    }
+                }
+                other => other,
+            };
+            match p.slots.local.acquire(key, share(max, percent), mode).await {
+                Err(Busy::TimedOut { waited }) => Err(Busy::TimedOut {
+                    waited: waited.saturating_add(elapsed),
+                }),
+                other => other,
+            }
+        }
+    }
+}
+
+/// `percent` % of `max`, rounded up, at least 1 (a cap of 0 stays 0).
+fn share(max: u32, percent: u8) -> u32 {
+    if max == 0 {
+        return 0;
+    }
+    let percent = u64::from(percent.clamp(1, 100));
+    let cap = (u64::from(max) * percent).div_ceil(100);
+    u32::try_from(cap).unwrap_or(max).clamp(1, max)
+}
+
+/// A slot or place in line to remove, since when.
+struct Pending {
+    key: u64,
+    n: u64,
+    since: Instant,
+}
+
+impl Upkeep {
+    /// The upkeep task: renews the leases of this node's slots every third
+    /// of a lease, performs the releases of dropped permits and waiters,
+    /// and ends once `owner` (the store) is gone.
+    async fn run<T: Send + Sync + 'static>(mut self, owner: Weak<T>, parts: PartsOf<T>) {
+        let renew_every = (self.lease / 3).max(Duration::from_millis(1));
+        let retry_every =
+            (renew_every / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        // This node's slots: key -> holder counters.
+        let mut held: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut frees: Vec<Pending> = Vec::new();
+        let mut next_renew = Instant::now() + renew_every;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let wake_at = retry_at.map_or(next_renew, |r| r.min(next_renew));
+            let mut freed = false;
+            match tokio::time::timeout_at(wake_at, self.rx.recv()).await {
+                Ok(Some(msg)) => {
+                    freed |= take(msg, &mut held, &mut frees);
+                    while let Ok(msg) = self.rx.try_recv() {
+                        freed |= take(msg, &mut held, &mut frees);
+                    }
+                }
+                // Every sender is gone: the store and its permits.
+                Ok(None) => return,
+                Err(_) => {}
+            }
+            let Some(owner) = owner.upgrade() else {
+                // The store is gone: its slots expire with their leases.
+                return;
+            };
+            let p = parts(&owner);
+            let now = Instant::now();
+            let renew = now >= next_renew;
+            let retry = retry_at.is_some_and(|r| now >= r);
+            if !(renew || ((freed || retry) && !frees.is_empty())) {
+                continue;
+            }
+            // Frees older than a lease have expired by themselves.
+            frees.retain(|f| now.saturating_duration_since(f.since) < self.lease);
+            if frees.len() > MAX_PENDING_FREES {
+                frees.drain(..frees.len() - MAX_PENDING_FREES);
+            }
+            let renewals: Vec<(u64, u64)> = if renew {
+                held.iter()
+                    .flat_map(|(&key, ns)| ns.iter().map(move |&n| (key, n)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            match upkeep(&p, &frees, &renewals).await {
+                Ok(lost) => {
+                    for f in frees.drain(..) {
+                        p.slots.wake(f.key);
+                    }
+                    retry_at = None;
+                    if !lost.is_empty() {
+                        tracing::warn!(
+                            lost = lost.len(),
+                            "rate-limit store: in-flight slots held here outlived their lease \
+                             (Redis unreachable too long?); no longer counted"
+                        );
+                        for (key, n) in lost {
+                            forget(&mut held, key, n);
+                        }
+                    }
+                    if renew {
+                        next_renew = Instant::now() + renew_every;
+                    }
+                }
+                Err(()) => {
+                    let again = Instant::now() + retry_every;
+                    if !frees.is_empty() {
+                        retry_at = Some(again);
+                    }
+                    if renew {
+                        next_renew = again;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies one message to the upkeep's state; whether it frees something.
+fn take(msg: Msg, held: &mut HashMap<u64, Vec<u64>>, frees: &mut Vec<Pending>) -> bool {
+    match msg {
+        Msg::Held { key, n } => {
+            held.entry(key).or_default().push(n);
+            false
+        }
+        Msg::Free { key, n } => {
+            forget(held, key, n);
+            frees.push(Pending {
+                key,
+                n,
+                since: Instant::now(),
+            });
+            true
+        }
+    }
+}
+
+fn forget(held: &mut HashMap<u64, Vec<u64>>, key: u64, n: u64) {
+    if let Some(ns) = held.get_mut(&key) {
+        ns.retain(|&m| m != n);
+        if ns.is_empty() {
+            held.remove(&key);
+        }
+    }
+}
+
+/// Frees `frees` and renews `renewals` (key, holder counter) in as few
+/// script calls as the batch limits allow; the renewals whose lease had run
+/// out come back. Stops at the first call that fails.
+async fn upkeep(
+    p: &Parts<'_>,
+    frees: &[Pending],
+    renewals: &[(u64, u64)],
+) -> Result<Vec<(u64, u64)>, ()> {
+    // Group by key, keeping the order of first appearance.
+    let mut order: Vec<u64> = Vec::new();
+    let mut groups: HashMap<u64, (Vec<u64>, Vec<u64>)> = HashMap::new();
+    for f in frees {
+        if !groups.contains_key(&f.key) {
+            order.push(f.key);
+        }
+        groups.entry(f.key).or_default().0.push(f.n);
+    }
+    for &(key, n) in renewals {
+        if !groups.contains_key(&key) {
+            order.push(key);
+        }
+        groups.entry(key).or_default().1.push(n);
+    }
+    let lease = millis(p.slots.lease);
+    let mut lost = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
+    let mut args: Vec<String> = Vec::new();
+    let mut renewed: Vec<(u64, u64)> = Vec::new();
+    let mut ids = 0;
+    for (i, key) in order.iter().enumerate() {
+        let (free, renew) = &groups[key];
+        keys.extend(slot_keys(p.prefix, *key));
+        args.push(free.len().to_string());
+        args.extend(free.iter().map(|&n| p.slots.holder(n)));
+        args.push(renew.len().to_string());
+        args.extend(renew.iter().map(|&n| p.slots.holder(n)));
+        renewed.extend(renew.iter().map(|&n| (*key, n)));
+        ids += free.len() + renew.len();
+        let last = i + 1 == order.len();
+        if last || keys.len() / 4 >= KEYS_PER_CALL || ids >= IDS_PER_CALL {
+            let mut call_args = Vec::with_capacity(args.len() + 2);
+            call_args.push(String::from("m"));
+            call_args.push(lease.clone());
+            call_args.append(&mut args);
+            let reply = call(p, &keys, &call_args, p.deadline).await.map_err(drop)?;
+            for index in reply {
+                if let Some(&gone) = usize::try_from(index).ok().and_then(|i| renewed.get(i)) {
+                    lost.push(gone);
+                }
+            }
+            keys.clear();
+            renewed.clear();
+            ids = 0;
+        }
+    }
+    Ok(lost)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_hash_only_in_one_hash_slot() {
+        assert_eq!(
+            slot_keys("rl", 0xab),
+            [
+                "{rl}:00000000000000ab:inflight:held",
+                "{rl}:00000000000000ab:inflight:line",
+                "{rl}:00000000000000ab:inflight:wait",
+                "{rl}:00000000000000ab:inflight:cap",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_local_share_rounds_up_and_never_drops_below_one() {
+        assert_eq!(share(10, 25), 3);
+        assert_eq!(share(10, 30), 3);
+        assert_eq!(share(3, 10), 1);
+        assert_eq!(share(1, 1), 1);
+        assert_eq!(share(0, 50), 0);
+        assert_eq!(share(u32::MAX, 100), u32::MAX);
+        assert_eq!(share(7, 0), 1);
+    }
+
+    #[test]
+    fn only_well_formed_acquire_replies_are_read() {
+        assert_eq!(parse(&[1, 3, 0, 0]), Some(Verdict::Granted(3)));
+        assert_eq!(parse(&[2, 3, 1, 2]), Some(Verdict::Waiting));
+        assert_eq!(parse(&[3, 2, 0, 1]), Some(Verdict::Full(2)));
+        assert_eq!(parse(&[4, 2, 0, 0]), Some(Verdict::WouldWait));
+        assert_eq!(parse(&[5, 3, 0, 0]), None);
+        assert_eq!(parse(&[1, -1, 0, 0]), None);
+        assert_eq!(parse(&[1, 3, 0]), None);
+    }
+
+    #[test]
+    fn a_waiter_lease_spans_several_polls() {
+        assert_eq!(
+            waiter_lease(Duration::from_millis(25), Duration::from_millis(50)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            waiter_lease(Duration::from_millis(1), Duration::from_millis(1)),
+            Duration::from_millis(250)
+        );
+    }
+}
