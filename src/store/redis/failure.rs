@@ -146,6 +146,51 @@ fn share(check: &Planned, percent: u8) -> Quota {
     quota
 }
 
+/// Why a call to Redis did not answer as it should.
+pub(super) enum Failure {
+    Timeout(std::time::Duration),
+    Redis(redis::RedisError),
+    Reply(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
+            Failure::Redis(e) => write!(f, "{e}"),
+            Failure::Reply(e) => write!(f, "unexpected answer: {e}"),
+        }
+    }
+}
+
+/// Counts a failed call (and a timeout) and logs it: at `warn` for the
+/// first failure in a row and when the breaker opens, else at `debug`.
+/// `what` names what the call was for ("requests", "in-flight caps").
+pub(super) fn record(
+    failure: &Failure,
+    transition: Transition,
+    breaker: &Breaker,
+    [failures, timeouts]: [&AtomicU64; 2],
+    what: &str,
+) {
+    failures.fetch_add(1, Ordering::Relaxed);
+    if matches!(failure, Failure::Timeout(_)) {
+        timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+    if transition == Transition::Opened {
+        tracing::warn!(
+            error = %failure,
+            cool_down = ?breaker.cool_down(),
+            "rate-limit store: Redis keeps failing; not calling it for the cool-down, \
+             {what} follow their failure policy"
+        );
+    } else if breaker.consecutive_failures() == 1 {
+        tracing::warn!(error = %failure, "rate-limit store: Redis failed; {what} follow their failure policy");
+    } else {
+        tracing::debug!(error = %failure, "rate-limit store: Redis failed again");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,50 +272,5 @@ mod tests {
             FailurePolicy::local(250),
             FailurePolicy::Local { percent: 100 }
         );
-    }
-}
-
-/// Why a call to Redis did not answer as it should.
-pub(super) enum Failure {
-    Timeout(std::time::Duration),
-    Redis(redis::RedisError),
-    Reply(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
-            Failure::Redis(e) => write!(f, "{e}"),
-            Failure::Reply(e) => write!(f, "unexpected answer: {e}"),
-        }
-    }
-}
-
-/// Counts a failed call (and a timeout) and logs it: at `warn` for the
-/// first failure in a row and when the breaker opens, else at `debug`.
-/// `what` names what the call was for ("requests", "in-flight caps").
-pub(super) fn record(
-    failure: &Failure,
-    transition: Transition,
-    breaker: &Breaker,
-    [failures, timeouts]: [&AtomicU64; 2],
-    what: &str,
-) {
-    failures.fetch_add(1, Ordering::Relaxed);
-    if matches!(failure, Failure::Timeout(_)) {
-        timeouts.fetch_add(1, Ordering::Relaxed);
-    }
-    if transition == Transition::Opened {
-        tracing::warn!(
-            error = %failure,
-            cool_down = ?breaker.cool_down(),
-            "rate-limit store: Redis keeps failing; not calling it for the cool-down, \
-             {what} follow their failure policy"
-        );
-    } else if breaker.consecutive_failures() == 1 {
-        tracing::warn!(error = %failure, "rate-limit store: Redis failed; {what} follow their failure policy");
-    } else {
-        tracing::debug!(error = %failure, "rate-limit store: Redis failed again");
     }
 }
