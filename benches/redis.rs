@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::concurrency::{ConcurrencyLimiter, Mode};
+use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::{Check, Decided, MemoryStore, Outcome, SharedSlots, Store};
 use tower_ratelimit::{Quota, Window};
 

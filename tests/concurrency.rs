@@ -604,7 +604,10 @@ fn futures_and_permits_cross_threads() {
 fn debug_output_names_the_hashed_key_only() {
     let limiter = ConcurrencyLimiter::new();
     let permit = take(&limiter, 0xabc, 1, Mode::Refuse);
-    assert_eq!(format!("{permit:?}"), "Permit { key: 0x0000000000000abc, in_flight: 1 }");
+    assert_eq!(
+        format!("{permit:?}"),
+        "Permit { key: 0x0000000000000abc, in_flight: 1 }"
+    );
     assert_eq!(format!("{limiter:?}"), "ConcurrencyLimiter { keys: 1 }");
     assert_eq!(
         Busy::Full { in_flight: 3 }.to_string(),
