@@ -222,16 +222,16 @@ impl Backend {
         }
     }
 
-    /// Checks that Redis answers, and loads the script.
-    pub(crate) async fn prepare(&self, script: &Script, loads: &AtomicU64) -> RedisResult<()> {
+    /// Checks that Redis answers, and loads the scripts.
+    pub(crate) async fn prepare(&self, scripts: &[&Script], loads: &AtomicU64) -> RedisResult<()> {
         match self {
-            Backend::Single(manager) => prepare_on(&mut manager.clone(), script, loads).await,
+            Backend::Single(manager) => prepare_on(&mut manager.clone(), scripts, loads).await,
             Backend::Cluster(cluster) => {
                 let connection = cluster
                     .connection
                     .get_or_try_init(|| cluster.client.get_async_connection())
                     .await?;
-                prepare_on(&mut connection.clone(), script, loads).await
+                prepare_on(&mut connection.clone(), scripts, loads).await
             }
         }
     }
@@ -239,12 +239,15 @@ impl Backend {
 
 async fn prepare_on<C: ConnectionLike>(
     connection: &mut C,
-    script: &Script,
+    scripts: &[&Script],
     loads: &AtomicU64,
 ) -> RedisResult<()> {
     redis::cmd("PING").query_async::<()>(connection).await?;
-    loads.fetch_add(1, Ordering::Relaxed);
-    script.load_async(connection).await.map(drop)
+    for script in scripts {
+        loads.fetch_add(1, Ordering::Relaxed);
+        script.load_async(connection).await?;
+    }
+    Ok(())
 }
 
 /// `EVALSHA`; on `NOSCRIPT` (a restarted or flushed server), `SCRIPT LOAD`

@@ -171,6 +171,11 @@ impl Slots {
         }
     }
 
+    /// The slots script, for loading at connect.
+    pub(super) fn script(&self) -> &Script {
+        &self.script
+    }
+
     fn holder(&self, n: u64) -> String {
         format!("{:016x}{n:x}", self.node)
     }

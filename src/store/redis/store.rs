@@ -397,16 +397,17 @@ impl RedisStoreBuilder {
     }
 
     /// Builds the store, checks that Redis answers within the connect
-    /// timeout, and loads the script.
+    /// timeout, and loads its scripts.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let timeout = self.connect_timeout;
         let store = self.build().map_err(|e| StoreError::new(e.to_string()))?;
         let inner = &store.inner;
         match tokio::time::timeout(
             timeout,
-            inner
-                .backend
-                .prepare(&inner.script, &inner.counters.script_loads),
+            inner.backend.prepare(
+                &[&inner.script, inner.slots.script()],
+                &inner.counters.script_loads,
+            ),
         )
         .await
         {
