@@ -365,10 +365,11 @@ impl Store for MemoryStore {
     type Pending = Pending<Result<Outcome, StoreError>>;
 
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<Self::Pending> {
-        let outcome = match ban_in_force(&self.penalties, now, checks) {
-            Some(banned) => banned,
-            None => count_refusal(&self.penalties, now, checks, self.decide(now, checks)),
-        };
+        if let Some(banned) = ban_in_force(&self.penalties, now, checks) {
+            return Decided::Ready(Ok(banned));
+        }
+        let mut outcome = self.decide(now, checks);
+        count_refusal(&self.penalties, now, checks, &mut outcome);
         Decided::Ready(Ok(outcome))
     }
 

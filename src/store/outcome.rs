@@ -130,6 +130,13 @@ impl Outcome {
     /// key, lasting `ban` nanoseconds.
     #[must_use]
     pub fn with_ban_started(mut self, check: u8, ban: u64) -> Self {
+        self.mark_ban_started(check, ban);
+        self
+    }
+
+    /// Marks this refusal as the start of a ban (see
+    /// [`Outcome::with_ban_started`]).
+    pub(crate) fn mark_ban_started(&mut self, check: u8, ban: u64) {
         if !self.admitted {
             self.ban = Some(Ban {
                 check,
@@ -137,7 +144,6 @@ impl Outcome {
                 started: true,
             });
         }
-        self
     }
 
     /// The ban that refused the request, or that its refusal started.

@@ -30,10 +30,10 @@ pub(crate) fn count_refusal(
     bans: &PenaltyBox,
     now: u64,
     checks: &[Check<'_>],
-    outcome: Outcome,
-) -> Outcome {
+    outcome: &mut Outcome,
+) {
     if outcome.admitted() || outcome.is_capacity_refusal() || outcome.ban().is_some() {
-        return outcome;
+        return;
     }
     let mut started = None;
     for (i, (key, penalty)) in penalized(checks) {
@@ -47,8 +47,7 @@ pub(crate) fn count_refusal(
             }
         }
     }
-    match started {
-        Some((i, ban)) => outcome.with_ban_started(i, ban),
-        None => outcome,
+    if let Some((i, ban)) = started {
+        outcome.mark_ban_started(i, ban);
     }
 }
