@@ -461,9 +461,18 @@ impl Route {
         })
     }
 
-    /// The quota of a request on plan `plan` (an index into the limit's plans).
-    pub(crate) fn quota_for(&self, plan: Option<u8>) -> &Quota {
-        plan.and_then(|p| self.plans.get(usize::from(p))?.as_ref())
-            .unwrap_or(&self.quota)
+    /// The quota of a request whose key has `own` (a plan, an index into
+    /// the limit's plans, or a quota of its own); with `None`, or a plan
+    /// this route has no quota for, the route's default.
+    pub(crate) fn quota_of<'a>(&'a self, own: Option<&'a Own>) -> &'a Quota {
+        match own {
+            Some(Own::Quota(quota)) => quota,
+            Some(Own::Plan(p)) => self
+                .plans
+                .get(usize::from(*p))
+                .and_then(Option::as_ref)
+                .unwrap_or(&self.quota),
+            None => &self.quota,
+        }
     }
 }

@@ -1,8 +1,6 @@
 //! What the layer knows of each limit that applies to a request: which
 //! quota (default, plan or override), which bucket, which in-flight slot.
 
-use std::sync::Arc;
-
 use smallvec::SmallVec;
 
 use crate::concurrency::Mode;
@@ -11,43 +9,20 @@ use crate::key::{Key, RequestView};
 use crate::policy::{CompiledLimit, Own, PolicyInner, Quota, Route};
 use crate::store::Check;
 
-/// Which quota applies: the route's for a plan (or its default), or a key's
-/// own quota.
-#[derive(Debug, Clone)]
-pub(super) enum QuotaRef {
-    Plan(Option<u8>),
-    Own(Arc<Quota>),
-}
-
-impl QuotaRef {
-    fn from_own(own: &Own) -> Self {
-        match own {
-            Own::Plan(p) => QuotaRef::Plan(Some(*p)),
-            Own::Quota(q) => QuotaRef::Own(Arc::clone(q)),
-        }
-    }
-
-    pub(super) fn get<'a>(&'a self, route: &'a Route) -> &'a Quota {
-        match self {
-            QuotaRef::Plan(plan) => route.quota_for(*plan),
-            QuotaRef::Own(quota) => quota,
-        }
-    }
-}
-
-/// The quota that applies to `key` on a route of limit `index`: its
-/// override's, else its plan's, else the route's default.
+/// What `key` has on a route of limit `index`: its override, else its
+/// plan, else nothing (the route's default applies; see
+/// [`Route::quota_of`]).
 pub(super) fn resolve(
     policy: &PolicyInner,
     index: usize,
     limit: &CompiledLimit,
     key: &Key<'_>,
     view: &RequestView<'_>,
-) -> QuotaRef {
+) -> Option<Own> {
     if policy.overrides.any(index) {
         let hash = policy.secret.named(limit.override_domain, key);
         if let Some(own) = policy.overrides.get(index, hash) {
-            return QuotaRef::from_own(&own);
+            return Some(own);
         }
     }
     let plan = limit
@@ -55,7 +30,7 @@ pub(super) fn resolve(
         .as_ref()
         .and_then(|source| source.extract(view).ok())
         .and_then(|name| limit.plan_index(&name));
-    QuotaRef::Plan(plan)
+    plan.map(Own::Plan)
 }
 
 /// One limit's rate check of a request.
@@ -64,7 +39,8 @@ pub(super) struct Charge {
     pub(super) bucket: u64,
     /// The key in the limit's penalty box, if the limit has a penalty.
     pub(super) penalty_key: Option<u64>,
-    pub(super) quota: QuotaRef,
+    /// The key's override or plan (see [`resolve`]).
+    pub(super) own: Option<Own>,
     pub(super) shadow: bool,
 }
 
@@ -111,7 +87,8 @@ impl Applied {
 
     /// The quota of charge `check`.
     pub(super) fn quota<'a>(&'a self, policy: &'a PolicyInner, check: usize) -> &'a Quota {
-        self.charges[check].quota.get(self.route(policy, check))
+        self.route(policy, check)
+            .quota_of(self.charges[check].own.as_ref())
     }
 
     /// The store's checks.
@@ -120,7 +97,7 @@ impl Applied {
         for (i, charge) in self.charges.iter().enumerate() {
             let route = self.route(policy, i);
             let limit = &policy.limits[usize::from(charge.origin.0)];
-            let quota = charge.quota.get(route);
+            let quota = route.quota_of(charge.own.as_ref());
             let check = if charge.shadow {
                 Check::shadow(charge.bucket, quota)
             } else {

@@ -117,35 +117,35 @@ where
                 }
                 Ok(key) => {
                     let bucket = policy.secret.bucket(route.id, &key);
-                    let quota = resolve(policy, li, limit, &key, &view);
+                    let own = resolve(policy, li, limit, &key, &view);
+                    let quota = route.quota_of(own.as_ref());
                     let penalty_key = limit
                         .penalty
                         .map(|_| policy.secret.bucket(limit.penalty_domain, &key));
                     if let (Some(key), false) = (penalty_key, limit.shadow) {
                         if let Some(left) = shared.store.banned_for(key, now) {
-                            let report = window_report(quota.get(route), li, ri, policy.report);
+                            let report = window_report(quota, li, ri, policy.report);
                             banned = Some((li, left, bucket, report));
                             break;
                         }
                     }
                     let origin = (li as u16, ri as u16);
-                    let applies = quota.get(route);
-                    if let Some(cap) = applies.in_flight_cap() {
+                    if let Some(cap) = quota.in_flight_cap() {
                         applied.claims.push(Claim {
                             origin,
                             key: policy.secret.bucket(limit.concurrency_domain, &key),
                             bucket,
                             cap,
-                            mode: applies.in_flight_mode(),
+                            mode: quota.in_flight_mode(),
                             shadow: limit.shadow,
                         });
                     }
-                    if !applies.windows().is_empty() {
+                    if !quota.windows().is_empty() {
                         applied.charges.push(Charge {
                             origin,
                             bucket,
                             penalty_key,
-                            quota,
+                            own,
                             shadow: limit.shadow,
                         });
                     }
