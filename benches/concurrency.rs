@@ -7,76 +7,18 @@
 //! response (and with it its slot) is dropped before the next request, so
 //! a cap is never full. Futures are polled in place: no runtime, no TCP.
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
+mod support;
+
 use std::hint::black_box;
 use std::time::Duration;
 
-use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use futures::FutureExt;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Response};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use support::{api_keys, bare, bucket, request, send, Cycle, HUGE, MANY, T0};
+use tower::Layer;
 use tower_ratelimit::concurrency::ConcurrencyLimiter;
 use tower_ratelimit::key::Header;
 use tower_ratelimit::store::{Check, Decided, MemoryStore, Store};
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
-
-/// Distinct API keys in the many-keys workloads.
-const MANY: usize = 10_000;
-/// A limit (and a cap) no benchmark gets near.
-const HUGE: u32 = u32::MAX;
-/// 2023-11-14T22:13:20Z, in nanoseconds.
-const T0: u64 = 1_700_000_000_000_000_000;
-
-/// `nx_live_` and 24 hex digits: 32 bytes, like a real API key.
-fn api_keys(n: usize) -> Vec<&'static str> {
-    (0..n as u64)
-        .map(|i| {
-            let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let key: &'static str =
-                Box::leak(format!("nx_live_{:016x}{:08x}", x, i as u32).into_boxed_str());
-            key
-        })
-        .collect()
-}
-
-/// A well-mixed 64-bit key, as the layer's keyed hash would give.
-fn hashed(i: u64) -> u64 {
-    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-fn request(key: &'static str) -> Request<()> {
-    let mut request = Request::new(());
-    *request.method_mut() = Method::GET;
-    *request.uri_mut() = http::Uri::from_static("/v1/calls/c_42");
-    request
-        .headers_mut()
-        .insert("x-api-key", HeaderValue::from_static(key));
-    request
-}
-
-/// The service being protected: answers at once, as an axum handler
-/// returning a string does.
-fn bare() -> impl Service<
-    Request<()>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = Ready<Result<Response<Body>, Infallible>>,
-> + Clone {
-    service_fn(|_: Request<()>| {
-        let mut response = Response::new(Body::empty());
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        ready(Ok::<_, Infallible>(response))
-    })
-}
 
 /// One limit per API key, on every route, with `quota`.
 fn layer(quota: Quota) -> RateLimitLayer {
@@ -100,58 +42,27 @@ fn quotas() -> [(&'static str, Quota); 3] {
     ]
 }
 
-/// Sends one request through `service`, polling its futures in place; the
-/// response is returned (and dropped by the caller, freeing any slot).
-fn send<S, B>(service: &mut S, key: &'static str) -> Response<B>
-where
-    S: Service<Request<()>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-{
-    let service = service.ready().now_or_never().unwrap().unwrap();
-    let response = service.call(request(key)).now_or_never().unwrap().unwrap();
-    debug_assert!(response.status().is_success());
-    response
-}
-
-/// Round-robin over a list.
-struct Cycle<T> {
-    items: Vec<T>,
-    next: usize,
-}
-
-impl<T: Copy> Cycle<T> {
-    fn new(items: Vec<T>) -> Self {
-        Cycle { items, next: 0 }
-    }
-
-    fn next(&mut self) -> T {
-        let item = self.items[self.next];
-        self.next = (self.next + 1) % self.items.len();
-        item
-    }
-}
-
 fn through_the_layer(c: &mut Criterion) {
     let mut group = c.benchmark_group("layer");
     group.throughput(Throughput::Elements(1));
     for (label, n) in [("1key", 1), ("10k_keys", MANY)] {
-        let keys = api_keys(n);
+        let keys = api_keys(n, 0);
 
         let mut svc = bare();
         let mut cycle = Cycle::new(keys.clone());
         group.bench_function(format!("bare/{label}"), |b| {
-            b.iter(|| black_box(send(&mut svc, cycle.next())))
+            b.iter(|| black_box(send(&mut svc, request(cycle.next()))))
         });
 
         for (name, quota) in quotas() {
             let layer = layer(quota);
             let mut svc = layer.layer(bare());
             let mut cycle = Cycle::new(keys.clone());
-            let response = send(&mut svc, cycle.next());
+            let response = send(&mut svc, request(cycle.next()));
             assert!(response.headers().contains_key("x-ratelimit-remaining"));
             drop(response);
             group.bench_function(format!("{name}/{label}"), |b| {
-                b.iter(|| black_box(send(&mut svc, cycle.next())))
+                b.iter(|| black_box(send(&mut svc, request(cycle.next()))))
             });
             assert!(layer.in_flight().is_empty(), "a slot leaked");
         }
@@ -163,7 +74,7 @@ fn engines_alone(c: &mut Criterion) {
     let mut group = c.benchmark_group("alone");
     group.throughput(Throughput::Elements(1));
     for (label, n) in [("1key", 1), ("10k_keys", MANY as u64)] {
-        let keys: Vec<u64> = (0..n).map(hashed).collect();
+        let keys: Vec<u64> = (0..n).map(bucket).collect();
 
         let limiter = ConcurrencyLimiter::new();
         let mut cycle = Cycle::new(keys.clone());

@@ -5,28 +5,21 @@
 //! global allocator (only this thread's allocations): what the data
 //! structures ask the allocator for, without the allocator's own overhead.
 
+mod support;
+
 use std::hint::black_box;
 use std::num::NonZeroU32;
 
 use governor::{Quota as GovernorQuota, RateLimiter};
+use support::{bucket, T0};
 use tower_ratelimit::store::{Check, Decided, MemoryStore, Store};
 use tower_ratelimit::{Quota, Window};
 
 const S: u64 = 1_000_000_000;
-/// 2023-11-14T22:13:20Z, in nanoseconds.
-const T0: u64 = 1_700_000_000 * S;
 
 /// Net bytes allocated (and not freed) while `f` runs.
 fn net_bytes(f: impl FnOnce()) -> i64 {
     allocation_counter::measure(f).bytes_current
-}
-
-/// A well-mixed 64-bit bucket id, as the layer's keyed hash would give.
-fn bucket(i: u64) -> u64 {
-    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 fn quota(windows: usize) -> Quota {

@@ -6,8 +6,8 @@
 //! limits are far above what a benchmark can send), responses carry rate-limit
 //! headers, and futures are polled in place: no runtime, no TCP.
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
+mod support;
+
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Barrier};
@@ -15,75 +15,20 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use futures::FutureExt;
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Response};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use http::{Method, Request};
+use support::{api_keys, bare, request, send, to, Cycle, HUGE, MANY};
+use tower::Layer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor as GovernorKeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
-/// Distinct API keys in the many-keys workloads.
-const MANY: usize = 10_000;
-/// A limit no benchmark gets near.
-const HUGE: u32 = u32::MAX;
-
-/// `nx_live_` and 24 hex digits: 32 bytes, like a real API key.
-fn api_keys(n: usize, salt: u64) -> Vec<&'static str> {
-    (0..n as u64)
-        .map(|i| {
-            let x = (i ^ salt.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let key: &'static str =
-                Box::leak(format!("nx_live_{:016x}{:08x}", x, i as u32).into_boxed_str());
-            key
-        })
-        .collect()
-}
-
-/// The request most workloads send: a read of one call, by API key. It
-/// matches the third route of the per-key limit tried (`GET *`) and no route
-/// of the per-call limit.
-fn request(key: &'static str) -> Request<()> {
-    to(Method::GET, "/v1/calls/c_42", key)
-}
-
 /// A call-control command: counted by the per-key limit's write route and,
 /// stacked, by the per-call limit.
 fn control(key: &'static str) -> Request<()> {
     to(Method::POST, "/v1/calls/c_42/control", key)
-}
-
-fn to(method: Method, path: &'static str, key: &'static str) -> Request<()> {
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = http::Uri::from_static(path);
-    request
-        .headers_mut()
-        .insert("x-api-key", HeaderValue::from_static(key));
-    request
-}
-
-/// The service being protected: answers at once with an empty body and a
-/// `Content-Type`, as an axum handler returning a string does. (The header
-/// map is allocated by the bare service, as in real applications; the
-/// rate-limit headers then fit in it without growing it.)
-fn bare() -> impl Service<
-    Request<()>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = Ready<Result<Response<Body>, Infallible>>,
-> + Clone {
-    service_fn(|_: Request<()>| {
-        let mut response = Response::new(Body::empty());
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        ready(Ok::<_, Infallible>(response))
-    })
 }
 
 /// A Nixflex-like policy: per API key, a partitioned route table (key
@@ -150,44 +95,6 @@ fn keyed_limiter() -> DefaultKeyedRateLimiter<String> {
     RateLimiter::keyed(GovernorQuota::per_second(NonZeroU32::MAX))
 }
 
-/// Sends one request through `service`, polling its futures in place.
-fn send<S, B>(service: &mut S, key: &'static str) -> Response<B>
-where
-    S: Service<Request<()>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-{
-    send_request(service, request(key))
-}
-
-fn send_request<S, B>(service: &mut S, request: Request<()>) -> Response<B>
-where
-    S: Service<Request<()>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-{
-    let service = service.ready().now_or_never().unwrap().unwrap();
-    let response = service.call(request).now_or_never().unwrap().unwrap();
-    debug_assert!(response.status().is_success());
-    response
-}
-
-/// Round-robin over `keys`.
-struct Cycle {
-    keys: Vec<&'static str>,
-    next: usize,
-}
-
-impl Cycle {
-    fn new(keys: Vec<&'static str>) -> Self {
-        Cycle { keys, next: 0 }
-    }
-
-    fn next(&mut self) -> &'static str {
-        let key = self.keys[self.next];
-        self.next = (self.next + 1) % self.keys.len();
-        key
-    }
-}
-
 fn overhead(c: &mut Criterion) {
     let mut group = c.benchmark_group("overhead");
     group.throughput(Throughput::Elements(1));
@@ -197,36 +104,36 @@ fn overhead(c: &mut Criterion) {
         let mut svc = bare();
         let mut cycle = Cycle::new(keys.clone());
         group.bench_function(format!("bare/{label}"), |b| {
-            b.iter(|| black_box(send(&mut svc, cycle.next())))
+            b.iter(|| black_box(send(&mut svc, request(cycle.next()))))
         });
 
         for windows in [1, 2] {
             let mut svc = layer(windows).layer(bare());
             let mut cycle = Cycle::new(keys.clone());
-            let response = send(&mut svc, cycle.next());
+            let response = send(&mut svc, request(cycle.next()));
             assert!(response.headers().contains_key("x-ratelimit-remaining"));
             group.bench_function(format!("ratelimit_{windows}w/{label}"), |b| {
-                b.iter(|| black_box(send(&mut svc, cycle.next())))
+                b.iter(|| black_box(send(&mut svc, request(cycle.next()))))
             });
         }
 
         let mut svc = bare();
         let mut cycle = Cycle::new(keys.clone());
         group.bench_function(format!("bare_control/{label}"), |b| {
-            b.iter(|| black_box(send_request(&mut svc, control(cycle.next()))))
+            b.iter(|| black_box(send(&mut svc, control(cycle.next()))))
         });
         let mut svc = layer(2).layer(bare());
         let mut cycle = Cycle::new(keys.clone());
         group.bench_function(format!("ratelimit_2w_stacked/{label}"), |b| {
-            b.iter(|| black_box(send_request(&mut svc, control(cycle.next()))))
+            b.iter(|| black_box(send(&mut svc, control(cycle.next()))))
         });
 
         let mut svc = governor_layer().layer(bare());
         let mut cycle = Cycle::new(keys.clone());
-        let response = send(&mut svc, cycle.next());
+        let response = send(&mut svc, request(cycle.next()));
         assert!(response.headers().contains_key("x-ratelimit-remaining"));
         group.bench_function(format!("tower_governor/{label}"), |b| {
-            b.iter(|| black_box(send(&mut svc, cycle.next())))
+            b.iter(|| black_box(send(&mut svc, request(cycle.next()))))
         });
 
         let limiter = keyed_limiter();
@@ -285,7 +192,7 @@ fn scaling(c: &mut Criterion) {
         let mut svc = layer.layer(bare());
         let mut cycle = Cycle::new(key_sets[t].clone());
         Box::new(move || {
-            black_box(send(&mut svc, cycle.next()));
+            black_box(send(&mut svc, request(cycle.next())));
         })
     };
     // The harness alone (building requests, the bare service's responses):
@@ -294,7 +201,7 @@ fn scaling(c: &mut Criterion) {
         let mut svc = bare();
         let mut cycle = Cycle::new(key_sets[t].clone());
         Box::new(move || {
-            black_box(send(&mut svc, cycle.next()));
+            black_box(send(&mut svc, request(cycle.next())));
         })
     };
     let limiter = Arc::new(keyed_limiter());

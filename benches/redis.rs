@@ -8,19 +8,20 @@
 //! and stops it at the end. Each decision checks two windows (60/minute and
 //! 1,000/hour, GCRA) of one of 10,000 keys.
 
+mod support;
+
 use std::hint::black_box;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use support::{bucket, T0};
 use tower_ratelimit::concurrency::{ConcurrencyLimiter, Mode};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::{Check, Decided, MemoryStore, Outcome, SharedSlots, Store};
 use tower_ratelimit::{Quota, Window};
 
-/// 2023-11-14T22:13:20Z, in nanoseconds.
-const T0: u64 = 1_700_000_000_000_000_000;
 const KEYS: u64 = 10_000;
 /// Decisions in flight at once in the throughput runs.
 const IN_FLIGHT: usize = 64;
@@ -59,14 +60,6 @@ fn start_redis() -> Server {
         std::thread::sleep(Duration::from_millis(20));
     }
     server
-}
-
-/// A well-mixed 64-bit bucket id, as the layer's keyed hash would give.
-fn bucket(i: u64) -> u64 {
-    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 async fn decide<St: Store>(store: &St, now: u64, checks: &[Check<'_>]) -> Outcome {

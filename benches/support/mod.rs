@@ -1,0 +1,109 @@
+//! What the benchmarks share: API keys, requests, the bare service they
+//! protect, a well-mixed bucket id, and polling a service in place.
+//!
+//! Each benchmark uses a part of it.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+
+use axum::body::Body;
+use futures::FutureExt;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response};
+use tower::{service_fn, Service, ServiceExt};
+
+/// Distinct API keys in the many-keys workloads.
+pub(crate) const MANY: usize = 10_000;
+/// A limit (and a cap) no benchmark gets near.
+pub(crate) const HUGE: u32 = u32::MAX;
+/// 2023-11-14T22:13:20Z, in nanoseconds.
+pub(crate) const T0: u64 = 1_700_000_000_000_000_000;
+
+/// `n` API keys: `nx_live_` and 24 hex digits, 32 bytes like real ones;
+/// another `salt` gives other keys.
+pub(crate) fn api_keys(n: usize, salt: u64) -> Vec<&'static str> {
+    (0..n as u64)
+        .map(|i| {
+            let x = (i ^ salt.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let key: &'static str =
+                Box::leak(format!("nx_live_{:016x}{:08x}", x, i as u32).into_boxed_str());
+            key
+        })
+        .collect()
+}
+
+/// A well-mixed 64-bit bucket id, as the layer's keyed hash would give.
+pub(crate) fn bucket(i: u64) -> u64 {
+    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The request most workloads send: a read of one call, by API key.
+pub(crate) fn request(key: &'static str) -> Request<()> {
+    to(Method::GET, "/v1/calls/c_42", key)
+}
+
+/// A request of `method` to `path` with `X-API-Key: key`.
+pub(crate) fn to(method: Method, path: &'static str, key: &'static str) -> Request<()> {
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = http::Uri::from_static(path);
+    request
+        .headers_mut()
+        .insert("x-api-key", HeaderValue::from_static(key));
+    request
+}
+
+/// The service being protected: answers at once with an empty body and a
+/// `Content-Type`, as an axum handler returning a string does. (The header
+/// map is allocated by the bare service, as in real applications; the
+/// rate-limit headers then fit in it without growing it.)
+pub(crate) fn bare() -> impl Service<
+    Request<()>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = Ready<Result<Response<Body>, Infallible>>,
+> + Clone {
+    service_fn(|_: Request<()>| {
+        let mut response = Response::new(Body::empty());
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        ready(Ok::<_, Infallible>(response))
+    })
+}
+
+/// Sends `request` through `service`, polling its futures in place (no
+/// runtime); the response is returned, and dropped by the caller.
+pub(crate) fn send<S, B>(service: &mut S, request: Request<()>) -> Response<B>
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let service = service.ready().now_or_never().unwrap().unwrap();
+    let response = service.call(request).now_or_never().unwrap().unwrap();
+    debug_assert!(response.status().is_success());
+    response
+}
+
+/// Round-robin over a list.
+pub(crate) struct Cycle<T> {
+    items: Vec<T>,
+    next: usize,
+}
+
+impl<T: Copy> Cycle<T> {
+    pub(crate) fn new(items: Vec<T>) -> Self {
+        Cycle { items, next: 0 }
+    }
+
+    pub(crate) fn next(&mut self) -> T {
+        let item = self.items[self.next];
+        self.next = (self.next + 1) % self.items.len();
+        item
+    }
+}
