@@ -361,6 +361,7 @@ impl PenaltyBox {
     /// Records that `key` is banned until `until` (ns since the Unix epoch):
     /// a ban learned elsewhere, such as from a store shared with other
     /// processes. A later ban in force is kept.
+    #[cfg(feature = "redis")]
     pub(crate) fn note_ban(&self, key: u64, now: u64, until: u64) {
         let banned = |until| State::Banned { until };
         self.upsert(

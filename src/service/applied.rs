@@ -33,6 +33,9 @@ pub(super) fn resolve(
     plan.map(Own::Plan)
 }
 
+/// A request's checks, as the store takes them.
+pub(super) type Checks<'a> = SmallVec<[Check<'a>; 4]>;
+
 /// One limit's rate check of a request.
 pub(super) struct Charge {
     pub(super) origin: WindowOrigin,
@@ -91,9 +94,8 @@ impl Applied {
             .quota_of(self.charges[check].own.as_ref())
     }
 
-    /// The store's checks.
-    pub(super) fn checks<'a>(&'a self, policy: &'a PolicyInner) -> SmallVec<[Check<'a>; 4]> {
-        let mut checks = SmallVec::new();
+    /// Puts the store's checks in `checks` (filled in place: it is large).
+    pub(super) fn checks<'a>(&'a self, policy: &'a PolicyInner, checks: &mut Checks<'a>) {
         for (i, charge) in self.charges.iter().enumerate() {
             let route = self.route(policy, i);
             let limit = &policy.limits[usize::from(charge.origin.0)];
@@ -109,7 +111,6 @@ impl Applied {
                 _ => check,
             });
         }
-        checks
     }
 
     /// The period (ns) of window `window` of check `check`.

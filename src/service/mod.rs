@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use self::applied::{resolve, Applied, Charge, Claim};
+use self::applied::{resolve, Applied, Charge, Checks, Claim};
 use self::decide::{decide_counted, emit};
 use self::in_flight::{cap_report, in_flight_of, take_now, take_waiting, Held, Taken};
 use self::respond::{build, busy, refuse, respond, slots, uncounted, window_report};
@@ -223,7 +223,8 @@ where
         if applied.charges.is_empty() {
             return finish(shared, None, &applied, held, shadow_busy, request, inner);
         }
-        let checks = applied.checks(policy);
+        let mut checks = Checks::new();
+        applied.checks(policy, &mut checks);
         let decided = shared.store.check(now, &checks);
         drop(checks);
         match decided {
@@ -317,7 +318,8 @@ where
                     )
                     .await;
                 }
-                let checks = applied.checks(&shared.policy.inner);
+                let mut checks = Checks::new();
+                applied.checks(&shared.policy.inner, &mut checks);
                 let decided = shared.store.check(applied.now, &checks);
                 drop(checks);
                 match decided {

@@ -235,7 +235,8 @@ impl MemoryStore {
         }
 
         // Read every window's state once; nothing changes yet.
-        let mut statuses: SmallVec<[WindowStatus; 4]> = SmallVec::new();
+        let mut outcome = Outcome::building();
+        let statuses = outcome.windows_mut();
         let mut slots: SmallVec<[Slot; 4]> = SmallVec::new();
         let mut admitted = true;
         let mut shadow_admitted = true;
@@ -279,7 +280,7 @@ impl MemoryStore {
             }
         }
         settle_uncharged(
-            &mut statuses,
+            statuses,
             admitted,
             shadow_admitted,
             |check| checks[check].shadow,
@@ -290,7 +291,8 @@ impl MemoryStore {
             },
         );
         if !admitted {
-            return Outcome::from_statuses(false, statuses);
+            outcome.decide(false, false);
+            return outcome;
         }
         // Shadow checks are charged only when they would have admitted too:
         // they count exactly what they would count if they were enforced.
@@ -303,7 +305,7 @@ impl MemoryStore {
         for (slot, shard) in shards.iter_mut().enumerate() {
             let needed = slots
                 .iter()
-                .zip(&statuses)
+                .zip(statuses.iter())
                 .filter(|(s, w)| {
                     s.shard == slot && !s.found && charged(&checks[usize::from(w.check)])
                 })
@@ -320,11 +322,12 @@ impl MemoryStore {
                 charged(c) && shard_slot(&ids, self.shard_of(c.bucket)) == slot
             });
             if shard.entries + needed > cap {
-                return Outcome::at_capacity(shard.full_until.saturating_sub(now), statuses);
+                outcome.refuse_at_capacity(shard.full_until.saturating_sub(now));
+                return outcome;
             }
         }
 
-        let mut slots = slots.into_iter();
+        let mut slots = slots.iter();
         for check in checks {
             let algorithm = check.quota.algorithm_kind();
             for window in check.quota.windows() {
@@ -343,7 +346,8 @@ impl MemoryStore {
                 }
             }
         }
-        Outcome::from_statuses(true, statuses).with_shadow_refusal(!shadow_admitted)
+        outcome.decide(true, !shadow_admitted);
+        outcome
     }
 }
 

@@ -92,6 +92,37 @@ impl Outcome {
         }
     }
 
+    /// An admitted outcome with no window yet, to be filled in place (an
+    /// outcome is large: built where it is returned, it is never copied).
+    pub(crate) fn building() -> Self {
+        Outcome {
+            admitted: true,
+            ban: None,
+            capacity_retry_after: None,
+            shadow_refused: false,
+            windows: SmallVec::new(),
+        }
+    }
+
+    /// The window statuses, to fill in place.
+    pub(crate) fn windows_mut(&mut self) -> &mut SmallVec<[WindowStatus; 4]> {
+        &mut self.windows
+    }
+
+    /// Sets the verdict of an outcome being built: admitted or not, and
+    /// whether its shadow checks would have refused.
+    pub(crate) fn decide(&mut self, admitted: bool, shadow_refused: bool) {
+        self.admitted = admitted;
+        self.shadow_refused = admitted && shadow_refused;
+    }
+
+    /// Makes an outcome being built a refusal for the memory cap (see
+    /// [`Outcome::at_capacity`]).
+    pub(crate) fn refuse_at_capacity(&mut self, retry_after: u64) {
+        self.admitted = false;
+        self.capacity_retry_after = Some(retry_after.max(1));
+    }
+
     /// Marks an admitted outcome whose shadow checks would have refused.
     #[must_use]
     pub fn with_shadow_refusal(mut self, refused: bool) -> Self {
