@@ -1,6 +1,8 @@
 //! Run with `cargo run --example voice_api` (options: `--addr 127.0.0.1:3000`,
 //! `--config FILE`, `--preset NAME` for `examples/policies/NAME.toml`,
-//! `--redis redis://127.0.0.1:6379` to count in Redis, with `--features redis`).
+//! `--redis redis://127.0.0.1:6379` to count in Redis, with `--features redis`;
+//! processes that share a Redis need one key secret: the policy's
+//! `key_secret`, or else `RATELIMIT_KEY_SECRET`).
 //! Any request may add `?hold_ms=N` (up to 60,000) to stay in flight N ms
 //! before it is answered, to try concurrency by hand.
 //!
@@ -103,6 +105,38 @@ fn load_policy(config: Option<&str>) -> Result<Policy, String> {
         Some(path) => Policy::from_toml_file(path).map_err(|e| format!("{path}: {e}")),
         None => Policy::from_toml(DEFAULT_POLICY).map_err(|e| format!("built-in policy: {e}")),
     }
+}
+
+/// The variable the demo reads the key secret from, with `--redis`, when
+/// the policy sets none.
+const SECRET_VAR: &str = "RATELIMIT_KEY_SECRET";
+
+/// The policy for a process that shares its counts through Redis: every
+/// such process must hash keys under one secret. A policy that sets none
+/// gets `RATELIMIT_KEY_SECRET`'s, read as the policy file's own
+/// `key_secret = { env = "…" }` would be.
+fn load_shared_policy(config: Option<&str>) -> Result<Policy, String> {
+    let policy = load_policy(config)?;
+    if policy.has_key_secret() {
+        return Ok(policy);
+    }
+    if std::env::var_os(SECRET_VAR).is_none() {
+        return Err(format!(
+            "--redis: the policy sets no key_secret, so this process would hash keys under a \
+             random secret of its own and share no counts with other processes.\n\
+             Set {SECRET_VAR} to the same 32 hex digits on every process (for example \
+             `export {SECRET_VAR}=$(openssl rand -hex 16)`), or set key_secret in the policy file."
+        ));
+    }
+    let text = match config {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?,
+        None => DEFAULT_POLICY.to_owned(),
+    };
+    // Top-level keys come first in TOML: the line goes before the file's.
+    Policy::from_toml(&format!(
+        "key_secret = {{ env = \"{SECRET_VAR}\" }}\n{text}"
+    ))
+    .map_err(|e| format!("{SECRET_VAR}: {e}"))
 }
 
 /// The longest `?hold_ms=` accepted.
@@ -212,7 +246,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let policy = match load_policy(options.config.as_deref()) {
+    let load = if options.redis.is_some() {
+        load_shared_policy
+    } else {
+        load_policy
+    };
+    let policy = match load(options.config.as_deref()) {
         Ok(policy) => policy,
         Err(message) => {
             eprintln!("{message}");

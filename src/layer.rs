@@ -70,7 +70,18 @@ impl<St: Store> RateLimitLayer<St> {
     }
 
     /// Enforces `policy` with counts in a store shared with other layers.
+    ///
+    /// A store that other processes share ([`Store::shares_counts`]) needs
+    /// a policy with a key secret of its own
+    /// ([`Policy::has_key_secret`]); without one, this logs a warning.
     pub fn with_shared_store(policy: Policy, store: Arc<St>) -> Self {
+        if store.shares_counts() && !policy.has_key_secret() {
+            tracing::warn!(
+                "the rate-limit store is shared with other processes, but the policy's key \
+                 secret is random: this process counts every key in buckets of its own; \
+                 give every process the same key_secret"
+            );
+        }
         RateLimitLayer {
             shared: Arc::new(Shared {
                 policy,

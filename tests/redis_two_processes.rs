@@ -1,5 +1,6 @@
 //! Two demo servers (`examples/voice_api.rs`), two processes, one Redis:
-//! between them they admit exactly the limit.
+//! between them they admit exactly the limit. Without a shared key secret
+//! the demo refuses to start on Redis rather than count apart.
 
 #![cfg(feature = "redis")]
 
@@ -13,19 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The demo's default policy (60 per minute and 1,000 per hour per
-/// `X-API-Key`) with one key secret for both processes, so that they hash a
-/// key into the same bucket.
-const POLICY: &str = r#"
-key_secret = "000102030405060708090a0b0c0d0e0f"
-
-[[limits]]
-name = "per_key"
-key = { header = "X-API-Key" }
-
-[[limits.routes]]
-windows = ["60/minute", "1000/hour"]
-"#;
+/// One key secret for both processes, so that they hash a key into the
+/// same bucket.
+const SECRET: &str = "000102030405060708090a0b0c0d0e0f";
 
 /// A child process, killed on drop.
 struct Server(Child);
@@ -80,14 +71,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts a demo server and waits for its "listening" line.
-fn start(binary: &PathBuf, policy: &PathBuf, redis: &str) -> (Server, u16) {
+/// Starts a demo server on its default policy (60 per minute and 1,000 per
+/// hour per `X-API-Key`), with the key secret from the environment, and
+/// waits for its "listening" line.
+fn start(binary: &PathBuf, redis: &str) -> (Server, u16) {
     let port = free_port();
     let mut child = Command::new(binary)
         .args(["--addr", &format!("127.0.0.1:{port}")])
-        .arg("--config")
-        .arg(policy)
         .args(["--redis", redis])
+        .env("RATELIMIT_KEY_SECRET", SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -128,13 +120,8 @@ async fn get(port: u16, key: &str) -> u16 {
 async fn two_demo_server_processes_on_one_redis_admit_exactly_the_limit() {
     let redis = redis_or_skip!();
     let binary = tokio::task::spawn_blocking(demo_binary).await.unwrap();
-    let policy = std::env::temp_dir().join(format!(
-        "tower-ratelimit-two-processes-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(&policy, POLICY).unwrap();
-    let (_a, port_a) = start(&binary, &policy, &redis.url());
-    let (_b, port_b) = start(&binary, &policy, &redis.url());
+    let (_a, port_a) = start(&binary, &redis.url());
+    let (_b, port_b) = start(&binary, &redis.url());
 
     // Ten requests in flight at a time, alternating between the processes:
     // concurrent, yet light enough for a debug build to answer each within
@@ -167,7 +154,6 @@ async fn two_demo_server_processes_on_one_redis_admit_exactly_the_limit() {
             (other, _) => panic!("unexpected status {other}"),
         }
     }
-    let _ = std::fs::remove_file(&policy);
     // 60 per minute, GCRA: one more slot returns each second.
     let extra = started.elapsed().as_secs() as usize;
     let total = admitted_a + admitted_b;
@@ -180,4 +166,33 @@ async fn two_demo_server_processes_on_one_redis_admit_exactly_the_limit() {
         "both processes admitted some"
     );
     assert_eq!(total + refused, 200);
+}
+
+#[tokio::test]
+async fn without_a_shared_key_secret_the_demo_refuses_to_count_in_redis() {
+    let redis = redis_or_skip!();
+    let binary = tokio::task::spawn_blocking(demo_binary).await.unwrap();
+    let output = Command::new(&binary)
+        .args(["--addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--preset", "nixflex", "--redis", &redis.url()])
+        .env_remove("RATELIMIT_KEY_SECRET")
+        .output()
+        .expect("the demo runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sets no key_secret") && stderr.contains("RATELIMIT_KEY_SECRET"),
+        "{stderr}"
+    );
+    // A secret that is not 32 hex digits is named, never shown.
+    let output = Command::new(&binary)
+        .args(["--addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--preset", "nixflex", "--redis", &redis.url()])
+        .env("RATELIMIT_KEY_SECRET", "not-hex-SECRETVALUE")
+        .output()
+        .expect("the demo runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("RATELIMIT_KEY_SECRET"), "{stderr}");
+    assert!(!stderr.contains("SECRETVALUE"), "{stderr}");
 }

@@ -74,6 +74,8 @@ pub(crate) struct PolicyInner {
     pub(crate) refusal_status: StatusCode,
     pub(crate) max_key_len: usize,
     pub(crate) secret: KeySecret,
+    /// Whether `secret` was given rather than drawn at random.
+    pub(crate) secret_given: bool,
     /// The status of a "busy" refusal (no free in-flight slot).
     pub(crate) busy_status: StatusCode,
     /// The `Retry-After` of a "busy" refusal, in whole seconds.
@@ -96,6 +98,14 @@ impl Policy {
     /// The names of the policy's limits, in order.
     pub fn limit_names(&self) -> impl Iterator<Item = &str> {
         self.inner.limits.iter().map(|l| &*l.name)
+    }
+
+    /// Whether the secret keys are hashed under was given (in code or in
+    /// the policy file) rather than drawn at random for this process.
+    /// Processes that share a store must share a given secret, or they
+    /// count every key in different buckets.
+    pub fn has_key_secret(&self) -> bool {
+        self.inner.secret_given
     }
 
     /// The header style.
@@ -258,6 +268,7 @@ impl PolicyBuilder {
             .as_nanos()
             .div_ceil(1_000_000_000)
             .clamp(1, 86_400) as u64;
+        let secret_given = self.secret.is_some();
         let secret = self.secret.unwrap_or_else(KeySecret::random);
         let mut limits = Vec::with_capacity(self.limits.len());
         for (i, limit) in self.limits.iter().enumerate() {
@@ -304,6 +315,7 @@ impl PolicyBuilder {
                 refusal_status: self.refusal_status,
                 max_key_len: self.max_key_len,
                 secret,
+                secret_given,
             }),
         })
     }

@@ -161,6 +161,14 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether other processes may share this store's counts (a Redis
+    /// store, say). The layer then warns when its policy's key secret is
+    /// random, as such processes would count each key apart. The default is
+    /// `false`.
+    fn shares_counts(&self) -> bool {
+        false
+    }
+
     /// The in-flight slots this store keeps for every process that shares
     /// it; `None` (the default) leaves them to the layer's own
     /// [`ConcurrencyLimiter`](crate::concurrency::ConcurrencyLimiter).

@@ -493,6 +493,11 @@ impl Store for RedisStore {
         Some(self)
     }
 
+    /// Every process that uses the same Redis and prefix shares the counts.
+    fn shares_counts(&self) -> bool {
+        true
+    }
+
     /// Answers from the bans this process has seen in Redis's answers.
     fn banned_for(&self, key: u64, now: u64) -> Option<u64> {
         self.inner.bans.banned_for(key, now)
