@@ -14,9 +14,9 @@
 
 mod redis_support;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -123,10 +123,7 @@ impl TlsServer {
     /// Starts a server with `pki`'s certificate, its files in `trust`'s
     /// directory.
     fn start(pki: &Pki, name: &str, trust: &Trust) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = redis_support::free_port();
         let dir = trust.dir.join(format!("{name}-{port}"));
         std::fs::create_dir_all(&dir).expect("the server's directory");
         let write = |file: &str, text: &str| {
@@ -138,30 +135,27 @@ impl TlsServer {
         let key = write("server.key", &pki.server_key_pem);
         let ca = write("ca.crt", &pki.ca_pem);
         let log = dir.join("redis.log");
-        let child = Command::new("redis-server")
-            .args(["--port", "0"])
-            .args(["--tls-port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--tls-cert-file", &cert])
-            .args(["--tls-key-file", &key])
-            .args(["--tls-ca-cert-file", &ca])
-            .args(["--tls-auth-clients", "no"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--dir", &dir.to_string_lossy()])
-            .args(["--logfile", &log.to_string_lossy()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "the Redis tests need `redis-server` on PATH: install it with \
-                 `apt-get install -y redis-server` (or `brew install redis`), \
-                 or set TOWER_RATELIMIT_SKIP_REDIS=1 to skip them"
-            ),
-            Err(e) => panic!("cannot start redis-server: {e}"),
-        };
+        let port_text = port.to_string();
+        let log_text = log.to_string_lossy();
+        let child = redis_support::spawn_server(
+            &dir,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port_text,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+                "--logfile",
+                &log_text,
+            ],
+        );
         let mut server = TlsServer {
             child: Some(child),
             port,
@@ -220,15 +214,6 @@ impl Drop for TlsServer {
     }
 }
 
-/// Whether the Redis tests are skipped on purpose (then says so).
-fn skipped() -> bool {
-    let skip = std::env::var_os("TOWER_RATELIMIT_SKIP_REDIS").is_some_and(|v| v == "1");
-    if skip {
-        eprintln!("note: TOWER_RATELIMIT_SKIP_REDIS=1: this Redis TLS test did not run");
-    }
-    skip
-}
-
 async fn store(url: &str) -> RedisStore {
     RedisStore::builder(url)
         .deadline(Duration::from_secs(5))
@@ -240,7 +225,7 @@ async fn store(url: &str) -> RedisStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_layers_over_tls_admit_exactly_the_limit() {
-    if skipped() {
+    if redis_support::skipped() {
         return;
     }
     let trust = trust();
@@ -287,7 +272,7 @@ async fn two_layers_over_tls_admit_exactly_the_limit() {
 
 #[tokio::test]
 async fn a_server_signed_by_an_unknown_ca_is_refused() {
-    if skipped() {
+    if redis_support::skipped() {
         return;
     }
     let trust = trust();
@@ -306,7 +291,7 @@ async fn a_server_signed_by_an_unknown_ca_is_refused() {
 
 #[tokio::test]
 async fn a_private_ca_given_to_the_builder_is_trusted() {
-    if skipped() {
+    if redis_support::skipped() {
         return;
     }
     let trust = trust();

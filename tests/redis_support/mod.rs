@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,11 +25,40 @@ pub(crate) struct RedisServer {
 /// Starts a server, or returns `None` (after saying so) when the Redis tests
 /// are skipped on purpose.
 pub(crate) fn server() -> Option<RedisServer> {
-    if std::env::var_os("TOWER_RATELIMIT_SKIP_REDIS").is_some_and(|v| v == "1") {
+    (!skipped()).then(RedisServer::start)
+}
+
+/// Whether the Redis tests are skipped on purpose
+/// (`TOWER_RATELIMIT_SKIP_REDIS=1`); then says so.
+pub(crate) fn skipped() -> bool {
+    let skip = std::env::var_os("TOWER_RATELIMIT_SKIP_REDIS").is_some_and(|v| v == "1");
+    if skip {
         eprintln!("note: TOWER_RATELIMIT_SKIP_REDIS=1: this Redis test did not run");
-        return None;
     }
-    Some(RedisServer::start())
+    skip
+}
+
+/// Starts `redis-server` on loopback with persistence off, its files in
+/// `dir`, and `args`; a missing `redis-server` fails with how to install it.
+pub(crate) fn spawn_server(dir: &Path, args: &[&str]) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--dir", &dir.to_string_lossy()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "the Redis tests need `redis-server` on PATH: install it with \
+             `apt-get install -y redis-server` (or `brew install redis`), \
+             or set TOWER_RATELIMIT_SKIP_REDIS=1 to skip them"
+        ),
+        Err(e) => panic!("cannot start redis-server: {e}"),
+    }
 }
 
 /// Skips the test (with a note) when the Redis tests are skipped on purpose.
@@ -43,7 +72,8 @@ macro_rules! redis_or_skip {
     };
 }
 
-fn free_port() -> u16 {
+/// A free loopback port.
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener.local_addr().expect("its address").port()
 }
@@ -73,26 +103,10 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--dir", &self.dir.to_string_lossy()])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "the Redis tests need `redis-server` on PATH: install it with \
-                 `apt-get install -y redis-server` (or `brew install redis`), \
-                 or set TOWER_RATELIMIT_SKIP_REDIS=1 to skip them"
-            ),
-            Err(e) => panic!("cannot start redis-server: {e}"),
-        };
-        self.child = Some(child);
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port];
+        args.extend(self.extra.iter().map(String::as_str));
+        self.child = Some(spawn_server(&self.dir, &args));
         let started = Instant::now();
         while !self.answers() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
