@@ -73,6 +73,29 @@ where
     service.clone().oneshot(request).await.unwrap()
 }
 
+/// Sends `limit` requests made by `request`: each is admitted, with the
+/// plan's headers (`limit` a minute, `cap` in flight) and one less left.
+async fn spend_plan<S>(service: &S, request: impl Fn() -> Request<Body>, limit: u32, cap: u32)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    let policy = format!(
+        r#""per_account.minute";q={limit};w=60, "per_account.concurrency";q={cap};qu="concurrent-requests""#
+    );
+    for used in 1..=limit {
+        let response = send(service, request()).await;
+        assert_eq!(response.status(), StatusCode::OK, "request {used}");
+        let limit_text = limit.to_string();
+        assert_eq!(header(&response, "x-ratelimit-limit"), Some(&*limit_text));
+        let remaining = (limit - used).to_string();
+        assert_eq!(
+            header(&response, "x-ratelimit-remaining"),
+            Some(&*remaining)
+        );
+        assert_eq!(header(&response, "ratelimit-policy"), Some(&*policy));
+    }
+}
+
 fn header<'r>(response: &'r Response<Body>, name: &str) -> Option<&'r str> {
     response
         .headers()
@@ -121,22 +144,7 @@ async fn unknown_or_missing_keys_are_refused_by_auth_and_never_reach_the_limiter
 #[tokio::test]
 async fn a_free_account_is_refused_after_exactly_ten_a_minute_with_its_plan_headers() {
     let (service, fixture) = stack();
-    for used in 1..=10 {
-        let response = send(&service, with_key("sk_free_1")).await;
-        assert_eq!(response.status(), StatusCode::OK, "request {used}");
-        assert_eq!(header(&response, "x-ratelimit-limit"), Some("10"));
-        let remaining = (10 - used).to_string();
-        assert_eq!(
-            header(&response, "x-ratelimit-remaining"),
-            Some(&*remaining)
-        );
-        assert_eq!(
-            header(&response, "ratelimit-policy"),
-            Some(
-                r#""per_account.minute";q=10;w=60, "per_account.concurrency";q=2;qu="concurrent-requests""#
-            )
-        );
-    }
+    spend_plan(&service, || with_key("sk_free_1"), 10, 2).await;
 
     let refused = send(&service, with_key("sk_free_1")).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -156,22 +164,7 @@ async fn a_free_account_is_refused_after_exactly_ten_a_minute_with_its_plan_head
 #[tokio::test]
 async fn a_pro_account_gets_the_pro_limit() {
     let (service, _fixture) = stack();
-    for used in 1..=100 {
-        let response = send(&service, with_bearer("sk_pro_1")).await;
-        assert_eq!(response.status(), StatusCode::OK, "request {used}");
-        assert_eq!(header(&response, "x-ratelimit-limit"), Some("100"));
-        let remaining = (100 - used).to_string();
-        assert_eq!(
-            header(&response, "x-ratelimit-remaining"),
-            Some(&*remaining)
-        );
-        assert_eq!(
-            header(&response, "ratelimit-policy"),
-            Some(
-                r#""per_account.minute";q=100;w=60, "per_account.concurrency";q=10;qu="concurrent-requests""#
-            )
-        );
-    }
+    spend_plan(&service, || with_bearer("sk_pro_1"), 100, 10).await;
     let refused = send(&service, with_bearer("sk_pro_1")).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&refused, "x-ratelimit-limit"), Some("100"));

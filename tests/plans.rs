@@ -55,6 +55,19 @@ fn plan_of_account() -> impl tower_ratelimit::key::KeyExtractor {
     Extension::new(|a: &Account| Key::from(a.plan.as_str()))
 }
 
+/// One limit per account, its plan read from the account.
+fn per_account() -> Limit {
+    Limit::new("per_account", by_account()).plan_from(plan_of_account())
+}
+
+/// [`per_account`] on [`rate_tiers`], alone in a policy.
+fn tiered_policy() -> Policy {
+    Policy::builder()
+        .limit(per_account().quota(rate_tiers()))
+        .build()
+        .unwrap()
+}
+
 fn per_minute(n: u32) -> Quota {
     Quota::new(Window::per_minute(n))
 }
@@ -147,14 +160,7 @@ async fn each_plan_gets_its_own_quota_from_the_account_the_auth_layer_inserted()
         ("key_pro", "acct_2", "pro"),
         ("key_ent", "acct_3", "enterprise"),
     ]);
-    let policy = Policy::builder()
-        .limit(
-            Limit::new("per_account", by_account())
-                .plan_from(plan_of_account())
-                .quota(rate_tiers()),
-        )
-        .build()
-        .unwrap();
+    let policy = tiered_policy();
     let h = Harness::new(policy, &accounts);
 
     // (api key, the plan's limit, Retry-After of the first refusal: one
@@ -177,14 +183,7 @@ async fn each_plan_gets_its_own_quota_from_the_account_the_auth_layer_inserted()
 #[tokio::test]
 async fn accounts_on_one_plan_are_counted_each_on_their_own() {
     let accounts = accounts(&[("key_a", "acct_a", "pro"), ("key_b", "acct_b", "pro")]);
-    let policy = Policy::builder()
-        .limit(
-            Limit::new("per_account", by_account())
-                .plan_from(plan_of_account())
-                .quota(rate_tiers()),
-        )
-        .build()
-        .unwrap();
+    let policy = tiered_policy();
     let h = Harness::new(policy, &accounts);
     spend(&h, "key_a", 20, 20).await;
     assert_eq!(
@@ -206,14 +205,7 @@ async fn an_unknown_or_empty_plan_gets_the_default_quota() {
         ("key_empty", "acct_empty", ""),
         ("key_case", "acct_case", "PRO"),
     ]);
-    let policy = Policy::builder()
-        .limit(
-            Limit::new("per_account", by_account())
-                .plan_from(plan_of_account())
-                .quota(rate_tiers()),
-        )
-        .build()
-        .unwrap();
+    let policy = tiered_policy();
     let h = Harness::new(policy, &accounts);
     for api_key in ["key_gold", "key_empty", "key_case"] {
         spend(&h, api_key, 5, 5).await;
@@ -261,14 +253,7 @@ async fn a_missing_plan_gets_the_default_quota_and_is_not_an_error() {
 #[tokio::test]
 async fn without_an_account_the_key_is_missing_and_the_request_is_refused_401() {
     let accounts = accounts(&[("key_1", "acct_1", "pro")]);
-    let policy = Policy::builder()
-        .limit(
-            Limit::new("per_account", by_account())
-                .plan_from(plan_of_account())
-                .quota(rate_tiers()),
-        )
-        .build()
-        .unwrap();
+    let policy = tiered_policy();
     let h = Harness::new(policy, &accounts);
     let response = h.send("key_unknown").await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
@@ -285,8 +270,7 @@ async fn plans_give_routes_different_quotas_and_a_route_without_the_plan_uses_it
     let accounts = accounts(&[("key_free", "acct_1", "free"), ("key_pro", "acct_2", "pro")]);
     let policy = Policy::builder()
         .limit(
-            Limit::new("per_account", by_account())
-                .plan_from(plan_of_account())
+            per_account()
                 .route(
                     "POST /v1/calls",
                     Tiers::new(per_minute(2)).plan("pro", per_minute(10)),
@@ -388,8 +372,7 @@ async fn an_override_listed_in_the_policy_beats_the_plan_the_request_carries() {
     ]);
     let policy = Policy::builder()
         .limit(
-            Limit::new("per_account", by_account())
-                .plan_from(plan_of_account())
+            per_account()
                 .quota(rate_tiers())
                 .key_override("acct_vip", Override::Plan("pro".into()))
                 .key_override("acct_capped", Override::Quota(per_minute(2))),
@@ -455,8 +438,7 @@ async fn a_plan_override_also_sets_the_in_flight_cap_of_its_plan() {
 async fn a_plan_named_by_an_override_must_exist() {
     let err = Policy::builder()
         .limit(
-            Limit::new("per_account", by_account())
-                .plan_from(plan_of_account())
+            per_account()
                 .quota(rate_tiers())
                 .key_override("acct_1", Override::Plan("gold".into())),
         )
@@ -475,11 +457,7 @@ async fn a_plan_named_by_an_override_must_exist() {
 #[tokio::test]
 async fn a_plan_quota_that_can_never_admit_is_an_error_naming_the_plan() {
     let err = Policy::builder()
-        .limit(
-            Limit::new("per_account", by_account())
-                .plan_from(plan_of_account())
-                .quota(Tiers::new(per_minute(5)).plan("pro", per_minute(1).cost(2))),
-        )
+        .limit(per_account().quota(Tiers::new(per_minute(5)).plan("pro", per_minute(1).cost(2))))
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), ConfigErrorKind::InvalidValue);
@@ -534,14 +512,7 @@ plans = { pro = { windows = ["20/minute"] } }
 
 async fn upgrading_a_plan_in_the_auth_layer_keeps_the_requests_used() {
     let accounts = accounts(&[("key_1", "acct_1", "free"), ("key_2", "acct_2", "pro")]);
-    let policy = Policy::builder()
-        .limit(
-            Limit::new("per_account", by_account())
-                .plan_from(plan_of_account())
-                .quota(rate_tiers()),
-        )
-        .build()
-        .unwrap();
+    let policy = tiered_policy();
     let h = Harness::new(policy, &accounts);
 
     spend(&h, "key_1", 5, 5).await;

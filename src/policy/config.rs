@@ -636,84 +636,57 @@ impl<'de> Deserialize<'de> for Int {
     }
 }
 
-impl<'de> Deserialize<'de> for PeerIpSpec {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = PeerIpSpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`true` or a table such as { ipv6_prefix = 56 }")
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<PeerIpSpec, E> {
-                Ok(PeerIpSpec::Flag(v))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PeerIpSpec, A::Error> {
-                PeerIpOptions::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(PeerIpSpec::Options)
+/// `Deserialize` for a spec written either as a scalar (read by
+/// `$visit_scalar` and converted into the `$scalar` variant) or as a table or
+/// list (read as `$inner` through `$visit` and `$wrap`, into `$compound`);
+/// errors say `$expecting`.
+macro_rules! scalar_or_compound {
+    (
+        $spec:ident, $expecting:literal,
+        $visit_scalar:ident($scalar_ty:ty) => $scalar:ident,
+        $visit:ident($access:ident, $wrap:ident) => $compound:ident($inner:ty) $(,)?
+    ) => {
+        impl<'de> Deserialize<'de> for $spec {
+            fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $spec;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn $visit_scalar<E: de::Error>(self, v: $scalar_ty) -> Result<$spec, E> {
+                        Ok($spec::$scalar(v.into()))
+                    }
+                    fn $visit<A: $access<'de>>(self, access: A) -> Result<$spec, A::Error> {
+                        <$inner>::deserialize(de::value::$wrap::new(access)).map($spec::$compound)
+                    }
+                }
+                deserializer.deserialize_any(V)
             }
         }
-        deserializer.deserialize_any(V)
-    }
+    };
 }
 
-impl<'de> Deserialize<'de> for MethodsSpec {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MethodsSpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of methods such as [\"GET\", \"POST\"], or a string such as \"GET,POST\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<MethodsSpec, E> {
-                Ok(MethodsSpec::One(v.to_owned()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<MethodsSpec, A::Error> {
-                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(MethodsSpec::List)
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for KeySecretSpec {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = KeySecretSpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("32 hex digits, or a table such as { env = \"RATELIMIT_KEY_SECRET\" }")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeySecretSpec, E> {
-                Ok(KeySecretSpec::Hex(v.to_owned()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<KeySecretSpec, A::Error> {
-                KeySecretEnv::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(KeySecretSpec::Env)
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for WindowSpec {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = WindowSpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a window such as \"60/minute\" or { limit = 60, period = \"1m\" }")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<WindowSpec, E> {
-                Ok(WindowSpec::Text(v.to_owned()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<WindowSpec, A::Error> {
-                WindowTable::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(WindowSpec::Table)
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
-}
+scalar_or_compound!(
+    PeerIpSpec, "`true` or a table such as { ipv6_prefix = 56 }",
+    visit_bool(bool) => Flag,
+    visit_map(MapAccess, MapAccessDeserializer) => Options(PeerIpOptions),
+);
+scalar_or_compound!(
+    MethodsSpec, "a list of methods such as [\"GET\", \"POST\"], or a string such as \"GET,POST\"",
+    visit_str(&str) => One,
+    visit_seq(SeqAccess, SeqAccessDeserializer) => List(Vec<String>),
+);
+scalar_or_compound!(
+    KeySecretSpec, "32 hex digits, or a table such as { env = \"RATELIMIT_KEY_SECRET\" }",
+    visit_str(&str) => Hex,
+    visit_map(MapAccess, MapAccessDeserializer) => Env(KeySecretEnv),
+);
+scalar_or_compound!(
+    WindowSpec, "a window such as \"60/minute\" or { limit = 60, period = \"1m\" }",
+    visit_str(&str) => Text,
+    visit_map(MapAccess, MapAccessDeserializer) => Table(WindowTable),
+);
 
 // ---------------------------------------------------------------------------
 // From the file's shape to the builder.
