@@ -10,10 +10,9 @@
 mod support;
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use support::{api_keys, bare, bucket, request, send, Cycle, HUGE, MANY, T0};
+use support::{api_keys, bare, bucket, config, request, send, Cycle, HUGE, MANY, T0};
 use tower::Layer;
 use tower_ratelimit::concurrency::ConcurrencyLimiter;
 use tower_ratelimit::key::Header;
@@ -98,13 +97,6 @@ fn engines_alone(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
 }
 
 criterion_group! {

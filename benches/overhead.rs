@@ -17,7 +17,7 @@ use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
 use http::{Method, Request};
-use support::{api_keys, bare, request, send, to, Cycle, HUGE, MANY};
+use support::{api_keys, bare, config, request, send, to, Cycle, HUGE, MANY};
 use tower::Layer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor as GovernorKeyExtractor;
@@ -235,13 +235,6 @@ fn scaling(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(30)
 }
 
 criterion_group! {

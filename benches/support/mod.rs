@@ -6,8 +6,10 @@
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
+use std::time::Duration;
 
 use axum::body::Body;
+use criterion::Criterion;
 use futures::FutureExt;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response};
@@ -106,4 +108,13 @@ impl<T: Copy> Cycle<T> {
         self.next = (self.next + 1) % self.items.len();
         item
     }
+}
+
+/// Criterion's settings for the per-request benches: short runs, enough
+/// samples for stable medians on a 2-core machine.
+pub(crate) fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
 }

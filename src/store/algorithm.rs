@@ -4,6 +4,7 @@
 //! Every store uses these functions (or, for a remote store, a literal
 //! translation of them), so all stores decide alike.
 
+use super::WindowStatus;
 use crate::policy::{Algorithm, Window};
 
 /// What one window says about one request.
@@ -20,6 +21,21 @@ pub(crate) struct Step {
     pub(crate) reset_after: u64,
     /// Nanoseconds until this window would admit the request; 0 if it does.
     pub(crate) retry_after: u64,
+}
+
+impl Step {
+    /// What this step says of window `window` of check `check`, whose
+    /// limit is `limit`.
+    pub(crate) fn status(&self, check: usize, window: usize, limit: u32) -> WindowStatus {
+        WindowStatus {
+            check: check as u8,
+            window: window as u8,
+            limit,
+            remaining: self.remaining,
+            reset_after: self.reset_after,
+            retry_after: self.retry_after,
+        }
+    }
 }
 
 /// Applies a request of `cost` at `now` to a window whose stored state is

@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use super::algorithm::{carry_over, expires_at, step, Step};
 use super::outcome::settle_uncharged;
 use super::penalties::{ban_in_force, count_refusal};
-use super::{Check, Decided, Outcome, Store, StoreError, WindowStatus};
+use super::{Check, Decided, Outcome, Store, StoreError};
 use crate::penalty::PenaltyBox;
 use crate::policy::{Algorithm, Quota};
 use crate::shard::{sparse, KeyMap, Padded};
@@ -269,14 +269,7 @@ impl MemoryStore {
                     state: state.unwrap_or(0),
                     next: s.next,
                 });
-                statuses.push(WindowStatus {
-                    check: ci as u8,
-                    window: wi as u8,
-                    limit: window.limit(),
-                    remaining: s.remaining,
-                    reset_after: s.reset_after,
-                    retry_after: s.retry_after,
-                });
+                statuses.push(s.status(ci, wi, window.limit()));
             }
         }
         settle_uncharged(

@@ -86,6 +86,24 @@ local function bignum()
     return norm(r)
   end
 
+  -- a * m + c in place, for m, c < 2^24 (with m = 1, a's limbs may be
+  -- larger: it then carries them into 24-bit limbs).
+  local function mul_small_add(a, m, c)
+    local carry = c
+    for i = 1, #a do
+      local t = a[i] * m + carry
+      local low = t % LIMB
+      a[i] = low
+      carry = (t - low) / LIMB
+    end
+    while carry > 0 do
+      local low = carry % LIMB
+      a[#a + 1] = low
+      carry = (carry - low) / LIMB
+    end
+    return norm(a)
+  end
+
   local function mul(a, b)
     local r = {}
     for i = 1, #a + #b do
@@ -102,36 +120,8 @@ local function bignum()
       end
       r[i + #b] = carry
     end
-    local carry = 0
-    for i = 1, #r do
-      local t = r[i] + carry
-      local low = t % LIMB
-      r[i] = low
-      carry = (t - low) / LIMB
-    end
-    while carry > 0 do
-      local low = carry % LIMB
-      r[#r + 1] = low
-      carry = (carry - low) / LIMB
-    end
-    return norm(r)
-  end
-
-  -- a * m + c in place, for m, c < 2^24.
-  local function mul_small_add(a, m, c)
-    local carry = c
-    for i = 1, #a do
-      local t = a[i] * m + carry
-      local low = t % LIMB
-      a[i] = low
-      carry = (t - low) / LIMB
-    end
-    while carry > 0 do
-      local low = carry % LIMB
-      a[#a + 1] = low
-      carry = (carry - low) / LIMB
-    end
-    return norm(a)
+    -- The top limb of each row may exceed 2^24: carry it on.
+    return mul_small_add(r, 1, 0)
   end
 
   -- Quotient and remainder (a number) of a / d, for 0 < d < 2^29.

@@ -237,14 +237,7 @@ pub(crate) fn outcome(checks: &[Planned], reply: &Reply) -> Result<Outcome, Stri
                 admitted &= s.admits;
             }
             state_of.push(state);
-            statuses.push(WindowStatus {
-                check: ci as u8,
-                window: wi as u8,
-                limit: window.limit(),
-                remaining: s.remaining,
-                reset_after: s.reset_after,
-                retry_after: s.retry_after,
-            });
+            statuses.push(s.status(ci, wi, window.limit()));
         }
     }
     if (admitted, shadow_admitted) != (reply.admitted, reply.shadow_admitted) {
