@@ -64,10 +64,11 @@ impl KeySecret {
         h.finish()
     }
 
-    /// The bucket id of `key` under the route `route_id`.
-    pub(crate) fn bucket(&self, route_id: u64, key: &Key<'_>) -> u64 {
+    /// The id of `key` under `domain` (a limit's [`route_id`] for its key
+    /// domain): the one full hash of a request's key per limit.
+    pub(crate) fn id(&self, domain: u64, key: &Key<'_>) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
-        h.write_u64(route_id);
+        h.write_u64(domain);
         key.hash_into(&mut h);
         h.finish()
     }
@@ -76,6 +77,16 @@ impl KeySecret {
 impl fmt::Debug for KeySecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("KeySecret(<hidden>)")
+    }
+}
+
+impl KeySecret {
+    /// The id, in `domain` (a route, a limit's penalties or in-flight
+    /// count), of the key whose id is `id`: distinct ids stay distinct in
+    /// each domain (the mix is a bijection), and, `id` being a keyed hash,
+    /// ids of different domains do not meet but by chance.
+    pub(crate) fn derive(id: u64, domain: u64) -> u64 {
+        crate::shard::mix(id ^ domain)
     }
 }
 

@@ -261,6 +261,7 @@ impl Limit {
             missing_key: self.missing_key,
             shadow: self.shadow,
             penalty: self.penalty,
+            key_domain: route_id(&self.name, usize::MAX),
             penalty_domain: route_id(&self.name, usize::MAX - 1),
             override_domain: route_id(&self.name, usize::MAX - 2),
             concurrency_domain: route_id(&self.name, usize::MAX - 3),
@@ -326,12 +327,16 @@ pub(crate) struct CompiledLimit {
     pub(crate) missing_key: MissingKey,
     pub(crate) shadow: bool,
     pub(crate) penalty: Option<Penalty>,
-    /// The hash domain of this limit's penalty keys: one per key, whatever
+    /// The hash domain of this limit's key ids: a request's key is hashed
+    /// once per limit, and its bucket, penalty key and in-flight count are
+    /// derived from that id (see [`KeySecret::derive`]).
+    pub(crate) key_domain: u64,
+    /// The domain of this limit's penalty keys: one per key, whatever
     /// the route.
     pub(crate) penalty_domain: u64,
     /// The hash domain of this limit's overrides.
     pub(crate) override_domain: u64,
-    /// The hash domain of this limit's in-flight slots: one count per key,
+    /// The domain of this limit's in-flight slots: one count per key,
     /// whatever the route.
     pub(crate) concurrency_domain: u64,
     pub(crate) exemptions: Exemptions,

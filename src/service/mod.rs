@@ -22,7 +22,7 @@ use crate::decision::{Decision, NANOS};
 use crate::event::{Event, EventKind};
 use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Reported};
-use crate::key::{Key, KeyError, KeyErrorKind, RequestView};
+use crate::key::{Key, KeyError, KeyErrorKind, KeySecret, RequestView};
 use crate::layer::Shared;
 use crate::policy::{CompiledLimit, MissingKey, PathSegments};
 use crate::response;
@@ -116,12 +116,13 @@ where
                     tracing::trace!(limit = %limit.name, "limit skipped: exempt");
                 }
                 Ok(key) => {
-                    let bucket = policy.secret.bucket(route.id, &key);
+                    let id = policy.secret.id(limit.key_domain, &key);
+                    let bucket = KeySecret::derive(id, route.id);
                     let own = resolve(policy, li, limit, &key, &view);
                     let quota = route.quota_of(own.as_ref());
                     let penalty_key = limit
                         .penalty
-                        .map(|_| policy.secret.bucket(limit.penalty_domain, &key));
+                        .map(|_| KeySecret::derive(id, limit.penalty_domain));
                     if let (Some(key), false) = (penalty_key, limit.shadow) {
                         if let Some(left) = shared.store.banned_for(key, now) {
                             let report = window_report(quota, li, ri, policy.report);
@@ -133,7 +134,7 @@ where
                     if let Some(cap) = quota.in_flight_cap() {
                         applied.claims.push(Claim {
                             origin,
-                            key: policy.secret.bucket(limit.concurrency_domain, &key),
+                            key: KeySecret::derive(id, limit.concurrency_domain),
                             bucket,
                             cap,
                             mode: quota.in_flight_mode(),
