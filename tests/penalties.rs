@@ -15,6 +15,7 @@ use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::penalty::Penalty;
+use tower_ratelimit::store::MemoryStore;
 use tower_ratelimit::{
     Algorithm, Decision, EventKind, Limit, Policy, Quota, RateLimitLayer, RefusalReason,
     ResponseBody, Window,
@@ -28,6 +29,7 @@ type Res = Response<ResponseBody<String>>;
 
 struct Harness {
     clock: ManualClock,
+    layer: RateLimitLayer,
     svc: BoxCloneService<Request<String>, Res, Infallible>,
     calls: Arc<AtomicUsize>,
     events: Arc<Mutex<Vec<EventKind>>>,
@@ -35,6 +37,10 @@ struct Harness {
 
 impl Harness {
     fn new(policy: Policy) -> Self {
+        Self::with_store(policy, MemoryStore::new())
+    }
+
+    fn with_store(policy: Policy, store: MemoryStore) -> Self {
         let clock = ManualClock::at_unix_secs(T0);
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&calls);
@@ -44,12 +50,13 @@ impl Harness {
         });
         let events = Arc::new(Mutex::new(Vec::new()));
         let record = Arc::clone(&events);
-        let layer = RateLimitLayer::new(policy)
+        let layer = RateLimitLayer::with_store(policy, store)
             .clock(clock.clone())
             .on_event(move |e| record.lock().unwrap().push(e.kind()));
         Harness {
             clock,
             svc: BoxCloneService::new(layer.layer(inner)),
+            layer,
             calls,
             events,
         }
@@ -282,4 +289,48 @@ async fn policy_files_express_penalties() {
     .unwrap_err();
     assert_eq!(err.field(), "limits[0].penalty.within");
     assert_eq!(err.line(), Some(4));
+}
+
+#[tokio::test]
+async fn the_store_keeps_a_key_for_its_penalty_only_while_it_matters() {
+    let h = Harness::new(policy());
+    h.at(0);
+    for _ in 0..2 {
+        assert_eq!(h.send("/", "k").await.status(), StatusCode::OK);
+    }
+    let penalties = || h.layer.store().penalties().len();
+    assert_eq!(penalties(), 0, "admitted requests leave nothing");
+    for at in [10, 20, 30] {
+        h.at(at);
+        h.send("/", "k").await;
+    }
+    assert_eq!(h.bans(), 1);
+    assert_eq!(penalties(), 1, "the banned key, once");
+    // A sweep keeps the ban in force, and drops it once it has lifted.
+    h.layer.store().sweep(h.layer.now());
+    assert_eq!(penalties(), 1);
+    h.at(330);
+    h.layer.store().sweep(h.layer.now());
+    assert_eq!(penalties(), 0);
+}
+
+#[tokio::test]
+async fn a_store_that_keeps_no_banned_key_bans_nobody() {
+    let h = Harness::with_store(policy(), MemoryStore::builder().max_banned_keys(0).build());
+    h.at(0);
+    for _ in 0..2 {
+        h.send("/", "k").await;
+    }
+    for at in [10, 20, 30, 40] {
+        h.at(at);
+        let refused = h.send("/", "k").await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            retry_after(&refused),
+            60 - at,
+            "an ordinary refusal at {at}"
+        );
+    }
+    assert_eq!(h.bans(), 0);
+    assert_eq!(h.layer.store().penalties().len(), 0);
 }
