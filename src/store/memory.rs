@@ -2,6 +2,7 @@
 
 use std::future::Pending;
 
+use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
@@ -213,20 +214,24 @@ impl MemoryStore {
         shard
     }
 
-    fn decide(&self, now: u64, checks: &[Check<'_>]) -> Outcome {
-        // (Plain pushes: a request has a check or two, and `collect` costs
-        // more than the pushes themselves.)
-        let mut of_check: SmallVec<[usize; 4]> = SmallVec::new();
+    /// Decides `checks` into `outcome`, an admitted outcome with no window
+    /// yet (filled where the caller returns it: an outcome is large).
+    fn decide(&self, now: u64, checks: &[Check<'_>], outcome: &mut Outcome) {
+        // The shards of the request's buckets, each locked once, in index
+        // order (inserted in order: a request has a check or two).
+        let mut ids: SmallVec<[usize; 4]> = SmallVec::new();
         for check in checks {
-            of_check.push(self.shard_of(check.bucket));
+            let shard = self.shard_of(check.bucket);
+            if let Err(at) = ids.binary_search(&shard) {
+                ids.insert(at, shard);
+            }
         }
-        let mut ids = of_check.clone();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut shards: SmallVec<[MutexGuard<'_, Shard>; 4]> = SmallVec::new();
-        for &i in &ids {
-            shards.push(self.shards[i].0.lock());
+        let ids = &ids[..];
+        let mut guards: SmallVec<[MutexGuard<'_, Shard>; 4]> = SmallVec::new();
+        for &i in ids {
+            guards.push(self.shards[i].0.lock());
         }
+        let shards = &mut guards[..];
         for shard in shards.iter_mut() {
             if now >= shard.next_sweep {
                 shard.sweep(now);
@@ -235,43 +240,46 @@ impl MemoryStore {
         }
 
         // Read every window's state once; nothing changes yet.
-        let mut outcome = Outcome::building();
         let statuses = outcome.windows_mut();
         let mut slots: SmallVec<[Slot; 4]> = SmallVec::new();
         let mut admitted = true;
         let mut shadow_admitted = true;
+        let mut unseen = false;
         for (ci, check) in checks.iter().enumerate() {
-            let shard_index = shard_slot(&ids, of_check[ci]);
-            if check.quota.algorithm_kind() == Algorithm::Gcra {
-                shards[shard_index].follow_rates(check, now);
-            }
-            let shard = &shards[shard_index];
+            let shard_index = match ids {
+                [_] => 0,
+                _ => shard_slot(ids, self.shard_of(check.bucket)),
+            };
+            let shard = &mut shards[shard_index];
             let algorithm = check.quota.algorithm_kind();
+            if algorithm == Algorithm::Gcra {
+                shard.follow_rates(check, now);
+            }
             for (wi, window) in check.quota.windows().iter().enumerate() {
                 let table = shard.table_index(algorithm, window.period_ns());
-                let state = table.and_then(|t| shard.tables[t].map.get(&check.bucket).copied());
-                let s: Step = step(
-                    algorithm,
-                    window,
-                    state.unwrap_or(0),
-                    now,
-                    check.quota.request_cost(),
-                );
+                let entry = table.and_then(|t| shard.tables[t].find(check.bucket));
+                let state = match (table, entry) {
+                    (Some(t), Some(e)) => shard.tables[t].state(e),
+                    _ => 0,
+                };
+                let s: Step = step(algorithm, window, state, now, check.quota.request_cost());
                 if check.shadow {
                     shadow_admitted &= s.admits;
                 } else {
                     admitted &= s.admits;
                 }
+                unseen |= entry.is_none();
                 slots.push(Slot {
                     shard: shard_index,
-                    table,
-                    found: state.is_some(),
-                    state: state.unwrap_or(0),
+                    entry: table.zip(entry),
+                    shadow: check.shadow,
+                    state,
                     next: s.next,
                 });
                 statuses.push(s.status(ci, wi, window.limit()));
             }
         }
+        let slots = &slots[..];
         settle_uncharged(
             statuses,
             admitted,
@@ -285,25 +293,22 @@ impl MemoryStore {
         );
         if !admitted {
             outcome.decide(false, false);
-            return outcome;
+            return;
         }
         // Shadow checks are charged only when they would have admitted too:
         // they count exactly what they would count if they were enforced.
-        let charged = |check: &Check<'_>| !check.shadow || shadow_admitted;
+        let charged = |slot: &Slot| !slot.shadow || shadow_admitted;
 
         // Room for the entries that are new. A sweep (only when a shard is
-        // full) may move tables, so after one every state is written by
-        // looking its table up again.
+        // full) moves entries, so after one every state is written by
+        // looking its entry up again.
         let mut swept = false;
-        for (slot, shard) in shards.iter_mut().enumerate() {
+        for (i, shard) in shards.iter_mut().enumerate().filter(|_| unseen) {
             let needed = slots
                 .iter()
-                .zip(statuses.iter())
-                .filter(|(s, w)| {
-                    s.shard == slot && !s.found && charged(&checks[usize::from(w.check)])
-                })
+                .filter(|s| s.shard == i && s.entry.is_none() && charged(s))
                 .count();
-            let cap = self.caps[ids[slot]];
+            let cap = self.caps[ids[i]];
             if shard.entries + needed <= cap {
                 continue;
             }
@@ -312,35 +317,34 @@ impl MemoryStore {
                 swept = true;
             }
             let needed = new_entries(shard, checks, |c| {
-                charged(c) && shard_slot(&ids, self.shard_of(c.bucket)) == slot
+                (!c.shadow || shadow_admitted) && shard_slot(ids, self.shard_of(c.bucket)) == i
             });
             if shard.entries + needed > cap {
                 outcome.refuse_at_capacity(shard.full_until.saturating_sub(now));
-                return outcome;
+                return;
             }
         }
 
-        let mut slots = slots.iter();
-        for check in checks {
-            let algorithm = check.quota.algorithm_kind();
-            for window in check.quota.windows() {
-                let Some(slot) = slots.next() else { break };
-                if !charged(check) {
-                    continue;
-                }
-                let shard = &mut shards[slot.shard];
-                let known = match slot.table {
-                    Some(t) if slot.found && !swept => shard.tables[t].map.get_mut(&check.bucket),
-                    _ => None,
-                };
-                match known {
-                    Some(state) => *state = slot.next,
-                    None => shard.set(algorithm, window.period_ns(), check.bucket, slot.next, now),
+        // Entries the first pass found are written where it found them,
+        // before any insertion can move them; new entries are inserted after.
+        for slot in slots.iter().filter(|s| charged(s) && !swept) {
+            if let Some((t, e)) = slot.entry {
+                shards[slot.shard].tables[t].set_state(e, slot.next);
+            }
+        }
+        if unseen || swept {
+            let windows = checks
+                .iter()
+                .flat_map(|c| c.quota.windows().iter().map(move |w| (c, w)));
+            for (slot, (check, window)) in slots.iter().zip(windows) {
+                if charged(slot) && (slot.entry.is_none() || swept) {
+                    let algorithm = check.quota.algorithm_kind();
+                    let shard = &mut shards[slot.shard];
+                    shard.set(algorithm, window.period_ns(), check.bucket, slot.next, now);
                 }
             }
         }
         outcome.decide(true, !shadow_admitted);
-        outcome
     }
 }
 
@@ -348,10 +352,11 @@ impl MemoryStore {
 struct Slot {
     /// The shard's place among the locked ones.
     shard: usize,
-    /// The window's table in that shard, if there is one yet.
-    table: Option<usize>,
-    /// Whether the bucket has an entry in that table.
-    found: bool,
+    /// The window's table in that shard and the bucket's entry in it, if
+    /// it has one yet.
+    entry: Option<(usize, usize)>,
+    /// Whether the window's check is a shadow one.
+    shadow: bool,
     /// The state now (0 for a bucket never seen).
     state: u64,
     /// The state to store if the request is admitted.
@@ -365,9 +370,12 @@ impl Store for MemoryStore {
         if let Some(banned) = ban_in_force(&self.penalties, now, checks) {
             return Decided::Ready(Ok(banned));
         }
-        let mut outcome = self.decide(now, checks);
-        count_refusal(&self.penalties, now, checks, &mut outcome);
-        Decided::Ready(Ok(outcome))
+        let mut decided = Decided::Ready(Ok(Outcome::building()));
+        if let Decided::Ready(Ok(outcome)) = &mut decided {
+            self.decide(now, checks, outcome);
+            count_refusal(&self.penalties, now, checks, outcome);
+        }
+        decided
     }
 
     fn banned_for(&self, key: u64, now: u64) -> Option<u64> {
@@ -407,13 +415,65 @@ fn new_entries(shard: &Shard, checks: &[Check<'_>], here: impl Fn(&Check<'_>) ->
         .sum()
 }
 
-type Map = KeyMap<u64>;
-
+/// One window period's states: `(bucket, state)` pairs, placed by the
+/// bucket (already a keyed hash) itself.
 #[derive(Debug)]
 struct Table {
     algorithm: Algorithm,
     period_ns: u64,
-    map: Map,
+    map: HashTable<(u64, u64)>,
+}
+
+impl Table {
+    fn new(algorithm: Algorithm, period_ns: u64) -> Self {
+        Table {
+            algorithm,
+            period_ns,
+            map: HashTable::new(),
+        }
+    }
+
+    /// Where `bucket`'s entry is, if it has one: valid until the next
+    /// insertion or removal.
+    fn find(&self, bucket: u64) -> Option<usize> {
+        self.map.find_bucket_index(bucket, |e| e.0 == bucket)
+    }
+
+    /// The state of the entry at `entry` (from [`Table::find`]).
+    fn state(&self, entry: usize) -> u64 {
+        self.map.get_bucket(entry).map_or(0, |e| e.1)
+    }
+
+    /// Replaces the state of the entry at `entry` (from [`Table::find`]).
+    fn set_state(&mut self, entry: usize, state: u64) {
+        if let Some(e) = self.map.get_bucket_mut(entry) {
+            e.1 = state;
+        }
+    }
+
+    fn get_mut(&mut self, bucket: u64) -> Option<&mut u64> {
+        self.map
+            .find_mut(bucket, |e| e.0 == bucket)
+            .map(|e| &mut e.1)
+    }
+
+    fn contains(&self, bucket: u64) -> bool {
+        self.find(bucket).is_some()
+    }
+
+    /// Stores `state` for `bucket`; whether the entry is new.
+    fn insert(&mut self, bucket: u64, state: u64) -> bool {
+        match self.map.entry(bucket, |e| e.0 == bucket, |e| e.0) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().1 = state;
+                false
+            }
+            Entry::Vacant(e) => {
+                e.insert((bucket, state));
+                true
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -475,7 +535,7 @@ impl Shard {
             let table = tables
                 .iter_mut()
                 .find(|t| t.algorithm == Algorithm::Gcra && t.period_ns == period);
-            if let Some(tat) = table.and_then(|t| t.map.get_mut(&check.bucket)) {
+            if let Some(tat) = table.and_then(|t| t.get_mut(check.bucket)) {
                 *tat = carry_over(from, window.interval_ns(), *tat, now);
             }
         }
@@ -497,7 +557,7 @@ impl Shard {
 
     fn contains(&self, algorithm: Algorithm, period_ns: u64, bucket: u64) -> bool {
         self.table(algorithm, period_ns)
-            .is_some_and(|t| t.map.contains_key(&bucket))
+            .is_some_and(|t| t.contains(bucket))
     }
 
     /// Stores `state` for `bucket` at `now`.
@@ -505,15 +565,11 @@ impl Shard {
         let index = match self.table_index(algorithm, period_ns) {
             Some(i) => i,
             None => {
-                self.tables.push(Table {
-                    algorithm,
-                    period_ns,
-                    map: Map::default(),
-                });
+                self.tables.push(Table::new(algorithm, period_ns));
                 self.tables.len() - 1
             }
         };
-        if self.tables[index].map.insert(bucket, state).is_none() {
+        if self.tables[index].insert(bucket, state) {
             self.entries += 1;
             // A new entry may expire before every other one: `full_until`
             // stays the earliest expiry (or earlier), so that a refusal at
@@ -528,15 +584,15 @@ impl Shard {
         let mut earliest = u64::MAX;
         for table in &mut self.tables {
             let (algorithm, period) = (table.algorithm, table.period_ns);
-            table.map.retain(|_, state| {
-                let expires = expires_at(algorithm, period, *state, now);
+            table.map.retain(|&mut (_, state)| {
+                let expires = expires_at(algorithm, period, state, now);
                 if expires > now {
                     earliest = earliest.min(expires);
                 }
                 expires > now
             });
             if sparse(table.map.len(), table.map.capacity()) {
-                table.map.shrink_to(table.map.len() * 2);
+                table.map.shrink_to(table.map.len() * 2, |e| e.0);
             }
         }
         self.tables.retain(|t| !t.map.is_empty());
@@ -548,7 +604,7 @@ impl Shard {
         if !self.rates.is_empty() {
             let tables = &self.tables;
             self.rates
-                .retain(|bucket, _| tables.iter().any(|t| t.map.contains_key(bucket)));
+                .retain(|&bucket, _| tables.iter().any(|t| t.contains(bucket)));
             if sparse(self.rates.len(), self.rates.capacity()) {
                 self.rates.shrink_to(self.rates.len() * 2);
             }

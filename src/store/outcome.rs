@@ -37,6 +37,9 @@ pub(crate) fn settle_uncharged(
     shadow: impl Fn(usize) -> bool,
     as_is: impl Fn(usize, &WindowStatus) -> Step,
 ) {
+    if admitted && shadow_admitted {
+        return;
+    }
     for (i, status) in statuses.iter_mut().enumerate() {
         let is_shadow = shadow(usize::from(status.check));
         if !admitted && is_shadow {
