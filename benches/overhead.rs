@@ -16,14 +16,18 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
-use http::{Method, Request};
+use http::{HeaderValue, Method, Request, Response};
+use std::convert::Infallible;
 use support::{api_keys, bare, config, request, send, to, Cycle, HUGE, MANY};
-use tower::Layer;
+use tower::{Layer, Service, ServiceExt};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor as GovernorKeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 use tower_ratelimit::key::{Header, PathCapture};
-use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+use tower_ratelimit::{
+    Limit, Policy, Quota, RateLimitLayer, Window, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
+};
 
 /// A call-control command: counted by the per-key limit's write route and,
 /// stacked, by the per-call limit.
@@ -91,6 +95,22 @@ fn governor_layer() -> GovernorLayer<ApiKey, governor::middleware::StateInformat
     GovernorLayer::new(config)
 }
 
+/// The floor of any layer that sends these headers: the bare service plus the
+/// three `X-RateLimit-*` inserts with constant values, and nothing else (no
+/// key, no count, no arithmetic).
+fn headers_only() -> impl Service<Request<()>, Response = Response<Body>, Error = Infallible> {
+    bare().map_response(|mut response: Response<Body>| {
+        let headers = response.headers_mut();
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from_static("4294967295"));
+        headers.insert(
+            X_RATELIMIT_REMAINING,
+            HeaderValue::from_static("4294967294"),
+        );
+        headers.insert(X_RATELIMIT_RESET, HeaderValue::from_static("1700000060"));
+        response
+    })
+}
+
 fn keyed_limiter() -> DefaultKeyedRateLimiter<String> {
     RateLimiter::keyed(GovernorQuota::per_second(NonZeroU32::MAX))
 }
@@ -104,6 +124,12 @@ fn overhead(c: &mut Criterion) {
         let mut svc = bare();
         let mut cycle = Cycle::new(keys.clone());
         group.bench_function(format!("bare/{label}"), |b| {
+            b.iter(|| black_box(send(&mut svc, request(cycle.next()))))
+        });
+
+        let mut svc = headers_only();
+        let mut cycle = Cycle::new(keys.clone());
+        group.bench_function(format!("headers_only/{label}"), |b| {
             b.iter(|| black_box(send(&mut svc, request(cycle.next()))))
         });
 
