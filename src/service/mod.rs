@@ -353,6 +353,7 @@ where
 /// Step 4, respond: once the slots are held and the store has decided
 /// (`None`: the request has no window to count). The common case (admitted, nothing
 /// reads the decision, single-window headers) skips building the decision.
+#[inline]
 fn finish<S, St, ReqBody, ResBody>(
     shared: &Shared<St>,
     outcome: Option<&Outcome>,

@@ -222,8 +222,10 @@ impl MemoryStore {
         let mut ids: SmallVec<[usize; 4]> = SmallVec::new();
         for check in checks {
             let shard = self.shard_of(check.bucket);
-            if let Err(at) = ids.binary_search(&shard) {
-                ids.insert(at, shard);
+            match ids.binary_search(&shard) {
+                Ok(_) => {}
+                Err(at) if at == ids.len() => ids.push(shard),
+                Err(at) => ids.insert(at, shard),
             }
         }
         let ids = &ids[..];
@@ -367,13 +369,16 @@ impl Store for MemoryStore {
     type Pending = Pending<Result<Outcome, StoreError>>;
 
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<Self::Pending> {
-        if let Some(banned) = ban_in_force(&self.penalties, now, checks) {
-            return Decided::Ready(Ok(banned));
-        }
+        // One way out, so the outcome is built where it is returned.
         let mut decided = Decided::Ready(Ok(Outcome::building()));
         if let Decided::Ready(Ok(outcome)) = &mut decided {
-            self.decide(now, checks, outcome);
-            count_refusal(&self.penalties, now, checks, outcome);
+            match ban_in_force(&self.penalties, now, checks) {
+                Some(banned) => *outcome = banned,
+                None => {
+                    self.decide(now, checks, outcome);
+                    count_refusal(&self.penalties, now, checks, outcome);
+                }
+            }
         }
         decided
     }
