@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use crate::headers::Reported;
 use crate::store::{Outcome, WindowStatus};
 
 /// Nanoseconds in a second.
@@ -191,23 +192,26 @@ impl Decision {
         self
     }
 
-    /// Only the reported window of an *admitted* request: what the
-    /// `X-RateLimit-*` headers need, without building the whole decision.
-    pub(crate) fn reported_window(
+    /// The `X-RateLimit-*` values of an *admitted* request (its reported
+    /// window's), without building the whole decision.
+    pub(crate) fn reported_values(
         outcome: &Outcome,
-        origin: impl Fn(usize) -> WindowOrigin,
         now: u64,
         report: ReportedWindow,
         period_ns: impl Fn(usize, usize) -> u64,
-    ) -> Option<WindowReport> {
+    ) -> Option<Reported> {
         debug_assert!(outcome.admitted(), "refusals build the whole decision");
         let statuses = outcome.windows();
         let period = |i: usize| {
             let w: &WindowStatus = &statuses[i];
             period_ns(usize::from(w.check), usize::from(w.window)).div_ceil(NANOS)
         };
-        let status = statuses.get(pick(outcome, report, period))?;
-        Some(window_report(outcome, status, origin, now, &period_ns))
+        let w = statuses.get(pick(outcome, report, period))?;
+        Some(Reported {
+            limit: w.limit,
+            remaining: w.remaining,
+            reset: reset_at(now, w.reset_after),
+        })
     }
 
     /// Whether the request was admitted.
@@ -258,11 +262,17 @@ fn window_report(
         window_index: w.window,
         limit: w.limit,
         remaining: if outcome.admitted() { w.remaining } else { 0 },
-        reset: (now + w.reset_after).div_ceil(NANOS),
+        reset: reset_at(now, w.reset_after),
         reset_after: w.reset_after.div_ceil(NANOS),
         period: period.div_ceil(NANOS),
         concurrent: false,
     }
+}
+
+/// When a window `reset_after` ns from `now` resets, in Unix seconds
+/// (rounded up: never before it does).
+fn reset_at(now: u64, reset_after: u64) -> u64 {
+    (now + reset_after).div_ceil(NANOS)
 }
 
 /// The index of the reported window; `period_secs(i)` is window `i`'s period

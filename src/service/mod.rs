@@ -377,16 +377,14 @@ where
     let quiet = outcome.is_none_or(|o| o.admitted() && !o.shadow_refused()) && shadow_busy == 0;
     if quiet && !shared.decision_extensions && !policy.headers.has_ietf() {
         let reported = match outcome {
-            Some(outcome) => Decision::reported_window(
-                outcome,
-                |check| applied.origin(check),
-                now,
-                policy.report,
-                applied.period_of(policy),
-            ),
-            None => caps().min_by_key(|w| w.remaining),
+            Some(outcome) => {
+                Decision::reported_values(outcome, now, policy.report, applied.period_of(policy))
+            }
+            None => caps()
+                .min_by_key(|w| w.remaining)
+                .map(|w| Reported::from(&w)),
         };
-        let headers = reported.map(|w| PendingHeaders::x_only(policy.headers, Reported::from(&w)));
+        let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
         return ResponseFuture::inner(inner.call(request), headers, None, slots(held));
     }
     let decision = match outcome {
