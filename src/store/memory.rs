@@ -23,7 +23,10 @@ use crate::shard::{sparse, KeyMap, Padded};
 /// keys so that their tables never all sit just after doubling at once).
 /// A decision locks the shards of the request's buckets in index order, so
 /// decisions over several limits are atomic and cannot deadlock, and threads
-/// working on different keys rarely meet.
+/// working on different keys rarely meet. The most common request (one
+/// limit, a key already tracked, every window admitting) takes one lock and
+/// one hash probe per window, and its states are written back where the
+/// probes found them.
 ///
 /// **Idle keys** are dropped once their state equals a fresh key's, so
 /// dropping them loses nothing: every shard sweeps itself when a decision
@@ -233,29 +236,23 @@ impl MemoryStore {
         }
         let statuses = outcome.windows_mut();
         let mut found = [(0, 0, 0); KNOWN_WINDOWS];
-        for (wi, window) in windows.iter().enumerate() {
+        let all_admit = windows.iter().enumerate().all(|(wi, window)| {
             let Some(t) = shard.table_index(algorithm, window.period_ns()) else {
-                statuses.clear();
                 return false;
             };
             let table = &shard.tables[t];
             let Some(e) = table.find(check.bucket) else {
-                statuses.clear();
                 return false;
             };
-            let s = step(
-                algorithm,
-                window,
-                table.state(e),
-                now,
-                check.quota.request_cost(),
-            );
-            if !s.admits {
-                statuses.clear();
-                return false;
-            }
+            let cost = check.quota.request_cost();
+            let s = step(algorithm, window, table.state(e), now, cost);
             found[wi] = (t, e, s.next);
             statuses.push(s.status(0, wi, window.limit()));
+            s.admits
+        });
+        if !all_admit {
+            statuses.clear();
+            return false;
         }
         for &(t, e, next) in &found[..windows.len()] {
             shard.tables[t].set_state(e, next);
