@@ -148,6 +148,9 @@ async fn two_nodes_share_one_cap() {
         assert_eq!(busy, Busy::Full { in_flight: 3 });
     }
     assert_eq!(zcard(&server, key, "held").await, 3);
+    // One call per take, counted apart from rate decisions.
+    let calls = |store: &RedisStore| (store.stats().slot_calls, store.stats().decisions);
+    assert_eq!([calls(&a), calls(&b)], [(3, 0), (2, 0)]);
     // Other keys are counted on their own.
     let other = now(&b, 0x2222, 3, Mode::Refuse).await.unwrap();
     assert_eq!(other.in_flight(), 1);

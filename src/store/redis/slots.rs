@@ -71,6 +71,7 @@ pub(super) struct Parts<'a> {
 
 /// The store's counters that slot calls add to.
 pub(super) struct Counts<'a> {
+    pub(super) answered: &'a AtomicU64,
     pub(super) failures: &'a AtomicU64,
     pub(super) timeouts: &'a AtomicU64,
     pub(super) short_circuits: &'a AtomicU64,
@@ -451,6 +452,7 @@ async fn call(
         Err(_) => Failure::Timeout(budget),
         Ok(Err(e)) => Failure::Redis(e),
         Ok(Ok(reply)) if args[0] != "a" || parse(&reply).is_some() => {
+            p.counters.answered.fetch_add(1, Ordering::Relaxed);
             if ticket.success() == Transition::Closed {
                 tracing::info!("rate-limit store: Redis answers again");
             }

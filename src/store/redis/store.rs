@@ -43,9 +43,12 @@ pub enum ClockSource {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisStats {
-    /// Requests whose windows Redis decided (in-flight slots are not
-    /// counted here).
+    /// Requests whose windows Redis decided (in-flight slots are counted in
+    /// [`RedisStats::slot_calls`]).
     pub decisions: u64,
+    /// Calls about in-flight slots that Redis answered: takes, polls of a
+    /// waiting request, renewals and releases.
+    pub slot_calls: u64,
     /// Calls to Redis that failed: an error, a missed deadline, or an answer
     /// that made no sense.
     pub failures: u64,
@@ -65,6 +68,7 @@ pub struct RedisStats {
 #[derive(Debug, Default)]
 struct Counters {
     decisions: AtomicU64,
+    slot_calls: AtomicU64,
     failures: AtomicU64,
     timeouts: AtomicU64,
     short_circuits: AtomicU64,
@@ -149,6 +153,7 @@ impl RedisStore {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         RedisStats {
             decisions: get(&c.decisions),
+            slot_calls: get(&c.slot_calls),
             failures: get(&c.failures),
             timeouts: get(&c.timeouts),
             short_circuits: get(&c.short_circuits),
@@ -580,6 +585,7 @@ impl crate::store::SharedSlots for RedisStore {
                 deadline: inner.deadline,
                 prefix: &inner.prefix,
                 counters: super::slots::Counts {
+                    answered: &inner.counters.slot_calls,
                     failures: &inner.counters.failures,
                     timeouts: &inner.counters.timeouts,
                     short_circuits: &inner.counters.short_circuits,
