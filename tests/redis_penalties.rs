@@ -13,7 +13,7 @@ use redis_support::{header, send, service, Svc};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, KeySecret};
 use tower_ratelimit::penalty::Penalty;
-use tower_ratelimit::store::redis::{ClockSource, RedisStore};
+use tower_ratelimit::store::redis::{ClockSource, FailurePolicy, RedisStore};
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
 const T0: u64 = 1_700_000_000;
@@ -156,4 +156,45 @@ async fn ban_and_refusal_keys_hold_no_raw_key_and_expire() {
         // and 1 s.
         assert!(ttl > 0 && ttl <= 601_002, "{key}: {ttl}");
     }
+}
+
+#[tokio::test]
+async fn while_redis_is_down_the_local_share_counts_refusals_and_bans_in_this_process() {
+    let mut server = redis_or_skip!();
+    let clock = ManualClock::at_unix_secs(T0);
+    let store = RedisStore::builder(server.url())
+        .clock(ClockSource::Layer)
+        .deadline(Duration::from_millis(50))
+        .on_failure(FailurePolicy::local(100))
+        .connect()
+        .await
+        .unwrap();
+    let node = service(&RateLimitLayer::with_store(policy(), store.clone()).clock(clock.clone()));
+    server.kill();
+    // The local share is the whole limit: one a minute.
+    assert_eq!(status(&node, "k").await, (StatusCode::OK, None));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(status(&node, "k").await.1, Some(59));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(status(&node, "k").await.1, Some(58));
+    clock.advance(Duration::from_secs(1));
+    // The third refusal starts the ban, as it would in Redis.
+    assert_eq!(
+        status(&node, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(300))
+    );
+    // It holds past the window: the minute's slot is free again, the key
+    // is still refused, with the ban's time left.
+    clock.advance(Duration::from_secs(100));
+    assert_eq!(
+        status(&node, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(200))
+    );
+    assert_eq!(status(&node, "other").await.0, StatusCode::OK);
+    clock.advance(Duration::from_secs(200));
+    assert_eq!(status(&node, "k").await, (StatusCode::OK, None));
+    // Seven requests, six decided by the local share: the banned key was
+    // refused from the bans this process knows, without asking anyone.
+    assert_eq!(store.stats().fallbacks, 6, "{:?}", store.stats());
+    assert_eq!(store.stats().decisions, 0);
 }

@@ -37,6 +37,8 @@ pub enum FailurePolicy {
     /// request's cost per window), with the same algorithm and periods: with
     /// `n` nodes, `100 / n` keeps the whole fleet near the real limit. The
     /// local counts start from zero at each outage and are not merged back.
+    /// Refusals made here count towards the limit's penalty in this process,
+    /// and a ban they start holds in this process only.
     Local {
         /// The share of each window's limit this process allows on its own.
         percent: u8,
@@ -62,7 +64,8 @@ impl FailurePolicy {
 ///
 /// A request is refused if any enforced check fails closed (and then nothing
 /// is counted anywhere); otherwise the checks that fall back to memory are
-/// decided there, all or nothing, and the ones that fail open are left out.
+/// decided there, all or nothing (penalties included), and the ones that
+/// fail open are left out.
 pub(crate) fn decide(
     checks: &[Planned],
     local: &MemoryStore,
@@ -106,7 +109,10 @@ pub(crate) fn decide(
             let check = &checks[usize::from(ci)];
             let mut c = Check::new(check.bucket, quota);
             c.shadow = check.shadow;
-            c
+            match &check.penalty {
+                Some((key, penalty)) => c.with_penalty(*key, penalty),
+                None => c,
+            }
         })
         .collect();
     let outcome = match local.check(now, &local_checks) {
@@ -124,7 +130,15 @@ pub(crate) fn decide(
     if outcome.is_capacity_refusal() {
         return Outcome::at_capacity(outcome.retry_after(), statuses);
     }
-    Outcome::new(outcome.admitted(), statuses).with_shadow_refusal(outcome.shadow_refused())
+    let mut local = Outcome::new(outcome.admitted(), statuses);
+    match outcome.ban() {
+        Some(ban) if !ban.started => {
+            return Outcome::banned(origin[usize::from(ban.check)], ban.left)
+        }
+        Some(ban) => local.mark_ban_started(origin[usize::from(ban.check)], ban.left),
+        None => {}
+    }
+    local.with_shadow_refusal(outcome.shadow_refused())
 }
 
 /// `check`'s quota with every window's limit cut to `percent` %.

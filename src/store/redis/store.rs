@@ -455,12 +455,14 @@ impl Inner {
     fn fall_back(&self, checks: &[Planned], now: u64) -> Outcome {
         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
         let retry = self.breaker.retry_hint().as_nanos();
-        failure::decide(
+        let outcome = failure::decide(
             checks,
             &self.local,
             now,
             u64::try_from(retry).unwrap_or(u64::MAX),
-        )
+        );
+        self.note_ban(checks, &outcome, now);
+        outcome
     }
 
     fn record_failure(&self, failure: &Failure, transition: Transition) {
