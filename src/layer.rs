@@ -57,14 +57,23 @@ impl<St> Clone for Shared<St> {
 }
 
 impl RateLimitLayer<MemoryStore> {
-    /// Enforces `policy` with counts in this process's memory.
+    /// Enforces `policy` with counts in this process's memory: a
+    /// [`MemoryStore`] capped at the policy's
+    /// [`memory_max_entries`](Policy::memory_max_entries) if it sets one,
+    /// else [`MemoryStore::new`].
     pub fn new(policy: Policy) -> Self {
-        Self::with_store(policy, MemoryStore::new())
+        let store = match policy.memory_max_entries() {
+            Some(max) => MemoryStore::builder().max_entries(max).build(),
+            None => MemoryStore::new(),
+        };
+        Self::with_store(policy, store)
     }
 }
 
 impl<St: Store> RateLimitLayer<St> {
-    /// Enforces `policy` with counts in `store`.
+    /// Enforces `policy` with counts in `store` (a memory store keeps the
+    /// cap it was built with, whatever the policy's
+    /// [`memory_max_entries`](Policy::memory_max_entries)).
     pub fn with_store(policy: Policy, store: St) -> Self {
         Self::with_shared_store(policy, Arc::new(store))
     }

@@ -16,6 +16,7 @@ use tower_ratelimit::key::{
     Extension, FirstOf, ForwardedHeader, ForwardedIp, Header, Key, PathCapture,
 };
 use tower_ratelimit::policy::CustomKeys;
+use tower_ratelimit::store::MemoryStore;
 use tower_ratelimit::{
     Algorithm, ConfigError, ConfigErrorKind, HeaderStyle, Limit, MissingKey, Policy, Quota,
     RateLimitLayer, RefusalFormat, ReportedWindow, ResponseBody, Window,
@@ -973,6 +974,56 @@ fn unknown_methods() {
 }
 
 #[test]
+fn bad_head_settings() {
+    // Only a route that names GET has a HEAD to keep or leave out.
+    let err = check(
+        &with_routes(
+            "[[limits.routes]]\nmethods = [\"POST\"]\nhead = false\nwindows = [\"1/s\"]\n",
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].head",
+        6,
+        8,
+    );
+    assert!(err.message().contains("(POST) do not include GET"), "{err}");
+    check(
+        &with_routes("routes = [{ methods = \"HEAD\", head = true, windows = [\"1/s\"] }]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].head",
+        4,
+        38,
+    );
+    // A route that names HEAD (or every method) cannot leave it out.
+    let err = check(
+        &with_routes("[[limits.routes]]\nhead = false\nwindows = [\"1/s\"]\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].head",
+        5,
+        8,
+    );
+    assert!(err.message().contains("(*) include HEAD"), "{err}");
+    check(
+        &with_routes(
+            "[[limits.routes]]\nmethods = [\"GET\", \"HEAD\"]\nhead = false\nwindows = [\"1/s\"]\n",
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].head",
+        6,
+        8,
+    );
+    let err = check(
+        &with_routes(
+            "[[limits.routes]]\nmethods = [\"GET\"]\nhead = \"no\"\nwindows = [\"1/s\"]\n",
+        ),
+        ConfigErrorKind::Syntax,
+        "limits[0].routes[0].head",
+        6,
+        8,
+    );
+    assert!(err.message().contains("expected a boolean"), "{err}");
+}
+
+#[test]
 fn a_cost_larger_than_a_window() {
     let err = check(
         &with_routes("[[limits.routes]]\nwindows = [\"100/minute\", \"5/second\"]\ncost = 10\n"),
@@ -1284,4 +1335,155 @@ routes = [{ path = "/v1/{id", windows = ["60/minute"] }]
     assert_eq!(err.kind(), ConfigErrorKind::BadPattern);
     assert_eq!(err.field(), "limits[0].routes[0].path");
     assert_eq!((err.line(), err.column()), (Some(5), Some(20)));
+}
+
+// ---------------------------------------------------------------------------
+// `[memory]`: the cap of the memory store `RateLimitLayer::new` builds.
+
+#[test]
+fn memory_max_entries_loads() {
+    let rest = with_routes("routes = [{ windows = [\"60/minute\"] }]\n");
+    let file = Policy::from_toml(&format!("[memory]\nmax_entries = 100_000\n\n{rest}")).unwrap();
+    assert_eq!(file.memory_max_entries(), Some(100_000));
+    let code = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(60))),
+        )
+        .memory_max_entries(100_000)
+        .build()
+        .unwrap();
+    assert_eq!(code.memory_max_entries(), Some(100_000));
+    assert_eq!(format!("{file:?}"), format!("{code:?}"));
+
+    // Without it (or with an empty table), the store's default.
+    assert_eq!(Policy::from_toml(&rest).unwrap().memory_max_entries(), None);
+    let empty = Policy::from_toml(&format!("[memory]\n\n{rest}")).unwrap();
+    assert_eq!(empty.memory_max_entries(), None);
+    // The table may come after the limits, as any TOML table may.
+    let after = Policy::from_toml(&format!("{rest}\n[memory]\nmax_entries = 7\n")).unwrap();
+    assert_eq!(after.memory_max_entries(), Some(7));
+}
+
+#[test]
+fn bad_memory_tables() {
+    let rest = with_routes("routes = [{ windows = [\"60/minute\"] }]\n");
+    let err = check(
+        &format!("[memory]\nmax_entries = 0\n\n{rest}"),
+        ConfigErrorKind::InvalidValue,
+        "memory.max_entries",
+        2,
+        15,
+    );
+    assert!(err.message().contains("must be at least 1, not 0"), "{err}");
+    check(
+        &format!("[memory]\nmax_entries = -5\n\n{rest}"),
+        ConfigErrorKind::InvalidValue,
+        "memory.max_entries",
+        2,
+        15,
+    );
+    let err = check(
+        &format!("[memory]\nmax_entries = \"10\"\n\n{rest}"),
+        ConfigErrorKind::Syntax,
+        "memory.max_entries",
+        2,
+        15,
+    );
+    assert!(err.message().contains("expected an integer"), "{err}");
+    let err = check(
+        &format!("[memory]\nmax_entries = 10\nmax_entrys = 10\n\n{rest}"),
+        ConfigErrorKind::Syntax,
+        "memory.max_entrys",
+        3,
+        1,
+    );
+    assert!(
+        err.message().contains("unknown field `max_entrys`"),
+        "{err}"
+    );
+    check(
+        &format!("memory = {{ max_entries = 10, shards = 4 }}\n{rest}"),
+        ConfigErrorKind::Syntax,
+        "memory.shards",
+        1,
+        30,
+    );
+    check(
+        &format!("memory = 10\n{rest}"),
+        ConfigErrorKind::Syntax,
+        "memory",
+        1,
+        10,
+    );
+
+    // The builder checks the same.
+    let err = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(60))),
+        )
+        .memory_max_entries(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        (err.kind(), err.field()),
+        (ConfigErrorKind::InvalidValue, "memory.max_entries")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_builds_its_memory_store_with_the_policys_cap() {
+    let policy = |memory: &str| {
+        Policy::from_toml(&format!(
+            "{memory}{}",
+            with_routes("routes = [{ windows = [\"60/minute\"] }]\n")
+        ))
+        .unwrap()
+    };
+    let capped = RateLimitLayer::new(policy("[memory]\nmax_entries = 10\n\n"));
+    let default = RateLimitLayer::new(policy(""));
+    assert_eq!(
+        capped.store().capacity(),
+        MemoryStore::builder().max_entries(10).build().capacity()
+    );
+    assert_eq!(default.store().capacity(), MemoryStore::new().capacity());
+    // (The cap is spread over the store's shards, each keeping at least one.)
+    assert!(
+        capped.store().capacity() < 100,
+        "{}",
+        capped.store().capacity()
+    );
+
+    // A flood of 300 distinct keys: the default store tracks every one, the
+    // capped store no more than its capacity.
+    for layer in [&capped, &default] {
+        let inner = service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        });
+        let svc: Svc = BoxCloneService::new(layer.clone().layer(inner));
+        for i in 0..300 {
+            let key = format!("k{i}");
+            svc.clone()
+                .oneshot(request("GET", "/v1/calls", Some(&key)))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(default.store().len(), 300);
+    assert!(
+        capped.store().len() <= capped.store().capacity(),
+        "{} entries",
+        capped.store().len()
+    );
+
+    // A store given to `with_store` keeps its own cap.
+    let own = RateLimitLayer::with_store(
+        policy("[memory]\nmax_entries = 10\n\n"),
+        MemoryStore::builder().max_entries(5_000).build(),
+    );
+    assert_eq!(
+        own.store().capacity(),
+        MemoryStore::builder().max_entries(5_000).build().capacity()
+    );
 }

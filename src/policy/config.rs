@@ -448,8 +448,17 @@ struct FileSpec {
     busy_retry_after: Option<String>,
     max_key_len: Option<Int>,
     key_secret: Option<KeySecretSpec>,
+    memory: Option<MemorySpec>,
     #[serde(default)]
     limits: Vec<LimitSpec>,
+}
+
+/// `[memory]`: the bounds of the memory store `RateLimitLayer::new` builds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(expecting = "a memory table such as { max_entries = 100000 }")]
+struct MemorySpec {
+    max_entries: Option<Int>,
 }
 
 /// `key_secret = "<32 hex digits>"` or `key_secret = { env = "NAME" }`.
@@ -581,6 +590,8 @@ struct PeerIpOptions {
 #[serde(expecting = "a route table with `windows`")]
 struct RouteSpec {
     methods: Option<MethodsSpec>,
+    /// Whether a route that names `GET` also matches `HEAD` (default true).
+    head: Option<bool>,
     path: Option<String>,
     #[serde(default)]
     windows: Vec<WindowSpec>,
@@ -748,6 +759,15 @@ impl FileSpec {
         if let Some(len) = self.max_key_len {
             builder = builder.max_key_len(int_in(len, 1, i64::from(u32::MAX), "max_key_len")?);
         }
+        if let Some(max) = self.memory.and_then(|m| m.max_entries) {
+            let field = "memory.max_entries";
+            if max.0 < 1 {
+                return Err(invalid(field, format!("must be at least 1, not {}", max.0)));
+            }
+            let max = usize::try_from(max.0)
+                .map_err(|_| invalid(field, format!("{} is out of range", max.0)))?;
+            builder = builder.memory_max_entries(max);
+        }
         for (i, limit) in self.limits.into_iter().enumerate() {
             builder = builder.limit(
                 limit
@@ -839,10 +859,14 @@ impl LimitSpec {
             limit = limit.plan_from(SharedKey(source));
         }
         for (j, route) in self.routes.into_iter().enumerate() {
-            let (spec, tiers) = route
+            let (spec, tiers, head) = route
                 .into_route(default_algorithm)
                 .map_err(|e| e.within(format!("routes[{j}]")))?;
-            limit = limit.route(spec, tiers);
+            limit = if head {
+                limit.route(spec, tiers)
+            } else {
+                limit.route_without_head(spec, tiers)
+            };
         }
         for (j, spec) in self.overrides.into_iter().enumerate() {
             let (key, value) = spec
@@ -955,8 +979,13 @@ impl QuotaSpec {
 }
 
 impl RouteSpec {
-    /// The route as `Limit::route` takes it: `"METHODS PATH"` and quotas by plan.
-    fn into_route(self, default_algorithm: Algorithm) -> Result<(String, Tiers), ConfigError> {
+    /// The route as `Limit::route` takes it: `"METHODS PATH"` and quotas by
+    /// plan, and whether its `GET` also matches `HEAD` (else it is for
+    /// `Limit::route_without_head`).
+    fn into_route(
+        self,
+        default_algorithm: Algorithm,
+    ) -> Result<(String, Tiers, bool), ConfigError> {
         let methods = match &self.methods {
             None => Methods::ANY,
             Some(MethodsSpec::One(text)) => text.parse::<Methods>()?,
@@ -983,6 +1012,15 @@ impl RouteSpec {
                 set.unwrap_or(Methods::ANY)
             }
         };
+        if self.head.is_some() && !methods.contains(&http::Method::GET) {
+            return Err(invalid(
+                "head",
+                format!(
+                    "`head` says whether a route that names GET also matches HEAD, \
+                     and this route's methods ({methods}) do not include GET"
+                ),
+            ));
+        }
         let path = self.path.as_deref().unwrap_or("*");
         // Check the pattern as written (not as `Limit::route` would trim it).
         PathPattern::parse(path).map_err(|e| e.within("path"))?;
@@ -1001,7 +1039,11 @@ impl RouteSpec {
                 .map_err(|e| e.within(format!("plans.{name}")))?;
             tiers = tiers.plan(name, quota);
         }
-        Ok((format!("{methods} {path}"), tiers))
+        Ok((
+            format!("{methods} {path}"),
+            tiers,
+            self.head.unwrap_or(true),
+        ))
     }
 }
 

@@ -42,7 +42,15 @@ pub enum MissingKey {
 ///
 /// A route is written `"[METHODS] PATTERN"`: `"POST /v1/keys"`,
 /// `"POST,PUT,PATCH,DELETE *"`, `"/v1/calls/{call_id}/control"` (any method),
-/// `"*"` (everything).
+/// `"*"` (everything). Method names match whatever their case (see
+/// [`Methods`](crate::policy::Methods)).
+///
+/// A route that names `GET` also matches `HEAD`, and counts a `HEAD` as the
+/// `GET` it stands for, in the same bucket: axum and most routers answer
+/// `HEAD` with the `GET` handler, so a `HEAD` must not be a free `GET`.
+/// [`Limit::route_without_head`] (`head = false` in a policy file) leaves
+/// `HEAD` out of a route; to count `HEAD` apart, give it a route of its own
+/// before the `GET` route, or leave it out of the `GET` route.
 ///
 /// ```
 /// use tower_ratelimit::{key::Bearer, Limit, Quota, Window};
@@ -58,7 +66,7 @@ pub enum MissingKey {
 pub struct Limit {
     pub(crate) name: String,
     pub(crate) key: Arc<dyn KeyExtractor>,
-    pub(crate) routes: Vec<(String, Tiers)>,
+    pub(crate) routes: Vec<RouteEntry>,
     pub(crate) missing_key: MissingKey,
     pub(crate) shadow: bool,
     pub(crate) exempt_keys: Vec<String>,
@@ -91,10 +99,40 @@ impl Limit {
     }
 
     /// Adds a route (`"[METHODS] PATTERN"`) and its quota (a [`Quota`], or
-    /// [`Tiers`] of quotas by plan), tried after the routes before it.
+    /// [`Tiers`] of quotas by plan), tried after the routes before it. If it
+    /// names `GET`, it matches `HEAD` too, counted in the same bucket.
     #[must_use]
     pub fn route(mut self, route: impl Into<String>, quota: impl Into<Tiers>) -> Self {
-        self.routes.push((route.into(), quota.into()));
+        self.routes.push(RouteEntry {
+            spec: route.into(),
+            tiers: quota.into(),
+            head: true,
+        });
+        self
+    }
+
+    /// Adds a route like [`Limit::route`] whose `GET` does *not* also match
+    /// `HEAD` (`head = false` in a policy file): a `HEAD` request goes on to
+    /// the routes after it, and this limit does not count it if none
+    /// matches. The route must name `GET` and not name `HEAD`.
+    ///
+    /// ```
+    /// use tower_ratelimit::{key::Bearer, Limit, Quota, Window};
+    ///
+    /// // Downloads are 10/minute; a HEAD that only asks for their size is
+    /// // counted by the next route instead.
+    /// let per_key = Limit::new("per_key", Bearer::new())
+    ///     .route_without_head("GET /v1/recordings/{id}", Quota::new(Window::per_minute(10)))
+    ///     .route("GET *", Quota::new(Window::per_minute(600)));
+    /// # let _ = per_key;
+    /// ```
+    #[must_use]
+    pub fn route_without_head(mut self, route: impl Into<String>, quota: impl Into<Tiers>) -> Self {
+        self.routes.push(RouteEntry {
+            spec: route.into(),
+            tiers: quota.into(),
+            head: false,
+        });
         self
     }
 
@@ -219,8 +257,8 @@ impl Limit {
             ));
         }
         let mut plans: Vec<Box<str>> = Vec::new();
-        for (_, tiers) in &self.routes {
-            for (name, _) in &tiers.plans {
+        for route in &self.routes {
+            for (name, _) in &route.tiers.plans {
                 if !plans.iter().any(|p| **p == **name) {
                     plans.push(name.as_str().into());
                 }
@@ -236,8 +274,8 @@ impl Limit {
             .routes
             .iter()
             .enumerate()
-            .map(|(i, (spec, tiers))| {
-                let route = Route::parse(spec, tiers, &plans, route_id(&self.name, i))
+            .map(|(i, spec)| {
+                let route = Route::parse(spec, &plans, route_id(&self.name, i))
                     .map_err(|e| e.within(format!("routes[{i}]")))?;
                 if let Some(capture) = self.key.required_capture() {
                     if !route.pattern.capture_names().any(|c| c == capture) {
@@ -317,6 +355,16 @@ impl fmt::Debug for Limit {
             )
             .finish_non_exhaustive()
     }
+}
+
+/// A route as [`Limit::route`] or [`Limit::route_without_head`] took it.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteEntry {
+    /// `"[METHODS] PATTERN"`.
+    spec: String,
+    tiers: Tiers,
+    /// Whether naming `GET` also matches `HEAD`.
+    head: bool,
 }
 
 /// A limit ready to match requests.
@@ -423,6 +471,8 @@ impl fmt::Debug for CompiledLimit {
 /// Methods and a path pattern, with the quota for requests that match.
 #[derive(Debug)]
 pub(crate) struct Route {
+    /// The methods the route matches: those it names, and `HEAD` if it
+    /// names `GET` (unless it opts out).
     pub(crate) methods: Methods,
     pub(crate) pattern: PathPattern,
     /// The default quota.
@@ -434,12 +484,36 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    fn parse(spec: &str, tiers: &Tiers, plans: &[Box<str>], id: u64) -> Result<Route, ConfigError> {
+    fn parse(route: &RouteEntry, plans: &[Box<str>], id: u64) -> Result<Route, ConfigError> {
+        let RouteEntry { spec, tiers, head } = route;
         let spec = spec.trim();
-        let (methods, path) = match spec.split_once(char::is_whitespace) {
+        let (mut methods, path) = match spec.split_once(char::is_whitespace) {
             Some((methods, path)) => (methods.parse::<Methods>()?, path.trim()),
             None => (Methods::ANY, spec),
         };
+        let names_get = methods.contains(&Method::GET);
+        if *head {
+            // A server answers HEAD with the GET handler: it is that read.
+            if names_get {
+                methods = methods.or(Methods::HEAD);
+            }
+        } else if !names_get {
+            return Err(ConfigError::invalid(
+                "head",
+                format!(
+                    "the route's methods ({methods}) do not include GET, \
+                     so it has no HEAD to leave out"
+                ),
+            ));
+        } else if methods.contains(&Method::HEAD) {
+            return Err(ConfigError::invalid(
+                "head",
+                format!(
+                    "the route's methods ({methods}) include HEAD; \
+                     list them without HEAD to leave it out"
+                ),
+            ));
+        }
         let pattern = PathPattern::parse(path).map_err(|e| e.within("path"))?;
         tiers.default.validate()?;
         for (name, quota) in &tiers.plans {

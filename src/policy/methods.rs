@@ -8,6 +8,16 @@ use crate::error::ConfigError;
 
 /// A set of HTTP methods, as a bit set.
 ///
+/// A request's method is matched by name, ignoring ASCII case: the standard
+/// names are case-sensitive in HTTP, but some servers and frameworks read
+/// `get` or `Post` as `GET` or `POST`, so a set that names a method also
+/// holds every spelling of it (a client cannot leave a route by changing the
+/// case of its method). Other extension methods (`PURGE`) are only in
+/// [`Methods::ANY`].
+///
+/// A set is only the methods it names: that a route naming `GET` also
+/// matches `HEAD` is the route's rule (see [`Limit`](crate::Limit)).
+///
 /// ```
 /// use tower_ratelimit::policy::Methods;
 /// use http::Method;
@@ -16,6 +26,8 @@ use crate::error::ConfigError;
 /// assert!(writes.contains(&Method::PATCH));
 /// assert!(!writes.contains(&Method::GET));
 /// assert!(Methods::ANY.contains(&Method::from_bytes(b"PURGE").unwrap()));
+/// assert!(writes.contains(&Method::from_bytes(b"patch").unwrap()));
+/// assert!(!writes.contains(&Method::from_bytes(b"PURGE").unwrap()));
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Methods(u16);
@@ -58,7 +70,8 @@ impl Methods {
         Methods(self.0 | other.0)
     }
 
-    /// Whether `method` is in the set.
+    /// Whether `method` is in the set (its name compared ignoring ASCII
+    /// case).
     pub fn contains(&self, method: &Method) -> bool {
         self.0 & bit(method) != 0
     }
@@ -75,7 +88,12 @@ fn bit(method: &Method) -> u16 {
         Method::OPTIONS => 1 << 6,
         Method::CONNECT => 1 << 7,
         Method::TRACE => 1 << 8,
-        _ => OTHER,
+        // An extension method: a standard name in another case is that
+        // method (some servers read it so); any other name is just "other".
+        _ => NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(method.as_str()))
+            .map_or(OTHER, |&(_, b)| b),
     }
 }
 
@@ -128,5 +146,49 @@ impl fmt::Display for Methods {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn method(name: &str) -> Method {
+        Method::from_bytes(name.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_standard_name_in_any_case_is_that_method() {
+        for (name, set) in [
+            ("get", Methods::GET),
+            ("Get", Methods::GET),
+            ("hEAD", Methods::HEAD),
+            ("post", Methods::POST),
+            ("Delete", Methods::DELETE),
+            ("options", "OPTIONS".parse().unwrap()),
+            ("trace", "TRACE".parse().unwrap()),
+        ] {
+            assert!(set.contains(&method(name)), "{name}");
+        }
+        assert!(!Methods::WRITES.or(Methods::HEAD).contains(&method("get")));
+    }
+
+    #[test]
+    fn other_extension_methods_are_only_in_any() {
+        for name in ["PURGE", "gets", "GET2", "HEADX"] {
+            let m = method(name);
+            assert!(Methods::ANY.contains(&m), "{name}");
+            let all_nine: Methods = "GET,HEAD,POST,PUT,PATCH,DELETE,OPTIONS,CONNECT,TRACE"
+                .parse()
+                .unwrap();
+            assert!(!all_nine.contains(&m), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_set_is_only_the_methods_it_names() {
+        assert!(!Methods::GET.contains(&Method::HEAD));
+        assert_eq!("get".parse::<Methods>().unwrap(), Methods::GET);
+        assert_eq!(Methods::GET.or(Methods::HEAD).to_string(), "GET,HEAD");
     }
 }

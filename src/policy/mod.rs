@@ -81,6 +81,8 @@ pub(crate) struct PolicyInner {
     /// The `Retry-After` of a "busy" refusal, in whole seconds.
     pub(crate) busy_retry_after: u64,
     pub(crate) overrides: OverrideTable,
+    /// The entry cap of the memory store `RateLimitLayer::new` builds.
+    pub(crate) memory_max_entries: Option<usize>,
 }
 
 impl Policy {
@@ -113,6 +115,15 @@ impl Policy {
         self.inner.headers
     }
 
+    /// The entry cap of the memory store that
+    /// [`RateLimitLayer::new`](crate::RateLimitLayer::new) builds for this
+    /// policy, if the policy sets one ([`PolicyBuilder::memory_max_entries`],
+    /// or `max_entries` in a policy file's `[memory]` table); `None` means
+    /// the store's default.
+    pub fn memory_max_entries(&self) -> Option<usize> {
+        self.inner.memory_max_entries
+    }
+
     /// A window's name in the IETF headers: `<limit>.<period>`.
     /// (`<limit>.concurrency` for an in-flight cap).
     pub(crate) fn window_name(&self, w: &WindowReport) -> String {
@@ -139,6 +150,7 @@ impl fmt::Debug for Policy {
             .field("refusal", &self.inner.refusal)
             .field("refusal_status", &self.inner.refusal_status)
             .field("max_key_len", &self.inner.max_key_len)
+            .field("memory_max_entries", &self.inner.memory_max_entries)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +168,7 @@ pub struct PolicyBuilder {
     secret: Option<KeySecret>,
     busy_status: StatusCode,
     busy_retry_after: Duration,
+    memory_max_entries: Option<usize>,
 }
 
 impl Default for PolicyBuilder {
@@ -170,6 +183,7 @@ impl Default for PolicyBuilder {
             secret: None,
             busy_status: StatusCode::TOO_MANY_REQUESTS,
             busy_retry_after: Duration::from_secs(1),
+            memory_max_entries: None,
         }
     }
 }
@@ -235,6 +249,19 @@ impl PolicyBuilder {
         self
     }
 
+    /// Sets the most `(key, window)` entries the memory store that
+    /// [`RateLimitLayer::new`](crate::RateLimitLayer::new) builds may hold
+    /// (at least 1; default: [`MemoryStore`](crate::store::MemoryStore)'s
+    /// own, 1,000,000), as
+    /// [`MemoryStoreBuilder::max_entries`](crate::store::MemoryStoreBuilder::max_entries)
+    /// does. A store given to
+    /// [`RateLimitLayer::with_store`](crate::RateLimitLayer::with_store)
+    /// keeps the cap it was built with.
+    pub fn memory_max_entries(mut self, max: usize) -> Self {
+        self.memory_max_entries = Some(max);
+        self
+    }
+
     /// Checks and compiles the policy.
     pub fn build(self) -> Result<Policy, ConfigError> {
         if self.limits.is_empty() {
@@ -251,6 +278,12 @@ impl PolicyBuilder {
         }
         if self.max_key_len == 0 {
             return Err(ConfigError::invalid("max_key_len", "must be at least 1"));
+        }
+        if self.memory_max_entries == Some(0) {
+            return Err(ConfigError::invalid(
+                "memory.max_entries",
+                "must be at least 1",
+            ));
         }
         for (field, status) in [
             ("refusal_status", self.refusal_status),
@@ -316,6 +349,7 @@ impl PolicyBuilder {
                 max_key_len: self.max_key_len,
                 secret,
                 secret_given,
+                memory_max_entries: self.memory_max_entries,
             }),
         })
     }
