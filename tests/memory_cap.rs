@@ -1,7 +1,9 @@
 //! The memory store's bounds through the public API: what happens at the
-//! entry cap (new keys are refused with an honest `Retry-After`, known keys
-//! are decided exactly), a flood of distinct keys never grows the store past
-//! its capacity, and idle keys are dropped losslessly.
+//! entry cap (keys without room are counted in the overflow sketch, never
+//! admitted past their quota, with an honest `Retry-After`; known keys are
+//! decided exactly), a flood of distinct keys never grows the store past its
+//! capacity, and idle keys are dropped losslessly. The flood the cap is for
+//! is in `memory_flood.rs`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +14,7 @@ use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::ManualClock;
-use tower_ratelimit::key::Header;
+use tower_ratelimit::key::{Header, KeySecret};
 use tower_ratelimit::store::MemoryStore;
 use tower_ratelimit::{
     Algorithm, CustomBody, Decision, Limit, Policy, Quota, RateLimitLayer, RefusalFormat,
@@ -79,9 +81,12 @@ impl Harness {
     }
 }
 
+/// A policy with a fixed key secret, so that keys land in the same cells
+/// of the overflow sketches on every run.
 fn per_key(quota: Quota) -> Policy {
     Policy::builder()
         .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(quota))
+        .key_secret(KeySecret::from_bytes(*b"memory-cap-tests"))
         .build()
         .unwrap()
 }
@@ -138,7 +143,7 @@ fn seen(response: &Res) -> (u16, Option<u64>, Option<u64>, Option<u64>, Option<u
 }
 
 #[tokio::test]
-async fn at_the_cap_a_new_key_is_refused_until_the_earliest_entry_expires() {
+async fn at_the_cap_a_new_key_is_counted_in_the_overflow_and_known_keys_exactly() {
     let store = MemoryStore::builder()
         .max_entries(3)
         .shards(1)
@@ -152,13 +157,14 @@ async fn at_the_cap_a_new_key_is_refused_until_the_earliest_entry_expires() {
     }
     assert_eq!(h.len(), 3);
 
-    // A fourth key: refused, told to come back when `a` (T0 + 6) expires.
+    // A fourth key finds no room: it is admitted, counted in the overflow
+    // sketch (alone in its cells, so exactly), and takes no entry.
     h.at(T0 + 3);
-    let refused = h.get("d").await;
-    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(refusal(&refused), Some(RefusalReason::Capacity));
-    assert_eq!(retry_after(&refused), Some(3));
-    assert_eq!(h.len(), 3, "a refused new key is not stored");
+    let admitted = h.get("d").await;
+    assert_eq!(admitted.status(), StatusCode::OK);
+    assert_eq!(refusal(&admitted), None);
+    assert_eq!(remaining(&admitted), 9);
+    assert_eq!(h.len(), 3, "a key without room is not stored");
 
     // Known keys are still decided exactly: `c` has 8 then 7 left, and `b`
     // gets exactly the 9 requests its window has left.
@@ -175,43 +181,32 @@ async fn at_the_cap_a_new_key_is_refused_until_the_earliest_entry_expires() {
     }
     assert_eq!(admitted, 9);
 
-    // A second before `a` expires: still refused, 1 s to go.
-    h.at(T0 + 5);
-    assert_eq!(retry_after(&h.get("d").await), Some(1));
-    // When `a` expires, `d` takes its place, with a fresh key's count.
+    // `d` gets its whole quota, exactly, and no more: the refusal names the
+    // cap (its count is an estimate) and its Retry-After is honest.
+    for left in (0..9).rev() {
+        assert_eq!(remaining(&h.get("d").await), left);
+    }
+    let refused = h.get("d").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refusal(&refused), Some(RefusalReason::Capacity));
+    assert_eq!(retry_after(&refused), Some(6));
+    let reset = number(&refused, "x-ratelimit-reset");
+    assert!(reset >= T0 + 3 + 6, "reset {reset}");
+    assert_eq!(h.len(), 3);
+
+    // When `a` expires (T0 + 6), a new key takes its place, with a fresh
+    // key's count; `d` stays in the sketch until its estimate is fresh.
     h.at(T0 + 6);
-    let admitted = h.get("d").await;
+    let admitted = h.get("e").await;
     assert_eq!(admitted.status(), StatusCode::OK);
     assert_eq!(remaining(&admitted), 9);
     assert_eq!(h.len(), 3);
-
-    // Full again: the earliest expiry is now `d`'s own (T0 + 12), not `c`'s
-    // (T0 + 20) nor `b`'s (T0 + 61).
-    let refused = h.get("e").await;
-    assert_eq!(refusal(&refused), Some(RefusalReason::Capacity));
-    assert_eq!(retry_after(&refused), Some(6));
-    h.at(T0 + 12);
-    assert_eq!(h.get("e").await.status(), StatusCode::OK);
-    assert_eq!(h.calls.load(Ordering::SeqCst), 3 + 2 + 9 + 1 + 1);
-}
-
-#[tokio::test]
-async fn at_the_cap_retry_after_is_honest_with_the_default_sweep_interval() {
-    let store = MemoryStore::builder().max_entries(2).shards(1).build();
-    let h = Harness::new(ten_per_minute(), store);
-    h.at(T0);
-    assert_eq!(h.get("a").await.status(), StatusCode::OK);
-    h.at(T0 + 1);
-    assert_eq!(h.get("b").await.status(), StatusCode::OK);
-    h.at(T0 + 2);
-    let refused = h.get("c").await;
-    assert_eq!(refusal(&refused), Some(RefusalReason::Capacity));
-    // `a` expires at T0 + 6.
-    assert_eq!(retry_after(&refused), Some(4));
-    let reset = number(&refused, "x-ratelimit-reset");
-    assert!(reset >= T0 + 2 + 4, "reset {reset}");
-    h.at(T0 + 6);
-    assert_eq!(h.get("c").await.status(), StatusCode::OK);
+    h.at(T0 + 9);
+    let retried = h.get("d").await;
+    assert_eq!(retried.status(), StatusCode::OK, "admitted when told");
+    assert_eq!(remaining(&retried), 0);
+    assert_eq!(refusal(&h.get("d").await), Some(RefusalReason::Capacity));
+    assert_eq!(h.calls.load(Ordering::SeqCst), 3 + 1 + 2 + 9 + 9 + 1 + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,4 +411,89 @@ async fn sweeping_is_lossless_a_sweeping_store_decides_like_one_that_never_sweep
         sweeping.calls.load(Ordering::SeqCst),
         keeping.calls.load(Ordering::SeqCst)
     );
+}
+
+/// The reference for one window: what an exact store would hold for a key
+/// charged with exactly the requests the store under test admitted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Exact(u64, u64);
+
+impl Exact {
+    /// Whether this window admits `cost` at `now`, and the state after.
+    fn step(self, algorithm: Algorithm, window: &Window, now: u64, cost: u32) -> (bool, Self) {
+        let (limit, period) = (u64::from(window.limit()), window.period().as_nanos() as u64);
+        match algorithm {
+            Algorithm::FixedWindow => {
+                let index = now / period;
+                let used = if self.0 == index { self.1 } else { 0 };
+                let total = used + u64::from(cost);
+                (total <= limit, Exact(index, total))
+            }
+            _ => {
+                let interval = period.div_ceil(limit);
+                let next = self.0.max(now) + interval * u64::from(cost);
+                (next <= now + interval * limit, Exact(next, 0))
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+    /// At a cap of a few entries, most of 160 keys are counted in the
+    /// overflow sketch (64 cells), many sharing cells: every admission is one an exact store
+    /// would make for the requests admitted so far, and every refusal that
+    /// does not name the cap is one it would make too.
+    #[test]
+    fn at_a_tiny_cap_no_key_is_admitted_past_its_quota_and_only_the_cap_refuses_early(
+        fixed in proptest::bool::ANY,
+        buckets in proptest::collection::vec(proptest::num::u64::ANY, 160),
+        ops in proptest::collection::vec((0..160usize, 1..=3u32, 0..300u64, 0..20u8), 1..800),
+    ) {
+        use tower_ratelimit::store::{Check, Decided, Store};
+        let algorithm = if fixed { Algorithm::FixedWindow } else { Algorithm::Gcra };
+        let quotas: Vec<Quota> = (1..=3)
+            .map(|cost| {
+                Quota::new(Window::per_second(4))
+                    .and(Window::new(9, Duration::from_secs(10)).unwrap())
+                    .cost(cost)
+                    .algorithm(algorithm)
+            })
+            .collect();
+        let store = MemoryStore::builder()
+            .max_entries(4)
+            .shards(1)
+            .sweep_interval(Duration::from_secs(1))
+            .build();
+        let mut exact = vec![[Exact::default(); 2]; buckets.len()];
+        let mut now = T0 * NS;
+        for (key, cost, ms, sweep) in ops {
+            now += ms * 1_000_000;
+            if sweep == 0 {
+                store.sweep(now);
+            }
+            let quota = &quotas[cost as usize - 1];
+            let Decided::Ready(Ok(outcome)) = store.check(now, &[Check::new(buckets[key], quota)])
+            else {
+                panic!("the memory store decides at once");
+            };
+            let steps: Vec<_> = quota
+                .windows()
+                .iter()
+                .zip(exact[key])
+                .map(|(w, state)| state.step(algorithm, w, now, cost))
+                .collect();
+            let would = steps.iter().all(|(admits, _)| *admits);
+            if outcome.admitted() {
+                proptest::prop_assert!(would, "key {} admitted past its quota", key);
+                for (state, (_, next)) in exact[key].iter_mut().zip(steps) {
+                    *state = next;
+                }
+            } else if !outcome.is_capacity_refusal() {
+                proptest::prop_assert!(!would, "key {} refused early, not for the cap", key);
+            }
+            proptest::prop_assert!(store.len() <= store.capacity());
+        }
+    }
 }

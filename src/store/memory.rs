@@ -1,6 +1,7 @@
 //! The in-memory store: sharded hash tables of one `u64` per key and window.
 
 use std::future::Pending;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::{Mutex, MutexGuard};
@@ -8,6 +9,7 @@ use smallvec::SmallVec;
 
 use super::algorithm::{carry_over, expires_at, step, Step};
 use super::outcome::settle_uncharged;
+use super::overflow::Overflow;
 use super::penalties::{ban_in_force, count_refusal};
 use super::{Check, Decided, Outcome, Store, StoreError};
 use crate::penalty::PenaltyBox;
@@ -35,11 +37,38 @@ use crate::shard::{sparse, KeyMap, Padded};
 /// [`MemoryStore::sweep`] sweeps every shard at once.
 ///
 /// **At the cap** ([`MemoryStoreBuilder::max_entries`], default 1,000,000
-/// entries, about 28 MB): counting stays exact. A request whose buckets are
-/// already tracked is decided as usual; a request that needs a new entry in a
-/// full shard is *refused*, with a `Retry-After` that is honest: the moment
-/// the earliest entry of that shard expires and frees room. Nothing is ever
-/// evicted early, so a flood of fresh keys cannot reset a real client's counts.
+/// entries, about 28 MB), a flood of made-up keys can neither grow memory
+/// nor lock anyone out:
+///
+/// * every key already tracked keeps its exact count: nothing is ever
+///   evicted early;
+/// * a window that needs a new entry in a full shard is counted in that
+///   shard's **overflow sketch** for its window period: a count-min sketch
+///   of two rows, each bucket owning one cell per row (placed by its keyed
+///   hash, so a client cannot choose its neighbours). A cell holds the
+///   greatest state charged to any bucket placed there, and a bucket is
+///   decided by the least of its two cells. So a key counted there is
+///   **never admitted past its quota**; it may be **refused early**, by at
+///   most what the keys sharing its cell in *each* row used in that window
+///   (a key alone in either of its cells is counted exactly). Such a
+///   refusal reports [`RefusalReason::Capacity`](crate::RefusalReason::Capacity)
+///   and counts towards no penalty. A key stays counted in the sketch
+///   until its estimate there is a fresh key's state again, so every entry
+///   is exact, and a key moving back in loses nothing.
+/// * A sketch has a fixed size, made when its shard first overflows: about
+///   one cell (8 bytes) per entry of the shard's share of the cap, rows
+///   rounded up to a power of two. So memory stays under about
+///   `max_entries` × (28 + 16 × the number of window periods that
+///   overflowed) bytes, whatever the flood. A sketch is dropped when every
+///   state in it is fresh again.
+/// * Reaching the cap is logged at `warn` level, at most once a minute.
+///
+/// How early a key in a sketch may be refused depends on the flood: with
+/// `F` keys counted in one window period's sketches at once and `C` cells
+/// (about `max_entries`), a cell is shared with about `2F / C` other keys,
+/// and a key is refused early only if, in both of its cells, those keys
+/// used the room it needs. Floods on one window period do not touch
+/// another period's sketches.
 ///
 /// ```
 /// use tower_ratelimit::store::MemoryStore;
@@ -65,6 +94,7 @@ pub struct MemoryStore {
     sweep_interval: u64,
     /// The bans and counted refusals of checks with a penalty.
     penalties: PenaltyBox,
+    at_cap: CapWarning,
 }
 
 /// Builds a [`MemoryStore`].
@@ -155,6 +185,7 @@ impl MemoryStoreBuilder {
             sweep_interval: self.sweep_interval,
             penalties: PenaltyBox::with_max_keys(self.max_banned_keys)
                 .sweep_interval(std::time::Duration::from_nanos(self.sweep_interval)),
+            at_cap: CapWarning::default(),
         }
     }
 }
@@ -292,12 +323,15 @@ impl MemoryStore {
             }
         }
 
-        // Read every window's state once; nothing changes yet.
+        // Read every window's state once; nothing changes yet. A bucket with
+        // no entry is decided by its estimate in the overflow sketch, if its
+        // table has one (it may have been counted there).
         let statuses = outcome.windows_mut();
         let mut slots: SmallVec<[Slot; 4]> = SmallVec::new();
         let mut admitted = true;
         let mut shadow_admitted = true;
         let mut unseen = false;
+        let mut estimate_refused = false;
         for (ci, check) in checks.iter().enumerate() {
             let shard_index = match ids {
                 [_] => 0,
@@ -313,6 +347,7 @@ impl MemoryStore {
                 let entry = table.and_then(|t| shard.tables[t].find(check.bucket));
                 let state = match (table, entry) {
                     (Some(t), Some(e)) => shard.tables[t].state(e),
+                    (Some(t), None) => shard.tables[t].estimate(check.bucket, now),
                     _ => 0,
                 };
                 let s: Step = step(algorithm, window, state, now, check.quota.request_cost());
@@ -321,11 +356,14 @@ impl MemoryStore {
                 } else {
                     admitted &= s.admits;
                 }
+                let estimated = entry.is_none() && state != 0;
+                estimate_refused |= estimated && !s.admits && !check.shadow;
                 unseen |= entry.is_none();
                 slots.push(Slot {
                     shard: shard_index,
                     entry: table.zip(entry),
                     shadow: check.shadow,
+                    estimated,
                     state,
                     next: s.next,
                 });
@@ -345,22 +383,39 @@ impl MemoryStore {
             },
         );
         if !admitted {
-            outcome.decide(false, false);
+            // Refused by a sketch's estimate: the cap, not (for certain)
+            // the key's own use, is what refused it.
+            if estimate_refused {
+                outcome.refuse_at_capacity();
+            } else {
+                outcome.decide(false, false);
+            }
             return;
         }
         // Shadow checks are charged only when they would have admitted too:
         // they count exactly what they would count if they were enforced.
         let charged = |slot: &Slot| !slot.shadow || shadow_admitted;
 
-        // Room for the entries that are new. A sweep (only when a shard is
-        // full) moves entries, so after one every state is written by
-        // looking its entry up again.
+        // Where each new state goes. A bucket with a live estimate stays
+        // counted in its overflow sketch until the estimate is fresh (so that
+        // every entry is exact); a shard without room for all of its new
+        // entries, even after a sweep, counts them in its sketches too. A
+        // sweep moves entries (and drops fresh ones the first pass found),
+        // so after one every state is written by looking its entry up again.
+        let targets = || {
+            checks.iter().flat_map(|c| {
+                let algorithm = c.quota.algorithm_kind();
+                c.quota
+                    .windows()
+                    .iter()
+                    .map(move |w| (algorithm, w.period_ns(), c.bucket))
+            })
+        };
         let mut swept = false;
+        let mut full: SmallVec<[bool; 4]> = SmallVec::from_elem(false, shards.len());
         for (i, shard) in shards.iter_mut().enumerate().filter(|_| unseen) {
-            let needed = slots
-                .iter()
-                .filter(|s| s.shard == i && s.entry.is_none() && charged(s))
-                .count();
+            let new = |s: &Slot| s.shard == i && charged(s) && !s.estimated;
+            let needed = slots.iter().filter(|s| new(s) && s.entry.is_none()).count();
             let cap = self.caps[ids[i]];
             if shard.entries + needed <= cap {
                 continue;
@@ -369,13 +424,12 @@ impl MemoryStore {
                 shard.sweep(now);
                 swept = true;
             }
-            let needed = new_entries(shard, checks, |c| {
-                (!c.shadow || shadow_admitted) && shard_slot(ids, self.shard_of(c.bucket)) == i
-            });
-            if shard.entries + needed > cap {
-                outcome.refuse_at_capacity(shard.full_until.saturating_sub(now));
-                return;
-            }
+            let needed = slots
+                .iter()
+                .zip(targets())
+                .filter(|(s, (a, p, b))| new(s) && !shard.contains(*a, *p, *b))
+                .count();
+            full[i] = shard.entries + needed > cap;
         }
 
         // Entries the first pass found are written where it found them,
@@ -386,18 +440,52 @@ impl MemoryStore {
             }
         }
         if unseen || swept {
-            let windows = checks
-                .iter()
-                .flat_map(|c| c.quota.windows().iter().map(move |w| (c, w)));
-            for (slot, (check, window)) in slots.iter().zip(windows) {
-                if charged(slot) && (slot.entry.is_none() || swept) {
-                    let algorithm = check.quota.algorithm_kind();
-                    let shard = &mut shards[slot.shard];
-                    shard.set(algorithm, window.period_ns(), check.bucket, slot.next, now);
+            for (slot, (algorithm, period, bucket)) in slots.iter().zip(targets()) {
+                if !charged(slot) || (slot.entry.is_some() && !swept) {
+                    continue;
+                }
+                let shard = &mut shards[slot.shard];
+                let no_room = full[slot.shard] && !shard.contains(algorithm, period, bucket);
+                if slot.estimated || no_room {
+                    let cells = 2 * self.caps[ids[slot.shard]];
+                    shard.count_over(algorithm, period, bucket, slot.next, now, cells);
+                } else {
+                    shard.set(algorithm, period, bucket, slot.next, now);
+                }
+                if no_room {
+                    self.at_cap.warn(now, || self.capacity());
                 }
             }
         }
         outcome.decide(true, !shadow_admitted);
+    }
+}
+
+/// Logs, at most once a minute, that the store is counting keys in its
+/// overflow sketches.
+#[derive(Debug, Default)]
+struct CapWarning {
+    /// When the next warning may be logged (layer clock, ns).
+    next: AtomicU64,
+}
+
+impl CapWarning {
+    fn warn(&self, now: u64, capacity: impl FnOnce() -> usize) {
+        let next = self.next.load(Ordering::Relaxed);
+        let after = now.saturating_add(60 * 1_000_000_000);
+        if now < next
+            || (self.next)
+                .compare_exchange(next, after, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        tracing::warn!(
+            capacity = capacity(),
+            "the rate-limit memory store is at its cap: keys it has no room for are counted \
+             approximately (never admitted past their quota, possibly refused early, with \
+             RefusalReason::Capacity); raise max_entries if they are real clients"
+        );
     }
 }
 
@@ -413,6 +501,9 @@ struct Slot {
     entry: Option<(usize, usize)>,
     /// Whether the window's check is a shadow one.
     shadow: bool,
+    /// Whether the state is an estimate from an overflow sketch (live, and
+    /// the bucket has no entry).
+    estimated: bool,
     /// The state now (0 for a bucket never seen).
     state: u64,
     /// The state to store if the request is admitted.
@@ -458,22 +549,6 @@ fn shard_slot(ids: &[usize], shard: usize) -> usize {
     ids.binary_search(&shard).unwrap_or_default()
 }
 
-/// How many entries of the checks picked by `here` are not tracked yet.
-fn new_entries(shard: &Shard, checks: &[Check<'_>], here: impl Fn(&Check<'_>) -> bool) -> usize {
-    checks
-        .iter()
-        .filter(|c| here(c))
-        .map(|c| {
-            let algorithm = c.quota.algorithm_kind();
-            c.quota
-                .windows()
-                .iter()
-                .filter(|w| !shard.contains(algorithm, w.period_ns(), c.bucket))
-                .count()
-        })
-        .sum()
-}
-
 /// One window period's states: `(bucket, state)` pairs, placed by the
 /// bucket (already a keyed hash) itself.
 #[derive(Debug)]
@@ -481,6 +556,9 @@ struct Table {
     algorithm: Algorithm,
     period_ns: u64,
     map: HashTable<(u64, u64)>,
+    /// Where buckets are counted that the shard had no room for, since it
+    /// last reached its cap (until every state in it is fresh again).
+    overflow: Option<Box<Overflow>>,
 }
 
 impl Table {
@@ -489,7 +567,16 @@ impl Table {
             algorithm,
             period_ns,
             map: HashTable::new(),
+            overflow: None,
         }
+    }
+
+    /// The state to decide `bucket` by when it has no entry: its estimate
+    /// in the overflow sketch, or a fresh key's (0) without one.
+    fn estimate(&self, bucket: u64, now: u64) -> u64 {
+        self.overflow.as_ref().map_or(0, |o| {
+            o.estimate(self.algorithm, self.period_ns, bucket, now)
+        })
     }
 
     /// Where `bucket`'s entry is, if it has one: valid until the next
@@ -639,9 +726,37 @@ impl Shard {
         }
     }
 
+    /// Counts `state` for `bucket` in the overflow sketch of its table (a
+    /// sketch of about `cells` cells, made if the table has none).
+    fn count_over(
+        &mut self,
+        algorithm: Algorithm,
+        period_ns: u64,
+        bucket: u64,
+        state: u64,
+        now: u64,
+        cells: usize,
+    ) {
+        let index = match self.table_index(algorithm, period_ns) {
+            Some(i) => i,
+            None => {
+                self.tables.push(Table::new(algorithm, period_ns));
+                self.tables.len() - 1
+            }
+        };
+        self.tables[index]
+            .overflow
+            .get_or_insert_with(|| Box::new(Overflow::new(cells)))
+            .charge(algorithm, period_ns, bucket, state, now);
+    }
+
     fn sweep(&mut self, now: u64) {
         let mut earliest = u64::MAX;
         for table in &mut self.tables {
+            let fresh = |o: &Overflow| o.expires_at(table.algorithm, table.period_ns, now) <= now;
+            if table.overflow.as_deref().is_some_and(fresh) {
+                table.overflow = None;
+            }
             let (algorithm, period) = (table.algorithm, table.period_ns);
             table.map.retain(|&mut (_, state)| {
                 let expires = expires_at(algorithm, period, state, now);
@@ -654,7 +769,8 @@ impl Shard {
                 table.map.shrink_to(table.map.len() * 2, |e| e.0);
             }
         }
-        self.tables.retain(|t| !t.map.is_empty());
+        self.tables
+            .retain(|t| !t.map.is_empty() || t.overflow.is_some());
         if self.tables.is_empty() {
             self.tables = Vec::new();
         }

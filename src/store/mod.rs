@@ -26,6 +26,7 @@
 pub(crate) mod algorithm;
 mod memory;
 mod outcome;
+mod overflow;
 mod penalties;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -119,11 +119,14 @@ impl Outcome {
         self.shadow_refused = admitted && shadow_refused;
     }
 
-    /// Makes an outcome being built a refusal for the memory cap (see
-    /// [`Outcome::at_capacity`]).
-    pub(crate) fn refuse_at_capacity(&mut self, retry_after: u64) {
+    /// Makes an outcome being built, whose windows are filled, a refusal
+    /// for the memory cap (see [`Outcome::at_capacity`]), to be retried when
+    /// its windows say.
+    pub(crate) fn refuse_at_capacity(&mut self) {
+        let retry_after = self.windows.iter().map(|w| w.retry_after).max();
         self.admitted = false;
-        self.capacity_retry_after = Some(retry_after.max(1));
+        self.shadow_refused = false;
+        self.capacity_retry_after = Some(retry_after.unwrap_or(0).max(1));
     }
 
     /// Marks an admitted outcome whose shadow checks would have refused.
