@@ -75,9 +75,12 @@
 //!   refusal.
 //! * **No surprises for the inner service.** Its errors pass through
 //!   unchanged; a store failure never becomes one.
-//! * **Bounded memory.** Idle keys are dropped once they equal a fresh key;
-//!   the memory store has a cap, and at the cap it refuses requests that need
-//!   a new key (see [`store::MemoryStore`]) rather than forget anyone's counts.
+//! * **Bounded memory, fair under floods.** Idle keys are dropped once they
+//!   equal a fresh key; the memory store has a cap (`[memory] max_entries`),
+//!   and at the cap a flood of made-up keys locks no one out: tracked keys
+//!   keep their exact counts, and keys without room are counted in a
+//!   fixed-size, conservative sketch that may refuse them early but never
+//!   admits them late (see [`store::MemoryStore`]).
 //! * **Secrets stay secret.** Keys are kept only as keyed hashes and are
 //!   never logged.
 //! * **Bad input gets a clear answer.** A missing, empty, oversized, non-UTF-8

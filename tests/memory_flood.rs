@@ -16,33 +16,34 @@ use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service};
 use tower_ratelimit::clock::ManualClock;
-use tower_ratelimit::key::{Header, KeySecret};
-use tower_ratelimit::store::{Check, Decided, MemoryStore, Store};
+use tower_ratelimit::store::{Check, Decided, Store};
 use tower_ratelimit::{
-    CustomBody, Decision, EventKind, Limit, Policy, Quota, RateLimitLayer, RefusalFormat,
-    RefusalReason, ResponseBody, Window,
+    Decision, EventKind, Policy, Quota, RateLimitLayer, RefusalReason, ResponseBody, Window,
 };
 
 const NS: u64 = 1_000_000_000;
 const T0: u64 = 1_700_000_000;
-const CAP: usize = 1000;
 
 type Res = Response<ResponseBody<String>>;
 type Svc = BoxCloneService<Request<String>, Res, Infallible>;
 
-/// Nixflex's shape: `POST /v1/keys` 10 per hour, reads 600 per minute.
-fn policy() -> Policy {
-    Policy::builder()
-        .limit(
-            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
-                .route("POST /v1/keys", Quota::new(Window::per_hour(10)))
-                .route("GET *", Quota::new(Window::per_minute(600))),
-        )
-        .key_secret(KeySecret::from_bytes(*b"flood-test-secrt"))
-        .refusal(RefusalFormat::custom(|_| CustomBody::json("{}")))
-        .build()
-        .unwrap()
-}
+/// Nixflex's shape (`POST /v1/keys` 10 per hour, reads 600 per minute) in a
+/// policy file that caps the memory store at 1,000 entries. The key secret
+/// is fixed so that keys land in the same cells on every run.
+const POLICY: &str = r#"
+key_secret = "0123456789abcdef0123456789abcdef"
+
+[memory]
+max_entries = 1000
+
+[[limits]]
+name = "per_key"
+key = { header = "X-API-Key" }
+routes = [
+  { methods = ["POST"], path = "/v1/keys", windows = ["10/hour"] },
+  { methods = ["GET"], path = "*", windows = ["600/minute"] },
+]
+"#;
 
 /// Sends one request; the memory store decides on the spot.
 fn send(svc: &mut Svc, method: &str, path: &str, key: &str) -> Res {
@@ -148,9 +149,7 @@ fn a_flood_of_made_up_keys_several_times_the_cap_locks_no_one_out() {
     let clock = ManualClock::at_unix_secs(T0);
     let capacity_events = Arc::new(Mutex::new(0usize));
     let seen = Arc::clone(&capacity_events);
-    let store = MemoryStore::builder().max_entries(CAP).build();
-    let capacity = store.capacity();
-    let layer = RateLimitLayer::with_store(policy(), store)
+    let layer = RateLimitLayer::new(Policy::from_toml(POLICY).unwrap())
         .clock(clock.clone())
         .on_event(move |event| {
             let reason = event.decision().and_then(Decision::refusal);
@@ -163,6 +162,9 @@ fn a_flood_of_made_up_keys_several_times_the_cap_locks_no_one_out() {
     });
     let mut svc: Svc = BoxCloneService::new(layer.layer(inner));
     let store = Arc::clone(layer.store());
+    // The cap, rounded up to whole entries in each of the 64 shards.
+    let capacity = store.capacity();
+    assert!((1000..1064).contains(&capacity), "capacity {capacity}");
 
     // Before the flood: a customer creates 4 keys (6 left this hour, kept
     // tracked throughout), another creates 1 (refilled and dropped 6 min
