@@ -72,8 +72,9 @@ pub struct Ban {
 pub struct Outcome {
     admitted: bool,
     ban: Option<Ban>,
-    /// Nanoseconds until the store has room for a key it is not tracking,
-    /// when a refusal is due to its memory cap rather than a window.
+    /// Nanoseconds until the request would be admitted, when a refusal is
+    /// due to the store's memory cap (an estimate made for a key it has no
+    /// room for) rather than an exact count.
     capacity_retry_after: Option<u64>,
     shadow_refused: bool,
     windows: SmallVec<[WindowStatus; 4]>,
@@ -141,8 +142,9 @@ impl Outcome {
         self.shadow_refused
     }
 
-    /// A refusal because the store is at its memory cap and the request needs
-    /// a key it does not track yet; room frees up in `retry_after` ns.
+    /// A refusal because the store is at its memory cap: the request's key
+    /// has no room and its estimate refused it (it may be early, never
+    /// late); it would be admitted in `retry_after` ns.
     pub fn at_capacity(retry_after: u64, windows: impl IntoIterator<Item = WindowStatus>) -> Self {
         Outcome {
             capacity_retry_after: Some(retry_after.max(1)),
