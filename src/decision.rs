@@ -55,7 +55,9 @@ pub struct WindowReport {
     pub window_index: u8,
     /// The window's limit.
     pub limit: u32,
-    /// What is left (after this request, if admitted).
+    /// What is left after this request, if admitted; 0 on a refusal, as
+    /// `X-RateLimit-Remaining` says (the IETF `RateLimit` field reports each
+    /// window's own; see [`HeaderStyle::Ietf`](crate::HeaderStyle::Ietf)).
     pub remaining: u32,
     /// When the window is full again (GCRA) or ends (fixed window), in Unix
     /// seconds, rounded up.

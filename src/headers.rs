@@ -6,16 +6,33 @@ use std::fmt::Write as _;
 use http::header::{HeaderName, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue};
 
-use crate::decision::{Decision, WindowReport};
+use crate::decision::{Decision, WindowReport, NANOS};
 use crate::header_value::number;
+use crate::policy::Algorithm;
+use crate::store::WindowStatus;
 
 /// Which rate-limit headers responses carry.
+///
+/// Rate-limit headers describe only what the layer counted for the request:
+/// the windows it was counted in (or, on a refusal, checked against) and
+/// the in-flight caps it held or found full. A response about a request that
+/// nothing counted carries none, in every style: one that matches no limit,
+/// one every applying limit exempts, one let through because the store
+/// failed open, and the 401 for a key a limit rejects (missing, empty,
+/// too long…), since no window is counted before every key is known. A
+/// *busy* refusal reports the in-flight cap that refused it, which it did
+/// count: `limit` the cap, nothing free. A refusal during a ban reports the
+/// banning limit's window as empty until the ban ends. A shadow limit
+/// counts its requests like an enforced one, so its windows are reported
+/// too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum HeaderStyle {
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
-    /// (Unix seconds) for the reported window. The default; built without
-    /// allocating.
+    /// (Unix seconds: when the window is full again, or ends) for the
+    /// reported window. On a refusal, `Remaining` is 0 and `Reset` is never
+    /// before `Retry-After`: the trio answers "when may I send again". The
+    /// default; built without allocating.
     #[default]
     XRateLimit,
     /// `RateLimit-Policy` and `RateLimit` of draft-ietf-httpapi-ratelimit-headers-10,
@@ -24,6 +41,19 @@ pub enum HeaderStyle {
     /// `RateLimit: "per_key.minute";r=59;t=1`; an in-flight cap is
     /// `"calls.concurrency";q=10;qu="concurrent-requests"` and
     /// `"calls.concurrency";r=9`.
+    ///
+    /// Each window reports its own state. `r` is what it has left, after
+    /// the request if admitted; a refusal charges nothing, so a window that
+    /// had room reports the room it has, and a window that refused reports
+    /// 0 (what it has is not enough for the request). `t` is the draft's
+    /// "seconds until additional quota is made available", rounded up: for
+    /// a window that refused, until it admits the request again (never
+    /// after `Retry-After`); otherwise, until the next request is earned
+    /// back (GCRA) or the window ends (fixed window). So a window that had
+    /// room may say a later `t` than `Retry-After`: it is not what the
+    /// client waits for, and the draft has `Retry-After` take precedence.
+    /// A window with nothing used has no `t`: no more is to come. An
+    /// in-flight cap has no `t` either.
     Ietf,
     /// Both of the above.
     Both,
@@ -67,6 +97,53 @@ impl From<&WindowReport> for Reported {
     }
 }
 
+/// What a `RateLimit` item says of one window: `r`, and `t` unless no more
+/// quota is to come (see [`HeaderStyle::Ietf`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Standing {
+    remaining: u32,
+    more_after: Option<u64>,
+}
+
+impl Standing {
+    /// A counted window, from the store's status of it: counted by
+    /// `algorithm` over `period_ns`.
+    pub(crate) fn of_status(w: &WindowStatus, algorithm: Algorithm, period_ns: u64) -> Self {
+        if w.retry_after > 0 {
+            // It refused (or, a shadow window, would have): nothing is
+            // usable until it admits the request.
+            return Standing {
+                remaining: 0,
+                more_after: Some(w.retry_after.div_ceil(NANOS)),
+            };
+        }
+        let more_after = match algorithm {
+            _ if w.remaining >= w.limit || w.reset_after == 0 => None,
+            // The state is a debt of one interval per counted request,
+            // `reset_after` in all: the oldest is earned back once the debt
+            // is down to a whole number of intervals.
+            Algorithm::Gcra => {
+                let interval = period_ns.div_ceil(u64::from(w.limit)).max(1);
+                Some((w.reset_after - 1) % interval + 1)
+            }
+            Algorithm::FixedWindow => Some(w.reset_after),
+        };
+        Standing {
+            remaining: w.remaining,
+            more_after: more_after.map(|ns| ns.div_ceil(NANOS)),
+        }
+    }
+
+    /// A window or cap the store gave no status of (a ban's window, an
+    /// in-flight cap): as reported.
+    pub(crate) fn of_report(w: &WindowReport) -> Self {
+        Standing {
+            remaining: w.remaining,
+            more_after: (!w.concurrent).then_some(w.reset_after),
+        }
+    }
+}
+
 /// The headers to put on a response, prepared while the request is decided
 /// and written when the response exists.
 #[derive(Debug, Clone, Default)]
@@ -79,19 +156,20 @@ pub(crate) struct PendingHeaders {
 }
 
 impl PendingHeaders {
-    /// The headers for `decision` in `style`; `name` names a window for the
-    /// IETF fields.
+    /// The headers for `decision` in `style`; for the IETF fields, `name`
+    /// names a window and `standing(i, w)` says what window `i` has.
     pub(crate) fn for_decision(
         style: HeaderStyle,
         decision: &Decision,
         name: impl Fn(&WindowReport) -> String,
+        standing: impl Fn(usize, &WindowReport) -> Standing,
     ) -> Self {
         let x = matches!(style, HeaderStyle::XRateLimit | HeaderStyle::Both)
             .then(|| decision.reported().map(Reported::from))
             .flatten();
         let ietf = style
             .has_ietf()
-            .then(|| ietf_fields(decision.windows(), name))
+            .then(|| ietf_fields(decision.windows(), name, standing))
             .flatten();
         PendingHeaders {
             x,
@@ -100,8 +178,8 @@ impl PendingHeaders {
         }
     }
 
-    /// Only the `X-RateLimit-*` trio (for responses about a request that was
-    /// not counted, such as a missing key).
+    /// Only the `X-RateLimit-*` trio, for an admitted request whose decision
+    /// is not built.
     pub(crate) fn x_only(style: HeaderStyle, reported: Reported) -> Self {
         PendingHeaders {
             x: matches!(style, HeaderStyle::XRateLimit | HeaderStyle::Both).then_some(reported),
@@ -130,12 +208,17 @@ impl PendingHeaders {
 fn ietf_fields(
     windows: &[WindowReport],
     name: impl Fn(&WindowReport) -> String,
+    standing: impl Fn(usize, &WindowReport) -> Standing,
 ) -> Option<Box<(HeaderValue, HeaderValue)>> {
+    if windows.is_empty() {
+        return None;
+    }
     let mut policy = String::new();
     let mut state = String::new();
     for (i, w) in windows.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
         let name = name(w);
+        let now = standing(i, w);
         if w.concurrent {
             // An in-flight cap has no window and no reset.
             let _ = write!(
@@ -143,18 +226,13 @@ fn ietf_fields(
                 "{sep}\"{name}\";q={};qu=\"concurrent-requests\"",
                 w.limit
             );
-            let _ = write!(state, "{sep}\"{name}\";r={}", w.remaining);
-            continue;
+        } else {
+            let _ = write!(policy, "{sep}\"{name}\";q={};w={}", w.limit, w.period);
         }
-        let _ = write!(policy, "{sep}\"{name}\";q={};w={}", w.limit, w.period);
-        let _ = write!(
-            state,
-            "{sep}\"{name}\";r={};t={}",
-            w.remaining, w.reset_after
-        );
-    }
-    if windows.is_empty() {
-        return None;
+        let _ = write!(state, "{sep}\"{name}\";r={}", now.remaining);
+        if let Some(t) = now.more_after {
+            let _ = write!(state, ";t={t}");
+        }
     }
     Some(Box::new((
         HeaderValue::try_from(policy).ok()?,

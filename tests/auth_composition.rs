@@ -213,7 +213,7 @@ async fn the_in_flight_cap_follows_the_plan_and_a_busy_refusal_costs_nothing() {
     assert!(held.iter().all(|r| r.status() == StatusCode::OK));
     assert_eq!(
         header(&held[1], "ratelimit"),
-        Some(r#""per_account.minute";r=8;t=12, "per_account.concurrency";r=0"#)
+        Some(r#""per_account.minute";r=8;t=6, "per_account.concurrency";r=0"#)
     );
 
     for key in ["sk_free_1", "sk_free_2"] {

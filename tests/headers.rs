@@ -1,7 +1,8 @@
 //! Rate-limit headers through the public API: exact `X-RateLimit-*` values on
 //! admitted and refused responses, honest `Retry-After`, the reported window,
-//! the IETF header style, the inner service's own headers, and the decision
-//! in the request's and response's extensions.
+//! the IETF header style (each window's own state, also on a refusal), no
+//! headers on responses about requests nothing counted, the inner service's
+//! own headers, and the decision in the request's and response's extensions.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,7 @@ use http_body_util::BodyExt;
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::{Clock, ManualClock};
-use tower_ratelimit::key::{Header, PathCapture};
+use tower_ratelimit::key::{Global, Header, PathCapture};
 use tower_ratelimit::{
     Algorithm, Decision, HeaderStyle, Limit, Policy, Quota, RateLimitLayer, RefusalReason,
     ReportedWindow, ResponseBody, Window,
@@ -518,10 +519,12 @@ async fn ietf_style_sends_one_policy_item_per_window() {
         value(&refused, "ratelimit-policy"),
         Some(r#""per_key.minute";q=60;w=60, "per_key.hour";q=1000;w=3600"#)
     );
-    // Nothing was charged: the hour holds 60 requests (216 s), not 61.
+    // Nothing was charged: the hour holds 60 requests, not 61, so 940 are
+    // left, and the oldest is earned back in 3.6 s; the minute admits again
+    // in 1 s.
     assert_eq!(
         value(&refused, "ratelimit"),
-        Some(r#""per_key.minute";r=0;t=60, "per_key.hour";r=0;t=216"#)
+        Some(r#""per_key.minute";r=0;t=1, "per_key.hour";r=940;t=4"#)
     );
 }
 
@@ -551,9 +554,10 @@ async fn ietf_style_names_every_stacked_limit() {
         value(&other, "ratelimit-policy"),
         Some(r#""per_key.minute";q=100;w=60"#)
     );
+    // Two used: the first is earned back 0.6 s after it was sent.
     assert_eq!(
         value(&other, "ratelimit"),
-        Some(r#""per_key.minute";r=98;t=2"#)
+        Some(r#""per_key.minute";r=98;t=1"#)
     );
 }
 
@@ -597,6 +601,200 @@ async fn none_style_sends_no_rate_limit_headers_but_keeps_retry_after() {
     ] {
         assert_eq!(value(&refused, name), None, "{name}");
     }
+}
+
+fn minute_and_hour(style: HeaderStyle, algorithm: Algorithm) -> Policy {
+    Policy::builder()
+        .limit(
+            Limit::new("per_key", api_key()).quota(
+                Quota::new(Window::per_minute(3))
+                    .and(Window::per_hour(100))
+                    .algorithm(algorithm),
+            ),
+        )
+        .headers(style)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ietf_refusal_reports_each_window_its_own_remaining_and_when_more_comes() {
+    // GCRA: the minute earns a request back every 20 s, the hour every 36 s.
+    let h = Harness::new(minute_and_hour(HeaderStyle::Ietf, Algorithm::Gcra));
+    let first = h.get().await;
+    assert_eq!(
+        value(&first, "ratelimit"),
+        Some(r#""per_key.minute";r=2;t=20, "per_key.hour";r=99;t=36"#)
+    );
+    h.spend(2, "GET", "/v1/calls").await;
+
+    // The minute refuses: it has nothing and admits again in 20 s; the hour
+    // was not charged and still has 97, the oldest back in 36 s.
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(20));
+    assert_eq!(
+        value(&refused, "ratelimit-policy"),
+        Some(r#""per_key.minute";q=3;w=60, "per_key.hour";q=100;w=3600"#)
+    );
+    assert_eq!(
+        value(&refused, "ratelimit"),
+        Some(r#""per_key.minute";r=0;t=20, "per_key.hour";r=97;t=36"#)
+    );
+
+    // A second later, refused again, and still nothing charged.
+    h.advance(Duration::from_secs(1));
+    let again = h.get().await;
+    assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&again), Some(19));
+    assert_eq!(
+        value(&again, "ratelimit"),
+        Some(r#""per_key.minute";r=0;t=19, "per_key.hour";r=97;t=35"#)
+    );
+
+    // A second before the minute's `t` it still refuses; at its `t` it
+    // admits. The hour then holds 3.44 requests: 96 left, the oldest back
+    // in 16 s.
+    h.advance(Duration::from_secs(18));
+    assert_eq!(h.get().await.status(), StatusCode::TOO_MANY_REQUESTS);
+    h.advance(Duration::from_secs(1));
+    let admitted = h.get().await;
+    assert_eq!(admitted.status(), StatusCode::OK);
+    assert_eq!(
+        value(&admitted, "ratelimit"),
+        Some(r#""per_key.minute";r=0;t=20, "per_key.hour";r=96;t=16"#)
+    );
+    assert_eq!(h.calls(), 4);
+}
+
+#[tokio::test]
+async fn ietf_refusal_by_a_fixed_minute_reports_the_hour_and_the_ends_of_both_windows() {
+    // T0 is 20 s into a minute and 800 s into an hour.
+    let h = Harness::new(minute_and_hour(HeaderStyle::Both, Algorithm::FixedWindow));
+    let first = h.get().await;
+    assert_eq!(
+        value(&first, "ratelimit"),
+        Some(r#""per_key.minute";r=2;t=40, "per_key.hour";r=99;t=2800"#)
+    );
+    h.spend(2, "GET", "/v1/calls").await;
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(40));
+    assert_eq!(
+        value(&refused, "ratelimit"),
+        Some(r#""per_key.minute";r=0;t=40, "per_key.hour";r=97;t=2800"#)
+    );
+    // The single-window trio keeps its promise: the window that refused,
+    // nothing left, until the retry.
+    assert_eq!(trio(&refused), (3, 0, T0 + 40));
+}
+
+#[tokio::test]
+async fn ietf_window_with_nothing_used_reports_its_whole_quota_and_no_reset() {
+    let policy = Policy::builder()
+        .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_minute(1))))
+        .limit(Limit::new("per_call", PathCapture::new("call_id")).route(
+            "POST /v1/calls/{call_id}/control",
+            Quota::new(Window::per_minute(10)),
+        ))
+        .headers(HeaderStyle::Ietf)
+        .build()
+        .unwrap();
+    let h = Harness::new(policy);
+    let first = h.send("POST", "/v1/calls/c1/control", "k").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    // The key's minute refuses; call c2's minute was never charged: all 10
+    // are left and no more is to come, so it has no `t`.
+    let refused = h.send("POST", "/v1/calls/c2/control", "k").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(60));
+    assert_eq!(
+        value(&refused, "ratelimit"),
+        Some(r#""per_key.minute";r=0;t=60, "per_call.minute";r=10"#)
+    );
+}
+
+const RATE_LIMIT_HEADERS: [&str; 6] = [
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "ratelimit",
+    "ratelimit-policy",
+    "retry-after",
+];
+
+async fn error_code(response: Res) -> String {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    json["error"]["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_rejected_key_gets_no_rate_limit_headers_in_any_style() {
+    for style in [
+        HeaderStyle::XRateLimit,
+        HeaderStyle::Ietf,
+        HeaderStyle::Both,
+    ] {
+        let h = Harness::new(
+            Policy::builder()
+                .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_minute(60))))
+                .headers(style)
+                .build()
+                .unwrap(),
+        );
+        let missing = Request::get("/v1/calls").body(String::new()).unwrap();
+        let empty = Request::get("/v1/calls")
+            .header("x-api-key", "")
+            .body(String::new())
+            .unwrap();
+        let conflicting = Request::get("/v1/calls")
+            .header("x-api-key", "k_1")
+            .header("x-api-key", "k_2")
+            .body(String::new())
+            .unwrap();
+        for (request, code) in [
+            (missing, "missing_key"),
+            (empty, "empty_key"),
+            (conflicting, "conflicting_keys"),
+        ] {
+            let response = h.svc.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{style:?}");
+            for name in RATE_LIMIT_HEADERS {
+                assert_eq!(value(&response, name), None, "{style:?} {code}: {name}");
+            }
+            assert_eq!(error_code(response).await, code, "{style:?}");
+        }
+        assert_eq!(h.calls(), 0, "{style:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_rejected_by_one_limit_is_counted_and_reported_by_none() {
+    let h = Harness::new(
+        Policy::builder()
+            .limit(Limit::new("global", Global::new()).quota(Quota::new(Window::per_minute(100))))
+            .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_minute(60))))
+            .headers(HeaderStyle::Both)
+            .build()
+            .unwrap(),
+    );
+    for _ in 0..3 {
+        let request = Request::get("/v1/calls").body(String::new()).unwrap();
+        let response = h.svc.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        for name in RATE_LIMIT_HEADERS {
+            assert_eq!(value(&response, name), None, "{name}");
+        }
+    }
+    // The global limit applied to those requests but counted none of them.
+    let keyed = h.get().await;
+    assert_eq!(keyed.status(), StatusCode::OK);
+    assert_eq!(trio(&keyed), (60, 59, T0 + 1));
+    assert_eq!(
+        value(&keyed, "ratelimit"),
+        Some(r#""global.minute";r=99;t=1, "per_key.minute";r=59;t=1"#)
+    );
 }
 
 #[tokio::test]

@@ -869,7 +869,7 @@ async fn ietf_headers_report_the_cap_as_concurrent_requests() {
     let second = answered_at_once(&mut start(&svc, call("k", "1", false))).await;
     assert_eq!(
         header(&second, "ratelimit"),
-        r#""calls.minute";r=58;t=2, "calls.concurrency";r=0"#
+        r#""calls.minute";r=58;t=1, "calls.concurrency";r=0"#
     );
     let refused = busy(&svc, "k", "2").await;
     assert_eq!(

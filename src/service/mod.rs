@@ -16,7 +16,7 @@ use tower_service::Service;
 use self::applied::{resolve, Applied, Charge, Checks, Claim};
 use self::decide::{decide_counted, emit};
 use self::in_flight::{cap_report, in_flight_of, take_now, take_waiting, Held, Taken};
-use self::respond::{build, busy, refuse, respond, slots, uncounted, window_report};
+use self::respond::{build, busy, refuse, respond, slots, window_report, Counted};
 use crate::body::ResponseBody;
 use crate::decision::{Decision, NANOS};
 use crate::event::{Event, EventKind};
@@ -172,11 +172,14 @@ where
                         continue;
                     }
                     tracing::debug!(limit = %limit.name, %error, "request refused: no usable key");
+                    // Nothing is counted before every key is known: no
+                    // rate-limit headers.
                     let produced = response::key_error(&error, request.headers());
-                    let headers = uncounted(&route.quota, policy.report, now)
-                        .map(|r| PendingHeaders::x_only(policy.headers, r))
-                        .unwrap_or_default();
-                    return ResponseFuture::produced(build(produced, headers, None));
+                    return ResponseFuture::produced(build(
+                        produced,
+                        PendingHeaders::default(),
+                        None,
+                    ));
                 }
             }
         }
@@ -184,7 +187,7 @@ where
         if let Some((li, left, bucket, report)) = banned {
             let decision = Decision::banned(left, now, report);
             emit(shared, EventKind::Refused, li, bucket, &decision);
-            return refuse(shared, decision, &request);
+            return refuse(shared, decision, None, &request);
         }
         if applied.charges.is_empty() && applied.claims.is_empty() {
             return ResponseFuture::inner(inner.call(request), None, None, None);
@@ -392,8 +395,9 @@ where
         None => Decision::admitted(),
     }
     .with_shadow_refusal(shadow_busy != 0);
+    let counted = outcome.map(|outcome| Counted { outcome, applied });
     if !decision.is_admitted() {
-        return refuse(shared, decision, &request);
+        return refuse(shared, decision, counted, &request);
     }
     for (i, claim) in applied.claims.iter().enumerate() {
         if shadow_busy & (1 << i) != 0 {
@@ -408,7 +412,7 @@ where
         }
     }
     let decision = decision.with_caps(caps());
-    respond(shared, decision, request, inner, held)
+    respond(shared, decision, counted, request, inner, held)
 }
 
 /// The request's key for `limit`, checked against the length cap.

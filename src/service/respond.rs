@@ -4,7 +4,7 @@
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::applied::Claim;
+use super::applied::{Applied, Claim};
 use super::decide::emit;
 use super::in_flight::{cap_report, Held};
 use crate::body::{ResponseBody, Slots};
@@ -12,16 +12,64 @@ use crate::concurrency::Busy;
 use crate::decision::{Decision, RefusalReason, ReportedWindow, WindowReport, NANOS};
 use crate::event::EventKind;
 use crate::future::ResponseFuture;
-use crate::headers::{PendingHeaders, Reported};
+use crate::headers::{PendingHeaders, Standing};
 use crate::layer::Shared;
-use crate::policy::Quota;
+use crate::policy::{PolicyInner, Quota};
 use crate::response::{self, Produced};
+use crate::store::Outcome;
+
+/// What the store said of a request's windows, beside the decision built
+/// from it: the IETF fields report each window's own state from it.
+#[derive(Clone, Copy)]
+pub(super) struct Counted<'a> {
+    pub(super) outcome: &'a Outcome,
+    pub(super) applied: &'a Applied,
+}
+
+impl Counted<'_> {
+    /// What window `i` of the outcome has (`None` past its windows: the
+    /// in-flight caps that follow them in the decision).
+    fn standing(&self, policy: &PolicyInner, i: usize) -> Option<Standing> {
+        let status = self.outcome.windows().get(i)?;
+        let quota = self.applied.quota(policy, usize::from(status.check));
+        let window = quota.windows().get(usize::from(status.window))?;
+        Some(Standing::of_status(
+            status,
+            quota.algorithm_kind(),
+            window.period_ns(),
+        ))
+    }
+}
+
+/// The headers for `decision`, whose windows are those of `counted` (if
+/// the store decided it) followed by in-flight caps.
+fn headers_for<St>(
+    shared: &Shared<St>,
+    decision: &Decision,
+    counted: Option<Counted<'_>>,
+) -> PendingHeaders {
+    let policy = &shared.policy;
+    // A ban's decision reports the banning window alone, not the store's.
+    let counted = counted.filter(|_| decision.refusal() != Some(RefusalReason::Banned));
+    PendingHeaders::for_decision(
+        policy.inner.headers,
+        decision,
+        |w| policy.window_name(w),
+        |i, w| {
+            counted
+                .and_then(|c| c.standing(&policy.inner, i))
+                .unwrap_or_else(|| Standing::of_report(w))
+        },
+    )
+}
 
 /// Admitted: call the inner service and decorate its response (whose body
 /// holds the request's slots). Refused: answer without calling it.
+/// `counted`: what the store said, if it decided.
 pub(super) fn respond<S, St, ReqBody, ResBody>(
     shared: &Shared<St>,
     decision: Decision,
+    counted: Option<Counted<'_>>,
     mut request: Request<ReqBody>,
     inner: &mut S,
     held: Held,
@@ -30,11 +78,9 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     if !decision.is_admitted() {
-        return refuse(shared, decision, &request);
+        return refuse(shared, decision, counted, &request);
     }
-    let policy = &shared.policy;
-    let headers =
-        PendingHeaders::for_decision(policy.inner.headers, &decision, |w| policy.window_name(w));
+    let headers = headers_for(shared, &decision, counted);
     let decision = shared.decision_extensions.then(|| {
         request.extensions_mut().insert(decision.clone());
         Box::new(decision)
@@ -42,15 +88,16 @@ where
     ResponseFuture::inner(inner.call(request), Some(headers), decision, slots(held))
 }
 
-/// The layer's own answer to a refused request.
+/// The layer's own answer to a refused request; `counted`: what the store
+/// said, if it decided.
 pub(super) fn refuse<F, B, E, St, ReqBody>(
     shared: &Shared<St>,
     decision: Decision,
+    counted: Option<Counted<'_>>,
     request: &Request<ReqBody>,
 ) -> ResponseFuture<F, B, E> {
     let policy = &shared.policy;
-    let headers =
-        PendingHeaders::for_decision(policy.inner.headers, &decision, |w| policy.window_name(w));
+    let headers = headers_for(shared, &decision, counted);
     let status = if decision.refusal() == Some(RefusalReason::Busy) {
         policy.inner.busy_status
     } else {
@@ -82,7 +129,7 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
         claim.bucket,
         &decision,
     );
-    refuse(shared, decision, request)
+    refuse(shared, decision, None, request)
 }
 
 /// The slots a response body holds.
@@ -98,17 +145,6 @@ fn quota_window(quota: &Quota, report: ReportedWindow) -> usize {
         ReportedWindow::MostRestrictive => None,
     }
     .unwrap_or(0)
-}
-
-/// What the headers report for a request that was not counted: the limit
-/// that would have applied, untouched (`None` for an in-flight cap alone).
-pub(super) fn uncounted(quota: &Quota, report: ReportedWindow, now: u64) -> Option<Reported> {
-    let window = quota.windows().get(quota_window(quota, report))?;
-    Some(Reported {
-        limit: window.limit(),
-        remaining: window.limit(),
-        reset: now.div_ceil(NANOS),
-    })
 }
 
 /// The reported window of `quota` (route `ri` of limit `li`), before any
