@@ -1256,3 +1256,437 @@ mod secrecy {
         assert_absent(&h.send(auth(&format!("Basic {SECRET}"))).await, "basic");
     }
 }
+
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`: every IPv4 peer of a
+/// dual-stack listener) are their IPv4 address: as the peer, in forwarded
+/// headers, in trusted-proxy lists and in exempt ranges.
+mod dual_stack {
+    use super::*;
+    use tower_ratelimit::key::ForwardedHeader;
+
+    fn forwarded(peer: &str, xff: &str) -> Request<String> {
+        from_peer(peer, get("/").header("x-forwarded-for", xff))
+    }
+
+    fn behind(trusted: &[&str], n: u32) -> Harness {
+        Harness::one_limit(
+            Limit::new("per_ip", ForwardedIp::new(trusted).unwrap()).quota(per_minute(n)),
+        )
+    }
+
+    /// `X-RateLimit-Remaining` of an admitted request.
+    async fn remaining(h: &Harness, request: Request<String>) -> String {
+        let reply = h.send(request).await;
+        assert_eq!(reply.status, StatusCode::OK, "body: {:?}", reply.body);
+        reply.header("x-ratelimit-remaining").to_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dual_stack_peer_is_a_trusted_ipv4_proxy_and_its_clients_are_counted_apart() {
+        let h = behind(&["127.0.0.1"], 2);
+        let proxy = "::ffff:127.0.0.1";
+        assert_eq!(remaining(&h, forwarded(proxy, "203.0.113.1")).await, "1");
+        assert_eq!(remaining(&h, forwarded(proxy, "203.0.113.1")).await, "0");
+        assert_eq!(
+            h.status(forwarded(proxy, "203.0.113.1")).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // Another client behind the same proxy has its own bucket.
+        assert_eq!(remaining(&h, forwarded(proxy, "203.0.113.2")).await, "1");
+        // The proxy's own requests (no header) are the proxy's bucket, which
+        // neither client touched, whichever way its address is written.
+        assert_eq!(remaining(&h, from_peer(proxy, get("/"))).await, "1");
+        assert_eq!(remaining(&h, from_peer("127.0.0.1", get("/"))).await, "0");
+        assert_eq!(h.calls(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mapped_forwarded_address_shares_the_ipv4_bucket() {
+        let h = behind(&["127.0.0.1"], 4);
+        assert_eq!(remaining(&h, forwarded("127.0.0.1", "1.2.3.4")).await, "3");
+        assert_eq!(
+            remaining(&h, forwarded("::ffff:127.0.0.1", "::ffff:1.2.3.4")).await,
+            "2"
+        );
+        assert_eq!(
+            remaining(&h, forwarded("127.0.0.1", "[::ffff:1.2.3.4]:5000")).await,
+            "1"
+        );
+        assert_eq!(
+            remaining(
+                &h,
+                forwarded("::ffff:127.0.0.1", "0:0:0:0:0:FFFF:0102:0304")
+            )
+            .await,
+            "0"
+        );
+        assert_eq!(
+            h.status(forwarded("127.0.0.1", "1.2.3.4")).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+
+        let h = Harness::one_limit(
+            Limit::new(
+                "per_ip",
+                ForwardedIp::new(["127.0.0.1"])
+                    .unwrap()
+                    .header(ForwardedHeader::Forwarded),
+            )
+            .quota(per_minute(2)),
+        );
+        let fwd = |peer: &str, v: &str| from_peer(peer, get("/").header("forwarded", v));
+        assert_eq!(
+            remaining(&h, fwd("::ffff:127.0.0.1", "for=1.2.3.4")).await,
+            "1"
+        );
+        assert_eq!(
+            remaining(&h, fwd("::ffff:127.0.0.1", r#"for="[::ffff:1.2.3.4]:80""#)).await,
+            "0"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mapped_trusted_hop_is_skipped() {
+        let h = behind(&["10.0.0.0/8"], 2);
+        assert_eq!(
+            remaining(&h, forwarded("10.0.0.1", "203.0.113.7, ::ffff:10.0.0.2")).await,
+            "1"
+        );
+        assert_eq!(
+            remaining(&h, forwarded("10.0.0.1", "203.0.113.7")).await,
+            "0"
+        );
+        assert_eq!(
+            remaining(&h, forwarded("10.0.0.1", "203.0.113.8, ::ffff:10.0.0.2")).await,
+            "1",
+            "another client behind the same hop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trusted_proxies_written_as_mapped_addresses_or_ranges_are_ipv4() {
+        let h = behind(&["::ffff:127.0.0.1", "::ffff:10.0.0.0/104"], 3);
+        assert_eq!(
+            remaining(&h, forwarded("127.0.0.1", "203.0.113.1")).await,
+            "2"
+        );
+        assert_eq!(
+            remaining(&h, forwarded("10.9.8.7", "203.0.113.1")).await,
+            "1"
+        );
+        assert_eq!(
+            remaining(&h, forwarded("::ffff:10.9.8.7", "203.0.113.1")).await,
+            "0"
+        );
+        assert_eq!(
+            remaining(&h, forwarded("10.9.8.7", "203.0.113.2")).await,
+            "2"
+        );
+        // Outside the ranges the header is ignored: the peer is the client.
+        assert_eq!(
+            remaining(&h, forwarded("11.0.0.1", "203.0.113.2")).await,
+            "2"
+        );
+        assert_eq!(
+            remaining(&h, forwarded("11.0.0.1", "203.0.113.3")).await,
+            "1"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_range_trusts_no_ipv4_peer() {
+        let h = behind(&["::/0"], 2);
+        assert_eq!(
+            remaining(&h, forwarded("::ffff:198.51.100.1", "203.0.113.1")).await,
+            "1"
+        );
+        assert_eq!(
+            remaining(&h, forwarded("::ffff:198.51.100.1", "203.0.113.2")).await,
+            "0",
+            "both counted as the peer 198.51.100.1"
+        );
+        assert_eq!(
+            remaining(&h, forwarded("2001:db8::1", "203.0.113.1")).await,
+            "1",
+            "an IPv6 peer is trusted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forwarded_element_with_two_for_parameters_is_401_malformed_key() {
+        let h = Harness::one_limit(
+            Limit::new(
+                "per_ip",
+                ForwardedIp::new(["10.0.0.0/8"])
+                    .unwrap()
+                    .header(ForwardedHeader::Forwarded),
+            )
+            .quota(per_minute(10)),
+        );
+        for value in [
+            "for=203.0.113.7;for=198.51.100.1",
+            "for=unknown;for=198.51.100.1",
+            "for=198.51.100.2, for=203.0.113.7;proto=https;FOR=10.0.0.3",
+        ] {
+            let reply = h
+                .send(from_peer("10.0.0.1", get("/").header("forwarded", value)))
+                .await;
+            assert_key_error(&reply, KeyErrorKind::Malformed, "Forwarded header");
+        }
+        assert_eq!(h.calls(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exempt_ranges_written_as_mapped_addresses_exempt_ipv4_peers() {
+        let h = Harness::one_limit(
+            Limit::new("per_ip", PeerIp::new())
+                .quota(per_minute(1))
+                .exempt_ips(["::ffff:10.0.0.0/104"]),
+        );
+        for peer in ["10.1.2.3", "10.1.2.3", "::ffff:10.1.2.3"] {
+            assert_eq!(h.status(from_peer(peer, get("/"))).await, StatusCode::OK);
+        }
+        assert_eq!(
+            h.status(from_peer("192.0.2.1", get("/"))).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            h.status(from_peer("::ffff:192.0.2.1", get("/"))).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(h.calls(), 4);
+    }
+}
+
+/// A key that could be read two ways is refused, never counted as a third
+/// key: comma-folded header lines, and bearer tokens outside RFC 6750.
+mod ambiguity {
+    use super::*;
+
+    const BEARER: &str = "Bearer token in the Authorization header";
+
+    fn auth(value: impl TryInto<HeaderValue, Error: std::fmt::Debug>) -> Request<String> {
+        get("/v1/calls")
+            .header(AUTHORIZATION, value.try_into().unwrap())
+            .body(String::new())
+            .unwrap()
+    }
+
+    fn api_keys(values: &[&str]) -> Request<String> {
+        let mut request = get("/v1/calls");
+        for value in values {
+            request = request.header("x-api-key", *value);
+        }
+        request.body(String::new()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_comma_in_a_key_header_is_the_401_of_duplicated_lines() {
+        let h = guarded(Limit::new("per_key", api_key()).quota(per_minute(10)));
+        let lines = h.send(api_keys(&["k_victim", "k_attacker"])).await;
+        assert_key_error(&lines, KeyErrorKind::Conflicting, "X-API-Key header");
+        for folded in [
+            "k_victim, k_attacker",
+            "k_victim,k_attacker",
+            "k_1,",
+            ",k_1",
+        ] {
+            let reply = h.send(api_keys(&[folded])).await;
+            assert_key_error(&reply, KeyErrorKind::Conflicting, "X-API-Key header");
+            assert_eq!(reply.body, lines.body, "{folded:?}");
+        }
+        assert_eq!(
+            lines.json()["error"]["message"],
+            "The request has more than one X-API-Key header, with different values."
+        );
+        // A comma in one of several lines too.
+        let reply = h.send(api_keys(&["k_1", "k_1, k_2"])).await;
+        assert_eq!(reply.body, lines.body);
+        // Nothing was counted.
+        rejects_uncounted(
+            &h,
+            api_keys(&["k_1, k_2"]),
+            KeyErrorKind::Conflicting,
+            "X-API-Key header",
+            with_key("k_1"),
+        )
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_folded_header_of_equal_values_is_that_one_key() {
+        let h = Harness::one_limit(Limit::new("per_key", api_key()).quota(per_minute(3)));
+        let remaining = |reply: Reply| {
+            assert_eq!(reply.status, StatusCode::OK);
+            reply.header("x-ratelimit-remaining").to_owned()
+        };
+        assert_eq!(remaining(h.send(api_keys(&["k_1, k_1"])).await), "2");
+        assert_eq!(remaining(h.send(api_keys(&["k_1", "k_1,k_1"])).await), "1");
+        assert_eq!(remaining(h.send(with_key("k_1")).await), "0");
+        assert_eq!(
+            h.status(api_keys(&["k_1,k_1"])).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_comma_never_falls_back_to_the_next_alternative() {
+        let h = Harness::one_limit(
+            Limit::new("per_client", FirstOf::new().or(api_key()).or(PeerIp::new()))
+                .quota(per_minute(10)),
+        );
+        let reply = h
+            .send(from_peer(
+                "192.0.2.1",
+                get("/").header("x-api-key", "k_1, k_2"),
+            ))
+            .await;
+        assert_key_error(&reply, KeyErrorKind::Conflicting, "X-API-Key header");
+        assert_eq!(h.calls(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allow_commas_reads_a_comma_as_part_of_the_key() {
+        let h = Harness::one_limit(
+            Limit::new("per_key", api_key().allow_commas()).quota(per_minute(2)),
+        );
+        let remaining = |reply: Reply| {
+            assert_eq!(reply.status, StatusCode::OK, "body: {:?}", reply.body);
+            reply.header("x-ratelimit-remaining").to_owned()
+        };
+        assert_eq!(remaining(h.send(api_keys(&["K, K2"])).await), "1");
+        assert_eq!(remaining(h.send(api_keys(&[" K, K2 "])).await), "0");
+        assert_eq!(
+            h.status(api_keys(&["K, K2"])).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // `K, K2` is neither `K` nor `K2`, nor `K,K2`.
+        assert_eq!(remaining(h.send(with_key("K")).await), "1");
+        assert_eq!(remaining(h.send(with_key("K2")).await), "1");
+        assert_eq!(remaining(h.send(with_key("K,K2")).await), "1");
+        // Lines with different values are still a conflict.
+        let reply = h.send(api_keys(&["K", "K2"])).await;
+        assert_key_error(&reply, KeyErrorKind::Conflicting, "X-API-Key header");
+        assert_eq!(h.calls(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bearer_credentials_outside_rfc_6750_are_401_and_uncounted() {
+        const TOKEN: &str = "The Bearer token in the Authorization header is malformed. \
+                             A bearer token is letters, digits and `-._~+/`, then optional `=` padding.";
+        const SCHEME: &str =
+            "The Authorization header is malformed. Expected `Authorization: Bearer <token>`.";
+        const ENCODING: &str = "The Bearer token in the Authorization header is not valid UTF-8.";
+        let malformed_token = |v: &[u8]| (v.to_vec(), KeyErrorKind::Malformed, BEARER, TOKEN);
+        let mut cases: Vec<_> = [
+            "Bearer tok\tx",
+            "Bearer \ttok",
+            "Bearer tok x",
+            "Bearer tok=x",
+            "Bearer =tok",
+            "Bearer ==",
+            "Bearer tok==x",
+            "Bearer t\u{e9}k",
+            "Bearer tok\"",
+        ]
+        .iter()
+        .map(|v| malformed_token(v.as_bytes()))
+        .collect();
+        for c in b"!#$%&'()*:;<>?@[\\]^`{|}" {
+            cases.push(malformed_token(
+                &[b"Bearer tok".as_slice(), &[*c], b"x"].concat(),
+            ));
+        }
+        // The scheme is followed by one or more spaces, nothing else.
+        for value in ["Bearer\ttok", "Bearertok", "Bearer-tok", "Token tok"] {
+            let value = value.as_bytes().to_vec();
+            cases.push((
+                value,
+                KeyErrorKind::Malformed,
+                "Authorization header",
+                SCHEME,
+            ));
+        }
+        cases.push((
+            b"Bearer tok\xff".to_vec(),
+            KeyErrorKind::NotUtf8,
+            BEARER,
+            ENCODING,
+        ));
+        // Other control characters cannot even reach a header value.
+        for c in (0u8..0x20).filter(|&c| c != b'\t').chain([0x7f]) {
+            assert!(HeaderValue::from_bytes(&[b't', c]).is_err());
+        }
+        for (value, kind, source, message) in cases {
+            let shown = String::from_utf8_lossy(&value).into_owned();
+            let h = guarded(Limit::new("per_token", Bearer::new()).quota(per_minute(10)));
+            let bad = || auth(HeaderValue::from_bytes(&value).unwrap());
+            let reply = h.send(bad()).await;
+            assert_key_error(&reply, kind, source);
+            assert_eq!(reply.json()["error"]["message"], message, "{shown:?}");
+            rejects_uncounted(&h, bad(), kind, source, auth("Bearer tok_1")).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn b64tokens_are_admitted_and_counted_exactly() {
+        let h = Harness::one_limit(Limit::new("per_token", Bearer::new()).quota(per_minute(3)));
+        let remaining = |reply: Reply| {
+            assert_eq!(reply.status, StatusCode::OK, "body: {:?}", reply.body);
+            reply.header("x-ratelimit-remaining").to_owned()
+        };
+        let token = "aZ09-._~+/Tok==";
+        for (value, left) in [
+            (format!("Bearer {token}"), "2"),
+            // One or more spaces after the scheme, any case.
+            (format!("bEaReR    {token}"), "1"),
+            // Duplicated lines folded by a proxy, when they agree.
+            (format!("Bearer {token}, Bearer {token}"), "0"),
+        ] {
+            assert_eq!(
+                remaining(h.send(auth(value.as_str())).await),
+                left,
+                "{value}"
+            );
+        }
+        assert_eq!(
+            h.status(auth(format!("Bearer {token}").as_str())).await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // Padding and case are part of the token.
+        for other in ["aZ09-._~+/Tok=", "aZ09-._~+/Tok", "aZ09-._~+/TOK==", "x="] {
+            assert_eq!(
+                remaining(h.send(auth(format!("Bearer {other}").as_str())).await),
+                "2",
+                "{other}"
+            );
+        }
+        assert_eq!(h.calls(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn folded_authorization_lines_that_differ_are_the_401_of_duplicated_lines() {
+        let h = guarded(Limit::new("per_token", Bearer::new()).quota(per_minute(10)));
+        let lines = h
+            .send(
+                get("/v1/calls")
+                    .header(AUTHORIZATION, "Bearer tok_1")
+                    .header(AUTHORIZATION, "Bearer tok_2")
+                    .body(String::new())
+                    .unwrap(),
+            )
+            .await;
+        assert_key_error(&lines, KeyErrorKind::Conflicting, BEARER);
+        let folded = h.send(auth("Bearer tok_1, Bearer tok_2")).await;
+        assert_key_error(&folded, KeyErrorKind::Conflicting, BEARER);
+        assert_eq!(folded.body, lines.body);
+        rejects_uncounted(
+            &h,
+            auth("Bearer tok_1,tok_2"),
+            KeyErrorKind::Conflicting,
+            BEARER,
+            auth("Bearer tok_1"),
+        )
+        .await;
+    }
+}

@@ -2,13 +2,13 @@
 //! sensible `Err`, and never panics. The same entry points as the fuzz
 //! targets in `fuzz/`, run on stable in CI.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use http::{HeaderValue, Request};
 use proptest::prelude::*;
 use tower_ratelimit::key::{
-    Bearer, ForwardedHeader, ForwardedIp, Header, KeyExtractor, PeerIp, RequestView,
+    Bearer, ForwardedHeader, ForwardedIp, Header, KeyErrorKind, KeyExtractor, PeerIp, RequestView,
 };
 use tower_ratelimit::policy::{Methods, PathPattern, PathSegments};
 use tower_ratelimit::{ConfigError, ConfigErrorKind, Policy};
@@ -237,7 +237,13 @@ proptest! {
         authorization in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
         forwarded_for in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
         forwarded in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..3),
-        peer in prop::sample::select(vec!["10.0.0.1:1", "[2001:db8::1]:1", "198.51.100.1:1"]),
+        peer in prop::sample::select(vec![
+            "10.0.0.1:1",
+            "[::ffff:10.0.0.1]:1",
+            "[2001:db8::1]:1",
+            "198.51.100.1:1",
+            "[::ffff:198.51.100.1]:1",
+        ]),
         prefix in any::<u8>(),
     ) {
         extract_all(&[
@@ -252,18 +258,21 @@ proptest! {
     fn address_like_headers_extract_or_fail(
         forwarded_for in "[0-9a-f:\\[\\]., ]{0,40}",
         forwarded in "(for=|proto=|;|,| |\"|\\[|\\]|[0-9a-f:.]){0,20}",
-        authorization in "(Bearer|bearer|Basic)?[ \t]{0,2}[a-z ]{0,6}",
+        authorization in "(Bearer|bearer|BEARER|Basic)?[ \t]{0,2}[a-zA-Z0-9 \t=,~+/._!-]{0,8}",
+        api_key in "[a-z ,\t]{0,8}",
+        peer in prop::sample::select(vec!["10.1.2.3:9", "[::ffff:10.1.2.3]:9"]),
     ) {
         extract_all(&[
             ("x-forwarded-for", vec![forwarded_for.into_bytes()]),
             ("forwarded", vec![forwarded.into_bytes()]),
             ("authorization", vec![authorization.into_bytes()]),
-        ], "10.1.2.3:9".parse().unwrap(), 64);
+            ("x-api-key", vec![api_key.into_bytes()]),
+        ], peer.parse().unwrap(), 64);
     }
 }
 
-/// Runs every header-reading extractor over a request with these headers.
-fn extract_all(headers: &[(&'static str, Vec<Vec<u8>>)], peer: SocketAddr, prefix: u8) {
+/// A request with these headers from `peer`.
+fn request_with(headers: &[(&'static str, Vec<Vec<u8>>)], peer: SocketAddr) -> Request<()> {
     let mut request = Request::new(());
     for (name, values) in headers {
         for value in values {
@@ -273,20 +282,72 @@ fn extract_all(headers: &[(&'static str, Vec<Vec<u8>>)], peer: SocketAddr, prefi
         }
     }
     request.extensions_mut().insert(peer);
+    request
+}
+
+/// Every extractor's key (its bytes) or error kind.
+fn keys(
+    extractors: &[Box<dyn KeyExtractor>],
+    view: &RequestView<'_>,
+) -> Vec<Result<Vec<u8>, KeyErrorKind>> {
+    extractors
+        .iter()
+        .map(|e| {
+            e.extract(view)
+                .map(|k| k.to_bytes().into_owned())
+                .map_err(|e| e.kind())
+        })
+        .collect()
+}
+
+/// Runs every header-reading extractor over a request with these headers:
+/// no panic, no empty key, a bearer key is an RFC 6750 `b64token`, a header
+/// key is trimmed and (unless commas are allowed) holds no comma, and an
+/// IPv4 peer gets the same keys written as IPv4-mapped IPv6.
+fn extract_all(headers: &[(&'static str, Vec<Vec<u8>>)], peer: SocketAddr, prefix: u8) {
+    let request = request_with(headers, peer);
     let view = RequestView::new(&request, None);
     let trust_all = ForwardedIp::new(["0.0.0.0/0", "::/0"]).unwrap();
     let extractors: Vec<Box<dyn KeyExtractor>> = vec![
         Box::new(Header::parse("X-API-Key").unwrap()),
+        Box::new(Header::parse("X-API-Key").unwrap().allow_commas()),
         Box::new(Bearer::new()),
         Box::new(trust_all.clone()),
         Box::new(trust_all.header(ForwardedHeader::Forwarded)),
         Box::new(ForwardedIp::new(["10.0.0.0/8"]).unwrap()),
+        Box::new(ForwardedIp::new(["::ffff:10.0.0.0/104"]).unwrap()),
         Box::new(PeerIp::new()),
     ];
-    for extractor in &extractors {
-        if let Ok(key) = extractor.extract(&view) {
-            assert!(!key.is_empty());
-        }
+    let found = keys(&extractors, &view);
+    for key in found.iter().flatten() {
+        assert!(!key.is_empty());
+    }
+    for key in found[..2].iter().flatten() {
+        assert!(!key.starts_with(b" ") && !key.ends_with(b" "), "{key:?}");
+        assert!(!key.starts_with(b"\t") && !key.ends_with(b"\t"), "{key:?}");
+    }
+    if let Ok(key) = &found[0] {
+        assert!(!key.contains(&b','), "{key:?}");
+    }
+    if let Ok(token) = &found[2] {
+        let body = token
+            .iter()
+            .rposition(|&b| b != b'=')
+            .expect("a token body");
+        assert!(
+            token[..=body]
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)),
+            "{token:?}"
+        );
+    }
+    let twin = match peer.ip() {
+        IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+    };
+    if let Some(twin) = twin {
+        let twin = request_with(headers, SocketAddr::new(twin, peer.port()));
+        assert_eq!(keys(&extractors, &RequestView::new(&twin, None)), found);
     }
     if let Ok(peer_ip) = PeerIp::new().ipv6_prefix(prefix) {
         assert!(peer_ip.extract(&view).is_ok());

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use http::header::{HeaderName, AUTHORIZATION};
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 
 use super::{Key, KeyError, KeyErrorKind, KeyExtractor, RequestView};
 use crate::error::ConfigError;
@@ -12,17 +12,26 @@ use crate::error::ConfigError;
 ///
 /// The header may appear more than once only with the same value; different
 /// values are a [`KeyErrorKind::Conflicting`] error, never "the first one".
+/// A comma in the value is read the same way, because a proxy may fold
+/// duplicated header lines into one, comma-separated: `X-API-Key: k_1, k_2`
+/// is a conflict and `X-API-Key: k_1, k_1` is `k_1`. Keys that may hold
+/// commas need [`Header::allow_commas`].
 #[derive(Debug, Clone)]
 pub struct Header {
     name: HeaderName,
     display: Box<str>,
+    commas: Commas,
 }
 
 impl Header {
     /// The header `name`.
     pub fn new(name: HeaderName) -> Self {
         let display = format!("{name} header").into_boxed_str();
-        Header { name, display }
+        Header {
+            name,
+            display,
+            commas: Commas::Separate,
+        }
     }
 
     /// The header named `name` (case-insensitive), or an error if `name` is
@@ -37,7 +46,20 @@ impl Header {
         Ok(Header {
             name: parsed,
             display: format!("{name} header").into_boxed_str(),
+            commas: Commas::Separate,
         })
+    }
+
+    /// Reads a comma as part of the key: `X-API-Key: k_1, k_2` is the one key
+    /// `k_1, k_2` instead of a [`KeyErrorKind::Conflicting`] error. Header
+    /// lines with different values are still a conflict. Use it only when
+    /// keys may hold commas and no proxy in front of the service folds
+    /// duplicated header lines into one (a client could then send two keys
+    /// and be counted as a third).
+    #[must_use]
+    pub fn allow_commas(mut self) -> Self {
+        self.commas = Commas::InKey;
+        self
     }
 
     /// The header's name.
@@ -48,8 +70,8 @@ impl Header {
 
 impl KeyExtractor for Header {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
-        let value = single_value(request.headers(), &self.name, &self.display)?;
-        text_key(value.as_bytes(), &self.display)
+        let value = single_value(request.headers(), &self.name, &self.display, self.commas)?;
+        text_key(value, &self.display)
     }
 
     fn describe(&self) -> Cow<'_, str> {
@@ -57,8 +79,15 @@ impl KeyExtractor for Header {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header (the scheme is
-/// case-insensitive).
+/// The token of an `Authorization: Bearer <token>` header.
+///
+/// The scheme is case-insensitive and followed by one or more spaces; the
+/// token must be an RFC 6750 `b64token`: letters, digits, `-._~+/`, then
+/// optional `=` padding. Anything else (a tab, a space or a comma inside,
+/// `=` before the end, another scheme) is a [`KeyErrorKind::Malformed`]
+/// error, not a new key. Duplicated `Authorization` lines, or lines a proxy
+/// folded into one with a comma, are one token only when they agree, like
+/// [`Header`]'s.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bearer {
     _private: (),
@@ -75,11 +104,15 @@ const BEARER_SOURCE: &str = "Bearer token in the Authorization header";
 
 impl KeyExtractor for Bearer {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
-        let value = single_value(request.headers(), &AUTHORIZATION, BEARER_SOURCE)?;
-        let bytes = value.as_bytes();
-        let (scheme, token) = match bytes.iter().position(|&b| b == b' ') {
-            Some(i) => (&bytes[..i], &bytes[i + 1..]),
-            None => (bytes, &b""[..]),
+        let credentials = single_value(
+            request.headers(),
+            &AUTHORIZATION,
+            BEARER_SOURCE,
+            Commas::Separate,
+        )?;
+        let (scheme, token) = match credentials.iter().position(|&b| b == b' ') {
+            Some(i) => (&credentials[..i], &credentials[i + 1..]),
+            None => (credentials, &b""[..]),
         };
         if !scheme.eq_ignore_ascii_case(b"bearer") {
             return Err(
@@ -87,12 +120,17 @@ impl KeyExtractor for Bearer {
                     .with_detail("Expected `Authorization: Bearer <token>`."),
             );
         }
-        let token = trim_spaces(token);
-        if token.contains(&b' ') {
-            return Err(KeyError::new(KeyErrorKind::Malformed, BEARER_SOURCE)
-                .with_detail("A bearer token has no spaces."));
+        let start = token.iter().position(|&b| b != b' ').unwrap_or(token.len());
+        let token = &token[start..];
+        let key = text_key(token, BEARER_SOURCE)?;
+        if !is_b64token(token) {
+            return Err(
+                KeyError::new(KeyErrorKind::Malformed, BEARER_SOURCE).with_detail(
+                    "A bearer token is letters, digits and `-._~+/`, then optional `=` padding.",
+                ),
+            );
         }
-        text_key(token, BEARER_SOURCE)
+        Ok(key)
     }
 
     fn describe(&self) -> Cow<'_, str> {
@@ -100,14 +138,29 @@ impl KeyExtractor for Bearer {
     }
 }
 
-/// The one value of header `name`, or an error if it is missing or given
-/// twice with different values.
+/// Whether a comma in a key header separates values or is part of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commas {
+    /// A comma separates values, as between folded header lines.
+    Separate,
+    /// A comma is part of the key.
+    InKey,
+}
+
+/// The one value of header `name`, trimmed, or why there is none: no line
+/// at all, or lines (with [`Commas::Separate`], comma-separated elements of
+/// lines) that differ.
 fn single_value<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
     source: &str,
-) -> Result<&'a HeaderValue, KeyError> {
-    let mut values = headers.get_all(name).iter();
+    commas: Commas,
+) -> Result<&'a [u8], KeyError> {
+    let mut values = headers.get_all(name).iter().flat_map(|value| {
+        let bytes = value.as_bytes();
+        let separator = move |b: &u8| commas == Commas::Separate && *b == b',';
+        bytes.split(separator).map(trim_spaces)
+    });
     let Some(first) = values.next() else {
         return Err(KeyError::new(KeyErrorKind::Missing, source.to_owned()));
     };
@@ -117,9 +170,8 @@ fn single_value<'a>(
     Ok(first)
 }
 
-/// A key from header bytes: trimmed, non-empty, UTF-8.
+/// A key from trimmed header bytes: non-empty, UTF-8.
 fn text_key<'a>(bytes: &'a [u8], source: &str) -> Result<Key<'a>, KeyError> {
-    let bytes = trim_spaces(bytes);
     if bytes.is_empty() {
         return Err(KeyError::new(KeyErrorKind::Empty, source.to_owned()));
     }
@@ -129,6 +181,17 @@ fn text_key<'a>(bytes: &'a [u8], source: &str) -> Result<Key<'a>, KeyError> {
     Ok(Key::borrowed(bytes))
 }
 
+/// RFC 6750 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" /
+/// "/" ) *"="`.
+fn is_b64token(token: &[u8]) -> bool {
+    let body = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
+    body > 0
+        && token[..body].iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+/// The bytes without leading and trailing spaces and tabs.
 fn trim_spaces(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::header::{HeaderName, FORWARDED};
 use http::Extensions;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::{Key, KeyError, KeyErrorKind, KeyExtractor, RequestView};
 use crate::error::ConfigError;
@@ -99,6 +99,14 @@ impl ForwardedHeader {
 /// [`KeyErrorKind::Malformed`] error rather than a bucket shared by strangers. Only
 /// the configured header is read (a proxy that manages `X-Forwarded-For`
 /// passes a client's forged `Forwarded` through untouched).
+///
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`, what a dual-stack
+/// listener reports for an IPv4 peer) are their IPv4 address everywhere: as
+/// the peer, as an entry of the header and as a trusted proxy, so
+/// `127.0.0.1` trusts a proxy that connects as `::ffff:127.0.0.1`, and
+/// `::ffff:127.0.0.1` or `::ffff:10.0.0.0/104` in the trusted list mean
+/// `127.0.0.1` and `10.0.0.0/8`. An IPv6 range that is wider than the mapped
+/// range (`::/0`) trusts IPv6 peers only: list IPv4 proxies as IPv4.
 ///
 /// ```
 /// use tower_ratelimit::key::ForwardedIp;
@@ -216,11 +224,14 @@ fn check_prefix(prefix: u8) -> Result<u8, ConfigError> {
     }
 }
 
-/// An IP address or CIDR range, as written in a policy.
+/// An IP address or CIDR range, as written in a policy, in the form
+/// [`canonical`] addresses are compared with: a range of IPv4-mapped IPv6
+/// addresses (`::ffff:10.0.0.0/104`) is the IPv4 range (`10.0.0.0/8`).
 pub(crate) fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
     let text = text.trim();
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map(canonical_net)
         .map_err(|_| {
             ConfigError::invalid(
                 "",
@@ -232,20 +243,44 @@ pub(crate) fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
         })
 }
 
+/// A range of IPv4-mapped IPv6 addresses as the IPv4 range it maps; any
+/// other range as is (one wider than `::ffff:0:0/96` holds IPv6 addresses
+/// too, so it is not an IPv4 range).
+fn canonical_net(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    match (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96)) {
+        (Some(v4), Some(prefix)) => Ipv4Net::new(v4, prefix).map_or(net, IpNet::V4),
+        _ => net,
+    }
+}
+
+/// An address as the crate compares and keys it: an IPv4-mapped IPv6
+/// address (`::ffff:192.0.2.1`, what a dual-stack listener reports for an
+/// IPv4 peer, and what a proxy may forward) is its IPv4 address, so it meets
+/// IPv4 trusted proxies and exempt ranges and keys the IPv4 client's bucket.
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+/// The peer's address, [`canonical`], from the request's extensions.
 pub(crate) fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-        return Some(info.0.ip());
+        return Some(canonical(info.0.ip()));
     }
     extensions
         .get::<SocketAddr>()
         .map(SocketAddr::ip)
         .or_else(|| extensions.get::<IpAddr>().copied())
+        .map(canonical)
 }
 
-/// The key of an address: IPv4 as is, IPv6 masked to `v6_prefix` bits.
+/// The key of a [`canonical`] address: IPv4 as is, IPv6 masked to
+/// `v6_prefix` bits.
 fn ip_key<'a>(ip: IpAddr, v6_prefix: u8) -> Key<'a> {
-    match ip.to_canonical() {
+    match ip {
         IpAddr::V4(v4) => Key::copied(&v4.octets()),
         IpAddr::V6(v6) => {
             let mask = u128::MAX
@@ -257,19 +292,17 @@ fn ip_key<'a>(ip: IpAddr, v6_prefix: u8) -> Key<'a> {
 }
 
 /// An address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
-/// `[2001:db8::1]:80`.
+/// `[2001:db8::1]:80`; [`canonical`], so `::ffff:1.2.3.4` is `1.2.3.4`.
 fn parse_forwarded_address(text: &str) -> Option<IpAddr> {
     let text = text.trim_matches('"');
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Some(addr.ip());
-    }
-    text.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+    let ip = text
+        .parse::<IpAddr>()
+        .or_else(|_| text.parse::<SocketAddr>().map(|addr| addr.ip()))
+        .ok()
+        .or_else(|| text.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(canonical(ip))
 }
 
-/// The `for=` parameter of one `Forwarded` element.
 /// Who a forwarding header says the client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Client<'a> {
@@ -280,26 +313,30 @@ enum Client<'a> {
 }
 
 /// The `for=` parameter of one `Forwarded` element. `for=unknown` is not a
-/// client (it would pool every unknown client in one bucket), so it is `None`.
+/// client (it would pool every unknown client in one bucket), so it is `None`;
+/// so is an element with more than one `for=` (RFC 7239 allows one, and
+/// which of them a proxy wrote cannot be known).
 fn forwarded_for(element: &str) -> Option<Client<'_>> {
-    element.split(';').find_map(|pair| {
+    let mut values = element.split(';').filter_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
-        if !name.trim().eq_ignore_ascii_case("for") {
-            return None;
-        }
-        let value = value.trim().trim_matches('"');
-        let token = value.split_once(':').map_or(value, |(node, _port)| node);
-        let obfuscated = token.len() > 1
-            && token.starts_with('_')
-            && token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if obfuscated {
-            Some(Client::Obfuscated(token))
-        } else {
-            parse_forwarded_address(value).map(Client::Ip)
-        }
-    })
+        name.trim().eq_ignore_ascii_case("for").then_some(value)
+    });
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let value = value.trim().trim_matches('"');
+    let token = value.split_once(':').map_or(value, |(node, _port)| node);
+    let obfuscated = token.len() > 1
+        && token.starts_with('_')
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if obfuscated {
+        Some(Client::Obfuscated(token))
+    } else {
+        parse_forwarded_address(value).map(Client::Ip)
+    }
 }
 
 /// The key of an obfuscated identifier. It starts with `ff 00`, so it can
@@ -324,8 +361,9 @@ mod tests {
                 .append("x-forwarded-for", v.parse().unwrap());
         }
         req.extensions_mut().insert(peer.parse::<IpAddr>().unwrap());
+        let peer = peer_ip(req.extensions()).unwrap();
         extractor
-            .client(peer.parse().unwrap(), &RequestView::new(&req, None))
+            .client(peer, &RequestView::new(&req, None))
             .map(|c| match c {
                 Client::Ip(ip) => Client::Ip(ip),
                 Client::Obfuscated(_) => unreachable!("X-Forwarded-For holds addresses only"),
@@ -361,6 +399,41 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_addresses_are_their_ipv4_address() {
+        let ip = |s: &str| Client::Ip(s.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client(&["2.2.2.2"], "::ffff:10.0.0.1"),
+            Ok(ip("2.2.2.2")),
+            "a dual-stack peer in a trusted IPv4 range is trusted"
+        );
+        assert_eq!(
+            client(&["2.2.2.2, ::ffff:10.0.0.2"], "10.0.0.1"),
+            Ok(ip("2.2.2.2")),
+            "a mapped trusted hop is skipped"
+        );
+        assert_eq!(
+            client(&["[::ffff:2.2.2.2]:443"], "10.0.0.1"),
+            Ok(ip("2.2.2.2"))
+        );
+        assert_eq!(
+            client(&["0:0:0:0:0:FFFF:0202:0202"], "10.0.0.1"),
+            Ok(ip("2.2.2.2"))
+        );
+    }
+
+    #[test]
+    fn mapped_ranges_are_ipv4_ranges() {
+        let net = |s: &str| parse_net(s).unwrap().to_string();
+        assert_eq!(net("::ffff:127.0.0.1"), "127.0.0.1/32");
+        assert_eq!(net("::ffff:10.0.0.0/104"), "10.0.0.0/8");
+        assert_eq!(net("::ffff:0:0/96"), "0.0.0.0/0");
+        assert_eq!(net("::ffff:0:0/95"), "::ffff:0.0.0.0/95");
+        assert_eq!(net("::/0"), "::/0");
+        assert_eq!(net(" 2001:db8::/32 "), "2001:db8::/32");
+        assert_eq!(net("10.0.0.0/8"), "10.0.0.0/8");
+    }
+
+    #[test]
     fn forwarded_for_parameters() {
         let ip = |s: &str| Some(Client::Ip(s.parse().unwrap()));
         assert_eq!(forwarded_for("for=192.0.2.60;proto=http"), ip("192.0.2.60"));
@@ -377,6 +450,12 @@ mod tests {
             Some(Client::Obfuscated("_node7"))
         );
         assert_eq!(forwarded_for("for=unknown"), None);
+        assert_eq!(forwarded_for("for=192.0.2.60;for=198.51.100.1"), None);
+        assert_eq!(forwarded_for("for=unknown;For=198.51.100.1"), None);
+        assert_eq!(
+            forwarded_for(r#"for="[::ffff:192.0.2.60]:80""#),
+            ip("192.0.2.60")
+        );
         assert_eq!(forwarded_for("for=_"), None);
         assert_eq!(forwarded_for("proto=https"), None);
     }
@@ -388,7 +467,7 @@ mod tests {
         let c = ip_key("2001:db8:1:3::1".parse().unwrap(), 64);
         assert_eq!(a, b);
         assert_ne!(a, c);
-        let mapped = ip_key("::ffff:192.0.2.1".parse().unwrap(), 64);
+        let mapped = ip_key(canonical("::ffff:192.0.2.1".parse().unwrap()), 64);
         assert_eq!(mapped, ip_key("192.0.2.1".parse().unwrap(), 64));
     }
 }

@@ -7,7 +7,9 @@
 //! extractors too.
 //!
 //! A key that is missing, empty, not UTF-8, longer than the policy's cap
-//! (4 KiB by default) or given twice with different values is a [`KeyError`].
+//! (4 KiB by default), not in its expected form or given twice with
+//! different values (in two header lines, or in one line a proxy folded with
+//! a comma) is a [`KeyError`].
 //! What happens then is the limit's choice ([`MissingKey`](crate::MissingKey)):
 //! by default the request is answered with a 401 JSON error, is not counted
 //! and never reaches the inner service; no request ever falls into a shared
