@@ -1487,3 +1487,45 @@ async fn the_layer_builds_its_memory_store_with_the_policys_cap() {
         MemoryStore::builder().max_entries(5_000).build().capacity()
     );
 }
+
+#[tokio::test]
+async fn a_header_key_may_read_commas_as_part_of_the_key() {
+    let routes = "routes = [{ windows = [\"2/minute\"] }]\n";
+    let file = |key: &str| format!("[[limits]]\nname = \"per_key\"\nkey = {key}\n{routes}");
+    let folded = || request("GET", "/v1/calls", Some("k_1, k_2"));
+
+    // By default a comma is two keys folded into one line: refused.
+    let strict = Policy::from_toml(&file(r#"{ header = "X-API-Key" }"#)).unwrap();
+    let svc = service(strict, SystemClock::new());
+    assert_eq!(send(&svc, folded()).await.status, StatusCode::UNAUTHORIZED);
+
+    // With allow_commas, the whole value is one key, counted as such.
+    let commas = r#"{ header = "X-API-Key", allow_commas = true }"#;
+    let svc = service(
+        Policy::from_toml(&file(commas)).unwrap(),
+        SystemClock::new(),
+    );
+    for status in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        assert_eq!(send(&svc, folded()).await.status, status);
+    }
+    let other = send(&svc, request("GET", "/v1/calls", Some("k_1"))).await;
+    assert_eq!(other.status, StatusCode::OK, "k_1 alone is another key");
+
+    // `allow_commas = false` is the default, spelled out.
+    let spelled = r#"{ header = "X-API-Key", allow_commas = false }"#;
+    let svc = service(
+        Policy::from_toml(&file(spelled)).unwrap(),
+        SystemClock::new(),
+    );
+    assert_eq!(send(&svc, folded()).await.status, StatusCode::UNAUTHORIZED);
+
+    // It belongs to header keys only.
+    let err = Policy::from_toml(&file("{ bearer = true, allow_commas = true }")).unwrap_err();
+    assert_eq!(err.kind(), ConfigErrorKind::InvalidValue);
+    assert_eq!(err.field(), "limits[0].key.allow_commas");
+    assert!(err.message().contains("goes with `header`"), "{err}");
+}

@@ -555,6 +555,8 @@ impl PenaltySpec {
 #[serde(expecting = "a key table such as { header = \"X-API-Key\" }")]
 struct KeySpec {
     header: Option<String>,
+    /// With `header`: a comma is part of the key, not a list separator.
+    allow_commas: Option<bool>,
     bearer: Option<bool>,
     path: Option<String>,
     peer_ip: Option<PeerIpSpec>,
@@ -1121,6 +1123,17 @@ impl KeySpec {
                 ))
             }
         };
+        if let Some(allow) = self.allow_commas {
+            if self.header.is_none() {
+                return Err(invalid(
+                    "allow_commas",
+                    "`allow_commas` goes with `header`: only a header key reads commas",
+                ));
+            }
+            if let (Some(name), true) = (&self.header, allow) {
+                return Ok(Arc::new(Header::parse(name)?.allow_commas()));
+            }
+        }
         if let Some(name) = &self.header {
             return Ok(Arc::new(Header::parse(name)?));
         }

@@ -59,10 +59,8 @@ impl Exemptions {
     ) -> bool {
         let by_key = !self.keys.is_empty() && self.keys.contains(&secret.named(self.domain, key));
         let by_ip = !self.ranges.is_empty()
-            && peer_ip(request.extensions()).is_some_and(|ip| {
-                let ip = ip.to_canonical();
-                self.ranges.iter().any(|r| r.contains(&ip))
-            });
+            && peer_ip(request.extensions())
+                .is_some_and(|ip| self.ranges.iter().any(|r| r.contains(&ip)));
         by_key || by_ip
     }
 }
