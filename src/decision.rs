@@ -32,8 +32,9 @@ pub enum ReportedWindow {
 pub enum RefusalReason {
     /// A window of an applying limit had no room.
     Window,
-    /// The store is at its memory cap and the request needs a key it does
-    /// not track yet.
+    /// The store is at its memory cap and counts the key approximately (it
+    /// had no room for it), and that estimate refused the request: possibly
+    /// early, never late (see [`MemoryStore`](crate::store::MemoryStore)).
     Capacity,
     /// The key is temporarily banned after repeated refusals (see
     /// [`Limit::penalty`](crate::Limit::penalty)).
