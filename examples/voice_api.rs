@@ -6,35 +6,43 @@
 //! Any request may add `?hold_ms=N` (up to 60,000) to stay in flight N ms
 //! before it is answered, to try concurrency by hand.
 //!
-//! A stand-in for a voice-AI API: every method and path answers 200 JSON,
+//! Slow clients: a connection is closed when its client takes longer than
+//! `--header-timeout-ms` (default 10,000, at most 30,000) to send a request's
+//! line and headers, or stays idle that long between requests; at most
+//! `--max-connections` (default 1,000) are served at once.
+//!
+//! A stand-in for a voice-AI API: every path answers 200 JSON (other methods
+//! than GET, HEAD, POST, PUT, PATCH and DELETE get a 405),
 //! behind a `RateLimitLayer`. Without `--config` it enforces
 //! `examples/policies/default.toml`: per `X-API-Key`, 60/minute and
 //! 1,000/hour, both.
 
+#[path = "voice_api/server.rs"]
+mod server;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request};
-use axum::http::{Method, Uri};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
-use serde_json::json;
 use tower_ratelimit::{Policy, RateLimitLayer};
 
 const DEFAULT_POLICY: &str = include_str!("policies/default.toml");
+
+/// The longest `--header-timeout-ms` accepted.
+const MAX_HEADER_TIMEOUT_MS: u64 = 30_000;
 
 struct Options {
     addr: SocketAddr,
     config: Option<String>,
     redis: Option<String>,
+    guards: server::Guards,
 }
 
 /// Where the platform presets live.
 const PRESETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies");
 
 fn usage() -> &'static str {
-    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME] [--redis redis://HOST:PORT]"
+    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME] [--redis redis://HOST:PORT]\n                 [--header-timeout-ms MS] [--max-connections N]"
 }
 
 /// The names of the policy files in `examples/policies`.
@@ -57,6 +65,10 @@ fn parse_args() -> Result<Options, String> {
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         config: None,
         redis: None,
+        guards: server::Guards {
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1_000,
+        },
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -92,6 +104,27 @@ fn parse_args() -> Result<Options, String> {
                     ));
                 }
                 options.redis = Some(url);
+            }
+            "--header-timeout-ms" => {
+                let text = value("--header-timeout-ms")?;
+                let ms = text
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| (1..=MAX_HEADER_TIMEOUT_MS).contains(ms))
+                    .ok_or_else(|| {
+                        format!("--header-timeout-ms: `{text}` is not from 1 to {MAX_HEADER_TIMEOUT_MS}")
+                    })?;
+                options.guards.header_timeout = Duration::from_millis(ms);
+            }
+            "--max-connections" => {
+                let text = value("--max-connections")?;
+                options.guards.max_connections = text
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        format!("--max-connections: `{text}` is not a positive number")
+                    })?;
             }
             "-h" | "--help" => return Err(usage().to_owned()),
             other => return Err(format!("unknown argument `{other}`\n{}", usage())),
@@ -139,49 +172,6 @@ fn load_shared_policy(config: Option<&str>) -> Result<Policy, String> {
     .map_err(|e| format!("{SECRET_VAR}: {e}"))
 }
 
-/// The longest `?hold_ms=` accepted.
-const MAX_HOLD_MS: u64 = 60_000;
-
-/// Every request the limiter lets through gets a 200 with what was asked,
-/// after `?hold_ms=N` milliseconds if it asks for them.
-async fn answer(method: Method, uri: Uri) -> Response {
-    let hold = uri
-        .query()
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|pair| pair.strip_prefix("hold_ms="));
-    let hold_ms = match hold.map(str::parse::<u64>) {
-        None => 0,
-        Some(Ok(ms)) if ms <= MAX_HOLD_MS => ms,
-        Some(_) => {
-            let message =
-                format!("hold_ms must be a whole number of milliseconds from 0 to {MAX_HOLD_MS}");
-            let body = Json(json!({"error": {"code": "invalid_hold_ms", "message": message}}));
-            return (axum::http::StatusCode::BAD_REQUEST, body).into_response();
-        }
-    };
-    if hold_ms > 0 {
-        tokio::time::sleep(std::time::Duration::from_millis(hold_ms)).await;
-    }
-    Json(json!({
-        "ok": true,
-        "method": method.as_str(),
-        "path": uri.path(),
-        "held_ms": hold_ms,
-    }))
-    .into_response()
-}
-
-/// Makes the peer address visible to `PeerIp` keys without the `axum` feature.
-async fn record_peer(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    request.extensions_mut().insert(peer);
-    next.run(request).await
-}
-
 /// The limiter with its counts in the Redis at `url`.
 #[cfg(feature = "redis")]
 async fn redis_layer(
@@ -213,9 +203,9 @@ fn hints(preset: Option<&str>) -> &'static [&'static str] {
         ],
         Some("nixflex") => &[
             "curl -i -X POST -H 'Authorization: Bearer nx_a' http://ADDR/v1/keys     # 10/hour",
-            "for i in $(seq 10); do curl -s -o /dev/null -X POST -H 'Authorization: Bearer nx_a' 'http://ADDR/v1/calls/inbound?hold_ms=20000' & done; sleep 1",
+            "for i in $(seq 10); do curl -s -o /dev/null -X POST -H 'Authorization: Bearer nx_a' 'http://ADDR/v1/calls/inbound?hold_ms=5000' & done; sleep 1",
             "curl -i -X POST -H 'Authorization: Bearer nx_a' http://ADDR/v1/calls/inbound   # the 11th call: busy",
-            "time curl -s -X POST -H 'Authorization: Bearer nx_a' http://ADDR/v1/calls      # outbound: waits its turn",
+            "time curl -s -o /dev/null -w '%{http_code}\\n' -X POST -H 'Authorization: Bearer nx_a' http://ADDR/v1/calls   # outbound: waits its turn",
         ],
         Some("talkpilot") => &[
             "curl -i -H 'X-API-Key: tp_a' http://ADDR/agents        # X-RateLimit-Limit: 60",
@@ -223,16 +213,16 @@ fn hints(preset: Option<&str>) -> &'static [&'static str] {
             "for i in $(seq 61); do curl -s -o /dev/null -w '%{http_code} ' -H 'X-API-Key: tp_b' http://ADDR/agents; done; echo",
         ],
         Some("exotel") => &[
-            "for i in $(seq 11); do curl -s -o /dev/null -w '%{http_code} ' http://ADDR/v2/accounts/AC1/legs; done; echo",
+            "curl -s -o /dev/null -w '%{http_code} ' 'http://ADDR/v2/accounts/AC1/legs?n=[1-11]'; echo   # ten 200s, then 429",
             "curl -i http://ADDR/v2/accounts/AC1/bridges   # another category",
-            "curl -s -X POST 'http://ADDR/v2/accounts/AC1/legs/L1/actions?hold_ms=5000' & sleep 1; curl -i -X POST http://ADDR/v2/accounts/AC1/legs/L1/actions",
+            "curl -s -X POST 'http://ADDR/v2/accounts/AC2/legs/L1/actions?hold_ms=5000' & sleep 1; curl -i -X POST http://ADDR/v2/accounts/AC2/legs/L1/actions",
         ],
         _ => &[
             "curl -i -H 'X-API-Key: demo' http://ADDR/v1/calls",
             "curl -i -X POST -H 'X-API-Key: demo' http://ADDR/v1/calls",
             "curl -i http://ADDR/v1/calls            # no key: 401",
             "curl -i -H 'X-API-Key: demo' 'http://ADDR/v1/calls?hold_ms=2000'   # stays in flight 2 s",
-            "for i in $(seq 61); do curl -s -o /dev/null -w '%{http_code} ' -H 'X-API-Key: burst' http://ADDR/v1/agents; done; echo",
+            "curl -s -o /dev/null -w '%{http_code} ' -H 'X-API-Key: burst' 'http://ADDR/v1/agents?n=[1-61]'; echo   # sixty 200s, then 429",
         ],
     }
 }
@@ -259,19 +249,16 @@ async fn main() -> ExitCode {
         }
     };
     let limits: Vec<String> = policy.limit_names().map(str::to_owned).collect();
-    let app = Router::new().fallback(answer);
     let app = match options.redis.as_deref() {
-        None => app.layer(RateLimitLayer::new(policy)),
+        None => server::app(|router| router.layer(RateLimitLayer::new(policy))),
         Some(url) => match redis_layer(policy, url).await {
-            Ok(layer) => app.layer(layer),
+            Ok(layer) => server::app(|router| router.layer(layer)),
             Err(message) => {
                 eprintln!("{message}");
                 return ExitCode::from(2);
             }
         },
     };
-    // Layers run outside-in: `record_peer` first, so the limiter can key on the peer.
-    let app = app.layer(middleware::from_fn(record_peer));
 
     let listener = match tokio::net::TcpListener::bind(options.addr).await {
         Ok(listener) => listener,
@@ -299,16 +286,9 @@ async fn main() -> ExitCode {
         println!("  {}", line.replace("ADDR", &addr.to_string()));
     }
 
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        eprintln!("server error: {e}");
-        return ExitCode::FAILURE;
-    }
+    server::serve(listener, app, options.guards, shutdown).await;
     ExitCode::SUCCESS
 }
