@@ -1,4 +1,4 @@
-//! Flireo's published policy, from `examples/policies/flireo.toml`, behaves
+//! Flireo's published policy, from `demo/policies/flireo.toml`, behaves
 //! as its page says: 100 requests per minute per API key, call control 10
 //! commands per minute per active call on top of it, the `X-RateLimit-*`
 //! trio on every response, and a 429 with `Retry-After` and Flireo's body.
@@ -167,12 +167,24 @@ async fn requests_without_a_usable_key_get_401_and_are_not_counted() {
         Some("Bearer "),
         Some("Bearer a b"),
     ] {
-        let response = f.send("GET", "/agents", authorization).await;
+        let headers: &[(&str, &str)] = match &authorization {
+            Some(value) => &[("authorization", value)],
+            None => &[],
+        };
+        let response = f.send_any("GET", "/agents", headers).await;
         assert_eq!(
             response.status(),
             StatusCode::UNAUTHORIZED,
             "{authorization:?}"
         );
+        // Nothing was counted, so no quota is reported.
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            assert!(!response.headers().contains_key(name), "{name}");
+        }
         let error = body(response).await;
         assert!(error["error"]["code"].is_string(), "{error}");
     }

@@ -1,4 +1,4 @@
-//! Nixflex's published policy, from `examples/policies/nixflex.toml`,
+//! Nixflex's published policy, from `demo/policies/nixflex.toml`,
 //! behaves as its page says: per API key, reads 600 a minute, writes 120 a
 //! minute, `POST /v1/keys` 10 an hour instead; concurrent calls per account
 //! by plan (10 / 25 / 100 / 250), outbound calls over the cap queued (at most
@@ -296,8 +296,10 @@ async fn requests_without_a_usable_key_get_401_and_are_not_counted() {
         &[("authorization", "Basic a2V5")][..],
         &[("authorization", "Bearer ")][..],
     ] {
-        let response = p.send("POST", "/v1/calls/inbound", headers).await;
+        let response = p.send_any("POST", "/v1/calls/inbound", headers).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{headers:?}");
+        // Nothing was counted, so no quota is reported.
+        assert!(!response.headers().contains_key("x-ratelimit-limit"));
         assert!(body(response).await["error"]["code"].is_string());
     }
     assert_eq!(p.served(), 0);
