@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Nanoseconds in a second.
+pub(crate) const NANOS: u64 = 1_000_000_000;
+
 /// Where decisions get the time.
 ///
 /// `now` is monotonic (it never goes back) and reads as nanoseconds since the

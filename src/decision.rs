@@ -1,30 +1,9 @@
-//! What the layer decided about a request, and the window it reports.
-
-use std::time::Duration;
+//! What the layer decided about a request: admitted or refused and why, and
+//! every window it was counted in, as handlers and outer layers read it.
 
 use smallvec::SmallVec;
 
-use crate::headers::Reported;
-use crate::store::{Outcome, WindowStatus};
-
-/// Nanoseconds in a second.
-pub(crate) const NANOS: u64 = 1_000_000_000;
-
-/// Which window the single-valued headers (`X-RateLimit-*`) report when a
-/// request is counted in several.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum ReportedWindow {
-    /// The window closest to refusing: on a refusal, the one that makes the
-    /// client wait longest; otherwise the one with the least remaining
-    /// (ties: the one that takes longest to reset). The default.
-    #[default]
-    MostRestrictive,
-    /// The first window (in policy order) with this period, such as
-    /// TalkPilot's minute window; the most restrictive one if the request
-    /// was not counted in a window of this period.
-    Period(Duration),
-}
+use crate::clock::NANOS;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,61 +55,14 @@ pub struct WindowReport {
 /// (for handlers) and the response's (for outer layers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    refusal: Option<RefusalReason>,
-    shadow_refused: bool,
-    retry_after: u64,
-    reported: usize,
-    windows: SmallVec<[WindowReport; 4]>,
+    pub(crate) refusal: Option<RefusalReason>,
+    pub(crate) shadow_refused: bool,
+    pub(crate) retry_after: u64,
+    pub(crate) reported: usize,
+    pub(crate) windows: SmallVec<[WindowReport; 4]>,
 }
 
-/// Where each window of an outcome belongs in the policy.
-pub(crate) type WindowOrigin = (u16, u16);
-
 impl Decision {
-    /// Builds the decision from a store outcome. `origin(check)` is the
-    /// (limit, route) of each check; `period_of(check, window)` its period.
-    pub(crate) fn from_outcome(
-        outcome: &Outcome,
-        origin: impl Fn(usize) -> WindowOrigin,
-        now: u64,
-        report: ReportedWindow,
-        period_ns: impl Fn(usize, usize) -> u64,
-    ) -> Self {
-        let mut windows: SmallVec<[WindowReport; 4]> = SmallVec::new();
-        for status in outcome.windows() {
-            windows.push(window_report(outcome, status, &origin, now, &period_ns));
-        }
-        let refusal = match (outcome.admitted(), outcome.is_capacity_refusal()) {
-            (true, _) => None,
-            (false, true) => Some(RefusalReason::Capacity),
-            (false, false) => Some(RefusalReason::Window),
-        };
-        let retry_after = if refusal.is_some() {
-            outcome.retry_after().div_ceil(NANOS).max(1)
-        } else {
-            0
-        };
-        let reported = pick(outcome, report, |i| windows[i].period);
-        let mut decision = Decision {
-            refusal,
-            shadow_refused: outcome.shadow_refused(),
-            retry_after,
-            reported,
-            windows,
-        };
-        if refusal.is_some() {
-            // Never advertise a reset before the moment a retry is admitted.
-            let retry_at = now.div_ceil(NANOS) + retry_after;
-            if let Some(w) = decision.windows.get_mut(reported) {
-                if w.reset < retry_at {
-                    w.reset = retry_at;
-                    w.reset_after = retry_after;
-                }
-            }
-        }
-        decision
-    }
-
     /// A refusal because a key is banned for `ban_left` more nanoseconds;
     /// `reported` is the banning limit's window, reported as empty until the
     /// ban ends.
@@ -195,28 +127,6 @@ impl Decision {
         self
     }
 
-    /// The `X-RateLimit-*` values of an *admitted* request (its reported
-    /// window's), without building the whole decision.
-    pub(crate) fn reported_values(
-        outcome: &Outcome,
-        now: u64,
-        report: ReportedWindow,
-        period_ns: impl Fn(usize, usize) -> u64,
-    ) -> Option<Reported> {
-        debug_assert!(outcome.admitted(), "refusals build the whole decision");
-        let statuses = outcome.windows();
-        let period = |i: usize| {
-            let w: &WindowStatus = &statuses[i];
-            period_ns(usize::from(w.check), usize::from(w.window)).div_ceil(NANOS)
-        };
-        let w = statuses.get(pick(outcome, report, period))?;
-        Some(Reported {
-            limit: w.limit,
-            remaining: w.remaining,
-            reset: reset_at(now, w.reset_after),
-        })
-    }
-
     /// Whether the request was admitted.
     pub fn is_admitted(&self) -> bool {
         self.refusal.is_none()
@@ -238,7 +148,7 @@ impl Decision {
         self.refusal.map(|_| self.retry_after)
     }
 
-    /// The reported window (see [`ReportedWindow`]).
+    /// The reported window (see [`ReportedWindow`](crate::ReportedWindow)).
     pub fn reported(&self) -> Option<&WindowReport> {
         self.windows.get(self.reported)
     }
@@ -247,59 +157,4 @@ impl Decision {
     pub fn windows(&self) -> &[WindowReport] {
         &self.windows
     }
-}
-
-/// What the headers say about one window.
-fn window_report(
-    outcome: &Outcome,
-    w: &WindowStatus,
-    origin: impl Fn(usize) -> WindowOrigin,
-    now: u64,
-    period_ns: impl Fn(usize, usize) -> u64,
-) -> WindowReport {
-    let (limit_index, route_index) = origin(usize::from(w.check));
-    let period = period_ns(usize::from(w.check), usize::from(w.window));
-    WindowReport {
-        limit_index,
-        route_index,
-        window_index: w.window,
-        limit: w.limit,
-        remaining: if outcome.admitted() { w.remaining } else { 0 },
-        reset: reset_at(now, w.reset_after),
-        reset_after: w.reset_after.div_ceil(NANOS),
-        period: period.div_ceil(NANOS),
-        concurrent: false,
-    }
-}
-
-/// When a window `reset_after` ns from `now` resets, in Unix seconds
-/// (rounded up: never before it does).
-fn reset_at(now: u64, reset_after: u64) -> u64 {
-    (now + reset_after).div_ceil(NANOS)
-}
-
-/// The index of the reported window; `period_secs(i)` is window `i`'s period
-/// in whole seconds.
-fn pick(outcome: &Outcome, report: ReportedWindow, period_secs: impl Fn(usize) -> u64) -> usize {
-    let statuses = outcome.windows();
-    if let ReportedWindow::Period(period) = report {
-        let secs = period.as_nanos().div_ceil(u128::from(NANOS)) as u64;
-        if let Some(i) = (0..statuses.len()).find(|&i| period_secs(i) == secs) {
-            return i;
-        }
-    }
-    if !outcome.admitted() && !outcome.is_capacity_refusal() {
-        return (0..statuses.len())
-            .max_by_key(|&i| (statuses[i].retry_after, std::cmp::Reverse(i)))
-            .unwrap_or(0);
-    }
-    (0..statuses.len())
-        .min_by_key(|&i| {
-            (
-                statuses[i].remaining,
-                std::cmp::Reverse(statuses[i].reset_after),
-                i,
-            )
-        })
-        .unwrap_or(0)
 }

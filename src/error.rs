@@ -75,6 +75,8 @@ impl ConfigError {
         self
     }
 
+    /// Sets the position in the policy file, unless one is set already.
+    #[cfg(feature = "toml")]
     pub(crate) fn at(mut self, line: usize, column: usize) -> Self {
         self.position.get_or_insert((line, column));
         self

@@ -6,67 +6,13 @@ use std::fmt::Write as _;
 use http::header::{HeaderName, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue};
 
-use crate::decision::{Decision, WindowReport, NANOS};
+use crate::clock::NANOS;
+use crate::decision::{Decision, WindowReport};
 use crate::header_value::number;
 use crate::policy::Algorithm;
+use crate::report::Reported;
+use crate::reporting::HeaderStyle;
 use crate::store::WindowStatus;
-
-/// Which rate-limit headers responses carry.
-///
-/// Rate-limit headers describe only what the layer counted for the request:
-/// the windows it was counted in (or, on a refusal, checked against) and
-/// the in-flight caps it held or found full. A response about a request that
-/// nothing counted carries none, in every style: one that matches no limit,
-/// one every applying limit exempts, one let through because the store
-/// failed open, and the 401 for a key a limit rejects (missing, empty,
-/// too long…), since no window is counted before every key is known. A
-/// *busy* refusal reports the in-flight cap that refused it, which it did
-/// count: `limit` the cap, nothing free. A refusal during a ban reports the
-/// banning limit's window as empty until the ban ends. A shadow limit
-/// counts its requests like an enforced one, so its windows are reported
-/// too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum HeaderStyle {
-    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
-    /// (Unix seconds: when the window is full again, or ends) for the
-    /// reported window. On a refusal, `Remaining` is 0 and `Reset` is never
-    /// before `Retry-After`: the trio answers "when may I send again". The
-    /// default; built without allocating.
-    #[default]
-    XRateLimit,
-    /// `RateLimit-Policy` and `RateLimit` of draft-ietf-httpapi-ratelimit-headers-10,
-    /// one item per window the request was counted in:
-    /// `RateLimit-Policy: "per_key.minute";q=60;w=60` and
-    /// `RateLimit: "per_key.minute";r=59;t=1`; an in-flight cap is
-    /// `"calls.concurrency";q=10;qu="concurrent-requests"` and
-    /// `"calls.concurrency";r=9`.
-    ///
-    /// Each window reports its own state. `r` is what it has left, after
-    /// the request if admitted; a refusal charges nothing, so a window that
-    /// had room reports the room it has, and a window that refused reports
-    /// 0 (what it has is not enough for the request). `t` is the draft's
-    /// "seconds until additional quota is made available", rounded up: for
-    /// a window that refused, until it admits the request again (never
-    /// after `Retry-After`); otherwise, until the next request is earned
-    /// back (GCRA) or the window ends (fixed window). So a window that had
-    /// room may say a later `t` than `Retry-After`: it is not what the
-    /// client waits for, and the draft has `Retry-After` take precedence.
-    /// A window with nothing used has no `t`: no more is to come. An
-    /// in-flight cap has no `t` either.
-    Ietf,
-    /// Both of the above.
-    Both,
-    /// No rate-limit headers (`Retry-After` is still sent on refusals).
-    None,
-}
-
-impl HeaderStyle {
-    /// Whether the style includes the IETF fields.
-    pub(crate) fn has_ietf(self) -> bool {
-        matches!(self, HeaderStyle::Ietf | HeaderStyle::Both)
-    }
-}
 
 /// `X-RateLimit-Limit`.
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -78,24 +24,6 @@ pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-r
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// `RateLimit-Policy` (IETF draft).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-
-/// The values the single-window headers report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Reported {
-    pub(crate) limit: u32,
-    pub(crate) remaining: u32,
-    pub(crate) reset: u64,
-}
-
-impl From<&WindowReport> for Reported {
-    fn from(w: &WindowReport) -> Self {
-        Reported {
-            limit: w.limit,
-            remaining: w.remaining,
-            reset: w.reset,
-        }
-    }
-}
 
 /// What a `RateLimit` item says of one window: `r`, and `t` unless no more
 /// quota is to come (see [`HeaderStyle::Ietf`]).

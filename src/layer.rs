@@ -9,7 +9,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::concurrency::ConcurrencyLimiter;
 use crate::event::{Event, Hook};
 use crate::policy::{Overrides, Policy};
-use crate::service::RateLimit;
+use crate::service::{RateLimit, Shared};
 use crate::store::{MemoryStore, Store};
 
 /// Applies a rate-limit [`Policy`] to a service.
@@ -31,29 +31,6 @@ use crate::store::{MemoryStore, Store};
 #[must_use]
 pub struct RateLimitLayer<St = MemoryStore> {
     shared: Arc<Shared<St>>,
-}
-
-/// What every service of one layer shares.
-pub(crate) struct Shared<St> {
-    pub(crate) policy: Policy,
-    pub(crate) store: Arc<St>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) decision_extensions: bool,
-    pub(crate) on_event: Option<Hook>,
-    pub(crate) in_flight: ConcurrencyLimiter,
-}
-
-impl<St> Clone for Shared<St> {
-    fn clone(&self) -> Self {
-        Shared {
-            policy: self.policy.clone(),
-            store: Arc::clone(&self.store),
-            clock: Arc::clone(&self.clock),
-            decision_extensions: self.decision_extensions,
-            on_event: self.on_event.clone(),
-            in_flight: self.in_flight.clone(),
-        }
-    }
 }
 
 impl RateLimitLayer<MemoryStore> {

@@ -134,6 +134,8 @@ pub mod concurrency;
 mod decision;
 mod error;
 mod event;
+#[cfg(feature = "toml")]
+mod file;
 mod future;
 mod header_value;
 mod headers;
@@ -141,24 +143,29 @@ pub mod key;
 mod layer;
 pub mod penalty;
 pub mod policy;
+mod report;
+mod reporting;
 mod response;
+pub mod route;
 mod service;
 mod shard;
 pub mod store;
 
 pub use body::ResponseBody;
-pub use decision::{Decision, RefusalReason, ReportedWindow, WindowReport};
+pub use decision::{Decision, RefusalReason, WindowReport};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use event::{Event, EventKind};
 pub use future::ResponseFuture;
 pub use headers::{
-    HeaderStyle, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
-    X_RATELIMIT_RESET,
+    RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
 };
+#[cfg(feature = "toml")]
+pub use key::CustomKeys;
 pub use layer::RateLimitLayer;
 pub use policy::{
-    Algorithm, CustomKeys, Limit, MissingKey, Override, Overrides, Policy, PolicyBuilder, Quota,
-    Tiers, Window,
+    Algorithm, Limit, MissingKey, Override, Overrides, Policy, PolicyBuilder, Quota, Tiers, Window,
 };
+pub use reporting::{HeaderStyle, ReportedWindow};
 pub use response::{CustomBody, Refusal, RefusalFormat, X_REQUEST_ID};
 pub use service::RateLimit;
+

@@ -36,6 +36,8 @@
 //! # is_extractor(call); is_extractor(key_or_ip); is_extractor(custom);
 //! ```
 
+#[cfg(feature = "toml")]
+mod custom;
 mod error;
 mod extension;
 mod first_of;
@@ -51,6 +53,8 @@ use std::fmt;
 use std::hash::Hasher;
 use std::net::IpAddr;
 
+#[cfg(feature = "toml")]
+pub use custom::CustomKeys;
 pub use error::{KeyError, KeyErrorKind};
 pub use extension::Extension;
 pub use first_of::FirstOf;
@@ -63,7 +67,7 @@ pub use ip::{ForwardedHeader, ForwardedIp, PeerIp};
 pub use path::PathCapture;
 pub use view::RequestView;
 
-use crate::policy::pattern::PercentDecode;
+use crate::route::PercentDecode;
 
 /// Reads the key a request counts against.
 ///

@@ -2,7 +2,7 @@
 
 use http::{Extensions, HeaderMap, Method, Uri};
 
-use crate::policy::pattern::Captures;
+use crate::route::Captures;
 
 /// A borrowed view of a request for [`KeyExtractor`](super::KeyExtractor)s:
 /// its method, URI, headers, extensions and the path captures of the route

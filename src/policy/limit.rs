@@ -5,15 +5,14 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::methods::Methods;
 use super::overrides::{Override, Own};
-use super::pattern::{Captures, PathPattern, PathSegments};
 use super::quota::Quota;
 use super::tiers::Tiers;
 use crate::error::{ConfigError, ConfigErrorKind};
 use crate::key::{route_id, Key, KeyExtractor, KeySecret};
 use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
+use crate::route::{self, Captures, IntoRoute, PathSegments};
 
 /// What a limit does with a request whose key is missing or unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,10 +39,10 @@ pub enum MissingKey {
 /// command against the key's 100/minute *and* the call's 10/minute). Each
 /// route counts in its own bucket.
 ///
-/// A route is written `"[METHODS] PATTERN"`: `"POST /v1/keys"`,
-/// `"POST,PUT,PATCH,DELETE *"`, `"/v1/calls/{call_id}/control"` (any method),
-/// `"*"` (everything). Method names match whatever their case (see
-/// [`Methods`](crate::policy::Methods)).
+/// A route is a [`Route`](route::Route) built from its parts, or its text
+/// `"[METHODS] PATTERN"`: `"POST /v1/keys"`, `"POST,PUT,PATCH,DELETE *"`,
+/// `"/v1/calls/{call_id}/control"` (any method), `"*"` (everything). Method
+/// names match whatever their case (see [`Methods`](route::Methods)).
 ///
 /// A route that names `GET` also matches `HEAD`, and counts a `HEAD` as the
 /// `GET` it stands for, in the same bucket: axum and most routers answer
@@ -60,6 +59,23 @@ pub enum MissingKey {
 ///     .route("POST /v1/keys", Quota::new(Window::per_hour(10)))
 ///     .route("GET *", Quota::new(Window::per_minute(600)))
 ///     .route("POST,PUT,PATCH,DELETE *", Quota::new(Window::per_minute(120)));
+/// # let _ = per_key;
+/// ```
+///
+/// The same routes built from their parts:
+///
+/// ```
+/// use tower_ratelimit::route::{Methods, PathPattern, Route};
+/// use tower_ratelimit::{key::Bearer, Limit, Quota, Window};
+///
+/// let any_path = PathPattern::parse("*").unwrap();
+/// let per_key = Limit::new("per_key", Bearer::new())
+///     .route(
+///         Route::new(Methods::POST, PathPattern::parse("/v1/keys").unwrap()),
+///         Quota::new(Window::per_hour(10)),
+///     )
+///     .route(Route::new(Methods::GET, any_path.clone()), Quota::new(Window::per_minute(600)))
+///     .route(Route::new(Methods::WRITES, any_path), Quota::new(Window::per_minute(120)));
 /// # let _ = per_key;
 /// ```
 #[derive(Clone)]
@@ -98,15 +114,16 @@ impl Limit {
         }
     }
 
-    /// Adds a route (`"[METHODS] PATTERN"`) and its quota (a [`Quota`], or
-    /// [`Tiers`] of quotas by plan), tried after the routes before it. If it
-    /// names `GET`, it matches `HEAD` too, counted in the same bucket.
+    /// Adds a route (a [`Route`](route::Route), or its text
+    /// `"[METHODS] PATTERN"`) and its quota (a [`Quota`], or [`Tiers`] of
+    /// quotas by plan), tried after the routes before it. If it names `GET`,
+    /// it matches `HEAD` too, counted in the same bucket. A route whose text
+    /// does not parse is reported by [`PolicyBuilder::build`](crate::PolicyBuilder::build).
     #[must_use]
-    pub fn route(mut self, route: impl Into<String>, quota: impl Into<Tiers>) -> Self {
+    pub fn route(mut self, route: impl IntoRoute, quota: impl Into<Tiers>) -> Self {
         self.routes.push(RouteEntry {
-            spec: route.into(),
+            route: route.into_route(),
             tiers: quota.into(),
-            head: true,
         });
         self
     }
@@ -114,7 +131,8 @@ impl Limit {
     /// Adds a route like [`Limit::route`] whose `GET` does *not* also match
     /// `HEAD` (`head = false` in a policy file): a `HEAD` request goes on to
     /// the routes after it, and this limit does not count it if none
-    /// matches. The route must name `GET` and not name `HEAD`.
+    /// matches. The route must name `GET` and not name `HEAD` (see
+    /// [`Route::without_head`](route::Route::without_head)).
     ///
     /// ```
     /// use tower_ratelimit::{key::Bearer, Limit, Quota, Window};
@@ -127,11 +145,10 @@ impl Limit {
     /// # let _ = per_key;
     /// ```
     #[must_use]
-    pub fn route_without_head(mut self, route: impl Into<String>, quota: impl Into<Tiers>) -> Self {
+    pub fn route_without_head(mut self, route: impl IntoRoute, quota: impl Into<Tiers>) -> Self {
         self.routes.push(RouteEntry {
-            spec: route.into(),
+            route: route.into_route().and_then(route::Route::without_head),
             tiers: quota.into(),
-            head: false,
         });
         self
     }
@@ -274,17 +291,17 @@ impl Limit {
             .routes
             .iter()
             .enumerate()
-            .map(|(i, spec)| {
-                let route = Route::parse(spec, &plans, route_id(&self.name, i))
+            .map(|(i, entry)| {
+                let route = Route::compile(entry, &plans, route_id(&self.name, i))
                     .map_err(|e| e.within(format!("routes[{i}]")))?;
                 if let Some(capture) = self.key.required_capture() {
-                    if !route.pattern.capture_names().any(|c| c == capture) {
+                    if !route.matcher.pattern().capture_names().any(|c| c == capture) {
                         return Err(ConfigError::new(
                             crate::ConfigErrorKind::UnknownName,
                             format!("routes[{i}].path"),
                             format!(
                                 "the limit is keyed by the path capture `{{{capture}}}`, which `{}` does not have",
-                                route.pattern
+                                route.matcher.pattern()
                             ),
                         ));
                     }
@@ -360,11 +377,10 @@ impl fmt::Debug for Limit {
 /// A route as [`Limit::route`] or [`Limit::route_without_head`] took it.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteEntry {
-    /// `"[METHODS] PATTERN"`.
-    spec: String,
+    /// The route, or why its text is not one (reported when the policy is
+    /// built).
+    route: Result<route::Route, ConfigError>,
     tiers: Tiers,
-    /// Whether naming `GET` also matches `HEAD`.
-    head: bool,
 }
 
 /// A limit ready to match requests.
@@ -448,12 +464,9 @@ impl CompiledLimit {
         path: &'p PathSegments<'p>,
     ) -> Option<(usize, &'s Route, Captures<'p>)> {
         self.routes.iter().enumerate().find_map(|(i, route)| {
-            if !route.methods.contains(method) {
-                return None;
-            }
             route
-                .pattern
-                .matches(path)
+                .matcher
+                .matches(method, path)
                 .map(|captures| (i, route, captures))
         })
     }
@@ -468,13 +481,11 @@ impl fmt::Debug for CompiledLimit {
     }
 }
 
-/// Methods and a path pattern, with the quota for requests that match.
+/// The requests a route matches, with their quota.
 #[derive(Debug)]
 pub(crate) struct Route {
-    /// The methods the route matches: those it names, and `HEAD` if it
-    /// names `GET` (unless it opts out).
-    pub(crate) methods: Methods,
-    pub(crate) pattern: PathPattern,
+    /// Which requests match: methods and a path pattern.
+    pub(crate) matcher: route::Route,
     /// The default quota.
     pub(crate) quota: Quota,
     /// The quota of each of the limit's plans, where this route names it.
@@ -484,37 +495,9 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    fn parse(route: &RouteEntry, plans: &[Box<str>], id: u64) -> Result<Route, ConfigError> {
-        let RouteEntry { spec, tiers, head } = route;
-        let spec = spec.trim();
-        let (mut methods, path) = match spec.split_once(char::is_whitespace) {
-            Some((methods, path)) => (methods.parse::<Methods>()?, path.trim()),
-            None => (Methods::ANY, spec),
-        };
-        let names_get = methods.contains(&Method::GET);
-        if *head {
-            // A server answers HEAD with the GET handler: it is that read.
-            if names_get {
-                methods = methods.or(Methods::HEAD);
-            }
-        } else if !names_get {
-            return Err(ConfigError::invalid(
-                "head",
-                format!(
-                    "the route's methods ({methods}) do not include GET, \
-                     so it has no HEAD to leave out"
-                ),
-            ));
-        } else if methods.contains(&Method::HEAD) {
-            return Err(ConfigError::invalid(
-                "head",
-                format!(
-                    "the route's methods ({methods}) include HEAD; \
-                     list them without HEAD to leave it out"
-                ),
-            ));
-        }
-        let pattern = PathPattern::parse(path).map_err(|e| e.within("path"))?;
+    fn compile(entry: &RouteEntry, plans: &[Box<str>], id: u64) -> Result<Route, ConfigError> {
+        let RouteEntry { route, tiers } = entry;
+        let matcher = route.clone()?;
         tiers.default.validate()?;
         for (name, quota) in &tiers.plans {
             quota
@@ -532,8 +515,7 @@ impl Route {
             })
             .collect();
         Ok(Route {
-            methods,
-            pattern,
+            matcher,
             quota: tiers.default.clone(),
             plans,
             id,

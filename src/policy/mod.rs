@@ -23,12 +23,9 @@
 //! assert_eq!(policy.limit_names().collect::<Vec<_>>(), ["per_key"]);
 //! ```
 
-mod config;
 mod exemptions;
 mod limit;
-mod methods;
 mod overrides;
-pub(crate) mod pattern;
 mod quota;
 pub(crate) mod rate_text;
 mod tiers;
@@ -39,20 +36,21 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-pub use config::CustomKeys;
 pub(crate) use limit::{CompiledLimit, Route};
 pub use limit::{Limit, MissingKey};
-pub use methods::Methods;
 pub use overrides::{Override, Overrides};
 pub(crate) use overrides::{OverrideTable, Own};
-pub use pattern::{Captures, PathPattern, PathSegments};
 pub use quota::{Algorithm, Quota, Window};
 pub use tiers::Tiers;
 
-use crate::decision::{ReportedWindow, WindowReport};
+#[cfg(feature = "toml")]
+pub use crate::key::CustomKeys;
+pub use crate::route::{Captures, Methods, PathPattern, PathSegments};
+
+use crate::decision::WindowReport;
 use crate::error::ConfigError;
-use crate::headers::HeaderStyle;
 use crate::key::KeySecret;
+use crate::reporting::{HeaderStyle, ReportedWindow};
 use crate::response::RefusalFormat;
 
 /// The most limits one policy may have.

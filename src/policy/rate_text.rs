@@ -1,11 +1,14 @@
 //! Windows and durations written as text: `60/minute`, `1000/hour`,
-//! `100/10s`, `500ms`, `1h30m`.
+//! `100/10s`, `500ms`, `1h30m`. Policy files read them; windows' `Display`
+//! and the IETF headers' window names write periods.
 
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(feature = "toml")]
 use super::Window;
 
+#[cfg(feature = "toml")]
 const UNITS: [(&[&str], u64); 5] = [
     (&["ms", "msec", "millisecond", "milliseconds"], 1_000_000),
     (&["s", "sec", "secs", "second", "seconds"], 1_000_000_000),
@@ -16,6 +19,7 @@ const UNITS: [(&[&str], u64); 5] = [
 
 /// Parses a duration: one or more `<number><unit>` groups (`90s`, `1m30s`,
 /// `500ms`, `2h`), or a bare unit meaning one of it (`minute`).
+#[cfg(feature = "toml")]
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -61,6 +65,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total))
 }
 
+#[cfg(feature = "toml")]
 fn unit_nanos(unit: &str) -> Option<u64> {
     UNITS
         .iter()
@@ -70,6 +75,7 @@ fn unit_nanos(unit: &str) -> Option<u64> {
 
 /// Parses a window: `<limit>/<duration>` such as `60/minute`, `10/s`,
 /// `100/10s`.
+#[cfg(feature = "toml")]
 pub(crate) fn parse_window(text: &str) -> Result<Window, String> {
     let (limit, period) = text
         .split_once('/')
@@ -104,7 +110,7 @@ pub(crate) fn fmt_period(period: Duration, f: &mut fmt::Formatter<'_>) -> fmt::R
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "toml"))]
 mod tests {
     use super::*;
 

@@ -1,12 +1,13 @@
 //! What the layer knows of each limit that applies to a request: which
-//! quota (default, plan or override), which bucket, which in-flight slot.
+//! quota (default, plan or override), which bucket, which in-flight slot,
+//! and the slots the request holds so far.
 
 use smallvec::SmallVec;
 
-use crate::concurrency::Mode;
-use crate::decision::WindowOrigin;
+use crate::concurrency::{Mode, Permit};
 use crate::key::{Key, RequestView};
 use crate::policy::{CompiledLimit, Own, PolicyInner, Quota, Route};
+use crate::report::WindowOrigin;
 use crate::store::Check;
 
 /// What `key` has on a route of limit `index`: its override, else its
@@ -60,12 +61,19 @@ pub(super) struct Claim {
     pub(super) shadow: bool,
 }
 
+/// The slots a request holds so far.
+pub(super) type Held = SmallVec<[Permit; 1]>;
+
 /// What the layer knows of the limits that apply to a request.
 pub(super) struct Applied {
     pub(super) charges: SmallVec<[Charge; 4]>,
     pub(super) claims: SmallVec<[Claim; 1]>,
     /// When the charges are decided (after any wait for a slot).
     pub(super) now: u64,
+    /// The slots taken so far, in claim order.
+    pub(super) held: Held,
+    /// Bit `i`: shadow claim `i` had no free slot.
+    pub(super) shadow_busy: u64,
 }
 
 impl Applied {
@@ -74,6 +82,8 @@ impl Applied {
             charges: SmallVec::new(),
             claims: SmallVec::new(),
             now,
+            held: Held::new(),
+            shadow_busy: 0,
         }
     }
 

@@ -1,138 +1,123 @@
-//! Turning a store's outcome into the layer's decision: events and bans.
+//! Step 3 of a request's path: its in-flight slots first (a request that
+//! waits for one is counted only once it has it), then one atomic check of
+//! every (key, window) pair by the store. One path serves every store: what
+//! can be decided at once is, in `call`; what must wait (a slot, a store
+//! that answers later) goes on in the response future from where it stopped.
 
-use super::applied::Applied;
-use super::respond::window_report;
-use crate::decision::Decision;
-use crate::event::{Event, EventKind};
-use crate::layer::Shared;
-use crate::store::Outcome;
+use std::sync::Arc;
 
-/// The decision for a store outcome; a refusal that started a ban answers
-/// as the ban (its `Retry-After` is the ban's, so it stays honest).
-pub(super) fn decide_counted<St>(
-    shared: &Shared<St>,
-    outcome: &Outcome,
-    applied: &Applied,
-) -> Decision {
-    let policy = &*shared.policy.inner;
-    let decision = Decision::from_outcome(
-        outcome,
-        |check| applied.origin(check),
-        applied.now,
-        policy.report,
-        applied.period_of(policy),
-    );
-    if outcome.admitted() && !outcome.shadow_refused() {
-        return decision;
-    }
-    match report(shared, outcome, applied, &decision) {
-        Some((check, ban)) => {
-            let (li, ri) = applied.origin(check);
-            let quota = applied.quota(policy, check);
-            Decision::banned(
-                ban,
-                applied.now,
-                window_report(quota, usize::from(li), usize::from(ri), policy.report),
-            )
-        }
-        None => decision,
-    }
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::applied::{Applied, Checks};
+use super::in_flight::{take_now, take_waiting, Taken};
+use super::respond::{busy, finish};
+use super::Shared;
+use crate::concurrency::Busy;
+use crate::future::ResponseFuture;
+use crate::store::{Decided, Outcome, Store, StoreError};
+
+/// How far a request's decision has got.
+pub(super) enum Step<P> {
+    /// Every slot is held and the store has answered (`None`: the request
+    /// has no window to count).
+    Decided(Option<Result<Outcome, StoreError>>),
+    /// Claim `.0` has no free slot and the request cannot wait for one.
+    Busy(usize, Busy),
+    /// The request waits for claim `.0`'s slot.
+    Slot(usize),
+    /// The store answers later.
+    Store(P),
 }
 
-/// Reports the outcome (see [`emit`]). A refusal names the limit whose
-/// window makes the client wait longest (or whose ban is in force); a
-/// shadow refusal names each shadow limit that would have refused. Returns
-/// the check whose ban refused the request or was started by its refusal
-/// (the store counts refusals towards penalties), with the ban's length.
-fn report<St>(
-    shared: &Shared<St>,
-    outcome: &Outcome,
-    applied: &Applied,
-    decision: &Decision,
-) -> Option<(usize, u64)> {
-    let policy = &*shared.policy.inner;
-    let statuses = outcome.windows();
-    let limit_of = |check: usize| usize::from(applied.origin(check).0);
-    let bucket_of = |check: usize| applied.charges[check].bucket;
-    if outcome.admitted() {
-        let refusing = (0..applied.charges.len()).filter(|&c| {
-            statuses
-                .iter()
-                .any(|w| usize::from(w.check) == c && w.retry_after > 0)
-        });
-        for check in refusing {
-            if policy.limits[limit_of(check)].shadow {
-                emit(
-                    shared,
-                    EventKind::ShadowRefused,
-                    limit_of(check),
-                    bucket_of(check),
-                    decision,
-                );
+impl Applied {
+    /// Takes the request's slots that are free now, then asks the store.
+    pub(super) fn decide_now<St: Store>(&mut self, shared: &Shared<St>) -> Step<St::Pending> {
+        if !self.claims.is_empty() {
+            // Slots a store shares are always asked for later.
+            let taken = match shared.store.shared_slots() {
+                Some(_) => Taken::Wait(0),
+                None => take_now(
+                    &shared.in_flight,
+                    &self.claims,
+                    0,
+                    &mut self.held,
+                    &mut self.shadow_busy,
+                ),
+            };
+            match taken {
+                Taken::All => {}
+                Taken::Wait(i) => return Step::Slot(i),
+                Taken::Refused(i, why) => return Step::Busy(i, why),
             }
         }
-        return None;
+        self.ask_store(shared)
     }
-    let ban = outcome.ban();
-    let binding = statuses
-        .iter()
-        .max_by_key(|w| w.retry_after)
-        .map(|w| w.check)
-        .or(ban.map(|b| b.check))
-        .map_or(0, usize::from);
-    emit(
-        shared,
-        EventKind::Refused,
-        limit_of(binding),
-        bucket_of(binding),
-        decision,
-    );
-    let ban = ban?;
-    let check = usize::from(ban.check);
-    if ban.started {
-        emit(
-            shared,
-            EventKind::Banned,
-            limit_of(check),
-            bucket_of(check),
-            decision,
-        );
+
+    /// Asks the store about the request's charges (all slots are held).
+    fn ask_store<St: Store>(&self, shared: &Shared<St>) -> Step<St::Pending> {
+        if self.charges.is_empty() {
+            return Step::Decided(None);
+        }
+        let mut checks = Checks::new();
+        self.checks(&shared.policy.inner, &mut checks);
+        match shared.store.check(self.now, &checks) {
+            Decided::Ready(result) => Step::Decided(Some(result)),
+            Decided::Pending(pending) => Step::Store(pending),
+        }
     }
-    Some((check, ban.left))
 }
 
-/// Tells the logs and the event hook about one refusal, ban or shadow
-/// refusal by limit `limit` of the request in `bucket`.
-pub(super) fn emit<St>(
-    shared: &Shared<St>,
-    kind: EventKind,
-    limit: usize,
-    bucket: u64,
-    decision: &Decision,
-) {
-    let limit = &*shared.policy.inner.limits[limit].name;
-    match kind {
-        EventKind::ShadowRefused => {
-            tracing::info!(limit, bucket, "shadow limit would have refused")
+/// Goes on deciding in the response future, from `step`: the ready inner
+/// service moves into it (a clone takes its place) and is called once the
+/// decision is made.
+pub(super) fn later<S, St, ReqBody, ResBody>(
+    shared: &Arc<Shared<St>>,
+    inner: &mut S,
+    request: Request<ReqBody>,
+    mut applied: Applied,
+    step: Step<St::Pending>,
+) -> ResponseFuture<S::Future, ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: Store,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    let clone = inner.clone();
+    let mut ready = std::mem::replace(inner, clone);
+    let shared = Arc::clone(shared);
+    ResponseFuture::deciding(Box::pin(async move {
+        let mut step = step;
+        loop {
+            step = match step {
+                Step::Decided(decided) => {
+                    return finish(&shared, decided, applied, request, &mut ready).await;
+                }
+                Step::Busy(i, why) => {
+                    let now = shared.clock.now();
+                    let claim = &applied.claims[i];
+                    return busy::<S::Future, _, _, _, _>(&shared, claim, why, now, &request).await;
+                }
+                Step::Slot(from) => {
+                    let Applied {
+                        claims,
+                        held,
+                        shadow_busy,
+                        ..
+                    } = &mut applied;
+                    match take_waiting(&shared, claims, from, held, shadow_busy).await {
+                        Ok(()) => {
+                            applied.now = shared.clock.now();
+                            applied.ask_store(&shared)
+                        }
+                        Err((i, why)) => Step::Busy(i, why),
+                    }
+                }
+                Step::Store(pending) => Step::Decided(Some(pending.await)),
+            };
         }
-        EventKind::Banned => {
-            tracing::info!(limit, bucket, "key banned after repeated refusals")
-        }
-        _ => tracing::debug!(
-            limit,
-            bucket,
-            retry_after = decision.retry_after().unwrap_or(0),
-            reason = ?decision.refusal(),
-            "request refused by rate limit"
-        ),
-    }
-    if let Some(hook) = &shared.on_event {
-        (hook.0)(&Event {
-            kind,
-            limit,
-            bucket: Some(bucket),
-            decision: Some(decision),
-            key_error: None,
-        });
-    }
+    }))
 }

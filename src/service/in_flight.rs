@@ -1,16 +1,11 @@
 //! In-flight caps: taking a request's slots, at once or after a wait, from
 //! the layer's own limiter or from a store that shares them.
 
-use smallvec::SmallVec;
-
-use super::applied::Claim;
+use super::applied::{Claim, Held};
+use super::Shared;
 use crate::concurrency::{Busy, ConcurrencyLimiter, Mode, Permit};
 use crate::decision::WindowReport;
-use crate::layer::Shared;
 use crate::store::Store;
-
-/// The slots a request holds so far.
-pub(super) type Held = SmallVec<[Permit; 1]>;
 
 /// How taking a request's slots at once went.
 pub(super) enum Taken {

@@ -1,22 +1,27 @@
-//! Answers: the inner service's response with headers, or one the layer
-//! produces itself (a refusal, a busy answer).
+//! Step 4 of a request's path, the answer: the inner service's response
+//! with headers, or one the layer produces itself (a refusal, a busy answer,
+//! a key error).
 
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::applied::{Applied, Claim};
-use super::decide::emit;
-use super::in_flight::{cap_report, Held};
+use super::applied::{Applied, Claim, Held};
+use super::in_flight::{cap_report, in_flight_of};
+use super::plan::Ban;
+use super::verdict::{decide_counted, emit};
+use super::Shared;
 use crate::body::{ResponseBody, Slots};
+use crate::clock::NANOS;
 use crate::concurrency::Busy;
-use crate::decision::{Decision, RefusalReason, ReportedWindow, WindowReport, NANOS};
+use crate::decision::{Decision, RefusalReason};
 use crate::event::EventKind;
 use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Standing};
-use crate::layer::Shared;
-use crate::policy::{PolicyInner, Quota};
+use crate::key::KeyError;
+use crate::policy::PolicyInner;
+use crate::report::Reported;
 use crate::response::{self, Produced};
-use crate::store::Outcome;
+use crate::store::{Outcome, StoreError};
 
 /// What the store said of a request's windows, beside the decision built
 /// from it: the IETF fields report each window's own state from it.
@@ -63,13 +68,110 @@ fn headers_for<St>(
     )
 }
 
-/// Admitted: call the inner service and decorate its response (whose body
-/// holds the request's slots). Refused: answer without calling it.
-/// `counted`: what the store said, if it decided.
-pub(super) fn respond<S, St, ReqBody, ResBody>(
+/// Answers a decided request: `decided` is the store's answer (`None`: the
+/// request has no window to count), and every slot is held. A store that
+/// failed lets the request through unlimited. The common case (admitted,
+/// nothing reads the decision, single-window headers) skips building the
+/// decision.
+#[inline]
+pub(super) fn finish<S, St, ReqBody, ResBody>(
+    shared: &Shared<St>,
+    decided: Option<Result<Outcome, StoreError>>,
+    applied: Applied,
+    request: Request<ReqBody>,
+    inner: &mut S,
+) -> ResponseFuture<S::Future, ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let outcome = match decided {
+        None => None,
+        Some(Ok(outcome)) => Some(outcome),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "rate-limit store failed; request let through unlimited");
+            return ResponseFuture::inner(inner.call(request), None, None, slots(applied.held));
+        }
+    };
+    let outcome = outcome.as_ref();
+    let policy = &*shared.policy.inner;
+    let now = applied.now;
+    let caps = || {
+        applied
+            .claims
+            .iter()
+            .map(|c| cap_report(c, in_flight_of(c, &applied.held), now.div_ceil(NANOS)))
+    };
+    let quiet =
+        outcome.is_none_or(|o| o.admitted() && !o.shadow_refused()) && applied.shadow_busy == 0;
+    if quiet && !shared.decision_extensions && !policy.headers.has_ietf() {
+        let reported = match outcome {
+            Some(outcome) => {
+                Decision::reported_values(outcome, now, policy.report, applied.period_of(policy))
+            }
+            None => caps()
+                .min_by_key(|w| w.remaining)
+                .map(|w| Reported::from(&w)),
+        };
+        let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
+        return ResponseFuture::inner(inner.call(request), headers, None, slots(applied.held));
+    }
+    let decision = match outcome {
+        Some(outcome) => decide_counted(shared, outcome, &applied),
+        None => Decision::admitted(),
+    }
+    .with_shadow_refusal(applied.shadow_busy != 0);
+    let counted = outcome.map(|outcome| Counted {
+        outcome,
+        applied: &applied,
+    });
+    if !decision.is_admitted() {
+        return refuse(shared, decision, counted, &request);
+    }
+    for (i, claim) in applied.claims.iter().enumerate() {
+        if applied.shadow_busy & (1 << i) != 0 {
+            let limit = usize::from(claim.origin.0);
+            emit(
+                shared,
+                EventKind::ShadowRefused,
+                limit,
+                claim.bucket,
+                &decision,
+            );
+        }
+    }
+    let decision = decision.with_caps(caps());
+    let headers = headers_for(shared, &decision, counted);
+    respond(shared, decision, headers, request, inner, applied.held)
+}
+
+/// The 401 for a key a limit rejected: nothing was counted, so no
+/// rate-limit headers.
+pub(super) fn reject<F, B, E, ReqBody>(
+    error: &KeyError,
+    request: &Request<ReqBody>,
+) -> ResponseFuture<F, B, E> {
+    let produced = response::key_error(error, request.headers());
+    ResponseFuture::produced(build(produced, PendingHeaders::default(), None))
+}
+
+/// The refusal of a key found banned before anything was counted.
+pub(super) fn banned<F, B, E, St, ReqBody>(
+    shared: &Shared<St>,
+    ban: Ban,
+    now: u64,
+    request: &Request<ReqBody>,
+) -> ResponseFuture<F, B, E> {
+    let decision = Decision::banned(ban.left, now, ban.report);
+    emit(shared, EventKind::Refused, ban.limit, ban.bucket, &decision);
+    refuse(shared, decision, None, request)
+}
+
+/// Admitted: calls the inner service, whose response gets `headers` (and
+/// whose body holds the request's slots).
+fn respond<S, St, ReqBody, ResBody>(
     shared: &Shared<St>,
     decision: Decision,
-    counted: Option<Counted<'_>>,
+    headers: PendingHeaders,
     mut request: Request<ReqBody>,
     inner: &mut S,
     held: Held,
@@ -77,10 +179,6 @@ pub(super) fn respond<S, St, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    if !decision.is_admitted() {
-        return refuse(shared, decision, counted, &request);
-    }
-    let headers = headers_for(shared, &decision, counted);
     let decision = shared.decision_extensions.then(|| {
         request.extensions_mut().insert(decision.clone());
         Box::new(decision)
@@ -135,44 +233,6 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
 /// The slots a response body holds.
 pub(super) fn slots(held: Held) -> Slots {
     (!held.is_empty()).then(|| held.into_vec().into_boxed_slice())
-}
-
-/// Which window of `quota` the headers report when nothing was counted.
-fn quota_window(quota: &Quota, report: ReportedWindow) -> usize {
-    let windows = quota.windows();
-    match report {
-        ReportedWindow::Period(p) => windows.iter().position(|w| w.period() == p),
-        ReportedWindow::MostRestrictive => None,
-    }
-    .unwrap_or(0)
-}
-
-/// The reported window of `quota` (route `ri` of limit `li`), before any
-/// adjustment; an in-flight cap's if the quota has no window.
-pub(super) fn window_report(
-    quota: &Quota,
-    li: usize,
-    ri: usize,
-    report: ReportedWindow,
-) -> WindowReport {
-    let index = quota_window(quota, report);
-    let (limit, period) = quota
-        .windows()
-        .get(index)
-        .map_or((quota.in_flight_cap().unwrap_or(0), 0), |w| {
-            (w.limit(), w.period_ns().div_ceil(NANOS))
-        });
-    WindowReport {
-        limit_index: li as u16,
-        route_index: ri as u16,
-        window_index: index as u8,
-        limit,
-        remaining: 0,
-        reset: 0,
-        reset_after: 0,
-        period,
-        concurrent: quota.windows().is_empty(),
-    }
 }
 
 pub(super) fn build<B>(

@@ -167,10 +167,11 @@
 mod breaker;
 mod connection;
 mod failure;
+mod failure_policy;
 mod keys;
 mod script;
 mod slots;
 mod store;
 
-pub use failure::FailurePolicy;
+pub use failure_policy::FailurePolicy;
 pub use store::{ClockSource, PendingDecision, RedisStats, RedisStore, RedisStoreBuilder};

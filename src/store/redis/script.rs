@@ -4,7 +4,7 @@
 
 use smallvec::SmallVec;
 
-use super::failure::FailurePolicy;
+use super::failure_policy::FailurePolicy;
 use super::keys::{penalty_keys, window_key};
 use crate::penalty::Penalty;
 use crate::policy::{Algorithm, Window};

@@ -26,7 +26,8 @@ use tokio::time::Instant;
 
 use super::breaker::{Breaker, Permit as Call, Ticket, Transition};
 use super::connection::Backend;
-use super::failure::{self, Failure, FailurePolicy};
+use super::failure::{self, Failure};
+use super::failure_policy::FailurePolicy;
 use crate::concurrency::{Busy, ConcurrencyLimiter, Mode, Permit};
 use crate::store::SlotFuture;
 

@@ -14,7 +14,8 @@ use redis::Script;
 
 use super::breaker::{Breaker, Permit, Ticket, Transition};
 use super::connection::{self, Backend, Cluster, Tls};
-use super::failure::{self, Failure, FailurePolicy};
+use super::failure::{self, Failure};
+use super::failure_policy::FailurePolicy;
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
 use super::script::{self, Planned};
 use crate::error::ConfigError;

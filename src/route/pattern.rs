@@ -11,12 +11,13 @@ use std::fmt;
 
 use smallvec::SmallVec;
 
+use super::percent::eq_percent_decoded;
 use crate::error::{ConfigError, ConfigErrorKind};
 
 /// A compiled path pattern.
 ///
 /// ```
-/// use tower_ratelimit::policy::{PathPattern, PathSegments};
+/// use tower_ratelimit::route::{PathPattern, PathSegments};
 ///
 /// let pattern = PathPattern::parse("/v1/calls/{call_id}/control").unwrap();
 /// let path = PathSegments::new("/v1/calls/c_42/control");
@@ -238,55 +239,6 @@ impl<'p> Captures<'p> {
             .iter()
             .position(|s| matches!(s, Segment::Capture(n) if &**n == name))?;
         self.path.get(i)
-    }
-}
-
-/// Compares a raw path segment with a literal, decoding `%XX` in the segment.
-fn eq_percent_decoded(raw: &[u8], literal: &[u8]) -> bool {
-    if !raw.contains(&b'%') {
-        return raw == literal;
-    }
-    let mut decoded = PercentDecode::new(raw);
-    literal.iter().all(|&b| decoded.next() == Some(b)) && decoded.next().is_none()
-}
-
-/// Decodes `%XX` escapes byte by byte; a `%` not followed by two hex digits
-/// stands for itself.
-#[derive(Debug, Clone)]
-pub(crate) struct PercentDecode<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> PercentDecode<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        PercentDecode { bytes }
-    }
-}
-
-impl Iterator for PercentDecode<'_> {
-    type Item = u8;
-
-    fn next(&mut self) -> Option<u8> {
-        let (&first, rest) = self.bytes.split_first()?;
-        if first == b'%' {
-            if let [h, l, tail @ ..] = rest {
-                if let (Some(h), Some(l)) = (hex(*h), hex(*l)) {
-                    self.bytes = tail;
-                    return Some(h << 4 | l);
-                }
-            }
-        }
-        self.bytes = rest;
-        Some(first)
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 

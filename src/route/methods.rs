@@ -16,10 +16,10 @@ use crate::error::ConfigError;
 /// [`Methods::ANY`].
 ///
 /// A set is only the methods it names: that a route naming `GET` also
-/// matches `HEAD` is the route's rule (see [`Limit`](crate::Limit)).
+/// matches `HEAD` is the route's rule (see [`Route`](super::Route)).
 ///
 /// ```
-/// use tower_ratelimit::policy::Methods;
+/// use tower_ratelimit::route::Methods;
 /// use http::Method;
 ///
 /// let writes: Methods = "POST,PUT,PATCH,DELETE".parse().unwrap();

@@ -1,0 +1,192 @@
+//! From a store's outcome to what the layer reports: the [`Decision`] and
+//! the values of the single-window headers.
+
+use smallvec::SmallVec;
+
+use crate::clock::NANOS;
+use crate::decision::{Decision, RefusalReason, WindowReport};
+use crate::policy::Quota;
+use crate::reporting::ReportedWindow;
+use crate::store::{Outcome, WindowStatus};
+
+/// Where each window of an outcome belongs in the policy.
+pub(crate) type WindowOrigin = (u16, u16);
+
+/// The values the single-window headers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reported {
+    pub(crate) limit: u32,
+    pub(crate) remaining: u32,
+    pub(crate) reset: u64,
+}
+
+impl From<&WindowReport> for Reported {
+    fn from(w: &WindowReport) -> Self {
+        Reported {
+            limit: w.limit,
+            remaining: w.remaining,
+            reset: w.reset,
+        }
+    }
+}
+
+impl Decision {
+    /// Builds the decision from a store outcome. `origin(check)` is the
+    /// (limit, route) of each check; `period_of(check, window)` its period.
+    pub(crate) fn from_outcome(
+        outcome: &Outcome,
+        origin: impl Fn(usize) -> WindowOrigin,
+        now: u64,
+        report: ReportedWindow,
+        period_ns: impl Fn(usize, usize) -> u64,
+    ) -> Self {
+        let mut windows: SmallVec<[WindowReport; 4]> = SmallVec::new();
+        for status in outcome.windows() {
+            windows.push(status_report(outcome, status, &origin, now, &period_ns));
+        }
+        let refusal = match (outcome.admitted(), outcome.is_capacity_refusal()) {
+            (true, _) => None,
+            (false, true) => Some(RefusalReason::Capacity),
+            (false, false) => Some(RefusalReason::Window),
+        };
+        let retry_after = if refusal.is_some() {
+            outcome.retry_after().div_ceil(NANOS).max(1)
+        } else {
+            0
+        };
+        let reported = pick(outcome, report, |i| windows[i].period);
+        let mut decision = Decision {
+            refusal,
+            shadow_refused: outcome.shadow_refused(),
+            retry_after,
+            reported,
+            windows,
+        };
+        if refusal.is_some() {
+            // Never advertise a reset before the moment a retry is admitted.
+            let retry_at = now.div_ceil(NANOS) + retry_after;
+            if let Some(w) = decision.windows.get_mut(reported) {
+                if w.reset < retry_at {
+                    w.reset = retry_at;
+                    w.reset_after = retry_after;
+                }
+            }
+        }
+        decision
+    }
+
+    /// The `X-RateLimit-*` values of an *admitted* request (its reported
+    /// window's), without building the whole decision.
+    pub(crate) fn reported_values(
+        outcome: &Outcome,
+        now: u64,
+        report: ReportedWindow,
+        period_ns: impl Fn(usize, usize) -> u64,
+    ) -> Option<Reported> {
+        debug_assert!(outcome.admitted(), "refusals build the whole decision");
+        let statuses = outcome.windows();
+        let period = |i: usize| {
+            let w: &WindowStatus = &statuses[i];
+            period_ns(usize::from(w.check), usize::from(w.window)).div_ceil(NANOS)
+        };
+        let w = statuses.get(pick(outcome, report, period))?;
+        Some(Reported {
+            limit: w.limit,
+            remaining: w.remaining,
+            reset: reset_at(now, w.reset_after),
+        })
+    }
+}
+
+/// What the headers say about one window of an outcome.
+fn status_report(
+    outcome: &Outcome,
+    w: &WindowStatus,
+    origin: impl Fn(usize) -> WindowOrigin,
+    now: u64,
+    period_ns: impl Fn(usize, usize) -> u64,
+) -> WindowReport {
+    let (limit_index, route_index) = origin(usize::from(w.check));
+    let period = period_ns(usize::from(w.check), usize::from(w.window));
+    WindowReport {
+        limit_index,
+        route_index,
+        window_index: w.window,
+        limit: w.limit,
+        remaining: if outcome.admitted() { w.remaining } else { 0 },
+        reset: reset_at(now, w.reset_after),
+        reset_after: w.reset_after.div_ceil(NANOS),
+        period: period.div_ceil(NANOS),
+        concurrent: false,
+    }
+}
+
+/// When a window `reset_after` ns from `now` resets, in Unix seconds
+/// (rounded up: never before it does).
+fn reset_at(now: u64, reset_after: u64) -> u64 {
+    (now + reset_after).div_ceil(NANOS)
+}
+
+/// The index of the reported window; `period_secs(i)` is window `i`'s period
+/// in whole seconds.
+fn pick(outcome: &Outcome, report: ReportedWindow, period_secs: impl Fn(usize) -> u64) -> usize {
+    let statuses = outcome.windows();
+    if let ReportedWindow::Period(period) = report {
+        let secs = period.as_nanos().div_ceil(u128::from(NANOS)) as u64;
+        if let Some(i) = (0..statuses.len()).find(|&i| period_secs(i) == secs) {
+            return i;
+        }
+    }
+    if !outcome.admitted() && !outcome.is_capacity_refusal() {
+        return (0..statuses.len())
+            .max_by_key(|&i| (statuses[i].retry_after, std::cmp::Reverse(i)))
+            .unwrap_or(0);
+    }
+    (0..statuses.len())
+        .min_by_key(|&i| {
+            (
+                statuses[i].remaining,
+                std::cmp::Reverse(statuses[i].reset_after),
+                i,
+            )
+        })
+        .unwrap_or(0)
+}
+
+/// Which window of `quota` the headers report when nothing was counted.
+fn reported_of(quota: &Quota, report: ReportedWindow) -> usize {
+    let windows = quota.windows();
+    match report {
+        ReportedWindow::Period(p) => windows.iter().position(|w| w.period() == p),
+        ReportedWindow::MostRestrictive => None,
+    }
+    .unwrap_or(0)
+}
+
+/// The reported window of `quota` (route `ri` of limit `li`), before any
+/// adjustment; an in-flight cap's if the quota has no window.
+pub(crate) fn quota_report(
+    quota: &Quota,
+    li: usize,
+    ri: usize,
+    report: ReportedWindow,
+) -> WindowReport {
+    let index = reported_of(quota, report);
+    let (limit, period) = quota
+        .windows()
+        .get(index)
+        .map_or((quota.in_flight_cap().unwrap_or(0), 0), |w| {
+            (w.limit(), w.period_ns().div_ceil(NANOS))
+        });
+    WindowReport {
+        limit_index: li as u16,
+        route_index: ri as u16,
+        window_index: index as u8,
+        limit,
+        remaining: 0,
+        reset: 0,
+        reset_after: 0,
+        period,
+        concurrent: quota.windows().is_empty(),
+    }
+}

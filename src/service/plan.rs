@@ -1,0 +1,149 @@
+//! Steps 1 and 2 of a request's path: which limits apply to it (method and
+//! path), and to whose key, at which quota.
+
+use http::Request;
+
+use super::applied::{resolve, Applied, Charge, Claim};
+use super::Shared;
+use crate::decision::WindowReport;
+use crate::event::{Event, EventKind};
+use crate::key::{Key, KeyError, KeyErrorKind, KeySecret, RequestView};
+use crate::policy::{CompiledLimit, MissingKey, PathSegments};
+use crate::report::quota_report;
+use crate::store::Store;
+
+/// What applies to a request.
+pub(super) enum Plan {
+    /// No limit: the request passes uncounted.
+    Pass,
+    /// The limits put in the [`Applied`], to be decided.
+    Apply,
+    /// A limit found no usable key: a 401, nothing counted.
+    Reject(KeyError),
+    /// The key is banned by a limit's penalty: refused, nothing counted.
+    Banned(Ban),
+}
+
+/// A ban found in force before anything was counted.
+pub(super) struct Ban {
+    /// The banning limit.
+    pub(super) limit: usize,
+    /// Nanoseconds until it lifts.
+    pub(super) left: u64,
+    /// The request's bucket in that limit, for events.
+    pub(super) bucket: u64,
+    /// The limit's reported window.
+    pub(super) report: WindowReport,
+}
+
+/// Matches `request` against every limit's routes and reads each applying
+/// limit's key: puts in `applied` a charge (its windows) and a claim (its
+/// in-flight cap) for each, or says why the request goes no further.
+pub(super) fn plan<St: Store, B>(
+    shared: &Shared<St>,
+    request: &Request<B>,
+    applied: &mut Applied,
+) -> Plan {
+    let policy = &*shared.policy.inner;
+    let now = applied.now;
+    let path = PathSegments::new(request.uri().path());
+    for (li, limit) in policy.limits.iter().enumerate() {
+        let Some((ri, route, captures)) = limit.route_for(request.method(), &path) else {
+            continue;
+        };
+        let view = RequestView::new(request, Some(captures));
+        let key = match extract_key(limit, &view, policy.max_key_len) {
+            Ok(key) => key,
+            Err(error)
+                if limit.missing_key == MissingKey::Skip
+                    && error.kind() == KeyErrorKind::Missing =>
+            {
+                tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
+                continue;
+            }
+            Err(error) => {
+                if let Some(hook) = &shared.on_event {
+                    (hook.0)(&Event {
+                        kind: EventKind::KeyRejected,
+                        limit: &limit.name,
+                        bucket: None,
+                        decision: None,
+                        key_error: Some(&error),
+                    });
+                }
+                if limit.shadow {
+                    tracing::info!(limit = %limit.name, %error, "shadow limit would have rejected the key");
+                    continue;
+                }
+                tracing::debug!(limit = %limit.name, %error, "request refused: no usable key");
+                return Plan::Reject(error);
+            }
+        };
+        if limit.exemptions.covers(&key, &view, &policy.secret) {
+            tracing::trace!(limit = %limit.name, "limit skipped: exempt");
+            continue;
+        }
+        let id = policy.secret.id(limit.key_domain, &key);
+        let bucket = KeySecret::derive(id, route.id);
+        let own = resolve(policy, li, limit, &key, &view);
+        let quota = route.quota_of(own.as_ref());
+        let penalty_key = limit
+            .penalty
+            .map(|_| KeySecret::derive(id, limit.penalty_domain));
+        if let (Some(key), false) = (penalty_key, limit.shadow) {
+            if let Some(left) = shared.store.banned_for(key, now) {
+                let report = quota_report(quota, li, ri, policy.report);
+                return Plan::Banned(Ban {
+                    limit: li,
+                    left,
+                    bucket,
+                    report,
+                });
+            }
+        }
+        let origin = (li as u16, ri as u16);
+        if let Some(cap) = quota.in_flight_cap() {
+            applied.claims.push(Claim {
+                origin,
+                key: KeySecret::derive(id, limit.concurrency_domain),
+                bucket,
+                cap,
+                mode: quota.in_flight_mode(),
+                shadow: limit.shadow,
+            });
+        }
+        if !quota.windows().is_empty() {
+            applied.charges.push(Charge {
+                origin,
+                bucket,
+                penalty_key,
+                own,
+                shadow: limit.shadow,
+            });
+        }
+    }
+    if applied.charges.is_empty() && applied.claims.is_empty() {
+        Plan::Pass
+    } else {
+        Plan::Apply
+    }
+}
+
+/// The request's key for `limit`, checked against the length cap.
+fn extract_key<'a>(
+    limit: &CompiledLimit,
+    view: &RequestView<'a>,
+    max_len: usize,
+) -> Result<Key<'a>, KeyError> {
+    let key = limit.key.extract(view)?;
+    let kind = match key.len() {
+        0 => KeyErrorKind::Empty,
+        len if len > max_len => KeyErrorKind::TooLong,
+        _ => return Ok(key),
+    };
+    let error = KeyError::new(kind, limit.key.describe().into_owned());
+    Err(match kind {
+        KeyErrorKind::TooLong => error.with_detail(format!("The limit is {max_len} bytes.")),
+        _ => error,
+    })
+}
