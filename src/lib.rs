@@ -169,3 +169,6 @@ pub use reporting::{HeaderStyle, ReportedWindow};
 pub use response::{CustomBody, Refusal, RefusalFormat, X_REQUEST_ID};
 pub use service::RateLimit;
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

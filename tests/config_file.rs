@@ -203,10 +203,7 @@ async fn a_complete_file_behaves_like_the_same_policy_in_code() {
 
 #[test]
 fn the_demo_servers_default_policy_loads() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/policies/default.toml"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/policies/default.toml");
     let file = Policy::from_toml_file(path).unwrap();
     let code = Policy::builder()
         .limit(

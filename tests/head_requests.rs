@@ -329,10 +329,7 @@ fn a_file_route_means_the_same_as_the_code_route() {
 
 #[tokio::test]
 async fn the_nixflex_preset_counts_head_as_a_read() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/policies/nixflex.toml"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/policies/nixflex.toml");
     let h = Harness::new(Policy::from_toml_file(path).unwrap());
     let bearer = "Bearer nx_a";
     for i in 0..600u32 {

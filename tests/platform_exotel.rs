@@ -1,4 +1,4 @@
-//! Exotel's published policy, from `examples/policies/exotel.toml`, behaves
+//! Exotel's published policy, from `demo/policies/exotel.toml`, behaves
 //! as its page says: per account (from the path), each API category counted
 //! on its own with a 10/second burst and a 100/minute sustained limit, both;
 //! temporary throttling after repeated violations; no concurrent actions on

@@ -1,5 +1,5 @@
 //! The harness of the platform suites: a policy file from
-//! `examples/policies/`, enforced in front of a service that answers
+//! `demo/policies/`, enforced in front of a service that answers
 //! `200 {}` (after `?hold_ms=N` ms, like the demo server), on a manual clock.
 
 #![allow(dead_code)] // each suite uses what it needs
@@ -34,10 +34,7 @@ pub(crate) struct Platform {
 impl Platform {
     /// The preset `name`, with the clock at `unix_secs`.
     pub(crate) fn new(name: &str, unix_secs: u64) -> Self {
-        let file = format!(
-            "{}/examples/policies/{name}.toml",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let file = format!("{}/demo/policies/{name}.toml", env!("CARGO_MANIFEST_DIR"));
         let policy = Policy::from_toml_file(&file).expect("the policy file loads");
         let clock = ManualClock::at_unix_secs(unix_secs);
         let calls = Arc::new(AtomicUsize::new(0));

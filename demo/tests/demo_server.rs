@@ -1,9 +1,9 @@
-//! The demo server (`examples/voice_api.rs`) against slow and numerous
+//! The demo server (`voice_api`) against slow and numerous
 //! clients: half-sent requests, idle connections and unfinished bodies do
 //! not hold a connection past the header timeout, and connections beyond
 //! the cap wait for a free one.
 
-#[path = "../examples/voice_api/server.rs"]
+#[path = "../src/server.rs"]
 mod server;
 
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_millis(500);
 async fn start(header_timeout: Duration, max_connections: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let policy = Policy::from_toml(include_str!("../examples/policies/default.toml")).unwrap();
+    let policy = Policy::from_toml(include_str!("../policies/default.toml")).unwrap();
     let app = server::app(|router| router.layer(RateLimitLayer::new(policy)));
     let guards = server::Guards {
         header_timeout,

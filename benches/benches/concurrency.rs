@@ -2,10 +2,11 @@
 //! (rate only, cap only, both) over a bare service, and the two engines
 //! alone (`ConcurrencyLimiter::try_acquire` + drop, `MemoryStore::check`).
 //!
-//! Run with `cargo bench --bench concurrency`. Every request is admitted:
-//! windows and caps are far above what a benchmark can send, and each
-//! response (and with it its slot) is dropped before the next request, so
-//! a cap is never full. Futures are polled in place: no runtime, no TCP.
+//! Run with `cargo bench -p tower-ratelimit-benches --bench concurrency`. Every
+//! request is admitted: windows and caps are far above what a benchmark can
+//! send, and each response (and with it its slot) is dropped before the next
+//! request, so a cap is never full. Futures are polled in place: no runtime, no
+//! TCP.
 
 mod support;
 

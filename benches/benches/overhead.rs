@@ -2,9 +2,10 @@
 //! `tower_governor` (headers on) and `governor`'s keyed `check_key`, and how
 //! throughput scales from one thread to two on disjoint keys.
 //!
-//! Run with `cargo bench --bench overhead`. Every request is admitted (the
-//! limits are far above what a benchmark can send), responses carry rate-limit
-//! headers, and futures are polled in place: no runtime, no TCP.
+//! Run with `cargo bench -p tower-ratelimit-benches --bench overhead`. Every
+//! request is admitted (the limits are far above what a benchmark can send),
+//! responses carry rate-limit headers, and futures are polled in place: no
+//! runtime, no TCP.
 
 mod support;
 

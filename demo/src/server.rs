@@ -1,6 +1,6 @@
 //! The demo's HTTP server: the stand-in voice API behind a limiter, served
 //! over HTTP/1.1 with guards against slow and numerous clients. Shared by
-//! `examples/voice_api.rs` and the tests that serve the demo.
+//! the `voice_api` binary and the tests that serve the demo.
 
 use std::future::Future;
 use std::sync::Arc;

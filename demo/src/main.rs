@@ -1,5 +1,5 @@
-//! Run with `cargo run --example voice_api` (options: `--addr 127.0.0.1:3000`,
-//! `--config FILE`, `--preset NAME` for `examples/policies/NAME.toml`,
+//! Run with `cargo run -p voice-api` (options: `--addr 127.0.0.1:3000`,
+//! `--config FILE`, `--preset NAME` for `demo/policies/NAME.toml`,
 //! `--redis redis://127.0.0.1:6379` to count in Redis, with `--features redis`;
 //! processes that share a Redis need one key secret: the policy's
 //! `key_secret`, or else `RATELIMIT_KEY_SECRET`).
@@ -14,10 +14,9 @@
 //! A stand-in for a voice-AI API: every path answers 200 JSON (other methods
 //! than GET, HEAD, POST, PUT, PATCH and DELETE get a 405),
 //! behind a `RateLimitLayer`. Without `--config` it enforces
-//! `examples/policies/default.toml`: per `X-API-Key`, 60/minute and
-//! 1,000/hour, both.
+//! `demo/policies/default.toml`: per `X-API-Key`, 60/minute and 1,000/hour,
+//! both.
 
-#[path = "voice_api/server.rs"]
 mod server;
 
 use std::net::SocketAddr;
@@ -26,7 +25,7 @@ use std::time::Duration;
 
 use tower_ratelimit::{Policy, RateLimitLayer};
 
-const DEFAULT_POLICY: &str = include_str!("policies/default.toml");
+const DEFAULT_POLICY: &str = include_str!("../policies/default.toml");
 
 /// The longest `--header-timeout-ms` accepted.
 const MAX_HEADER_TIMEOUT_MS: u64 = 30_000;
@@ -39,13 +38,13 @@ struct Options {
 }
 
 /// Where the platform presets live.
-const PRESETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies");
+const PRESETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
 
 fn usage() -> &'static str {
     "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME] [--redis redis://HOST:PORT]\n                 [--header-timeout-ms MS] [--max-connections N]"
 }
 
-/// The names of the policy files in `examples/policies`.
+/// The names of the policy files in `demo/policies/`.
 fn preset_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(PRESETS)
         .into_iter()
@@ -100,7 +99,7 @@ fn parse_args() -> Result<Options, String> {
                 if cfg!(not(feature = "redis")) {
                     return Err(String::from(
                         "--redis needs the `redis` feature: \
-                         cargo run --example voice_api --features redis -- --redis URL",
+                         cargo run -p voice-api --features redis -- --redis URL",
                     ));
                 }
                 options.redis = Some(url);
@@ -190,7 +189,7 @@ async fn redis_layer(
 #[cfg(not(feature = "redis"))]
 async fn redis_layer(_policy: Policy, _url: &str) -> Result<RateLimitLayer, String> {
     Err(String::from(
-        "--redis needs the `redis` feature: cargo run --example voice_api --features redis -- --redis URL",
+        "--redis needs the `redis` feature: cargo run -p voice-api --features redis -- --redis URL",
     ))
 }
 

@@ -1,12 +1,13 @@
-//! The README's demo, as the README shows it: its copies of the platform
-//! policy files are the files, and its commands, run with `bash` and `curl`
-//! against the demo server on real sockets and in real time, print what
-//! it claims.
+//! The demo as the crate's README and the presets page
+//! (`policies/README.md`) show it: the page's copies of the platform policy
+//! files are the files, and the commands of both, run with `bash` and
+//! `curl` against the demo server on real sockets and in real time, print
+//! what they claim.
 //!
 //! Each preset section's `sh` block starts the demo
-//! (`cargo run --example voice_api -- --preset NAME`; here the same server
-//! code, in process, on a free port) and then runs commands, some with a
-//! claim in a trailing `# comment`. A claim is one of:
+//! (`cargo run -p voice-api -- --preset NAME`; here the same server code,
+//! in process, on a free port) and then runs commands, some with a claim in
+//! a trailing `# comment`. A claim is one of:
 //!
 //! * `ten 200s, then 429`: the status codes printed, in that order;
 //! * `Header-Name: value`: a header of the response, exactly;
@@ -14,10 +15,10 @@
 //! * `[label: ]waits ~S s for a slot, then NNN`: the command takes S s
 //!   (± 1 s) and prints the status code NNN.
 //!
-//! The first section's `console` block shows commands (`$ …`) and their
-//! output, `…` standing for lines left out.
+//! The README's first section's `console` block shows commands (`$ …`) and
+//! their output, `…` standing for lines left out.
 
-#[path = "../examples/voice_api/server.rs"]
+#[path = "../src/server.rs"]
 mod server;
 
 use std::net::SocketAddr;
@@ -29,14 +30,20 @@ use tower_ratelimit::{Policy, RateLimitLayer};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The presets the README shows, one section each.
+/// The presets the presets page shows, one section each.
 const PRESETS: [&str; 4] = ["flireo", "nixflex", "talkpilot", "exotel"];
 
 /// Where the README's commands expect the demo.
 const README_ADDR: &str = "127.0.0.1:3000";
 
+/// The crate's README.
 fn readme() -> String {
-    std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap()
+    std::fs::read_to_string(format!("{ROOT}/../README.md")).unwrap()
+}
+
+/// The presets page, beside the policy files.
+fn presets_page() -> String {
+    std::fs::read_to_string(format!("{ROOT}/policies/README.md")).unwrap()
 }
 
 /// A policy file without its leading comment block (the page it reads).
@@ -51,20 +58,19 @@ fn without_header(text: &str) -> String {
 
 #[test]
 fn every_preset_in_the_readme_is_its_file() {
-    let readme = readme();
+    let readme = presets_page();
     for name in PRESETS {
-        let file =
-            std::fs::read_to_string(format!("{ROOT}/examples/policies/{name}.toml")).unwrap();
-        let marker = format!("`examples/policies/{name}.toml`:\n\n```toml\n");
+        let file = std::fs::read_to_string(format!("{ROOT}/policies/{name}.toml")).unwrap();
+        let marker = format!("`{name}.toml`:\n\n```toml\n");
         let start = readme
             .find(&marker)
-            .unwrap_or_else(|| panic!("the README shows {name}.toml"))
+            .unwrap_or_else(|| panic!("the presets page shows {name}.toml"))
             + marker.len();
         let end = start + readme[start..].find("\n```").unwrap();
         assert_eq!(
             &readme[start..end],
             without_header(&file),
-            "README's copy of {name}.toml"
+            "the presets page's copy of {name}.toml"
         );
         tower_ratelimit::Policy::from_toml(&file).unwrap();
     }
@@ -72,10 +78,10 @@ fn every_preset_in_the_readme_is_its_file() {
 
 #[test]
 fn the_readme_has_a_section_for_each_preset_and_no_other() {
-    let readme = readme();
+    let readme = presets_page();
     let shown: Vec<&str> = readme
         .lines()
-        .filter(|line| line.starts_with("### "))
+        .filter(|line| line.starts_with("## "))
         .filter_map(|line| line.split("(`--preset ").nth(1)?.strip_suffix("`)"))
         .collect();
     assert_eq!(shown, PRESETS);
@@ -223,7 +229,7 @@ fn commands(block: &str) -> Vec<(String, Option<String>)> {
 fn section(readme: &str, heading: &str) -> String {
     let start = readme
         .find(heading)
-        .unwrap_or_else(|| panic!("the README has a heading with {heading}"));
+        .unwrap_or_else(|| panic!("the page has a heading with {heading}"));
     let rest = &readme[start + heading.len()..];
     let end = ["\n## ", "\n### "]
         .iter()
@@ -326,20 +332,17 @@ fn bash_and_curl_or_panic() {
 /// Runs the `sh` block of a preset's section and checks every claim in it.
 fn run_preset_section(name: &str) {
     bash_and_curl_or_panic();
-    let readme = readme();
+    let readme = presets_page();
     let text = section(&readme, &format!("(`--preset {name}`)"));
     let block = blocks(&text, "sh");
     assert_eq!(block.len(), 1, "one sh block in the {name} section");
     let commands = commands(&block[0]);
     assert_eq!(
         commands[0],
-        (
-            format!("cargo run --example voice_api -- --preset {name}"),
-            None
-        ),
+        (format!("cargo run -p voice-api -- --preset {name}"), None),
         "the {name} section starts the demo"
     );
-    let policy = std::fs::read_to_string(format!("{ROOT}/examples/policies/{name}.toml")).unwrap();
+    let policy = std::fs::read_to_string(format!("{ROOT}/policies/{name}.toml")).unwrap();
     let demo = Demo::start(&policy);
     if policy.contains("\"fixed_window\"") {
         clear_of_a_minute_boundary();
@@ -415,7 +418,7 @@ fn the_first_sections_commands_print_what_the_readme_shows() {
     let first = &readme[..readme.find("\n## ").unwrap()];
     let block = blocks(first, "console");
     assert_eq!(block.len(), 1, "one console block in the first section");
-    let demo = Demo::start(include_str!("../examples/policies/default.toml"));
+    let demo = Demo::start(include_str!("../policies/default.toml"));
     let mut shown_commands = 0;
     for part in format!("\n{}", block[0]).split("\n$ ").skip(1) {
         let (command, output) = part.split_once('\n').unwrap();

@@ -3,10 +3,11 @@
 //! p99 latency one decision adds; and the latency of one in-flight slot,
 //! shared through Redis, beside the layer's own limiter.
 //!
-//! Run with `cargo bench --bench redis --features redis`. The bench starts its
-//! own `redis-server` (from `PATH`, persistence off) on a free loopback port
-//! and stops it at the end. Each decision checks two windows (60/minute and
-//! 1,000/hour, GCRA) of one of 10,000 keys.
+//! Run with
+//! `cargo bench -p tower-ratelimit-benches --bench redis --features redis`.
+//! The bench starts its own `redis-server` (from `PATH`, persistence off) on
+//! a free loopback port and stops it at the end. Each decision checks two
+//! windows (60/minute and 1,000/hour, GCRA) of one of 10,000 keys.
 
 mod support;
 

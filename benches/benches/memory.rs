@@ -1,9 +1,10 @@
 //! Memory per tracked key: this crate's `MemoryStore` against `governor`'s
 //! keyed store, and the memory given back once keys go idle.
 //!
-//! Run with `cargo bench --bench memory`. Bytes are counted by a counting
-//! global allocator (only this thread's allocations): what the data
-//! structures ask the allocator for, without the allocator's own overhead.
+//! Run with `cargo bench -p tower-ratelimit-benches --bench memory`. Bytes are
+//! counted by a counting global allocator (only this thread's allocations):
+//! what the data structures ask the allocator for, without the allocator's own
+//! overhead.
 
 mod support;
 
