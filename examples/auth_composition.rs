@@ -217,7 +217,7 @@ pub fn policy() -> Policy {
         )
         // `X-RateLimit-*` for the minute window, and the IETF fields, which
         // also report the in-flight cap.
-        .headers(HeaderStyle::Both)
+        .header_style(HeaderStyle::Both)
         .build()
         .expect("the policy is valid")
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::concurrency::Permit;
+use crate::inflight::Permit;
 
 /// The in-flight slots a response holds (see
 /// [`Quota::in_flight`](crate::Quota::in_flight)).

@@ -1,4 +1,25 @@
 //! Time: a monotonic clock that reads as nanoseconds since the Unix epoch.
+//!
+//! A layer reads the wall-clock time once, when it is built, and advances it
+//! by Tokio's monotonic clock (so it follows `tokio::time::pause`). Tests
+//! that want to set the time themselves give the layer a [`ManualClock`], or
+//! any [`Clock`] of their own.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_ratelimit::clock::ManualClock;
+//! use tower_ratelimit::{key::Header, Limit, Policy, Quota, RateLimitLayer, Window};
+//!
+//! let policy = Policy::builder()
+//!     .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+//!         .quota(Quota::new(Window::per_minute(60))))
+//!     .build()
+//!     .unwrap();
+//! let clock = ManualClock::at_unix_secs(1_700_000_000);
+//! let layer = RateLimitLayer::new(policy).clock(clock.clone());
+//! clock.advance(Duration::from_secs(90));
+//! assert_eq!(layer.now(), 1_700_000_090_000_000_000);
+//! ```
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +39,7 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> u64;
 }
 
-/// The default clock: the wall-clock time when it was created, advanced by
+/// The layer's default clock: the wall-clock time when it was created, advanced by
 /// Tokio's monotonic clock.
 ///
 /// It follows `tokio::time::pause` and `advance`, so tests with paused time
@@ -26,7 +47,7 @@ pub trait Clock: Send + Sync + 'static {
 /// does not move it: decisions stay monotonic, and `X-RateLimit-Reset` may be
 /// off by that step until the process restarts.
 #[derive(Debug, Clone, Copy)]
-pub struct SystemClock {
+pub(crate) struct SystemClock {
     origin: tokio::time::Instant,
     origin_unix: u64,
 }
@@ -39,7 +60,7 @@ impl Default for SystemClock {
 
 impl SystemClock {
     /// A clock anchored at the current wall-clock time.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let origin_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);

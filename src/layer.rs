@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
-use crate::concurrency::ConcurrencyLimiter;
 use crate::event::{Event, Hook};
+use crate::inflight::ConcurrencyLimiter;
 use crate::policy::{Overrides, Policy};
 use crate::service::{RateLimit, Shared};
 use crate::store::{MemoryStore, Store};
@@ -108,16 +108,6 @@ impl<St: Store> RateLimitLayer<St> {
         self
     }
 
-    /// Keeps the in-flight slots of capped limits (see
-    /// [`Quota::in_flight`](crate::Quota::in_flight)) in `limiter` (default:
-    /// a limiter of this layer's own). Layers that share a limiter share
-    /// their slots. A store that shares slots between processes (see
-    /// [`Store::shared_slots`]) keeps them instead.
-    pub fn concurrency_limiter(mut self, limiter: ConcurrencyLimiter) -> Self {
-        Arc::make_mut(&mut self.shared).in_flight = limiter;
-        self
-    }
-
     /// The policy.
     pub fn policy(&self) -> &Policy {
         &self.shared.policy
@@ -129,9 +119,13 @@ impl<St: Store> RateLimitLayer<St> {
         self.shared.policy.overrides()
     }
 
-    /// The in-flight slots of capped limits.
-    pub fn in_flight(&self) -> &ConcurrencyLimiter {
-        &self.shared.in_flight
+    /// The number of keys with a request in flight, or waiting for a slot,
+    /// under the in-flight caps this layer counts itself (see
+    /// [`Quota::in_flight`](crate::Quota::in_flight)); 0 once every response
+    /// body is done. A store that shares slots between processes keeps its
+    /// own count instead.
+    pub fn keys_in_flight(&self) -> usize {
+        self.shared.in_flight.len()
     }
 
     /// The store.

@@ -130,7 +130,6 @@
 
 mod body;
 pub mod clock;
-pub mod concurrency;
 mod decision;
 mod error;
 mod event;
@@ -139,6 +138,7 @@ mod file;
 mod future;
 mod header_value;
 mod headers;
+mod inflight;
 pub mod key;
 mod layer;
 pub mod penalty;
@@ -146,7 +146,7 @@ pub mod policy;
 mod report;
 mod reporting;
 mod response;
-pub mod route;
+mod route;
 mod service;
 mod shard;
 pub mod store;
@@ -156,9 +156,6 @@ pub use decision::{Decision, RefusalReason, WindowReport};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use event::{Event, EventKind};
 pub use future::ResponseFuture;
-pub use headers::{
-    RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
-};
 #[cfg(feature = "toml")]
 pub use key::CustomKeys;
 pub use layer::RateLimitLayer;
@@ -166,7 +163,7 @@ pub use policy::{
     Algorithm, Limit, MissingKey, Override, Overrides, Policy, PolicyBuilder, Quota, Tiers, Window,
 };
 pub use reporting::{HeaderStyle, ReportedWindow};
-pub use response::{CustomBody, Refusal, RefusalFormat, X_REQUEST_ID};
+pub use response::{CustomBody, Refusal, RefusalFormat};
 pub use service::RateLimit;
 
 #[cfg(doctest)]

@@ -7,7 +7,7 @@ use crate::clock::NANOS;
 use crate::decision::{Decision, RefusalReason, WindowReport};
 use crate::policy::Quota;
 use crate::reporting::ReportedWindow;
-use crate::store::{Outcome, WindowStatus};
+use crate::store::protocol::{Outcome, WindowStatus};
 
 /// Where each window of an outcome belongs in the policy.
 pub(crate) type WindowOrigin = (u16, u16);
@@ -129,6 +129,7 @@ fn reset_at(now: u64, reset_after: u64) -> u64 {
 
 /// The index of the reported window; `period_secs(i)` is window `i`'s period
 /// in whole seconds.
+#[inline]
 fn pick(outcome: &Outcome, report: ReportedWindow, period_secs: impl Fn(usize) -> u64) -> usize {
     let statuses = outcome.windows();
     if let ReportedWindow::Period(period) = report {

@@ -11,10 +11,8 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_ratelimit::clock::SystemClock;
-use tower_ratelimit::key::{
-    Extension, FirstOf, ForwardedHeader, ForwardedIp, Header, Key, PathCapture,
-};
+use tower_ratelimit::clock::Clock;
+use tower_ratelimit::key::{Extension, FirstOf, ForwardedIp, Header, Key, PathCapture};
 use tower_ratelimit::policy::CustomKeys;
 use tower_ratelimit::store::MemoryStore;
 use tower_ratelimit::{
@@ -23,6 +21,33 @@ use tower_ratelimit::{
 };
 
 type Svc = BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
+
+/// The layer's default clock, rebuilt (the crate keeps its own private): the
+/// wall-clock time when it was created, advanced by Tokio's clock, so that it
+/// follows paused time and two services can share one.
+#[derive(Debug, Clone, Copy)]
+struct SystemClock {
+    origin: tokio::time::Instant,
+    origin_unix: u64,
+}
+
+impl SystemClock {
+    fn new() -> Self {
+        let origin_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        SystemClock {
+            origin: tokio::time::Instant::now(),
+            origin_unix,
+        }
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        self.origin_unix + self.origin.elapsed().as_nanos() as u64
+    }
+}
 
 fn service(policy: Policy, clock: SystemClock) -> Svc {
     let inner = service_fn(|_req: Request<String>| async {
@@ -130,9 +155,9 @@ cost = 1
 
 fn complete_in_code() -> Policy {
     Policy::builder()
-        .headers(HeaderStyle::Both)
+        .header_style(HeaderStyle::Both)
         .report(ReportedWindow::Period(Duration::from_secs(60)))
-        .refusal(RefusalFormat::Nixflex)
+        .refusal(RefusalFormat::named("nixflex").unwrap())
         .refusal_status(StatusCode::TOO_MANY_REQUESTS)
         .max_key_len(64)
         .limit(
@@ -310,9 +335,9 @@ routes = [{ windows = ["2/minute"] }]
                         .algorithm(Algorithm::Gcra),
                 ),
         )
-        .headers(HeaderStyle::XRateLimit)
+        .header_style(HeaderStyle::XRateLimit)
         .report(ReportedWindow::MostRestrictive)
-        .refusal(RefusalFormat::Json)
+        .refusal(RefusalFormat::json())
         .refusal_status(StatusCode::TOO_MANY_REQUESTS)
         .max_key_len(4096)
         .build()
@@ -626,7 +651,7 @@ routes = [{ windows = ["5/second"] }]
                     .or(Header::parse("X-API-Key").unwrap())
                     .or(ForwardedIp::new(["10.0.0.0/8"])
                         .unwrap()
-                        .header(ForwardedHeader::XForwardedFor)
+                        .x_forwarded_for()
                         .ipv6_prefix(64)
                         .unwrap()),
             )

@@ -489,7 +489,7 @@ fn ietf(style: HeaderStyle) -> Policy {
             Limit::new("per_key", api_key())
                 .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))),
         )
-        .headers(style)
+        .header_style(style)
         .build()
         .unwrap()
 }
@@ -536,7 +536,7 @@ async fn ietf_style_names_every_stacked_limit() {
             "POST /v1/calls/{call_id}/control",
             Quota::new(Window::per_minute(10)),
         ))
-        .headers(HeaderStyle::Ietf)
+        .header_style(HeaderStyle::Ietf)
         .build()
         .unwrap();
     let h = Harness::new(policy);
@@ -612,7 +612,7 @@ fn minute_and_hour(style: HeaderStyle, algorithm: Algorithm) -> Policy {
                     .algorithm(algorithm),
             ),
         )
-        .headers(style)
+        .header_style(style)
         .build()
         .unwrap()
 }
@@ -697,7 +697,7 @@ async fn ietf_window_with_nothing_used_reports_its_whole_quota_and_no_reset() {
             "POST /v1/calls/{call_id}/control",
             Quota::new(Window::per_minute(10)),
         ))
-        .headers(HeaderStyle::Ietf)
+        .header_style(HeaderStyle::Ietf)
         .build()
         .unwrap();
     let h = Harness::new(policy);
@@ -739,7 +739,7 @@ async fn a_rejected_key_gets_no_rate_limit_headers_in_any_style() {
         let h = Harness::new(
             Policy::builder()
                 .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_minute(60))))
-                .headers(style)
+                .header_style(style)
                 .build()
                 .unwrap(),
         );
@@ -775,7 +775,7 @@ async fn a_key_rejected_by_one_limit_is_counted_and_reported_by_none() {
         Policy::builder()
             .limit(Limit::new("global", Global::new()).quota(Quota::new(Window::per_minute(100))))
             .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_minute(60))))
-            .headers(HeaderStyle::Both)
+            .header_style(HeaderStyle::Both)
             .build()
             .unwrap(),
     );
@@ -908,7 +908,7 @@ async fn requests_that_match_no_limit_pass_untouched() {
             Limit::new("per_key", api_key())
                 .route("POST /v1/calls", Quota::new(Window::per_minute(1))),
         )
-        .headers(HeaderStyle::Both)
+        .header_style(HeaderStyle::Both)
         .build()
         .unwrap();
     let h = Harness::new(policy);

@@ -1011,14 +1011,10 @@ mod forwarded_ip {
 
     #[tokio::test(start_paused = true)]
     async fn the_forwarded_header_is_read_when_configured_and_only_then() {
-        use tower_ratelimit::key::ForwardedHeader;
-
         let h = Harness::one_limit(
             Limit::new(
                 "per_ip",
-                ForwardedIp::new(["10.0.0.0/8"])
-                    .unwrap()
-                    .header(ForwardedHeader::Forwarded),
+                ForwardedIp::new(["10.0.0.0/8"]).unwrap().forwarded(),
             )
             .quota(per_minute(1)),
         );
@@ -1205,17 +1201,17 @@ mod secrecy {
     #[tokio::test(start_paused = true)]
     async fn responses_and_decisions_never_contain_the_api_key() {
         for format in [
-            tower_ratelimit::RefusalFormat::Json,
-            tower_ratelimit::RefusalFormat::ProblemJson,
-            tower_ratelimit::RefusalFormat::Flireo,
-            tower_ratelimit::RefusalFormat::Nixflex,
-            tower_ratelimit::RefusalFormat::TalkPilot,
-            tower_ratelimit::RefusalFormat::Exotel,
+            tower_ratelimit::RefusalFormat::json(),
+            tower_ratelimit::RefusalFormat::problem_json(),
+            tower_ratelimit::RefusalFormat::named("flireo").unwrap(),
+            tower_ratelimit::RefusalFormat::named("nixflex").unwrap(),
+            tower_ratelimit::RefusalFormat::named("talkpilot").unwrap(),
+            tower_ratelimit::RefusalFormat::named("exotel").unwrap(),
         ] {
             let h = Harness::new(
                 Policy::builder()
                     .limit(Limit::new("per_key", api_key()).quota(per_minute(1)))
-                    .headers(tower_ratelimit::HeaderStyle::Both)
+                    .header_style(tower_ratelimit::HeaderStyle::Both)
                     .refusal(format.clone())
                     .max_key_len(SECRET.len() + 1),
             );
@@ -1262,7 +1258,6 @@ mod secrecy {
 /// headers, in trusted-proxy lists and in exempt ranges.
 mod dual_stack {
     use super::*;
-    use tower_ratelimit::key::ForwardedHeader;
 
     fn forwarded(peer: &str, xff: &str) -> Request<String> {
         from_peer(peer, get("/").header("x-forwarded-for", xff))
@@ -1328,9 +1323,7 @@ mod dual_stack {
         let h = Harness::one_limit(
             Limit::new(
                 "per_ip",
-                ForwardedIp::new(["127.0.0.1"])
-                    .unwrap()
-                    .header(ForwardedHeader::Forwarded),
+                ForwardedIp::new(["127.0.0.1"]).unwrap().forwarded(),
             )
             .quota(per_minute(2)),
         );
@@ -1417,9 +1410,7 @@ mod dual_stack {
         let h = Harness::one_limit(
             Limit::new(
                 "per_ip",
-                ForwardedIp::new(["10.0.0.0/8"])
-                    .unwrap()
-                    .header(ForwardedHeader::Forwarded),
+                ForwardedIp::new(["10.0.0.0/8"]).unwrap().forwarded(),
             )
             .quota(per_minute(10)),
         );

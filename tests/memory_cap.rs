@@ -451,7 +451,8 @@ proptest::proptest! {
         buckets in proptest::collection::vec(proptest::num::u64::ANY, 160),
         ops in proptest::collection::vec((0..160usize, 1..=3u32, 0..300u64, 0..20u8), 1..800),
     ) {
-        use tower_ratelimit::store::{Check, Decided, Store};
+        use tower_ratelimit::store::protocol::{Check, Decided};
+        use tower_ratelimit::store::Store;
         let algorithm = if fixed { Algorithm::FixedWindow } else { Algorithm::Gcra };
         let quotas: Vec<Quota> = (1..=3)
             .map(|cost| {

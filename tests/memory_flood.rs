@@ -16,7 +16,8 @@ use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service};
 use tower_ratelimit::clock::ManualClock;
-use tower_ratelimit::store::{Check, Decided, Store};
+use tower_ratelimit::store::protocol::{Check, Decided};
+use tower_ratelimit::store::Store;
 use tower_ratelimit::{
     Decision, EventKind, Policy, Quota, RateLimitLayer, RefusalReason, ResponseBody, Window,
 };

@@ -581,7 +581,7 @@ async fn an_override_can_give_a_key_an_in_flight_cap_of_its_own() {
         "the window is reported"
     );
     drop(response);
-    assert_eq!(h.layer.in_flight().len(), 0);
+    assert_eq!(h.layer.keys_in_flight(), 0);
 }
 
 /// Sends `REQUESTS` requests for `key` on one task while another keeps

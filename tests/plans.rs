@@ -352,7 +352,7 @@ async fn plans_cap_requests_in_flight_by_plan() {
     }
     assert_eq!(gate.inside(), 4);
     assert_eq!(gate.entered(), 4, "busy requests never reach the service");
-    assert_eq!(layer.in_flight().len(), 2, "two accounts hold slots");
+    assert_eq!(layer.keys_in_flight(), 2, "two accounts hold slots");
 
     gate.open(4);
     for pending in held {
@@ -360,7 +360,7 @@ async fn plans_cap_requests_in_flight_by_plan() {
         assert_eq!(response.status(), StatusCode::OK);
         drop(response);
     }
-    assert_eq!(layer.in_flight().len(), 0);
+    assert_eq!(layer.keys_in_flight(), 0);
 }
 
 #[tokio::test]

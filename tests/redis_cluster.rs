@@ -8,8 +8,9 @@ mod redis_support;
 
 use std::time::{Duration, Instant};
 
-use tower_ratelimit::store::redis::{ClockSource, RedisStore};
-use tower_ratelimit::store::{Check, Decided, Outcome, Store};
+use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
+use tower_ratelimit::store::redis::RedisStore;
+use tower_ratelimit::store::Store;
 use tower_ratelimit::{Algorithm, Quota, Window};
 
 const T0: u64 = 1_700_000_000_000_000_000;
@@ -58,7 +59,7 @@ async fn a_cluster_decides_stacked_multi_window_requests_in_one_slot() {
     }
 
     let store = RedisStore::cluster_builder([server.url()])
-        .clock(ClockSource::Layer)
+        .layer_clock()
         .deadline(Duration::from_secs(2))
         .connect()
         .await

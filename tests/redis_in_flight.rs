@@ -19,10 +19,11 @@ use redis_support::RedisServer;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_ratelimit::concurrency::{Busy, Mode, Permit};
 use tower_ratelimit::key::{Header, KeySecret};
+use tower_ratelimit::store::protocol::SharedSlots;
+use tower_ratelimit::store::protocol::{Busy, Mode, Permit};
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore, RedisStoreBuilder};
-use tower_ratelimit::store::{SharedSlots, Store};
+use tower_ratelimit::store::Store;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, ResponseBody};
 
 /// What an answer may take when no wait is involved: the deadline, plus

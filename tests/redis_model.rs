@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tower_ratelimit::penalty::Penalty;
-use tower_ratelimit::store::redis::{ClockSource, RedisStore};
-use tower_ratelimit::store::{Check, Decided, MemoryStore, Outcome, Store};
+use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
+use tower_ratelimit::store::redis::RedisStore;
+use tower_ratelimit::store::{MemoryStore, Store};
 use tower_ratelimit::{Algorithm, Quota, Window};
 
 const T0: u64 = 1_700_000_000_123_456_789;
@@ -84,7 +85,7 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
             let prefix = format!("case{}", case.fetch_add(1, Ordering::SeqCst));
             let redis = RedisStore::builder(server.url())
                 .prefix(prefix)
-                .clock(ClockSource::Layer)
+                .layer_clock()
                 .deadline(Duration::from_secs(5))
                 .connect()
                 .await

@@ -13,7 +13,7 @@ use redis_support::{header, send, service, Svc};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, KeySecret};
 use tower_ratelimit::penalty::Penalty;
-use tower_ratelimit::store::redis::{ClockSource, FailurePolicy, RedisStore};
+use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
 const T0: u64 = 1_700_000_000;
@@ -41,7 +41,7 @@ async fn two_nodes(server: &redis_support::RedisServer, clock: &ManualClock) -> 
     let mut nodes = Vec::new();
     for _ in 0..2 {
         let store = RedisStore::builder(server.url())
-            .clock(ClockSource::Layer)
+            .layer_clock()
             .deadline(Duration::from_secs(2))
             .connect()
             .await
@@ -163,7 +163,7 @@ async fn while_redis_is_down_the_local_share_counts_refusals_and_bans_in_this_pr
     let mut server = redis_or_skip!();
     let clock = ManualClock::at_unix_secs(T0);
     let store = RedisStore::builder(server.url())
-        .clock(ClockSource::Layer)
+        .layer_clock()
         .deadline(Duration::from_millis(50))
         .on_failure(FailurePolicy::local(100))
         .connect()

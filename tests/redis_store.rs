@@ -13,8 +13,9 @@ use http::StatusCode;
 use redis_support::{header, send, service};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, KeySecret, PathCapture};
-use tower_ratelimit::store::redis::{ClockSource, RedisStore};
-use tower_ratelimit::store::{Check, Decided, Outcome, Store};
+use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
+use tower_ratelimit::store::redis::RedisStore;
+use tower_ratelimit::store::Store;
 use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
 
 const S: u64 = 1_000_000_000;
@@ -39,7 +40,7 @@ async fn decide(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
 
 async fn layer_clock_store(server: &redis_support::RedisServer) -> RedisStore {
     RedisStore::builder(server.url())
-        .clock(ClockSource::Layer)
+        .layer_clock()
         .deadline(Duration::from_secs(2))
         .connect()
         .await
@@ -416,14 +417,14 @@ async fn keys_of_other_prefixes_and_stores_do_not_mix() {
     let a = Arc::new(
         RedisStore::builder(server.url())
             .prefix("a")
-            .clock(ClockSource::Layer)
+            .layer_clock()
             .connect()
             .await
             .unwrap(),
     );
     let b = RedisStore::builder(server.url())
         .prefix("b")
-        .clock(ClockSource::Layer)
+        .layer_clock()
         .connect()
         .await
         .unwrap();

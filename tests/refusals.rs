@@ -179,7 +179,7 @@ mod built_in_formats {
 
     #[tokio::test(start_paused = true)]
     async fn problem_json_is_rfc_9457_with_its_content_type() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::ProblemJson));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::problem_json()));
         let reply = h.refusal_in(12).await;
         assert_body(
             &reply,
@@ -191,7 +191,7 @@ mod built_in_formats {
 
     #[tokio::test(start_paused = true)]
     async fn flireo_body_is_the_published_one_with_the_real_seconds() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::Flireo));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("flireo").unwrap()));
         let reply = h.refusal_in(45).await;
         // Exactly the page's example, which also says 45 seconds.
         assert_body(
@@ -209,7 +209,7 @@ mod built_in_formats {
         assert_eq!(reply.json(), published);
         assert_eq!(reply.header("retry-after"), "45");
 
-        let h = Harness::new(|b| b.refusal(RefusalFormat::Flireo));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("flireo").unwrap()));
         let reply = h.refusal_in(7).await;
         assert_eq!(
             reply.text(),
@@ -219,7 +219,7 @@ mod built_in_formats {
 
     #[tokio::test(start_paused = true)]
     async fn nixflex_body_is_the_published_one_with_the_real_seconds() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::Nixflex));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("nixflex").unwrap()));
         let reply = h.refusal_in(12).await;
         assert_body(
             &reply,
@@ -243,7 +243,7 @@ mod built_in_formats {
 
     #[tokio::test(start_paused = true)]
     async fn talkpilot_body_is_the_published_one_with_the_requests_id() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::TalkPilot));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("talkpilot").unwrap()));
         let request = key_request()
             .header("x-request-id", "req_abc123")
             .body(String::new())
@@ -269,7 +269,7 @@ mod built_in_formats {
 
     #[tokio::test(start_paused = true)]
     async fn exotel_body_is_the_published_one_with_the_requests_id() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::Exotel));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("exotel").unwrap()));
         let request = key_request()
             .header("x-request-id", "xyz123")
             .body(String::new())
@@ -288,10 +288,10 @@ mod built_in_formats {
     #[tokio::test(start_paused = true)]
     async fn formats_without_a_request_id_do_not_set_one() {
         for format in [
-            RefusalFormat::Json,
-            RefusalFormat::ProblemJson,
-            RefusalFormat::Flireo,
-            RefusalFormat::Nixflex,
+            RefusalFormat::json(),
+            RefusalFormat::problem_json(),
+            RefusalFormat::named("flireo").unwrap(),
+            RefusalFormat::named("nixflex").unwrap(),
         ] {
             let h = Harness::new(|b| b.refusal(format.clone()));
             let reply = h.refusal_in(10).await;
@@ -310,11 +310,11 @@ mod built_in_formats {
             ("talkpilot", "TalkPilot"),
             ("exotel", "Exotel"),
         ] {
-            let format = RefusalFormat::from_name(name).unwrap_or_else(|| panic!("{name}"));
+            let format = RefusalFormat::named(name).unwrap_or_else(|| panic!("{name}"));
             assert_eq!(format!("{format:?}"), debug);
         }
-        assert!(RefusalFormat::from_name("Flireo ").is_none());
-        assert!(RefusalFormat::from_name("xml").is_none());
+        assert!(RefusalFormat::named("Flireo ").is_none());
+        assert!(RefusalFormat::named("xml").is_none());
     }
 }
 
@@ -343,7 +343,7 @@ mod request_ids {
 
     #[tokio::test(start_paused = true)]
     async fn without_an_incoming_id_one_is_generated_set_on_the_response_and_unique() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::TalkPilot));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("talkpilot").unwrap()));
         let reply = h.refusal_in(20).await;
         let first = reply.header("x-request-id").to_owned();
         assert!(is_generated(&first), "{first}");
@@ -358,7 +358,7 @@ mod request_ids {
 
     #[tokio::test(start_paused = true)]
     async fn exotel_generated_id_is_in_body_and_header() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::Exotel));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("exotel").unwrap()));
         let reply = h.refusal_in(20).await;
         let id = reply.header("x-request-id").to_owned();
         assert!(is_generated(&id), "{id}");
@@ -373,7 +373,7 @@ mod request_ids {
 
     #[tokio::test(start_paused = true)]
     async fn a_valid_incoming_id_of_up_to_128_visible_characters_is_kept() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::TalkPilot));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("talkpilot").unwrap()));
         h.refusal_in(20).await;
         for id in [
             "a",
@@ -391,7 +391,7 @@ mod request_ids {
 
     #[tokio::test(start_paused = true)]
     async fn an_invalid_incoming_id_is_replaced_by_a_generated_one() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::TalkPilot));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("talkpilot").unwrap()));
         h.refusal_in(20).await;
         let too_long = "x".repeat(129);
         let bad: [(&str, HeaderValue); 5] = [
@@ -415,7 +415,7 @@ mod request_ids {
 
     #[tokio::test(start_paused = true)]
     async fn an_incoming_id_given_twice_is_not_echoed_as_two() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::Exotel));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("exotel").unwrap()));
         h.refusal_in(20).await;
         let request = key_request()
             .header("x-request-id", "id_one")
@@ -438,7 +438,7 @@ mod status {
     #[tokio::test(start_paused = true)]
     async fn refusal_status_is_the_status_and_exotels_http_code() {
         let h = Harness::new(|b| {
-            b.refusal(RefusalFormat::Exotel)
+            b.refusal(RefusalFormat::named("exotel").unwrap())
                 .refusal_status(StatusCode::SERVICE_UNAVAILABLE)
         });
         let request = key_request()
@@ -458,10 +458,10 @@ mod status {
     #[tokio::test(start_paused = true)]
     async fn refusal_status_is_used_by_every_format() {
         for format in [
-            RefusalFormat::Json,
-            RefusalFormat::Flireo,
-            RefusalFormat::Nixflex,
-            RefusalFormat::TalkPilot,
+            RefusalFormat::json(),
+            RefusalFormat::named("flireo").unwrap(),
+            RefusalFormat::named("nixflex").unwrap(),
+            RefusalFormat::named("talkpilot").unwrap(),
         ] {
             let h = Harness::new(|b| {
                 b.refusal(format.clone())
@@ -478,7 +478,7 @@ mod status {
         // RFC 9457 4.2.1: with type "about:blank" the title SHOULD be the
         // status's reason phrase.
         let h = Harness::new(|b| {
-            b.refusal(RefusalFormat::ProblemJson)
+            b.refusal(RefusalFormat::problem_json())
                 .refusal_status(StatusCode::SERVICE_UNAVAILABLE)
         });
         let reply = h.refusal_in(10).await;
@@ -610,7 +610,7 @@ mod grpc {
     #[tokio::test(start_paused = true)]
     async fn grpc_refusal_is_http_200_with_grpc_status_8_and_retry_after() {
         for content_type in ["application/grpc", "application/grpc+proto"] {
-            let h = Harness::new(|b| b.refusal(RefusalFormat::TalkPilot));
+            let h = Harness::new(|b| b.refusal(RefusalFormat::named("talkpilot").unwrap()));
             let reply = h.refusal_after(15, grpc_request(content_type)).await;
             assert_eq!(
                 reply.status,
@@ -672,7 +672,7 @@ mod headers {
 
     #[tokio::test(start_paused = true)]
     async fn a_refusal_carries_x_ratelimit_and_an_honest_retry_after() {
-        let h = Harness::new(|b| b.refusal(RefusalFormat::Flireo));
+        let h = Harness::new(|b| b.refusal(RefusalFormat::named("flireo").unwrap()));
         let reply = h.refusal_in(45).await;
         assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(reply.header("x-ratelimit-limit"), "1");
@@ -708,12 +708,12 @@ mod headers {
     #[tokio::test(start_paused = true)]
     async fn many_refusals_never_reach_the_inner_service() {
         for format in [
-            RefusalFormat::Json,
-            RefusalFormat::ProblemJson,
-            RefusalFormat::Flireo,
-            RefusalFormat::Nixflex,
-            RefusalFormat::TalkPilot,
-            RefusalFormat::Exotel,
+            RefusalFormat::json(),
+            RefusalFormat::problem_json(),
+            RefusalFormat::named("flireo").unwrap(),
+            RefusalFormat::named("nixflex").unwrap(),
+            RefusalFormat::named("talkpilot").unwrap(),
+            RefusalFormat::named("exotel").unwrap(),
             RefusalFormat::custom(|_| CustomBody::json("{}")),
         ] {
             let h = Harness::new(|b| b.refusal(format.clone()));

@@ -13,7 +13,8 @@ use std::num::NonZeroU32;
 
 use governor::{Quota as GovernorQuota, RateLimiter};
 use support::{bucket, T0};
-use tower_ratelimit::store::{Check, Decided, MemoryStore, Store};
+use tower_ratelimit::store::protocol::{Check, Decided};
+use tower_ratelimit::store::{MemoryStore, Store};
 use tower_ratelimit::{Quota, Window};
 
 const S: u64 = 1_000_000_000;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use std::convert::Infallible;
 use support::{api_keys, bare, config, request, send, to, Cycle, HUGE, MANY};
 use tower::{Layer, Service, ServiceExt};
@@ -25,10 +25,11 @@ use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor as GovernorKeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 use tower_ratelimit::key::{Header, PathCapture};
-use tower_ratelimit::{
-    Limit, Policy, Quota, RateLimitLayer, Window, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
-    X_RATELIMIT_RESET,
-};
+use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// A call-control command: counted by the per-key limit's write route and,
 /// stacked, by the per-call limit.

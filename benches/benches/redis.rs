@@ -1,7 +1,7 @@
 //! What a decision costs in Redis against the memory store, on loopback:
 //! decisions per second from one process over one connection, and the p50 and
-//! p99 latency one decision adds; and the latency of one in-flight slot,
-//! shared through Redis, beside the layer's own limiter.
+//! p99 latency one decision adds; and the latency of one in-flight slot
+//! shared through Redis.
 //!
 //! Run with
 //! `cargo bench -p tower-ratelimit-benches --bench redis --features redis`.
@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use support::{bucket, T0};
-use tower_ratelimit::concurrency::{ConcurrencyLimiter, Mode};
+use tower_ratelimit::store::protocol::{Check, Decided, Mode, Outcome, SharedSlots};
 use tower_ratelimit::store::redis::RedisStore;
-use tower_ratelimit::store::{Check, Decided, MemoryStore, Outcome, SharedSlots, Store};
+use tower_ratelimit::store::{MemoryStore, Store};
 use tower_ratelimit::{Quota, Window};
 
 const KEYS: u64 = 10_000;
@@ -92,24 +92,19 @@ fn percentiles<St: Store>(
     (micros(at(0.50)), micros(at(0.99)))
 }
 
-/// p50 and p99 of `n` sequential in-flight slots, each taken and dropped
-/// at once, in microseconds: a store's shared slots, or the layer's own
-/// limiter.
+/// p50 and p99 of `n` sequential in-flight slots of a store's shared
+/// slots, each taken and dropped at once, in microseconds.
 fn slot_percentiles(
     runtime: &tokio::runtime::Runtime,
-    shared: Option<&dyn SharedSlots>,
+    slots: &dyn SharedSlots,
     n: u64,
 ) -> (f64, f64) {
-    let local = ConcurrencyLimiter::new();
     let mut samples = Vec::with_capacity(n as usize);
     runtime.block_on(async {
         for i in 0..n {
             let key = bucket(i % KEYS);
             let started = Instant::now();
-            let permit = match shared {
-                Some(slots) => slots.acquire(key, 10, Mode::Refuse, "bench").await,
-                None => local.acquire(key, 10, Mode::Refuse).await,
-            };
+            let permit = slots.acquire(key, 10, Mode::Refuse, "bench").await;
             drop(black_box(permit.expect("a free slot")));
             samples.push(started.elapsed());
         }
@@ -143,11 +138,10 @@ fn main() {
     println!("  redis store   p50 {r50:>8.2} µs   p99 {r99:>8.2} µs");
     assert_eq!(redis.failures(), 0, "every decision came from Redis");
 
-    let (l50, l99) = slot_percentiles(&runtime, None, 20_000);
-    let (s50, s99) = slot_percentiles(&runtime, redis.shared_slots(), 20_000);
+    let slots = redis.shared_slots().expect("the Redis store shares slots");
+    let (s50, s99) = slot_percentiles(&runtime, slots, 20_000);
     println!("latency of one in-flight slot, taken and dropped (20,000 sequential, 10,000 keys):");
-    println!("  layer's limiter p50 {l50:>8.2} µs   p99 {l99:>8.2} µs");
-    println!("  redis store     p50 {s50:>8.2} µs   p99 {s99:>8.2} µs");
+    println!("  redis store   p50 {s50:>8.2} µs   p99 {s99:>8.2} µs");
     assert_eq!(redis.failures(), 0, "every slot came from Redis");
 
     let mut criterion = Criterion::default()

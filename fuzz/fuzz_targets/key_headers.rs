@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use http::{HeaderValue, Request};
 use libfuzzer_sys::fuzz_target;
 use tower_ratelimit::key::{
-    Bearer, ForwardedHeader, ForwardedIp, Header, KeyErrorKind, KeyExtractor, PeerIp, RequestView,
+    Bearer, ForwardedIp, Header, KeyErrorKind, KeyExtractor, PeerIp, RequestView,
 };
 
 const NAMES: [&str; 4] = ["x-api-key", "authorization", "x-forwarded-for", "forwarded"];
@@ -33,11 +33,11 @@ fuzz_target!(|data: &[u8]| {
         Box::new(Header::parse("X-API-Key").unwrap().allow_commas()),
         Box::new(Bearer::new()),
         Box::new(trust_all.clone().ipv6_prefix(prefix).unwrap()),
-        Box::new(trust_all.header(ForwardedHeader::Forwarded)),
+        Box::new(trust_all.forwarded()),
         Box::new(
             ForwardedIp::new(["10.0.0.0/8", "2001:db8::/32"])
                 .unwrap()
-                .header(ForwardedHeader::Forwarded),
+                .forwarded(),
         ),
         Box::new(ForwardedIp::new(["::ffff:10.0.0.0/104"]).unwrap()),
         Box::new(PeerIp::new().ipv6_prefix(prefix).unwrap()),
@@ -84,7 +84,7 @@ fn keys(
         }
     }
     request.extensions_mut().insert(SocketAddr::new(peer, 443));
-    let view = RequestView::new(&request, None);
+    let view = RequestView::from_request(&request);
     extractors
         .iter()
         .map(|extractor| match extractor.extract(&view) {

@@ -1,33 +1,59 @@
-//! An arbitrary pattern through `PathPattern::parse`; when it compiles, the
-//! arbitrary paths that follow it (one per line) are matched against it.
+//! An arbitrary route pattern through a policy (`Limit::route`); when the
+//! policy builds, the arbitrary paths that follow it (one per line) go
+//! through the layer: every one is answered (admitted, or counted against
+//! its capture's key), and a pattern that does not build is a `BadPattern`
+//! or `InvalidValue` error, never a panic.
 #![no_main]
 
+use std::convert::Infallible;
+
+use futures::FutureExt;
+use http::{Request, Response, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use tower_ratelimit::policy::{PathPattern, PathSegments};
-use tower_ratelimit::ConfigErrorKind;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_ratelimit::key::{FirstOf, Global, PathCapture};
+use tower_ratelimit::{ConfigErrorKind, Limit, Policy, Quota, RateLimitLayer, Window};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let mut lines = text.split('\n');
     let pattern = lines.next().unwrap_or_default();
-    match PathPattern::parse(pattern) {
-        Ok(compiled) => {
-            assert_eq!(compiled.as_str(), pattern);
-            for path in lines {
-                let segments = PathSegments::new(path);
-                for i in 0..=segments.len() {
-                    let _ = segments.get(i);
-                }
-                if let Some(captures) = compiled.matches(&segments) {
-                    for name in compiled.capture_names() {
-                        assert!(
-                            captures.get(name).is_some(),
-                            "capture {name} of {pattern} on {path}"
-                        );
-                    }
-                }
-            }
+    // Keyed on the first capture when the pattern has one, else on nothing.
+    let capture = pattern
+        .split('/')
+        .find_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        .unwrap_or("none");
+    let key = FirstOf::new()
+        .or(PathCapture::new(capture))
+        .or(Global::new());
+    let policy = Policy::builder()
+        .limit(Limit::new("paths", key).route(
+            format!("GET {pattern}"),
+            Quota::new(Window::per_second(u32::MAX)),
+        ))
+        .build();
+    let policy = match policy {
+        Ok(policy) => policy,
+        Err(err) => {
+            assert!(
+                matches!(
+                    err.kind(),
+                    ConfigErrorKind::BadPattern | ConfigErrorKind::InvalidValue
+                ),
+                "{err}"
+            );
+            return;
         }
-        Err(err) => assert_eq!(err.kind(), ConfigErrorKind::BadPattern),
+    };
+    let layer = RateLimitLayer::new(policy);
+    for path in lines {
+        let Ok(request) = Request::get(path).body(()) else {
+            continue;
+        };
+        let service = layer.layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        let response = service.oneshot(request).now_or_never().unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{pattern} on {path}");
     }
 });

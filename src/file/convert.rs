@@ -55,18 +55,21 @@ impl FileSpec {
             builder = builder.key_secret(secret.resolve()?);
         }
         if let Some(headers) = &self.headers {
-            builder = builder.headers(header_style(headers)?);
+            builder = builder.header_style(header_style(headers)?);
         }
         if let Some(report) = &self.report {
             builder = builder.report(reported_window(report)?);
         }
         if let Some(refusal) = &self.refusal {
-            let format = RefusalFormat::from_name(refusal).ok_or_else(|| {
+            let format = RefusalFormat::named(refusal).ok_or_else(|| {
+                let names: Vec<_> = RefusalFormat::names().collect();
+                let (last, rest) = names.split_last().expect("built-in formats");
                 invalid(
                     "refusal",
                     format!(
-                        "{}: expected json, problem_json, flireo, nixflex, talkpilot or exotel",
-                        quoted(refusal)
+                        "{}: expected {} or {last}",
+                        quoted(refusal),
+                        rest.join(", ")
                     ),
                 )
             })?;
@@ -189,11 +192,7 @@ impl LimitSpec {
             let (route, tiers, head) = route
                 .into_route(default_algorithm)
                 .map_err(|e| e.within(format!("routes[{j}]")))?;
-            limit = if head {
-                limit.route(route, tiers)
-            } else {
-                limit.route_without_head(route, tiers)
-            };
+            limit = limit.built_route(route, head, tiers);
         }
         for (j, spec) in self.overrides.into_iter().enumerate() {
             let (key, value) = spec

@@ -7,8 +7,8 @@ use super::convert::{int_in, invalid, quoted};
 use super::spec::{ForwardedIpSpec, KeySecretEnv, KeySecretSpec, KeySpec, PeerIpSpec};
 use crate::error::{ConfigError, ConfigErrorKind};
 use crate::key::{
-    Bearer, CustomKeys, FirstOf, ForwardedHeader, ForwardedIp, Global, Header, KeyExtractor,
-    KeySecret, PathCapture, PeerIp,
+    Bearer, CustomKeys, FirstOf, ForwardedIp, Global, Header, KeyExtractor, KeySecret, PathCapture,
+    PeerIp,
 };
 
 /// The most alternatives one `first_of` key may list.
@@ -232,16 +232,16 @@ impl ForwardedIpSpec {
         }
         let mut extractor = ForwardedIp::new(&self.trusted)?;
         if let Some(header) = &self.header {
-            extractor = extractor.header(match header.to_ascii_lowercase().as_str() {
-                "x-forwarded-for" => ForwardedHeader::XForwardedFor,
-                "forwarded" => ForwardedHeader::Forwarded,
+            extractor = match header.to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => extractor.x_forwarded_for(),
+                "forwarded" => extractor.forwarded(),
                 _ => {
                     return Err(invalid(
                         "header",
                         format!("{}: expected x-forwarded-for or forwarded", quoted(header)),
                     ))
                 }
-            });
+            };
         }
         if let Some(prefix) = self.ipv6_prefix {
             extractor = extractor.ipv6_prefix(int_in(prefix, 1, 128, "ipv6_prefix")?)?;

@@ -156,6 +156,15 @@ fn single_value<'a>(
     source: &str,
     commas: Commas,
 ) -> Result<&'a [u8], KeyError> {
+    let mut lines = headers.get_all(name).iter();
+    let Some(line) = lines.next() else {
+        return Err(KeyError::new(KeyErrorKind::Missing, source.to_owned()));
+    };
+    // The common case: one line, one element.
+    let bytes = line.as_bytes();
+    if lines.next().is_none() && (commas == Commas::InKey || !bytes.contains(&b',')) {
+        return Ok(trim_spaces(bytes));
+    }
     let mut values = headers.get_all(name).iter().flat_map(|value| {
         let bytes = value.as_bytes();
         let separator = move |b: &u8| commas == Commas::Separate && *b == b',';

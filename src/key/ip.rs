@@ -63,7 +63,7 @@ impl KeyExtractor for PeerIp {
 
 /// Which header a trusted proxy writes the client's address into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ForwardedHeader {
+pub(crate) enum ForwardedHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2`.
     #[default]
     XForwardedFor,
@@ -143,10 +143,18 @@ impl ForwardedIp {
         })
     }
 
-    /// Reads `header` instead of `X-Forwarded-For`.
+    /// Reads RFC 7239 `Forwarded: for=client, for=proxy1` instead of
+    /// `X-Forwarded-For`.
     #[must_use]
-    pub fn header(mut self, header: ForwardedHeader) -> Self {
-        self.header = header;
+    pub fn forwarded(mut self) -> Self {
+        self.header = ForwardedHeader::Forwarded;
+        self
+    }
+
+    /// Reads `X-Forwarded-For: client, proxy1, proxy2` (the default).
+    #[must_use]
+    pub fn x_forwarded_for(mut self) -> Self {
+        self.header = ForwardedHeader::XForwardedFor;
         self
     }
 
@@ -363,7 +371,7 @@ mod tests {
         req.extensions_mut().insert(peer.parse::<IpAddr>().unwrap());
         let peer = peer_ip(req.extensions()).unwrap();
         extractor
-            .client(peer, &RequestView::new(&req, None))
+            .client(peer, &RequestView::from_request(&req))
             .map(|c| match c {
                 Client::Ip(ip) => Client::Ip(ip),
                 Client::Obfuscated(_) => unreachable!("X-Forwarded-For holds addresses only"),

@@ -63,7 +63,7 @@ pub(crate) use hash::route_id;
 pub use hash::KeySecret;
 pub use header::{Bearer, Header};
 pub(crate) use ip::{parse_net, peer_ip};
-pub use ip::{ForwardedHeader, ForwardedIp, PeerIp};
+pub use ip::{ForwardedIp, PeerIp};
 pub use path::PathCapture;
 pub use view::RequestView;
 

@@ -17,8 +17,14 @@ pub struct RequestView<'a> {
 }
 
 impl<'a> RequestView<'a> {
+    /// A view of a request's parts, without path captures (to try an
+    /// extractor on a request of your own).
+    pub fn from_request<B>(request: &'a http::Request<B>) -> Self {
+        Self::new(request, None)
+    }
+
     /// A view of a request's parts, with the captures of the matched route.
-    pub fn new<B>(request: &'a http::Request<B>, captures: Option<Captures<'a>>) -> Self {
+    pub(crate) fn new<B>(request: &'a http::Request<B>, captures: Option<Captures<'a>>) -> Self {
         RequestView {
             method: request.method(),
             uri: request.uri(),

@@ -12,7 +12,7 @@ use crate::error::{ConfigError, ConfigErrorKind};
 use crate::key::{route_id, Key, KeyExtractor, KeySecret};
 use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
-use crate::route::{self, Captures, IntoRoute, PathSegments};
+use crate::route::{self, Captures, PathSegments};
 
 /// What a limit does with a request whose key is missing or unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,10 +39,15 @@ pub enum MissingKey {
 /// command against the key's 100/minute *and* the call's 10/minute). Each
 /// route counts in its own bucket.
 ///
-/// A route is a [`Route`](route::Route) built from its parts, or its text
-/// `"[METHODS] PATTERN"`: `"POST /v1/keys"`, `"POST,PUT,PATCH,DELETE *"`,
-/// `"/v1/calls/{call_id}/control"` (any method), `"*"` (everything). Method
-/// names match whatever their case (see [`Methods`](route::Methods)).
+/// A route is the text `"[METHODS] PATTERN"`: `"POST /v1/keys"`,
+/// `"POST,PUT,PATCH,DELETE *"`, `"/v1/calls/{call_id}/control"` (any method),
+/// `"*"` (everything). Methods are a comma-separated list (`GET`, `HEAD`,
+/// `POST`, `PUT`, `PATCH`, `DELETE` …, or `*` for any), whatever their case.
+/// A pattern is literal segments, `{captures}` (one segment each, which key
+/// extractors such as [`PathCapture`](crate::key::PathCapture) read) and a
+/// final `*` (the rest of the path); empty segments are ignored and literals
+/// are compared percent-decoded, so `//v1/%6Beys/` cannot slip past
+/// `/v1/keys`.
 ///
 /// A route that names `GET` also matches `HEAD`, and counts a `HEAD` as the
 /// `GET` it stands for, in the same bucket: axum and most routers answer
@@ -59,23 +64,6 @@ pub enum MissingKey {
 ///     .route("POST /v1/keys", Quota::new(Window::per_hour(10)))
 ///     .route("GET *", Quota::new(Window::per_minute(600)))
 ///     .route("POST,PUT,PATCH,DELETE *", Quota::new(Window::per_minute(120)));
-/// # let _ = per_key;
-/// ```
-///
-/// The same routes built from their parts:
-///
-/// ```
-/// use tower_ratelimit::route::{Methods, PathPattern, Route};
-/// use tower_ratelimit::{key::Bearer, Limit, Quota, Window};
-///
-/// let any_path = PathPattern::parse("*").unwrap();
-/// let per_key = Limit::new("per_key", Bearer::new())
-///     .route(
-///         Route::new(Methods::POST, PathPattern::parse("/v1/keys").unwrap()),
-///         Quota::new(Window::per_hour(10)),
-///     )
-///     .route(Route::new(Methods::GET, any_path.clone()), Quota::new(Window::per_minute(600)))
-///     .route(Route::new(Methods::WRITES, any_path), Quota::new(Window::per_minute(120)));
 /// # let _ = per_key;
 /// ```
 #[derive(Clone)]
@@ -114,15 +102,14 @@ impl Limit {
         }
     }
 
-    /// Adds a route (a [`Route`](route::Route), or its text
-    /// `"[METHODS] PATTERN"`) and its quota (a [`Quota`], or [`Tiers`] of
+    /// Adds a route (its text, `"[METHODS] PATTERN"`) and its quota (a [`Quota`], or [`Tiers`] of
     /// quotas by plan), tried after the routes before it. If it names `GET`,
     /// it matches `HEAD` too, counted in the same bucket. A route whose text
     /// does not parse is reported by [`PolicyBuilder::build`](crate::PolicyBuilder::build).
     #[must_use]
-    pub fn route(mut self, route: impl IntoRoute, quota: impl Into<Tiers>) -> Self {
+    pub fn route(mut self, route: impl AsRef<str>, quota: impl Into<Tiers>) -> Self {
         self.routes.push(RouteEntry {
-            route: route.into_route(),
+            route: route::Route::parse(route.as_ref()),
             tiers: quota.into(),
         });
         self
@@ -131,8 +118,9 @@ impl Limit {
     /// Adds a route like [`Limit::route`] whose `GET` does *not* also match
     /// `HEAD` (`head = false` in a policy file): a `HEAD` request goes on to
     /// the routes after it, and this limit does not count it if none
-    /// matches. The route must name `GET` and not name `HEAD` (see
-    /// [`Route::without_head`](route::Route::without_head)).
+    /// matches. The route must name `GET` and not name `HEAD` (else
+    /// [`PolicyBuilder::build`](crate::PolicyBuilder::build) reports it; the
+    /// error's field is `head`).
     ///
     /// ```
     /// use tower_ratelimit::{key::Bearer, Limit, Quota, Window};
@@ -145,10 +133,26 @@ impl Limit {
     /// # let _ = per_key;
     /// ```
     #[must_use]
-    pub fn route_without_head(mut self, route: impl IntoRoute, quota: impl Into<Tiers>) -> Self {
+    pub fn route_without_head(mut self, route: impl AsRef<str>, quota: impl Into<Tiers>) -> Self {
         self.routes.push(RouteEntry {
-            route: route.into_route().and_then(route::Route::without_head),
+            route: route::Route::parse(route.as_ref()).and_then(route::Route::without_head),
             tiers: quota.into(),
+        });
+        self
+    }
+
+    /// Adds a route already built (from a policy file's table): as
+    /// [`Limit::route`], or as [`Limit::route_without_head`] when `head` is
+    /// false.
+    #[cfg(feature = "toml")]
+    pub(crate) fn built_route(mut self, route: route::Route, head: bool, quota: Tiers) -> Self {
+        self.routes.push(RouteEntry {
+            route: if head {
+                Ok(route)
+            } else {
+                route.without_head()
+            },
+            tiers: quota,
         });
         self
     }

@@ -17,7 +17,7 @@
 //!             .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))),
 //!     )
 //!     .report(ReportedWindow::Period(Duration::from_secs(60)))
-//!     .refusal(RefusalFormat::TalkPilot)
+//!     .refusal(RefusalFormat::named("talkpilot").unwrap())
 //!     .build()
 //!     .unwrap();
 //! assert_eq!(policy.limit_names().collect::<Vec<_>>(), ["per_key"]);
@@ -45,7 +45,7 @@ pub use tiers::Tiers;
 
 #[cfg(feature = "toml")]
 pub use crate::key::CustomKeys;
-pub use crate::route::{Captures, Methods, PathPattern, PathSegments};
+pub(crate) use crate::route::PathSegments;
 
 use crate::decision::WindowReport;
 use crate::error::ConfigError;
@@ -194,7 +194,7 @@ impl PolicyBuilder {
     }
 
     /// Sets which rate-limit headers responses carry (default `X-RateLimit-*`).
-    pub fn headers(mut self, style: HeaderStyle) -> Self {
+    pub fn header_style(mut self, style: HeaderStyle) -> Self {
         self.headers = style;
         self
     }
@@ -206,7 +206,7 @@ impl PolicyBuilder {
         self
     }
 
-    /// Sets the body of refusals (default: [`RefusalFormat::Json`]).
+    /// Sets the body of refusals (default: [`RefusalFormat::json`]).
     pub fn refusal(mut self, format: RefusalFormat) -> Self {
         self.refusal = format;
         self

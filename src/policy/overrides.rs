@@ -91,7 +91,7 @@ impl OverrideTable {
 /// once, raising it admits it at once. (The counts of a GCRA window are a
 /// time debt; the store converts that debt to the new limit on the key's
 /// next request, so the *number* of requests used is what carries over; see
-/// [`Check::base`](crate::store::Check::base).)
+/// [`Check::base`](crate::store::protocol::Check::base).)
 ///
 /// ```
 /// use tower_ratelimit::{key::Header, Limit, Override, Policy, Quota, Window};

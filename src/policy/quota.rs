@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::concurrency::Mode;
 use crate::error::ConfigError;
+use crate::inflight::Mode;
 
 /// How a window counts requests.
 ///
@@ -269,7 +269,7 @@ impl Quota {
     }
 
     /// What happens to a request over the in-flight cap.
-    pub fn in_flight_mode(&self) -> Mode {
+    pub(crate) fn in_flight_mode(&self) -> Mode {
         self.mode
     }
 

@@ -17,20 +17,8 @@ use crate::error::ConfigError;
 ///
 /// A set is only the methods it names: that a route naming `GET` also
 /// matches `HEAD` is the route's rule (see [`Route`](super::Route)).
-///
-/// ```
-/// use tower_ratelimit::route::Methods;
-/// use http::Method;
-///
-/// let writes: Methods = "POST,PUT,PATCH,DELETE".parse().unwrap();
-/// assert!(writes.contains(&Method::PATCH));
-/// assert!(!writes.contains(&Method::GET));
-/// assert!(Methods::ANY.contains(&Method::from_bytes(b"PURGE").unwrap()));
-/// assert!(writes.contains(&Method::from_bytes(b"patch").unwrap()));
-/// assert!(!writes.contains(&Method::from_bytes(b"PURGE").unwrap()));
-/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Methods(u16);
+pub(crate) struct Methods(u16);
 
 const NAMES: [(&str, u16); 9] = [
     ("GET", 1),
@@ -48,31 +36,31 @@ const OTHER: u16 = 1 << 15;
 
 impl Methods {
     /// Every method, including extension methods.
-    pub const ANY: Methods = Methods(u16::MAX);
+    pub(crate) const ANY: Methods = Methods(u16::MAX);
     /// `GET`.
-    pub const GET: Methods = Methods(1);
+    #[cfg(test)]
+    pub(crate) const GET: Methods = Methods(1);
     /// `HEAD`.
-    pub const HEAD: Methods = Methods(1 << 1);
+    pub(crate) const HEAD: Methods = Methods(1 << 1);
     /// `POST`.
-    pub const POST: Methods = Methods(1 << 2);
-    /// `PUT`.
-    pub const PUT: Methods = Methods(1 << 3);
-    /// `PATCH`.
-    pub const PATCH: Methods = Methods(1 << 4);
+    #[cfg(test)]
+    pub(crate) const POST: Methods = Methods(1 << 2);
     /// `DELETE`.
-    pub const DELETE: Methods = Methods(1 << 5);
+    #[cfg(test)]
+    pub(crate) const DELETE: Methods = Methods(1 << 5);
     /// `POST`, `PUT`, `PATCH` and `DELETE`.
-    pub const WRITES: Methods = Methods(1 << 2 | 1 << 3 | 1 << 4 | 1 << 5);
+    #[cfg(test)]
+    pub(crate) const WRITES: Methods = Methods(1 << 2 | 1 << 3 | 1 << 4 | 1 << 5);
 
     /// Both sets.
     #[must_use]
-    pub const fn or(self, other: Methods) -> Methods {
+    pub(crate) const fn or(self, other: Methods) -> Methods {
         Methods(self.0 | other.0)
     }
 
     /// Whether `method` is in the set (its name compared ignoring ASCII
     /// case).
-    pub fn contains(&self, method: &Method) -> bool {
+    pub(crate) fn contains(&self, method: &Method) -> bool {
         self.0 & bit(method) != 0
     }
 }
@@ -190,5 +178,15 @@ mod tests {
         assert!(!Methods::GET.contains(&Method::HEAD));
         assert_eq!("get".parse::<Methods>().unwrap(), Methods::GET);
         assert_eq!(Methods::GET.or(Methods::HEAD).to_string(), "GET,HEAD");
+    }
+
+    #[test]
+    fn a_set_holds_every_spelling_of_its_methods_and_any_holds_extensions() {
+        let writes: Methods = "POST,PUT,PATCH,DELETE".parse().unwrap();
+        assert!(writes.contains(&Method::PATCH));
+        assert!(!writes.contains(&Method::GET));
+        assert!(Methods::ANY.contains(&Method::from_bytes(b"PURGE").unwrap()));
+        assert!(writes.contains(&Method::from_bytes(b"patch").unwrap()));
+        assert!(!writes.contains(&Method::from_bytes(b"PURGE").unwrap()));
     }
 }

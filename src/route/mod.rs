@@ -1,33 +1,12 @@
 //! Routes: which requests a limit's route matches, by method and path.
 //!
-//! A [`Route`] is a set of [`Methods`] and a [`PathPattern`]. Build one from
-//! its parts, or parse it from its text, `"[METHODS] PATTERN"`
-//! (`"POST /v1/keys"`, `"POST,PUT,PATCH,DELETE *"`, `"/v1/calls/{call_id}"`
-//! for any method); both give the same value. A route that names `GET` also
+//! A [`Route`] is a set of [`Methods`] and a [`PathPattern`], parsed from its
+//! text, `"[METHODS] PATTERN"` (`"POST /v1/keys"`, `"POST,PUT,PATCH,DELETE *"`,
+//! `"/v1/calls/{call_id}"` for any method; see
+//! [`Limit::route`](crate::Limit::route)). A route that names `GET` also
 //! matches `HEAD` (a server answers `HEAD` with the `GET` handler), unless it
 //! opts out with [`Route::without_head`]. A match yields the path's
 //! [`Captures`], which key extractors read.
-//!
-//! ```
-//! use http::Method;
-//! use tower_ratelimit::route::{Methods, PathPattern, PathSegments, Route};
-//!
-//! let control = Route::new(Methods::POST, PathPattern::parse("/v1/calls/{call_id}/control").unwrap());
-//! assert_eq!(control, "POST /v1/calls/{call_id}/control".parse().unwrap());
-//!
-//! let path = PathSegments::new("/v1/calls/c_42/control");
-//! let captures = control.matches(&Method::POST, &path).unwrap();
-//! assert_eq!(captures.get("call_id"), Some("c_42"));
-//! assert!(control.matches(&Method::GET, &path).is_none());
-//!
-//! // GET brings HEAD along, unless the route leaves it out.
-//! let recording = Route::new(Methods::GET, PathPattern::parse("/v1/recordings/{id}").unwrap());
-//! let path = PathSegments::new("/v1/recordings/r_7");
-//! assert!(recording.matches(&Method::HEAD, &path).is_some());
-//! let download = recording.without_head().unwrap();
-//! assert!(download.matches(&Method::HEAD, &path).is_none());
-//! assert!(download.matches(&Method::GET, &path).is_some());
-//! ```
 
 mod methods;
 mod pattern;
@@ -37,8 +16,8 @@ use std::str::FromStr;
 
 use http::Method;
 
-pub use methods::Methods;
-pub use pattern::{Captures, PathPattern, PathSegments};
+pub(crate) use methods::Methods;
+pub(crate) use pattern::{Captures, PathPattern, PathSegments};
 pub(crate) use percent::PercentDecode;
 
 use crate::error::ConfigError;
@@ -48,7 +27,7 @@ use crate::error::ConfigError;
 /// The methods are those the route names; the `GET` it names brings `HEAD`
 /// along unless [`Route::without_head`] leaves it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     /// The methods as named.
     methods: Methods,
     /// The methods matched: those named, and `HEAD` with a named `GET`
@@ -60,7 +39,7 @@ pub struct Route {
 impl Route {
     /// A route for `methods` and `pattern`; if `methods` holds `GET`, the
     /// route matches `HEAD` too.
-    pub fn new(methods: Methods, pattern: PathPattern) -> Self {
+    pub(crate) fn new(methods: Methods, pattern: PathPattern) -> Self {
         let matched = if methods.contains(&Method::GET) {
             methods.or(Methods::HEAD)
         } else {
@@ -76,7 +55,7 @@ impl Route {
     /// Parses `"[METHODS] PATTERN"`: methods as [`Methods`] parses them,
     /// then the path pattern; without methods, the route is for every
     /// method. Errors name the part at fault (`methods` or `path`).
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, ConfigError> {
         let text = text.trim();
         let (methods, path) = match text.split_once(char::is_whitespace) {
             Some((methods, path)) => (methods.parse()?, path.trim()),
@@ -89,7 +68,7 @@ impl Route {
     /// The same route without `HEAD`: a `HEAD` request does not match it
     /// (and goes on to the routes after it). The route must name `GET` and
     /// not name `HEAD`; the error's field is `head`.
-    pub fn without_head(self) -> Result<Self, ConfigError> {
+    pub(crate) fn without_head(self) -> Result<Self, ConfigError> {
         let methods = self.methods;
         if !methods.contains(&Method::GET) {
             return Err(ConfigError::invalid(
@@ -116,17 +95,18 @@ impl Route {
     }
 
     /// The methods the route names (without the `HEAD` a `GET` brings).
-    pub fn methods(&self) -> Methods {
+    #[cfg(test)]
+    pub(crate) fn methods(&self) -> Methods {
         self.methods
     }
 
     /// The path pattern.
-    pub fn pattern(&self) -> &PathPattern {
+    pub(crate) fn pattern(&self) -> &PathPattern {
         &self.pattern
     }
 
     /// Matches a request's method and path; on success, the path's captures.
-    pub fn matches<'p>(
+    pub(crate) fn matches<'p>(
         &'p self,
         method: &Method,
         path: &'p PathSegments<'p>,
@@ -144,25 +124,6 @@ impl FromStr for Route {
     /// Parses `"[METHODS] PATTERN"`, as [`Route::parse`] does.
     fn from_str(text: &str) -> Result<Self, ConfigError> {
         Route::parse(text)
-    }
-}
-
-/// What [`Limit::route`](crate::Limit::route) takes: a [`Route`], or its
-/// text (`&str`, `String` …), parsed by [`Route::parse`].
-pub trait IntoRoute {
-    /// The route, or why the text is not one.
-    fn into_route(self) -> Result<Route, ConfigError>;
-}
-
-impl IntoRoute for Route {
-    fn into_route(self) -> Result<Route, ConfigError> {
-        Ok(self)
-    }
-}
-
-impl<T: AsRef<str>> IntoRoute for T {
-    fn into_route(self) -> Result<Route, ConfigError> {
-        Route::parse(self.as_ref())
     }
 }
 
@@ -225,5 +186,30 @@ mod tests {
         assert!(get.matches(&head, &path).is_none());
         assert!(get.matches(&Method::GET, &path).is_some());
         assert!(route("POST /x").matches(&Method::HEAD, &path).is_none());
+    }
+
+    #[test]
+    fn a_route_matches_its_method_and_path_and_yields_the_captures() {
+        let control = Route::new(
+            Methods::POST,
+            PathPattern::parse("/v1/calls/{call_id}/control").unwrap(),
+        );
+        assert_eq!(control, "POST /v1/calls/{call_id}/control".parse().unwrap());
+
+        let path = PathSegments::new("/v1/calls/c_42/control");
+        let captures = control.matches(&Method::POST, &path).unwrap();
+        assert_eq!(captures.get("call_id"), Some("c_42"));
+        assert!(control.matches(&Method::GET, &path).is_none());
+
+        // GET brings HEAD along, unless the route leaves it out.
+        let recording = Route::new(
+            Methods::GET,
+            PathPattern::parse("/v1/recordings/{id}").unwrap(),
+        );
+        let path = PathSegments::new("/v1/recordings/r_7");
+        assert!(recording.matches(&Method::HEAD, &path).is_some());
+        let download = recording.without_head().unwrap();
+        assert!(download.matches(&Method::HEAD, &path).is_none());
+        assert!(download.matches(&Method::GET, &path).is_some());
     }
 }

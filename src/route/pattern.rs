@@ -15,19 +15,8 @@ use super::percent::eq_percent_decoded;
 use crate::error::{ConfigError, ConfigErrorKind};
 
 /// A compiled path pattern.
-///
-/// ```
-/// use tower_ratelimit::route::{PathPattern, PathSegments};
-///
-/// let pattern = PathPattern::parse("/v1/calls/{call_id}/control").unwrap();
-/// let path = PathSegments::new("/v1/calls/c_42/control");
-/// let captures = pattern.matches(&path).unwrap();
-/// assert_eq!(captures.get("call_id"), Some("c_42"));
-/// assert!(pattern.matches(&PathSegments::new("/v1/calls/c_42")).is_none());
-/// assert!(PathPattern::parse("/v1/{call_id").is_err());
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathPattern {
+pub(crate) struct PathPattern {
     source: Box<str>,
     segments: Box<[Segment]>,
 }
@@ -44,7 +33,7 @@ const MAX_PATTERN_LEN: usize = 1024;
 
 impl PathPattern {
     /// Compiles a pattern. Errors name the pattern and what is wrong with it.
-    pub fn parse(pattern: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(pattern: &str) -> Result<Self, ConfigError> {
         let bad = |reason: String| {
             ConfigError::new(
                 ConfigErrorKind::BadPattern,
@@ -117,12 +106,13 @@ impl PathPattern {
     }
 
     /// The pattern as written.
-    pub fn as_str(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn as_str(&self) -> &str {
         &self.source
     }
 
     /// The names of the pattern's captures, in order.
-    pub fn capture_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn capture_names(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|s| match s {
             Segment::Capture(n) => Some(&**n),
             _ => None,
@@ -130,7 +120,7 @@ impl PathPattern {
     }
 
     /// Matches a request path; on success, its captures.
-    pub fn matches<'p>(&'p self, path: &'p PathSegments<'p>) -> Option<Captures<'p>> {
+    pub(crate) fn matches<'p>(&'p self, path: &'p PathSegments<'p>) -> Option<Captures<'p>> {
         let mut i = 0;
         for segment in self.segments.iter() {
             match segment {
@@ -169,14 +159,14 @@ impl fmt::Display for PathPattern {
 /// pattern needs them (a `*` route never does), once for every route of every
 /// limit.
 #[derive(Debug, Clone)]
-pub struct PathSegments<'a> {
+pub(crate) struct PathSegments<'a> {
     path: &'a str,
     spans: OnceCell<SmallVec<[(u32, u32); 12]>>,
 }
 
 impl<'a> PathSegments<'a> {
     /// Wraps `path` (the request URI's path, without the query).
-    pub fn new(path: &'a str) -> Self {
+    pub(crate) fn new(path: &'a str) -> Self {
         PathSegments {
             path,
             spans: OnceCell::new(),
@@ -207,17 +197,12 @@ impl<'a> PathSegments<'a> {
     }
 
     /// The number of segments.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.spans().len()
     }
 
-    /// Whether the path has no segment (`/`).
-    pub fn is_empty(&self) -> bool {
-        self.spans().is_empty()
-    }
-
     /// The `i`th segment, raw (still percent-encoded).
-    pub fn get(&self, i: usize) -> Option<&'a str> {
+    pub(crate) fn get(&self, i: usize) -> Option<&'a str> {
         let &(a, b) = self.spans().get(i)?;
         self.path.get(a as usize..b as usize)
     }
@@ -225,14 +210,14 @@ impl<'a> PathSegments<'a> {
 
 /// The captures of one matched pattern.
 #[derive(Debug, Clone, Copy)]
-pub struct Captures<'p> {
+pub(crate) struct Captures<'p> {
     pattern: &'p PathPattern,
     path: &'p PathSegments<'p>,
 }
 
 impl<'p> Captures<'p> {
     /// The raw (percent-encoded) value of capture `name`.
-    pub fn get(&self, name: &str) -> Option<&'p str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&'p str> {
         let i = self
             .pattern
             .segments
@@ -299,5 +284,70 @@ mod tests {
             assert!(err.message().contains(pattern), "{err}");
             assert!(err.message().contains(reason), "{pattern}: {err}");
         }
+    }
+
+    /// Any text: a pattern or a sensible error, and matching never panics.
+    /// (Policy files and their parsers are fed arbitrary input in
+    /// `tests/parsers_never_panic.rs`; the patterns are private, so here.)
+    mod arbitrary {
+        use proptest::prelude::*;
+
+        use super::super::{PathPattern, PathSegments};
+        use crate::route::Methods;
+        use crate::ConfigErrorKind;
+
+        proptest! {
+            #[test]
+            fn path_patterns_parse_or_fail_and_match_without_panicking(pattern in any::<String>(), paths in prop::collection::vec(any::<String>(), 0..4)) {
+                match PathPattern::parse(&pattern) {
+                    Ok(compiled) => {
+                        prop_assert_eq!(compiled.as_str(), pattern.as_str());
+                        for path in &paths {
+                            let segments = PathSegments::new(path);
+                            if let Some(captures) = compiled.matches(&segments) {
+                                for name in compiled.capture_names() {
+                                    prop_assert!(captures.get(name).is_some());
+                                }
+                            }
+                        }
+                        if compiled.capture_names().next().is_none() && !pattern.ends_with('*') {
+                            // A pattern of literals matches itself.
+                            let segments = PathSegments::new(&pattern);
+                            prop_assert!(compiled.matches(&segments).is_some(), "{:?}", pattern);
+                        }
+                    }
+                    Err(err) => {
+                        prop_assert_eq!(err.kind(), ConfigErrorKind::BadPattern);
+                        prop_assert!(!err.message().is_empty());
+                    }
+                }
+            }
+
+            #[test]
+            fn patterns_from_path_like_text(pattern in "(/(\\{[a-z_0-9]{0,4}\\}?|[a-z%0-9]{0,3}|\\*)){0,6}", path in "(/[a-z%0-9A-F]{0,4}){0,8}") {
+                if let Ok(compiled) = PathPattern::parse(&pattern) {
+                    let segments = PathSegments::new(&path);
+                    let _ = compiled.matches(&segments);
+                    prop_assert!(PathPattern::parse("*").unwrap().matches(&segments).is_some());
+                }
+            }
+
+            #[test]
+            fn methods_parse_or_fail(text in any::<String>()) {
+                let _ = text.parse::<Methods>();
+            }
+        }
+    }
+
+    #[test]
+    fn a_pattern_matches_its_paths_and_captures_their_segments() {
+        let pattern = PathPattern::parse("/v1/calls/{call_id}/control").unwrap();
+        let path = PathSegments::new("/v1/calls/c_42/control");
+        let captures = pattern.matches(&path).unwrap();
+        assert_eq!(captures.get("call_id"), Some("c_42"));
+        assert!(pattern
+            .matches(&PathSegments::new("/v1/calls/c_42"))
+            .is_none());
+        assert!(PathPattern::parse("/v1/{call_id").is_err());
     }
 }

@@ -4,11 +4,11 @@
 
 use smallvec::SmallVec;
 
-use crate::concurrency::{Mode, Permit};
+use crate::inflight::{Mode, Permit};
 use crate::key::{Key, RequestView};
 use crate::policy::{CompiledLimit, Own, PolicyInner, Quota, Route};
 use crate::report::WindowOrigin;
-use crate::store::Check;
+use crate::store::protocol::Check;
 
 /// What `key` has on a route of limit `index`: its override, else its
 /// plan, else nothing (the route's default applies; see

@@ -13,25 +13,26 @@ use super::applied::{Applied, Checks};
 use super::in_flight::{take_now, take_waiting, Taken};
 use super::respond::{busy, finish};
 use super::Shared;
-use crate::concurrency::Busy;
 use crate::future::ResponseFuture;
-use crate::store::{Decided, Outcome, Store, StoreError};
+use crate::inflight::Busy;
+use crate::store::protocol::Decided;
+use crate::store::Store;
 
 /// How far a request's decision has got.
 pub(super) enum Step<P> {
-    /// Every slot is held and the store has answered (`None`: the request
-    /// has no window to count).
-    Decided(Option<Result<Outcome, StoreError>>),
+    /// Every slot is held and the store was asked: its answer, now or later.
+    Asked(Decided<P>),
+    /// Every slot is held, and the request has no window to count.
+    Uncounted,
     /// Claim `.0` has no free slot and the request cannot wait for one.
     Busy(usize, Busy),
     /// The request waits for claim `.0`'s slot.
     Slot(usize),
-    /// The store answers later.
-    Store(P),
 }
 
 impl Applied {
     /// Takes the request's slots that are free now, then asks the store.
+    #[inline]
     pub(super) fn decide_now<St: Store>(&mut self, shared: &Shared<St>) -> Step<St::Pending> {
         if !self.claims.is_empty() {
             // Slots a store shares are always asked for later.
@@ -55,16 +56,14 @@ impl Applied {
     }
 
     /// Asks the store about the request's charges (all slots are held).
+    #[inline]
     fn ask_store<St: Store>(&self, shared: &Shared<St>) -> Step<St::Pending> {
         if self.charges.is_empty() {
-            return Step::Decided(None);
+            return Step::Uncounted;
         }
         let mut checks = Checks::new();
         self.checks(&shared.policy.inner, &mut checks);
-        match shared.store.check(self.now, &checks) {
-            Decided::Ready(result) => Step::Decided(Some(result)),
-            Decided::Pending(pending) => Step::Store(pending),
-        }
+        Step::Asked(shared.store.check(self.now, &checks))
     }
 }
 
@@ -93,8 +92,15 @@ where
         let mut step = step;
         loop {
             step = match step {
-                Step::Decided(decided) => {
-                    return finish(&shared, decided, applied, request, &mut ready).await;
+                Step::Asked(Decided::Ready(answer)) => {
+                    let ready = &mut ready;
+                    return finish(&shared, Some(&answer), &mut applied, request, ready).await;
+                }
+                Step::Asked(Decided::Pending(pending)) => {
+                    Step::Asked(Decided::Ready(pending.await))
+                }
+                Step::Uncounted => {
+                    return finish(&shared, None, &mut applied, request, &mut ready).await;
                 }
                 Step::Busy(i, why) => {
                     let now = shared.clock.now();
@@ -116,7 +122,6 @@ where
                         Err((i, why)) => Step::Busy(i, why),
                     }
                 }
-                Step::Store(pending) => Step::Decided(Some(pending.await)),
             };
         }
     }))

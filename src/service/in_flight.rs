@@ -3,8 +3,8 @@
 
 use super::applied::{Claim, Held};
 use super::Shared;
-use crate::concurrency::{Busy, ConcurrencyLimiter, Mode, Permit};
 use crate::decision::WindowReport;
+use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit};
 use crate::store::Store;
 
 /// How taking a request's slots at once went.

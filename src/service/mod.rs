@@ -24,6 +24,7 @@ use self::respond::{banned, busy, finish, reject};
 pub(crate) use self::shared::Shared;
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
+use crate::store::protocol::Decided;
 use crate::store::{MemoryStore, Store};
 
 /// A service rate-limited by a [`RateLimitLayer`](crate::RateLimitLayer).
@@ -111,7 +112,10 @@ where
         // goes on in the response future.
         match applied.decide_now(shared) {
             // 4. respond.
-            Step::Decided(decided) => finish(shared, decided, applied, request, inner),
+            Step::Asked(Decided::Ready(ref answer)) => {
+                finish(shared, Some(answer), &mut applied, request, inner)
+            }
+            Step::Uncounted => finish(shared, None, &mut applied, request, inner),
             Step::Busy(i, why) => busy(shared, &applied.claims[i], why, now, &request),
             step => later(shared, inner, request, applied, step),
         }

@@ -2,6 +2,8 @@
 //! with headers, or one the layer produces itself (a refusal, a busy answer,
 //! a key error).
 
+use std::mem::take;
+
 use http::{Request, Response};
 use tower_service::Service;
 
@@ -12,16 +14,17 @@ use super::verdict::{decide_counted, emit};
 use super::Shared;
 use crate::body::{ResponseBody, Slots};
 use crate::clock::NANOS;
-use crate::concurrency::Busy;
 use crate::decision::{Decision, RefusalReason};
 use crate::event::EventKind;
 use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Standing};
+use crate::inflight::Busy;
 use crate::key::KeyError;
 use crate::policy::PolicyInner;
 use crate::report::Reported;
 use crate::response::{self, Produced};
-use crate::store::{Outcome, StoreError};
+use crate::store::protocol::Outcome;
+use crate::store::StoreError;
 
 /// What the store said of a request's windows, beside the decision built
 /// from it: the IETF fields report each window's own state from it.
@@ -73,11 +76,11 @@ fn headers_for<St>(
 /// failed lets the request through unlimited. The common case (admitted,
 /// nothing reads the decision, single-window headers) skips building the
 /// decision.
-#[inline]
+#[inline(always)]
 pub(super) fn finish<S, St, ReqBody, ResBody>(
     shared: &Shared<St>,
-    decided: Option<Result<Outcome, StoreError>>,
-    applied: Applied,
+    decided: Option<&Result<Outcome, StoreError>>,
+    applied: &mut Applied,
     request: Request<ReqBody>,
     inner: &mut S,
 ) -> ResponseFuture<S::Future, ResBody, S::Error>
@@ -89,10 +92,14 @@ where
         Some(Ok(outcome)) => Some(outcome),
         Some(Err(error)) => {
             tracing::warn!(%error, "rate-limit store failed; request let through unlimited");
-            return ResponseFuture::inner(inner.call(request), None, None, slots(applied.held));
+            return ResponseFuture::inner(
+                inner.call(request),
+                None,
+                None,
+                slots(take(&mut applied.held)),
+            );
         }
     };
-    let outcome = outcome.as_ref();
     let policy = &*shared.policy.inner;
     let now = applied.now;
     let caps = || {
@@ -113,16 +120,17 @@ where
                 .map(|w| Reported::from(&w)),
         };
         let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
-        return ResponseFuture::inner(inner.call(request), headers, None, slots(applied.held));
+        let held = take(&mut applied.held);
+        return ResponseFuture::inner(inner.call(request), headers, None, slots(held));
     }
     let decision = match outcome {
-        Some(outcome) => decide_counted(shared, outcome, &applied),
+        Some(outcome) => decide_counted(shared, outcome, applied),
         None => Decision::admitted(),
     }
     .with_shadow_refusal(applied.shadow_busy != 0);
     let counted = outcome.map(|outcome| Counted {
         outcome,
-        applied: &applied,
+        applied: &*applied,
     });
     if !decision.is_admitted() {
         return refuse(shared, decision, counted, &request);
@@ -141,7 +149,14 @@ where
     }
     let decision = decision.with_caps(caps());
     let headers = headers_for(shared, &decision, counted);
-    respond(shared, decision, headers, request, inner, applied.held)
+    respond(
+        shared,
+        decision,
+        headers,
+        request,
+        inner,
+        take(&mut applied.held),
+    )
 }
 
 /// The 401 for a key a limit rejected: nothing was counted, so no

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::concurrency::ConcurrencyLimiter;
 use crate::event::Hook;
+use crate::inflight::ConcurrencyLimiter;
 use crate::policy::Policy;
 
 /// What every service of one layer shares.

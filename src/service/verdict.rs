@@ -6,7 +6,7 @@ use super::Shared;
 use crate::decision::Decision;
 use crate::event::{Event, EventKind};
 use crate::report::quota_report;
-use crate::store::Outcome;
+use crate::store::protocol::Outcome;
 
 /// The decision for a store outcome; a refusal that started a ban answers
 /// as the ban (its `Retry-After` is the ban's, so it stays honest).

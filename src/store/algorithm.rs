@@ -4,7 +4,7 @@
 //! Every store uses these functions (or, for a remote store, a literal
 //! translation of them), so all stores decide alike.
 
-use super::WindowStatus;
+use super::protocol::WindowStatus;
 use crate::policy::{Algorithm, Window};
 
 /// What one window says about one request.

@@ -10,9 +10,9 @@ use smallvec::SmallVec;
 use super::algorithm::{carry_over, expires_at, step, Step};
 use super::outcome::settle_uncharged;
 use super::overflow::Overflow;
-use super::penalties::{ban_in_force, count_refusal};
-use super::{Check, Decided, Outcome, Store, StoreError};
-use crate::penalty::PenaltyBox;
+use super::protocol::{Check, Decided, Outcome};
+use super::{Store, StoreError};
+use crate::penalty::{ban_in_force, count_refusal, PenaltyBox};
 use crate::policy::{Algorithm, Quota};
 use crate::shard::{sparse, KeyMap, Padded};
 
@@ -140,9 +140,10 @@ impl MemoryStoreBuilder {
     }
 
     /// The most keys kept for penalties at once, banned or with refusals
-    /// that still count (default
-    /// [`PenaltyBox::DEFAULT_MAX_KEYS`](crate::penalty::PenaltyBox::DEFAULT_MAX_KEYS));
-    /// see [`PenaltyBox`](crate::penalty::PenaltyBox) for what happens at the cap.
+    /// that still count (default 100,000). At the cap a ban in force is
+    /// never lifted early and no counted refusal is forgotten early; a
+    /// refusal of a key not tracked yet is not counted, so a ban can only
+    /// start later than its rule says, never earlier.
     pub fn max_banned_keys(mut self, max: usize) -> Self {
         self.max_banned_keys = max;
         self
@@ -232,9 +233,10 @@ impl MemoryStore {
         self.penalties.sweep(now);
     }
 
-    /// The bans and counted refusals of checks with a penalty.
-    pub fn penalties(&self) -> &PenaltyBox {
-        &self.penalties
+    /// The number of keys kept for penalties now: banned, or with refusals
+    /// that still count.
+    pub fn penalized_keys(&self) -> usize {
+        self.penalties.len()
     }
 
     fn shard_of(&self, bucket: u64) -> usize {

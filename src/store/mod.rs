@@ -5,127 +5,46 @@
 //! applying limit admits the request and all of them are charged, or the
 //! request is refused and nothing is charged anywhere.
 //!
-//! [`MemoryStore`] is the default. A store that must talk to a server returns
-//! [`Decided::Pending`] with a future; a store that decides on the spot (like
-//! the memory store) returns [`Decided::Ready`], and the layer then calls the
-//! inner service straight away without boxing or allocating.
+//! [`MemoryStore`] is the default: counts in this process's memory, decided
+//! on the spot, so the layer calls the inner service straight away without
+//! boxing or allocating. The Redis store (feature `redis`) shares counts
+//! between processes. The types a store decides with are the
+//! [`protocol`] module's, which is unstable: the stores are the stable API,
+//! not the protocol between them and the layer.
 //!
 //! ```
-//! use tower_ratelimit::store::{Check, Decided, MemoryStore, Store};
-//! use tower_ratelimit::{Quota, Window};
+//! use tower_ratelimit::store::MemoryStore;
+//! use tower_ratelimit::{key::Header, Limit, Policy, Quota, RateLimitLayer, Window};
 //!
-//! let store = MemoryStore::new();
-//! let quota = Quota::new(Window::per_minute(1));
-//! let check = [Check::new(42, &quota)];
-//! let now = 1_700_000_000_000_000_000;
-//! let Decided::Ready(Ok(first)) = store.check(now, &check) else { unreachable!() };
-//! let Decided::Ready(Ok(second)) = store.check(now, &check) else { unreachable!() };
-//! assert!(first.admitted() && !second.admitted());
+//! let policy = Policy::builder()
+//!     .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+//!         .quota(Quota::new(Window::per_minute(60))))
+//!     .build()
+//!     .unwrap();
+//! let store = MemoryStore::builder().max_entries(100_000).build();
+//! let layer = RateLimitLayer::with_store(policy, store);
+//! assert!(layer.store().capacity() >= 100_000);
 //! ```
 
 pub(crate) mod algorithm;
+mod error;
 mod memory;
 mod outcome;
 mod overflow;
-mod penalties;
+#[doc(hidden)]
+pub mod protocol;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
-mod shared_slots;
 
 use std::future::Future;
 
+pub use self::error::{StoreError, StoreErrorKind};
 #[cfg(feature = "redis")]
 pub use self::redis::{FailurePolicy, RedisStore};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
-pub use outcome::{Ban, Outcome, StoreError, WindowStatus};
-pub use shared_slots::{SharedSlots, SlotFuture};
 
-use crate::penalty::Penalty;
-use crate::policy::Quota;
-
-/// One limit's part of a request: whose bucket, which quota.
-#[derive(Debug, Clone, Copy)]
-pub struct Check<'a> {
-    /// The bucket: a keyed hash of the limit, its route and the request's key.
-    pub bucket: u64,
-    /// The windows, algorithm and cost that apply.
-    pub quota: &'a Quota,
-    /// A shadow check never refuses the request: it is charged only when the
-    /// request is admitted and it would have admitted it too, and its verdict
-    /// is reported in [`Outcome::shadow_refused`].
-    pub shadow: bool,
-    /// The name of the limit the check belongs to (empty when unknown), for
-    /// stores whose behaviour differs per limit (a failure policy, say).
-    pub limit: &'a str,
-    /// The route's default quota, when `quota` is another (a plan's or a
-    /// key's own). A key's counts must survive a change of its quota: when a
-    /// bucket's windows were last charged at other rates, the store carries
-    /// the number of requests used over to `quota`'s windows of the same
-    /// period before deciding (and keeps them converted whatever it
-    /// decides). The memory store remembers the rates only of buckets whose
-    /// quota is not `base`; a store may also keep each window's rate beside
-    /// its state and ignore this.
-    pub base: &'a Quota,
-    /// The limit's penalty, if it has one: the key's 64-bit keyed hash in
-    /// the limit's penalty domain, and the rule. See [`Store`] for what a
-    /// store does with it.
-    pub penalty: Option<(u64, &'a Penalty)>,
-}
-
-impl<'a> Check<'a> {
-    /// A check of `quota` for `bucket`.
-    pub fn new(bucket: u64, quota: &'a Quota) -> Self {
-        Check {
-            bucket,
-            quota,
-            shadow: false,
-            limit: "",
-            base: quota,
-            penalty: None,
-        }
-    }
-
-    /// A shadow check (see [`Check::shadow`](Check#structfield.shadow)).
-    pub fn shadow(bucket: u64, quota: &'a Quota) -> Self {
-        Check {
-            shadow: true,
-            ..Check::new(bucket, quota)
-        }
-    }
-
-    /// The same check, on a route whose default quota is `base` (see
-    /// [`Check::base`](Check#structfield.base)).
-    #[must_use]
-    pub fn based_on(self, base: &'a Quota) -> Self {
-        Check { base, ..self }
-    }
-
-    /// The same check, under `penalty` for the key `key` (see
-    /// [`Check::penalty`](Check#structfield.penalty)).
-    #[must_use]
-    pub fn with_penalty(self, key: u64, penalty: &'a Penalty) -> Self {
-        Check {
-            penalty: Some((key, penalty)),
-            ..self
-        }
-    }
-
-    /// The same check, naming the limit it belongs to.
-    #[must_use]
-    pub fn in_limit(self, limit: &'a str) -> Self {
-        Check { limit, ..self }
-    }
-}
-
-/// A store's answer: now, or later.
-#[derive(Debug)]
-pub enum Decided<P> {
-    /// The decision is made.
-    Ready(Result<Outcome, StoreError>),
-    /// The decision is under way; the layer awaits this future.
-    Pending(P),
-}
+use self::protocol::{Check, Decided, Outcome, SharedSlots};
 
 /// A place where counts are kept and decisions are made.
 ///
@@ -144,6 +63,10 @@ pub enum Decided<P> {
 /// against the penalty of each enforced check whose windows refused it, and
 /// the outcome names the first ban that starts. (A refusal for the store's
 /// memory cap counts against no one.)
+///
+/// Use the stores this crate ships. Implementing `Store` yourself means
+/// following the [`protocol`] module, which is **unstable**: it is not
+/// covered by semantic versioning and may change in any release.
 pub trait Store: Send + Sync + 'static {
     /// The future of a decision that is not made on the spot. Stores that
     /// always answer at once use [`std::future::Pending`]`<...>` or any never-built type.
@@ -171,8 +94,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The in-flight slots this store keeps for every process that shares
-    /// it; `None` (the default) leaves them to the layer's own
-    /// [`ConcurrencyLimiter`](crate::concurrency::ConcurrencyLimiter).
+    /// it; `None` (the default) leaves them to the layer's own limiter.
     fn shared_slots(&self) -> Option<&dyn SharedSlots> {
         None
     }

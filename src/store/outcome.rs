@@ -1,7 +1,5 @@
 //! What a store says about a request.
 
-use std::fmt;
-
 use smallvec::SmallVec;
 
 use super::algorithm::Step;
@@ -221,27 +219,3 @@ impl Outcome {
         windows.max(self.capacity_retry_after.unwrap_or(0)).max(ban)
     }
 }
-
-/// A store could not decide (it is unreachable, timed out, or answered
-/// nonsense). The layer never turns this into the inner service's error.
-#[derive(Debug)]
-pub struct StoreError {
-    message: Box<str>,
-}
-
-impl StoreError {
-    /// An error with a message for logs.
-    pub fn new(message: impl Into<String>) -> Self {
-        StoreError {
-            message: message.into().into_boxed_str(),
-        }
-    }
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rate-limit store failed: {}", self.message)
-    }
-}
-
-impl std::error::Error for StoreError {}

@@ -9,7 +9,8 @@ use super::breaker::{Breaker, Transition};
 use super::failure_policy::FailurePolicy;
 use super::script::Planned;
 use crate::policy::{Quota, Window};
-use crate::store::{Check, Decided, MemoryStore, Outcome, Store, WindowStatus};
+use crate::store::protocol::{Check, Decided, Outcome, WindowStatus};
+use crate::store::{MemoryStore, Store};
 
 /// The outcome for `checks` when Redis could not decide at `now` (the
 /// layer's clock); a fail-closed refusal asks to retry in `retry_after` ns.

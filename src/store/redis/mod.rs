@@ -77,7 +77,7 @@
 //!
 //! By default the script reads Redis's clock (`TIME`), so nodes whose clocks
 //! disagree still decide alike; the durations the store reports are measured
-//! from that moment. [`ClockSource::Layer`] uses the layer's clock instead.
+//! from that moment. [`RedisStoreBuilder::layer_clock`] uses the layer's clock instead.
 //!
 //! # When Redis fails
 //!
@@ -114,9 +114,10 @@
 //! # In-flight caps across processes
 //!
 //! The store also counts in-flight caps ([`Quota::in_flight`](crate::Quota::in_flight)):
-//! it implements [`SharedSlots`](crate::store::SharedSlots), so the layer
+//! it implements [`SharedSlots`](crate::store::protocol::SharedSlots), so the layer
 //! asks Redis, not its own limiter, and each key's `max` slots are shared by
-//! every node, with the rules of [`concurrency`](crate::concurrency): the
+//! every node, with the rules of the layer's own in-flight caps
+//! ([`Quota::in_flight`](crate::Quota::in_flight)): the
 //! latest cap wins, one first-come-first-served line per key across nodes
 //! (at most `max_queued` waiters in all), and while anyone waits no
 //! newcomer takes a free slot ahead of them.
@@ -139,7 +140,7 @@
 //! Every call has the store's deadline and goes through its circuit
 //! breaker. When Redis cannot answer, the limit's [`FailurePolicy`] decides:
 //! `Open` gives a permit that holds nothing, `Closed` answers
-//! [`Busy::Unavailable`](crate::concurrency::Busy::Unavailable), and
+//! [`Busy::Unavailable`](crate::store::protocol::Busy::Unavailable), and
 //! `Local { percent }` takes a slot of this node's share of the cap (`max ×
 //! percent / 100`, rounded up, at least 1) in a local limiter. A waiting
 //! request never waits past its `max_wait`. Slots of permits that outlive
@@ -174,4 +175,6 @@ mod slots;
 mod store;
 
 pub use failure_policy::FailurePolicy;
-pub use store::{ClockSource, PendingDecision, RedisStats, RedisStore, RedisStoreBuilder};
+#[doc(hidden)]
+pub use store::PendingDecision;
+pub use store::{RedisStats, RedisStore, RedisStoreBuilder};

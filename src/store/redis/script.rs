@@ -10,7 +10,7 @@ use crate::penalty::Penalty;
 use crate::policy::{Algorithm, Window};
 use crate::store::algorithm::{step, Step};
 use crate::store::outcome::settle_uncharged;
-use crate::store::{Check, Outcome, WindowStatus};
+use crate::store::protocol::{Check, Outcome, WindowStatus};
 
 /// The Lua source: exact integer helpers, then the decision.
 pub(crate) const SOURCE: &str = concat!(

@@ -1,4 +1,4 @@
-//! In-flight slots shared through Redis: [`SharedSlots`](crate::store::SharedSlots)
+//! In-flight slots shared through Redis: [`SharedSlots`](crate::store::protocol::SharedSlots)
 //! for [`RedisStore`](super::RedisStore).
 //!
 //! Each key's held slots, line and cap live in Redis (see `slots.lua`), so
@@ -28,8 +28,8 @@ use super::breaker::{Breaker, Permit as Call, Ticket, Transition};
 use super::connection::Backend;
 use super::failure::{self, Failure};
 use super::failure_policy::FailurePolicy;
-use crate::concurrency::{Busy, ConcurrencyLimiter, Mode, Permit};
-use crate::store::SlotFuture;
+use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit};
+use crate::store::protocol::SlotFuture;
 
 /// The Lua source of the slots script.
 const SOURCE: &str = include_str!("slots.lua");
@@ -273,7 +273,7 @@ enum CallError {
 }
 
 /// Asks for a slot of `key` for the store `owner` (see
-/// [`SharedSlots::acquire`](crate::store::SharedSlots::acquire)).
+/// [`SharedSlots::acquire`](crate::store::protocol::SharedSlots::acquire)).
 pub(super) fn acquire<T: Send + Sync + 'static>(
     owner: Arc<T>,
     parts: PartsOf<T>,

@@ -20,23 +20,18 @@ use super::keys::{valid_prefix, MAX_PREFIX_LEN};
 use super::script::{self, Planned};
 use crate::error::ConfigError;
 use crate::penalty::PenaltyBox;
-use crate::store::{Check, Decided, MemoryStore, Outcome, Store, StoreError};
+use crate::store::protocol::{Check, Decided, Outcome};
+use crate::store::{MemoryStore, Store, StoreError, StoreErrorKind};
 
 /// Whose clock decisions use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum ClockSource {
+enum ClockSource {
     /// Redis's `TIME`, read inside the decision script (the default): every
     /// node decides on one clock, however far apart the nodes' own clocks
     /// are.
     #[default]
     Redis,
-    /// The layer's clock (the `now` it passes to the store): for tests with
-    /// a [`ManualClock`](crate::clock::ManualClock), and for running
-    /// side by side with a [`MemoryStore`]. Nodes must then agree on the
-    /// time. The keys' TTLs run on Redis's clock, so each gets one more
-    /// period and one second of slack: the layer's clock must not fall
-    /// behind real time by more than that.
+    /// The layer's clock (see [`RedisStoreBuilder::layer_clock`]).
     Layer,
 }
 
@@ -243,9 +238,17 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Whose clock decides (default [`ClockSource::Redis`]).
-    pub fn clock(mut self, clock: ClockSource) -> Self {
-        self.clock = clock;
+    /// Decides on the layer's clock (the `now` it passes to the store)
+    /// instead of Redis's `TIME`, read inside the decision script (the
+    /// default, which keeps every node on one clock however far apart their
+    /// own clocks are): for tests with a
+    /// [`ManualClock`](crate::clock::ManualClock), and for running side by
+    /// side with a [`MemoryStore`]. Nodes must then agree on the time. The
+    /// keys' TTLs run on Redis's clock, so each gets one more period and one
+    /// second of slack: the layer's clock must not fall behind real time by
+    /// more than that.
+    pub fn layer_clock(mut self) -> Self {
+        self.clock = ClockSource::Layer;
         self
     }
 
@@ -406,7 +409,9 @@ impl RedisStoreBuilder {
     /// timeout, and loads its scripts.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let timeout = self.connect_timeout;
-        let store = self.build().map_err(|e| StoreError::new(e.to_string()))?;
+        let store = self
+            .build()
+            .map_err(|e| StoreError::caused_by(StoreErrorKind::Config, e.to_string(), e))?;
         let inner = &store.inner;
         match tokio::time::timeout(
             timeout,
@@ -418,10 +423,25 @@ impl RedisStoreBuilder {
         .await
         {
             Ok(Ok(())) => Ok(store),
-            Ok(Err(e)) => Err(StoreError::new(format!("Redis did not answer: {e}"))),
-            Err(_) => Err(StoreError::new(format!(
-                "Redis did not answer within {timeout:?}"
-            ))),
+            Ok(Err(e)) => {
+                let kind = if e.is_timeout() {
+                    StoreErrorKind::Timeout
+                } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped()
+                {
+                    StoreErrorKind::Connection
+                } else {
+                    StoreErrorKind::Protocol
+                };
+                Err(StoreError::caused_by(
+                    kind,
+                    format!("Redis did not answer: {e}"),
+                    e,
+                ))
+            }
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::Timeout,
+                format!("Redis did not answer within {timeout:?}"),
+            )),
         }
     }
 }
@@ -495,9 +515,9 @@ impl Store for RedisStore {
     type Pending = PendingDecision;
 
     /// In-flight caps are counted in Redis too, so every node shares each
-    /// key's slots (see [`SharedSlots`](crate::store::SharedSlots) for
+    /// key's slots (see [`SharedSlots`](crate::store::protocol::SharedSlots) for
     /// [`RedisStore`]).
-    fn shared_slots(&self) -> Option<&dyn crate::store::SharedSlots> {
+    fn shared_slots(&self) -> Option<&dyn crate::store::protocol::SharedSlots> {
         Some(self)
     }
 
@@ -571,16 +591,16 @@ impl Store for RedisStore {
 /// Slots held under leases in Redis, shared by every node: see
 /// [In-flight caps across processes](crate::store::redis#in-flight-caps-across-processes).
 /// When Redis cannot answer, the limit's [`FailurePolicy`] decides: a permit
-/// that holds nothing, [`Busy::Unavailable`](crate::concurrency::Busy::Unavailable),
+/// that holds nothing, [`Busy::Unavailable`](crate::store::protocol::Busy::Unavailable),
 /// or a slot of this node's own share of the cap.
-impl crate::store::SharedSlots for RedisStore {
+impl crate::store::protocol::SharedSlots for RedisStore {
     fn acquire(
         &self,
         key: u64,
         max: u32,
-        mode: crate::concurrency::Mode,
+        mode: crate::inflight::Mode,
         limit: &str,
-    ) -> crate::store::SlotFuture {
+    ) -> crate::store::protocol::SlotFuture {
         fn parts(inner: &Inner) -> super::slots::Parts<'_> {
             super::slots::Parts {
                 backend: &inner.backend,

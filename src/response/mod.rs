@@ -1,5 +1,7 @@
 //! What a refusal looks like: status, JSON body, request id, gRPC status.
 
+mod presets;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -12,46 +14,160 @@ use crate::decision::{Decision, RefusalReason};
 use crate::key::KeyError;
 
 /// `x-request-id`.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The body of a refusal. The four platforms' formats reproduce their
-/// published bodies, with the real number of seconds.
+/// The body of a refusal: plain JSON (the default), RFC 9457 problem
+/// details, a platform's published body chosen by name, or your own.
 ///
-/// | format | body |
+/// | name | body |
 /// |---|---|
-/// | `Json` (default) | `{"error":{"code":"rate_limit_exceeded","message":"Rate limit exceeded. Try again in 12 seconds.","retry_after":12}}` |
-/// | `ProblemJson` | RFC 9457 `application/problem+json`: `{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"…","retry_after":12}` |
-/// | `Flireo` | `{"error":{"code":"rate_limit_exceeded","message":"Too many requests. Please retry after 45 seconds."}}` |
-/// | `Nixflex` | `{"error":{"type":"rate_limit_error","code":"rate_limit_exceeded","message":"Rate limit exceeded. Try again in 12 seconds.","details":{"retry_after":12}}}` |
-/// | `TalkPilot` | `{"error":{"code":"RATE_LIMITED","message":"Rate limit exceeded. Try again in 18 seconds.","request_id":"req_…"}}` |
-/// | `Exotel` | `{"request_id":"…","http_code":429,"response":{"error":{"code":"rate_limit_exceeded","message":"rate limit exceeded please retry after some time"}}}` |
+/// | `json` (default) | `{"error":{"code":"rate_limit_exceeded","message":"Rate limit exceeded. Try again in 12 seconds.","retry_after":12}}` |
+/// | `problem_json` | RFC 9457 `application/problem+json`: `{"type":"about:blank","title":"Too Many Requests","status":429,"detail":"…","retry_after":12}` |
+/// | `flireo` | `{"error":{"code":"rate_limit_exceeded","message":"Too many requests. Please retry after 45 seconds."}}` |
+/// | `nixflex` | `{"error":{"type":"rate_limit_error","code":"rate_limit_exceeded","message":"Rate limit exceeded. Try again in 12 seconds.","details":{"retry_after":12}}}` |
+/// | `talkpilot` | `{"error":{"code":"RATE_LIMITED","message":"Rate limit exceeded. Try again in 18 seconds.","request_id":"req_…"}}` |
+/// | `exotel` | `{"request_id":"…","http_code":429,"response":{"error":{"code":"rate_limit_exceeded","message":"rate limit exceeded please retry after some time"}}}` |
 ///
-/// Formats with a request id use the request's own `x-request-id` (when it is
-/// 1 to 128 visible ASCII characters) or generate one, and set it as the
-/// response's `x-request-id`. Requests with a `application/grpc` content type
-/// get a gRPC answer instead: HTTP 200 with `grpc-status: 8`
+/// The platforms' bodies are presets registered under their names (the
+/// names a policy file's `refusal` takes), with the real number of seconds.
+/// Formats with a request id use the request's own `x-request-id` (when it
+/// is 1 to 128 visible ASCII characters) or generate one, and set it as the
+/// response's `x-request-id`. Requests with a `application/grpc` content
+/// type get a gRPC answer instead: HTTP 200 with `grpc-status: 8`
 /// (`RESOURCE_EXHAUSTED`) and a `grpc-message`.
+///
+/// ```
+/// use tower_ratelimit::RefusalFormat;
+///
+/// let nixflex = RefusalFormat::named("nixflex").unwrap();
+/// assert_eq!(format!("{nixflex:?}"), "Nixflex");
+/// assert!(RefusalFormat::named("xml").is_none());
+/// ```
 #[derive(Clone, Default)]
-#[non_exhaustive]
-pub enum RefusalFormat {
-    /// A plain JSON error with `code`, `message` and `retry_after`.
-    #[default]
-    Json,
-    /// RFC 9457 problem details.
-    ProblemJson,
-    /// Flireo's published body.
-    Flireo,
-    /// Nixflex's published body.
-    Nixflex,
-    /// TalkPilot's published body, with a request id.
-    TalkPilot,
-    /// Exotel's published body, with a request id.
-    Exotel,
-    /// Your own body; see [`RefusalFormat::custom`].
+pub struct RefusalFormat(Format);
+
+#[derive(Clone)]
+enum Format {
+    /// A row of [`FORMATS`] or of the presets.
+    Preset(&'static Preset),
+    /// Your own body.
     Custom(Arc<dyn Fn(&Refusal<'_>) -> CustomBody + Send + Sync>),
 }
 
+impl Default for Format {
+    fn default() -> Self {
+        Format::Preset(&FORMATS[0])
+    }
+}
+
+/// A format known by name: whether its body carries the request id, and how
+/// the body is made from a refusal's facts.
+pub(crate) struct Preset {
+    /// The name a policy file uses.
+    pub(crate) name: &'static str,
+    /// The name `Debug` shows.
+    pub(crate) title: &'static str,
+    /// The body's content type.
+    pub(crate) content_type: &'static str,
+    /// Whether the body carries the request id (then it is also set as the
+    /// response's `x-request-id`).
+    pub(crate) request_id: bool,
+    /// The body.
+    pub(crate) body: fn(&Facts<'_>) -> serde_json::Value,
+}
+
+/// What a named format makes a refusal's body from.
+pub(crate) struct Facts<'a> {
+    /// Why the request was refused.
+    pub(crate) why: Why,
+    /// Whole seconds until it would be admitted (at least 1).
+    pub(crate) retry: u64,
+    /// The same, in words: `"12 seconds"`.
+    pub(crate) wait: &'a str,
+    /// The plain message: `"Rate limit exceeded. Try again in 12 seconds."`,
+    /// or what a ban or a busy answer says instead.
+    pub(crate) try_again: &'a str,
+    /// The plain code: `rate_limit_exceeded`, `temporarily_blocked` or
+    /// `concurrency_limit_exceeded`.
+    pub(crate) code: &'static str,
+    /// The response's status.
+    pub(crate) status: StatusCode,
+    /// The request id (used only by formats that carry one).
+    pub(crate) request_id: &'a str,
+}
+
+/// Why a request was refused, as a body tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// A window refused it.
+    Rate,
+    /// No in-flight slot was free.
+    Busy,
+    /// Its key is banned.
+    Banned,
+}
+
+/// The formats of this crate's own: plain JSON (the default) and problem
+/// details. The platforms' are in [`presets`].
+static FORMATS: [Preset; 2] = [
+    Preset {
+        name: "json",
+        title: "Json",
+        content_type: "application/json",
+        request_id: false,
+        body: |f| {
+            json!({"error": {"code": f.code,
+                "message": f.try_again,
+                "retry_after": f.retry}})
+        },
+    },
+    Preset {
+        name: "problem_json",
+        title: "ProblemJson",
+        content_type: "application/problem+json",
+        request_id: false,
+        body: |f| {
+            json!({"type": "about:blank",
+                "title": f.status.canonical_reason().unwrap_or("Too Many Requests"),
+                "status": f.status.as_u16(),
+                "detail": f.try_again,
+                "retry_after": f.retry})
+        },
+    },
+];
+
 impl RefusalFormat {
+    /// A plain JSON error with `code`, `message` and `retry_after` (the
+    /// default).
+    pub fn json() -> Self {
+        RefusalFormat(Format::Preset(&FORMATS[0]))
+    }
+
+    /// RFC 9457 problem details (`application/problem+json`).
+    pub fn problem_json() -> Self {
+        RefusalFormat(Format::Preset(&FORMATS[1]))
+    }
+
+    /// The format registered as `name`, as a policy file's `refusal` names
+    /// it: `json`, `problem_json`, or a platform's preset (`flireo`,
+    /// `nixflex`, `talkpilot`, `exotel`). Names are exact (lower case).
+    pub fn named(name: &str) -> Option<Self> {
+        FORMATS
+            .iter()
+            .chain(presets::PRESETS.iter())
+            .find(|p| p.name == name)
+            .map(|p| RefusalFormat(Format::Preset(p)))
+    }
+
+    /// The names [`RefusalFormat::named`] knows, in order.
+    #[cfg(feature = "toml")]
+    pub(crate) fn names() -> impl Iterator<Item = &'static str> {
+        FORMATS
+            .iter()
+            .chain(presets::PRESETS.iter())
+            .map(|p| p.name)
+    }
+
     /// A format of your own: a closure from the refusal to a body.
     ///
     /// ```
@@ -66,38 +182,15 @@ impl RefusalFormat {
     where
         F: Fn(&Refusal<'_>) -> CustomBody + Send + Sync + 'static,
     {
-        RefusalFormat::Custom(Arc::new(f))
-    }
-
-    /// The format named in a policy file: `json`, `problem_json`, `flireo`,
-    /// `nixflex`, `talkpilot` or `exotel`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "json" => RefusalFormat::Json,
-            "problem_json" => RefusalFormat::ProblemJson,
-            "flireo" => RefusalFormat::Flireo,
-            "nixflex" => RefusalFormat::Nixflex,
-            "talkpilot" => RefusalFormat::TalkPilot,
-            "exotel" => RefusalFormat::Exotel,
-            _ => return None,
-        })
-    }
-
-    fn has_request_id(&self) -> bool {
-        matches!(self, RefusalFormat::TalkPilot | RefusalFormat::Exotel)
+        RefusalFormat(Format::Custom(Arc::new(f)))
     }
 }
 
 impl fmt::Debug for RefusalFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RefusalFormat::Json => "Json",
-            RefusalFormat::ProblemJson => "ProblemJson",
-            RefusalFormat::Flireo => "Flireo",
-            RefusalFormat::Nixflex => "Nixflex",
-            RefusalFormat::TalkPilot => "TalkPilot",
-            RefusalFormat::Exotel => "Exotel",
-            RefusalFormat::Custom(_) => "Custom(..)",
+        f.write_str(match &self.0 {
+            Format::Preset(preset) => preset.title,
+            Format::Custom(_) => "Custom(..)",
         })
     }
 }
@@ -205,84 +298,9 @@ pub(crate) fn refusal(
         return grpc(8, &format!("{what}, retry after {}", seconds(retry)));
     }
     let request_id = request_id(request_headers);
-    let wait = seconds(retry);
-    // A ban or a busy answer keeps each format's shape; its message (and,
-    // where the format has its own code for it, its code) says what it is.
-    let try_again = if banned {
-        format!("Temporarily blocked after repeated rate-limit violations. Try again in {wait}.")
-    } else if busy {
-        format!("Too many requests in flight. Try again in {wait}.")
-    } else {
-        format!("Rate limit exceeded. Try again in {wait}.")
-    };
-    let code = if banned {
-        "temporarily_blocked"
-    } else if busy {
-        "concurrency_limit_exceeded"
-    } else {
-        "rate_limit_exceeded"
-    };
-    let (content_type, body, with_id) = match format {
-        RefusalFormat::Json => (
-            "application/json",
-            json!({"error": {"code": code,
-                "message": try_again,
-                "retry_after": retry}}),
-            false,
-        ),
-        RefusalFormat::ProblemJson => (
-            "application/problem+json",
-            json!({"type": "about:blank", "title": status.canonical_reason().unwrap_or("Too Many Requests"),
-                "status": status.as_u16(),
-                "detail": try_again,
-                "retry_after": retry}),
-            false,
-        ),
-        RefusalFormat::Flireo => (
-            "application/json",
-            json!({"error": {"code": if busy { code } else { "rate_limit_exceeded" },
-            "message": if banned {
-                format!("Temporarily blocked after repeated rate-limit violations. Please retry after {wait}.")
-            } else if busy {
-                format!("Too many requests in flight. Please retry after {wait}.")
-            } else {
-                format!("Too many requests. Please retry after {wait}.")
-            }}}),
-            false,
-        ),
-        RefusalFormat::Nixflex => (
-            "application/json",
-            json!({"error": {"type": "rate_limit_error",
-                "code": if busy { code } else { "rate_limit_exceeded" },
-                "message": if busy {
-                    format!("Concurrency limit reached. Try again in {wait}.")
-                } else {
-                    try_again
-                },
-                "details": {"retry_after": retry}}}),
-            false,
-        ),
-        RefusalFormat::TalkPilot => (
-            "application/json",
-            json!({"error": {"code": "RATE_LIMITED",
-                "message": try_again,
-                "request_id": request_id}}),
-            true,
-        ),
-        RefusalFormat::Exotel => (
-            "application/json",
-            json!({"request_id": request_id, "http_code": status.as_u16(),
-            "response": {"error": {"code": "rate_limit_exceeded",
-            "message": if banned {
-                "temporarily throttled after repeated rate limit violations please retry after some time"
-            } else if busy {
-                "too many concurrent requests please retry after some time"
-            } else {
-                "rate limit exceeded please retry after some time"
-            }}}}),
-            true,
-        ),
-        RefusalFormat::Custom(f) => {
+    let preset = match &format.0 {
+        Format::Preset(preset) => preset,
+        Format::Custom(f) => {
             let custom = f(&Refusal {
                 decision,
                 status,
@@ -300,10 +318,37 @@ pub(crate) fn refusal(
             };
         }
     };
-    debug_assert_eq!(with_id, format.has_request_id());
+    let why = if banned {
+        Why::Banned
+    } else if busy {
+        Why::Busy
+    } else {
+        Why::Rate
+    };
+    let wait = seconds(retry);
+    let try_again = match why {
+        Why::Banned => format!(
+            "Temporarily blocked after repeated rate-limit violations. Try again in {wait}."
+        ),
+        Why::Busy => format!("Too many requests in flight. Try again in {wait}."),
+        Why::Rate => format!("Rate limit exceeded. Try again in {wait}."),
+    };
+    let body = (preset.body)(&Facts {
+        why,
+        retry,
+        wait: &wait,
+        try_again: &try_again,
+        code: match why {
+            Why::Banned => "temporarily_blocked",
+            Why::Busy => "concurrency_limit_exceeded",
+            Why::Rate => "rate_limit_exceeded",
+        },
+        status,
+        request_id: &request_id,
+    });
     let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if with_id {
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(preset.content_type));
+    if preset.request_id {
         set_request_id(&mut headers, &request_id);
     }
     Produced {

@@ -3,19 +3,18 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::concurrency::{Busy, Mode, Permit};
+use super::{Busy, Mode, Permit};
 
 /// A slot on its way: resolves to a [`Permit`] or to [`Busy`].
 pub type SlotFuture = Pin<Box<dyn Future<Output = Result<Permit, Busy>> + Send + 'static>>;
 
 /// In-flight caps counted by a store rather than by the layer's own
-/// [`ConcurrencyLimiter`](crate::concurrency::ConcurrencyLimiter), so that
-/// every process sharing the store shares each key's slots.
+/// limiter, so that every process sharing the store shares each key's
+/// slots.
 ///
-/// A store offers this through [`Store::shared_slots`](super::Store::shared_slots);
+/// A store offers this through [`Store::shared_slots`](crate::store::Store::shared_slots);
 /// the layer then asks it, not its own limiter, for every capped limit's
-/// slot. The rules are the limiter's (see
-/// [`concurrency`](crate::concurrency)): at most `max` slots of `key` at
+/// slot. The rules are the layer's own limiter's: at most `max` slots of `key` at
 /// once, the latest `max` wins, a line served first come first served when
 /// `mode` queues, and dropping the [`Permit`] frees the slot. A store that
 /// cannot answer decides by its failure policy for `limit`: a permit that

@@ -1,14 +1,14 @@
 //! Penalties in a store that keeps them in this process: a ban in force
 //! refuses before any window is looked at, and a refusal counts towards the
-//! penalties of the checks that refused (see [`Store`](super::Store)).
+//! penalties of the checks that refused (see [`Store`](crate::store::Store)).
 
-use super::{Check, Outcome};
-use crate::penalty::PenaltyBox;
+use super::{Penalty, PenaltyBox};
+use crate::store::protocol::{Check, Outcome};
 
 /// The enforced checks that have a penalty, with their index.
 fn penalized<'c, 'a>(
     checks: &'c [Check<'a>],
-) -> impl Iterator<Item = (u8, (u64, &'a crate::penalty::Penalty))> + 'c {
+) -> impl Iterator<Item = (u8, (u64, &'a Penalty))> + 'c {
     checks
         .iter()
         .enumerate()
