@@ -13,7 +13,7 @@
 //!   account's plan (`Limit::plan_from` + `Tiers`): free 10/minute and 2 in
 //!   flight, pro 100/minute and 10 in flight.
 //!
-//! `app` builds the whole stack; `tests/auth_composition.rs` drives it.
+//! `app` builds the whole stack; `tests/layer/auth_composition.rs` drives it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -36,29 +36,54 @@ thread_local! {
 /// `n` as a header value.
 pub(crate) fn number(n: u64) -> HeaderValue {
     if n < SMALL as u64 {
-        let n = n as usize;
-        let digits = match n {
-            0..=9 => 1,
-            10..=99 => 2,
-            100..=999 => 3,
-            _ => 4,
-        };
-        let end = (n + 1) * WIDTH;
-        let text = std::str::from_utf8(&DIGITS[end - digits..end]).unwrap_or("0");
-        return HeaderValue::from_static(text);
+        return small(n);
     }
+    LARGE.with(|cache| cached(&mut cache.borrow_mut(), n))
+}
+
+/// The `X-RateLimit-*` trio's values, looking at the per-thread cache once
+/// for all three.
+pub(crate) fn trio(limit: u64, remaining: u64, reset: u64) -> [HeaderValue; 3] {
     LARGE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if cache.is_empty() {
-            // Key 0 never reaches the cache (it is in the static table).
-            cache.resize(CACHE, (0, HeaderValue::from_static("0")));
-        }
-        let slot = &mut cache[(n % CACHE as u64) as usize];
-        if slot.0 != n {
-            *slot = (n, HeaderValue::from(n));
-        }
-        slot.1.clone()
+        let mut value = |n: u64| {
+            if n < SMALL as u64 {
+                small(n)
+            } else {
+                cached(&mut cache, n)
+            }
+        };
+        [value(limit), value(remaining), value(reset)]
     })
+}
+
+/// `n` (10,000 or more) from the per-thread cache, or made and cached.
+#[inline]
+fn cached(cache: &mut Vec<(u64, HeaderValue)>, n: u64) -> HeaderValue {
+    if cache.is_empty() {
+        // Key 0 never reaches the cache (it is in the static table).
+        cache.resize(CACHE, (0, HeaderValue::from_static("0")));
+    }
+    let slot = &mut cache[(n % CACHE as u64) as usize];
+    if slot.0 != n {
+        *slot = (n, HeaderValue::from(n));
+    }
+    slot.1.clone()
+}
+
+/// `n` (below 10,000) from the static table.
+#[inline]
+fn small(n: u64) -> HeaderValue {
+    let n = n as usize;
+    let digits = match n {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        _ => 4,
+    };
+    let end = (n + 1) * WIDTH;
+    let text = std::str::from_utf8(&DIGITS[end - digits..end]).unwrap_or("0");
+    HeaderValue::from_static(text)
 }
 
 #[cfg(test)]

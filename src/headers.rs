@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::clock::NANOS;
 use crate::decision::{Decision, WindowReport};
-use crate::header_value::number;
+use crate::header_value::{number, trio};
 use crate::policy::Algorithm;
 use crate::report::Reported;
 use crate::reporting::HeaderStyle;
@@ -119,9 +119,11 @@ impl PendingHeaders {
     /// Writes the headers, replacing any the inner service set.
     pub(crate) fn write(self, headers: &mut HeaderMap) {
         if let Some(r) = self.x {
-            headers.insert(X_RATELIMIT_LIMIT, number(u64::from(r.limit)));
-            headers.insert(X_RATELIMIT_REMAINING, number(u64::from(r.remaining)));
-            headers.insert(X_RATELIMIT_RESET, number(r.reset));
+            let [limit, remaining, reset] =
+                trio(u64::from(r.limit), u64::from(r.remaining), r.reset);
+            headers.insert(X_RATELIMIT_LIMIT, limit);
+            headers.insert(X_RATELIMIT_REMAINING, remaining);
+            headers.insert(X_RATELIMIT_RESET, reset);
         }
         if let Some(fields) = self.ietf {
             let (policy, state) = *fields;

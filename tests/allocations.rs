@@ -6,6 +6,9 @@
 //! thread only, around `call` and the poll of its future: the inner service's
 //! response (and its header map) is built inside that span too, so the layer
 //! is compared with the same calls made on the bare service.
+//!
+//! A binary of its own: the counting allocator is the whole process's
+//! global allocator, and only this test should pay for it.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};

@@ -2,7 +2,8 @@
 //! variable, so that nodes share it without writing it in the policy file.
 //!
 //! The environment is the process's and tests run on threads: every test
-//! uses variables of its own.
+//! uses variables of its own. A binary of its own for the same reason: no
+//! other test should read the environment while these set it.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -5,14 +5,17 @@
 //! The store trusts the operating system's root certificates, which
 //! `SSL_CERT_FILE` overrides: these tests point it at their CA (one for the
 //! whole test process). A server whose certificate another CA signed is
-//! refused.
+//! refused. A binary of its own, apart from the other Redis tests in
+//! `tests/redis/`, because it sets that environment variable: no other test
+//! should read the environment (or connect through TLS) while it does.
 //!
 //! `TOWER_RATELIMIT_SKIP_REDIS=1` skips these tests (with a note), as it
 //! does the other Redis tests.
 
 #![cfg(feature = "redis-tls")]
 
-mod redis_support;
+#[path = "redis/support.rs"]
+mod support;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use redis_support::{send, service};
+use support::{send, service};
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
 use tower_ratelimit::{Policy, RateLimitLayer};
 
@@ -123,7 +126,7 @@ impl TlsServer {
     /// Starts a server with `pki`'s certificate, its files in `trust`'s
     /// directory.
     fn start(pki: &Pki, name: &str, trust: &Trust) -> Self {
-        let port = redis_support::free_port();
+        let port = support::free_port();
         let dir = trust.dir.join(format!("{name}-{port}"));
         std::fs::create_dir_all(&dir).expect("the server's directory");
         let write = |file: &str, text: &str| {
@@ -137,7 +140,7 @@ impl TlsServer {
         let log = dir.join("redis.log");
         let port_text = port.to_string();
         let log_text = log.to_string_lossy();
-        let child = redis_support::spawn_server(
+        let child = support::spawn_server(
             &dir,
             &[
                 "--port",
@@ -225,7 +228,7 @@ async fn store(url: &str) -> RedisStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_layers_over_tls_admit_exactly_the_limit() {
-    if redis_support::skipped() {
+    if support::skipped() {
         return;
     }
     let trust = trust();
@@ -272,7 +275,7 @@ async fn two_layers_over_tls_admit_exactly_the_limit() {
 
 #[tokio::test]
 async fn a_server_signed_by_an_unknown_ca_is_refused() {
-    if redis_support::skipped() {
+    if support::skipped() {
         return;
     }
     let trust = trust();
@@ -291,7 +294,7 @@ async fn a_server_signed_by_an_unknown_ca_is_refused() {
 
 #[tokio::test]
 async fn a_private_ca_given_to_the_builder_is_trusted() {
-    if redis_support::skipped() {
+    if support::skipped() {
         return;
     }
     let trust = trust();

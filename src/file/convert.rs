@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use super::spec::{
     FileSpec, Int, LimitSpec, MethodsSpec, OverrideSpec, PenaltySpec, QuotaSpec, RouteSpec,
@@ -340,7 +340,7 @@ impl RouteSpec {
                 set.unwrap_or(Methods::ANY)
             }
         };
-        if self.head.is_some() && !methods.contains(&Method::GET) {
+        if self.head.is_some() && !methods.meets(Methods::GET) {
             return Err(invalid(
                 "head",
                 format!(

@@ -3,8 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::Method;
-
 use super::overrides::{Override, Own};
 use super::quota::Quota;
 use super::tiers::Tiers;
@@ -12,7 +10,7 @@ use crate::error::{ConfigError, ConfigErrorKind};
 use crate::key::{route_id, Key, KeyExtractor, KeySecret};
 use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
-use crate::route::{self, Captures, PathSegments};
+use crate::route::{self, Captures, Methods, PathSegments};
 
 /// What a limit does with a request whose key is missing or unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -464,7 +462,7 @@ impl CompiledLimit {
     /// The first route that matches, with its index and captures.
     pub(crate) fn route_for<'s: 'p, 'p>(
         &'s self,
-        method: &Method,
+        method: Methods,
         path: &'p PathSegments<'p>,
     ) -> Option<(usize, &'s Route, Captures<'p>)> {
         self.routes.iter().enumerate().find_map(|(i, route)| {

@@ -45,7 +45,6 @@ pub use tiers::Tiers;
 
 #[cfg(feature = "toml")]
 pub use crate::key::CustomKeys;
-pub(crate) use crate::route::PathSegments;
 
 use crate::decision::WindowReport;
 use crate::error::ConfigError;

@@ -14,8 +14,6 @@ mod percent;
 
 use std::str::FromStr;
 
-use http::Method;
-
 pub(crate) use methods::Methods;
 pub(crate) use pattern::{Captures, PathPattern, PathSegments};
 pub(crate) use percent::PercentDecode;
@@ -40,7 +38,7 @@ impl Route {
     /// A route for `methods` and `pattern`; if `methods` holds `GET`, the
     /// route matches `HEAD` too.
     pub(crate) fn new(methods: Methods, pattern: PathPattern) -> Self {
-        let matched = if methods.contains(&Method::GET) {
+        let matched = if methods.meets(Methods::GET) {
             methods.or(Methods::HEAD)
         } else {
             methods
@@ -70,7 +68,7 @@ impl Route {
     /// not name `HEAD`; the error's field is `head`.
     pub(crate) fn without_head(self) -> Result<Self, ConfigError> {
         let methods = self.methods;
-        if !methods.contains(&Method::GET) {
+        if !methods.meets(Methods::GET) {
             return Err(ConfigError::invalid(
                 "head",
                 format!(
@@ -79,7 +77,7 @@ impl Route {
                 ),
             ));
         }
-        if methods.contains(&Method::HEAD) {
+        if methods.meets(Methods::HEAD) {
             return Err(ConfigError::invalid(
                 "head",
                 format!(
@@ -105,13 +103,14 @@ impl Route {
         &self.pattern
     }
 
-    /// Matches a request's method and path; on success, the path's captures.
+    /// Matches a request's method (as [`Methods::of`] gives it) and path;
+    /// on success, the path's captures.
     pub(crate) fn matches<'p>(
         &'p self,
-        method: &Method,
+        method: Methods,
         path: &'p PathSegments<'p>,
     ) -> Option<Captures<'p>> {
-        if !self.matched.contains(method) {
+        if !self.matched.meets(method) {
             return None;
         }
         self.pattern.matches(path)
@@ -131,6 +130,7 @@ impl FromStr for Route {
 mod tests {
     use super::*;
     use crate::ConfigErrorKind;
+    use http::Method;
 
     fn route(text: &str) -> Route {
         Route::parse(text).unwrap()
@@ -178,14 +178,16 @@ mod tests {
         let path = PathSegments::new("/x");
         let head = Method::from_bytes(b"head").unwrap();
         let get = route("GET /x");
-        assert!(get.matches(&Method::HEAD, &path).is_some());
-        assert!(get.matches(&head, &path).is_some());
+        assert!(get.matches(Methods::of(&Method::HEAD), &path).is_some());
+        assert!(get.matches(Methods::of(&head), &path).is_some());
         let get = get.without_head().unwrap();
         assert_eq!(get.methods(), Methods::GET);
-        assert!(get.matches(&Method::HEAD, &path).is_none());
-        assert!(get.matches(&head, &path).is_none());
-        assert!(get.matches(&Method::GET, &path).is_some());
-        assert!(route("POST /x").matches(&Method::HEAD, &path).is_none());
+        assert!(get.matches(Methods::of(&Method::HEAD), &path).is_none());
+        assert!(get.matches(Methods::of(&head), &path).is_none());
+        assert!(get.matches(Methods::of(&Method::GET), &path).is_some());
+        assert!(route("POST /x")
+            .matches(Methods::of(&Method::HEAD), &path)
+            .is_none());
     }
 
     #[test]
@@ -197,9 +199,9 @@ mod tests {
         assert_eq!(control, "POST /v1/calls/{call_id}/control".parse().unwrap());
 
         let path = PathSegments::new("/v1/calls/c_42/control");
-        let captures = control.matches(&Method::POST, &path).unwrap();
+        let captures = control.matches(Methods::of(&Method::POST), &path).unwrap();
         assert_eq!(captures.get("call_id"), Some("c_42"));
-        assert!(control.matches(&Method::GET, &path).is_none());
+        assert!(control.matches(Methods::of(&Method::GET), &path).is_none());
 
         // GET brings HEAD along, unless the route leaves it out.
         let recording = Route::new(
@@ -207,9 +209,13 @@ mod tests {
             PathPattern::parse("/v1/recordings/{id}").unwrap(),
         );
         let path = PathSegments::new("/v1/recordings/r_7");
-        assert!(recording.matches(&Method::HEAD, &path).is_some());
+        assert!(recording
+            .matches(Methods::of(&Method::HEAD), &path)
+            .is_some());
         let download = recording.without_head().unwrap();
-        assert!(download.matches(&Method::HEAD, &path).is_none());
-        assert!(download.matches(&Method::GET, &path).is_some());
+        assert!(download
+            .matches(Methods::of(&Method::HEAD), &path)
+            .is_none());
+        assert!(download.matches(Methods::of(&Method::GET), &path).is_some());
     }
 }

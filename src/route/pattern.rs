@@ -288,7 +288,7 @@ mod tests {
 
     /// Any text: a pattern or a sensible error, and matching never panics.
     /// (Policy files and their parsers are fed arbitrary input in
-    /// `tests/parsers_never_panic.rs`; the patterns are private, so here.)
+    /// `tests/policy_files/parsers_never_panic.rs`; the patterns are private, so here.)
     mod arbitrary {
         use proptest::prelude::*;
 

@@ -8,8 +8,9 @@ use super::Shared;
 use crate::decision::WindowReport;
 use crate::event::{Event, EventKind};
 use crate::key::{Key, KeyError, KeyErrorKind, KeySecret, RequestView};
-use crate::policy::{CompiledLimit, MissingKey, PathSegments};
+use crate::policy::{CompiledLimit, MissingKey};
 use crate::report::quota_report;
+use crate::route::{Methods, PathSegments};
 use crate::store::Store;
 
 /// What applies to a request.
@@ -47,8 +48,9 @@ pub(super) fn plan<St: Store, B>(
     let policy = &*shared.policy.inner;
     let now = applied.now;
     let path = PathSegments::new(request.uri().path());
+    let method = Methods::of(request.method());
     for (li, limit) in policy.limits.iter().enumerate() {
-        let Some((ri, route, captures)) = limit.route_for(request.method(), &path) else {
+        let Some((ri, route, captures)) = limit.route_for(method, &path) else {
             continue;
         };
         let view = RequestView::new(request, Some(captures));

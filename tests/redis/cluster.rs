@@ -2,10 +2,6 @@
 //! keys of a request, across windows and stacked limits, share one hash slot,
 //! so the one script still decides it whole.
 
-#![cfg(feature = "redis")]
-
-mod redis_support;
-
 use std::time::{Duration, Instant};
 
 use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
@@ -24,10 +20,10 @@ async fn decide(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
 
 #[tokio::test]
 async fn a_cluster_decides_stacked_multi_window_requests_in_one_slot() {
-    if redis_support::server().is_none() {
+    if crate::support::server().is_none() {
         return;
     }
-    let server = redis_support::RedisServer::start_with(&[
+    let server = crate::support::RedisServer::start_with(&[
         "--cluster-enabled",
         "yes",
         "--cluster-config-file",

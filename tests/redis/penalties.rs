@@ -2,19 +2,16 @@
 //! Redis, a ban started by one node refuses on every node, and it lifts on
 //! time everywhere.
 
-#![cfg(feature = "redis")]
-
-mod redis_support;
-
 use std::time::Duration;
 
 use http::StatusCode;
-use redis_support::{header, send, service, Svc};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, KeySecret};
 use tower_ratelimit::penalty::Penalty;
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+
+use crate::support::{header, send, service, Svc};
 
 const T0: u64 = 1_700_000_000;
 const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
@@ -37,7 +34,7 @@ fn policy() -> Policy {
 
 /// Two nodes on one Redis, on one manual clock (the layer's, so that the
 /// test can move time).
-async fn two_nodes(server: &redis_support::RedisServer, clock: &ManualClock) -> [Svc; 2] {
+async fn two_nodes(server: &crate::support::RedisServer, clock: &ManualClock) -> [Svc; 2] {
     let mut nodes = Vec::new();
     for _ in 0..2 {
         let store = RedisStore::builder(server.url())

@@ -3,14 +3,13 @@
 //! commands per minute per active call on top of it, the `X-RateLimit-*`
 //! trio on every response, and a 429 with `Retry-After` and Flireo's body.
 
-mod platform;
-
 use std::sync::atomic::Ordering;
 
 use http::StatusCode;
 use http_body_util::BodyExt;
-use platform::{body, header, Platform, Res, NS};
 use serde_json::json;
+
+use crate::platform::{body, header, Platform, Res, NS};
 
 /// The page's example: `X-RateLimit-Reset: 1702479600`, a minute boundary.
 const RESET: u64 = 1_702_479_600;

@@ -3,18 +3,12 @@
 //! first served; slots held by response bodies and freed by finished or
 //! dropped bodies and by cancelled requests; shadow caps; headers.
 
-mod common;
-
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{
-    answered_at_once, decision, header, json, limit_remaining, num, start, still_waiting, text,
-    until, Gate, Pending, Res, Svc, NS, T0,
-};
 use futures::channel::mpsc;
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
@@ -26,6 +20,11 @@ use tower_ratelimit::key::Header;
 use tower_ratelimit::{
     ConfigErrorKind, EventKind, HeaderStyle, Limit, Override, Policy, PolicyBuilder, Quota,
     RateLimitLayer, RefusalFormat, RefusalReason, Tiers, Window,
+};
+
+use crate::common::{
+    answered_at_once, decision, header, json, limit_remaining, num, start, still_waiting, text,
+    until, Gate, Pending, Res, Svc, NS, T0,
 };
 
 fn api_key() -> Header {

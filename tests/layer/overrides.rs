@@ -2,14 +2,11 @@
 //! changed and removed while the layer runs, effective on the next request,
 //! keeping the key's counts.
 
-mod common;
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{decision, limit_remaining, num, Res, Svc, NS, T0};
 use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
@@ -19,6 +16,8 @@ use tower_ratelimit::{
     Algorithm, ConfigErrorKind, Limit, Override, Overrides, Policy, Quota, RateLimitLayer,
     RefusalReason, Tiers, Window,
 };
+
+use crate::common::{decision, limit_remaining, num, Res, Svc, NS, T0};
 
 fn api_key() -> Header {
     Header::parse("X-API-Key").unwrap()

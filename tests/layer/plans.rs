@@ -2,14 +2,11 @@
 //! caller's `Account` (with its plan) in the request's extensions, and the
 //! rate limiter behind it gives each plan its own quotas and in-flight caps.
 
-mod common;
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{decision, header, json, limit_remaining, num, start, Gate, Res, Svc, NS, T0};
 use http::{Request, Response, StatusCode};
 use serde_json::json;
 use tower::util::BoxCloneService;
@@ -19,6 +16,8 @@ use tower_ratelimit::key::{Extension, Header, Key};
 use tower_ratelimit::{
     ConfigErrorKind, Limit, Override, Policy, Quota, RateLimitLayer, RefusalReason, Tiers, Window,
 };
+
+use crate::common::{decision, header, json, limit_remaining, num, start, Gate, Res, Svc, NS, T0};
 
 /// What the authentication layer learnt about the caller.
 #[derive(Clone, Debug)]
@@ -507,7 +506,7 @@ plans = { pro = { windows = ["20/minute"] } }
 /// A customer who upgrades keeps the requests already used: 5 of 5 used on
 /// the free plan, then upgraded to pro (20/minute), has 15 left, and the
 /// upgrade admits the next request at once. (The same promise an override
-/// makes; see `tests/overrides.rs`.)
+/// makes; see `overrides.rs`.)
 #[tokio::test]
 
 async fn upgrading_a_plan_in_the_auth_layer_keeps_the_requests_used() {

@@ -2,10 +2,6 @@
 //! requests at random times, make the same decisions with the same numbers,
 //! penalties and bans included.
 
-#![cfg(feature = "redis")]
-
-mod redis_support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -63,7 +59,7 @@ fn memory(store: &MemoryStore, now: u64, checks: &[Check<'_>]) -> Outcome {
 
 #[test]
 fn redis_and_memory_stores_decide_alike_on_random_sequences() {
-    let Some(server) = redis_support::server() else {
+    let Some(server) = crate::support::server() else {
         return;
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();

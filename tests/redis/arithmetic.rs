@@ -1,14 +1,10 @@
 //! The decision script's exact integer arithmetic, run inside a real Redis
 //! (Lua 5.1, whose numbers are doubles), against Rust's `u128`.
 
-#![cfg(feature = "redis")]
-
-mod redis_support;
-
 use proptest::prelude::*;
 
-const LIMBS: &str = include_str!("../src/store/redis/limbs.lua");
-const BIGNUM: &str = include_str!("../src/store/redis/bignum.lua");
+const LIMBS: &str = include_str!("../../src/store/redis/limbs.lua");
+const BIGNUM: &str = include_str!("../../src/store/redis/bignum.lua");
 
 /// Runs one operation of either kind on decimal arguments; answers decimal.
 const DRIVER: &str = r#"
@@ -82,7 +78,7 @@ fn u64s() -> impl Strategy<Value = u64> {
 
 #[test]
 fn lua_arithmetic_is_exact_over_the_whole_u64_range() {
-    let Some(server) = redis_support::server() else {
+    let Some(server) = crate::support::server() else {
         return;
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -2,7 +2,7 @@
 //! through its own service stack: accounts from API keys, plan quotas,
 //! one bucket per account and per-plan in-flight caps.
 
-#[path = "../examples/auth_composition.rs"]
+#[path = "../../examples/auth_composition.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod example;
 

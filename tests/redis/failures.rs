@@ -2,17 +2,14 @@
 //! circuit breaker, no hanging request, and enforcement that resumes by
 //! itself when Redis is back.
 
-#![cfg(feature = "redis")]
-
-mod redis_support;
-
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use redis_support::{header, send, service, Svc};
 use tower_ratelimit::key::{Header, KeySecret, PathCapture};
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+
+use crate::support::{header, send, service, Svc};
 
 const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
 /// What a request may take while Redis is down: the deadline, plus room for
@@ -35,7 +32,10 @@ fn policy() -> Policy {
         .unwrap()
 }
 
-async fn node(server: &redis_support::RedisServer, on_failure: FailurePolicy) -> (Svc, RedisStore) {
+async fn node(
+    server: &crate::support::RedisServer,
+    on_failure: FailurePolicy,
+) -> (Svc, RedisStore) {
     let store = RedisStore::builder(server.url())
         .deadline(Duration::from_millis(50))
         .on_failure(on_failure)

@@ -2,21 +2,18 @@
 //! layers, all-or-nothing decisions, keys and TTLs, clocks, and quota
 //! changes that keep a bucket's count.
 
-#![cfg(feature = "redis")]
-
-mod redis_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use redis_support::{header, send, service};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, KeySecret, PathCapture};
 use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
+
+use crate::support::{header, send, service};
 
 const S: u64 = 1_000_000_000;
 /// 2023-11-14T22:13:20Z: not aligned to a minute or an hour.
@@ -38,7 +35,7 @@ async fn decide(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
     }
 }
 
-async fn layer_clock_store(server: &redis_support::RedisServer) -> RedisStore {
+async fn layer_clock_store(server: &crate::support::RedisServer) -> RedisStore {
     RedisStore::builder(server.url())
         .layer_clock()
         .deadline(Duration::from_secs(2))

@@ -3,7 +3,7 @@
 //! admitted past their quota, with an honest `Retry-After`; known keys are
 //! decided exactly), a flood of distinct keys never grows the store past its
 //! capacity, and idle keys are dropped losslessly. The flood the cap is for
-//! is in `memory_flood.rs`.
+//! is in `tests/memory_flood.rs` (a binary of its own).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,12 +4,11 @@
 //! their own limits; a 429 with `Retry-After` and TalkPilot's body, whose
 //! `request_id` is the response's `x-request-id`.
 
-mod platform;
-
 use http::StatusCode;
-use platform::{body, header, Platform, NS};
 use serde_json::json;
 use tower_ratelimit::{Decision, Override, Quota, Window};
+
+use crate::platform::{body, header, Platform, NS};
 
 /// The page's example: `X-RateLimit-Reset: 1711108920`, a minute boundary.
 const RESET: u64 = 1_711_108_920;
@@ -22,7 +21,7 @@ fn talkpilot(at: u64) -> Platform {
     Platform::new("talkpilot", at)
 }
 
-async fn get(p: &Platform, key: &str) -> platform::Res {
+async fn get(p: &Platform, key: &str) -> crate::platform::Res {
     p.send("GET", "/agents", &[("x-api-key", key)]).await
 }
 

@@ -4,10 +4,6 @@
 //! node, each failure policy when Redis is gone, keys that expire, and the
 //! layer on two stores.
 
-#![cfg(feature = "redis")]
-
-mod redis_support;
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
-use redis_support::RedisServer;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
@@ -25,6 +20,8 @@ use tower_ratelimit::store::protocol::{Busy, Mode, Permit};
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore, RedisStoreBuilder};
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, ResponseBody};
+
+use crate::support::RedisServer;
 
 /// What an answer may take when no wait is involved: the deadline, plus
 /// room for a busy test machine.

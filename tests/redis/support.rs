@@ -1,5 +1,6 @@
-//! A real `redis-server` for the Redis tests: each test process starts its
-//! own on a free loopback port, with persistence off, and kills it on drop.
+//! A real `redis-server` for the Redis tests (this binary's, and
+//! `tests/redis_tls.rs`'s): each test starts its own on a free loopback port,
+//! with persistence off, and kills it on drop.
 //!
 //! Without `redis-server` on `PATH` the tests fail with a message that says
 //! how to install it, unless `TOWER_RATELIMIT_SKIP_REDIS=1` is set (then each
@@ -65,7 +66,7 @@ pub(crate) fn spawn_server(dir: &Path, args: &[&str]) -> Child {
 #[macro_export]
 macro_rules! redis_or_skip {
     () => {
-        match $crate::redis_support::server() {
+        match $crate::support::server() {
             Some(server) => server,
             None => return,
         }

@@ -5,13 +5,12 @@
 //! one leg; a 429 with `Retry-After` and Exotel's body, whose `request_id`
 //! is the response's `x-request-id`.
 
-mod platform;
-
 use std::time::Duration;
 
 use http::StatusCode;
-use platform::{body, header, Platform, Res, NS};
 use serde_json::json;
+
+use crate::platform::{body, header, Platform, Res, NS};
 
 const T0: u64 = 1_750_000_000;
 

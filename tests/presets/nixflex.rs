@@ -4,14 +4,13 @@
 //! by plan (10 / 25 / 100 / 250), outbound calls over the cap queued (at most
 //! 100, at most 30 s), inbound ones refused at once; Nixflex's 429 bodies.
 
-mod platform;
-
 use std::time::Duration;
 
 use http::StatusCode;
-use platform::{body, header, Platform, Res};
 use serde_json::json;
 use tokio::time::Instant;
+
+use crate::platform::{body, header, Platform, Res};
 
 const T0: u64 = 1_715_900_000;
 

@@ -1,0 +1,20 @@
+//! The Redis store against a real `redis-server` (each test starts its
+//! own): shared exact counts, the decision script's arithmetic, a cluster,
+//! failures and the circuit breaker, in-flight caps and penalties across
+//! nodes, and the same decisions as the memory store on random sequences.
+//!
+//! TLS (`rediss://`) is in `tests/redis_tls.rs`, a binary of its own because
+//! it sets `SSL_CERT_FILE`.
+
+#![cfg(feature = "redis")]
+
+#[macro_use]
+mod support;
+
+mod arithmetic;
+mod cluster;
+mod failures;
+mod in_flight;
+mod model;
+mod penalties;
+mod store;
