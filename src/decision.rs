@@ -148,7 +148,8 @@ impl Decision {
         self.refusal.map(|_| self.retry_after)
     }
 
-    /// The reported window (see [`ReportedWindow`](crate::ReportedWindow)).
+    /// The reported window: the one the `X-RateLimit-*` headers describe
+    /// (see [`PolicyBuilder::report_period`](crate::PolicyBuilder::report_period)).
     pub fn reported(&self) -> Option<&WindowReport> {
         self.windows.get(self.reported)
     }

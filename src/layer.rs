@@ -40,7 +40,7 @@ impl RateLimitLayer<MemoryStore> {
     /// else [`MemoryStore::new`].
     pub fn new(policy: Policy) -> Self {
         let store = match policy.memory_max_entries() {
-            Some(max) => MemoryStore::builder().max_entries(max).build(),
+            Some(max) => MemoryStore::with_max_entries(max),
             None => MemoryStore::new(),
         };
         Self::with_store(policy, store)

@@ -159,10 +159,8 @@ pub use future::ResponseFuture;
 #[cfg(feature = "toml")]
 pub use key::CustomKeys;
 pub use layer::RateLimitLayer;
-pub use policy::{
-    Algorithm, Limit, MissingKey, Override, Overrides, Policy, PolicyBuilder, Quota, Tiers, Window,
-};
-pub use reporting::{HeaderStyle, ReportedWindow};
+pub use policy::{Algorithm, Limit, Overrides, Policy, PolicyBuilder, Quota, Tiers, Window};
+pub use reporting::HeaderStyle;
 pub use response::{CustomBody, Refusal, RefusalFormat};
 pub use service::RateLimit;
 

@@ -1,16 +1,13 @@
 //! How responses report limits: which headers they carry
 //! ([`HeaderStyle`]) and which window the single-window headers describe
-//! ([`ReportedWindow`]). Settings of a [`Policy`](crate::Policy), read when a
-//! response is built.
+//! ([`PolicyBuilder::report_period`](crate::PolicyBuilder::report_period)).
+//! Settings of a [`Policy`](crate::Policy), read when a response is built.
 //!
 //! ```
-//! use std::time::Duration;
-//! use tower_ratelimit::{HeaderStyle, ReportedWindow};
+//! use tower_ratelimit::HeaderStyle;
 //!
 //! let style = HeaderStyle::Both;
-//! let report = ReportedWindow::Period(Duration::from_secs(60));
 //! assert_ne!(style, HeaderStyle::default());
-//! assert_ne!(report, ReportedWindow::default());
 //! ```
 
 use std::time::Duration;
@@ -73,10 +70,11 @@ impl HeaderStyle {
 }
 
 /// Which window the single-valued headers (`X-RateLimit-*`) report when a
-/// request is counted in several.
+/// request is counted in several: set with
+/// [`PolicyBuilder::report_most_restrictive`](crate::PolicyBuilder::report_most_restrictive)
+/// and [`PolicyBuilder::report_period`](crate::PolicyBuilder::report_period).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum ReportedWindow {
+pub(crate) enum ReportedWindow {
     /// The window closest to refusing: on a refusal, the one that makes the
     /// client wait longest; otherwise the one with the least remaining
     /// (ties: the one that takes longest to reset). The default.

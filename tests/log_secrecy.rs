@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use tower::{service_fn, Layer, ServiceExt};
-use tower_ratelimit::key::{Bearer, Header};
+use tower_ratelimit::key::Header;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
 const SECRET: &str = "sk_live_7fQ2mZ9xW4";
@@ -88,7 +88,7 @@ async fn logs_never_contain_the_api_key() {
     let _guard = tracing::subscriber::set_default(recorder.clone());
     let policy = Policy::builder()
         .limit(Limit::new("per_key", api_key()).quota(per_minute(1)))
-        .limit(Limit::new("per_token", Bearer::new()).quota(per_minute(1)))
+        .limit(Limit::new("per_token", Header::bearer()).quota(per_minute(1)))
         .max_key_len(SECRET.len() + 1)
         .build()
         .unwrap();

@@ -164,7 +164,7 @@ fn a_flood_of_made_up_keys_several_times_the_cap_locks_no_one_out() {
     let mut svc: Svc = BoxCloneService::new(layer.layer(inner));
     let store = Arc::clone(layer.store());
     // The cap, rounded up to whole entries in each of the 64 shards.
-    let capacity = store.capacity();
+    let capacity = store.max_entries();
     assert!((1000..1064).contains(&capacity), "capacity {capacity}");
 
     // Before the flood: a customer creates 4 keys (6 left this hour, kept

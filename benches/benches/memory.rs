@@ -50,9 +50,7 @@ struct Row {
 
 fn memory_store(keys: u64, windows: usize) -> Row {
     let quota = quota(windows);
-    let store = MemoryStore::builder()
-        .max_entries(4 * keys as usize)
-        .build();
+    let store = MemoryStore::with_max_entries(4 * keys as usize);
     let grown = net_bytes(|| {
         for i in 0..keys {
             assert!(admitted(&store, T0, &[Check::new(bucket(i), &quota)]));

@@ -19,13 +19,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use std::convert::Infallible;
-use support::{api_keys, bare, config, request, send, to, Cycle, HUGE, MANY};
+use support::{api_keys, bare, config, governor_layer, layer, request, send, to, Cycle, MANY};
 use tower::{Layer, Service, ServiceExt};
-use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::KeyExtractor as GovernorKeyExtractor;
-use tower_governor::{GovernorError, GovernorLayer};
-use tower_ratelimit::key::{Header, PathCapture};
-use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -35,66 +30,6 @@ const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset
 /// stacked, by the per-call limit.
 fn control(key: &'static str) -> Request<()> {
     to(Method::POST, "/v1/calls/c_42/control", key)
-}
-
-/// A Nixflex-like policy: per API key, a partitioned route table (key
-/// creation, reads, writes), and a stacked per-call limit on call control.
-/// `windows` is 1 (per minute) or 2 (per minute and per hour).
-fn policy(windows: usize) -> Policy {
-    let quota = |_| {
-        let q = Quota::new(Window::per_minute(HUGE));
-        if windows == 2 {
-            q.and(Window::per_hour(HUGE))
-        } else {
-            q
-        }
-    };
-    Policy::builder()
-        .limit(
-            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
-                .route("POST /v1/keys", quota(()))
-                .route("GET *", quota(()))
-                .route("POST,PUT,PATCH,DELETE *", quota(())),
-        )
-        .limit(
-            Limit::new("per_call", PathCapture::new("call_id"))
-                .route("POST /v1/calls/{call_id}/control", quota(())),
-        )
-        .build()
-        .unwrap()
-}
-
-fn layer(windows: usize) -> RateLimitLayer {
-    RateLimitLayer::new(policy(windows)).decision_extensions(false)
-}
-
-/// tower_governor's key: the `X-API-Key` header, as a `String`.
-#[derive(Debug, Clone, Copy)]
-struct ApiKey;
-
-impl GovernorKeyExtractor for ApiKey {
-    type Key = String;
-
-    fn extract<T>(&self, request: &Request<T>) -> Result<String, GovernorError> {
-        request
-            .headers()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or(GovernorError::UnableToExtractKey)
-    }
-}
-
-fn governor_layer() -> GovernorLayer<ApiKey, governor::middleware::StateInformationMiddleware, Body>
-{
-    let config = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(HUGE)
-        .key_extractor(ApiKey)
-        .use_headers()
-        .finish()
-        .unwrap();
-    GovernorLayer::new(config)
 }
 
 /// The floor of any layer that sends these headers: the bare service plus the

@@ -2,7 +2,9 @@
 //! `valgrind --tool=callgrind target/release/examples/instructions ratelimit 20000`
 //! (or `governor`, `bare`): sends that many requests (`GET /v1/calls/c_42`,
 //! 100 API keys, the overhead bench's two-window policy) through one stack,
-//! polled in place, so instruction counts of the stacks can be compared.
+//! polled in place, so instruction counts of the stacks can be compared
+//! (the same stacks as the `overhead` bench's `ratelimit_2w` and
+//! `tower_governor`).
 //! Subtract `bare` from the others for what each layer adds per request.
 
 #[path = "../benches/support/mod.rs"]
@@ -12,29 +14,8 @@ use std::hint::black_box;
 
 use http::Request;
 use tower::{Layer, Service};
-use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::KeyExtractor;
-use tower_governor::{GovernorError, GovernorLayer};
-use tower_ratelimit::key::Header;
-use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
-use support::{api_keys, bare, request, send, Cycle, HUGE};
-
-#[derive(Debug, Clone, Copy)]
-struct ApiKey;
-
-impl KeyExtractor for ApiKey {
-    type Key = String;
-
-    fn extract<T>(&self, request: &Request<T>) -> Result<String, GovernorError> {
-        request
-            .headers()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or(GovernorError::UnableToExtractKey)
-    }
-}
+use support::{api_keys, bare, governor_layer, layer, request, send, Cycle};
 
 fn run<S, B>(mut service: S, n: usize)
 where
@@ -52,30 +33,8 @@ fn main() {
     let n = args.next().and_then(|n| n.parse().ok()).unwrap_or(20_000);
     match stack.as_str() {
         "bare" => run(bare(), n),
-        "ratelimit" => {
-            let quota = || Quota::new(Window::per_minute(HUGE)).and(Window::per_hour(HUGE));
-            let policy = Policy::builder()
-                .limit(
-                    Limit::new("per_key", Header::parse("X-API-Key").unwrap())
-                        .route("POST /v1/keys", quota())
-                        .route("GET *", quota())
-                        .route("POST,PUT,PATCH,DELETE *", quota()),
-                )
-                .build()
-                .unwrap();
-            let layer = RateLimitLayer::new(policy).decision_extensions(false);
-            run(layer.layer(bare()), n)
-        }
-        "governor" => {
-            let config = GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(HUGE)
-                .key_extractor(ApiKey)
-                .use_headers()
-                .finish()
-                .unwrap();
-            run(GovernorLayer::new(config).layer(bare()), n)
-        }
+        "ratelimit" => run(layer(2).layer(bare()), n),
+        "governor" => run(governor_layer().layer(bare()), n),
         other => panic!("unknown stack {other}: bare, ratelimit or governor"),
     }
 }

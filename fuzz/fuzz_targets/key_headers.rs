@@ -11,9 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use http::{HeaderValue, Request};
 use libfuzzer_sys::fuzz_target;
-use tower_ratelimit::key::{
-    Bearer, ForwardedIp, Header, KeyErrorKind, KeyExtractor, PeerIp, RequestView,
-};
+use tower_ratelimit::key::{ForwardedIp, Header, KeyErrorKind, KeyExtractor, PeerIp, RequestView};
 
 const NAMES: [&str; 4] = ["x-api-key", "authorization", "x-forwarded-for", "forwarded"];
 
@@ -31,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let extractors: [Box<dyn KeyExtractor>; 8] = [
         Box::new(Header::parse("X-API-Key").unwrap()),
         Box::new(Header::parse("X-API-Key").unwrap().allow_commas()),
-        Box::new(Bearer::new()),
+        Box::new(Header::bearer()),
         Box::new(trust_all.clone().ipv6_prefix(prefix).unwrap()),
         Box::new(trust_all.forwarded()),
         Box::new(

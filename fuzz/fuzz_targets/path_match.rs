@@ -11,7 +11,7 @@ use futures::FutureExt;
 use http::{Request, Response, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_ratelimit::key::{FirstOf, Global, PathCapture};
+use tower_ratelimit::key::{FirstOf, PathCapture, RequestView};
 use tower_ratelimit::{ConfigErrorKind, Limit, Policy, Quota, RateLimitLayer, Window};
 
 fuzz_target!(|data: &[u8]| {
@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or("none");
     let key = FirstOf::new()
         .or(PathCapture::new(capture))
-        .or(Global::new());
+        .or(|_: &RequestView<'_>| Some("global"));
     let policy = Policy::builder()
         .limit(Limit::new("paths", key).route(
             format!("GET {pattern}"),

@@ -14,11 +14,10 @@ use crate::error::ConfigError;
 use crate::key::{CustomKeys, Key, KeyError, KeyExtractor, RequestView};
 use crate::penalty::Penalty;
 use crate::policy::rate_text::{parse_duration, parse_window};
-use crate::policy::{
-    Algorithm, Limit, MissingKey, Override, Policy, PolicyBuilder, Quota, Tiers, Window,
-};
+use crate::policy::{Algorithm, Limit, OwnQuota, Policy, PolicyBuilder, Quota, Tiers, Window};
+use crate::reporting::ReportedWindow;
 use crate::route::{Methods, PathPattern, Route};
-use crate::{HeaderStyle, RefusalFormat, ReportedWindow};
+use crate::{HeaderStyle, RefusalFormat};
 
 /// An invalid-value error at `field`.
 pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -58,7 +57,10 @@ impl FileSpec {
             builder = builder.header_style(header_style(headers)?);
         }
         if let Some(report) = &self.report {
-            builder = builder.report(reported_window(report)?);
+            builder = match reported_window(report)? {
+                ReportedWindow::MostRestrictive => builder.report_most_restrictive(),
+                ReportedWindow::Period(period) => builder.report_period(period),
+            };
         }
         if let Some(refusal) = &self.refusal {
             let format = RefusalFormat::named(refusal).ok_or_else(|| {
@@ -162,9 +164,9 @@ impl LimitSpec {
             .key
             .extractor(custom, true)
             .map_err(|e| e.within("key"))?;
-        let missing_key = match self.on_missing_key.as_deref() {
-            None | Some("reject") => MissingKey::Reject,
-            Some("skip") => MissingKey::Skip,
+        let skip_missing_key = match self.on_missing_key.as_deref() {
+            None | Some("reject") => false,
+            Some("skip") => true,
             Some(other) => {
                 return Err(invalid(
                     "on_missing_key",
@@ -177,7 +179,7 @@ impl LimitSpec {
             None => Algorithm::default(),
         };
         let mut limit = Limit::with_shared_key(self.name, key)
-            .on_missing_key(missing_key)
+            .skip_missing_key(skip_missing_key)
             .shadow(self.shadow)
             .exempt_keys(self.exempt_keys)
             .exempt_ips(self.exempt_ips);
@@ -198,7 +200,10 @@ impl LimitSpec {
             let (key, value) = spec
                 .into_override(default_algorithm)
                 .map_err(|e| e.within(format!("overrides[{j}]")))?;
-            limit = limit.key_override(key, value);
+            limit = match value {
+                OwnQuota::Plan(plan) => limit.key_plan(key, plan),
+                OwnQuota::Quota(quota) => limit.key_quota(key, quota),
+            };
         }
         Ok(limit)
     }
@@ -229,7 +234,7 @@ impl OverrideSpec {
     fn into_override(
         self,
         default_algorithm: Algorithm,
-    ) -> Result<(String, Override), ConfigError> {
+    ) -> Result<(String, OwnQuota), ConfigError> {
         let OverrideSpec {
             key,
             plan,
@@ -254,8 +259,8 @@ impl OverrideSpec {
                     "give an override either a `plan` or its own quota (`windows`, `concurrency`), not both",
                 ))
             }
-            (Some(plan), false) => Override::Plan(plan),
-            (None, _) => Override::Quota(quota.into_quota(default_algorithm)?),
+            (Some(plan), false) => OwnQuota::Plan(plan),
+            (None, _) => OwnQuota::Quota(quota.into_quota(default_algorithm)?),
         };
         Ok((key, value))
     }

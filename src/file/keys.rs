@@ -7,8 +7,7 @@ use super::convert::{int_in, invalid, quoted};
 use super::spec::{ForwardedIpSpec, KeySecretEnv, KeySecretSpec, KeySpec, PeerIpSpec};
 use crate::error::{ConfigError, ConfigErrorKind};
 use crate::key::{
-    Bearer, CustomKeys, FirstOf, ForwardedIp, Global, Header, KeyExtractor, KeySecret, PathCapture,
-    PeerIp,
+    CustomKeys, FirstOf, ForwardedIp, Header, KeyExtractor, KeySecret, PathCapture, PeerIp,
 };
 
 /// The most alternatives one `first_of` key may list.
@@ -85,7 +84,7 @@ impl KeySpec {
         }
         if let Some(bearer) = self.bearer {
             flag(bearer, "bearer")?;
-            return Ok(Arc::new(Bearer::new()));
+            return Ok(Arc::new(Header::bearer()));
         }
         if let Some(capture) = &self.path {
             let valid = !capture.is_empty()
@@ -124,7 +123,7 @@ impl KeySpec {
         }
         if let Some(global) = self.global {
             flag(global, "global")?;
-            return Ok(Arc::new(Global::new()));
+            return Ok(Arc::new(crate::key::Global));
         }
         if let Some(name) = &self.custom {
             return custom.get(name).cloned().ok_or_else(|| {

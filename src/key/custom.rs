@@ -95,11 +95,11 @@ mod tests {
 
     #[test]
     fn a_name_registered_again_keeps_its_place_and_takes_the_new_extractor() {
-        let first: Arc<dyn KeyExtractor> = Arc::new(Global::new());
-        let second: Arc<dyn KeyExtractor> = Arc::new(Global::new());
+        let first: Arc<dyn KeyExtractor> = Arc::new(Global);
+        let second: Arc<dyn KeyExtractor> = Arc::new(Global);
         let custom = CustomKeys::new()
             .with_shared("a", Arc::clone(&first))
-            .with("b", Global::new())
+            .with("b", Global)
             .with_shared("a", Arc::clone(&second));
         assert_eq!(custom.names().collect::<Vec<_>>(), ["a", "b"]);
         assert!(Arc::ptr_eq(custom.get("a").unwrap(), &second));

@@ -4,19 +4,11 @@ use std::borrow::Cow;
 
 use super::{Key, KeyError, KeyExtractor, RequestView};
 
-/// Every request has the same key: the limit is global (a whole-API ceiling).
-/// Choose it on purpose; a missing key never falls into it by accident.
+/// Every request has the same key: the key of a global limit
+/// ([`Limit::global`](crate::Limit::global), `key = "global"` in a policy
+/// file).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Global {
-    _private: (),
-}
-
-impl Global {
-    /// The global key.
-    pub fn new() -> Self {
-        Global { _private: () }
-    }
-}
+pub(crate) struct Global;
 
 impl KeyExtractor for Global {
     fn extract<'a>(&self, _request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {

@@ -8,7 +8,8 @@ use http::HeaderMap;
 use super::{Key, KeyError, KeyErrorKind, KeyExtractor, RequestView};
 use crate::error::ConfigError;
 
-/// The value of a named header, such as `X-API-Key`.
+/// The value of a named header, such as `X-API-Key`, or the token of an
+/// `Authorization: Bearer <token>` header ([`Header::bearer`]).
 ///
 /// The header may appear more than once only with the same value; different
 /// values are a [`KeyErrorKind::Conflicting`] error, never "the first one".
@@ -21,6 +22,8 @@ pub struct Header {
     name: HeaderName,
     display: Box<str>,
     commas: Commas,
+    /// Whether the value is `Bearer <token>` and the key the token.
+    bearer: bool,
 }
 
 impl Header {
@@ -31,6 +34,25 @@ impl Header {
             name,
             display,
             commas: Commas::Separate,
+            bearer: false,
+        }
+    }
+
+    /// The token of an `Authorization: Bearer <token>` header.
+    ///
+    /// The scheme is case-insensitive and followed by one or more spaces; the
+    /// token must be an RFC 6750 `b64token`: letters, digits, `-._~+/`, then
+    /// optional `=` padding. Anything else (a tab, a space or a comma inside,
+    /// `=` before the end, another scheme) is a [`KeyErrorKind::Malformed`]
+    /// error, not a new key. Duplicated `Authorization` lines, or lines a
+    /// proxy folded into one with a comma, are one token only when they
+    /// agree, as for any header.
+    pub fn bearer() -> Self {
+        Header {
+            name: AUTHORIZATION,
+            display: BEARER_SOURCE.into(),
+            commas: Commas::Separate,
+            bearer: true,
         }
     }
 
@@ -47,6 +69,7 @@ impl Header {
             name: parsed,
             display: format!("{name} header").into_boxed_str(),
             commas: Commas::Separate,
+            bearer: false,
         })
     }
 
@@ -55,10 +78,13 @@ impl Header {
     /// lines with different values are still a conflict. Use it only when
     /// keys may hold commas and no proxy in front of the service folds
     /// duplicated header lines into one (a client could then send two keys
-    /// and be counted as a third).
+    /// and be counted as a third). A bearer token never holds a comma, so
+    /// this does nothing to [`Header::bearer`].
     #[must_use]
     pub fn allow_commas(mut self) -> Self {
-        self.commas = Commas::InKey;
+        if !self.bearer {
+            self.commas = Commas::InKey;
+        }
         self
     }
 
@@ -71,7 +97,11 @@ impl Header {
 impl KeyExtractor for Header {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         let value = single_value(request.headers(), &self.name, &self.display, self.commas)?;
-        text_key(value, &self.display)
+        if self.bearer {
+            bearer_token(value)
+        } else {
+            text_key(value, &self.display)
+        }
     }
 
     fn describe(&self) -> Cow<'_, str> {
@@ -79,63 +109,31 @@ impl KeyExtractor for Header {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
-///
-/// The scheme is case-insensitive and followed by one or more spaces; the
-/// token must be an RFC 6750 `b64token`: letters, digits, `-._~+/`, then
-/// optional `=` padding. Anything else (a tab, a space or a comma inside,
-/// `=` before the end, another scheme) is a [`KeyErrorKind::Malformed`]
-/// error, not a new key. Duplicated `Authorization` lines, or lines a proxy
-/// folded into one with a comma, are one token only when they agree, like
-/// [`Header`]'s.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Bearer {
-    _private: (),
-}
-
-impl Bearer {
-    /// The bearer token extractor.
-    pub fn new() -> Self {
-        Bearer { _private: () }
-    }
-}
-
 const BEARER_SOURCE: &str = "Bearer token in the Authorization header";
 
-impl KeyExtractor for Bearer {
-    fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
-        let credentials = single_value(
-            request.headers(),
-            &AUTHORIZATION,
-            BEARER_SOURCE,
-            Commas::Separate,
-        )?;
-        let (scheme, token) = match credentials.iter().position(|&b| b == b' ') {
-            Some(i) => (&credentials[..i], &credentials[i + 1..]),
-            None => (credentials, &b""[..]),
-        };
-        if !scheme.eq_ignore_ascii_case(b"bearer") {
-            return Err(
-                KeyError::new(KeyErrorKind::Malformed, "Authorization header")
-                    .with_detail("Expected `Authorization: Bearer <token>`."),
-            );
-        }
-        let start = token.iter().position(|&b| b != b' ').unwrap_or(token.len());
-        let token = &token[start..];
-        let key = text_key(token, BEARER_SOURCE)?;
-        if !is_b64token(token) {
-            return Err(
-                KeyError::new(KeyErrorKind::Malformed, BEARER_SOURCE).with_detail(
-                    "A bearer token is letters, digits and `-._~+/`, then optional `=` padding.",
-                ),
-            );
-        }
-        Ok(key)
+/// The token of an `Authorization` header's `credentials`: `Bearer <token>`.
+fn bearer_token(credentials: &[u8]) -> Result<Key<'_>, KeyError> {
+    let (scheme, token) = match credentials.iter().position(|&b| b == b' ') {
+        Some(i) => (&credentials[..i], &credentials[i + 1..]),
+        None => (credentials, &b""[..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return Err(
+            KeyError::new(KeyErrorKind::Malformed, "Authorization header")
+                .with_detail("Expected `Authorization: Bearer <token>`."),
+        );
     }
-
-    fn describe(&self) -> Cow<'_, str> {
-        Cow::Borrowed(BEARER_SOURCE)
+    let start = token.iter().position(|&b| b != b' ').unwrap_or(token.len());
+    let token = &token[start..];
+    let key = text_key(token, BEARER_SOURCE)?;
+    if !is_b64token(token) {
+        return Err(
+            KeyError::new(KeyErrorKind::Malformed, BEARER_SOURCE).with_detail(
+                "A bearer token is letters, digits and `-._~+/`, then optional `=` padding.",
+            ),
+        );
     }
+    Ok(key)
 }
 
 /// Whether a comma in a key header separates values or is part of the key.

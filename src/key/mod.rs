@@ -9,22 +9,22 @@
 //! A key that is missing, empty, not UTF-8, longer than the policy's cap
 //! (4 KiB by default), not in its expected form or given twice with
 //! different values (in two header lines, or in one line a proxy folded with
-//! a comma) is a [`KeyError`].
-//! What happens then is the limit's choice ([`MissingKey`](crate::MissingKey)):
-//! by default the request is answered with a 401 JSON error, is not counted
-//! and never reaches the inner service; no request ever falls into a shared
-//! anonymous bucket by accident.
+//! a comma) is a [`KeyError`]. The request is then answered with a 401 JSON
+//! error, is not counted and never reaches the inner service (unless its
+//! key is missing and the limit skips such requests:
+//! [`Limit::skip_missing_key`](crate::Limit::skip_missing_key)); no request
+//! ever falls into a shared anonymous bucket by accident.
 //!
 //! Keys are never stored: the layer keeps only a keyed hash
 //! (SipHash-1-3 under a secret, [`KeySecret`]) of the limit, route and key.
 //!
 //! ```
-//! use tower_ratelimit::key::{Bearer, Extension, FirstOf, Header, Key, KeyExtractor, PathCapture, PeerIp};
+//! use tower_ratelimit::key::{Extension, FirstOf, Header, Key, KeyExtractor, PathCapture, PeerIp};
 //!
 //! struct Account { id: String }
 //!
 //! let api_key = Header::parse("X-API-Key").unwrap();
-//! let token = Bearer::new();
+//! let token = Header::bearer();
 //! let account = Extension::new(|a: &Account| Key::from(a.id.as_str()));
 //! let call = PathCapture::new("call_id");
 //! let key_or_ip = FirstOf::new().or(Header::parse("X-API-Key").unwrap()).or(PeerIp::new());
@@ -58,10 +58,10 @@ pub use custom::CustomKeys;
 pub use error::{KeyError, KeyErrorKind};
 pub use extension::Extension;
 pub use first_of::FirstOf;
-pub use global::Global;
+pub(crate) use global::Global;
 pub(crate) use hash::route_id;
 pub use hash::KeySecret;
-pub use header::{Bearer, Header};
+pub use header::Header;
 pub(crate) use ip::{parse_net, peer_ip};
 pub use ip::{ForwardedIp, PeerIp};
 pub use path::PathCapture;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::overrides::{Override, Own};
+use super::overrides::{Own, OwnQuota};
 use super::quota::Quota;
 use super::tiers::Tiers;
 use crate::error::{ConfigError, ConfigErrorKind};
@@ -11,22 +11,6 @@ use crate::key::{route_id, Key, KeyExtractor, KeySecret};
 use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
 use crate::route::{self, Captures, Methods, PathSegments};
-
-/// What a limit does with a request whose key is missing or unusable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum MissingKey {
-    /// Answer 401 with a JSON error that says what is wrong; the request is
-    /// not counted and never reaches the inner service. The default.
-    #[default]
-    Reject,
-    /// When the key is *missing*, this limit does not apply to the request
-    /// (other limits still do). A key that is present but unusable (empty,
-    /// conflicting, too long …) is still answered with a 401, so a client
-    /// cannot escape its bucket by breaking its key. Choose it only where an
-    /// unidentified request is limited elsewhere.
-    Skip,
-}
 
 /// One named, independently counted limit: whose key, which routes, which
 /// quotas.
@@ -55,10 +39,10 @@ pub enum MissingKey {
 /// before the `GET` route, or leave it out of the `GET` route.
 ///
 /// ```
-/// use tower_ratelimit::{key::Bearer, Limit, Quota, Window};
+/// use tower_ratelimit::{key::Header, Limit, Quota, Window};
 ///
 /// // Nixflex, per API key.
-/// let per_key = Limit::new("per_key", Bearer::new())
+/// let per_key = Limit::new("per_key", Header::bearer())
 ///     .route("POST /v1/keys", Quota::new(Window::per_hour(10)))
 ///     .route("GET *", Quota::new(Window::per_minute(600)))
 ///     .route("POST,PUT,PATCH,DELETE *", Quota::new(Window::per_minute(120)));
@@ -69,13 +53,13 @@ pub struct Limit {
     pub(crate) name: String,
     pub(crate) key: Arc<dyn KeyExtractor>,
     pub(crate) routes: Vec<RouteEntry>,
-    pub(crate) missing_key: MissingKey,
+    pub(crate) skip_missing_key: bool,
     pub(crate) shadow: bool,
     pub(crate) exempt_keys: Vec<String>,
     pub(crate) exempt_ips: Vec<String>,
     pub(crate) penalty: Option<Penalty>,
     pub(crate) plan: Option<Arc<dyn KeyExtractor>>,
-    pub(crate) overrides: Vec<(String, Override)>,
+    pub(crate) overrides: Vec<(String, OwnQuota)>,
 }
 
 impl Limit {
@@ -84,13 +68,28 @@ impl Limit {
         Self::with_shared_key(name, Arc::new(key))
     }
 
+    /// A global limit named `name`: every request it applies to counts in
+    /// one bucket, a whole-API ceiling (`key = "global"` in a policy file).
+    /// It has no key to miss, so a request without one is counted like any
+    /// other; no keyed limit ever falls back to it by accident.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Limit, Quota, Window};
+    ///
+    /// let ceiling = Limit::global("all").quota(Quota::new(Window::per_second(500)));
+    /// # let _ = ceiling;
+    /// ```
+    pub fn global(name: impl Into<String>) -> Self {
+        Self::new(name, crate::key::Global)
+    }
+
     /// A limit with a shared key extractor.
     pub fn with_shared_key(name: impl Into<String>, key: Arc<dyn KeyExtractor>) -> Self {
         Limit {
             name: name.into(),
             key,
             routes: Vec::new(),
-            missing_key: MissingKey::default(),
+            skip_missing_key: false,
             shadow: false,
             exempt_keys: Vec::new(),
             exempt_ips: Vec::new(),
@@ -121,11 +120,11 @@ impl Limit {
     /// error's field is `head`).
     ///
     /// ```
-    /// use tower_ratelimit::{key::Bearer, Limit, Quota, Window};
+    /// use tower_ratelimit::{key::Header, Limit, Quota, Window};
     ///
     /// // Downloads are 10/minute; a HEAD that only asks for their size is
     /// // counted by the next route instead.
-    /// let per_key = Limit::new("per_key", Bearer::new())
+    /// let per_key = Limit::new("per_key", Header::bearer())
     ///     .route_without_head("GET /v1/recordings/{id}", Quota::new(Window::per_minute(10)))
     ///     .route("GET *", Quota::new(Window::per_minute(600)));
     /// # let _ = per_key;
@@ -185,20 +184,40 @@ impl Limit {
         self
     }
 
-    /// Gives `key` its own quotas in this limit (a plan, or one quota for
-    /// every route), whatever plan its requests carry. Keys listed here are
-    /// kept only as keyed hashes; [`Policy::overrides`](crate::Policy::overrides)
-    /// changes them at runtime.
+    /// Gives `key` its own quota on every route of this limit, whatever plan
+    /// its requests carry. Keys listed here are kept only as keyed hashes;
+    /// [`Policy::overrides`](crate::Policy::overrides) changes them at
+    /// runtime. A later entry for the same key replaces an earlier one.
     #[must_use]
-    pub fn key_override(mut self, key: impl Into<String>, value: Override) -> Self {
-        self.overrides.push((key.into(), value));
+    pub fn key_quota(mut self, key: impl Into<String>, quota: Quota) -> Self {
+        self.overrides.push((key.into(), OwnQuota::Quota(quota)));
         self
     }
 
-    /// Sets what happens when a request has no usable key.
+    /// Puts `key` on the plan named `plan` (one that the routes name in
+    /// their [`Tiers`]) in this limit, whatever plan its requests carry.
+    /// Like [`Limit::key_quota`], kept only as a keyed hash and changed at
+    /// runtime through [`Policy::overrides`](crate::Policy::overrides).
     #[must_use]
-    pub fn on_missing_key(mut self, missing_key: MissingKey) -> Self {
-        self.missing_key = missing_key;
+    pub fn key_plan(mut self, key: impl Into<String>, plan: impl Into<String>) -> Self {
+        self.overrides
+            .push((key.into(), OwnQuota::Plan(plan.into())));
+        self
+    }
+
+    /// With `true`, a request whose key is *missing* is not subject to this
+    /// limit (other limits still apply). The default, `false`, answers it
+    /// with a 401 JSON error that says what is wrong: the request is not
+    /// counted and never reaches the inner service.
+    ///
+    /// A key that is present but unusable (empty, conflicting, too long …)
+    /// is answered with a 401 either way, so a client cannot escape its
+    /// bucket by breaking its key. Skip a missing key only where an
+    /// unidentified request is limited elsewhere (`on_missing_key = "skip"`
+    /// in a policy file).
+    #[must_use]
+    pub fn skip_missing_key(mut self, skip: bool) -> Self {
+        self.skip_missing_key = skip;
         self
     }
 
@@ -315,7 +334,7 @@ impl Limit {
             name: self.name.as_str().into(),
             key: Arc::clone(&self.key),
             routes,
-            missing_key: self.missing_key,
+            skip_missing_key: self.skip_missing_key,
             shadow: self.shadow,
             penalty: self.penalty,
             key_domain: route_id(&self.name, usize::MAX),
@@ -359,7 +378,7 @@ impl fmt::Debug for Limit {
         f.debug_struct("Limit")
             .field("name", &self.name)
             .field("routes", &self.routes)
-            .field("missing_key", &self.missing_key)
+            .field("skip_missing_key", &self.skip_missing_key)
             .field("shadow", &self.shadow)
             .field(
                 "exempt_keys",
@@ -390,7 +409,7 @@ pub(crate) struct CompiledLimit {
     pub(crate) name: Box<str>,
     pub(crate) key: Arc<dyn KeyExtractor>,
     pub(crate) routes: Box<[Route]>,
-    pub(crate) missing_key: MissingKey,
+    pub(crate) skip_missing_key: bool,
     pub(crate) shadow: bool,
     pub(crate) penalty: Option<Penalty>,
     /// The hash domain of this limit's key ids: a request's key is hashed
@@ -419,9 +438,9 @@ const MAX_ROUTES: usize = 64;
 
 impl CompiledLimit {
     /// Compiles an override against this limit's plans.
-    pub(crate) fn own(&self, value: &Override) -> Result<Own, ConfigError> {
+    pub(crate) fn own(&self, value: &OwnQuota) -> Result<Own, ConfigError> {
         match value {
-            Override::Plan(name) => self
+            OwnQuota::Plan(name) => self
                 .plans
                 .iter()
                 .position(|p| **p == **name)
@@ -443,7 +462,7 @@ impl CompiledLimit {
                         ),
                     )
                 }),
-            Override::Quota(quota) => {
+            OwnQuota::Quota(quota) => {
                 quota.validate().map_err(|e| e.within("quota"))?;
                 Ok(Own::Quota(Arc::new(quota.clone())))
             }

@@ -1,13 +1,14 @@
 //! Policies: everything a layer enforces.
 //!
 //! A [`Policy`] is a list of [`Limit`]s plus how responses look: which
-//! headers ([`HeaderStyle`]), which window they report ([`ReportedWindow`]),
-//! and the body of a refusal ([`RefusalFormat`]). Build one in code with
+//! headers ([`HeaderStyle`]), which window they report
+//! ([`PolicyBuilder::report_period`]), and the body of a refusal
+//! ([`RefusalFormat`]). Build one in code with
 //! [`Policy::builder`], or load one from TOML with [`Policy::from_toml`]
 //! (the format is in the crate's README).
 //!
 //! ```
-//! use tower_ratelimit::{key::Header, Limit, Policy, Quota, ReportedWindow, RefusalFormat, Window};
+//! use tower_ratelimit::{key::Header, Limit, Policy, Quota, RefusalFormat, Window};
 //! use std::time::Duration;
 //!
 //! // TalkPilot: per X-API-Key, 60/minute and 1,000/hour, headers report the minute.
@@ -16,7 +17,7 @@
 //!         Limit::new("per_key", Header::parse("X-API-Key").unwrap())
 //!             .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))),
 //!     )
-//!     .report(ReportedWindow::Period(Duration::from_secs(60)))
+//!     .report_period(Duration::from_secs(60))
 //!     .refusal(RefusalFormat::named("talkpilot").unwrap())
 //!     .build()
 //!     .unwrap();
@@ -36,10 +37,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+pub use limit::Limit;
 pub(crate) use limit::{CompiledLimit, Route};
-pub use limit::{Limit, MissingKey};
-pub use overrides::{Override, Overrides};
-pub(crate) use overrides::{OverrideTable, Own};
+pub use overrides::Overrides;
+pub(crate) use overrides::{OverrideTable, Own, OwnQuota};
 pub use quota::{Algorithm, Quota, Window};
 pub use tiers::Tiers;
 
@@ -198,10 +199,23 @@ impl PolicyBuilder {
         self
     }
 
-    /// Sets which window the `X-RateLimit-*` headers report (default: the
-    /// most restrictive).
-    pub fn report(mut self, report: ReportedWindow) -> Self {
-        self.report = report;
+    /// Has the `X-RateLimit-*` headers report the window closest to
+    /// refusing (the default): on a refusal, the one that makes the client
+    /// wait longest; otherwise the one with the least remaining (ties: the
+    /// one that takes longest to reset). Undoes
+    /// [`PolicyBuilder::report_period`].
+    pub fn report_most_restrictive(mut self) -> Self {
+        self.report = ReportedWindow::MostRestrictive;
+        self
+    }
+
+    /// Has the `X-RateLimit-*` headers report the first window (in policy
+    /// order) with this period, such as TalkPilot's minute window; the most
+    /// restrictive one when the request was not counted in a window of this
+    /// period. [`PolicyBuilder::build`] checks that some window has it.
+    /// ([`Decision::reported`](crate::Decision::reported) is that window.)
+    pub fn report_period(mut self, period: Duration) -> Self {
+        self.report = ReportedWindow::Period(period);
         self
     }
 
@@ -250,7 +264,7 @@ impl PolicyBuilder {
     /// [`RateLimitLayer::new`](crate::RateLimitLayer::new) builds may hold
     /// (at least 1; default: [`MemoryStore`](crate::store::MemoryStore)'s
     /// own, 1,000,000), as
-    /// [`MemoryStoreBuilder::max_entries`](crate::store::MemoryStoreBuilder::max_entries)
+    /// [`MemoryStore::with_max_entries`](crate::store::MemoryStore::with_max_entries)
     /// does. A store given to
     /// [`RateLimitLayer::with_store`](crate::RateLimitLayer::with_store)
     /// keeps the cap it was built with.

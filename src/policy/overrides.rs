@@ -14,10 +14,10 @@ use crate::key::Key;
 use crate::shard::KeyMap;
 
 /// A key's own quotas in one limit, in place of those of its plan
-/// (TalkPilot: limits chosen when the key is created).
+/// (TalkPilot: limits chosen when the key is created), before it is
+/// compiled against its limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Override {
+pub(crate) enum OwnQuota {
     /// The key is on this plan (one that the limit's routes name in their
     /// [`Tiers`](crate::Tiers)), whatever the request says.
     Plan(String),
@@ -94,22 +94,29 @@ impl OverrideTable {
 /// [`Check::base`](crate::store::protocol::Check::base).)
 ///
 /// ```
-/// use tower_ratelimit::{key::Header, Limit, Override, Policy, Quota, Window};
+/// use tower_ratelimit::{key::Header, Limit, Policy, Quota, Tiers, Window};
 ///
 /// let policy = Policy::builder()
 ///     .limit(Limit::new("per_key", Header::parse("x-api-key").unwrap())
-///         .quota(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000))))
+///         .quota(Tiers::new(Quota::new(Window::per_minute(60)).and(Window::per_hour(1000)))
+///             .plan("scale", Quota::new(Window::per_minute(600)))))
 ///     .build()
 ///     .unwrap();
 /// let overrides = policy.overrides();
 ///
 /// // TalkPilot: a key created with its own limits.
 /// let custom = Quota::new(Window::per_minute(120)).and(Window::per_hour(5000));
-/// overrides.set("per_key", "tp_custom", Override::Quota(custom.clone())).unwrap();
-/// assert_eq!(overrides.get("per_key", "tp_custom"), Some(Override::Quota(custom)));
+/// overrides.set_quota("per_key", "tp_custom", custom.clone()).unwrap();
+/// assert_eq!(overrides.quota_of("per_key", "tp_custom"), Some(custom));
+///
+/// // Another key moved to a plan.
+/// overrides.set_plan("per_key", "tp_big", "scale").unwrap();
+/// assert_eq!(overrides.plan_of("per_key", "tp_big").as_deref(), Some("scale"));
 ///
 /// assert!(overrides.remove("per_key", "tp_custom").unwrap());
-/// assert!(overrides.set("per_kye", "k", Override::Plan("gold".into())).is_err());
+/// assert_eq!(overrides.quota_of("per_key", "tp_custom"), None);
+/// assert!(overrides.set_plan("per_kye", "k", "scale").is_err());
+/// assert!(overrides.set_plan("per_key", "k", "gold").is_err());
 /// ```
 #[derive(Clone)]
 pub struct Overrides {
@@ -146,33 +153,64 @@ impl Overrides {
             .named(limit.override_domain, &Key::from(key)))
     }
 
-    /// Gives `key` its own quotas in the limit named `limit`, from its next
-    /// request on. Errors name what is wrong: an unknown limit or plan, or
-    /// a quota that could never admit a request.
-    pub fn set(&self, limit: &str, key: &str, value: Override) -> Result<(), ConfigError> {
+    /// Gives `key` its own quota on every route of the limit named `limit`,
+    /// from its next request on, in place of any plan or quota it had.
+    /// Errors name what is wrong: an unknown limit, an empty key, or a
+    /// quota that could never admit a request.
+    pub fn set_quota(&self, limit: &str, key: &str, quota: Quota) -> Result<(), ConfigError> {
+        self.set(limit, key, &OwnQuota::Quota(quota))
+    }
+
+    /// Puts `key` on the plan named `plan` in the limit named `limit`
+    /// (whatever plan its requests carry), from its next request on, in
+    /// place of any plan or quota it had. Errors name what is wrong: an
+    /// unknown limit, an empty key, or a plan no route of the limit names.
+    pub fn set_plan(&self, limit: &str, key: &str, plan: &str) -> Result<(), ConfigError> {
+        self.set(limit, key, &OwnQuota::Plan(plan.to_owned()))
+    }
+
+    fn set(&self, limit: &str, key: &str, value: &OwnQuota) -> Result<(), ConfigError> {
         let (index, compiled) = self.limit(limit)?;
-        let own = compiled.own(&value)?;
+        let own = compiled.own(value)?;
         let key = self.hash(compiled, key)?;
         self.policy.overrides.set(index, key, Some(own));
         Ok(())
     }
 
-    /// Puts `key` back on its plan in the limit named `limit`; `Ok(false)`
-    /// if it had no override.
+    /// Takes back the plan or quota `key` was given in the limit named
+    /// `limit`, so its requests' own plan applies again; `Ok(false)` if it
+    /// had none.
     pub fn remove(&self, limit: &str, key: &str) -> Result<bool, ConfigError> {
         let (index, compiled) = self.limit(limit)?;
         let key = self.hash(compiled, key)?;
         Ok(self.policy.overrides.set(index, key, None))
     }
 
-    /// The override of `key` in the limit named `limit`, if it has one.
-    pub fn get(&self, limit: &str, key: &str) -> Option<Override> {
+    /// The quota `key` was given in the limit named `limit`
+    /// ([`Overrides::set_quota`], [`Limit::key_quota`](crate::Limit::key_quota)),
+    /// if it has one.
+    pub fn quota_of(&self, limit: &str, key: &str) -> Option<Quota> {
+        match self.get(limit, key)? {
+            (_, Own::Quota(q)) => Some(Quota::clone(&q)),
+            (_, Own::Plan(_)) => None,
+        }
+    }
+
+    /// The plan `key` was put on in the limit named `limit`
+    /// ([`Overrides::set_plan`], [`Limit::key_plan`](crate::Limit::key_plan)),
+    /// if it was.
+    pub fn plan_of(&self, limit: &str, key: &str) -> Option<String> {
+        match self.get(limit, key)? {
+            (compiled, Own::Plan(p)) => Some(compiled.plans[usize::from(p)].to_string()),
+            (_, Own::Quota(_)) => None,
+        }
+    }
+
+    /// The override of `key` in the limit named `limit`, with that limit.
+    fn get(&self, limit: &str, key: &str) -> Option<(&CompiledLimit, Own)> {
         let (index, compiled) = self.limit(limit).ok()?;
         let key = self.hash(compiled, key).ok()?;
-        Some(match self.policy.overrides.get(index, key)? {
-            Own::Plan(p) => Override::Plan(compiled.plans[usize::from(p)].to_string()),
-            Own::Quota(q) => Override::Quota(Quota::clone(&q)),
-        })
+        Some((compiled, self.policy.overrides.get(index, key)?))
     }
 }
 

@@ -6,7 +6,8 @@ use super::quota::Quota;
 ///
 /// A limit learns a request's plan from [`Limit::plan_from`] (an extractor,
 /// typically of what an authentication layer put in the request's
-/// extensions) or from a key's [`Override::Plan`]; a request whose plan is
+/// extensions) or from a plan given to a key ([`Limit::key_plan`],
+/// [`Overrides::set_plan`]); a request whose plan is
 /// unknown, or has no quota on this route, gets the default. Every route
 /// takes a `Tiers`, and a plain [`Quota`] is a `Tiers` with no plans.
 ///
@@ -22,7 +23,8 @@ use super::quota::Quota;
 /// ```
 ///
 /// [`Limit::plan_from`]: crate::Limit::plan_from
-/// [`Override::Plan`]: crate::Override::Plan
+/// [`Limit::key_plan`]: crate::Limit::key_plan
+/// [`Overrides::set_plan`]: crate::Overrides::set_plan
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tiers {
     pub(crate) default: Quota,

@@ -8,7 +8,7 @@ use super::Shared;
 use crate::decision::WindowReport;
 use crate::event::{Event, EventKind};
 use crate::key::{Key, KeyError, KeyErrorKind, KeySecret, RequestView};
-use crate::policy::{CompiledLimit, MissingKey};
+use crate::policy::CompiledLimit;
 use crate::report::quota_report;
 use crate::route::{Methods, PathSegments};
 use crate::store::Store;
@@ -56,10 +56,7 @@ pub(super) fn plan<St: Store, B>(
         let view = RequestView::new(request, Some(captures));
         let key = match extract_key(limit, &view, policy.max_key_len) {
             Ok(key) => key,
-            Err(error)
-                if limit.missing_key == MissingKey::Skip
-                    && error.kind() == KeyErrorKind::Missing =>
-            {
+            Err(error) if limit.skip_missing_key && error.kind() == KeyErrorKind::Missing => {
                 tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
                 continue;
             }

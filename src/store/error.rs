@@ -4,57 +4,51 @@ use std::error::Error;
 use std::fmt;
 
 /// What kind of failure a [`StoreError`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum StoreErrorKind {
-    /// The store's settings are unusable (the source is the
-    /// [`ConfigError`](crate::ConfigError) that says why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
     Config,
-    /// The store could not be reached, or the connection failed.
     Connection,
-    /// The store did not answer in time.
     Timeout,
-    /// The store answered, but not as the protocol expects: a script or
-    /// protocol error, or a reply that is not a decision.
     Protocol,
 }
 
-impl fmt::Display for StoreErrorKind {
+impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            StoreErrorKind::Config => "unusable settings",
-            StoreErrorKind::Connection => "connection failed",
-            StoreErrorKind::Timeout => "timed out",
-            StoreErrorKind::Protocol => "unexpected answer",
+            Kind::Config => "unusable settings",
+            Kind::Connection => "connection failed",
+            Kind::Timeout => "timed out",
+            Kind::Protocol => "unexpected answer",
         })
     }
 }
 
-/// A store could not decide, or could not be set up: its [`kind`](Self::kind),
-/// a message for logs and, when there is one, the underlying error as its
-/// [`source`](Error::source). The layer never turns this into the inner
-/// service's error.
+/// A store could not decide, or could not be set up: what kind of failure
+/// it is (asked with [`is_connection`](Self::is_connection),
+/// [`is_timeout`](Self::is_timeout), [`is_protocol`](Self::is_protocol) and
+/// [`is_config`](Self::is_config)), a message for logs and, when there is
+/// one, the underlying error as its [`source`](Error::source). The layer
+/// never turns this into the inner service's error.
 ///
 /// ```
 /// use std::error::Error;
-/// use tower_ratelimit::store::{StoreError, StoreErrorKind};
+/// use tower_ratelimit::store::StoreError;
 ///
 /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-/// let error = StoreError::caused_by(StoreErrorKind::Connection, "no answer", io);
-/// assert_eq!(error.kind(), StoreErrorKind::Connection);
+/// let error = StoreError::connection("no answer").with_source(io);
+/// assert!(error.is_connection() && !error.is_timeout());
 /// assert_eq!(error.to_string(), "rate-limit store failed (connection failed): no answer");
 /// assert!(error.source().is_some());
 /// ```
 #[derive(Debug)]
 pub struct StoreError {
-    kind: StoreErrorKind,
+    kind: Kind,
     message: Box<str>,
     source: Option<Box<dyn Error + Send + Sync + 'static>>,
 }
 
 impl StoreError {
-    /// An error of `kind` with a message for logs.
-    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+    fn new(kind: Kind, message: impl Into<String>) -> Self {
         StoreError {
             kind,
             message: message.into().into_boxed_str(),
@@ -62,21 +56,58 @@ impl StoreError {
         }
     }
 
-    /// An error of `kind` with a message for logs, caused by `source`.
-    pub fn caused_by(
-        kind: StoreErrorKind,
-        message: impl Into<String>,
-        source: impl Into<Box<dyn Error + Send + Sync + 'static>>,
-    ) -> Self {
-        StoreError {
-            source: Some(source.into()),
-            ..Self::new(kind, message)
-        }
+    /// The store's settings are unusable (the source, if any, is the
+    /// [`ConfigError`](crate::ConfigError) that says why).
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(Kind::Config, message)
     }
 
-    /// What kind of failure this is.
-    pub fn kind(&self) -> StoreErrorKind {
-        self.kind
+    /// The store could not be reached, or the connection failed.
+    pub fn connection(message: impl Into<String>) -> Self {
+        Self::new(Kind::Connection, message)
+    }
+
+    /// The store did not answer in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(Kind::Timeout, message)
+    }
+
+    /// The store answered, but not as the protocol expects: a script or
+    /// protocol error, or a reply that is not a decision.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Self::new(Kind::Protocol, message)
+    }
+
+    /// Sets the underlying error, returned by [`Error::source`].
+    #[must_use]
+    pub fn with_source(
+        mut self,
+        source: impl Into<Box<dyn Error + Send + Sync + 'static>>,
+    ) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Whether the store's settings are unusable ([`StoreError::config`]).
+    pub fn is_config(&self) -> bool {
+        self.kind == Kind::Config
+    }
+
+    /// Whether the store could not be reached, or the connection failed
+    /// ([`StoreError::connection`]).
+    pub fn is_connection(&self) -> bool {
+        self.kind == Kind::Connection
+    }
+
+    /// Whether the store did not answer in time ([`StoreError::timeout`]).
+    pub fn is_timeout(&self) -> bool {
+        self.kind == Kind::Timeout
+    }
+
+    /// Whether the store's answer was not one the protocol expects
+    /// ([`StoreError::protocol`]).
+    pub fn is_protocol(&self) -> bool {
+        self.kind == Kind::Protocol
     }
 }
 

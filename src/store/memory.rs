@@ -30,13 +30,18 @@ use crate::shard::{sparse, KeyMap, Padded};
 /// one hash probe per window, and its states are written back where the
 /// probes found them.
 ///
+/// Its settings are chosen when it is made, before it is shared with a
+/// layer: [`MemoryStore::with_max_entries`], then setters that take and
+/// return the store ([`MemoryStore::shards`], [`MemoryStore::sweep_interval`],
+/// [`MemoryStore::max_banned_keys`]); each returns a fresh, empty store.
+///
 /// **Idle keys** are dropped once their state equals a fresh key's, so
 /// dropping them loses nothing: every shard sweeps itself when a decision
 /// touches it and its sweep interval (default 5 s) has passed, and gives
 /// memory back to the allocator when its tables become sparse.
 /// [`MemoryStore::sweep`] sweeps every shard at once.
 ///
-/// **At the cap** ([`MemoryStoreBuilder::max_entries`], default 1,000,000
+/// **At the cap** ([`MemoryStore::with_max_entries`], default 1,000,000
 /// entries, about 28 MB), a flood of made-up keys can neither grow memory
 /// nor lock anyone out:
 ///
@@ -74,14 +79,13 @@ use crate::shard::{sparse, KeyMap, Padded};
 /// use tower_ratelimit::store::MemoryStore;
 /// use std::time::Duration;
 ///
-/// let store = MemoryStore::builder()
-///     .max_entries(100_000)
-///     .sweep_interval(Duration::from_secs(1))
-///     .build();
+/// let store = MemoryStore::with_max_entries(100_000).sweep_interval(Duration::from_secs(1));
 /// assert_eq!(store.len(), 0);
+/// assert!(store.max_entries() >= 100_000);
 /// ```
 #[derive(Debug)]
 pub struct MemoryStore {
+    settings: Settings,
     shards: Box<[Padded<Mutex<Shard>>]>,
     /// Shard `i` takes the buckets whose hash bits 24..56 are below
     /// `bounds[i]` (and not below `bounds[i - 1]`).
@@ -97,20 +101,19 @@ pub struct MemoryStore {
     at_cap: CapWarning,
 }
 
-/// Builds a [`MemoryStore`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct MemoryStoreBuilder {
+/// A [`MemoryStore`]'s settings, kept to rebuild it when one changes.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
     max_entries: usize,
     shards: usize,
     sweep_interval: u64,
     max_banned_keys: usize,
 }
 
-impl Default for MemoryStoreBuilder {
+impl Default for Settings {
     fn default() -> Self {
-        MemoryStoreBuilder {
-            max_entries: 1_000_000,
+        Settings {
+            max_entries: DEFAULT_MAX_ENTRIES,
             shards: 64,
             sweep_interval: 5_000_000_000,
             max_banned_keys: PenaltyBox::DEFAULT_MAX_KEYS,
@@ -118,39 +121,12 @@ impl Default for MemoryStoreBuilder {
     }
 }
 
-impl MemoryStoreBuilder {
-    /// The most `(key, window)` entries kept at once (default 1,000,000).
-    /// Each shard holds at most its share, rounded up.
-    pub fn max_entries(mut self, max: usize) -> Self {
-        self.max_entries = max.max(1);
-        self
-    }
+/// The cap of [`MemoryStore::new`].
+const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
 
-    /// The number of shards, rounded up to a power of two (default 64).
-    pub fn shards(mut self, shards: usize) -> Self {
-        self.shards = shards.clamp(1, 1 << 16).next_power_of_two();
-        self
-    }
-
-    /// How often a shard drops idle keys when a decision touches it
-    /// (default 5 seconds).
-    pub fn sweep_interval(mut self, interval: std::time::Duration) -> Self {
-        self.sweep_interval = interval.as_nanos().min(u128::from(u64::MAX)) as u64;
-        self
-    }
-
-    /// The most keys kept for penalties at once, banned or with refusals
-    /// that still count (default 100,000). At the cap a ban in force is
-    /// never lifted early and no counted refusal is forgotten early; a
-    /// refusal of a key not tracked yet is not counted, so a ban can only
-    /// start later than its rule says, never earlier.
-    pub fn max_banned_keys(mut self, max: usize) -> Self {
-        self.max_banned_keys = max;
-        self
-    }
-
-    /// Builds the store.
-    pub fn build(self) -> MemoryStore {
+impl Settings {
+    /// A store with these settings and no entries.
+    fn build(self) -> MemoryStore {
         let shards = (0..self.shards)
             .map(|_| Padded(Mutex::new(Shard::default())))
             .collect();
@@ -177,6 +153,7 @@ impl MemoryStoreBuilder {
             caps.push(((self.max_entries as f64 * w / total).ceil() as usize).max(1));
         }
         MemoryStore {
+            settings: self,
             shards,
             starts: (0..256u64)
                 .map(|r| bounds.partition_point(|&b| b <= r << 24))
@@ -198,14 +175,59 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store with the default cap, shards and sweep interval.
+    /// A store with the default cap (1,000,000 entries), shards and sweep
+    /// interval.
     pub fn new() -> Self {
-        Self::builder().build()
+        Settings::default().build()
     }
 
-    /// A builder to set the cap, shards and sweep interval.
-    pub fn builder() -> MemoryStoreBuilder {
-        MemoryStoreBuilder::default()
+    /// A store that keeps at most `max` `(key, window)` entries at once
+    /// (at least 1); each shard holds at most its share, rounded up
+    /// ([`MemoryStore::max_entries`] reads the sum back).
+    pub fn with_max_entries(max: usize) -> Self {
+        Settings {
+            max_entries: max.max(1),
+            ..Settings::default()
+        }
+        .build()
+    }
+
+    /// Sets the number of shards, rounded up to a power of two (default 64).
+    /// The store comes back empty, so set it before the store is used.
+    #[must_use]
+    pub fn shards(self, shards: usize) -> Self {
+        Settings {
+            shards: shards.clamp(1, 1 << 16).next_power_of_two(),
+            ..self.settings
+        }
+        .build()
+    }
+
+    /// Sets how often a shard drops idle keys when a decision touches it
+    /// (default 5 seconds). The store comes back empty, so set it before the
+    /// store is used.
+    #[must_use]
+    pub fn sweep_interval(self, interval: std::time::Duration) -> Self {
+        Settings {
+            sweep_interval: interval.as_nanos().min(u128::from(u64::MAX)) as u64,
+            ..self.settings
+        }
+        .build()
+    }
+
+    /// Sets the most keys kept for penalties at once, banned or with
+    /// refusals that still count (default 100,000). At the cap a ban in
+    /// force is never lifted early and no counted refusal is forgotten
+    /// early; a refusal of a key not tracked yet is not counted, so a ban
+    /// can only start later than its rule says, never earlier. The store
+    /// comes back empty, so set it before the store is used.
+    #[must_use]
+    pub fn max_banned_keys(self, max: usize) -> Self {
+        Settings {
+            max_banned_keys: max,
+            ..self.settings
+        }
+        .build()
     }
 
     /// The number of `(key, window)` entries tracked now.
@@ -218,9 +240,10 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// The most entries the store keeps: the configured cap, plus under one
-    /// entry per shard (each shard's share is rounded up).
-    pub fn capacity(&self) -> usize {
+    /// The most `(key, window)` entries the store keeps: the cap it was made
+    /// with ([`MemoryStore::with_max_entries`]), plus under one entry per
+    /// shard (each shard's share is rounded up).
+    pub fn max_entries(&self) -> usize {
         self.caps.iter().sum()
     }
 
@@ -455,7 +478,7 @@ impl MemoryStore {
                     shard.set(algorithm, period, bucket, slot.next, now);
                 }
                 if no_room {
-                    self.at_cap.warn(now, || self.capacity());
+                    self.at_cap.warn(now, || self.max_entries());
                 }
             }
         }
@@ -472,7 +495,7 @@ struct CapWarning {
 }
 
 impl CapWarning {
-    fn warn(&self, now: u64, capacity: impl FnOnce() -> usize) {
+    fn warn(&self, now: u64, max_entries: impl FnOnce() -> usize) {
         let next = self.next.load(Ordering::Relaxed);
         let after = now.saturating_add(60 * 1_000_000_000);
         if now < next
@@ -483,7 +506,7 @@ impl CapWarning {
             return;
         }
         tracing::warn!(
-            capacity = capacity(),
+            max_entries = max_entries(),
             "the rate-limit memory store is at its cap: keys it has no room for are counted \
              approximately (never admitted past their quota, possibly refused early, with \
              RefusalReason::Capacity); raise max_entries if they are real clients"
@@ -698,6 +721,15 @@ impl Shard {
             .position(|t| t.period_ns == period_ns && t.algorithm == algorithm)
     }
 
+    /// The index of the table of `algorithm` and `period_ns`, made if the
+    /// shard has none.
+    fn table_or_new(&mut self, algorithm: Algorithm, period_ns: u64) -> usize {
+        self.table_index(algorithm, period_ns).unwrap_or_else(|| {
+            self.tables.push(Table::new(algorithm, period_ns));
+            self.tables.len() - 1
+        })
+    }
+
     fn table(&self, algorithm: Algorithm, period_ns: u64) -> Option<&Table> {
         self.table_index(algorithm, period_ns)
             .map(|i| &self.tables[i])
@@ -710,13 +742,7 @@ impl Shard {
 
     /// Stores `state` for `bucket` at `now`.
     fn set(&mut self, algorithm: Algorithm, period_ns: u64, bucket: u64, state: u64, now: u64) {
-        let index = match self.table_index(algorithm, period_ns) {
-            Some(i) => i,
-            None => {
-                self.tables.push(Table::new(algorithm, period_ns));
-                self.tables.len() - 1
-            }
-        };
+        let index = self.table_or_new(algorithm, period_ns);
         if self.tables[index].insert(bucket, state) {
             self.entries += 1;
             // A new entry may expire before every other one: `full_until`
@@ -739,13 +765,7 @@ impl Shard {
         now: u64,
         cells: usize,
     ) {
-        let index = match self.table_index(algorithm, period_ns) {
-            Some(i) => i,
-            None => {
-                self.tables.push(Table::new(algorithm, period_ns));
-                self.tables.len() - 1
-            }
-        };
+        let index = self.table_or_new(algorithm, period_ns);
         self.tables[index]
             .overflow
             .get_or_insert_with(|| Box::new(Overflow::new(cells)))

@@ -21,9 +21,9 @@
 //!         .quota(Quota::new(Window::per_minute(60))))
 //!     .build()
 //!     .unwrap();
-//! let store = MemoryStore::builder().max_entries(100_000).build();
+//! let store = MemoryStore::with_max_entries(100_000);
 //! let layer = RateLimitLayer::with_store(policy, store);
-//! assert!(layer.store().capacity() >= 100_000);
+//! assert!(layer.store().max_entries() >= 100_000);
 //! ```
 
 pub(crate) mod algorithm;
@@ -39,10 +39,10 @@ pub mod redis;
 
 use std::future::Future;
 
-pub use self::error::{StoreError, StoreErrorKind};
+pub use self::error::StoreError;
 #[cfg(feature = "redis")]
 pub use self::redis::{FailurePolicy, RedisStore};
-pub use memory::{MemoryStore, MemoryStoreBuilder};
+pub use memory::MemoryStore;
 
 use self::protocol::{Check, Decided, Outcome, SharedSlots};
 

@@ -28,7 +28,7 @@
 pub use super::outcome::{Ban, Outcome, WindowStatus};
 #[cfg(feature = "redis")]
 pub use super::redis::PendingDecision;
-pub use super::{StoreError, StoreErrorKind};
+pub use super::StoreError;
 pub use crate::inflight::{Busy, Mode, Permit, SharedSlots, SlotFuture};
 
 use crate::penalty::Penalty;

@@ -18,7 +18,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
-use tower_ratelimit::store::{MemoryStore, Store, StoreError, StoreErrorKind};
+use tower_ratelimit::store::{MemoryStore, Store, StoreError};
 use tower_ratelimit::{
     Algorithm, Decision, Limit, Policy, Quota, RateLimit, RateLimitLayer, ResponseBody, Window,
 };
@@ -42,10 +42,7 @@ impl Store for YieldingStore {
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<Self::Pending> {
         self.checks.fetch_add(1, Ordering::SeqCst);
         let result = if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::new(
-                StoreErrorKind::Connection,
-                "connection refused",
-            ))
+            Err(StoreError::connection("connection refused"))
         } else {
             match self.memory.check(now, checks) {
                 Decided::Ready(result) => result,
@@ -67,10 +64,7 @@ impl Store for BrokenStore {
     type Pending = std::future::Pending<Result<Outcome, StoreError>>;
 
     fn check(&self, _now: u64, _checks: &[Check<'_>]) -> Decided<Self::Pending> {
-        Decided::Ready(Err(StoreError::new(
-            StoreErrorKind::Connection,
-            "no route to host",
-        )))
+        Decided::Ready(Err(StoreError::connection("no route to host")))
     }
 }
 

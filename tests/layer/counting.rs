@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::{Clock, ManualClock};
-use tower_ratelimit::key::{Global, Header, PathCapture};
+use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::{
     Algorithm, Decision, Limit, Policy, Quota, RateLimitLayer, ResponseBody, Window,
 };
@@ -534,7 +534,7 @@ async fn concurrent_stacked_limits_admit_exactly_the_tighter_total() {
     // limit were charged to the global limit, fewer than 1500 would pass.
     let policy = Policy::builder()
         .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_hour(1000))))
-        .limit(Limit::new("global", Global::new()).quota(Quota::new(Window::per_hour(1500))))
+        .limit(Limit::global("global").quota(Quota::new(Window::per_hour(1500))))
         .build()
         .unwrap();
     let h = Harness::new(policy);

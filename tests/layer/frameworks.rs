@@ -17,7 +17,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
-use tower_ratelimit::key::{Extension, Global, Header, Key};
+use tower_ratelimit::key::{Extension, Header, Key};
 use tower_ratelimit::{Decision, Limit, Policy, Quota, RateLimitLayer, Window};
 
 fn per_minute(n: u32) -> Quota {
@@ -439,7 +439,7 @@ mod tonic_server {
     fn per_metadata_key(n: u32) -> Policy {
         Policy::builder()
             .limit(Limit::new("per_key", Header::parse("x-api-key").unwrap()).quota(per_minute(n)))
-            .limit(Limit::new("global", Global::new()).quota(per_minute(100)))
+            .limit(Limit::global("global").quota(per_minute(100)))
             .build()
             .unwrap()
     }

@@ -14,10 +14,10 @@ use http_body_util::BodyExt;
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::{Clock, ManualClock};
-use tower_ratelimit::key::{Global, Header, PathCapture};
+use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::{
     Algorithm, Decision, HeaderStyle, Limit, Policy, Quota, RateLimitLayer, RefusalReason,
-    ReportedWindow, ResponseBody, Window,
+    ResponseBody, Window,
 };
 
 const NS: u64 = 1_000_000_000;
@@ -441,20 +441,24 @@ async fn retry_after_is_honest_with_paused_tokio_time() {
     }
 }
 
-fn talkpilot(report: ReportedWindow) -> Policy {
-    Policy::builder()
-        .limit(
-            Limit::new("per_key", api_key())
-                .quota(fixed(Window::per_minute(60)).and(Window::per_hour(100))),
-        )
-        .report(report)
-        .build()
-        .unwrap()
+/// TalkPilot's limit; its headers report the window of `report`'s period,
+/// or the default window with `None`.
+fn talkpilot(report: Option<Duration>) -> Policy {
+    let builder = Policy::builder().limit(
+        Limit::new("per_key", api_key())
+            .quota(fixed(Window::per_minute(60)).and(Window::per_hour(100))),
+    );
+    match report {
+        Some(period) => builder.report_period(period),
+        None => builder,
+    }
+    .build()
+    .unwrap()
 }
 
 #[tokio::test]
 async fn the_most_restrictive_window_is_reported_by_default() {
-    let h = Harness::at(talkpilot(ReportedWindow::default()), HOUR * NS);
+    let h = Harness::at(talkpilot(None), HOUR * NS);
     let first = h.get().await;
     // Minute: 59 left; hour: 99 left.
     assert_eq!(trio(&first), (60, 59, HOUR + 60));
@@ -466,10 +470,7 @@ async fn the_most_restrictive_window_is_reported_by_default() {
 
 #[tokio::test]
 async fn a_named_period_is_reported_even_when_another_window_has_less_left() {
-    let h = Harness::at(
-        talkpilot(ReportedWindow::Period(Duration::from_secs(60))),
-        HOUR * NS,
-    );
+    let h = Harness::at(talkpilot(Some(Duration::from_secs(60))), HOUR * NS);
     h.spend(60, "GET", "/v1/calls").await;
     h.set((HOUR + 60) * NS);
     // Minute: 59 left; hour: 39 left. TalkPilot reports the minute.
@@ -773,7 +774,7 @@ async fn a_rejected_key_gets_no_rate_limit_headers_in_any_style() {
 async fn a_key_rejected_by_one_limit_is_counted_and_reported_by_none() {
     let h = Harness::new(
         Policy::builder()
-            .limit(Limit::new("global", Global::new()).quota(Quota::new(Window::per_minute(100))))
+            .limit(Limit::global("global").quota(Quota::new(Window::per_minute(100))))
             .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_minute(60))))
             .header_style(HeaderStyle::Both)
             .build()
@@ -942,8 +943,9 @@ async fn requests_that_match_no_limit_pass_untouched() {
 /// limits and several windows, through admissions and refusals.
 #[tokio::test]
 async fn headers_are_the_same_with_or_without_the_decision_extensions() {
-    let policies = |report: ReportedWindow, algorithm: Algorithm| {
-        Policy::builder()
+    // The reported window: the most restrictive (`None`) or a period's.
+    let policies = |report: Option<Duration>, algorithm: Algorithm| {
+        let builder = Policy::builder()
             .limit(
                 Limit::new("per_key", api_key()).quota(
                     Quota::new(Window::per_minute(7))
@@ -954,15 +956,18 @@ async fn headers_are_the_same_with_or_without_the_decision_extensions() {
             .limit(Limit::new("per_call", PathCapture::new("call_id")).route(
                 "POST /v1/calls/{call_id}/control",
                 Quota::new(Window::per_second(2)).and(Window::per_minute(5)),
-            ))
-            .report(report)
-            .build()
-            .unwrap()
+            ));
+        match report {
+            Some(period) => builder.report_period(period),
+            None => builder.report_most_restrictive(),
+        }
+        .build()
+        .unwrap()
     };
     for report in [
-        ReportedWindow::MostRestrictive,
-        ReportedWindow::Period(Duration::from_secs(60)),
-        ReportedWindow::Period(Duration::from_secs(3600)),
+        None,
+        Some(Duration::from_secs(60)),
+        Some(Duration::from_secs(3600)),
     ] {
         for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
             let full = Harness::new(policies(report, algorithm));

@@ -18,8 +18,8 @@ use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::Header;
 use tower_ratelimit::{
-    ConfigErrorKind, EventKind, HeaderStyle, Limit, Override, Policy, PolicyBuilder, Quota,
-    RateLimitLayer, RefusalFormat, RefusalReason, Tiers, Window,
+    ConfigErrorKind, EventKind, HeaderStyle, Limit, Policy, PolicyBuilder, Quota, RateLimitLayer,
+    RefusalFormat, RefusalReason, Tiers, Window,
 };
 
 use crate::common::{
@@ -739,7 +739,7 @@ async fn an_override_gives_one_key_a_cap_of_its_own() {
     let layer = layer(calls(Quota::in_flight(1)));
     layer
         .overrides()
-        .set("calls", "vip", Override::Quota(Quota::in_flight(3)))
+        .set_quota("calls", "vip", Quota::in_flight(3))
         .unwrap();
     let gate = Gate::new();
     let svc = gate.behind(&layer);
@@ -769,7 +769,7 @@ async fn lowering_a_key_s_cap_at_runtime_revokes_nothing_and_refuses_until_under
     }
     let overrides = layer.overrides();
     overrides
-        .set("calls", "k", Override::Quota(Quota::in_flight(1)))
+        .set_quota("calls", "k", Quota::in_flight(1))
         .unwrap();
     assert_eq!(limit_remaining(&busy(&svc, "k", "3").await), (1, 0));
     // Two of the three end: one is still in flight, which is the new cap.

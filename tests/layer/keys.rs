@@ -16,11 +16,10 @@ use serde_json::Value;
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::key::{
-    Bearer, Extension, FirstOf, ForwardedIp, Global, Header, Key, KeyErrorKind, PathCapture,
-    PeerIp, RequestView,
+    Extension, FirstOf, ForwardedIp, Header, Key, KeyErrorKind, PathCapture, PeerIp, RequestView,
 };
 use tower_ratelimit::{
-    Decision, Limit, MissingKey, Policy, PolicyBuilder, Quota, RateLimitLayer, ResponseBody, Window,
+    Decision, Limit, Policy, PolicyBuilder, Quota, RateLimitLayer, ResponseBody, Window,
 };
 
 type Svc = BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
@@ -163,7 +162,7 @@ fn assert_key_error(reply: &Reply, kind: KeyErrorKind, source: &str) {
 fn guarded(limit: Limit) -> Harness {
     Harness::new(
         Policy::builder()
-            .limit(Limit::new("global", Global::new()).quota(per_minute(1)))
+            .limit(Limit::global("global").quota(per_minute(1)))
             .limit(limit),
     )
 }
@@ -286,7 +285,7 @@ mod bad_keys {
     async fn key_over_a_custom_max_key_len_is_401_and_at_the_cap_is_accepted() {
         let h = Harness::new(
             Policy::builder()
-                .limit(Limit::new("global", Global::new()).quota(per_minute(1)))
+                .limit(Limit::global("global").quota(per_minute(1)))
                 .limit(Limit::new("per_key", api_key()).quota(per_minute(10)))
                 .max_key_len(8),
         );
@@ -344,7 +343,7 @@ mod bad_keys {
 
     #[tokio::test(start_paused = true)]
     async fn basic_authorization_is_401_malformed_key_for_a_bearer_limit() {
-        let h = guarded(Limit::new("per_token", Bearer::new()).quota(per_minute(10)));
+        let h = guarded(Limit::new("per_token", Header::bearer()).quota(per_minute(10)));
         let bad = get("/v1/calls")
             .header(AUTHORIZATION, "Basic dXNlcjpwYXNz")
             .body(String::new())
@@ -366,7 +365,7 @@ mod bad_keys {
     #[tokio::test(start_paused = true)]
     async fn bearer_without_a_token_is_401_empty_key() {
         for value in ["Bearer", "Bearer    "] {
-            let h = guarded(Limit::new("per_token", Bearer::new()).quota(per_minute(10)));
+            let h = guarded(Limit::new("per_token", Header::bearer()).quota(per_minute(10)));
             let bad = get("/v1/calls")
                 .header(AUTHORIZATION, value)
                 .body(String::new())
@@ -381,7 +380,7 @@ mod bad_keys {
 
     #[tokio::test(start_paused = true)]
     async fn bearer_token_with_a_space_is_401_malformed_key() {
-        let h = guarded(Limit::new("per_token", Bearer::new()).quota(per_minute(10)));
+        let h = guarded(Limit::new("per_token", Header::bearer()).quota(per_minute(10)));
         let bad = get("/v1/calls")
             .header(AUTHORIZATION, "Bearer tok_1 tok_2")
             .body(String::new())
@@ -402,7 +401,7 @@ mod bad_keys {
 
     #[tokio::test(start_paused = true)]
     async fn missing_authorization_is_401_missing_key_for_a_bearer_limit() {
-        let h = guarded(Limit::new("per_token", Bearer::new()).quota(per_minute(10)));
+        let h = guarded(Limit::new("per_token", Header::bearer()).quota(per_minute(10)));
         let bad = get("/v1/calls").body(String::new()).unwrap();
         let good = get("/v1/calls")
             .header(AUTHORIZATION, "Bearer tok_1")
@@ -483,7 +482,7 @@ mod bad_keys {
         let h = Harness::new(
             Policy::builder()
                 .limit(Limit::new("per_key", api_key()).quota(per_minute(1)))
-                .limit(Limit::new("per_token", Bearer::new()).quota(per_minute(10))),
+                .limit(Limit::new("per_token", Header::bearer()).quota(per_minute(10))),
         );
         let bad = get("/v1/calls")
             .header("x-api-key", "k_1")
@@ -511,9 +510,9 @@ mod missing_key_skip {
                 .limit(
                     Limit::new("per_key", api_key())
                         .quota(per_minute(1))
-                        .on_missing_key(MissingKey::Skip),
+                        .skip_missing_key(true),
                 )
-                .limit(Limit::new("global", Global::new()).quota(per_minute(3))),
+                .limit(Limit::global("global").quota(per_minute(3))),
         );
         let anonymous = || get("/v1/calls").body(String::new()).unwrap();
         // per_key (1/min) would refuse the second; it does not apply.
@@ -547,9 +546,9 @@ mod missing_key_skip {
                 .limit(
                     Limit::new("per_key", api_key())
                         .quota(per_minute(1))
-                        .on_missing_key(MissingKey::Skip),
+                        .skip_missing_key(true),
                 )
-                .limit(Limit::new("global", Global::new()).quota(per_minute(100))),
+                .limit(Limit::global("global").quota(per_minute(100))),
         );
         assert_eq!(h.status(with_key("k_1")).await, StatusCode::OK);
         assert_eq!(
@@ -648,7 +647,7 @@ mod isolation {
 
     #[tokio::test(start_paused = true)]
     async fn bearer_scheme_is_case_insensitive() {
-        let h = Harness::one_limit(Limit::new("per_token", Bearer::new()).quota(per_minute(3)));
+        let h = Harness::one_limit(Limit::new("per_token", Header::bearer()).quota(per_minute(3)));
         let auth = |v: &str| {
             get("/v1/calls")
                 .header(AUTHORIZATION, v)
@@ -898,8 +897,11 @@ mod first_of {
     #[tokio::test(start_paused = true)]
     async fn all_alternatives_missing_names_every_place_the_key_was_sought() {
         let h = Harness::one_limit(
-            Limit::new("per_client", FirstOf::new().or(api_key()).or(Bearer::new()))
-                .quota(per_minute(10)),
+            Limit::new(
+                "per_client",
+                FirstOf::new().or(api_key()).or(Header::bearer()),
+            )
+            .quota(per_minute(10)),
         );
         let reply = h.send(get("/").body(String::new()).unwrap()).await;
         assert_key_error(&reply, KeyErrorKind::Missing, "X-API-Key header");
@@ -1238,7 +1240,7 @@ mod secrecy {
 
     #[tokio::test(start_paused = true)]
     async fn bearer_tokens_never_show_in_responses() {
-        let h = Harness::one_limit(Limit::new("per_token", Bearer::new()).quota(per_minute(1)));
+        let h = Harness::one_limit(Limit::new("per_token", Header::bearer()).quota(per_minute(1)));
         let auth = |v: &str| {
             get("/")
                 .header(AUTHORIZATION, v)
@@ -1610,7 +1612,7 @@ mod ambiguity {
         }
         for (value, kind, source, message) in cases {
             let shown = String::from_utf8_lossy(&value).into_owned();
-            let h = guarded(Limit::new("per_token", Bearer::new()).quota(per_minute(10)));
+            let h = guarded(Limit::new("per_token", Header::bearer()).quota(per_minute(10)));
             let bad = || auth(HeaderValue::from_bytes(&value).unwrap());
             let reply = h.send(bad()).await;
             assert_key_error(&reply, kind, source);
@@ -1621,7 +1623,7 @@ mod ambiguity {
 
     #[tokio::test(start_paused = true)]
     async fn b64tokens_are_admitted_and_counted_exactly() {
-        let h = Harness::one_limit(Limit::new("per_token", Bearer::new()).quota(per_minute(3)));
+        let h = Harness::one_limit(Limit::new("per_token", Header::bearer()).quota(per_minute(3)));
         let remaining = |reply: Reply| {
             assert_eq!(reply.status, StatusCode::OK, "body: {:?}", reply.body);
             reply.header("x-ratelimit-remaining").to_owned()
@@ -1657,7 +1659,7 @@ mod ambiguity {
 
     #[tokio::test(start_paused = true)]
     async fn folded_authorization_lines_that_differ_are_the_401_of_duplicated_lines() {
-        let h = guarded(Limit::new("per_token", Bearer::new()).quota(per_minute(10)));
+        let h = guarded(Limit::new("per_token", Header::bearer()).quota(per_minute(10)));
         let lines = h
             .send(
                 get("/v1/calls")

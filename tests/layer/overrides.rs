@@ -13,8 +13,8 @@ use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{FirstOf, Header, PeerIp};
 use tower_ratelimit::{
-    Algorithm, ConfigErrorKind, Limit, Override, Overrides, Policy, Quota, RateLimitLayer,
-    RefusalReason, Tiers, Window,
+    Algorithm, ConfigErrorKind, Limit, Overrides, Policy, Quota, RateLimitLayer, RefusalReason,
+    Tiers, Window,
 };
 
 use crate::common::{decision, limit_remaining, num, Res, Svc, NS, T0};
@@ -105,12 +105,9 @@ async fn an_override_takes_effect_on_the_next_request_without_a_rebuild() {
     assert_eq!(limit_remaining(&h.send("k").await), (60, 59));
 
     h.overrides()
-        .set("per_key", "k", Override::Quota(per_minute(3)))
+        .set_quota("per_key", "k", per_minute(3))
         .unwrap();
-    assert_eq!(
-        h.overrides().get("per_key", "k"),
-        Some(Override::Quota(per_minute(3)))
-    );
+    assert_eq!(h.overrides().quota_of("per_key", "k"), Some(per_minute(3)));
     // 1 of 3 used before the change.
     assert_eq!(limit_remaining(&h.send("k").await), (3, 1));
     assert_eq!(limit_remaining(&h.send("k").await), (3, 0));
@@ -126,7 +123,7 @@ async fn lowering_a_limit_below_what_was_used_refuses_at_once_with_an_honest_ret
     let h = Harness::new(policy(per_minute(60)));
     h.spend("k", 50).await;
     h.overrides()
-        .set("per_key", "k", Override::Quota(per_minute(40)))
+        .set_quota("per_key", "k", per_minute(40))
         .unwrap();
 
     // 50 used of 40: over by 10, so one request's room (1.5 s) returns
@@ -161,13 +158,11 @@ async fn raising_a_limit_admits_at_once_with_the_remaining_of_what_was_used() {
     let h = Harness::new(policy(per_minute(60)));
     h.spend("k", 50).await;
     let overrides = h.overrides();
-    overrides
-        .set("per_key", "k", Override::Quota(per_minute(40)))
-        .unwrap();
+    overrides.set_quota("per_key", "k", per_minute(40)).unwrap();
     assert_eq!(h.send("k").await.status(), StatusCode::TOO_MANY_REQUESTS);
 
     overrides
-        .set("per_key", "k", Override::Quota(per_minute(120)))
+        .set_quota("per_key", "k", per_minute(120))
         .unwrap();
     let admitted = h.send("k").await;
     assert_eq!(admitted.status(), StatusCode::OK);
@@ -187,7 +182,7 @@ async fn raising_straight_from_the_default_keeps_the_count() {
     h.spend("k", 60).await;
     assert_eq!(h.send("k").await.status(), StatusCode::TOO_MANY_REQUESTS);
     h.overrides()
-        .set("per_key", "k", Override::Quota(per_minute(120)))
+        .set_quota("per_key", "k", per_minute(120))
         .unwrap();
     assert_eq!(limit_remaining(&h.send("k").await), (120, 59));
 }
@@ -198,12 +193,13 @@ async fn removing_an_override_puts_the_key_back_on_its_default_with_its_counts()
     h.spend("k", 50).await;
     let overrides = h.overrides();
     overrides
-        .set("per_key", "k", Override::Quota(per_minute(120)))
+        .set_quota("per_key", "k", per_minute(120))
         .unwrap();
     assert_eq!(limit_remaining(&h.send("k").await), (120, 69));
 
     assert_eq!(overrides.remove("per_key", "k"), Ok(true));
-    assert_eq!(overrides.get("per_key", "k"), None);
+    assert_eq!(overrides.quota_of("per_key", "k"), None);
+    assert_eq!(overrides.plan_of("per_key", "k"), None);
     assert_eq!(overrides.remove("per_key", "k"), Ok(false), "nothing left");
     // 51 used, back on 60/minute.
     assert_eq!(limit_remaining(&h.send("k").await), (60, 8));
@@ -227,7 +223,7 @@ async fn fixed_window_overrides_keep_the_count_of_the_current_window() {
     h.spend("k", 8).await;
     let overrides = h.overrides();
     overrides
-        .set("per_key", "k", Override::Quota(fixed_per_minute(5)))
+        .set_quota("per_key", "k", fixed_per_minute(5))
         .unwrap();
     let refused = h.send("k").await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -236,7 +232,7 @@ async fn fixed_window_overrides_keep_the_count_of_the_current_window() {
     assert_eq!(num(&refused, "x-ratelimit-reset"), T0 + 60);
 
     overrides
-        .set("per_key", "k", Override::Quota(fixed_per_minute(20)))
+        .set_quota("per_key", "k", fixed_per_minute(20))
         .unwrap();
     assert_eq!(limit_remaining(&h.send("k").await), (20, 11), "9 of 20");
 
@@ -252,12 +248,10 @@ async fn an_override_can_put_a_key_on_a_plan() {
         Tiers::new(per_minute(60)).plan("pro", per_minute(600)),
     ));
     h.spend("k", 50).await;
-    h.overrides()
-        .set("per_key", "k", Override::Plan("pro".into()))
-        .unwrap();
+    h.overrides().set_plan("per_key", "k", "pro").unwrap();
     assert_eq!(
-        h.overrides().get("per_key", "k"),
-        Some(Override::Plan("pro".into()))
+        h.overrides().plan_of("per_key", "k").as_deref(),
+        Some("pro")
     );
     assert_eq!(limit_remaining(&h.send("k").await), (600, 549));
     // Back to the default: 51 used of 60 (+1).
@@ -286,14 +280,14 @@ async fn each_route_of_the_limit_converts_its_own_counts_once() {
     }
     let overrides = h.overrides();
     overrides
-        .set("per_key", "k", Override::Quota(per_minute(120)))
+        .set_quota("per_key", "k", per_minute(120))
         .unwrap();
     // The override's quota applies to every route; each keeps its count.
     assert_eq!(limit_remaining(&h.send("k").await), (120, 69));
     // A second change before POST's next request: POST's counts are still
     // those of its own 10/minute and convert from there.
     overrides
-        .set("per_key", "k", Override::Quota(per_minute(240)))
+        .set_quota("per_key", "k", per_minute(240))
         .unwrap();
     assert_eq!(
         limit_remaining(&h.send_to("POST", "/v1/calls", "k").await),
@@ -324,10 +318,12 @@ async fn an_override_on_one_key_leaves_other_keys_and_limits_alone() {
     );
     h.spend("other", 10).await;
     h.overrides()
-        .set("per_key", "k", Override::Quota(per_minute(2)))
+        .set_quota("per_key", "k", per_minute(2))
         .unwrap();
-    assert_eq!(h.overrides().get("per_key", "other"), None);
-    assert_eq!(h.overrides().get("per_key_hourly", "k"), None);
+    assert_eq!(h.overrides().quota_of("per_key", "other"), None);
+    assert_eq!(h.overrides().plan_of("per_key", "other"), None);
+    assert_eq!(h.overrides().quota_of("per_key_hourly", "k"), None);
+    assert_eq!(h.overrides().plan_of("per_key_hourly", "k"), None);
 
     let first = h.send("k").await;
     let windows = decision(&first).windows();
@@ -352,7 +348,7 @@ async fn mistakes_are_config_errors_that_name_the_field() {
     let overrides = h.overrides();
 
     let err = overrides
-        .set("per_kye", "k", Override::Quota(per_minute(1)))
+        .set_quota("per_kye", "k", per_minute(1))
         .unwrap_err();
     assert_eq!(err.kind(), ConfigErrorKind::UnknownName);
     assert_eq!(err.field(), "limit");
@@ -362,11 +358,10 @@ async fn mistakes_are_config_errors_that_name_the_field() {
         (err.kind(), err.field()),
         (ConfigErrorKind::UnknownName, "limit")
     );
-    assert_eq!(overrides.get("per_kye", "k"), None);
+    assert_eq!(overrides.quota_of("per_kye", "k"), None);
+    assert_eq!(overrides.plan_of("per_kye", "k"), None);
 
-    let err = overrides
-        .set("per_key", "k", Override::Plan("gold".into()))
-        .unwrap_err();
+    let err = overrides.set_plan("per_key", "k", "gold").unwrap_err();
     assert_eq!(err.kind(), ConfigErrorKind::UnknownName);
     assert_eq!(err.field(), "plan");
     assert!(
@@ -388,9 +383,7 @@ async fn mistakes_are_config_errors_that_name_the_field() {
         ),
     ];
     for (quota, field) in cases {
-        let err = overrides
-            .set("per_key", "k", Override::Quota(quota))
-            .unwrap_err();
+        let err = overrides.set_quota("per_key", "k", quota).unwrap_err();
         assert_eq!(
             (err.kind(), err.field()),
             (ConfigErrorKind::InvalidValue, field)
@@ -398,7 +391,7 @@ async fn mistakes_are_config_errors_that_name_the_field() {
     }
 
     let err = overrides
-        .set("per_key", "", Override::Quota(per_minute(1)))
+        .set_quota("per_key", "", per_minute(1))
         .unwrap_err();
     assert_eq!(
         (err.kind(), err.field()),
@@ -406,34 +399,33 @@ async fn mistakes_are_config_errors_that_name_the_field() {
     );
 
     // Nothing was set by the failed calls.
-    assert_eq!(overrides.get("per_key", "k"), None);
+    assert_eq!(overrides.quota_of("per_key", "k"), None);
+    assert_eq!(overrides.plan_of("per_key", "k"), None);
     assert_eq!(limit_remaining(&h.send("k").await), (60, 59));
 }
 
 #[tokio::test]
 async fn mistakes_in_the_policy_s_own_overrides_name_the_field() {
-    let build = |key: &str, value: Override| {
+    // The limit, with one more override given by `add`.
+    let build = |add: fn(Limit) -> Limit| {
         Policy::builder()
-            .limit(
-                Limit::new("per_key", api_key())
-                    .quota(Tiers::new(per_minute(60)).plan("pro", per_minute(600)))
-                    .key_override("fine", Override::Plan("pro".into()))
-                    .key_override(key, value),
-            )
+            .limit(add(Limit::new("per_key", api_key())
+                .quota(Tiers::new(per_minute(60)).plan("pro", per_minute(600)))
+                .key_plan("fine", "pro")))
             .build()
             .unwrap_err()
     };
-    let err = build("k", Override::Plan("gold".into()));
+    let err = build(|l| l.key_plan("k", "gold"));
     assert_eq!(
         (err.kind(), err.field()),
         (ConfigErrorKind::UnknownName, "limits[0].overrides[1].plan")
     );
-    let err = build("", Override::Quota(per_minute(1)));
+    let err = build(|l| l.key_quota("", per_minute(1)));
     assert_eq!(
         (err.kind(), err.field()),
         (ConfigErrorKind::InvalidValue, "limits[0].overrides[1].key")
     );
-    let err = build("k", Override::Quota(per_minute(1).cost(2)));
+    let err = build(|l| l.key_quota("k", per_minute(1).cost(2)));
     assert_eq!(
         (err.kind(), err.field()),
         (
@@ -487,13 +479,9 @@ async fn overrides_are_shared_by_clones_of_the_layer_and_the_policy_s_handle() {
 
     // Set from another thread, through the policy's handle.
     let handle = from_policy.clone();
-    std::thread::spawn(move || {
-        handle
-            .set("per_key", "k", Override::Quota(per_minute(5)))
-            .unwrap()
-    })
-    .join()
-    .unwrap();
+    std::thread::spawn(move || handle.set_quota("per_key", "k", per_minute(5)).unwrap())
+        .join()
+        .unwrap();
 
     assert_eq!(limit_remaining(&h.send("k").await), (5, 4));
     assert_eq!(
@@ -502,13 +490,14 @@ async fn overrides_are_shared_by_clones_of_the_layer_and_the_policy_s_handle() {
         "the clone counts in the same buckets, under the same override"
     );
     assert_eq!(
-        clone.overrides().get("per_key", "k"),
-        Some(Override::Quota(per_minute(5)))
+        clone.overrides().quota_of("per_key", "k"),
+        Some(per_minute(5))
     );
 
     // Removed through a clone of the layer: the policy's handle sees it.
     assert_eq!(clone.overrides().remove("per_key", "k"), Ok(true));
-    assert_eq!(from_policy.get("per_key", "k"), None);
+    assert_eq!(from_policy.quota_of("per_key", "k"), None);
+    assert_eq!(from_policy.plan_of("per_key", "k"), None);
     // 2 used, back on 60/minute.
     assert_eq!(limit_remaining(&h.send("k").await), (60, 57));
     assert_eq!(
@@ -527,9 +516,7 @@ async fn two_layers_of_one_policy_each_keep_their_counts_across_a_change() {
     let second = Harness::new(policy.clone());
     let overrides = policy.overrides();
 
-    overrides
-        .set("per_key", "k", Override::Quota(per_minute(5)))
-        .unwrap();
+    overrides.set_quota("per_key", "k", per_minute(5)).unwrap();
     assert_eq!(limit_remaining(&first.send("k").await), (5, 4));
     assert_eq!(limit_remaining(&first.send("k").await), (5, 3));
     assert_eq!(limit_remaining(&second.send("k").await), (5, 4));
@@ -549,11 +536,7 @@ async fn two_layers_of_one_policy_each_keep_their_counts_across_a_change() {
 async fn an_override_can_give_a_key_an_in_flight_cap_of_its_own() {
     let h = Harness::new(policy(per_minute(60)));
     h.overrides()
-        .set(
-            "per_key",
-            "k",
-            Override::Quota(per_minute(100).max_in_flight(2)),
-        )
+        .set_quota("per_key", "k", per_minute(100).max_in_flight(2))
         .unwrap();
     let response = h.send("k").await;
     let windows = decision(&response).windows();
@@ -646,11 +629,9 @@ async fn set_from_another_task_while_requests_run_never_panics_and_stays_exact()
         let key = format!("k{round}");
         let during = race(&h, &key, |overrides, key, i| match i % 3 {
             0 => overrides
-                .set("per_key", key, Override::Quota(per_minute(120)))
+                .set_quota("per_key", key, per_minute(120))
                 .unwrap(),
-            1 => overrides
-                .set("per_key", key, Override::Plan("pro".into()))
-                .unwrap(),
+            1 => overrides.set_plan("per_key", key, "pro").unwrap(),
             _ => {
                 overrides.remove("per_key", key).unwrap();
             }
@@ -675,19 +656,17 @@ async fn set_from_another_task_while_requests_run_never_panics_and_ends_exact() 
         let key = format!("k{round}");
         let during = race(&h, &key, |overrides, key, i| match i % 3 {
             0 => overrides
-                .set("per_key", key, Override::Quota(per_minute(120)))
+                .set_quota("per_key", key, per_minute(120))
                 .unwrap(),
             1 => {
                 overrides.remove("per_key", key).unwrap();
             }
-            _ => overrides
-                .set("per_key", key, Override::Quota(per_minute(60)))
-                .unwrap(),
+            _ => overrides.set_quota("per_key", key, per_minute(60)).unwrap(),
         })
         .await;
         assert!(during <= 120, "round {round}: {during} admitted");
         h.overrides()
-            .set("per_key", &key, Override::Quota(per_minute(120)))
+            .set_quota("per_key", &key, per_minute(120))
             .unwrap();
         let total = during + drain(&h, &key, 120 - during).await;
         assert_eq!(total, 120, "round {round}");
@@ -710,7 +689,7 @@ async fn an_override_applies_to_a_limit_keyed_by_first_of() {
             .unwrap(),
     );
     h.overrides()
-        .set("per_client", "k", Override::Quota(per_minute(5)))
+        .set_quota("per_client", "k", per_minute(5))
         .unwrap();
     assert_eq!(limit_remaining(&h.send("k").await), (5, 4));
 }

@@ -316,7 +316,7 @@ async fn the_store_keeps_a_key_for_its_penalty_only_while_it_matters() {
 
 #[tokio::test]
 async fn a_store_that_keeps_no_banned_key_bans_nobody() {
-    let h = Harness::with_store(policy(), MemoryStore::builder().max_banned_keys(0).build());
+    let h = Harness::with_store(policy(), MemoryStore::new().max_banned_keys(0));
     h.at(0);
     for _ in 0..2 {
         h.send("/", "k").await;

@@ -14,7 +14,7 @@ use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Extension, Header, Key};
 use tower_ratelimit::{
-    ConfigErrorKind, Limit, Override, Policy, Quota, RateLimitLayer, RefusalReason, Tiers, Window,
+    ConfigErrorKind, Limit, Policy, Quota, RateLimitLayer, RefusalReason, Tiers, Window,
 };
 
 use crate::common::{decision, header, json, limit_remaining, num, start, Gate, Res, Svc, NS, T0};
@@ -373,21 +373,22 @@ async fn an_override_listed_in_the_policy_beats_the_plan_the_request_carries() {
         .limit(
             per_account()
                 .quota(rate_tiers())
-                .key_override("acct_vip", Override::Plan("pro".into()))
-                .key_override("acct_capped", Override::Quota(per_minute(2))),
+                .key_plan("acct_vip", "pro")
+                .key_quota("acct_capped", per_minute(2)),
         )
         .build()
         .unwrap();
     let overrides = policy.overrides();
     assert_eq!(
-        overrides.get("per_account", "acct_vip"),
-        Some(Override::Plan("pro".into()))
+        overrides.plan_of("per_account", "acct_vip").as_deref(),
+        Some("pro")
     );
     assert_eq!(
-        overrides.get("per_account", "acct_capped"),
-        Some(Override::Quota(per_minute(2)))
+        overrides.quota_of("per_account", "acct_capped"),
+        Some(per_minute(2))
     );
-    assert_eq!(overrides.get("per_account", "acct_plain"), None);
+    assert_eq!(overrides.quota_of("per_account", "acct_plain"), None);
+    assert_eq!(overrides.plan_of("per_account", "acct_plain"), None);
 
     let h = Harness::new(policy, &accounts);
     // The extension says "free" (5/minute); the policy says "pro".
@@ -418,7 +419,7 @@ async fn a_plan_override_also_sets_the_in_flight_cap_of_its_plan() {
                     Tiers::new(per_minute(60).max_in_flight(1))
                         .plan("scale", per_minute(600).max_in_flight(100)),
                 )
-                .key_override("acct_vip", Override::Plan("scale".into())),
+                .key_plan("acct_vip", "scale"),
         )
         .build()
         .unwrap();
@@ -436,11 +437,7 @@ async fn a_plan_override_also_sets_the_in_flight_cap_of_its_plan() {
 #[tokio::test]
 async fn a_plan_named_by_an_override_must_exist() {
     let err = Policy::builder()
-        .limit(
-            per_account()
-                .quota(rate_tiers())
-                .key_override("acct_1", Override::Plan("gold".into())),
-        )
+        .limit(per_account().quota(rate_tiers()).key_plan("acct_1", "gold"))
         .build()
         .unwrap_err();
     assert_eq!(err.kind(), ConfigErrorKind::UnknownName);

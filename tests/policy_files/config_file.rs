@@ -16,8 +16,8 @@ use tower_ratelimit::key::{Extension, FirstOf, ForwardedIp, Header, Key, PathCap
 use tower_ratelimit::policy::CustomKeys;
 use tower_ratelimit::store::MemoryStore;
 use tower_ratelimit::{
-    Algorithm, ConfigError, ConfigErrorKind, HeaderStyle, Limit, MissingKey, Policy, Quota,
-    RateLimitLayer, RefusalFormat, ReportedWindow, ResponseBody, Window,
+    Algorithm, ConfigError, ConfigErrorKind, HeaderStyle, Limit, Policy, Quota, RateLimitLayer,
+    RefusalFormat, ResponseBody, Window,
 };
 
 type Svc = BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
@@ -156,7 +156,7 @@ cost = 1
 fn complete_in_code() -> Policy {
     Policy::builder()
         .header_style(HeaderStyle::Both)
-        .report(ReportedWindow::Period(Duration::from_secs(60)))
+        .report_period(Duration::from_secs(60))
         .refusal(RefusalFormat::named("nixflex").unwrap())
         .refusal_status(StatusCode::TOO_MANY_REQUESTS)
         .max_key_len(64)
@@ -327,7 +327,7 @@ routes = [{ windows = ["2/minute"] }]
     let code = Policy::builder()
         .limit(
             Limit::new("per_key", Header::parse("X-API-Key").unwrap())
-                .on_missing_key(MissingKey::Reject)
+                .skip_missing_key(false)
                 .route(
                     "*",
                     Quota::new(Window::per_minute(2))
@@ -336,7 +336,7 @@ routes = [{ windows = ["2/minute"] }]
                 ),
         )
         .header_style(HeaderStyle::XRateLimit)
-        .report(ReportedWindow::MostRestrictive)
+        .report_most_restrictive()
         .refusal(RefusalFormat::json())
         .refusal_status(StatusCode::TOO_MANY_REQUESTS)
         .max_key_len(4096)
@@ -655,7 +655,7 @@ routes = [{ windows = ["5/second"] }]
                         .ipv6_prefix(64)
                         .unwrap()),
             )
-            .on_missing_key(MissingKey::Skip)
+            .skip_missing_key(true)
             .quota(Quota::new(Window::per_second(5))),
         )
         .build()
@@ -1466,15 +1466,18 @@ async fn the_layer_builds_its_memory_store_with_the_policys_cap() {
     let capped = RateLimitLayer::new(policy("[memory]\nmax_entries = 10\n\n"));
     let default = RateLimitLayer::new(policy(""));
     assert_eq!(
-        capped.store().capacity(),
-        MemoryStore::builder().max_entries(10).build().capacity()
+        capped.store().max_entries(),
+        MemoryStore::with_max_entries(10).max_entries()
     );
-    assert_eq!(default.store().capacity(), MemoryStore::new().capacity());
+    assert_eq!(
+        default.store().max_entries(),
+        MemoryStore::new().max_entries()
+    );
     // (The cap is spread over the store's shards, each keeping at least one.)
     assert!(
-        capped.store().capacity() < 100,
+        capped.store().max_entries() < 100,
         "{}",
-        capped.store().capacity()
+        capped.store().max_entries()
     );
 
     // A flood of 300 distinct keys: the default store tracks every one, the
@@ -1494,7 +1497,7 @@ async fn the_layer_builds_its_memory_store_with_the_policys_cap() {
     }
     assert_eq!(default.store().len(), 300);
     assert!(
-        capped.store().len() <= capped.store().capacity(),
+        capped.store().len() <= capped.store().max_entries(),
         "{} entries",
         capped.store().len()
     );
@@ -1502,11 +1505,11 @@ async fn the_layer_builds_its_memory_store_with_the_policys_cap() {
     // A store given to `with_store` keeps its own cap.
     let own = RateLimitLayer::with_store(
         policy("[memory]\nmax_entries = 10\n\n"),
-        MemoryStore::builder().max_entries(5_000).build(),
+        MemoryStore::with_max_entries(5_000),
     );
     assert_eq!(
-        own.store().capacity(),
-        MemoryStore::builder().max_entries(5_000).build().capacity()
+        own.store().max_entries(),
+        MemoryStore::with_max_entries(5_000).max_entries()
     );
 }
 

@@ -6,9 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderValue, Request};
 use proptest::prelude::*;
-use tower_ratelimit::key::{
-    Bearer, ForwardedIp, Header, KeyErrorKind, KeyExtractor, PeerIp, RequestView,
-};
+use tower_ratelimit::key::{ForwardedIp, Header, KeyErrorKind, KeyExtractor, PeerIp, RequestView};
 use tower_ratelimit::{ConfigError, ConfigErrorKind, Policy};
 
 /// A valid policy that mutations start from.
@@ -273,7 +271,7 @@ fn extract_all(headers: &[(&'static str, Vec<Vec<u8>>)], peer: SocketAddr, prefi
     let extractors: Vec<Box<dyn KeyExtractor>> = vec![
         Box::new(Header::parse("X-API-Key").unwrap()),
         Box::new(Header::parse("X-API-Key").unwrap().allow_commas()),
-        Box::new(Bearer::new()),
+        Box::new(Header::bearer()),
         Box::new(trust_all.clone()),
         Box::new(trust_all.forwarded()),
         Box::new(ForwardedIp::new(["10.0.0.0/8"]).unwrap()),

@@ -6,7 +6,7 @@
 
 use http::StatusCode;
 use serde_json::json;
-use tower_ratelimit::{Decision, Override, Quota, Window};
+use tower_ratelimit::{Decision, Quota, Window};
 
 use crate::platform::{body, header, Platform, NS};
 
@@ -186,7 +186,7 @@ async fn a_key_created_later_gets_its_limits_on_its_next_request() {
         .algorithm(tower_ratelimit::Algorithm::FixedWindow);
     p.layer
         .overrides()
-        .set("per_key", "tp_new", Override::Quota(custom))
+        .set_quota("per_key", "tp_new", custom)
         .unwrap();
     // Its 30 requests of this minute still count, now against 40.
     let response = get(&p, "tp_new").await;

@@ -76,7 +76,7 @@ async fn a_cluster_decides_stacked_multi_window_requests_in_one_slot() {
         98,
         "the refusal charged nothing"
     );
-    assert_eq!(store.failures(), 0, "{:?}", store.stats());
+    assert_eq!(store.failures(), 0, "{store:?}");
     let keys = server.keys().await;
     assert_eq!(keys.len(), 4);
     let slots: Vec<u16> = {

@@ -147,7 +147,7 @@ async fn two_nodes_share_one_cap() {
     }
     assert_eq!(zcard(&server, key, "held").await, 3);
     // One call per take, counted apart from rate decisions.
-    let calls = |store: &RedisStore| (store.stats().slot_calls, store.stats().decisions);
+    let calls = |store: &RedisStore| (store.slot_calls(), store.decisions());
     assert_eq!([calls(&a), calls(&b)], [(3, 0), (2, 0)]);
     // Other keys are counted on their own.
     let other = now(&b, 0x2222, 3, Mode::Refuse).await.unwrap();
@@ -507,7 +507,7 @@ async fn with_redis_gone_each_failure_policy_answers_within_the_deadline() {
         1
     );
     for store in [&open, &closed, &local] {
-        assert!(store.stats().fallbacks > 0);
+        assert!(store.fallbacks() > 0);
     }
 }
 
@@ -540,7 +540,7 @@ async fn a_waiter_on_a_frozen_redis_ends_within_its_wait() {
     server.thaw();
     assert_eq!(answer, Err(Busy::Unavailable));
     assert!(took < max_wait, "a failed poll decides at once: {took:?}");
-    assert!(b.stats().timeouts > 0);
+    assert!(b.timeouts() > 0);
     drop(holder);
 }
 

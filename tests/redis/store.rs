@@ -390,7 +390,7 @@ async fn script_flush_is_recovered_from_transparently() {
     let quota = Quota::new(Window::per_minute(3));
     let check = [Check::new(1, &quota)];
     assert!(decide(&store, T0 * S, &check).await.admitted());
-    let loads = store.stats().script_loads;
+    let loads = store.script_loads();
     let mut client = server.client().await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
@@ -404,7 +404,7 @@ async fn script_flush_is_recovered_from_transparently() {
         1,
         "the count survived, the script was reloaded"
     );
-    assert_eq!(store.stats().script_loads, loads + 1);
+    assert_eq!(store.script_loads(), loads + 1);
     assert_eq!(store.failures(), 0, "NOSCRIPT is no failure");
 }
 

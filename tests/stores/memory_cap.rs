@@ -144,12 +144,10 @@ fn seen(response: &Res) -> (u16, Option<u64>, Option<u64>, Option<u64>, Option<u
 
 #[tokio::test]
 async fn at_the_cap_a_new_key_is_counted_in_the_overflow_and_known_keys_exactly() {
-    let store = MemoryStore::builder()
-        .max_entries(3)
+    let store = MemoryStore::with_max_entries(3)
         .shards(1)
-        .sweep_interval(HOUR)
-        .build();
-    assert_eq!(store.capacity(), 3);
+        .sweep_interval(HOUR);
+    assert_eq!(store.max_entries(), 3);
     let h = Harness::new(ten_per_minute(), store);
     for (secs, key) in [(0, "a"), (1, "b"), (2, "c")] {
         h.at(T0 + secs);
@@ -211,9 +209,9 @@ async fn at_the_cap_a_new_key_is_counted_in_the_overflow_and_known_keys_exactly(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_distinct_keys_never_grows_the_store_past_its_capacity() {
-    let store = MemoryStore::builder().max_entries(1000).shards(4).build();
+    let store = MemoryStore::with_max_entries(1000).shards(4);
     // The cap, rounded up to whole entries per shard.
-    let capacity = store.capacity();
+    let capacity = store.max_entries();
     assert!((1000..1004).contains(&capacity), "capacity {capacity}");
     // A small refusal body keeps 100,000 requests quick.
     let policy = Policy::builder()
@@ -280,10 +278,7 @@ async fn a_flood_of_distinct_keys_never_grows_the_store_past_its_capacity() {
 #[tokio::test]
 async fn sweep_drops_idle_keys_once_they_equal_a_fresh_key() {
     for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
-        let store = MemoryStore::builder()
-            .shards(4)
-            .sweep_interval(HOUR)
-            .build();
+        let store = MemoryStore::new().shards(4).sweep_interval(HOUR);
         let h = Harness::new(
             per_key(Quota::new(Window::per_minute(10)).algorithm(algorithm)),
             store,
@@ -315,10 +310,9 @@ async fn sweep_drops_idle_keys_once_they_equal_a_fresh_key() {
 
 #[tokio::test]
 async fn idle_keys_are_dropped_when_the_sweep_interval_passes_with_traffic() {
-    let store = MemoryStore::builder()
+    let store = MemoryStore::new()
         .shards(1)
-        .sweep_interval(Duration::from_secs(1))
-        .build();
+        .sweep_interval(Duration::from_secs(1));
     let h = Harness::new(ten_per_minute(), store);
     for i in 0..100 {
         h.get(&format!("key-{i}")).await;
@@ -370,17 +364,13 @@ async fn sweeping_is_lossless_a_sweeping_store_decides_like_one_that_never_sweep
     };
     let sweeping = Harness::new(
         two_routes(),
-        MemoryStore::builder()
+        MemoryStore::new()
             .shards(1)
-            .sweep_interval(Duration::from_millis(1))
-            .build(),
+            .sweep_interval(Duration::from_millis(1)),
     );
     let keeping = Harness::new(
         two_routes(),
-        MemoryStore::builder()
-            .shards(1)
-            .sweep_interval(HOUR * 24)
-            .build(),
+        MemoryStore::new().shards(1).sweep_interval(HOUR * 24),
     );
     let mut rng = Lcg(7);
     let mut smaller = 0;
@@ -462,11 +452,9 @@ proptest::proptest! {
                     .algorithm(algorithm)
             })
             .collect();
-        let store = MemoryStore::builder()
-            .max_entries(4)
+        let store = MemoryStore::with_max_entries(4)
             .shards(1)
-            .sweep_interval(Duration::from_secs(1))
-            .build();
+            .sweep_interval(Duration::from_secs(1));
         let mut exact = vec![[Exact::default(); 2]; buckets.len()];
         let mut now = T0 * NS;
         for (key, cost, ms, sweep) in ops {
@@ -494,7 +482,7 @@ proptest::proptest! {
             } else if !outcome.is_capacity_refusal() {
                 proptest::prop_assert!(!would, "key {} refused early, not for the cap", key);
             }
-            proptest::prop_assert!(store.len() <= store.capacity());
+            proptest::prop_assert!(store.len() <= store.max_entries());
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What the benchmarks share: API keys, requests, the bare service they
-//! protect, a well-mixed bucket id, and polling a service in place.
+//! protect, the policy and layers they compare, a well-mixed bucket id, and
+//! polling a service in place.
 //!
 //! Each benchmark uses a part of it.
 #![allow(dead_code)]
@@ -14,6 +15,11 @@ use futures::FutureExt;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response};
 use tower::{service_fn, Service, ServiceExt};
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor as GovernorKeyExtractor;
+use tower_governor::{GovernorError, GovernorLayer};
+use tower_ratelimit::key::{Header, PathCapture};
+use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
 /// Distinct API keys in the many-keys workloads.
 pub(crate) const MANY: usize = 10_000;
@@ -117,4 +123,67 @@ pub(crate) fn config() -> Criterion {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(30)
+}
+
+/// A Nixflex-like policy: per API key, a partitioned route table (key
+/// creation, reads, writes), and a stacked per-call limit on call control.
+/// `windows` is 1 (per minute) or 2 (per minute and per hour).
+pub(crate) fn policy(windows: usize) -> Policy {
+    let quota = |_| {
+        let q = Quota::new(Window::per_minute(HUGE));
+        if windows == 2 {
+            q.and(Window::per_hour(HUGE))
+        } else {
+            q
+        }
+    };
+    Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .route("POST /v1/keys", quota(()))
+                .route("GET *", quota(()))
+                .route("POST,PUT,PATCH,DELETE *", quota(())),
+        )
+        .limit(
+            Limit::new("per_call", PathCapture::new("call_id"))
+                .route("POST /v1/calls/{call_id}/control", quota(())),
+        )
+        .build()
+        .unwrap()
+}
+
+/// The layer over [`policy`], decision extensions off.
+pub(crate) fn layer(windows: usize) -> RateLimitLayer {
+    RateLimitLayer::new(policy(windows)).decision_extensions(false)
+}
+
+/// tower_governor's key: the `X-API-Key` header, as a `String`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ApiKey;
+
+impl GovernorKeyExtractor for ApiKey {
+    type Key = String;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<String, GovernorError> {
+        request
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+/// tower_governor with its headers on: one GCRA quota no benchmark gets
+/// near, keyed by [`ApiKey`].
+pub(crate) fn governor_layer(
+) -> GovernorLayer<ApiKey, governor::middleware::StateInformationMiddleware, Body> {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(HUGE)
+        .key_extractor(ApiKey)
+        .use_headers()
+        .finish()
+        .unwrap();
+    GovernorLayer::new(config)
 }

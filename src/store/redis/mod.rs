@@ -84,8 +84,9 @@
 //! Every call has a deadline (default 50 ms, reconnecting included). A call
 //! that errs, misses the deadline or gets a nonsensical answer is logged
 //! (`tracing`, at `warn` for the first failure in a row and when the breaker
-//! opens), counted ([`RedisStore::stats`]), and the request is decided by its
-//! limits' [`FailurePolicy`], chosen per limit name: fail open (the default),
+//! opens), counted ([`RedisStore::failures`], [`RedisStore::fallbacks`] …),
+//! and the request is decided by its limits' [`FailurePolicy`], chosen per
+//! limit name: fail open (the default),
 //! fail closed (refuse, `Retry-After` the breaker's cool-down), or count
 //! locally against a share of the quota. After 3 failures in a row (by
 //! default) a circuit breaker stops calling Redis for a cool-down (default
@@ -177,4 +178,4 @@ mod store;
 pub use failure_policy::FailurePolicy;
 #[doc(hidden)]
 pub use store::PendingDecision;
-pub use store::{RedisStats, RedisStore, RedisStoreBuilder};
+pub use store::{RedisStore, RedisStoreBuilder};

@@ -21,7 +21,7 @@ use super::script::{self, Planned};
 use crate::error::ConfigError;
 use crate::penalty::PenaltyBox;
 use crate::store::protocol::{Check, Decided, Outcome};
-use crate::store::{MemoryStore, Store, StoreError, StoreErrorKind};
+use crate::store::{MemoryStore, Store, StoreError};
 
 /// Whose clock decisions use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,32 +35,8 @@ enum ClockSource {
     Layer,
 }
 
-/// Counters of what a [`RedisStore`] did, since it was built.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RedisStats {
-    /// Requests whose windows Redis decided (in-flight slots are counted in
-    /// [`RedisStats::slot_calls`]).
-    pub decisions: u64,
-    /// Calls about in-flight slots that Redis answered: takes, polls of a
-    /// waiting request, renewals and releases.
-    pub slot_calls: u64,
-    /// Calls to Redis that failed: an error, a missed deadline, or an answer
-    /// that made no sense.
-    pub failures: u64,
-    /// Of the failures, the calls that missed the deadline.
-    pub timeouts: u64,
-    /// Requests not sent to Redis because the circuit breaker was open.
-    pub short_circuits: u64,
-    /// Requests decided by their limits' [`FailurePolicy`] instead of Redis
-    /// (failures plus short circuits).
-    pub fallbacks: u64,
-    /// Times the script was loaded into Redis: once at
-    /// [`RedisStoreBuilder::connect`], and again after each `NOSCRIPT` (a
-    /// restarted or flushed server).
-    pub script_loads: u64,
-}
-
+/// Counters of what a [`RedisStore`] did, since it was built (read with
+/// its getters: [`RedisStore::decisions`] …).
 #[derive(Debug, Default)]
 struct Counters {
     decisions: AtomicU64,
@@ -143,24 +119,48 @@ impl RedisStore {
         RedisStoreBuilder::new(Target::Cluster(urls.into_iter().map(Into::into).collect()))
     }
 
-    /// What the store has done so far.
-    pub fn stats(&self) -> RedisStats {
-        let c = &self.inner.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RedisStats {
-            decisions: get(&c.decisions),
-            slot_calls: get(&c.slot_calls),
-            failures: get(&c.failures),
-            timeouts: get(&c.timeouts),
-            short_circuits: get(&c.short_circuits),
-            fallbacks: get(&c.fallbacks),
-            script_loads: get(&c.script_loads),
-        }
+    /// Requests whose windows Redis decided so far (in-flight slots are
+    /// counted in [`RedisStore::slot_calls`]).
+    pub fn decisions(&self) -> u64 {
+        self.inner.counters.decisions.load(Ordering::Relaxed)
     }
 
-    /// Calls to Redis that failed so far (see [`RedisStats::failures`]).
+    /// Calls about in-flight slots that Redis answered so far: takes, polls
+    /// of a waiting request, renewals and releases.
+    pub fn slot_calls(&self) -> u64 {
+        self.inner.counters.slot_calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls to Redis that failed so far: an error, a missed deadline, or
+    /// an answer that made no sense.
     pub fn failures(&self) -> u64 {
         self.inner.counters.failures.load(Ordering::Relaxed)
+    }
+
+    /// Of the [failures](RedisStore::failures), the calls that missed the
+    /// deadline.
+    pub fn timeouts(&self) -> u64 {
+        self.inner.counters.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Requests not sent to Redis so far because the circuit breaker was
+    /// open.
+    pub fn short_circuits(&self) -> u64 {
+        self.inner.counters.short_circuits.load(Ordering::Relaxed)
+    }
+
+    /// Requests decided so far by their limits' [`FailurePolicy`] instead
+    /// of Redis ([failures](RedisStore::failures) plus
+    /// [short circuits](RedisStore::short_circuits)).
+    pub fn fallbacks(&self) -> u64 {
+        self.inner.counters.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// Times the script was loaded into Redis: once at
+    /// [`RedisStoreBuilder::connect`], and again after each `NOSCRIPT` (a
+    /// restarted or flushed server).
+    pub fn script_loads(&self) -> u64 {
+        self.inner.counters.script_loads.load(Ordering::Relaxed)
     }
 
     /// Whether the circuit breaker is open: Redis is not being called, and
@@ -187,7 +187,7 @@ impl fmt::Debug for RedisStore {
             .field("prefix", &self.inner.prefix)
             .field("clock", &self.inner.clock)
             .field("deadline", &self.inner.deadline)
-            .field("stats", &self.stats())
+            .field("counters", &self.inner.counters)
             .finish_non_exhaustive()
     }
 }
@@ -411,7 +411,7 @@ impl RedisStoreBuilder {
         let timeout = self.connect_timeout;
         let store = self
             .build()
-            .map_err(|e| StoreError::caused_by(StoreErrorKind::Config, e.to_string(), e))?;
+            .map_err(|e| StoreError::config(e.to_string()).with_source(e))?;
         let inner = &store.inner;
         match tokio::time::timeout(
             timeout,
@@ -424,24 +424,20 @@ impl RedisStoreBuilder {
         {
             Ok(Ok(())) => Ok(store),
             Ok(Err(e)) => {
-                let kind = if e.is_timeout() {
-                    StoreErrorKind::Timeout
+                let message = format!("Redis did not answer: {e}");
+                let error = if e.is_timeout() {
+                    StoreError::timeout(message)
                 } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped()
                 {
-                    StoreErrorKind::Connection
+                    StoreError::connection(message)
                 } else {
-                    StoreErrorKind::Protocol
+                    StoreError::protocol(message)
                 };
-                Err(StoreError::caused_by(
-                    kind,
-                    format!("Redis did not answer: {e}"),
-                    e,
-                ))
+                Err(error.with_source(e))
             }
-            Err(_) => Err(StoreError::new(
-                StoreErrorKind::Timeout,
-                format!("Redis did not answer within {timeout:?}"),
-            )),
+            Err(_) => Err(StoreError::timeout(format!(
+                "Redis did not answer within {timeout:?}"
+            ))),
         }
     }
 }
