@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 
+use bytes::Bytes;
 use http::HeaderValue;
 
 const SMALL: usize = 10_000;
@@ -66,9 +67,48 @@ fn cached(cache: &mut Vec<(u64, HeaderValue)>, n: u64) -> HeaderValue {
     }
     let slot = &mut cache[(n % CACHE as u64) as usize];
     if slot.0 != n {
-        *slot = (n, HeaderValue::from(n));
+        *slot = (n, shared(n));
     }
     slot.1.clone()
+}
+
+/// `n` as a header value made once (one allocation, its digits and their
+/// reference count together) and shared by every clone without another.
+fn shared(n: u64) -> HeaderValue {
+    let digits = Digits::of(n);
+    HeaderValue::from_maybe_shared(Bytes::from_owner(digits))
+        .unwrap_or_else(|_| HeaderValue::from(n))
+}
+
+/// The decimal digits of a `u64`, as the owner of a shared buffer.
+struct Digits {
+    start: u8,
+    bytes: [u8; 20],
+}
+
+impl Digits {
+    fn of(mut n: u64) -> Self {
+        let mut bytes = [b'0'; 20];
+        let mut start = 20;
+        loop {
+            start -= 1;
+            bytes[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Digits {
+            start: start as u8,
+            bytes,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Digits {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[usize::from(self.start)..]
+    }
 }
 
 /// `n` (below 10,000) from the static table.

@@ -117,12 +117,36 @@
 //! result it keys on, so the account is in the request's extensions when the
 //! limiter reads it: `ServiceBuilder::new().layer(auth).layer(rate_limit)`.
 //!
+//! # How the crate is built
+//!
+//! The modules stand in floors, and each imports only from the floors below
+//! it (nothing imports back up, and no two modules import each other):
+//!
+//! ```text
+//! layer     RateLimitLayer: a policy, a store and a clock, shared by the services it builds
+//! service   RateLimit::call = plan (routes, keys) -> decide (slots, store) -> respond
+//! report    a store's outcome as the Decision and header values;  file: policy files (toml)
+//! store     Store; MemoryStore (and its overflow sketch); RedisStore
+//! policy    Policy, Limit, Quota, Window, plans, overrides, exemptions
+//! response  refusal bodies and their presets, key errors;  event;  future
+//! key       extractors, Key, KeySecret (the keyed hash);  headers;  body
+//! route     methods and path patterns;  decision;  the inflight and penalty engines
+//! ground    error, clock, reporting settings, header values, shards
+//! ```
+//!
+//! The engines (the in-flight limiter, the penalty box, route matching) are
+//! the crate's own; the store's decision protocol is in `store::protocol`,
+//! public for custom stores but unstable.
+//!
 //! # Cargo features
 //!
 //! | feature | adds |
 //! |---|---|
+//! | `toml` (default) | [`Policy::from_toml`] and the other policy-file loaders, [`CustomKeys`] |
 //! | `axum` | [`key::PeerIp`] also reads axum's `ConnectInfo<SocketAddr>` |
 //! | `governor` | `From<governor::Quota>` for [`Window`] |
+//! | `redis` | `store::RedisStore`: counts shared by many processes |
+//! | `redis-tls` | `rediss://` URLs for the Redis store |
 //!
 //! [Tower]: https://docs.rs/tower
 //! [governor]: https://docs.rs/governor
