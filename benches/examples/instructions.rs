@@ -1,6 +1,6 @@
 //! Run: `cargo build --release -p tower-ratelimit-benches --example instructions`, then
 //! `valgrind --tool=callgrind target/release/examples/instructions ratelimit 20000`
-//! (or `governor`, `bare`): sends that many requests (`GET /v1/calls/c_42`,
+//! (or `defaults`, `governor`, `bare`): sends that many requests (`GET /v1/calls/c_42`,
 //! 100 API keys, the overhead bench's two-window policy) through one stack,
 //! polled in place, so instruction counts of the stacks can be compared
 //! (the same stacks as the `overhead` bench's `ratelimit_2w` and
@@ -15,7 +15,9 @@ use std::hint::black_box;
 use http::Request;
 use tower::{Layer, Service};
 
-use support::{api_keys, bare, governor_layer, layer, request, send, Cycle};
+use tower_ratelimit::RateLimitLayer;
+
+use support::{api_keys, bare, governor_layer, layer, policy, request, send, Cycle};
 
 fn run<S, B>(mut service: S, n: usize)
 where
@@ -34,7 +36,10 @@ fn main() {
     match stack.as_str() {
         "bare" => run(bare(), n),
         "ratelimit" => run(layer(2).layer(bare()), n),
+        // The crate's defaults: the decision in the request's and the
+        // response's extensions.
+        "defaults" => run(RateLimitLayer::new(policy(2)).layer(bare()), n),
         "governor" => run(governor_layer().layer(bare()), n),
-        other => panic!("unknown stack {other}: bare, ratelimit or governor"),
+        other => panic!("unknown stack {other}: bare, ratelimit, defaults or governor"),
     }
 }
