@@ -111,6 +111,97 @@ impl AsRef<[u8]> for Digits {
     }
 }
 
+/// A header value of text and numbers composed on the stack (such as
+/// `limit=60, remaining=59, reset=1`), then made a value with one allocation
+/// and no copy; `None` if it would not fit.
+pub(crate) struct Composed {
+    len: u8,
+    overflow: bool,
+    bytes: [u8; COMPOSED],
+}
+
+/// Room for three `u64`s and their labels.
+const COMPOSED: usize = 112;
+
+impl Composed {
+    pub(crate) fn new() -> Self {
+        Composed {
+            len: 0,
+            overflow: false,
+            bytes: [0; COMPOSED],
+        }
+    }
+
+    /// Appends `text` (visible ASCII and spaces).
+    pub(crate) fn text(&mut self, text: &str) -> &mut Self {
+        self.push(text.as_bytes());
+        self
+    }
+
+    /// Appends `n` in decimal.
+    pub(crate) fn number(&mut self, n: u64) -> &mut Self {
+        let digits = Digits::of(n);
+        self.push(digits.as_ref());
+        self
+    }
+
+    fn push(&mut self, part: &[u8]) {
+        let start = usize::from(self.len);
+        match self.bytes.get_mut(start..start + part.len()) {
+            Some(room) if !self.overflow => {
+                room.copy_from_slice(part);
+                self.len = (start + part.len()) as u8;
+            }
+            _ => self.overflow = true,
+        }
+    }
+
+    /// The composed value.
+    pub(crate) fn value(self) -> Option<HeaderValue> {
+        if self.overflow {
+            return None;
+        }
+        HeaderValue::from_maybe_shared(Bytes::from_owner(self)).ok()
+    }
+}
+
+impl AsRef<[u8]> for Composed {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+const POLICIES: usize = 64;
+
+thread_local! {
+    static QUOTA_POLICIES: RefCell<Vec<Option<(u32, u64, HeaderValue)>>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// A quota policy of draft-ietf-httpapi-ratelimit-headers-07,
+/// `{limit};w={window}` (`60;w=60`), from a small per-thread cache: a
+/// policy's value is the same on every response of its routes.
+pub(crate) fn quota_policy(limit: u32, window: u64) -> Option<HeaderValue> {
+    QUOTA_POLICIES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.is_empty() {
+            cache.resize(POLICIES, None);
+        }
+        let slot = (u64::from(limit) ^ window.rotate_left(21)) % POLICIES as u64;
+        let slot = &mut cache[slot as usize];
+        match slot {
+            Some((l, w, value)) if *l == limit && *w == window => Some(value.clone()),
+            _ => {
+                let mut composed = Composed::new();
+                composed.number(u64::from(limit)).text(";w=").number(window);
+                let value = composed.value()?;
+                *slot = Some((limit, window, value.clone()));
+                Some(value)
+            }
+        }
+    })
+}
+
 /// `n` (below 10,000) from the static table.
 #[inline]
 fn small(n: u64) -> HeaderValue {
@@ -147,6 +238,36 @@ mod tests {
         ] {
             assert_eq!(number(n).to_str().unwrap(), n.to_string());
             assert_eq!(number(n).to_str().unwrap(), n.to_string(), "cached");
+        }
+    }
+
+    #[test]
+    fn composed_values_hold_text_and_numbers_or_nothing_if_too_long() {
+        let mut c = Composed::new();
+        c.text("limit=")
+            .number(u64::from(u32::MAX))
+            .text(", remaining=")
+            .number(0)
+            .text(", reset=")
+            .number(u64::MAX);
+        assert_eq!(
+            c.value().unwrap(),
+            "limit=4294967295, remaining=0, reset=18446744073709551615"
+        );
+        let mut long = Composed::new();
+        for _ in 0..6 {
+            long.number(u64::MAX);
+        }
+        assert_eq!(long.value(), None);
+    }
+
+    #[test]
+    fn quota_policies_print_and_are_cached_per_limit_and_window() {
+        for _ in 0..2 {
+            assert_eq!(quota_policy(60, 60).unwrap(), "60;w=60");
+            assert_eq!(quota_policy(1000, 3600).unwrap(), "1000;w=3600");
+            assert_eq!(quota_policy(60, 3600).unwrap(), "60;w=3600");
+            assert_eq!(quota_policy(0, 0).unwrap(), "0;w=0");
         }
     }
 }

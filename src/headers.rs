@@ -1,5 +1,6 @@
-//! Rate-limit headers: `X-RateLimit-*`, the IETF draft's `RateLimit` and
-//! `RateLimit-Policy`, and `Retry-After`.
+//! Rate-limit headers: `X-RateLimit-*`, the IETF drafts' `RateLimit` and
+//! `RateLimit-Policy` (draft-10's lists of windows, or draft-7's single
+//! window), and `Retry-After`.
 
 use std::fmt::Write as _;
 
@@ -8,7 +9,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::clock::NANOS;
 use crate::decision::{Decision, WindowReport};
-use crate::header_value::{number, trio};
+use crate::header_value::{number, quota_policy, trio, Composed};
 use crate::policy::Algorithm;
 use crate::report::Reported;
 use crate::reporting::HeaderStyle;
@@ -21,9 +22,9 @@ pub(crate) const X_RATELIMIT_REMAINING: HeaderName =
     HeaderName::from_static("x-ratelimit-remaining");
 /// `X-RateLimit-Reset`.
 pub(crate) const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// `RateLimit` (IETF draft).
+/// `RateLimit` (IETF drafts).
 pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-/// `RateLimit-Policy` (IETF draft).
+/// `RateLimit-Policy` (IETF drafts).
 pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// What a `RateLimit` item says of one window: `r`, and `t` unless no more
@@ -80,12 +81,20 @@ pub(crate) struct PendingHeaders {
     x: Option<Reported>,
     /// Boxed: rarely used, and it would double the size of every response
     /// future (which is moved a few times per request).
-    ietf: Option<Box<(HeaderValue, HeaderValue)>>,
+    ietf: Option<Box<IetfFields>>,
     retry_after: Option<u64>,
 }
 
+/// The `RateLimit-Policy` and `RateLimit` values of either draft.
+#[derive(Debug, Clone)]
+struct IetfFields {
+    /// `None`: the field is not sent (draft-7's in-flight cap has no window).
+    policy: Option<HeaderValue>,
+    state: HeaderValue,
+}
+
 impl PendingHeaders {
-    /// The headers for `decision` in `style`; for the IETF fields, `name`
+    /// The headers for `decision` in `style`; for draft-10's fields, `name`
     /// names a window and `standing(i, w)` says what window `i` has.
     pub(crate) fn for_decision(
         style: HeaderStyle,
@@ -96,10 +105,13 @@ impl PendingHeaders {
         let x = matches!(style, HeaderStyle::XRateLimit | HeaderStyle::Both)
             .then(|| decision.reported().map(Reported::from))
             .flatten();
-        let ietf = style
-            .has_ietf()
-            .then(|| ietf_fields(decision.windows(), name, standing))
-            .flatten();
+        let ietf = match style {
+            HeaderStyle::Ietf | HeaderStyle::Both => {
+                ietf_fields(decision.windows(), name, standing)
+            }
+            HeaderStyle::Draft7 => draft7_fields(decision),
+            HeaderStyle::XRateLimit | HeaderStyle::None => None,
+        };
         PendingHeaders {
             x,
             ietf,
@@ -126,8 +138,13 @@ impl PendingHeaders {
             headers.insert(X_RATELIMIT_RESET, reset);
         }
         if let Some(fields) = self.ietf {
-            let (policy, state) = *fields;
-            headers.insert(RATELIMIT_POLICY, policy);
+            let IetfFields { policy, state } = *fields;
+            match policy {
+                Some(policy) => headers.insert(RATELIMIT_POLICY, policy),
+                // A cap has no window: drop any policy the inner service
+                // set, which would not describe the `RateLimit` beside it.
+                None => headers.remove(RATELIMIT_POLICY),
+            };
             headers.insert(RATELIMIT, state);
         }
         if let Some(secs) = self.retry_after {
@@ -136,11 +153,12 @@ impl PendingHeaders {
     }
 }
 
+/// Draft-10's fields: one item per window (see [`HeaderStyle::Ietf`]).
 fn ietf_fields(
     windows: &[WindowReport],
     name: impl Fn(&WindowReport) -> String,
     standing: impl Fn(usize, &WindowReport) -> Standing,
-) -> Option<Box<(HeaderValue, HeaderValue)>> {
+) -> Option<Box<IetfFields>> {
     if windows.is_empty() {
         return None;
     }
@@ -165,8 +183,35 @@ fn ietf_fields(
             let _ = write!(state, ";t={t}");
         }
     }
-    Some(Box::new((
-        HeaderValue::try_from(policy).ok()?,
-        HeaderValue::try_from(state).ok()?,
-    )))
+    Some(Box::new(IetfFields {
+        policy: Some(HeaderValue::try_from(policy).ok()?),
+        state: HeaderValue::try_from(state).ok()?,
+    }))
+}
+
+/// Draft-7's fields, for the reported window (see [`HeaderStyle::Draft7`]):
+/// `RateLimit: limit=60, remaining=59, reset=1` and
+/// `RateLimit-Policy: 60;w=60`.
+fn draft7_fields(decision: &Decision) -> Option<Box<IetfFields>> {
+    let w = decision.reported()?;
+    // Seconds until the trio's `Reset`; on a refusal, never before the
+    // retry (the decision already moved the reported window's reset there).
+    let reset = w.reset_after.max(decision.retry_after().unwrap_or(0));
+    let mut state = Composed::new();
+    state
+        .text("limit=")
+        .number(u64::from(w.limit))
+        .text(", remaining=")
+        .number(u64::from(w.remaining))
+        .text(", reset=")
+        .number(reset);
+    let policy = if w.concurrent {
+        None
+    } else {
+        Some(quota_policy(w.limit, w.period)?)
+    };
+    Some(Box::new(IetfFields {
+        policy,
+        state: state.value()?,
+    }))
 }

@@ -60,17 +60,44 @@ pub enum HeaderStyle {
     Both,
     /// No rate-limit headers (`Retry-After` is still sent on refusals).
     None,
+    /// `RateLimit` and `RateLimit-Policy` of draft-ietf-httpapi-ratelimit-headers-07,
+    /// as express-rate-limit sends them (`standardHeaders: 'draft-7'`), for
+    /// the reported window (the one the `X-RateLimit-*` trio reports):
+    /// `RateLimit: limit=60, remaining=59, reset=1` and
+    /// `RateLimit-Policy: 60;w=60`.
+    ///
+    /// `limit` and `remaining` are the trio's; `reset` is the seconds until
+    /// the trio's `Reset` (delta seconds, not a Unix time), rounded up: on a
+    /// refusal, never before `Retry-After`. `RateLimit-Policy` is the
+    /// window's quota and its period in seconds (`w`). An in-flight cap, when
+    /// it is reported (all that applies, or it refused), is
+    /// `RateLimit: limit=10, remaining=7, reset=0`: the draft has no unit for
+    /// concurrency and requires `reset`, which is 0 while slots are free
+    /// (one may free at any moment) and, on a busy refusal, the busy
+    /// `Retry-After`; it has no window, so no `RateLimit-Policy`.
+    ///
+    /// Unlike the other styles these fields are composed per response (one
+    /// small allocation); [`Ietf`](HeaderStyle::Ietf) uses the same field
+    /// names, so the two cannot be combined.
+    Draft7,
 }
 
 impl HeaderStyle {
-    /// Whether the style includes the IETF fields.
+    /// Whether the style includes `RateLimit` fields of an IETF draft
+    /// ([`Ietf`](HeaderStyle::Ietf), [`Both`](HeaderStyle::Both),
+    /// [`Draft7`](HeaderStyle::Draft7)): they are built from the whole
+    /// decision, never on the short path that builds the `X-RateLimit-*`
+    /// trio alone.
     pub(crate) fn has_ietf(self) -> bool {
-        matches!(self, HeaderStyle::Ietf | HeaderStyle::Both)
+        matches!(
+            self,
+            HeaderStyle::Ietf | HeaderStyle::Both | HeaderStyle::Draft7
+        )
     }
 }
 
-/// Which window the single-valued headers (`X-RateLimit-*`) report when a
-/// request is counted in several: set with
+/// Which window the single-window headers (`X-RateLimit-*`, draft-7's
+/// `RateLimit`) report when a request is counted in several: set with
 /// [`PolicyBuilder::report_most_restrictive`](crate::PolicyBuilder::report_most_restrictive)
 /// and [`PolicyBuilder::report_period`](crate::PolicyBuilder::report_period).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

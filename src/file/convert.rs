@@ -123,10 +123,14 @@ fn header_style(text: &str) -> Result<HeaderStyle, ConfigError> {
         "ietf" => HeaderStyle::Ietf,
         "both" => HeaderStyle::Both,
         "none" => HeaderStyle::None,
+        "draft7" => HeaderStyle::Draft7,
         _ => {
             return Err(invalid(
                 "headers",
-                format!("{}: expected x-ratelimit, ietf, both or none", quoted(text)),
+                format!(
+                    "{}: expected x-ratelimit, ietf, both, draft7 or none",
+                    quoted(text)
+                ),
             ))
         }
     })

@@ -1,7 +1,9 @@
 //! Rate-limit headers through the public API: exact `X-RateLimit-*` values on
 //! admitted and refused responses, honest `Retry-After`, the reported window,
-//! the IETF header style (each window's own state, also on a refusal), no
-//! headers on responses about requests nothing counted, the inner service's
+//! the IETF header style (each window's own state, also on a refusal), the
+//! draft-7 style (the reported window, read back with a Structured Field
+//! Values parser), no headers on responses about requests nothing counted,
+//! the inner service's
 //! own headers, and the decision in the request's and response's extensions.
 
 use std::convert::Infallible;
@@ -19,6 +21,8 @@ use tower_ratelimit::{
     Algorithm, Decision, HeaderStyle, Limit, Policy, Quota, RateLimitLayer, RefusalReason,
     ResponseBody, Window,
 };
+
+use crate::common::{answered_at_once, start, still_waiting, Gate};
 
 const NS: u64 = 1_000_000_000;
 /// 2023-11-14T22:13:20Z: 20 s into a minute, 800 s into an hour.
@@ -715,6 +719,352 @@ async fn ietf_window_with_nothing_used_reports_its_whole_quota_and_no_reset() {
     );
 }
 
+// ---------------------------------------------------------------------------
+// The draft-7 style: `RateLimit: limit=…, remaining=…, reset=…` and
+// `RateLimit-Policy: …;w=…` for the reported window.
+
+fn sf_integer(item: &sfv::Item, what: &str) -> u64 {
+    assert!(
+        item.params.is_empty(),
+        "{what}: parameters {:?}",
+        item.params
+    );
+    let n = item
+        .bare_item
+        .as_integer()
+        .unwrap_or_else(|| panic!("{what}: not an integer: {:?}", item.bare_item));
+    u64::try_from(i64::from(n)).unwrap_or_else(|_| panic!("{what}: negative"))
+}
+
+/// Draft-7's `RateLimit`, read by a Structured Field Values parser (the
+/// draft makes it a Dictionary of Integers): exactly the keys `limit`,
+/// `remaining` and `reset`, in that order (as express-rate-limit sends
+/// them). `(limit, remaining, reset)`.
+fn draft7(response: &Res) -> (u64, u64, u64) {
+    let text = value(response, "ratelimit")
+        .unwrap_or_else(|| panic!("no RateLimit in {:?}", response.headers()));
+    let dict: sfv::Dictionary = sfv::Parser::new(text)
+        .parse()
+        .unwrap_or_else(|e| panic!("RateLimit: {text}: {e}"));
+    let keys: Vec<&str> = dict.keys().map(|k| k.as_str()).collect();
+    assert_eq!(keys, ["limit", "remaining", "reset"], "{text}");
+    let get = |key: &str| match &dict[key] {
+        sfv::ListEntry::Item(item) => sf_integer(item, key),
+        inner => panic!("{key}: an inner list: {inner:?}"),
+    };
+    (get("limit"), get("remaining"), get("reset"))
+}
+
+/// Draft-7's `RateLimit-Policy`, read by the same parser (a List of Items,
+/// each an Integer quota with its window as the `w` parameter):
+/// `(quota, w)` of each policy.
+fn draft7_policy(response: &Res) -> Vec<(u64, u64)> {
+    let text = value(response, "ratelimit-policy")
+        .unwrap_or_else(|| panic!("no RateLimit-Policy in {:?}", response.headers()));
+    let list: sfv::List = sfv::Parser::new(text)
+        .parse()
+        .unwrap_or_else(|e| panic!("RateLimit-Policy: {text}: {e}"));
+    list.iter()
+        .map(|entry| match entry {
+            sfv::ListEntry::Item(item) => {
+                let keys: Vec<&str> = item.params.keys().map(|k| k.as_str()).collect();
+                assert_eq!(keys, ["w"], "{text}");
+                let quota = item.bare_item.as_integer().expect("an integer quota");
+                let w = item.params["w"].as_integer().expect("an integer window");
+                (
+                    u64::try_from(i64::from(quota)).unwrap(),
+                    u64::try_from(i64::from(w)).unwrap(),
+                )
+            }
+            inner => panic!("an inner list: {inner:?}"),
+        })
+        .collect()
+}
+
+fn draft7_single(quota: Quota) -> Policy {
+    Policy::builder()
+        .limit(Limit::new("per_key", api_key()).quota(quota))
+        .header_style(HeaderStyle::Draft7)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn draft7_admitted_responses_report_limit_remaining_and_delta_seconds() {
+    let h = Harness::new(draft7_single(Quota::new(Window::per_minute(60))));
+    let first = h.get().await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        value(&first, "ratelimit"),
+        Some("limit=60, remaining=59, reset=1")
+    );
+    assert_eq!(value(&first, "ratelimit-policy"), Some("60;w=60"));
+    assert_eq!(draft7(&first), (60, 59, 1));
+    assert_eq!(draft7_policy(&first), [(60, 60)]);
+    for name in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "retry-after",
+    ] {
+        assert_eq!(value(&first, name), None, "{name}");
+    }
+    // The inner service's own headers are kept.
+    assert_eq!(value(&first, "x-inner"), Some("kept"));
+
+    // Half a second later: 58 left, full again in 1.5 s, rounded up.
+    h.advance(Duration::from_millis(500));
+    h.get().await;
+    let third = h.get().await;
+    assert_eq!(draft7(&third), (60, 57, 3));
+
+    // A fixed window resets when it ends: T0 is 20 s into its minute.
+    let h = Harness::new(draft7_single(fixed(Window::per_minute(60))));
+    let first = h.get().await;
+    assert_eq!(
+        value(&first, "ratelimit"),
+        Some("limit=60, remaining=59, reset=40")
+    );
+    assert_eq!(value(&first, "ratelimit-policy"), Some("60;w=60"));
+}
+
+#[tokio::test]
+async fn draft7_refusal_reports_nothing_left_and_a_reset_no_earlier_than_retry_after() {
+    // A fixed 3/minute and 100/hour; T0 is 20 s into the minute.
+    let h = Harness::new(minute_and_hour(HeaderStyle::Draft7, Algorithm::FixedWindow));
+    h.spend(3, "GET", "/v1/calls").await;
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(40));
+    assert_eq!(
+        value(&refused, "ratelimit"),
+        Some("limit=3, remaining=0, reset=40")
+    );
+    assert_eq!(value(&refused, "ratelimit-policy"), Some("3;w=60"));
+    assert_eq!(draft7_policy(&refused), [(3, 60)]);
+
+    // GCRA: the minute admits again in 20 s, but is full again only in a
+    // minute; `reset` is when the window resets, after the retry.
+    let h = Harness::new(minute_and_hour(HeaderStyle::Draft7, Algorithm::Gcra));
+    h.spend(3, "GET", "/v1/calls").await;
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(20));
+    assert_eq!(draft7(&refused), (3, 0, 60));
+    assert!(draft7(&refused).2 >= retry_after(&refused).unwrap());
+    assert_eq!(h.calls(), 3);
+}
+
+/// TalkPilot's limit in the draft-7 style; `report`: the reported period.
+fn talkpilot_draft7(report: Option<Duration>) -> Policy {
+    let builder = Policy::builder()
+        .limit(
+            Limit::new("per_key", api_key())
+                .quota(fixed(Window::per_minute(60)).and(Window::per_hour(100))),
+        )
+        .header_style(HeaderStyle::Draft7);
+    match report {
+        Some(period) => builder.report_period(period),
+        None => builder,
+    }
+    .build()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn draft7_reports_the_most_restrictive_window_by_default() {
+    let h = Harness::at(talkpilot_draft7(None), HOUR * NS);
+    let first = h.get().await;
+    // Minute: 59 left; hour: 99 left.
+    assert_eq!(
+        value(&first, "ratelimit"),
+        Some("limit=60, remaining=59, reset=60")
+    );
+    assert_eq!(value(&first, "ratelimit-policy"), Some("60;w=60"));
+    h.spend(59, "GET", "/v1/calls").await;
+    h.set((HOUR + 60) * NS);
+    // Minute: 59 left; hour: 39 left, and it ends in 3540 s.
+    let later = h.get().await;
+    assert_eq!(
+        value(&later, "ratelimit"),
+        Some("limit=100, remaining=39, reset=3540")
+    );
+    assert_eq!(value(&later, "ratelimit-policy"), Some("100;w=3600"));
+}
+
+#[tokio::test]
+async fn draft7_reports_a_named_period_even_when_another_window_has_less_left() {
+    let h = Harness::at(talkpilot_draft7(Some(Duration::from_secs(60))), HOUR * NS);
+    h.spend(60, "GET", "/v1/calls").await;
+    h.set((HOUR + 60) * NS);
+    let admitted = h.get().await;
+    assert_eq!(
+        value(&admitted, "ratelimit"),
+        Some("limit=60, remaining=59, reset=60")
+    );
+    h.spend(39, "GET", "/v1/calls").await;
+    // The hour refuses; the minute is still reported, with nothing left and
+    // a reset no earlier than the retry, as the X-RateLimit trio says.
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), Some(3540));
+    assert_eq!(
+        value(&refused, "ratelimit"),
+        Some("limit=60, remaining=0, reset=3540")
+    );
+    assert_eq!(value(&refused, "ratelimit-policy"), Some("60;w=60"));
+}
+
+/// Draft-7's `RateLimit` says what the `X-RateLimit-*` trio says, with the
+/// reset in seconds from now rather than a Unix time: for every reporting
+/// choice and algorithm, with stacked limits, through admissions and
+/// refusals.
+#[tokio::test]
+async fn draft7_values_are_the_trios() {
+    let policies = |report: Option<Duration>, algorithm: Algorithm, style: HeaderStyle| {
+        let builder = Policy::builder()
+            .limit(
+                Limit::new("per_key", api_key()).quota(
+                    Quota::new(Window::per_minute(7))
+                        .and(Window::per_hour(20))
+                        .algorithm(algorithm),
+                ),
+            )
+            .limit(Limit::new("per_call", PathCapture::new("call_id")).route(
+                "POST /v1/calls/{call_id}/control",
+                Quota::new(Window::per_second(2)).and(Window::per_minute(5)),
+            ))
+            .header_style(style);
+        match report {
+            Some(period) => builder.report_period(period),
+            None => builder.report_most_restrictive(),
+        }
+        .build()
+        .unwrap()
+    };
+    for report in [
+        None,
+        Some(Duration::from_secs(60)),
+        Some(Duration::from_secs(3600)),
+    ] {
+        for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
+            let x = Harness::with(
+                RateLimitLayer::new(policies(report, algorithm, HeaderStyle::XRateLimit))
+                    .decision_extensions(false),
+                T0 * NS,
+            );
+            let d7 = Harness::new(policies(report, algorithm, HeaderStyle::Draft7));
+            let mut now = T0 * NS;
+            let mut refused = 0;
+            for step in 0..60u64 {
+                let (method, path) = if step % 3 == 0 {
+                    ("POST", "/v1/calls/c1/control")
+                } else {
+                    ("GET", "/v1/calls")
+                };
+                let a = x.send(method, path, "k").await;
+                let b = d7.send(method, path, "k").await;
+                let at = format!("{report:?} {algorithm:?} step {step}");
+                assert_eq!(a.status(), b.status(), "{at}");
+                assert_eq!(retry_after(&a), retry_after(&b), "{at}");
+                let (limit, remaining, reset_at) = trio(&a);
+                let (d7_limit, d7_remaining, reset) = draft7(&b);
+                assert_eq!((d7_limit, d7_remaining), (limit, remaining), "{at}");
+                // Both round up, from the nanosecond: the same moment, to
+                // within the second `now` is in.
+                assert!(
+                    (reset_at - now.div_ceil(NS)..=reset_at - now / NS).contains(&reset),
+                    "{at}: reset {reset}, X-RateLimit-Reset {reset_at} at {now} ns"
+                );
+                if let Some(wait) = retry_after(&b) {
+                    assert!(reset >= wait, "{at}");
+                    assert_eq!(remaining, 0, "{at}");
+                    refused += 1;
+                }
+                let policy = draft7_policy(&b);
+                assert_eq!(policy.len(), 1, "{at}");
+                assert_eq!(policy[0].0, limit, "{at}");
+                assert!([1, 60, 3600].contains(&policy[0].1), "{at}");
+                let gap = Duration::from_millis(250 + step * 37 % 900);
+                x.advance(gap);
+                d7.advance(gap);
+                now += gap.as_nanos() as u64;
+            }
+            assert!(refused > 0, "{report:?} {algorithm:?}: no refusal seen");
+        }
+    }
+}
+
+/// An in-flight cap, reported only when it is all that applies or when it
+/// refused: draft-7 has no unit for concurrency, so it is `limit` the cap
+/// and `remaining` the free slots, `reset` 0 while slots are free (one may
+/// free at any moment) or the busy `Retry-After`, and no
+/// `RateLimit-Policy` (a cap has no window).
+#[tokio::test(start_paused = true)]
+async fn draft7_reports_an_in_flight_cap_as_limit_and_free_slots() {
+    let policy = Policy::builder()
+        .limit(Limit::new("calls", api_key()).route("POST /v1/calls", Quota::in_flight(2)))
+        .limit(Limit::new("per_key", api_key()).route(
+            "POST /v1/numbers",
+            Quota::new(Window::per_minute(5)).max_in_flight(1),
+        ))
+        .header_style(HeaderStyle::Draft7)
+        .busy_retry_after(Duration::from_millis(2500))
+        .build()
+        .unwrap();
+    let layer = RateLimitLayer::new(policy).clock(ManualClock::at_unix_secs(T0));
+    let gate = Gate::new();
+    let svc = gate.behind(&layer);
+    let post = |path: &str| {
+        Request::post(path)
+            .header("x-api-key", "k")
+            .header("x-hold", "1")
+            .body(String::new())
+            .unwrap()
+    };
+    let mut first = start(&svc, post("/v1/calls"));
+    still_waiting(&mut first).await;
+    let mut second = start(&svc, post("/v1/calls"));
+    still_waiting(&mut second).await;
+    assert_eq!(gate.inside(), 2);
+    let mut third = start(&svc, post("/v1/calls"));
+    let busy = answered_at_once(&mut third).await;
+    assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&busy), Some(3));
+    assert_eq!(
+        value(&busy, "ratelimit"),
+        Some("limit=2, remaining=0, reset=3")
+    );
+    assert_eq!(draft7(&busy), (2, 0, 3));
+    assert_eq!(value(&busy, "ratelimit-policy"), None);
+
+    gate.open(2);
+    let (first, second) = (first.await, second.await);
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        value(&first, "ratelimit"),
+        Some("limit=2, remaining=1, reset=0")
+    );
+    assert_eq!(
+        value(&second, "ratelimit"),
+        Some("limit=2, remaining=0, reset=0")
+    );
+    assert_eq!(draft7(&second), (2, 0, 0));
+    assert_eq!(value(&second, "ratelimit-policy"), None);
+
+    // A window and a cap: the window is reported, and the cap is not.
+    let mut numbers = start(&svc, post("/v1/numbers"));
+    still_waiting(&mut numbers).await;
+    gate.open(1);
+    let numbers = numbers.await;
+    assert_eq!(numbers.status(), StatusCode::OK);
+    assert_eq!(
+        value(&numbers, "ratelimit"),
+        Some("limit=5, remaining=4, reset=12")
+    );
+    assert_eq!(value(&numbers, "ratelimit-policy"), Some("5;w=60"));
+}
+
 const RATE_LIMIT_HEADERS: [&str; 6] = [
     "x-ratelimit-limit",
     "x-ratelimit-remaining",
@@ -736,6 +1086,7 @@ async fn a_rejected_key_gets_no_rate_limit_headers_in_any_style() {
         HeaderStyle::XRateLimit,
         HeaderStyle::Ietf,
         HeaderStyle::Both,
+        HeaderStyle::Draft7,
     ] {
         let h = Harness::new(
             Policy::builder()

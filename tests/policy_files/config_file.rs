@@ -257,7 +257,7 @@ fn files_load_from_disk() {
 
 /// The complete example of the README's "Policy files" section, verbatim.
 const README_EXAMPLE: &str = r#"# Response format (all optional; the values shown are the defaults except where noted).
-headers = "both"                # "x-ratelimit" (default) | "ietf" | "both" | "none"
+headers = "both"                # "x-ratelimit" (default) | "ietf" | "both" | "draft7" | "none"
 report = "minute"               # "most_restrictive" (default) or a window's period
 refusal = "nixflex"             # "json" (default) | "problem_json" | "flireo" | "nixflex" | "talkpilot" | "exotel"
 refusal_status = 429            # default 429
@@ -308,6 +308,67 @@ fn the_readme_example_loads() {
         ["per_key", "per_call", "per_client"]
     );
     assert_eq!(policy.header_style(), HeaderStyle::Both);
+}
+
+#[test]
+fn every_header_style_has_a_name() {
+    let rest = with_routes("routes = [{ windows = [\"60/minute\"] }]\n");
+    for (name, style) in [
+        ("x-ratelimit", HeaderStyle::XRateLimit),
+        ("ietf", HeaderStyle::Ietf),
+        ("both", HeaderStyle::Both),
+        ("draft7", HeaderStyle::Draft7),
+        ("Draft7", HeaderStyle::Draft7),
+        ("none", HeaderStyle::None),
+    ] {
+        let policy = Policy::from_toml(&format!("headers = \"{name}\"\n{rest}")).unwrap();
+        assert_eq!(policy.header_style(), style, "{name}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn draft7_headers_from_a_file_are_those_of_the_same_policy_in_code() {
+    let file = Policy::from_toml(
+        r#"
+headers = "draft7"
+report = "minute"
+
+[[limits]]
+name = "per_key"
+key = { header = "X-API-Key" }
+routes = [{ windows = ["2/minute", "100/hour"] }]
+"#,
+    )
+    .unwrap();
+    let code = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(2)).and(Window::per_hour(100))),
+        )
+        .header_style(HeaderStyle::Draft7)
+        .report_period(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    assert_eq!(format!("{file:?}"), format!("{code:?}"));
+    let clock = SystemClock::new();
+    let (file, code) = (service(file, clock), service(code, clock));
+    for expected in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        let a = send(&file, request("GET", "/v1/calls", Some("k"))).await;
+        let b = send(&code, request("GET", "/v1/calls", Some("k"))).await;
+        assert_eq!(a.status, expected);
+        assert_eq!(a, b);
+        let names: Vec<_> = a.headers.iter().map(|(n, _)| n.as_str()).collect();
+        if expected == StatusCode::OK {
+            assert_eq!(names, ["ratelimit", "ratelimit-policy"]);
+        } else {
+            assert_eq!(names, ["ratelimit", "ratelimit-policy", "retry-after"]);
+        }
+        assert_eq!(a.headers[1].1, "2;w=60");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1251,12 +1312,18 @@ fn bad_limits() {
 #[test]
 fn bad_top_level_values() {
     let rest = with_routes("routes = [{ windows = [\"60/minute\"] }]\n");
-    check(
+    let err = check(
         &format!("headers = \"draft\"\n{rest}"),
         ConfigErrorKind::InvalidValue,
         "headers",
         1,
         11,
+    );
+    // The message lists every valid style.
+    assert!(
+        err.message()
+            .contains("expected x-ratelimit, ietf, both, draft7 or none"),
+        "{err}"
     );
     check(
         &format!("refusal = \"xml\"\n{rest}"),
