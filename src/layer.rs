@@ -9,13 +9,17 @@ use crate::clock::{Clock, SystemClock};
 use crate::event::{Event, Hook};
 use crate::inflight::ConcurrencyLimiter;
 use crate::policy::{Overrides, Policy};
-use crate::service::{RateLimit, Shared};
+use crate::service::{Metrics, RateLimit, Shared};
 use crate::store::{MemoryStore, Store};
 
 /// Applies a rate-limit [`Policy`] to a service.
 ///
 /// Cloning the layer (or the services it builds) shares the policy, the
 /// store and the clock: every clone counts in the same buckets.
+///
+/// With the cargo feature `metrics`, building the layer registers each
+/// limit's metrics with the `metrics` recorder installed then (none: they
+/// record nothing), so install it before.
 ///
 /// ```
 /// use tower_ratelimit::{key::Header, Limit, Policy, Quota, RateLimitLayer, Window};
@@ -70,6 +74,7 @@ impl<St: Store> RateLimitLayer<St> {
         }
         RateLimitLayer {
             shared: Arc::new(Shared {
+                metrics: Metrics::new(&policy),
                 policy,
                 store,
                 clock: Arc::new(SystemClock::new()),

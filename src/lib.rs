@@ -147,6 +147,11 @@
 //! | `governor` | `From<governor::Quota>` for [`Window`] |
 //! | `redis` | `store::RedisStore`: counts shared by many processes |
 //! | `redis-tls` | `rediss://` URLs for the Redis store |
+//! | `metrics` | counters, gauges and a histogram through the `metrics` facade: decisions per limit and outcome, near-limit admissions, the stores' errors, fallbacks, breaker, tracked keys and round trips |
+//!
+//! With `metrics`, the layer registers its metrics' handles with the
+//! recorder installed when it is built (the stores, when they are built):
+//! install the recorder first. The README's "Metrics" section lists them.
 //!
 //! [Tower]: https://docs.rs/tower
 //! [governor]: https://docs.rs/governor

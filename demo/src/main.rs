@@ -11,12 +11,18 @@
 //! line and headers, or stays idle that long between requests; at most
 //! `--max-connections` (default 1,000) are served at once.
 //!
+//! Metrics: with `--features admin`, `--admin 127.0.0.1:9000` serves the
+//! rate limiter's metrics at `GET /metrics` (Prometheus text format) on that
+//! address, apart from the API.
+//!
 //! A stand-in for a voice-AI API: every path answers 200 JSON (other methods
 //! than GET, HEAD, POST, PUT, PATCH and DELETE get a 405),
 //! behind a `RateLimitLayer`. Without `--config` it enforces
 //! `demo/policies/default.toml`: per `X-API-Key`, 60/minute and 1,000/hour,
 //! both.
 
+#[cfg(feature = "admin")]
+mod admin;
 mod server;
 
 use std::net::SocketAddr;
@@ -34,6 +40,7 @@ struct Options {
     addr: SocketAddr,
     config: Option<String>,
     redis: Option<String>,
+    admin: Option<SocketAddr>,
     guards: server::Guards,
 }
 
@@ -41,7 +48,7 @@ struct Options {
 const PRESETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
 
 fn usage() -> &'static str {
-    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME] [--redis redis://HOST:PORT]\n                 [--header-timeout-ms MS] [--max-connections N]"
+    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME] [--redis redis://HOST:PORT]\n                 [--header-timeout-ms MS] [--max-connections N] [--admin HOST:PORT]"
 }
 
 /// The names of the policy files in `demo/policies/`.
@@ -64,6 +71,7 @@ fn parse_args() -> Result<Options, String> {
         addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
         config: None,
         redis: None,
+        admin: None,
         guards: server::Guards {
             header_timeout: Duration::from_secs(10),
             max_connections: 1_000,
@@ -103,6 +111,19 @@ fn parse_args() -> Result<Options, String> {
                     ));
                 }
                 options.redis = Some(url);
+            }
+            "--admin" => {
+                let text = value("--admin")?;
+                if cfg!(not(feature = "admin")) {
+                    return Err(String::from(
+                        "--admin needs the `admin` feature: \
+                         cargo run -p voice-api --features admin -- --admin HOST:PORT",
+                    ));
+                }
+                let addr = text.parse().map_err(|_| {
+                    format!("--admin: `{text}` is not HOST:PORT (such as 127.0.0.1:9000)")
+                })?;
+                options.admin = Some(addr);
             }
             "--header-timeout-ms" => {
                 let text = value("--header-timeout-ms")?;
@@ -247,6 +268,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The recorder goes in before the layer is built: the layer registers
+    // its metrics then.
+    #[cfg(feature = "admin")]
+    let admin = match options.admin {
+        None => None,
+        Some(addr) => match admin::install() {
+            Ok(handle) => Some((addr, handle)),
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let limits: Vec<String> = policy.limit_names().map(str::to_owned).collect();
     let app = match options.redis.as_deref() {
         None => server::app(|router| router.layer(RateLimitLayer::new(policy))),
@@ -268,6 +302,21 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(options.addr);
     println!("voice_api listening on http://{addr}");
+    #[cfg(feature = "admin")]
+    if let Some((admin_addr, handle)) = admin {
+        let admin_listener = match tokio::net::TcpListener::bind(admin_addr).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("cannot listen on {admin_addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
+        println!("metrics at http://{admin_addr}/metrics");
+        let app = admin::router(handle);
+        let serving = server::serve(admin_listener, app, options.guards, std::future::pending());
+        tokio::spawn(serving);
+    }
     println!(
         "policy: {} (limits: {})",
         options

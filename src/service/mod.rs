@@ -5,6 +5,7 @@
 mod applied;
 mod decide;
 mod in_flight;
+mod metrics;
 mod plan;
 mod respond;
 mod shared;
@@ -19,6 +20,7 @@ use tower_service::Service;
 
 use self::applied::Applied;
 use self::decide::{later, Step};
+pub(crate) use self::metrics::Metrics;
 use self::plan::{plan, Plan};
 use self::respond::{banned, busy, finish, reject};
 pub(crate) use self::shared::Shared;

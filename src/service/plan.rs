@@ -4,6 +4,7 @@
 use http::Request;
 
 use super::applied::{resolve, Applied, Charge, Claim};
+use super::metrics::Verdict;
 use super::Shared;
 use crate::decision::WindowReport;
 use crate::event::{Event, EventKind};
@@ -61,6 +62,7 @@ pub(super) fn plan<St: Store, B>(
                 continue;
             }
             Err(error) => {
+                shared.metrics.count(li, Verdict::KeyRejected);
                 if let Some(hook) = &shared.on_event {
                     (hook.0)(&Event {
                         kind: EventKind::KeyRejected,

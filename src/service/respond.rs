@@ -9,6 +9,7 @@ use tower_service::Service;
 
 use super::applied::{Applied, Claim, Held};
 use super::in_flight::{cap_report, in_flight_of};
+use super::metrics::{self, Verdict};
 use super::plan::Ban;
 use super::verdict::{decide_counted, emit};
 use super::Shared;
@@ -92,6 +93,7 @@ where
         Some(Ok(outcome)) => Some(outcome),
         Some(Err(error)) => {
             tracing::warn!(%error, "rate-limit store failed; request let through unlimited");
+            metrics::admitted(shared, applied, None);
             return ResponseFuture::inner(
                 inner.call(request),
                 None,
@@ -119,6 +121,10 @@ where
                 .min_by_key(|w| w.remaining)
                 .map(|w| Reported::from(&w)),
         };
+        metrics::admitted_quietly(shared, applied);
+        if let Some(outcome) = outcome {
+            metrics::near_limit_reported(shared, applied, outcome, reported.as_ref());
+        }
         let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
         let held = take(&mut applied.held);
         return ResponseFuture::inner(inner.call(request), headers, None, slots(held));
@@ -148,6 +154,8 @@ where
         }
     }
     let decision = decision.with_caps(caps());
+    metrics::admitted(shared, applied, outcome);
+    metrics::near_limit_decided(shared, &decision);
     let headers = headers_for(shared, &decision, counted);
     respond(
         shared,
@@ -177,6 +185,7 @@ pub(super) fn banned<F, B, E, St, ReqBody>(
     request: &Request<ReqBody>,
 ) -> ResponseFuture<F, B, E> {
     let decision = Decision::banned(ban.left, now, ban.report);
+    shared.metrics.count(ban.limit, Verdict::Banned);
     emit(shared, EventKind::Refused, ban.limit, ban.bucket, &decision);
     refuse(shared, decision, None, request)
 }
@@ -235,6 +244,9 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
     };
     let report = cap_report(claim, in_flight, 0);
     let decision = Decision::busy(shared.policy.inner.busy_retry_after, now, report);
+    shared
+        .metrics
+        .count(usize::from(claim.origin.0), Verdict::Busy);
     emit(
         shared,
         EventKind::Refused,

@@ -1,5 +1,5 @@
-//! What every service of one layer shares: the policy, the store, the clock
-//! and the layer's settings.
+//! What every service of one layer shares: the policy, the store, the clock,
+//! the layer's settings and its metrics' handles.
 
 use std::sync::Arc;
 
@@ -7,6 +7,8 @@ use crate::clock::Clock;
 use crate::event::Hook;
 use crate::inflight::ConcurrencyLimiter;
 use crate::policy::Policy;
+
+use super::metrics::Metrics;
 
 /// What every service of one layer shares.
 pub(crate) struct Shared<St> {
@@ -16,6 +18,8 @@ pub(crate) struct Shared<St> {
     pub(crate) decision_extensions: bool,
     pub(crate) on_event: Option<Hook>,
     pub(crate) in_flight: ConcurrencyLimiter,
+    /// The handles of the policy's metrics (feature `metrics`).
+    pub(crate) metrics: Metrics,
 }
 
 impl<St> Clone for Shared<St> {
@@ -27,6 +31,7 @@ impl<St> Clone for Shared<St> {
             decision_extensions: self.decision_extensions,
             on_event: self.on_event.clone(),
             in_flight: self.in_flight.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }

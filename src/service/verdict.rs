@@ -2,6 +2,7 @@
 //! that started a ban answers as the ban), and the events it makes.
 
 use super::applied::Applied;
+use super::metrics::Verdict;
 use super::Shared;
 use crate::decision::Decision;
 use crate::event::{Event, EventKind};
@@ -81,6 +82,13 @@ fn report<St>(
         .map(|w| w.check)
         .or(ban.map(|b| b.check))
         .map_or(0, usize::from);
+    // A ban in force refused the request; one its refusal started did not.
+    match ban.filter(|b| !b.started) {
+        Some(b) => shared
+            .metrics
+            .count(limit_of(usize::from(b.check)), Verdict::Banned),
+        None => shared.metrics.count(limit_of(binding), Verdict::Refused),
+    }
     emit(
         shared,
         EventKind::Refused,

@@ -41,6 +41,14 @@ use crate::shard::{sparse, KeyMap, Padded};
 /// memory back to the allocator when its tables become sparse.
 /// [`MemoryStore::sweep`] sweeps every shard at once.
 ///
+/// **Metrics** (cargo feature `metrics`): the gauge
+/// `ratelimit_tracked_keys{store="memory"}` is the number of entries of
+/// every memory store in the process, updated when a shard sweeps (its
+/// handle is registered when the store is made, so install a recorder
+/// before). The store's decisions are not timed: they take well under a
+/// microsecond, and reading a clock twice would cost more than the rest of
+/// an admitted request's counting.
+///
 /// **At the cap** ([`MemoryStore::with_max_entries`], default 1,000,000
 /// entries, about 28 MB), a flood of made-up keys can neither grow memory
 /// nor lock anyone out:
@@ -99,6 +107,7 @@ pub struct MemoryStore {
     /// The bans and counted refusals of checks with a penalty.
     penalties: PenaltyBox,
     at_cap: CapWarning,
+    tracked: TrackedKeys,
 }
 
 /// A [`MemoryStore`]'s settings, kept to rebuild it when one changes.
@@ -164,6 +173,55 @@ impl Settings {
             penalties: PenaltyBox::with_max_keys(self.max_banned_keys)
                 .sweep_interval(std::time::Duration::from_nanos(self.sweep_interval)),
             at_cap: CapWarning::default(),
+            tracked: TrackedKeys::new(),
+        }
+    }
+}
+
+/// The `ratelimit_tracked_keys{store="memory"}` gauge (feature `metrics`),
+/// which every memory store adds its entries to: each shard adds the change
+/// since its last sweep when it sweeps, and a dropped store takes its share
+/// back.
+struct TrackedKeys {
+    #[cfg(feature = "metrics")]
+    gauge: metrics::Gauge,
+}
+
+impl TrackedKeys {
+    fn new() -> Self {
+        TrackedKeys {
+            #[cfg(feature = "metrics")]
+            gauge: metrics::gauge!("ratelimit_tracked_keys", "store" => "memory"),
+        }
+    }
+
+    /// `shard` has just swept: adds the change in its entries to the gauge.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn swept(&self, shard: &mut Shard) {
+        #[cfg(feature = "metrics")]
+        {
+            let before = std::mem::replace(&mut shard.reported, shard.entries);
+            if shard.entries >= before {
+                self.gauge.increment((shard.entries - before) as f64);
+            } else {
+                self.gauge.decrement((before - shard.entries) as f64);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for TrackedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrackedKeys")
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for MemoryStore {
+    fn drop(&mut self) {
+        let reported: usize = self.shards.iter_mut().map(|s| s.0.get_mut().reported).sum();
+        if reported > 0 {
+            self.tracked.gauge.decrement(reported as f64);
         }
     }
 }
@@ -251,7 +309,9 @@ impl MemoryStore {
     /// the Unix epoch, on the layer's clock) and returns spare memory.
     pub fn sweep(&self, now: u64) {
         for shard in self.shards.iter() {
-            shard.0.lock().sweep(now);
+            let mut shard = shard.0.lock();
+            shard.sweep(now);
+            self.tracked.swept(&mut shard);
         }
         self.penalties.sweep(now);
     }
@@ -344,6 +404,7 @@ impl MemoryStore {
         for shard in shards.iter_mut() {
             if now >= shard.next_sweep {
                 shard.sweep(now);
+                self.tracked.swept(shard);
                 shard.next_sweep = now.saturating_add(self.sweep_interval);
             }
         }
@@ -447,6 +508,7 @@ impl MemoryStore {
             }
             if now >= shard.full_until {
                 shard.sweep(now);
+                self.tracked.swept(shard);
                 swept = true;
             }
             let needed = slots
@@ -658,6 +720,10 @@ struct Shard {
     /// Until when a sweep cannot free anything: the earliest expiry found by
     /// the last sweep, lowered by every entry added since.
     full_until: u64,
+    /// The entries at the last sweep: what the tracked-keys gauge has of
+    /// the shard.
+    #[cfg(feature = "metrics")]
+    reported: usize,
 }
 
 impl Shard {

@@ -13,6 +13,10 @@ pub(crate) struct Breaker {
     threshold: u32,
     cool_down: Duration,
     state: Mutex<State>,
+    /// `ratelimit_breaker_open{store="redis"}` (feature `metrics`): 1 while
+    /// open.
+    #[cfg(feature = "metrics")]
+    open_gauge: metrics::Gauge,
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +53,17 @@ impl Breaker {
             threshold: threshold.max(1),
             cool_down,
             state: Mutex::new(State::default()),
+            #[cfg(feature = "metrics")]
+            open_gauge: metrics::gauge!("ratelimit_breaker_open", "store" => "redis"),
         }
+    }
+
+    /// Sets the open gauge (under the state's lock, so that it follows the
+    /// state's order).
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn gauge(&self, open: bool) {
+        #[cfg(feature = "metrics")]
+        self.open_gauge.set(if open { 1.0 } else { 0.0 });
     }
 
     pub(crate) fn cool_down(&self) -> Duration {
@@ -91,6 +105,7 @@ impl Breaker {
             state.probing = false;
         }
         if state.open_until.take().is_some() {
+            self.gauge(false);
             return Transition::Closed;
         }
         Transition::None
@@ -102,10 +117,12 @@ impl Breaker {
         if permit == Permit::Probe {
             state.probing = false;
             state.open_until = Some(Instant::now() + self.cool_down);
+            self.gauge(true);
             return Transition::None;
         }
         if state.failures >= self.threshold && state.open_until.is_none() {
             state.open_until = Some(Instant::now() + self.cool_down);
+            self.gauge(true);
             return Transition::Opened;
         }
         Transition::None

@@ -7,6 +7,7 @@ use smallvec::SmallVec;
 
 use super::breaker::{Breaker, Transition};
 use super::failure_policy::FailurePolicy;
+use super::metrics::StoreMetrics;
 use super::script::Planned;
 use crate::policy::{Quota, Window};
 use crate::store::protocol::{Check, Decided, Outcome, WindowStatus};
@@ -138,9 +139,11 @@ pub(super) fn record(
     transition: Transition,
     breaker: &Breaker,
     [failures, timeouts]: [&AtomicU64; 2],
+    metrics: &StoreMetrics,
     what: &str,
 ) {
     failures.fetch_add(1, Ordering::Relaxed);
+    metrics.failure(failure);
     if matches!(failure, Failure::Timeout(_)) {
         timeouts.fetch_add(1, Ordering::Relaxed);
     }

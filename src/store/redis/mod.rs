@@ -171,6 +171,7 @@ mod connection;
 mod failure;
 mod failure_policy;
 mod keys;
+mod metrics;
 mod script;
 mod slots;
 mod store;

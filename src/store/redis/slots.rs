@@ -78,6 +78,7 @@ pub(super) struct Counts<'a> {
     pub(super) short_circuits: &'a AtomicU64,
     pub(super) fallbacks: &'a AtomicU64,
     pub(super) script_loads: &'a AtomicU64,
+    pub(super) metrics: &'a super::metrics::StoreMetrics,
 }
 
 /// How to get a [`Parts`] from the store's shared state `T`.
@@ -468,7 +469,15 @@ async fn call(
 
 fn record_failure(p: &Parts<'_>, failure: &Failure, transition: Transition) {
     let counters = [p.counters.failures, p.counters.timeouts];
-    failure::record(failure, transition, p.breaker, counters, "in-flight caps");
+    let metrics = p.counters.metrics;
+    failure::record(
+        failure,
+        transition,
+        p.breaker,
+        counters,
+        metrics,
+        "in-flight caps",
+    );
 }
 
 /// The answer when Redis could not give one: the limit's failure policy.

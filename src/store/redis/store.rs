@@ -17,6 +17,7 @@ use super::connection::{self, Backend, Cluster, Tls};
 use super::failure::{self, Failure};
 use super::failure_policy::FailurePolicy;
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
+use super::metrics::{Limits, StoreMetrics};
 use super::script::{self, Planned};
 use crate::error::ConfigError;
 use crate::penalty::PenaltyBox;
@@ -68,6 +69,8 @@ struct Inner {
     per_limit: HashMap<Box<str>, FailurePolicy>,
     local: MemoryStore,
     counters: Counters,
+    /// The store's metrics' handles (feature `metrics`).
+    metrics: StoreMetrics,
     /// This node's side of the in-flight slots shared through Redis.
     slots: super::slots::Slots,
     /// The bans this process has seen (Redis keeps them all): a banned key
@@ -399,6 +402,7 @@ impl RedisStoreBuilder {
                 per_limit: self.per_limit,
                 local: MemoryStore::new(),
                 counters: Counters::default(),
+                metrics: StoreMetrics::new(),
                 slots: super::slots::Slots::new(self.slot_lease, self.slot_poll, self.deadline),
                 bans: PenaltyBox::new(),
             }),
@@ -409,11 +413,13 @@ impl RedisStoreBuilder {
     /// timeout, and loads its scripts.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let timeout = self.connect_timeout;
-        let store = self
-            .build()
-            .map_err(|e| StoreError::config(e.to_string()).with_source(e))?;
+        let store = self.build().map_err(|e| {
+            let error = StoreError::config(e.to_string()).with_source(e);
+            StoreMetrics::new().store_error(&error);
+            error
+        })?;
         let inner = &store.inner;
-        match tokio::time::timeout(
+        let error = match tokio::time::timeout(
             timeout,
             inner.backend.prepare(
                 &[&inner.script, inner.slots.script()],
@@ -422,7 +428,7 @@ impl RedisStoreBuilder {
         )
         .await
         {
-            Ok(Ok(())) => Ok(store),
+            Ok(Ok(())) => return Ok(store),
             Ok(Err(e)) => {
                 let message = format!("Redis did not answer: {e}");
                 let error = if e.is_timeout() {
@@ -433,12 +439,12 @@ impl RedisStoreBuilder {
                 } else {
                     StoreError::protocol(message)
                 };
-                Err(error.with_source(e))
+                error.with_source(e)
             }
-            Err(_) => Err(StoreError::timeout(format!(
-                "Redis did not answer within {timeout:?}"
-            ))),
-        }
+            Err(_) => StoreError::timeout(format!("Redis did not answer within {timeout:?}")),
+        };
+        inner.metrics.store_error(&error);
+        Err(error)
     }
 }
 
@@ -468,9 +474,11 @@ impl Inner {
             .unwrap_or(self.on_failure)
     }
 
-    /// The outcome when Redis did not decide, with the failure recorded.
-    fn fall_back(&self, checks: &[Planned], now: u64) -> Outcome {
+    /// The outcome when Redis did not decide, with the failure recorded
+    /// (`limits`: the checks' limits, for the metrics).
+    fn fall_back(&self, checks: &[Planned], limits: &Limits, now: u64) -> Outcome {
         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.metrics.fallback(limits, checks);
         let retry = self.breaker.retry_hint().as_nanos();
         let outcome = failure::decide(
             checks,
@@ -484,7 +492,15 @@ impl Inner {
 
     fn record_failure(&self, failure: &Failure, transition: Transition) {
         let counters = [&self.counters.failures, &self.counters.timeouts];
-        failure::record(failure, transition, &self.breaker, counters, "requests");
+        let metrics = &self.metrics;
+        failure::record(
+            failure,
+            transition,
+            &self.breaker,
+            counters,
+            metrics,
+            "requests",
+        );
     }
 }
 
@@ -538,6 +554,7 @@ impl Store for RedisStore {
         if planned.is_empty() {
             return Decided::Ready(Ok(Outcome::new(true, std::iter::empty())));
         }
+        let limits = inner.metrics.limits(checks);
         let permit = inner.breaker.permit();
         if let Permit::Refused(_) = permit {
             inner
@@ -545,7 +562,7 @@ impl Store for RedisStore {
                 .short_circuits
                 .fetch_add(1, Ordering::Relaxed);
             tracing::trace!("rate-limit store: circuit open, Redis not called");
-            return Decided::Ready(Ok(inner.fall_back(&planned, now)));
+            return Decided::Ready(Ok(inner.fall_back(&planned, &limits, now)));
         }
         let layer_now = (inner.clock == ClockSource::Layer).then_some(now);
         let (keys, args) = script::invocation(&inner.prefix, layer_now, &planned);
@@ -557,7 +574,10 @@ impl Store for RedisStore {
                     inner
                         .backend
                         .eval(&inner.script, &keys, &args, &inner.counters.script_loads);
-                let decided = match tokio::time::timeout(inner.deadline, call).await {
+                let timer = inner.metrics.start();
+                let answer = tokio::time::timeout(inner.deadline, call).await;
+                inner.metrics.finished(timer);
+                let decided = match answer {
                     Err(_) => Err(Failure::Timeout(inner.deadline)),
                     Ok(Err(e)) => Err(Failure::Redis(e)),
                     Ok(Ok(reply)) => script::parse_reply(&planned, &reply)
@@ -576,7 +596,7 @@ impl Store for RedisStore {
                     Err(failure) => {
                         let transition = ticket.failure();
                         inner.record_failure(&failure, transition);
-                        Ok(inner.fall_back(&planned, now))
+                        Ok(inner.fall_back(&planned, &limits, now))
                     }
                 }
             }),
@@ -610,6 +630,7 @@ impl crate::store::protocol::SharedSlots for RedisStore {
                     short_circuits: &inner.counters.short_circuits,
                     fallbacks: &inner.counters.fallbacks,
                     script_loads: &inner.counters.script_loads,
+                    metrics: &inner.metrics,
                 },
                 slots: &inner.slots,
             }
