@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 
 use super::breaker::{Breaker, Transition};
 use super::failure_policy::FailurePolicy;
-use super::metrics::StoreMetrics;
+use super::metrics::{Kind, StoreMetrics};
 use super::script::Planned;
 use crate::policy::{Quota, Window};
 use crate::store::protocol::{Check, Decided, Outcome, WindowStatus};
@@ -121,6 +121,24 @@ pub(super) enum Failure {
     Reply(String),
 }
 
+impl Failure {
+    /// The kind of [`StoreError`](crate::store::StoreError) this failure
+    /// is (as [`connect`](super::RedisStoreBuilder::connect) makes them), for
+    /// the metrics.
+    pub(super) fn kind(&self) -> Kind {
+        match self {
+            Failure::Timeout(_) => Kind::Timeout,
+            Failure::Redis(e) if e.is_timeout() => Kind::Timeout,
+            Failure::Redis(e)
+                if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() =>
+            {
+                Kind::Connection
+            }
+            Failure::Redis(_) | Failure::Reply(_) => Kind::Protocol,
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -143,7 +161,7 @@ pub(super) fn record(
     what: &str,
 ) {
     failures.fetch_add(1, Ordering::Relaxed);
-    metrics.failure(failure);
+    metrics.failure(failure.kind());
     if matches!(failure, Failure::Timeout(_)) {
         timeouts.fetch_add(1, Ordering::Relaxed);
     }

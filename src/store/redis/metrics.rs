@@ -14,7 +14,6 @@
 #[cfg(feature = "metrics")]
 use std::time::Instant;
 
-use super::failure::Failure;
 use super::script::Planned;
 use crate::store::protocol::Check;
 use crate::store::StoreError;
@@ -22,7 +21,7 @@ use crate::store::StoreError;
 /// An error's kind, as [`StoreError`]'s predicates tell them.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     Config = 0,
     Connection = 1,
     Timeout = 2,
@@ -39,21 +38,6 @@ impl Kind {
             Kind::Timeout
         } else {
             Kind::Protocol
-        }
-    }
-
-    /// The kind of [`StoreError`] a failed call is (as
-    /// [`connect`](super::RedisStoreBuilder::connect) makes them).
-    fn of_failure(failure: &Failure) -> Kind {
-        match failure {
-            Failure::Timeout(_) => Kind::Timeout,
-            Failure::Redis(e) if e.is_timeout() => Kind::Timeout,
-            Failure::Redis(e)
-                if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() =>
-            {
-                Kind::Connection
-            }
-            Failure::Redis(_) | Failure::Reply(_) => Kind::Protocol,
         }
     }
 }
@@ -110,9 +94,9 @@ impl StoreMetrics {
         self.errors[kind as usize].increment(1);
     }
 
-    /// Counts a failed call to Redis.
-    pub(super) fn failure(&self, failure: &Failure) {
-        self.error(Kind::of_failure(failure));
+    /// Counts a failed call to Redis, of kind `kind`.
+    pub(super) fn failure(&self, kind: Kind) {
+        self.error(kind);
     }
 
     /// Counts a store that could not connect.
