@@ -76,13 +76,14 @@ impl Decision {
     }
 
     /// The `X-RateLimit-*` values of an *admitted* request (its reported
-    /// window's), without building the whole decision.
+    /// window's), with the check that window belongs to, without building
+    /// the whole decision.
     pub(crate) fn reported_values(
         outcome: &Outcome,
         now: u64,
         report: ReportedWindow,
         period_ns: impl Fn(usize, usize) -> u64,
-    ) -> Option<Reported> {
+    ) -> Option<(usize, Reported)> {
         debug_assert!(outcome.admitted(), "refusals build the whole decision");
         let statuses = outcome.windows();
         let period = |i: usize| {
@@ -90,11 +91,12 @@ impl Decision {
             period_ns(usize::from(w.check), usize::from(w.window)).div_ceil(NANOS)
         };
         let w = statuses.get(pick(outcome, report, period))?;
-        Some(Reported {
+        let values = Reported {
             limit: w.limit,
             remaining: w.remaining,
             reset: reset_at(now, w.reset_after),
-        })
+        };
+        Some((usize::from(w.check), values))
     }
 }
 

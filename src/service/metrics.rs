@@ -181,79 +181,15 @@ pub(super) fn admitted<St>(shared: &Shared<St>, applied: &Applied, outcome: Opti
     }
 }
 
-/// Counts an admitted request that no shadow limit would have refused:
-/// every limit in `applied` admitted it.
+/// Counts an admission whose reported window, of limit `limit`, is left
+/// with `reported`: near the limit if that is 20 % or less.
 #[inline(always)]
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-pub(super) fn admitted_quietly<St>(shared: &Shared<St>, applied: &Applied) {
+pub(super) fn near_limit<St>(shared: &Shared<St>, limit: u16, reported: &Reported) {
     #[cfg(feature = "metrics")]
-    {
-        for charge in &applied.charges {
-            shared
-                .metrics
-                .count(usize::from(charge.origin.0), Verdict::Admitted);
-        }
-        if !applied.claims.is_empty() {
-            claims_admitted(shared, applied);
-        }
+    if near(reported.remaining, reported.limit) {
+        shared.metrics.near_limit(usize::from(limit));
     }
-}
-
-/// Counts the limits of an admitted request that capped it in flight and
-/// did not count it in a window (none would have refused it).
-#[cfg(feature = "metrics")]
-#[inline(never)]
-fn claims_admitted<St>(shared: &Shared<St>, applied: &Applied) {
-    for claim in &applied.claims {
-        let limit = claim.origin.0;
-        if !applied.charges.iter().any(|c| c.origin.0 == limit) {
-            shared.metrics.count(usize::from(limit), Verdict::Admitted);
-        }
-    }
-}
-
-/// Counts an admitted request whose reported window (`reported`, of the
-/// store's `outcome`) has 20 % or less left. Cheap unless it does.
-#[inline(always)]
-#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-pub(super) fn near_limit_reported<St>(
-    shared: &Shared<St>,
-    applied: &Applied,
-    outcome: &Outcome,
-    reported: Option<&Reported>,
-) {
-    #[cfg(feature = "metrics")]
-    if let Some(r) = reported {
-        if near(r.remaining, r.limit) {
-            near_limit_slow(shared, applied, outcome);
-        }
-    }
-}
-
-/// The near-limit count when the reported window's limit is not known yet:
-/// with one limit counted it is that one, else the decision says.
-#[cfg(feature = "metrics")]
-#[cold]
-#[inline(never)]
-fn near_limit_slow<St>(shared: &Shared<St>, applied: &Applied, outcome: &Outcome) {
-    let limit = match &applied.charges[..] {
-        [charge] => usize::from(charge.origin.0),
-        _ => {
-            let policy = &*shared.policy.inner;
-            let decision = crate::decision::Decision::from_outcome(
-                outcome,
-                |check| applied.origin(check),
-                applied.now,
-                policy.report,
-                applied.period_of(policy),
-            );
-            match decision.reported() {
-                Some(w) => usize::from(w.limit_index),
-                None => return,
-            }
-        }
-    };
-    shared.metrics.near_limit(limit);
 }
 
 /// Counts an admitted request whose decision was built: near the limit if

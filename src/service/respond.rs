@@ -115,16 +115,18 @@ where
     if quiet && !shared.decision_extensions && !policy.headers.has_ietf() {
         let reported = match outcome {
             Some(outcome) => {
-                Decision::reported_values(outcome, now, policy.report, applied.period_of(policy))
+                let period = applied.period_of(policy);
+                let reported = Decision::reported_values(outcome, now, policy.report, period);
+                reported.map(|(check, values)| {
+                    metrics::near_limit(shared, applied.origin(check).0, &values);
+                    values
+                })
             }
             None => caps()
                 .min_by_key(|w| w.remaining)
                 .map(|w| Reported::from(&w)),
         };
-        metrics::admitted_quietly(shared, applied);
-        if let Some(outcome) = outcome {
-            metrics::near_limit_reported(shared, applied, outcome, reported.as_ref());
-        }
+        metrics::admitted(shared, applied, outcome);
         let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
         let held = take(&mut applied.held);
         return ResponseFuture::inner(inner.call(request), headers, None, slots(held));
