@@ -189,7 +189,7 @@ async fn two_demo_server_processes_on_one_redis_admit_exactly_the_limit() {
 
     // Ten requests in flight at a time, alternating between the processes:
     // concurrent, yet light enough for a debug build to answer each within
-    // the store's 50 ms deadline (a missed deadline fails open, by design).
+    // the store's 50 ms deadline (a missed deadline is decided by the local fallback, by design).
     let started = Instant::now();
     let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(10));
     let mut tasks = Vec::new();

@@ -179,7 +179,11 @@ async fn limits_follow_their_own_failure_policies() {
         .connect()
         .await
         .unwrap();
-    assert_eq!(store.failure_policy("per_key"), FailurePolicy::Open);
+    assert_eq!(
+        store.failure_policy("per_key"),
+        FailurePolicy::Local { percent: 100 },
+        "the default: each process counts alone against the whole quota"
+    );
     let svc = service(&RateLimitLayer::with_store(policy(), store));
     server.kill();
     for _ in 0..5 {

@@ -442,7 +442,11 @@ async fn a_dead_nodes_waiters_leave_the_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_gone_each_failure_policy_answers_within_the_deadline() {
     let mut server = redis_or_skip!();
-    let open = builder(&server).connect().await.unwrap();
+    let open = builder(&server)
+        .on_failure(FailurePolicy::Open)
+        .connect()
+        .await
+        .unwrap();
     let closed = builder(&server)
         .on_failure(FailurePolicy::Closed)
         .connect()

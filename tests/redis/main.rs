@@ -16,5 +16,6 @@ mod cluster;
 mod failures;
 mod in_flight;
 mod model;
+mod outages;
 mod penalties;
 mod store;

@@ -1,6 +1,8 @@
 //! The circuit breaker: after a run of failures, stop waiting on Redis for a
 //! cool-down, then let one request probe it.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +15,11 @@ pub(crate) struct Breaker {
     threshold: u32,
     cool_down: Duration,
     state: Mutex<State>,
+    /// When Redis last answered a call, in ns after `born` (0: never).
+    answered: AtomicU64,
+    /// When a failure was last counted, in ns after `born` (0: never).
+    failed: AtomicU64,
+    born: Instant,
     /// `ratelimit_breaker_open{store="redis"}` (feature `metrics`): 1 while
     /// open.
     #[cfg(feature = "metrics")]
@@ -53,6 +60,9 @@ impl Breaker {
             threshold: threshold.max(1),
             cool_down,
             state: Mutex::new(State::default()),
+            answered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            born: Instant::now(),
             #[cfg(feature = "metrics")]
             open_gauge: metrics::gauge!("ratelimit_breaker_open", "store" => "redis"),
         }
@@ -98,7 +108,27 @@ impl Breaker {
         }
     }
 
+    /// Now, in ns after `born` (at least 1, so that 0 means never).
+    fn stamp(&self) -> u64 {
+        let since = Instant::now()
+            .saturating_duration_since(self.born)
+            .as_nanos();
+        u64::try_from(since).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Whether the moment in `at` is after `start`.
+    fn after(&self, at: &AtomicU64, start: Instant) -> bool {
+        let start = start.saturating_duration_since(self.born).as_nanos();
+        at.load(Ordering::Relaxed) > u64::try_from(start).unwrap_or(u64::MAX)
+    }
+
+    /// Notes that Redis answered a call just now.
+    fn heard(&self) {
+        self.answered.fetch_max(self.stamp(), Ordering::Relaxed);
+    }
+
     pub(crate) fn success(&self, permit: Permit) -> Transition {
+        self.heard();
         let mut state = self.state.lock();
         state.failures = 0;
         if permit == Permit::Probe {
@@ -112,6 +142,7 @@ impl Breaker {
     }
 
     pub(crate) fn failure(&self, permit: Permit) -> Transition {
+        self.failed.fetch_max(self.stamp(), Ordering::Relaxed);
         let mut state = self.state.lock();
         state.failures = state.failures.saturating_add(1);
         if permit == Permit::Probe {
@@ -146,12 +177,42 @@ impl Breaker {
     }
 }
 
+/// Runs `call` in a task of its own and waits for it at most `deadline`
+/// (`None` past it). The task outlives an abandoned wait: when Redis answers
+/// late, the breaker still hears it, so a queue of calls that all wait past
+/// their deadlines behind this process's own commands is not taken for a
+/// silent Redis.
+pub(crate) async fn within<T, F>(
+    breaker: &Arc<Breaker>,
+    deadline: Duration,
+    call: F,
+) -> Option<redis::RedisResult<T>>
+where
+    T: Send + 'static,
+    F: Future<Output = redis::RedisResult<T>> + Send + 'static,
+{
+    let heard_by = Arc::clone(breaker);
+    let task = tokio::spawn(async move {
+        let answer = call.await;
+        if answer.is_ok() {
+            heard_by.heard();
+        }
+        answer
+    });
+    match tokio::time::timeout(deadline, task).await {
+        Ok(Ok(answer)) => Some(answer),
+        // The task was cancelled (the runtime shuts down): no answer.
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
 /// A call's permit, handed back to the breaker exactly once: as a success, a
 /// failure, or (when dropped unanswered) as abandoned.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     breaker: Arc<Breaker>,
     permit: Permit,
+    started: Instant,
     done: bool,
 }
 
@@ -160,8 +221,27 @@ impl Ticket {
         Ticket {
             breaker,
             permit,
+            started: Instant::now(),
             done: false,
         }
+    }
+
+    /// The call missed its deadline. It counts as a failure of Redis only
+    /// if Redis answered no call meanwhile (else it waited behind this
+    /// process's own commands: a load made here, not a fault there) and no
+    /// failure was counted meanwhile (else its wait is a silence already
+    /// counted: calls that pile up during one silence are one failure, not
+    /// one each). Otherwise the breaker is left as it was (`None`).
+    pub(crate) fn timed_out(mut self) -> Option<Transition> {
+        let breaker = &self.breaker;
+        if breaker.after(&breaker.answered, self.started)
+            || breaker.after(&breaker.failed, self.started)
+        {
+            // Dropped as abandoned: a probe lets the next call probe.
+            return None;
+        }
+        self.done = true;
+        Some(self.breaker.failure(self.permit))
     }
 
     pub(crate) fn success(mut self) -> Transition {
@@ -223,6 +303,43 @@ mod tests {
         assert_eq!(permit, Permit::Probe);
         drop(Ticket::new(Arc::clone(&breaker), permit));
         assert_eq!(breaker.permit(), Permit::Probe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_while_redis_answers_others_is_not_a_failure() {
+        let breaker = Arc::new(Breaker::new(1, Duration::from_secs(1)));
+        let waiting = Ticket::new(Arc::clone(&breaker), breaker.permit());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // A call written earlier is answered while this one waits.
+        Ticket::new(Arc::clone(&breaker), Permit::Call).success();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(waiting.timed_out(), None);
+        assert!(!breaker.is_open());
+        assert_eq!(breaker.consecutive_failures(), 0);
+        // Silence since the call started: a failure, and the breaker opens.
+        let silent = Ticket::new(Arc::clone(&breaker), breaker.permit());
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(silent.timed_out(), Some(Transition::Opened));
+        assert!(breaker.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_that_pile_up_in_one_silence_are_one_failure() {
+        let breaker = Arc::new(Breaker::new(3, Duration::from_secs(1)));
+        let piled: Vec<_> = (0..10)
+            .map(|_| Ticket::new(Arc::clone(&breaker), breaker.permit()))
+            .collect();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let counted: Vec<_> = piled.into_iter().map(Ticket::timed_out).collect();
+        assert_eq!(counted[0], Some(Transition::None));
+        assert!(counted[1..].iter().all(Option::is_none), "{counted:?}");
+        assert_eq!(breaker.consecutive_failures(), 1);
+        // Each later silence, one deadline long, counts once more.
+        for expected in [Transition::None, Transition::Opened] {
+            let ticket = Ticket::new(Arc::clone(&breaker), breaker.permit());
+            tokio::time::advance(Duration::from_millis(50)).await;
+            assert_eq!(ticket.timed_out(), Some(expected));
+        }
     }
 
     #[test]

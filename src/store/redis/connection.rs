@@ -251,7 +251,11 @@ async fn prepare_on<C: ConnectionLike>(
 }
 
 /// `EVALSHA`; on `NOSCRIPT` (a restarted or flushed server), `SCRIPT LOAD`
-/// and `EVALSHA` again.
+/// and `EVALSHA` again. A connection that drops under the call (a killed
+/// client, a restarted proxy) fails the commands still queued on it: the
+/// call is sent once more, on the connection made in its place. A command
+/// that did reach Redis before the drop may thus run twice: it is charged
+/// twice (a request refused early later), never admitted uncounted.
 async fn eval_on<C: ConnectionLike>(
     connection: &mut C,
     script: &Script,
@@ -265,7 +269,12 @@ async fn eval_on<C: ConnectionLike>(
         .arg(keys.len())
         .arg(keys)
         .arg(args);
-    match command.query_async(connection).await {
+    let first = command.query_async(connection).await;
+    let answer = match first {
+        Err(error) if dropped(&error) => command.query_async(connection).await,
+        other => other,
+    };
+    match answer {
         Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             loads.fetch_add(1, Ordering::Relaxed);
             script.load_async(connection).await?;
@@ -273,6 +282,14 @@ async fn eval_on<C: ConnectionLike>(
         }
         other => other,
     }
+}
+
+/// Whether `error` is the loss of the connection a command was queued on
+/// (not a refused connection, a timeout or an error reply).
+fn dropped(error: &redis::RedisError) -> bool {
+    (error.is_connection_dropped() || error.is_io_error())
+        && !error.is_timeout()
+        && !error.is_connection_refusal()
 }
 
 #[cfg(test)]

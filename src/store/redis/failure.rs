@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use smallvec::SmallVec;
 
-use super::breaker::{Breaker, Transition};
+use super::breaker::{Breaker, Ticket, Transition};
 use super::failure_policy::FailurePolicy;
 use super::metrics::{Kind, StoreMetrics};
 use super::script::Planned;
@@ -149,22 +149,39 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Counts a failed call (and a timeout) and logs it: at `warn` for the
-/// first failure in a row and when the breaker opens, else at `debug`.
-/// `what` names what the call was for ("requests", "in-flight caps").
+/// Hands a failed call's ticket back to the breaker, counts the failure
+/// (and a timeout) and logs it: at `warn` for the first failure in a row and
+/// when the breaker opens, else at `debug`. A call that missed its deadline
+/// while Redis answered other calls waited in this process's own queue: it
+/// is counted as a timeout but is no failure of Redis, so the breaker is
+/// left as it was. `what` names what the call was for ("requests",
+/// "in-flight caps").
 pub(super) fn record(
     failure: &Failure,
-    transition: Transition,
+    ticket: Ticket,
     breaker: &Breaker,
     [failures, timeouts]: [&AtomicU64; 2],
     metrics: &StoreMetrics,
     what: &str,
 ) {
-    failures.fetch_add(1, Ordering::Relaxed);
     metrics.failure(failure.kind());
-    if matches!(failure, Failure::Timeout(_)) {
+    let transition = if let Failure::Timeout(_) = failure {
         timeouts.fetch_add(1, Ordering::Relaxed);
-    }
+        match ticket.timed_out() {
+            Some(transition) => transition,
+            None => {
+                tracing::debug!(
+                    error = %failure,
+                    "rate-limit store: a call waited behind this process's own commands; \
+                     it follows its failure policy, Redis answers"
+                );
+                return;
+            }
+        }
+    } else {
+        ticket.failure()
+    };
+    failures.fetch_add(1, Ordering::Relaxed);
     if transition == Transition::Opened {
         tracing::warn!(
             error = %failure,

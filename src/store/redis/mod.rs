@@ -86,16 +86,29 @@
 //! (`tracing`, at `warn` for the first failure in a row and when the breaker
 //! opens), counted ([`RedisStore::failures`], [`RedisStore::fallbacks`] …),
 //! and the request is decided by its limits' [`FailurePolicy`], chosen per
-//! limit name: fail open (the default),
-//! fail closed (refuse, `Retry-After` the breaker's cool-down), or count
-//! locally against a share of the quota. After 3 failures in a row (by
-//! default) a circuit breaker stops calling Redis for a cool-down (default
-//! 500 ms); then one request probes, and a success closes it. The store's
-//! future never fails and never panics on Redis's account: the layer never
-//! sees a store error from it, so a failure never becomes the inner
-//! service's error. A check that fails open is left out of the outcome: the
-//! request goes through without rate-limit headers for that limit, rather
-//! than with made-up numbers.
+//! limit name: count locally against a share of the quota (the default:
+//! the whole quota, so an outage lets each key through at most its quota
+//! per window from each process), fail closed (refuse, `Retry-After` the
+//! breaker's cool-down), or fail open (let it through uncounted). After 3
+//! failures in a row (by default) a circuit breaker stops calling Redis for
+//! a cool-down (default 500 ms); then one request probes, and a success
+//! closes it.
+//!
+//! Only Redis's failures count towards the breaker. A call that misses its
+//! deadline while Redis goes on answering this process's other calls has
+//! waited behind them in this process's own queue (a load spike here, not a
+//! fault there): that request follows its failure policy and is counted in
+//! [`RedisStore::timeouts`], but the breaker stays closed. A connection that
+//! drops under a call (a killed client, a restarted proxy) is replaced, and
+//! the call is sent once more on the new connection; a call that reached
+//! Redis just before the drop may then be charged twice, which can refuse a
+//! later request early but never admits one uncounted.
+//!
+//! The store's future never fails and never panics on Redis's account: the
+//! layer never sees a store error from it, so a failure never becomes the
+//! inner service's error. A check that fails open is left out of the
+//! outcome: the request goes through without rate-limit headers for that
+//! limit, rather than with made-up numbers.
 //!
 //! # Penalties across processes
 //!

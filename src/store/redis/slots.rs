@@ -462,17 +462,16 @@ async fn call(
         }
         Ok(Ok(reply)) => Failure::Reply(format!("{reply:?}")),
     };
-    let transition = ticket.failure();
-    record_failure(p, &failure, transition);
+    record_failure(p, &failure, ticket);
     Err(CallError::Failed { sent: true })
 }
 
-fn record_failure(p: &Parts<'_>, failure: &Failure, transition: Transition) {
+fn record_failure(p: &Parts<'_>, failure: &Failure, ticket: Ticket) {
     let counters = [p.counters.failures, p.counters.timeouts];
     let metrics = p.counters.metrics;
     failure::record(
         failure,
-        transition,
+        ticket,
         p.breaker,
         counters,
         metrics,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
-use super::breaker::{Breaker, Permit, Ticket, Transition};
+use super::breaker::{self, Breaker, Permit, Ticket, Transition};
 use super::connection::{self, Backend, Cluster, Tls};
 use super::failure::{self, Failure};
 use super::failure_policy::FailurePolicy;
@@ -140,8 +140,9 @@ impl RedisStore {
         self.inner.counters.failures.load(Ordering::Relaxed)
     }
 
-    /// Of the [failures](RedisStore::failures), the calls that missed the
-    /// deadline.
+    /// The calls that missed the deadline: Redis's [failures](RedisStore::failures)
+    /// by silence, and the calls that waited behind this process's own while
+    /// Redis answered (not failures).
     pub fn timeouts(&self) -> u64 {
         self.inner.counters.timeouts.load(Ordering::Relaxed)
     }
@@ -225,7 +226,7 @@ impl RedisStoreBuilder {
             connect_timeout: Duration::from_millis(500),
             failure_threshold: 3,
             cool_down: Duration::from_millis(500),
-            on_failure: FailurePolicy::Open,
+            on_failure: FailurePolicy::default(),
             per_limit: HashMap::new(),
             slot_lease: super::slots::DEFAULT_LEASE,
             slot_poll: super::slots::DEFAULT_POLL,
@@ -280,7 +281,8 @@ impl RedisStoreBuilder {
     }
 
     /// What every limit without its own setting does when Redis fails
-    /// (default [`FailurePolicy::Open`]).
+    /// (default [`FailurePolicy::local`]`(100)`: each process counts alone
+    /// against the whole quota).
     pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
         self.on_failure = policy;
         self
@@ -490,12 +492,12 @@ impl Inner {
         outcome
     }
 
-    fn record_failure(&self, failure: &Failure, transition: Transition) {
+    fn record_failure(&self, failure: &Failure, ticket: Ticket) {
         let counters = [&self.counters.failures, &self.counters.timeouts];
         let metrics = &self.metrics;
         failure::record(
             failure,
-            transition,
+            ticket,
             &self.breaker,
             counters,
             metrics,
@@ -570,17 +572,21 @@ impl Store for RedisStore {
         let inner = Arc::clone(inner);
         Decided::Pending(PendingDecision {
             inner: Box::pin(async move {
-                let call =
-                    inner
-                        .backend
-                        .eval(&inner.script, &keys, &args, &inner.counters.script_loads);
+                let call = {
+                    let inner = Arc::clone(&inner);
+                    async move {
+                        let script = &inner.script;
+                        let loads = &inner.counters.script_loads;
+                        inner.backend.eval(script, &keys, &args, loads).await
+                    }
+                };
                 let timer = inner.metrics.start();
-                let answer = tokio::time::timeout(inner.deadline, call).await;
+                let answer = breaker::within(&inner.breaker, inner.deadline, call).await;
                 inner.metrics.finished(timer);
                 let decided = match answer {
-                    Err(_) => Err(Failure::Timeout(inner.deadline)),
-                    Ok(Err(e)) => Err(Failure::Redis(e)),
-                    Ok(Ok(reply)) => script::parse_reply(&planned, &reply)
+                    None => Err(Failure::Timeout(inner.deadline)),
+                    Some(Err(e)) => Err(Failure::Redis(e)),
+                    Some(Ok(reply)) => script::parse_reply(&planned, &reply)
                         .and_then(|reply| script::outcome(&planned, &reply))
                         .map_err(Failure::Reply),
                 };
@@ -594,8 +600,7 @@ impl Store for RedisStore {
                         Ok(outcome)
                     }
                     Err(failure) => {
-                        let transition = ticket.failure();
-                        inner.record_failure(&failure, transition);
+                        inner.record_failure(&failure, ticket);
                         Ok(inner.fall_back(&planned, &limits, now))
                     }
                 }

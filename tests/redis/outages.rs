@@ -1,0 +1,138 @@
+//! Failures bounded: a burst that queues in this process does not trip the
+//! breaker, a dropped connection loses no decision, and the default failure
+//! policy holds each key to its quota per process while Redis is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tower_ratelimit::key::{Header, KeySecret};
+use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
+use tower_ratelimit::store::redis::RedisStore;
+use tower_ratelimit::store::Store;
+use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+
+use crate::support::{send, service};
+
+async fn decide(store: &RedisStore, checks: &[Check<'_>]) -> Outcome {
+    match store.check(0, checks) {
+        Decided::Pending(pending) => pending.await.expect("the store never fails"),
+        Decided::Ready(result) => result.expect("the store never fails"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_queued_in_this_process_is_no_redis_failure() {
+    let server = redis_or_skip!();
+    // A deadline far below what thousands of calls through one connection
+    // take: the later ones wait behind the earlier ones, here, while Redis
+    // answers all along.
+    let store = RedisStore::builder(server.url())
+        .deadline(Duration::from_millis(50))
+        .circuit_breaker(3, Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    let quota = Arc::new(Quota::new(Window::per_minute(1_000)).and(Window::per_hour(10_000)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for bucket in 0..3_000u64 {
+        let store = store.clone();
+        let quota = Arc::clone(&quota);
+        tasks.spawn(async move {
+            decide(&store, &[Check::new(bucket % 500, &quota)]).await;
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.unwrap();
+    }
+    assert!(
+        store.timeouts() > 0,
+        "the burst queued past the deadline: {store:?}"
+    );
+    assert_eq!(store.failures(), 0, "Redis never failed: {store:?}");
+    assert!(!store.is_circuit_open(), "{store:?}");
+}
+
+#[tokio::test]
+async fn killed_client_connections_lose_no_decision() {
+    let server = redis_or_skip!();
+    let store = RedisStore::builder(server.url())
+        .on_failure(tower_ratelimit::store::FailurePolicy::Open)
+        .deadline(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let quota = Quota::new(Window::per_minute(10));
+    let check = [Check::new(7, &quota)];
+    for _ in 0..4 {
+        assert!(decide(&store, &check).await.admitted());
+    }
+    let mut admin = server.client().await;
+    for round in 0..3 {
+        // Every connection but this one is closed under the store.
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(
+            killed >= 1,
+            "round {round}: the store's connection was killed"
+        );
+        let outcome = decide(&store, &check).await;
+        assert_eq!(outcome.windows().len(), 1, "round {round}: Redis decided");
+        assert!(outcome.admitted(), "round {round}");
+    }
+    // 4 + 3 charged in Redis: exactly 3 more, then refusals, all decided
+    // there (a failing-open decision would carry no window).
+    let mut admitted = 0;
+    for _ in 0..6 {
+        let outcome = decide(&store, &check).await;
+        assert_eq!(outcome.windows().len(), 1);
+        admitted += usize::from(outcome.admitted());
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(store.failures(), 0, "{store:?}");
+    assert_eq!(store.fallbacks(), 0, "{store:?}");
+}
+
+#[tokio::test]
+async fn by_default_an_outage_holds_each_key_to_its_quota_in_each_process() {
+    let mut server = redis_or_skip!();
+    let policy = || {
+        Policy::builder()
+            .key_secret(KeySecret::from_bytes(*b"shared by nodes!"))
+            .limit(
+                Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                    .quota(Quota::new(Window::per_minute(5))),
+            )
+            .build()
+            .unwrap()
+    };
+    let store = RedisStore::builder(server.url())
+        .deadline(Duration::from_millis(50))
+        .connect()
+        .await
+        .unwrap();
+    let svc = service(&RateLimitLayer::with_store(policy(), store.clone()));
+    for _ in 0..2 {
+        assert_eq!(send(&svc, "GET", "/", "k").await.status(), StatusCode::OK);
+    }
+    server.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(send(&svc, "GET", "/", "k").await.status().as_u16());
+    }
+    // This process alone allows the whole quota (its local count starts at
+    // the outage), and no more.
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429, 429],
+        "{store:?}"
+    );
+    assert!(store.fallbacks() >= 8, "{store:?}");
+}
