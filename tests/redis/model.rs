@@ -65,6 +65,7 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let case = AtomicUsize::new(0);
     let (refusals_seen, bans_seen) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let cached_seen = AtomicUsize::new(0);
     let quotas = quotas();
     // Buckets 0 and 3 are under a penalty: 3 refusals within 2 s, banned
     // for 5 s (bucket 0 alone: 1 refusal, banned for 1.5 s).
@@ -120,18 +121,40 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
                     })
                     .collect();
                 let expected = memory(&memory_store, now, &checks);
+                let cached = redis.cached_refusals();
                 let got = match redis.check(now, &checks) {
                     Decided::Pending(pending) => pending.await.unwrap(),
                     Decided::Ready(result) => result.unwrap(),
                 };
-                prop_assert_eq!(
-                    &got,
-                    &expected,
-                    "step {} at +{} ns: {:?}",
-                    i,
-                    now - T0,
-                    step
-                );
+                if redis.cached_refusals() > cached {
+                    // Refused from the deny cache: the same verdict, with
+                    // windows that refused it, exactly as they stand (a
+                    // window of a limit not in the cache may be missing,
+                    // and with it a longer wait).
+                    prop_assert!(!expected.admitted(), "step {}: {:?}", i, expected);
+                    prop_assert!(!got.windows().is_empty());
+                    for window in got.windows() {
+                        prop_assert!(window.retry_after > 0);
+                        prop_assert!(
+                            expected.windows().contains(window),
+                            "step {}: {:?} not in {:?}",
+                            i,
+                            window,
+                            expected
+                        );
+                    }
+                    prop_assert!(got.retry_after() <= expected.retry_after());
+                    cached_seen.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    prop_assert_eq!(
+                        &got,
+                        &expected,
+                        "step {} at +{} ns: {:?}",
+                        i,
+                        now - T0,
+                        step
+                    );
+                }
                 admitted += usize::from(got.admitted());
                 bans += usize::from(got.ban().is_some());
             }
@@ -147,4 +170,8 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
     // The sequences did exercise refusals and bans.
     assert!(refusals_seen.into_inner() > 0);
     assert!(bans_seen.into_inner() > 0);
+    assert!(
+        cached_seen.into_inner() > 0,
+        "and refusals from the deny cache"
+    );
 }

@@ -110,6 +110,25 @@
 //! outcome: the request goes through without rate-limit headers for that
 //! limit, rather than with made-up numbers.
 //!
+//! # The deny cache
+//!
+//! A request that Redis refuses is refused until some moment (its
+//! `Retry-After`). Each process remembers, per bucket, the refusals it has
+//! been told of and refuses that bucket itself until then, without calling
+//! Redis ([`RedisStore::cached_refusals`] counts them), so a client that
+//! keeps sending past its limit costs Redis nothing, and goes on being
+//! refused while Redis cannot decide. The memory is bounded (65,536
+//! refusals per store) and each refusal is forgotten when it ends. Such a
+//! refusal reports the windows that Redis said refused, as they stand now
+//! (a window of another limit that also refuses may be missing, and with it
+//! a longer wait: the next call to Redis tells). A
+//! refusal is remembered with the quota it was decided under: a key whose
+//! quota changes (an override, a reloaded policy, another cost) asks Redis
+//! again at once. Requests under a [penalty](crate::penalty) are not
+//! answered from the cache, as Redis must count their refusals to start a
+//! ban; a ban, once started, is remembered the same way. A key reset by an operator in another process
+//! may be refused here until its remembered refusal ends.
+//!
 //! # Penalties across processes
 //!
 //! The decision script also keeps [penalties](crate::penalty), by the rule
@@ -181,6 +200,7 @@
 
 mod breaker;
 mod connection;
+mod deny;
 mod failure;
 mod failure_policy;
 mod keys;

@@ -14,6 +14,7 @@ use redis::Script;
 
 use super::breaker::{self, Breaker, Permit, Ticket, Transition};
 use super::connection::{self, Backend, Cluster, Tls};
+use super::deny::DenyCache;
 use super::failure::{self, Failure};
 use super::failure_policy::FailurePolicy;
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
@@ -47,6 +48,7 @@ struct Counters {
     short_circuits: AtomicU64,
     fallbacks: AtomicU64,
     script_loads: AtomicU64,
+    cached_refusals: AtomicU64,
 }
 
 /// Counts shared by every process that shares a Redis server (or cluster).
@@ -76,6 +78,9 @@ struct Inner {
     /// The bans this process has seen (Redis keeps them all): a banned key
     /// is refused here without a call.
     bans: PenaltyBox,
+    /// The refusals this process has seen, until they end: a refused bucket
+    /// is refused here without a call.
+    deny: DenyCache,
 }
 
 /// Where the builder connects.
@@ -165,6 +170,12 @@ impl RedisStore {
     /// restarted or flushed server).
     pub fn script_loads(&self) -> u64 {
         self.inner.counters.script_loads.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused from this process's memory of Redis's refusals,
+    /// without a call (see [the deny cache](crate::store::redis#the-deny-cache)).
+    pub fn cached_refusals(&self) -> u64 {
+        self.inner.counters.cached_refusals.load(Ordering::Relaxed)
     }
 
     /// Whether the circuit breaker is open: Redis is not being called, and
@@ -407,6 +418,7 @@ impl RedisStoreBuilder {
                 metrics: StoreMetrics::new(),
                 slots: super::slots::Slots::new(self.slot_lease, self.slot_poll, self.deadline),
                 bans: PenaltyBox::new(),
+                deny: DenyCache::default(),
             }),
         })
     }
@@ -556,6 +568,13 @@ impl Store for RedisStore {
         if planned.is_empty() {
             return Decided::Ready(Ok(Outcome::new(true, std::iter::empty())));
         }
+        if let Some(refusal) = inner.deny.refusal(&planned, now) {
+            inner
+                .counters
+                .cached_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            return Decided::Ready(Ok(refusal));
+        }
         let limits = inner.metrics.limits(checks);
         let permit = inner.breaker.permit();
         if let Permit::Refused(_) = permit {
@@ -594,6 +613,7 @@ impl Store for RedisStore {
                     Ok(outcome) => {
                         inner.counters.decisions.fetch_add(1, Ordering::Relaxed);
                         inner.note_ban(&planned, &outcome, now);
+                        inner.deny.note(&planned, &outcome, now);
                         if ticket.success() == Transition::Closed {
                             tracing::info!("rate-limit store: Redis answers again");
                         }
