@@ -22,6 +22,39 @@ pub enum RefusalReason {
     /// [`Quota::in_flight`](crate::Quota::in_flight)): refused at once, or
     /// after its queue was full or its wait ran out.
     Busy,
+    /// The store could not decide (Redis unreachable, too slow, or its
+    /// circuit breaker open) and a limit that fails closed refused the
+    /// request ([`Basis::FailedClosed`]).
+    Unavailable,
+}
+
+/// What decided a request: the store's count, or what stood in for it.
+///
+/// ```
+/// use tower_ratelimit::Basis;
+///
+/// assert_ne!(Basis::Counted, Basis::DenyCache);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Basis {
+    /// The store counted the request against its windows (and penalties,
+    /// and in-flight caps): the usual case.
+    #[default]
+    Counted,
+    /// The Redis store refused it from its memory of an earlier refusal of
+    /// the same bucket, without calling Redis (see
+    /// [the deny cache](crate::store::redis#the-deny-cache)).
+    DenyCache,
+    /// The store could not decide, and the limits' failure policies counted
+    /// it in this process's memory instead.
+    LocalFallback,
+    /// The store could not decide, and the limits fail open: the request
+    /// went through uncounted.
+    FailedOpen,
+    /// The store could not decide, and a limit that fails closed refused the
+    /// request ([`RefusalReason::Unavailable`]).
+    FailedClosed,
 }
 
 /// One window the request was counted in (or checked against).
@@ -56,6 +89,7 @@ pub struct WindowReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub(crate) refusal: Option<RefusalReason>,
+    pub(crate) basis: Basis,
     pub(crate) shadow_refused: bool,
     pub(crate) retry_after: u64,
     pub(crate) reported: usize,
@@ -92,6 +126,7 @@ impl Decision {
         windows.push(reported);
         Decision {
             refusal: Some(reason),
+            basis: Basis::Counted,
             shadow_refused: false,
             retry_after,
             reported: 0,
@@ -114,6 +149,7 @@ impl Decision {
     pub(crate) fn admitted() -> Self {
         Decision {
             refusal: None,
+            basis: Basis::Counted,
             shadow_refused: false,
             retry_after: 0,
             reported: 0,
@@ -140,6 +176,12 @@ impl Decision {
     /// Why the request was refused, if it was.
     pub fn refusal(&self) -> Option<RefusalReason> {
         self.refusal
+    }
+
+    /// What decided the request: the store's count, its deny cache, or a
+    /// failure policy while the store could not decide.
+    pub fn basis(&self) -> Basis {
+        self.basis
     }
 
     /// Whole seconds (at least 1, rounded up) after which the refused request

@@ -181,7 +181,7 @@ mod shard;
 pub mod store;
 
 pub use body::ResponseBody;
-pub use decision::{Decision, RefusalReason, WindowReport};
+pub use decision::{Basis, Decision, RefusalReason, WindowReport};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use event::{Event, EventKind};
 pub use future::ResponseFuture;

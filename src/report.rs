@@ -4,7 +4,7 @@
 use smallvec::SmallVec;
 
 use crate::clock::NANOS;
-use crate::decision::{Decision, RefusalReason, WindowReport};
+use crate::decision::{Basis, Decision, RefusalReason, WindowReport};
 use crate::policy::Quota;
 use crate::reporting::ReportedWindow;
 use crate::store::protocol::{Outcome, WindowStatus};
@@ -30,6 +30,20 @@ impl From<&WindowReport> for Reported {
     }
 }
 
+/// Why `outcome` refused its request, if it did (a ban's refusal is built
+/// apart, by [`Decision::banned`]).
+pub(crate) fn refusal_reason(outcome: &Outcome) -> Option<RefusalReason> {
+    if outcome.admitted() {
+        None
+    } else if outcome.is_capacity_refusal() {
+        Some(RefusalReason::Capacity)
+    } else if outcome.basis() == Basis::FailedClosed {
+        Some(RefusalReason::Unavailable)
+    } else {
+        Some(RefusalReason::Window)
+    }
+}
+
 impl Decision {
     /// Builds the decision from a store outcome. `origin(check)` is the
     /// (limit, route) of each check; `period_of(check, window)` its period.
@@ -44,11 +58,7 @@ impl Decision {
         for status in outcome.windows() {
             windows.push(status_report(outcome, status, &origin, now, &period_ns));
         }
-        let refusal = match (outcome.admitted(), outcome.is_capacity_refusal()) {
-            (true, _) => None,
-            (false, true) => Some(RefusalReason::Capacity),
-            (false, false) => Some(RefusalReason::Window),
-        };
+        let refusal = refusal_reason(outcome);
         let retry_after = if refusal.is_some() {
             outcome.retry_after().div_ceil(NANOS).max(1)
         } else {
@@ -57,6 +67,7 @@ impl Decision {
         let reported = pick(outcome, report, |i| windows[i].period);
         let mut decision = Decision {
             refusal,
+            basis: outcome.basis(),
             shadow_refused: outcome.shadow_refused(),
             retry_after,
             reported,

@@ -140,13 +140,15 @@ impl TestRecorder {
     }
 }
 
-const OUTCOMES: [&str; 6] = [
+const OUTCOMES: [&str; 8] = [
     "admitted",
     "refused",
     "busy",
     "banned",
     "key_rejected",
     "shadow_refused",
+    "capacity",
+    "unavailable",
 ];
 
 impl Recorder for TestRecorder {
@@ -295,8 +297,46 @@ async fn each_limit_counts_its_decisions_and_near_limit_requests() {
     assert_eq!(tracked, Some(0.0), "every key is idle an hour later");
 }
 
+/// A refusal by the memory store's estimate for a key it had no room for is
+/// counted apart from a window's.
+#[tokio::test]
+async fn a_refusal_at_the_memory_cap_is_counted_as_capacity() {
+    use tower_ratelimit::store::MemoryStore;
+
+    let recorder = recorder();
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("m_capped", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(2))),
+        )
+        .build()
+        .unwrap();
+    let store = MemoryStore::with_max_entries(1).shards(1);
+    let layer = RateLimitLayer::with_store(policy, store)
+        .clock(ManualClock::at_unix_secs(1_700_000_000))
+        .decision_extensions(false);
+    let service = layer.layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::from("ok")))
+    }));
+    // "a" takes the only entry; "b" is counted in the overflow sketch.
+    let statuses: Vec<u16> = futures::future::join_all(
+        ["a", "a", "a", "b", "b", "b"]
+            .iter()
+            .map(|key| send(&service, "/", Some(key))),
+    )
+    .await
+    .iter()
+    .map(|r| r.status().as_u16())
+    .collect();
+    assert_eq!(statuses, [200, 200, 429, 200, 200, 429]);
+    assert_eq!(
+        recorder.decisions("m_capped"),
+        [("admitted", 4), ("refused", 1), ("capacity", 1)]
+    );
+}
+
 /// The Redis store's metrics: the duration of its calls, its errors, the
-/// decisions its failure policies made and its breaker.
+/// decisions its failure policies made, its breaker and its deny cache.
 #[cfg(feature = "redis")]
 #[path = "redis/support.rs"]
 mod support;
@@ -315,6 +355,7 @@ async fn the_redis_store_records_calls_errors_fallbacks_and_its_breaker() {
         .prefix("metrics-test")
         .deadline(Duration::from_millis(200))
         .circuit_breaker(2, Duration::from_secs(60))
+        .on_failure(FailurePolicy::Open)
         .on_failure_of("r_closed", FailurePolicy::Closed)
         .connect()
         .await
@@ -324,6 +365,7 @@ async fn the_redis_store_records_calls_errors_fallbacks_and_its_breaker() {
         .key_secret(KeySecret::from_bytes(*b"metrics test key"))
         .limit(Limit::new("r_open", key()).route("GET /r", Quota::new(Window::per_minute(100))))
         .limit(Limit::new("r_closed", key()).route("GET /rc", Quota::new(Window::per_minute(100))))
+        .limit(Limit::new("r_tight", key()).route("GET /rt", Quota::new(Window::per_minute(1))))
         .build()
         .unwrap();
     let layer = RateLimitLayer::with_store(policy, store);
@@ -345,6 +387,27 @@ async fn the_redis_store_records_calls_errors_fallbacks_and_its_breaker() {
         2
     );
     assert_eq!(recorder.gauge("ratelimit_breaker_open", &redis), Some(0.0));
+
+    // Past its limit, a key is refused by Redis once, then from the cache.
+    for status in [200, 429, 429, 429] {
+        let response = send(&service, "/rt", Some("k")).await;
+        assert_eq!(response.status().as_u16(), status);
+    }
+    assert_eq!(
+        recorder.counter("ratelimit_cached_refusals_total", &redis),
+        2
+    );
+    assert_eq!(
+        recorder.decisions("r_tight"),
+        [("admitted", 1), ("refused", 3)]
+    );
+    assert_eq!(
+        recorder
+            .histogram("ratelimit_store_duration_seconds", &redis)
+            .len(),
+        4,
+        "two calls for /rt, none for the cached refusals"
+    );
 
     // Redis is gone: each limit's failure policy decides; after two
     // failures the breaker opens and Redis is not called.
@@ -391,13 +454,18 @@ async fn the_redis_store_records_calls_errors_fallbacks_and_its_breaker() {
     );
     assert_eq!(errors("protocol") + errors("config"), 0);
     assert_eq!(layer.store().failures(), 2);
-    // Four calls were made (two answered, two failed); not the short circuit.
+    // Six calls were made (four answered, two failed); not the short
+    // circuit.
     let durations = recorder.histogram("ratelimit_store_duration_seconds", &redis);
-    assert_eq!(durations.len(), 4, "{durations:?}");
+    assert_eq!(durations.len(), 6, "{durations:?}");
     assert!(durations.iter().all(|&d| (0.0..1.0).contains(&d)));
 
     assert_eq!(recorder.decisions("r_open"), [("admitted", 4)]);
-    assert_eq!(recorder.decisions("r_closed"), [("refused", 1)]);
+    assert_eq!(
+        recorder.decisions("r_closed"),
+        [("unavailable", 1)],
+        "the store could not decide; the limit fails closed"
+    );
 
     // A store that cannot connect counts its error.
     let error = RedisStore::builder(server.url())

@@ -4,7 +4,7 @@
 //!
 //! | metric | labels | counts |
 //! |---|---|---|
-//! | `ratelimit_decisions_total` | `limit`, `outcome` | one per applying limit per request: `admitted`, `refused`, `busy`, `banned`, `key_rejected` or `shadow_refused` |
+//! | `ratelimit_decisions_total` | `limit`, `outcome` | one per applying limit per request: `admitted`, `refused` (a window had no room), `busy`, `banned`, `key_rejected`, `shadow_refused`, `capacity` (the memory store's estimate for a key it had no room for refused) or `unavailable` (the store could not decide and the limit fails closed) |
 //! | `ratelimit_near_limit_total` | `limit` | admitted requests with 20 % or less of the reported window left |
 //!
 //! The handles are registered with the recorder **when the layer is
@@ -30,17 +30,21 @@ pub(super) enum Verdict {
     Banned,
     KeyRejected,
     ShadowRefused,
+    Capacity,
+    Unavailable,
 }
 
 #[cfg(feature = "metrics")]
 impl Verdict {
-    const ALL: [Verdict; 6] = [
+    const ALL: [Verdict; 8] = [
         Verdict::Admitted,
         Verdict::Refused,
         Verdict::Busy,
         Verdict::Banned,
         Verdict::KeyRejected,
         Verdict::ShadowRefused,
+        Verdict::Capacity,
+        Verdict::Unavailable,
     ];
 
     fn label(self) -> &'static str {
@@ -51,6 +55,8 @@ impl Verdict {
             Verdict::Banned => "banned",
             Verdict::KeyRejected => "key_rejected",
             Verdict::ShadowRefused => "shadow_refused",
+            Verdict::Capacity => "capacity",
+            Verdict::Unavailable => "unavailable",
         }
     }
 }
@@ -60,7 +66,7 @@ impl Verdict {
 #[derive(Clone)]
 struct LimitMetrics {
     /// `ratelimit_decisions_total`, indexed by [`Verdict`].
-    decisions: [metrics::Counter; 6],
+    decisions: [metrics::Counter; 8],
     near_limit: metrics::Counter,
 }
 

@@ -4,9 +4,9 @@
 use super::applied::Applied;
 use super::metrics::Verdict;
 use super::Shared;
-use crate::decision::Decision;
+use crate::decision::{Decision, RefusalReason};
 use crate::event::{Event, EventKind};
-use crate::report::quota_report;
+use crate::report::{quota_report, refusal_reason};
 use crate::store::protocol::Outcome;
 
 /// The decision for a store outcome; a refusal that started a ban answers
@@ -87,7 +87,14 @@ fn report<St>(
         Some(b) => shared
             .metrics
             .count(limit_of(usize::from(b.check)), Verdict::Banned),
-        None => shared.metrics.count(limit_of(binding), Verdict::Refused),
+        None => {
+            let verdict = match refusal_reason(outcome) {
+                Some(RefusalReason::Capacity) => Verdict::Capacity,
+                Some(RefusalReason::Unavailable) => Verdict::Unavailable,
+                _ => Verdict::Refused,
+            };
+            shared.metrics.count(limit_of(binding), verdict);
+        }
     }
     emit(
         shared,

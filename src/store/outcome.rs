@@ -3,6 +3,7 @@
 use smallvec::SmallVec;
 
 use super::algorithm::Step;
+use crate::decision::Basis;
 
 /// The state of one window after a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,7 @@ pub struct Outcome {
     /// room for) rather than an exact count.
     capacity_retry_after: Option<u64>,
     shadow_refused: bool,
+    basis: Basis,
     windows: SmallVec<[WindowStatus; 4]>,
 }
 
@@ -90,6 +92,7 @@ impl Outcome {
             ban: None,
             capacity_retry_after: None,
             shadow_refused: false,
+            basis: Basis::Counted,
             windows,
         }
     }
@@ -102,6 +105,7 @@ impl Outcome {
             ban: None,
             capacity_retry_after: None,
             shadow_refused: false,
+            basis: Basis::Counted,
             windows: SmallVec::new(),
         }
     }
@@ -133,6 +137,18 @@ impl Outcome {
     pub fn with_shadow_refusal(mut self, refused: bool) -> Self {
         self.shadow_refused = refused;
         self
+    }
+
+    /// The same outcome, made on `basis` rather than by counting.
+    #[must_use]
+    pub fn on_basis(mut self, basis: Basis) -> Self {
+        self.basis = basis;
+        self
+    }
+
+    /// What made this outcome (see [`Basis`]).
+    pub fn basis(&self) -> Basis {
+        self.basis
     }
 
     /// Whether a shadow check would have refused the request.

@@ -213,3 +213,74 @@ async fn decide_now(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outco
         Decided::Ready(result) => result.unwrap(),
     }
 }
+
+/// The decision says what made it: Redis's count, the deny cache, or, while
+/// Redis is away, which failure policy.
+#[tokio::test]
+async fn each_decision_says_what_made_it() {
+    use tower_ratelimit::store::FailurePolicy;
+    use tower_ratelimit::{Basis, Decision, RefusalReason};
+
+    let mut server = redis_or_skip!();
+    let key = || Header::parse("X-API-Key").unwrap();
+    let policy = Policy::builder()
+        .key_secret(KeySecret::from_bytes(*b"shared by nodes!"))
+        .limit(Limit::new("local", key()).route("GET /l", Quota::new(Window::per_minute(1))))
+        .limit(Limit::new("open", key()).route("GET /o", Quota::new(Window::per_minute(1))))
+        .limit(Limit::new("closed", key()).route("GET /c", Quota::new(Window::per_minute(1))))
+        .build()
+        .unwrap();
+    let store = RedisStore::builder(server.url())
+        .on_failure_of("open", FailurePolicy::Open)
+        .on_failure_of("closed", FailurePolicy::Closed)
+        .connect()
+        .await
+        .unwrap();
+    let svc = service(&RateLimitLayer::with_store(policy, store));
+    let seen = |response: http::Response<_>| {
+        let decision = response.extensions().get::<Decision>().cloned();
+        let decision = decision.expect("a decision");
+        (
+            response.status().as_u16(),
+            decision.refusal(),
+            decision.basis(),
+        )
+    };
+    use Basis::{Counted, DenyCache, FailedClosed, FailedOpen, LocalFallback};
+    use RefusalReason::{Unavailable, Window as Full};
+    assert_eq!(
+        seen(send(&svc, "GET", "/l", "k").await),
+        (200, None, Counted)
+    );
+    assert_eq!(
+        seen(send(&svc, "GET", "/l", "k").await),
+        (429, Some(Full), Counted)
+    );
+    assert_eq!(
+        seen(send(&svc, "GET", "/l", "k").await),
+        (429, Some(Full), DenyCache)
+    );
+
+    server.kill();
+    assert_eq!(
+        seen(send(&svc, "GET", "/l", "k2").await),
+        (200, None, LocalFallback)
+    );
+    assert_eq!(
+        seen(send(&svc, "GET", "/l", "k2").await),
+        (429, Some(Full), LocalFallback)
+    );
+    assert_eq!(
+        seen(send(&svc, "GET", "/o", "k2").await),
+        (200, None, FailedOpen)
+    );
+    assert_eq!(
+        seen(send(&svc, "GET", "/c", "k2").await),
+        (429, Some(Unavailable), FailedClosed)
+    );
+    // The deny cache still knows `k` is over.
+    assert_eq!(
+        seen(send(&svc, "GET", "/l", "k").await),
+        (429, Some(Full), DenyCache)
+    );
+}

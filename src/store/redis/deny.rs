@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 
 use super::script::Planned;
+use crate::decision::Basis;
 use crate::policy::Algorithm;
 use crate::shard::{mix, KeyMap, Padded};
 use crate::store::algorithm::step;
@@ -130,7 +131,8 @@ impl DenyCache {
                     }),
             );
         }
-        (!windows.is_empty()).then(|| Outcome::from_statuses(false, windows))
+        (!windows.is_empty())
+            .then(|| Outcome::from_statuses(false, windows).on_basis(Basis::DenyCache))
     }
 
     /// Remembers the checks that Redis's `outcome` (made at `now`) refused.
@@ -256,7 +258,8 @@ mod tests {
         let left = refused.retry_after();
         let later = T0 + left - 1;
         let cached = cache.refusal(&[planned(3, &quota)], later).unwrap();
-        assert_eq!(cached, decide(&store, later, &checks));
+        assert_eq!(cached.windows(), decide(&store, later, &checks).windows());
+        assert_eq!(cached.basis(), Basis::DenyCache);
         assert!(cache.refusal(&[planned(3, &quota)], T0 + left).is_none());
     }
 

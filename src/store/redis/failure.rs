@@ -9,6 +9,7 @@ use super::breaker::{Breaker, Ticket, Transition};
 use super::failure_policy::FailurePolicy;
 use super::metrics::{Kind, StoreMetrics};
 use super::script::Planned;
+use crate::decision::Basis;
 use crate::policy::{Quota, Window};
 use crate::store::protocol::{Check, Decided, Outcome, WindowStatus};
 use crate::store::{MemoryStore, Store};
@@ -42,7 +43,7 @@ pub(crate) fn decide(
                 });
             }
         }
-        return Outcome::from_statuses(false, statuses);
+        return Outcome::from_statuses(false, statuses).on_basis(Basis::FailedClosed);
     }
 
     let mut origin: SmallVec<[u8; 4]> = SmallVec::new();
@@ -54,7 +55,7 @@ pub(crate) fn decide(
         }
     }
     if quotas.is_empty() {
-        return Outcome::from_statuses(true, SmallVec::new());
+        return Outcome::from_statuses(true, SmallVec::new()).on_basis(Basis::FailedOpen);
     }
     let local_checks: SmallVec<[Check<'_>; 2]> = origin
         .iter()
@@ -74,7 +75,7 @@ pub(crate) fn decide(
         // The memory store always decides at once; if it ever did not, the
         // request is let through rather than held.
         Decided::Ready(Err(_)) | Decided::Pending(_) => {
-            return Outcome::from_statuses(true, SmallVec::new())
+            return Outcome::from_statuses(true, SmallVec::new()).on_basis(Basis::FailedOpen)
         }
     };
     let statuses = outcome.windows().iter().map(|w| WindowStatus {
@@ -82,17 +83,21 @@ pub(crate) fn decide(
         ..*w
     });
     if outcome.is_capacity_refusal() {
-        return Outcome::at_capacity(outcome.retry_after(), statuses);
+        return Outcome::at_capacity(outcome.retry_after(), statuses)
+            .on_basis(Basis::LocalFallback);
     }
     let mut local = Outcome::new(outcome.admitted(), statuses);
     match outcome.ban() {
         Some(ban) if !ban.started => {
             return Outcome::banned(origin[usize::from(ban.check)], ban.left)
+                .on_basis(Basis::LocalFallback)
         }
         Some(ban) => local.mark_ban_started(origin[usize::from(ban.check)], ban.left),
         None => {}
     }
-    local.with_shadow_refusal(outcome.shadow_refused())
+    local
+        .with_shadow_refusal(outcome.shadow_refused())
+        .on_basis(Basis::LocalFallback)
 }
 
 /// `check`'s quota with every window's limit cut to `percent` %.

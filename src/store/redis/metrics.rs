@@ -7,6 +7,7 @@
 //! | `ratelimit_fallback_decisions_total` | `limit`, `policy` | per limit, requests whose windows its [`FailurePolicy`] decided (`open`, `closed` or `local`) because Redis did not |
 //! | `ratelimit_breaker_open` | `store="redis"` | 1 while the circuit breaker is open, else 0 |
 //! | `ratelimit_store_duration_seconds` | `store="redis"` | each decision's call to Redis, from sending to its answer or its deadline |
+//! | `ratelimit_cached_refusals_total` | `store="redis"` | requests refused from the [deny cache](super#the-deny-cache), without a call |
 //!
 //! The handles are registered when the store is built, except the
 //! fallback counters, registered at a limit's first fallback.
@@ -50,6 +51,8 @@ pub(super) struct StoreMetrics {
     duration: metrics::Histogram,
     #[cfg(feature = "metrics")]
     fallbacks: parking_lot::RwLock<Fallbacks>,
+    #[cfg(feature = "metrics")]
+    cached_refusals: metrics::Counter,
 }
 
 /// Each limit's `open`, `closed` and `local` fallback counters, by the
@@ -82,6 +85,7 @@ impl StoreMetrics {
                 ],
                 duration: metrics::histogram!("ratelimit_store_duration_seconds", "store" => "redis"),
                 fallbacks: Default::default(),
+                cached_refusals: metrics::counter!("ratelimit_cached_refusals_total", "store" => "redis"),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -102,6 +106,12 @@ impl StoreMetrics {
     /// Counts a store that could not connect.
     pub(super) fn store_error(&self, error: &StoreError) {
         self.error(Kind::of(error));
+    }
+
+    /// Counts a refusal from the deny cache.
+    pub(super) fn cached_refusal(&self) {
+        #[cfg(feature = "metrics")]
+        self.cached_refusals.increment(1);
     }
 
     /// Starts timing a call to Redis.

@@ -573,6 +573,7 @@ impl Store for RedisStore {
                 .counters
                 .cached_refusals
                 .fetch_add(1, Ordering::Relaxed);
+            inner.metrics.cached_refusal();
             return Decided::Ready(Ok(refusal));
         }
         let limits = inner.metrics.limits(checks);
