@@ -12,12 +12,10 @@
 mod support;
 
 use std::hint::black_box;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use support::{bucket, T0};
+use support::{bucket, quantile_micros, RedisServer, T0};
 use tower_ratelimit::store::protocol::{Check, Decided, Mode, Outcome, SharedSlots};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::{MemoryStore, Store};
@@ -26,42 +24,6 @@ use tower_ratelimit::{Quota, Window};
 const KEYS: u64 = 10_000;
 /// Decisions in flight at once in the throughput runs.
 const IN_FLIGHT: usize = 64;
-
-/// A `redis-server` child, killed on drop.
-struct Server(Child, u16);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Server {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(std::env::temp_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (apt-get install -y redis-server)");
-    let server = Server(child, port);
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server
-}
 
 async fn decide<St: Store>(store: &St, now: u64, checks: &[Check<'_>]) -> Outcome {
     match store.check(now, checks) {
@@ -87,9 +49,10 @@ fn percentiles<St: Store>(
         }
     });
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    let micros = |d: Duration| d.as_secs_f64() * 1e6;
-    (micros(at(0.50)), micros(at(0.99)))
+    (
+        quantile_micros(&samples, 0.50),
+        quantile_micros(&samples, 0.99),
+    )
 }
 
 /// p50 and p99 of `n` sequential in-flight slots of a store's shared
@@ -110,20 +73,21 @@ fn slot_percentiles(
         }
     });
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    let micros = |d: Duration| d.as_secs_f64() * 1e6;
-    (micros(at(0.50)), micros(at(0.99)))
+    (
+        quantile_micros(&samples, 0.50),
+        quantile_micros(&samples, 0.99),
+    )
 }
 
 fn main() {
-    let server = start_redis();
+    let server = RedisServer::start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let redis = runtime
         .block_on(
-            RedisStore::builder(format!("redis://127.0.0.1:{}", server.1))
+            RedisStore::builder(server.url())
                 .deadline(Duration::from_secs(5))
                 .connect(),
         )

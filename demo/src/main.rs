@@ -1,8 +1,9 @@
 //! Run with `cargo run -p voice-api` (options: `--addr 127.0.0.1:3000`,
 //! `--config FILE`, `--preset NAME` for `demo/policies/NAME.toml`,
-//! `--redis redis://127.0.0.1:6379` to count in Redis, with `--features redis`;
-//! processes that share a Redis need one key secret: the policy's
-//! `key_secret`, or else `RATELIMIT_KEY_SECRET`).
+//! `--redis redis://127.0.0.1:6379` to count in Redis, or
+//! `--redis-cluster redis://127.0.0.1:7000` (a seed node) in a Redis Cluster,
+//! with `--features redis`; processes that share a Redis need one key secret:
+//! the policy's `key_secret`, or else `RATELIMIT_KEY_SECRET`).
 //! Any request may add `?hold_ms=N` (up to 60,000) to stay in flight N ms
 //! before it is answered, to try concurrency by hand.
 //!
@@ -36,10 +37,33 @@ const DEFAULT_POLICY: &str = include_str!("../policies/default.toml");
 /// The longest `--header-timeout-ms` accepted.
 const MAX_HEADER_TIMEOUT_MS: u64 = 30_000;
 
+/// Where the counts are shared: `--redis URL` or `--redis-cluster URL`.
+enum Shared {
+    Server(String),
+    Cluster(String),
+}
+
+impl Shared {
+    /// The option that named it.
+    fn flag(&self) -> &'static str {
+        match self {
+            Shared::Server(_) => "--redis",
+            Shared::Cluster(_) => "--redis-cluster",
+        }
+    }
+
+    /// The server's URL, or the cluster's seed node's.
+    fn url(&self) -> &str {
+        match self {
+            Shared::Server(url) | Shared::Cluster(url) => url,
+        }
+    }
+}
+
 struct Options {
     addr: SocketAddr,
     config: Option<String>,
-    redis: Option<String>,
+    redis: Option<Shared>,
     admin: Option<SocketAddr>,
     guards: server::Guards,
 }
@@ -48,7 +72,7 @@ struct Options {
 const PRESETS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
 
 fn usage() -> &'static str {
-    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME] [--redis redis://HOST:PORT]\n                 [--header-timeout-ms MS] [--max-connections N] [--admin HOST:PORT]"
+    "usage: voice_api [--addr HOST:PORT] [--config POLICY.toml | --preset NAME]\n                 [--redis redis://HOST:PORT | --redis-cluster redis://HOST:PORT]\n                 [--header-timeout-ms MS] [--max-connections N] [--admin HOST:PORT]"
 }
 
 /// The names of the policy files in `demo/policies/`.
@@ -102,15 +126,27 @@ fn parse_args() -> Result<Options, String> {
                 }
                 options.config = Some(format!("{PRESETS}/{name}.toml"));
             }
-            "--redis" => {
-                let url = value("--redis")?;
+            "--redis" | "--redis-cluster" => {
+                let url = value(&arg)?;
                 if cfg!(not(feature = "redis")) {
-                    return Err(String::from(
-                        "--redis needs the `redis` feature: \
-                         cargo run -p voice-api --features redis -- --redis URL",
+                    return Err(format!(
+                        "{arg} needs the `redis` feature: \
+                         cargo run -p voice-api --features redis -- {arg} URL"
                     ));
                 }
-                options.redis = Some(url);
+                let shared = if arg == "--redis" {
+                    Shared::Server(url)
+                } else {
+                    Shared::Cluster(url)
+                };
+                if let Some(other) = options.redis.as_ref().filter(|o| o.flag() != arg) {
+                    return Err(format!(
+                        "{} and {arg} exclude each other: count in one Redis server \
+                         (--redis) or in one Redis Cluster (--redis-cluster)",
+                        other.flag()
+                    ));
+                }
+                options.redis = Some(shared);
             }
             "--admin" => {
                 let text = value("--admin")?;
@@ -160,22 +196,23 @@ fn load_policy(config: Option<&str>) -> Result<Policy, String> {
     }
 }
 
-/// The variable the demo reads the key secret from, with `--redis`, when
-/// the policy sets none.
+/// The variable the demo reads the key secret from, with `--redis` or
+/// `--redis-cluster`, when the policy sets none.
 const SECRET_VAR: &str = "RATELIMIT_KEY_SECRET";
 
 /// The policy for a process that shares its counts through Redis: every
 /// such process must hash keys under one secret. A policy that sets none
 /// gets `RATELIMIT_KEY_SECRET`'s, read as the policy file's own
-/// `key_secret = { env = "…" }` would be.
-fn load_shared_policy(config: Option<&str>) -> Result<Policy, String> {
+/// `key_secret = { env = "…" }` would be. `flag` names the option that
+/// shares the counts.
+fn load_shared_policy(config: Option<&str>, flag: &str) -> Result<Policy, String> {
     let policy = load_policy(config)?;
     if policy.has_key_secret() {
         return Ok(policy);
     }
     if std::env::var_os(SECRET_VAR).is_none() {
         return Err(format!(
-            "--redis: the policy sets no key_secret, so this process would hash keys under a \
+            "{flag}: the policy sets no key_secret, so this process would hash keys under a \
              random secret of its own and share no counts with other processes.\n\
              Set {SECRET_VAR} to the same 32 hex digits on every process (for example \
              `export {SECRET_VAR}=$(openssl rand -hex 16)`), or set key_secret in the policy file."
@@ -192,25 +229,36 @@ fn load_shared_policy(config: Option<&str>) -> Result<Policy, String> {
     .map_err(|e| format!("{SECRET_VAR}: {e}"))
 }
 
-/// The limiter with its counts in the Redis at `url`.
+/// The limiter with its counts in the Redis server or cluster at `shared`.
 #[cfg(feature = "redis")]
 async fn redis_layer(
     policy: Policy,
-    url: &str,
+    shared: &Shared,
 ) -> Result<RateLimitLayer<tower_ratelimit::store::RedisStore>, String> {
-    let store = tower_ratelimit::store::RedisStore::builder(url)
+    use tower_ratelimit::store::RedisStore;
+    let (builder, what) = match shared {
+        Shared::Server(_) => (RedisStore::builder(shared.url()), "Redis"),
+        Shared::Cluster(_) => (
+            RedisStore::cluster_builder([shared.url()]),
+            "a Redis Cluster",
+        ),
+    };
+    let store = builder
         .connect()
         .await
-        .map_err(|e| format!("--redis: {e}"))?;
-    println!("counting in Redis (prefix `{}`)", store.prefix());
+        .map_err(|e| format!("{}: {e}", shared.flag()))?;
+    println!("counting in {what} (prefix `{}`)", store.prefix());
     Ok(RateLimitLayer::with_store(policy, store))
 }
 
-/// Without the `redis` feature `--redis` is refused while parsing arguments.
+/// Without the `redis` feature `--redis` and `--redis-cluster` are refused
+/// while parsing arguments.
 #[cfg(not(feature = "redis"))]
-async fn redis_layer(_policy: Policy, _url: &str) -> Result<RateLimitLayer, String> {
-    Err(String::from(
-        "--redis needs the `redis` feature: cargo run -p voice-api --features redis -- --redis URL",
+async fn redis_layer(_policy: Policy, shared: &Shared) -> Result<RateLimitLayer, String> {
+    Err(format!(
+        "{0} needs the `redis` feature: cargo run -p voice-api --features redis -- {0} {1}",
+        shared.flag(),
+        shared.url()
     ))
 }
 
@@ -256,12 +304,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let load = if options.redis.is_some() {
-        load_shared_policy
-    } else {
-        load_policy
+    let config = options.config.as_deref();
+    let loaded = match &options.redis {
+        Some(shared) => load_shared_policy(config, shared.flag()),
+        None => load_policy(config),
     };
-    let policy = match load(options.config.as_deref()) {
+    let policy = match loaded {
         Ok(policy) => policy,
         Err(message) => {
             eprintln!("{message}");
@@ -282,9 +330,9 @@ async fn main() -> ExitCode {
         },
     };
     let limits: Vec<String> = policy.limit_names().map(str::to_owned).collect();
-    let app = match options.redis.as_deref() {
+    let app = match &options.redis {
         None => server::app(|router| router.layer(RateLimitLayer::new(policy))),
-        Some(url) => match redis_layer(policy, url).await {
+        Some(shared) => match redis_layer(policy, shared).await {
             Ok(layer) => server::app(|router| router.layer(layer)),
             Err(message) => {
                 eprintln!("{message}");

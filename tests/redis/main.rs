@@ -1,5 +1,6 @@
 //! The Redis store against a real `redis-server` (each test starts its
-//! own): shared exact counts, the decision script's arithmetic, a cluster,
+//! own): shared exact counts, the decision script's arithmetic, a cluster
+//! (one node, and three),
 //! failures and the circuit breaker, in-flight caps and penalties across
 //! nodes, and the same decisions as the memory store on random sequences.
 //!
@@ -13,6 +14,7 @@ mod support;
 
 mod arithmetic;
 mod cluster;
+mod cluster_nodes;
 mod failures;
 mod in_flight;
 mod model;

@@ -1,10 +1,12 @@
 //! A real `redis-server` for the Redis tests (this binary's, and
 //! `tests/redis_tls.rs`'s): each test starts its own on a free loopback port,
-//! with persistence off, and kills it on drop.
+//! with persistence off, and kills it on drop; or a three-node Redis Cluster
+//! of them ([`Cluster`]).
 //!
-//! Without `redis-server` on `PATH` the tests fail with a message that says
-//! how to install it, unless `TOWER_RATELIMIT_SKIP_REDIS=1` is set (then each
-//! test passes after printing that it did not run).
+//! Without `redis-server` (and, for a cluster, `redis-cli`) on `PATH` the
+//! tests fail with a message that says how to install it, unless
+//! `TOWER_RATELIMIT_SKIP_REDIS=1` is set (then each test passes after
+//! printing that it did not run).
 
 #![allow(dead_code)]
 
@@ -87,27 +89,41 @@ impl RedisServer {
 
     /// Starts a server with more command-line options.
     pub(crate) fn start_with(extra: &[&str]) -> Self {
-        let port = free_port();
+        let mut server = Self::unstarted(free_port(), extra);
+        server.launch();
+        server
+    }
+
+    /// A server on `port` with `extra` options and its scratch directory,
+    /// not started yet.
+    fn unstarted(port: u16, extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "tower-ratelimit-redis-{}-{port}",
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).expect("a scratch directory");
-        let mut server = RedisServer {
+        RedisServer {
             child: None,
             port,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        server.launch();
-        server
+        }
     }
 
     fn launch(&mut self) {
+        self.spawn();
+        self.wait_until_it_answers();
+    }
+
+    /// Starts the process without waiting for it.
+    fn spawn(&mut self) {
         let port = self.port.to_string();
         let mut args = vec!["--port", &port];
         args.extend(self.extra.iter().map(String::as_str));
         self.child = Some(spawn_server(&self.dir, &args));
+    }
+
+    fn wait_until_it_answers(&mut self) {
         let started = Instant::now();
         while !self.answers() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
@@ -218,6 +234,158 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A three-node Redis Cluster.
+
+/// A Redis Cluster of three primaries (no replicas) on free loopback ports,
+/// each a [`RedisServer`] with cluster mode on, stopped on drop.
+///
+/// A node that dies leaves its slots uncovered and the others keep serving
+/// theirs (`cluster-require-full-coverage no`), as a cluster whose failover
+/// has not happened yet would.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    nodes: Vec<RedisServer>,
+}
+
+/// Starts a cluster, or returns `None` (after saying so) when the Redis
+/// tests are skipped on purpose.
+pub(crate) fn cluster() -> Option<Cluster> {
+    (!skipped()).then(Cluster::start)
+}
+
+/// Skips the test (with a note) when the Redis tests are skipped on purpose.
+#[macro_export]
+macro_rules! cluster_or_skip {
+    () => {
+        match $crate::support::cluster() {
+            Some(cluster) => cluster,
+            None => return,
+        }
+    };
+}
+
+/// A free loopback port whose cluster bus port (10,000 above it) is free
+/// too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= u16::MAX - 10_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts three nodes at once, joins them with
+    /// `redis-cli --cluster create`, and waits until every node reports
+    /// `cluster_state:ok`.
+    pub(crate) fn start() -> Self {
+        let mut nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::unstarted(
+                    free_cluster_port(),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-require-full-coverage",
+                        "no",
+                    ],
+                )
+            })
+            .collect();
+        nodes.iter_mut().for_each(RedisServer::spawn);
+        nodes
+            .iter_mut()
+            .for_each(RedisServer::wait_until_it_answers);
+        let cluster = Cluster { nodes };
+
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output();
+        let output = match output {
+            Ok(output) => output,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "the Redis cluster tests need `redis-cli` on PATH: install it with \
+                 `apt-get install -y redis-server` (or `brew install redis`), \
+                 or set TOWER_RATELIMIT_SKIP_REDIS=1 to skip them"
+            ),
+            Err(e) => panic!("cannot run redis-cli: {e}"),
+        };
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+
+        let started = Instant::now();
+        for node in &cluster.nodes {
+            let mut connection = redis::Client::open(node.url())
+                .expect("a URL")
+                .get_connection()
+                .expect("a connection to a cluster node");
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut connection)
+                    .expect("CLUSTER INFO");
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "node {} did not reach cluster_state:ok within 15 s: {info}",
+                    node.port
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        cluster
+    }
+
+    /// Every node's `redis://127.0.0.1:PORT`, to seed a cluster client.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The number of keys on each node (`DBSIZE`), in node order; every
+    /// node must be running.
+    pub(crate) async fn key_counts(&self) -> Vec<u64> {
+        let mut counts = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let count: u64 = redis::cmd("DBSIZE")
+                .query_async(&mut node.client().await)
+                .await
+                .expect("DBSIZE");
+            counts.push(count);
+        }
+        counts
+    }
+
+    /// Kills node `index` (SIGKILL): its slots stay assigned to it, and
+    /// unanswered.
+    pub(crate) fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// Freezes node `index` (SIGSTOP): its connections stay open and nothing
+    /// answers (it is killed on drop all the same).
+    pub(crate) fn freeze(&self, index: usize) {
+        self.nodes[index].freeze();
     }
 }
 

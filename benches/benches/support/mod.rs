@@ -1,13 +1,15 @@
 //! What the benchmarks share: API keys, requests, the bare service they
-//! protect, the policy and layers they compare, a well-mixed bucket id, and
-//! polling a service in place.
+//! protect, the policy and layers they compare, a well-mixed bucket id,
+//! polling a service in place, and a `redis-server` of their own.
 //!
 //! Each benchmark uses a part of it.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
-use std::time::Duration;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use criterion::Criterion;
@@ -186,4 +188,59 @@ pub(crate) fn governor_layer(
         .finish()
         .unwrap();
     GovernorLayer::new(config)
+}
+
+/// A `redis-server` child on a free loopback port, persistence off, killed
+/// on drop.
+pub(crate) struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` (from `PATH`) and waits until it accepts
+    /// connections.
+    pub(crate) fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (apt-get install -y redis-server)");
+        let server = RedisServer { child, port };
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `q` quantile (0 to 1) of sorted `samples`, in microseconds.
+pub(crate) fn quantile_micros(samples: &[Duration], q: f64) -> f64 {
+    let at = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
+    samples[at].as_secs_f64() * 1e6
 }

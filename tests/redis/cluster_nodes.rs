@@ -1,0 +1,261 @@
+//! The Redis store on a real three-node Redis Cluster (three primaries on
+//! loopback, see [`Cluster`]): exact counts across two stores, all or nothing
+//! across limits keyed by different headers, and a killed or frozen node
+//! answered by the failure policy within the deadline while the other nodes
+//! decide.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use tower::ServiceExt;
+use tower_ratelimit::key::{Header, KeySecret};
+use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
+use tower_ratelimit::{Decision, Limit, Policy, Quota, RateLimitLayer, ResponseBody, Window};
+
+use crate::support::{header, send, service, Cluster, Svc};
+
+const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
+
+/// `quota` per `X-API-Key`.
+fn per_key(quota: Quota) -> Policy {
+    Policy::builder()
+        .key_secret(SECRET)
+        .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(quota))
+        .build()
+        .unwrap()
+}
+
+/// A store on `cluster`, reached through all three nodes.
+async fn store(cluster: &Cluster) -> RedisStore {
+    RedisStore::cluster_builder(cluster.urls())
+        .deadline(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("the cluster answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_three_nodes_admit_exactly_the_quota() {
+    let cluster = cluster_or_skip!();
+    // GCRA, 50 per hour: a slot comes back only after 72 s.
+    let policy = per_key(Quota::new(Window::per_hour(50)).and(Window::per_day(500)));
+    let stores = [store(&cluster).await, store(&cluster).await];
+    let services: Vec<Svc> = stores
+        .iter()
+        .map(|s| service(&RateLimitLayer::with_store(policy.clone(), s.clone())))
+        .collect();
+
+    let mut admitted = [0usize; 2];
+    let mut refused = 0;
+    for i in 0..120 {
+        let response = send(&services[i % 2], "GET", "/v1/calls", "shared-key").await;
+        match response.status() {
+            StatusCode::OK => {
+                let left = 50 - 1 - (admitted[0] + admitted[1]);
+                assert_eq!(
+                    header(&response, "x-ratelimit-remaining"),
+                    Some(left.to_string().as_str()),
+                    "request {i} counted once, across both stores"
+                );
+                admitted[i % 2] += 1;
+            }
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(admitted, [25, 25], "the first 50 alternate between stores");
+    assert_eq!(refused, 70);
+    for store in &stores {
+        assert_eq!(store.failures(), 0, "every decision came from Redis");
+    }
+}
+
+/// One GET with `X-API-Key: key` and `X-User: user`.
+async fn send_as(svc: &Svc, key: &str, user: &str) -> Response<ResponseBody<String>> {
+    let request = Request::get("/v1/calls")
+        .header("x-api-key", key)
+        .header("x-user", user)
+        .body(String::new())
+        .unwrap();
+    svc.clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|e: Infallible| match e {})
+}
+
+/// What the limit at `limit_index` has left after `response`'s request.
+fn remaining(response: &Response<ResponseBody<String>>, limit_index: u16) -> u32 {
+    let decision = response
+        .extensions()
+        .get::<Decision>()
+        .expect("decision extensions are on by default");
+    decision
+        .windows()
+        .iter()
+        .find(|w| w.limit_index == limit_index)
+        .unwrap_or_else(|| panic!("limit {limit_index} counted: {decision:?}"))
+        .remaining
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_by_its_second_limit_leaves_the_first_uncharged() {
+    let cluster = cluster_or_skip!();
+    let policy = Policy::builder()
+        .key_secret(SECRET)
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_hour(10))),
+        )
+        .limit(
+            Limit::new("per_user", Header::parse("X-User").unwrap())
+                .quota(Quota::new(Window::per_hour(2))),
+        )
+        .build()
+        .unwrap();
+    let store = store(&cluster).await;
+    let svc = service(&RateLimitLayer::with_store(policy, store.clone()));
+
+    for left in [9, 8] {
+        let response = send_as(&svc, "key", "alice").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(remaining(&response, 0), left);
+    }
+    let refused = send_as(&svc, "key", "alice").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(remaining(&refused, 1), 0, "refused by per_user");
+
+    let later = send_as(&svc, "key", "bob").await;
+    assert_eq!(later.status(), StatusCode::OK);
+    assert_eq!(
+        remaining(&later, 0),
+        7,
+        "the refused request charged per_key nothing"
+    );
+    assert_eq!(remaining(&later, 1), 1);
+    assert_eq!(store.failures(), 0, "every decision came from Redis");
+    let keys: u64 = cluster.key_counts().await.iter().sum();
+    assert_eq!(keys, 3, "one key per bucket: key, alice, bob");
+}
+
+/// The deadline of the stores in the failing-node tests.
+const DEADLINE: Duration = Duration::from_millis(100);
+/// Room above the deadline for a busy 2-core test machine.
+const MARGIN: Duration = Duration::from_millis(300);
+
+/// Stores that fail closed within [`DEADLINE`], with different prefixes, on
+/// `cluster`, each counted once for each of a few keys; and where those
+/// counts went.
+struct Spread {
+    services: Vec<Svc>,
+    stores: Vec<RedisStore>,
+    /// The node holding the keys of store 0's `k0`.
+    victim: usize,
+    /// A store and key counted on another node than `victim`.
+    survivor: (usize, &'static str),
+}
+
+impl Spread {
+    async fn new(cluster: &Cluster) -> Self {
+        let policy = per_key(Quota::new(Window::per_hour(100)));
+        // Wherever the store puts a request's hash tag (its prefix, or the
+        // request's key), some of these requests land on other nodes than
+        // others.
+        let mut services = Vec::new();
+        let mut stores = Vec::new();
+        for prefix in ["p0", "p1", "p2"] {
+            let store = RedisStore::cluster_builder(cluster.urls())
+                .prefix(prefix)
+                .deadline(DEADLINE)
+                .on_failure(FailurePolicy::Closed)
+                .connect()
+                .await
+                .expect("the cluster answers");
+            services.push(service(&RateLimitLayer::with_store(
+                policy.clone(),
+                store.clone(),
+            )));
+            stores.push(store);
+        }
+        // Which node each (store, key) counts on: the one whose DBSIZE grows.
+        let mut node_of = HashMap::new();
+        let mut before = cluster.key_counts().await;
+        for (s, svc) in services.iter().enumerate() {
+            for key in ["k0", "k1", "k2", "k3"] {
+                let response = send(svc, "GET", "/", key).await;
+                assert_eq!(response.status(), StatusCode::OK);
+                let after = cluster.key_counts().await;
+                let grew: Vec<usize> = (0..3).filter(|&n| after[n] > before[n]).collect();
+                assert_eq!(
+                    grew.len(),
+                    1,
+                    "one node took the keys: {before:?} {after:?}"
+                );
+                node_of.insert((s, key), grew[0]);
+                before = after;
+            }
+        }
+        let victim = node_of[&(0, "k0")];
+        let (&survivor, _) = node_of
+            .iter()
+            .find(|(_, &node)| node != victim)
+            .unwrap_or_else(|| panic!("every request counted on node {victim}: {node_of:?}"));
+        Spread {
+            services,
+            stores,
+            victim,
+            survivor,
+        }
+    }
+
+    /// Store 0's `k0`, whose node failed: refused (fail closed) within the
+    /// deadline and the margin, as one fallback.
+    async fn refused_in_time(&self) {
+        let started = Instant::now();
+        let response = send(&self.services[0], "GET", "/", "k0").await;
+        let took = started.elapsed();
+        assert_eq!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "fails closed"
+        );
+        assert!(took < DEADLINE + MARGIN, "answered in {took:?}");
+        assert_eq!(self.stores[0].fallbacks(), 1);
+    }
+
+    /// The survivor's key, on a node that still runs: counted in Redis on
+    /// top of its first request. One failure is below the circuit breaker's
+    /// threshold (3), so even a store whose other keys live on the failed
+    /// node still calls Redis for it.
+    async fn survivor_decides(&self) {
+        let (store, key) = self.survivor;
+        let failures = self.stores[store].failures();
+        let response = send(&self.services[store], "GET", "/", key).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "x-ratelimit-remaining"), Some("98"));
+        assert_eq!(self.stores[store].failures(), failures);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_fails_closed_within_the_deadline_and_the_others_still_decide() {
+    let mut cluster = cluster_or_skip!();
+    let spread = Spread::new(&cluster).await;
+    cluster.kill(spread.victim);
+    // A killed process refuses connections: the store hears it at once.
+    spread.refused_in_time().await;
+    spread.survivor_decides().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_fails_closed_at_the_deadline_and_the_others_still_decide() {
+    let cluster = cluster_or_skip!();
+    let spread = Spread::new(&cluster).await;
+    cluster.freeze(spread.victim);
+    // A frozen node keeps its connections open and answers nothing: only
+    // the deadline ends the wait.
+    spread.refused_in_time().await;
+    assert_eq!(spread.stores[0].timeouts(), 1);
+    spread.survivor_decides().await;
+}
