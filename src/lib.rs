@@ -157,6 +157,9 @@
 //! [governor]: https://docs.rs/governor
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod body;
 pub mod clock;
 mod decision;
@@ -172,6 +175,7 @@ pub mod key;
 mod layer;
 pub mod penalty;
 pub mod policy;
+pub mod reload;
 mod report;
 mod reporting;
 mod response;
@@ -189,6 +193,7 @@ pub use future::ResponseFuture;
 pub use key::CustomKeys;
 pub use layer::RateLimitLayer;
 pub use policy::{Algorithm, Limit, Overrides, Policy, PolicyBuilder, Quota, Tiers, Window};
+pub use reload::{Changes, ReloadHandle};
 pub use reporting::HeaderStyle;
 pub use response::{CustomBody, Refusal, RefusalFormat};
 pub use service::RateLimit;
