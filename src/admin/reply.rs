@@ -29,6 +29,29 @@ pub(super) fn error(status: StatusCode, field: &str, message: impl Into<String>)
     json(status, &json!({ "error": message, "field": field }))
 }
 
+/// What is wrong with a request, before it is answered: an [`error`].
+pub(super) struct Fault {
+    status: StatusCode,
+    field: String,
+    message: String,
+}
+
+impl Fault {
+    pub(super) fn new(status: StatusCode, field: &str, message: impl Into<String>) -> Self {
+        let (field, message) = (field.to_owned(), message.into());
+        Fault {
+            status,
+            field,
+            message,
+        }
+    }
+
+    /// The answer that says it.
+    pub(super) fn reply(&self) -> Reply {
+        error(self.status, &self.field, self.message.as_str())
+    }
+}
+
 /// The answer for a policy's refusal: 404 for a name it does not know
 /// where a limit was named, else 422.
 pub(super) fn config_error(e: &ConfigError) -> Reply {

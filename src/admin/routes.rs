@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use super::reply::{config_error, error, json, store_error, Reply};
+use super::reply::{config_error, json, store_error, Fault, Reply};
 use super::Admin;
 use crate::clock::NANOS;
 use crate::key::{Key, KeySecret};
@@ -31,20 +31,20 @@ struct Target<St> {
 impl<St> Target<St> {
     /// The limit and key the path names, or the answer that says what is
     /// wrong with them.
-    fn of(admin: &Admin<St>, path: KeyPath) -> Result<Self, Reply> {
+    fn of(admin: &Admin<St>, path: KeyPath) -> Result<Self, Fault> {
         let Path((limit, key)) = path.map_err(|_| {
             let message = "the limit and key must be percent-encoded UTF-8";
-            error(StatusCode::BAD_REQUEST, "path", message)
+            Fault::new(StatusCode::BAD_REQUEST, "path", message)
         })?;
         let shared = admin.current.load_full();
         let policy = &shared.policy.inner;
         let Some((index, _)) = policy.limit(&limit) else {
             let message = format!("the policy has no limit named `{}`", limit.escape_debug());
-            return Err(error(StatusCode::NOT_FOUND, "limit", message));
+            return Err(Fault::new(StatusCode::NOT_FOUND, "limit", message));
         };
         if key.is_empty() || key.len() > policy.max_key_len {
             let message = format!("a key is 1 to {} bytes", policy.max_key_len);
-            return Err(error(StatusCode::BAD_REQUEST, "key", message));
+            return Err(Fault::new(StatusCode::BAD_REQUEST, "key", message));
         }
         Ok(Target {
             index,
@@ -97,7 +97,7 @@ impl<St> Target<St> {
 pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPath) -> Reply {
     let target = match Target::of(&admin, path) {
         Ok(target) => target,
-        Err(reply) => return reply,
+        Err(fault) => return fault.reply(),
     };
     let own = target.own();
     let now = target.shared.clock.now();
@@ -157,7 +157,7 @@ pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPat
 pub(super) async fn forget<St: Store>(State(admin): State<Admin<St>>, path: KeyPath) -> Reply {
     let target = match Target::of(&admin, path) {
         Ok(target) => target,
-        Err(reply) => return reply,
+        Err(fault) => return fault.reply(),
     };
     let own = target.own();
     let answer = target.shared.store.forget(&target.checks(own.as_ref()));
@@ -182,13 +182,13 @@ pub(super) async fn set_override<St: Store>(
 ) -> Reply {
     let target = match Target::of(&admin, path) {
         Ok(target) => target,
-        Err(reply) => return reply,
+        Err(fault) => return fault.reply(),
     };
     let (limit, key) = (&target.limit, &target.key);
     let set = match parse_override(&body) {
         Ok(Wanted::Quota(quota)) => admin.overrides.set_quota(limit, key, quota),
         Ok(Wanted::Plan(plan)) => admin.overrides.set_plan(limit, key, &plan),
-        Err(reply) => return reply,
+        Err(fault) => return fault.reply(),
     };
     if let Err(e) = set {
         return config_error(&e);
@@ -216,7 +216,7 @@ pub(super) async fn remove_override<St: Store>(
 ) -> Reply {
     let target = match Target::of(&admin, path) {
         Ok(target) => target,
-        Err(reply) => return reply,
+        Err(fault) => return fault.reply(),
     };
     match admin.overrides.remove(&target.limit, &target.key) {
         Ok(removed) => {
@@ -237,11 +237,11 @@ enum Wanted {
 }
 
 /// Reads `{"windows": ["120/minute", ...]}` or `{"plan": "scale"}`.
-fn parse_override(body: &[u8]) -> Result<Wanted, Reply> {
+fn parse_override(body: &[u8]) -> Result<Wanted, Fault> {
     let unprocessable =
-        |field: &str, message: String| error(StatusCode::UNPROCESSABLE_ENTITY, field, message);
+        |field: &str, message: String| Fault::new(StatusCode::UNPROCESSABLE_ENTITY, field, message);
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "body", format!("not JSON: {e}")))?;
+        .map_err(|e| Fault::new(StatusCode::BAD_REQUEST, "body", format!("not JSON: {e}")))?;
     let Some(object) = value.as_object() else {
         let message = r#"expected {"windows": [...]} or {"plan": "..."}"#.to_string();
         return Err(unprocessable("body", message));
