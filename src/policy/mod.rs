@@ -264,7 +264,8 @@ impl PolicyBuilder {
         self
     }
 
-    /// Sets the secret keys are hashed under (default: random). Processes
+    /// Sets the secret keys are hashed under (default: random, one per
+    /// process, shared by every policy that sets none). Processes
     /// that share a store must share it.
     pub fn key_secret(mut self, secret: KeySecret) -> Self {
         self.secret = Some(secret);

@@ -217,18 +217,13 @@ impl Overrides {
         policy: &'p PolicyInner,
         name: &str,
     ) -> Result<(usize, &'p CompiledLimit), ConfigError> {
-        policy
-            .limits
-            .iter()
-            .enumerate()
-            .find(|(_, l)| &*l.name == name)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    ConfigErrorKind::UnknownName,
-                    "limit",
-                    format!("the policy has no limit named `{}`", name.escape_debug()),
-                )
-            })
+        policy.limit(name).ok_or_else(|| {
+            ConfigError::new(
+                ConfigErrorKind::UnknownName,
+                "limit",
+                format!("the policy has no limit named `{}`", name.escape_debug()),
+            )
+        })
     }
 
     fn hash(policy: &PolicyInner, limit: &CompiledLimit, key: &str) -> Result<u64, ConfigError> {
