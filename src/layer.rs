@@ -3,13 +3,15 @@
 use std::fmt;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
 use crate::event::{Event, Hook};
 use crate::inflight::ConcurrencyLimiter;
 use crate::policy::{Overrides, Policy};
-use crate::service::{Metrics, RateLimit, Shared};
+use crate::reload::ReloadHandle;
+use crate::service::{Current, Metrics, RateLimit, Shared};
 use crate::store::{MemoryStore, Store};
 
 /// Applies a rate-limit [`Policy`] to a service.
@@ -34,7 +36,8 @@ use crate::store::{MemoryStore, Store};
 /// ```
 #[must_use]
 pub struct RateLimitLayer<St = MemoryStore> {
-    shared: Arc<Shared<St>>,
+    current: Arc<Current<St>>,
+    store: Arc<St>,
 }
 
 impl RateLimitLayer<MemoryStore> {
@@ -72,23 +75,33 @@ impl<St: Store> RateLimitLayer<St> {
                  give every process the same key_secret"
             );
         }
+        let shared = Shared {
+            metrics: Metrics::new(&policy),
+            policy,
+            store: Arc::clone(&store),
+            clock: Arc::new(SystemClock::new()),
+            decision_extensions: true,
+            on_event: None,
+            in_flight: ConcurrencyLimiter::new(),
+        };
         RateLimitLayer {
-            shared: Arc::new(Shared {
-                metrics: Metrics::new(&policy),
-                policy,
-                store,
-                clock: Arc::new(SystemClock::new()),
-                decision_extensions: true,
-                on_event: None,
-                in_flight: ConcurrencyLimiter::new(),
-            }),
+            current: Arc::new(ArcSwap::from_pointee(shared)),
+            store,
         }
     }
 
-    /// Uses `clock` instead of the system clock (for tests).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        Arc::make_mut(&mut self.shared).clock = Arc::new(clock);
+    /// The same layer with a setting changed by `set`: a layer of its own,
+    /// apart from the clones of this one (as a builder's setters are).
+    fn set(mut self, set: impl FnOnce(&mut Shared<St>)) -> Self {
+        let mut shared = Shared::clone(&self.current.load());
+        set(&mut shared);
+        self.current = Arc::new(ArcSwap::from_pointee(shared));
         self
+    }
+
+    /// Uses `clock` instead of the system clock (for tests).
+    pub fn clock(self, clock: impl Clock) -> Self {
+        self.set(|shared| shared.clock = Arc::new(clock))
     }
 
     /// Whether the [`Decision`](crate::Decision) is put into the request's and
@@ -96,32 +109,39 @@ impl<St: Store> RateLimitLayer<St> {
     /// allocations per request (`http::Extensions` boxes its map and each
     /// value); with it off, an admitted request on a known key allocates
     /// nothing of the layer's own. Turn it off if nothing reads it.
-    pub fn decision_extensions(mut self, enabled: bool) -> Self {
-        Arc::make_mut(&mut self.shared).decision_extensions = enabled;
-        self
+    pub fn decision_extensions(self, enabled: bool) -> Self {
+        self.set(|shared| shared.decision_extensions = enabled)
     }
 
     /// Calls `hook` for every refusal, shadow refusal and key rejection, on
     /// the request's task (keep it quick: count, log, or send to a channel).
     /// The layer also emits a `tracing` event for each, at `debug` level
     /// (shadow refusals at `info`).
-    pub fn on_event<F>(mut self, hook: F) -> Self
+    pub fn on_event<F>(self, hook: F) -> Self
     where
         F: Fn(&Event<'_>) + Send + Sync + 'static,
     {
-        Arc::make_mut(&mut self.shared).on_event = Some(Hook(Arc::new(hook)));
-        self
+        self.set(|shared| shared.on_event = Some(Hook(Arc::new(hook))))
     }
 
-    /// The policy.
-    pub fn policy(&self) -> &Policy {
-        &self.shared.policy
+    /// The policy enforced now (the latest that a [`ReloadHandle`] put in
+    /// place).
+    pub fn policy(&self) -> Policy {
+        self.current.load().policy.clone()
     }
 
-    /// The handle that sets keys' own quotas at runtime (the policy's, see
-    /// [`Policy::overrides`]).
+    /// The handle that sets keys' own quotas at runtime in the policy
+    /// enforced now, and after a reload in the new one (see
+    /// [`Policy::overrides`] and [`ReloadHandle`]).
     pub fn overrides(&self) -> Overrides {
-        self.shared.policy.overrides()
+        let current = Arc::clone(&self.current);
+        Overrides::new(move || Arc::clone(&current.load().policy.inner))
+    }
+
+    /// The handle that replaces the policy of this layer and of every
+    /// service it built (and of its clones), while requests flow.
+    pub fn reload_handle(&self) -> ReloadHandle<St> {
+        ReloadHandle::new(Arc::clone(&self.current))
     }
 
     /// The number of keys with a request in flight, or waiting for a slot,
@@ -130,24 +150,31 @@ impl<St: Store> RateLimitLayer<St> {
     /// body is done. A store that shares slots between processes keeps its
     /// own count instead.
     pub fn keys_in_flight(&self) -> usize {
-        self.shared.in_flight.len()
+        self.current.load().in_flight.len()
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<St> {
-        &self.shared.store
+        &self.store
     }
 
     /// The current time on the layer's clock, in nanoseconds since the Unix epoch.
     pub fn now(&self) -> u64 {
-        self.shared.clock.now()
+        self.current.load().clock.now()
+    }
+
+    /// What the layer shares with its services now.
+    #[cfg(feature = "admin")]
+    pub(crate) fn current(&self) -> &Arc<Current<St>> {
+        &self.current
     }
 }
 
 impl<St> Clone for RateLimitLayer<St> {
     fn clone(&self) -> Self {
         RateLimitLayer {
-            shared: Arc::clone(&self.shared),
+            current: Arc::clone(&self.current),
+            store: Arc::clone(&self.store),
         }
     }
 }
@@ -155,7 +182,7 @@ impl<St> Clone for RateLimitLayer<St> {
 impl<St> fmt::Debug for RateLimitLayer<St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field("policy", &self.shared.policy)
+            .field("policy", &self.current.load().policy)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +191,6 @@ impl<S, St> Layer<S> for RateLimitLayer<St> {
     type Service = RateLimit<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::from_shared(inner, Arc::clone(&self.shared))
+        RateLimit::from_current(inner, Arc::clone(&self.current))
     }
 }

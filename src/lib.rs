@@ -63,6 +63,7 @@
 //! | [`key::KeyExtractor`] | reads who a request counts against |
 //! | [`store::Store`] | where counts live: [`store::MemoryStore`] by default |
 //! | [`Decision`] | admitted or refused, with every window's state; in the request's and response's extensions |
+//! | [`ReloadHandle`] | replaces a running layer's policy atomically, keeping counts (see [`reload`]) |
 //!
 //! # Promises
 //!
@@ -123,7 +124,8 @@
 //! it (nothing imports back up, and no two modules import each other):
 //!
 //! ```text
-//! layer     RateLimitLayer: a policy, a store and a clock, shared by the services it builds
+//! admin     the operators' HTTP API (feature admin): peek, reset and override keys
+//! layer     RateLimitLayer: a policy, a store and a clock, shared by the services it builds;  reload
 //! service   RateLimit::call = plan (routes, keys) -> decide (slots, store) -> respond
 //! report    a store's outcome as the Decision and header values;  file: policy files (toml)
 //! store     Store; MemoryStore (and its overflow sketch); RedisStore
@@ -144,6 +146,7 @@
 //! |---|---|
 //! | `toml` (default) | [`Policy::from_toml`] and the other policy-file loaders, [`CustomKeys`] |
 //! | `axum` | [`key::PeerIp`] also reads axum's `ConnectInfo<SocketAddr>` |
+//! | `admin` | `admin::router`: an axum `Router` to look at, reset and override keys' limits (implies `axum`) |
 //! | `governor` | `From<governor::Quota>` for [`Window`] |
 //! | `redis` | `store::RedisStore`: counts shared by many processes |
 //! | `redis-tls` | `rediss://` URLs for the Redis store |
@@ -157,6 +160,9 @@
 //! [governor]: https://docs.rs/governor
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod body;
 pub mod clock;
 mod decision;
@@ -172,6 +178,7 @@ pub mod key;
 mod layer;
 pub mod penalty;
 pub mod policy;
+pub mod reload;
 mod report;
 mod reporting;
 mod response;
@@ -189,6 +196,7 @@ pub use future::ResponseFuture;
 pub use key::CustomKeys;
 pub use layer::RateLimitLayer;
 pub use policy::{Algorithm, Limit, Overrides, Policy, PolicyBuilder, Quota, Tiers, Window};
+pub use reload::{Changes, ReloadHandle};
 pub use reporting::HeaderStyle;
 pub use response::{CustomBody, Refusal, RefusalFormat};
 pub use service::RateLimit;

@@ -1,6 +1,7 @@
 //! The admin listener (`--admin HOST:PORT`, feature `admin`): `GET
-//! /metrics` in the Prometheus text format, apart from the API's port.
-//! Shared by the `voice_api` binary and the tests that serve the demo.
+//! /metrics` in the Prometheus text format and the rate limiter's admin API
+//! (`/limits/{limit}/keys/{key}` …), apart from the API's port. Shared by
+//! the `voice_api` binary and the tests that serve the demo.
 
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
@@ -16,9 +17,10 @@ pub(crate) fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("--admin: cannot install the metrics recorder: {e}"))
 }
 
-/// The admin API: `GET /metrics`, every metric recorded so far.
-pub(crate) fn router(handle: PrometheusHandle) -> Router {
-    Router::new().route(
+/// The admin API: `GET /metrics`, every metric recorded so far, beside
+/// `limits`, the rate limiter's own (`tower_ratelimit::admin::router`).
+pub(crate) fn router(handle: PrometheusHandle, limits: Router) -> Router {
+    limits.route(
         "/metrics",
         get(move || {
             let body = handle.render();

@@ -12,9 +12,13 @@
 //! line and headers, or stays idle that long between requests; at most
 //! `--max-connections` (default 1,000) are served at once.
 //!
-//! Metrics: with `--features admin`, `--admin 127.0.0.1:9000` serves the
-//! rate limiter's metrics at `GET /metrics` (Prometheus text format) on that
+//! Metrics and admin: with `--features admin`, `--admin 127.0.0.1:9000`
+//! serves the rate limiter's metrics at `GET /metrics` (Prometheus text
+//! format) and its admin API at `/limits/{limit}/keys/{key}` on that
 //! address, apart from the API.
+//!
+//! Reload: `kill -HUP <pid>` reloads the `--config` file; the log (stderr)
+//! says what changed, or why the file was refused.
 //!
 //! A stand-in for a voice-AI API: every path answers 200 JSON (other methods
 //! than GET, HEAD, POST, PUT, PATCH and DELETE get a 405),
@@ -24,12 +28,14 @@
 
 #[cfg(feature = "admin")]
 mod admin;
+mod reload;
 mod server;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use tower_ratelimit::store::Store;
 use tower_ratelimit::{Policy, RateLimitLayer};
 
 const DEFAULT_POLICY: &str = include_str!("../policies/default.toml");
@@ -295,8 +301,35 @@ fn hints(preset: Option<&str>) -> &'static [&'static str] {
     }
 }
 
+/// The rate limiter's admin API (feature `admin`).
+#[cfg(feature = "admin")]
+type LimitsAdmin = axum::Router;
+#[cfg(not(feature = "admin"))]
+type LimitsAdmin = ();
+
+/// The API behind `layer`, and the layer's admin API; with a `config`
+/// file, `SIGHUP` reloads it (read with `load`).
+fn with_layer<St: Store>(
+    layer: RateLimitLayer<St>,
+    config: Option<String>,
+    load: reload::Load,
+) -> (axum::Router, LimitsAdmin) {
+    if let Some(path) = config {
+        reload::on_sighup(layer.reload_handle(), path, load);
+    }
+    #[cfg(feature = "admin")]
+    let limits_admin = tower_ratelimit::admin::router(&layer);
+    #[cfg(not(feature = "admin"))]
+    let limits_admin = ();
+    (server::app(|router| router.layer(layer)), limits_admin)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let options = match parse_args() {
         Ok(options) => options,
         Err(message) => {
@@ -304,12 +337,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = options.config.as_deref();
-    let loaded = match &options.redis {
-        Some(shared) => load_shared_policy(config, shared.flag()),
-        None => load_policy(config),
+    let load: reload::Load = match &options.redis {
+        Some(Shared::Server(_)) => |config| load_shared_policy(config, "--redis"),
+        Some(Shared::Cluster(_)) => |config| load_shared_policy(config, "--redis-cluster"),
+        None => load_policy,
     };
-    let policy = match loaded {
+    let policy = match load(options.config.as_deref()) {
         Ok(policy) => policy,
         Err(message) => {
             eprintln!("{message}");
@@ -330,10 +363,12 @@ async fn main() -> ExitCode {
         },
     };
     let limits: Vec<String> = policy.limit_names().map(str::to_owned).collect();
-    let app = match &options.redis {
-        None => server::app(|router| router.layer(RateLimitLayer::new(policy))),
+    let config = options.config.clone();
+    #[cfg_attr(not(feature = "admin"), allow(unused_variables))]
+    let (app, limits_admin) = match &options.redis {
+        None => with_layer(RateLimitLayer::new(policy), config, load),
         Some(shared) => match redis_layer(policy, shared).await {
-            Ok(layer) => server::app(|router| router.layer(layer)),
+            Ok(layer) => with_layer(layer, config, load),
             Err(message) => {
                 eprintln!("{message}");
                 return ExitCode::from(2);
@@ -360,8 +395,8 @@ async fn main() -> ExitCode {
             }
         };
         let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
-        println!("metrics at http://{admin_addr}/metrics");
-        let app = admin::router(handle);
+        println!("metrics at http://{admin_addr}/metrics, rate-limit admin at http://{admin_addr}/limits/");
+        let app = admin::router(handle, limits_admin);
         let serving = server::serve(admin_listener, app, options.guards, std::future::pending());
         tokio::spawn(serving);
     }

@@ -267,7 +267,7 @@ impl ConcurrencyLimiter {
 
     /// The requests of `key` holding a slot now, including any slot just
     /// handed to a waiting request that has not yet been polled to take it.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "admin"))]
     pub(crate) fn in_flight(&self, key: u64) -> u32 {
         let shard = self.inner.shard(key).lock();
         shard.keys.get(&key).map_or(0, |e| e.in_flight)

@@ -10,8 +10,9 @@ use super::Key;
 /// The secret under which keys are hashed (SipHash-1-3, 128-bit key).
 ///
 /// A layer keeps only `hash(secret, limit, route, key)`, never the key. The
-/// default secret is random per policy; give every process the same secret
-/// when processes share a store.
+/// default secret is random per process (every policy of the process that
+/// sets none hashes under the same one, so a reloaded policy keeps its
+/// counts); give every process the same secret when processes share a store.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeySecret {
     k0: u64,
@@ -36,6 +37,13 @@ impl KeySecret {
                 }
             }
         }
+    }
+
+    /// The process's own random secret, drawn once: the default of every
+    /// policy that sets none.
+    pub(crate) fn of_process() -> Self {
+        static SECRET: std::sync::OnceLock<KeySecret> = std::sync::OnceLock::new();
+        *SECRET.get_or_init(KeySecret::random)
     }
 
     /// A secret from 16 bytes (shared by the processes of one deployment).
@@ -64,7 +72,7 @@ impl KeySecret {
         h.finish()
     }
 
-    /// The id of `key` under `domain` (a limit's [`route_id`] for its key
+    /// The id of `key` under `domain` (a limit's [`domain_id`] for its key
     /// domain): the one full hash of a request's key per limit.
     pub(crate) fn id(&self, domain: u64, key: &Key<'_>) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
@@ -90,12 +98,35 @@ impl KeySecret {
     }
 }
 
-/// A stable id for route `index` of limit `limit` (the same in every
-/// process, so processes that share a secret share buckets).
-pub(crate) fn route_id(limit: &str, index: usize) -> u64 {
-    let mut h = SipHasher13::new_with_keys(0x7261_7465_6c69_6d69, 0x7420_726f_7574_6573);
+/// A stable id for the route of limit `limit` whose text is `route`
+/// (its methods and pattern, as [`Display`](std::fmt::Display) writes
+/// them): the same in every process, so processes that share a secret share
+/// buckets, and the same whatever the route's place in its limit, so a
+/// reloaded policy that adds, removes or moves routes keeps the others'
+/// counts. `nth` tells apart routes of one limit with the same text (0 for
+/// the first).
+pub(crate) fn route_id(limit: &str, route: &str, nth: usize) -> u64 {
+    let mut h = hasher();
     h.write(limit.as_bytes());
     h.write_u8(0xff);
-    h.write_u64(index as u64);
+    h.write(route.as_bytes());
+    h.write_u8(0xff);
+    h.write_u64(nth as u64);
     h.finish()
+}
+
+/// A stable id for one of limit `limit`'s own hash domains (its keys,
+/// penalties, overrides, in-flight counts), numbered by `domain` (the ids
+/// of earlier releases, where routes were numbered from 0 and domains from
+/// the top).
+pub(crate) fn domain_id(limit: &str, domain: u8) -> u64 {
+    let mut h = hasher();
+    h.write(limit.as_bytes());
+    h.write_u8(0xff);
+    h.write_u64(u64::MAX - u64::from(domain));
+    h.finish()
+}
+
+fn hasher() -> SipHasher13 {
+    SipHasher13::new_with_keys(0x7261_7465_6c69_6d69, 0x7420_726f_7574_6573)
 }

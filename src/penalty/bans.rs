@@ -151,6 +151,14 @@ impl PenaltyBox {
         }
     }
 
+    /// Forgets `key`'s ban and counted refusals, as if it had none.
+    pub(crate) fn forget(&self, key: u64) {
+        let key = mix(key);
+        if self.shard(key).lock().map.remove(&key).is_some() {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Records that a request of `key` was refused at `now`, under `penalty`.
     ///
     /// Returns the new ban's length in nanoseconds if this refusal started a

@@ -4,11 +4,11 @@ use ipnet::IpNet;
 use std::collections::HashSet;
 
 use crate::error::ConfigError;
-use crate::key::{parse_net, peer_ip, route_id, Key, KeySecret, RequestView};
+use crate::key::{domain_id, parse_net, peer_ip, Key, KeySecret, RequestView};
 
 /// A limit's allowlist: keyed hashes of exempt keys (never the keys) and
 /// exempt peer ranges.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct Exemptions {
     /// The hash domain of this limit's exempt keys.
     domain: u64,
@@ -23,7 +23,7 @@ impl Exemptions {
         ranges: &[String],
         secret: &KeySecret,
     ) -> Result<Self, ConfigError> {
-        let domain = route_id(limit, usize::MAX);
+        let domain = domain_id(limit, 0);
         let keys = keys
             .iter()
             .enumerate()

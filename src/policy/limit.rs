@@ -1,13 +1,13 @@
 //! Limits: a named, independently counted limit with a key and a route table.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::overrides::{Own, OwnQuota};
 use super::quota::Quota;
 use super::tiers::Tiers;
 use crate::error::{ConfigError, ConfigErrorKind};
-use crate::key::{route_id, Key, KeyExtractor, KeySecret};
+use crate::key::{domain_id, route_id, Key, KeyExtractor, KeySecret};
 use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
 use crate::route::{self, Captures, Methods, PathSegments};
@@ -308,13 +308,19 @@ impl Limit {
                 format!("a limit names at most {} plans", u8::MAX),
             ));
         }
+        let mut texts: Vec<String> = Vec::with_capacity(self.routes.len());
         let routes = self
             .routes
             .iter()
             .enumerate()
             .map(|(i, entry)| {
-                let route = Route::compile(entry, &plans, route_id(&self.name, i))
-                    .map_err(|e| e.within(format!("routes[{i}]")))?;
+                let route = Route::compile(entry, &plans, |text| {
+                    let nth = texts.iter().filter(|t| **t == text).count();
+                    let id = route_id(&self.name, &text, nth);
+                    texts.push(text);
+                    id
+                })
+                .map_err(|e| e.within(format!("routes[{i}]")))?;
                 if let Some(capture) = self.key.required_capture() {
                     if !route.matcher.pattern().capture_names().any(|c| c == capture) {
                         return Err(ConfigError::new(
@@ -337,10 +343,10 @@ impl Limit {
             skip_missing_key: self.skip_missing_key,
             shadow: self.shadow,
             penalty: self.penalty,
-            key_domain: route_id(&self.name, usize::MAX),
-            penalty_domain: route_id(&self.name, usize::MAX - 1),
-            override_domain: route_id(&self.name, usize::MAX - 2),
-            concurrency_domain: route_id(&self.name, usize::MAX - 3),
+            key_domain: domain_id(&self.name, 0),
+            penalty_domain: domain_id(&self.name, 1),
+            override_domain: domain_id(&self.name, 2),
+            concurrency_domain: domain_id(&self.name, 3),
             exemptions: Exemptions::compile(
                 &self.name,
                 &self.exempt_keys,
@@ -469,6 +475,52 @@ impl CompiledLimit {
         }
     }
 
+    /// Whether this limit, in a policy that replaces the one `old` is in,
+    /// is enforced otherwise than `old` (by name: same routes, quotas,
+    /// plans, key, penalty, exemptions and mode, or not).
+    pub(crate) fn differs_from(&self, old: &CompiledLimit) -> bool {
+        let same_routes = self.routes.len() == old.routes.len()
+            && self.routes.iter().zip(old.routes.iter()).all(|(a, b)| {
+                a.id == b.id && a.matcher == b.matcher && a.quota == b.quota && a.plans == b.plans
+            });
+        let describe = |l: &CompiledLimit| {
+            (
+                l.key.describe().into_owned(),
+                l.plan.as_ref().map(|p| p.describe().into_owned()),
+            )
+        };
+        !(same_routes
+            && self.plans == old.plans
+            && describe(self) == describe(old)
+            && self.skip_missing_key == old.skip_missing_key
+            && self.shadow == old.shadow
+            && self.penalty == old.penalty
+            && self.exemptions == old.exemptions)
+    }
+
+    /// Takes over the counts of `old`, the limit of the same name in the
+    /// policy this one's replaces: a route of the same text whose default
+    /// quota changed has its buckets converted by the store (see
+    /// [`Route::base`]).
+    pub(crate) fn succeed(&self, old: &CompiledLimit) {
+        for route in self.routes.iter() {
+            let Some(before) = old.routes.iter().find(|r| r.id == route.id) else {
+                continue;
+            };
+            if *before.base() != route.quota {
+                // Set once, by the one reload that puts this policy in place.
+                let _ = route.counted_at.set(before.base().clone());
+            }
+        }
+    }
+
+    /// The id of `key` in this limit, hashed under `secret`: the one full
+    /// hash of a request's key per limit, from which its buckets, penalty
+    /// key and in-flight count are derived (see [`KeySecret::derive`]).
+    pub(crate) fn key_id(&self, secret: &KeySecret, key: &Key<'_>) -> u64 {
+        secret.id(self.key_domain, key)
+    }
+
     /// The index of the plan named `name`, if a route names it.
     pub(crate) fn plan_index(&self, name: &Key<'_>) -> Option<u8> {
         let name = name.to_bytes();
@@ -511,14 +563,27 @@ pub(crate) struct Route {
     pub(crate) quota: Quota,
     /// The quota of each of the limit's plans, where this route names it.
     pub(crate) plans: Box<[Option<Quota>]>,
-    /// Stable id of (limit, route index), hashed into every bucket.
+    /// Stable id of the limit and the route's text, hashed into every
+    /// bucket (see [`route_id`]).
     pub(crate) id: u64,
+    /// After a reload that changed the route's default quota, the default
+    /// its buckets were first counted at, so that the store carries their
+    /// counts over (see [`Check::base`]); unset: the default itself.
+    ///
+    /// [`Check::base`]: crate::store::protocol::Check::base
+    counted_at: OnceLock<Quota>,
 }
 
 impl Route {
-    fn compile(entry: &RouteEntry, plans: &[Box<str>], id: u64) -> Result<Route, ConfigError> {
+    /// Compiles `entry`; `id` gives the id of the route's text.
+    fn compile(
+        entry: &RouteEntry,
+        plans: &[Box<str>],
+        id: impl FnOnce(String) -> u64,
+    ) -> Result<Route, ConfigError> {
         let RouteEntry { route, tiers } = entry;
         let matcher = route.clone()?;
+        let id = id(matcher.to_string());
         tiers.default.validate()?;
         for (name, quota) in &tiers.plans {
             quota
@@ -538,9 +603,18 @@ impl Route {
         Ok(Route {
             matcher,
             quota: tiers.default.clone(),
+            counted_at: OnceLock::new(),
             plans,
             id,
         })
+    }
+
+    /// The quota the route's buckets are counted at when no plan or
+    /// override applies (see [`Check::base`]).
+    ///
+    /// [`Check::base`]: crate::store::protocol::Check::base
+    pub(crate) fn base(&self) -> &Quota {
+        self.counted_at.get().unwrap_or(&self.quota)
     }
 
     /// The quota of a request whose key has `own` (a plan, an index into

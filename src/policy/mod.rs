@@ -40,7 +40,7 @@ use http::StatusCode;
 pub use limit::Limit;
 pub(crate) use limit::{CompiledLimit, Route};
 pub use overrides::Overrides;
-pub(crate) use overrides::{OverrideTable, Own, OwnQuota};
+pub(crate) use overrides::{carry_over, OverrideTable, Own, OwnQuota};
 pub use quota::{Algorithm, Quota, Window};
 pub use tiers::Tiers;
 
@@ -49,7 +49,7 @@ pub use crate::key::CustomKeys;
 
 use crate::decision::WindowReport;
 use crate::error::ConfigError;
-use crate::key::KeySecret;
+use crate::key::{Key, KeySecret};
 use crate::reporting::{HeaderStyle, ReportedWindow};
 use crate::response::RefusalFormat;
 
@@ -83,11 +83,37 @@ pub(crate) struct PolicyInner {
     pub(crate) memory_max_entries: Option<usize>,
 }
 
+impl PolicyInner {
+    /// The limit named `name`, with its index.
+    pub(crate) fn limit(&self, name: &str) -> Option<(usize, &CompiledLimit)> {
+        self.limits
+            .iter()
+            .enumerate()
+            .find(|(_, l)| &*l.name == name)
+    }
+
+    /// The override of `key` in limit `index`, if it has one.
+    pub(crate) fn override_of(&self, index: usize, key: &Key<'_>) -> Option<Own> {
+        if !self.overrides.any(index) {
+            return None;
+        }
+        let limit = &self.limits[index];
+        let hash = self.secret.named(limit.override_domain, key);
+        self.overrides.get(index, hash)
+    }
+}
+
 impl Policy {
     /// The handle that sets keys' own quotas at runtime; every layer built
     /// from this policy (or a clone of it) sees its changes.
+    ///
+    /// A layer's own handle ([`RateLimitLayer::overrides`]) follows its
+    /// reloads; this one changes this policy only.
+    ///
+    /// [`RateLimitLayer::overrides`]: crate::RateLimitLayer::overrides
     pub fn overrides(&self) -> Overrides {
-        Overrides::new(Arc::clone(&self.inner))
+        let inner = Arc::clone(&self.inner);
+        Overrides::new(move || Arc::clone(&inner))
     }
 
     /// A builder for a policy.
@@ -238,7 +264,8 @@ impl PolicyBuilder {
         self
     }
 
-    /// Sets the secret keys are hashed under (default: random). Processes
+    /// Sets the secret keys are hashed under (default: random, one per
+    /// process, shared by every policy that sets none). Processes
     /// that share a store must share it.
     pub fn key_secret(mut self, secret: KeySecret) -> Self {
         self.secret = Some(secret);
@@ -313,7 +340,7 @@ impl PolicyBuilder {
             .div_ceil(1_000_000_000)
             .clamp(1, 86_400) as u64;
         let secret_given = self.secret.is_some();
-        let secret = self.secret.unwrap_or_else(KeySecret::random);
+        let secret = self.secret.unwrap_or_else(KeySecret::of_process);
         let mut limits = Vec::with_capacity(self.limits.len());
         for (i, limit) in self.limits.iter().enumerate() {
             if self.limits[..i].iter().any(|l| l.name == limit.name) {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::quota::Quota;
 use super::{CompiledLimit, PolicyInner};
@@ -37,19 +37,32 @@ pub(crate) enum Own {
 #[derive(Debug)]
 pub(crate) struct OverrideTable {
     limits: Box<[Slots]>,
+    /// Held while the table is written through a handle, or copied into
+    /// a reloaded policy's (see [`carry_over`]).
+    writes: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
 struct Slots {
     /// Entries in `map`: lets a limit with none skip hashing the key.
     len: AtomicUsize,
-    map: RwLock<KeyMap<Own>>,
+    map: RwLock<KeyMap<Entry>>,
+}
+
+/// An override, and where it comes from.
+#[derive(Debug, Clone)]
+struct Entry {
+    own: Own,
+    /// Set through an [`Overrides`] handle rather than listed in the policy:
+    /// a reload keeps it.
+    runtime: bool,
 }
 
 impl OverrideTable {
     pub(crate) fn new(limits: usize) -> Self {
         OverrideTable {
             limits: (0..limits).map(|_| Slots::default()).collect(),
+            writes: Mutex::new(()),
         }
     }
 
@@ -60,15 +73,19 @@ impl OverrideTable {
 
     /// The override of `key` (its hash in the limit's override domain).
     pub(crate) fn get(&self, limit: usize, key: u64) -> Option<Own> {
-        self.limits[limit].map.read().get(&key).cloned()
+        self.limits[limit]
+            .map
+            .read()
+            .get(&key)
+            .map(|entry| entry.own.clone())
     }
 
     /// Sets (or with `None`, removes) a key's override; whether it had one.
-    fn set(&self, limit: usize, key: u64, own: Option<Own>) -> bool {
+    fn set(&self, limit: usize, key: u64, entry: Option<Entry>) -> bool {
         let slots = &self.limits[limit];
         let mut map = slots.map.write();
-        let had = match own {
-            Some(own) => map.insert(key, own),
+        let had = match entry {
+            Some(entry) => map.insert(key, entry),
             None => map.remove(&key),
         };
         slots.len.store(map.len(), Ordering::Relaxed);
@@ -78,9 +95,61 @@ impl OverrideTable {
     /// Lists the policy's own overrides of limit `index`.
     pub(crate) fn load(&self, index: usize, listed: Vec<(u64, Own)>) {
         for (key, own) in listed {
-            self.set(index, key, Some(own));
+            let runtime = false;
+            self.set(index, key, Some(Entry { own, runtime }));
         }
     }
+}
+
+/// Copies the overrides set at runtime in `old` into `new`, a policy that
+/// replaces it, for the limits `new` still has (by name): a quota as it
+/// is, a plan by its name. Returns how many it could not keep (their limit
+/// or plan is gone, or the key secret changed). A runtime override takes
+/// the place of one `new` lists for the same key.
+///
+/// `write` runs with both tables held against writes through handles, after
+/// the copy: the caller swaps `new` in there, so that a handle's write lands
+/// in `old` before the copy or in `new` after the swap.
+pub(crate) fn carry_over<R>(
+    old: &PolicyInner,
+    new: &PolicyInner,
+    write: impl FnOnce() -> R,
+) -> (usize, R) {
+    let _old = old.overrides.writes.lock();
+    let _new = new.overrides.writes.lock();
+    let mut dropped = 0;
+    for (limit, slots) in old.limits.iter().zip(old.overrides.limits.iter()) {
+        let map = slots.map.read();
+        let runtime = || map.iter().filter(|(_, entry)| entry.runtime);
+        let kept = new
+            .limits
+            .iter()
+            .position(|l| l.name == limit.name)
+            .filter(|_| new.secret == old.secret);
+        let Some(index) = kept else {
+            dropped += runtime().count();
+            continue;
+        };
+        let target = &new.limits[index];
+        for (&key, entry) in runtime() {
+            let own = match &entry.own {
+                Own::Quota(quota) => Some(Own::Quota(Arc::clone(quota))),
+                Own::Plan(p) => target
+                    .plans
+                    .iter()
+                    .position(|name| *name == limit.plans[usize::from(*p)])
+                    .map(|p| Own::Plan(p as u8)),
+            };
+            match own {
+                Some(own) => {
+                    let runtime = true;
+                    new.overrides.set(index, key, Some(Entry { own, runtime }));
+                }
+                None => dropped += 1,
+            }
+        }
+    }
+    (dropped, write())
 }
 
 /// Sets, changes and removes keys' own quotas while the layer runs.
@@ -120,37 +189,48 @@ impl OverrideTable {
 /// ```
 #[derive(Clone)]
 pub struct Overrides {
-    policy: Arc<PolicyInner>,
+    /// The policy to change: always the same one, or a layer's current.
+    policy: Arc<dyn Fn() -> Arc<PolicyInner> + Send + Sync>,
 }
 
 impl Overrides {
-    pub(crate) fn new(policy: Arc<PolicyInner>) -> Self {
-        Overrides { policy }
+    /// A handle on the policy `policy` returns when it is called.
+    pub(crate) fn new(policy: impl Fn() -> Arc<PolicyInner> + Send + Sync + 'static) -> Self {
+        Overrides {
+            policy: Arc::new(policy),
+        }
     }
 
-    fn limit(&self, name: &str) -> Result<(usize, &CompiledLimit), ConfigError> {
-        self.policy
-            .limits
-            .iter()
-            .enumerate()
-            .find(|(_, l)| &*l.name == name)
-            .ok_or_else(|| {
-                ConfigError::new(
-                    ConfigErrorKind::UnknownName,
-                    "limit",
-                    format!("the policy has no limit named `{}`", name.escape_debug()),
-                )
-            })
+    /// Runs `write` on the policy, held against a reload: a policy that a
+    /// reload has replaced is never written.
+    fn write<R>(&self, write: impl FnOnce(&PolicyInner) -> R) -> R {
+        loop {
+            let policy = (self.policy)();
+            let _writing = policy.overrides.writes.lock();
+            if Arc::ptr_eq(&policy, &(self.policy)()) {
+                return write(&policy);
+            }
+        }
     }
 
-    fn hash(&self, limit: &CompiledLimit, key: &str) -> Result<u64, ConfigError> {
+    fn limit<'p>(
+        policy: &'p PolicyInner,
+        name: &str,
+    ) -> Result<(usize, &'p CompiledLimit), ConfigError> {
+        policy.limit(name).ok_or_else(|| {
+            ConfigError::new(
+                ConfigErrorKind::UnknownName,
+                "limit",
+                format!("the policy has no limit named `{}`", name.escape_debug()),
+            )
+        })
+    }
+
+    fn hash(policy: &PolicyInner, limit: &CompiledLimit, key: &str) -> Result<u64, ConfigError> {
         if key.is_empty() {
             return Err(ConfigError::invalid("key", "a key cannot be empty"));
         }
-        Ok(self
-            .policy
-            .secret
-            .named(limit.override_domain, &Key::from(key)))
+        Ok(policy.secret.named(limit.override_domain, &Key::from(key)))
     }
 
     /// Gives `key` its own quota on every route of the limit named `limit`,
@@ -170,20 +250,27 @@ impl Overrides {
     }
 
     fn set(&self, limit: &str, key: &str, value: &OwnQuota) -> Result<(), ConfigError> {
-        let (index, compiled) = self.limit(limit)?;
-        let own = compiled.own(value)?;
-        let key = self.hash(compiled, key)?;
-        self.policy.overrides.set(index, key, Some(own));
-        Ok(())
+        self.write(|policy| {
+            let (index, compiled) = Self::limit(policy, limit)?;
+            let own = compiled.own(value)?;
+            let key = Self::hash(policy, compiled, key)?;
+            let runtime = true;
+            policy
+                .overrides
+                .set(index, key, Some(Entry { own, runtime }));
+            Ok(())
+        })
     }
 
     /// Takes back the plan or quota `key` was given in the limit named
     /// `limit`, so its requests' own plan applies again; `Ok(false)` if it
-    /// had none.
+    /// had none. (One the policy lists comes back if a reload lists it.)
     pub fn remove(&self, limit: &str, key: &str) -> Result<bool, ConfigError> {
-        let (index, compiled) = self.limit(limit)?;
-        let key = self.hash(compiled, key)?;
-        Ok(self.policy.overrides.set(index, key, None))
+        self.write(|policy| {
+            let (index, compiled) = Self::limit(policy, limit)?;
+            let key = Self::hash(policy, compiled, key)?;
+            Ok(policy.overrides.set(index, key, None))
+        })
     }
 
     /// The quota `key` was given in the limit named `limit`
@@ -201,16 +288,23 @@ impl Overrides {
     /// if it was.
     pub fn plan_of(&self, limit: &str, key: &str) -> Option<String> {
         match self.get(limit, key)? {
-            (compiled, Own::Plan(p)) => Some(compiled.plans[usize::from(p)].to_string()),
+            (plan, Own::Plan(_)) => plan,
             (_, Own::Quota(_)) => None,
         }
     }
 
-    /// The override of `key` in the limit named `limit`, with that limit.
-    fn get(&self, limit: &str, key: &str) -> Option<(&CompiledLimit, Own)> {
-        let (index, compiled) = self.limit(limit).ok()?;
-        let key = self.hash(compiled, key).ok()?;
-        Some((compiled, self.policy.overrides.get(index, key)?))
+    /// The override of `key` in the limit named `limit`, with the name of
+    /// its plan if it is one.
+    fn get(&self, limit: &str, key: &str) -> Option<(Option<String>, Own)> {
+        let policy = (self.policy)();
+        let (index, compiled) = Self::limit(&policy, limit).ok()?;
+        let key = Self::hash(&policy, compiled, key).ok()?;
+        let own = policy.overrides.get(index, key)?;
+        let plan = match own {
+            Own::Plan(p) => Some(compiled.plans[usize::from(p)].to_string()),
+            Own::Quota(_) => None,
+        };
+        Some((plan, own))
     }
 }
 

@@ -5,10 +5,10 @@
 use std::fmt;
 use std::time::Duration;
 
-#[cfg(feature = "toml")]
+#[cfg(any(feature = "toml", feature = "admin"))]
 use super::Window;
 
-#[cfg(feature = "toml")]
+#[cfg(any(feature = "toml", feature = "admin"))]
 const UNITS: [(&[&str], u64); 5] = [
     (&["ms", "msec", "millisecond", "milliseconds"], 1_000_000),
     (&["s", "sec", "secs", "second", "seconds"], 1_000_000_000),
@@ -19,7 +19,7 @@ const UNITS: [(&[&str], u64); 5] = [
 
 /// Parses a duration: one or more `<number><unit>` groups (`90s`, `1m30s`,
 /// `500ms`, `2h`), or a bare unit meaning one of it (`minute`).
-#[cfg(feature = "toml")]
+#[cfg(any(feature = "toml", feature = "admin"))]
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -65,7 +65,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total))
 }
 
-#[cfg(feature = "toml")]
+#[cfg(any(feature = "toml", feature = "admin"))]
 fn unit_nanos(unit: &str) -> Option<u64> {
     UNITS
         .iter()
@@ -75,7 +75,7 @@ fn unit_nanos(unit: &str) -> Option<u64> {
 
 /// Parses a window: `<limit>/<duration>` such as `60/minute`, `10/s`,
 /// `100/10s`.
-#[cfg(feature = "toml")]
+#[cfg(any(feature = "toml", feature = "admin"))]
 pub(crate) fn parse_window(text: &str) -> Result<Window, String> {
     let (limit, period) = text
         .split_once('/')

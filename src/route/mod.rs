@@ -12,6 +12,7 @@ mod methods;
 mod pattern;
 mod percent;
 
+use std::fmt;
 use std::str::FromStr;
 
 pub(crate) use methods::Methods;
@@ -114,6 +115,14 @@ impl Route {
             return None;
         }
         self.pattern.matches(path)
+    }
+}
+
+impl fmt::Display for Route {
+    /// The route's text as [`Route::parse`] reads it: `POST /v1/keys`,
+    /// `* /v1/calls/{id}` (without the `HEAD` a `GET` brings).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.methods, self.pattern)
     }
 }
 

@@ -20,11 +20,8 @@ pub(super) fn resolve(
     key: &Key<'_>,
     view: &RequestView<'_>,
 ) -> Option<Own> {
-    if policy.overrides.any(index) {
-        let hash = policy.secret.named(limit.override_domain, key);
-        if let Some(own) = policy.overrides.get(index, hash) {
-            return Some(own);
-        }
+    if let Some(own) = policy.override_of(index, key) {
+        return Some(own);
     }
     let plan = limit
         .plan
@@ -115,7 +112,7 @@ impl Applied {
             } else {
                 Check::new(charge.bucket, quota)
             };
-            let check = check.in_limit(&limit.name).based_on(&route.quota);
+            let check = check.in_limit(&limit.name).based_on(route.base());
             checks.push(match (charge.penalty_key, &limit.penalty) {
                 (Some(key), Some(penalty)) => check.with_penalty(key, penalty),
                 _ => check,

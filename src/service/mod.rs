@@ -23,7 +23,7 @@ use self::decide::{later, Step};
 pub(crate) use self::metrics::Metrics;
 use self::plan::{plan, Plan};
 use self::respond::{banned, busy, finish, reject};
-pub(crate) use self::shared::Shared;
+pub(crate) use self::shared::{Current, Shared};
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
 use crate::store::protocol::Decided;
@@ -38,12 +38,12 @@ use crate::store::{MemoryStore, Store};
 /// moves into the response future (and a clone takes its place).
 pub struct RateLimit<S, St = MemoryStore> {
     inner: S,
-    shared: Arc<Shared<St>>,
+    current: Arc<Current<St>>,
 }
 
 impl<S, St> RateLimit<S, St> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<St>>) -> Self {
-        RateLimit { inner, shared }
+    pub(crate) fn from_current(inner: S, current: Arc<Current<St>>) -> Self {
+        RateLimit { inner, current }
     }
 
     /// The inner service.
@@ -66,7 +66,7 @@ impl<S: Clone, St> Clone for RateLimit<S, St> {
     fn clone(&self) -> Self {
         RateLimit {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            current: Arc::clone(&self.current),
         }
     }
 }
@@ -75,7 +75,7 @@ impl<S: fmt::Debug, St> fmt::Debug for RateLimit<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("policy", &self.shared.policy)
+            .field("policy", &self.current.load().policy)
             .finish_non_exhaustive()
     }
 }
@@ -98,7 +98,11 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let RateLimit { inner, shared } = self;
+        let RateLimit { inner, current } = self;
+        // The policy as it stands now, kept to the end of this request's
+        // decision whatever a reload swaps in meanwhile.
+        let loaded = current.load();
+        let shared: &Arc<Shared<St>> = &loaded;
         let now = shared.clock.now();
 
         // 1. match and 2. key: which limits apply, to whose key, at which quota.

@@ -84,7 +84,7 @@ pub(super) fn plan<St: Store, B>(
             tracing::trace!(limit = %limit.name, "limit skipped: exempt");
             continue;
         }
-        let id = policy.secret.id(limit.key_domain, &key);
+        let id = limit.key_id(&policy.secret, &key);
         let bucket = KeySecret::derive(id, route.id);
         let own = resolve(policy, li, limit, &key, &view);
         let quota = route.quota_of(own.as_ref());

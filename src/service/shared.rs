@@ -1,7 +1,10 @@
 //! What every service of one layer shares: the policy, the store, the clock,
-//! the layer's settings and its metrics' handles.
+//! the layer's settings and its metrics' handles, behind the pointer a
+//! reload swaps.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::clock::Clock;
 use crate::event::Hook;
@@ -9,6 +12,10 @@ use crate::inflight::ConcurrencyLimiter;
 use crate::policy::Policy;
 
 use super::metrics::Metrics;
+
+/// Where a layer and its services find what they share now: a request loads
+/// it once and keeps it to its end, and a reload swaps it whole.
+pub(crate) type Current<St> = ArcSwap<Shared<St>>;
 
 /// What every service of one layer shares.
 pub(crate) struct Shared<St> {
@@ -32,6 +39,17 @@ impl<St> Clone for Shared<St> {
             on_event: self.on_event.clone(),
             in_flight: self.in_flight.clone(),
             metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<St> Shared<St> {
+    /// The same, enforcing `policy` (with its own metrics' handles).
+    pub(crate) fn with_policy(&self, policy: Policy) -> Self {
+        Shared {
+            metrics: Metrics::new(&policy),
+            policy,
+            ..self.clone()
         }
     }
 }

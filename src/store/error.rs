@@ -10,6 +10,7 @@ enum Kind {
     Connection,
     Timeout,
     Protocol,
+    Unsupported,
 }
 
 impl fmt::Display for Kind {
@@ -19,14 +20,15 @@ impl fmt::Display for Kind {
             Kind::Connection => "connection failed",
             Kind::Timeout => "timed out",
             Kind::Protocol => "unexpected answer",
+            Kind::Unsupported => "not supported",
         })
     }
 }
 
 /// A store could not decide, or could not be set up: what kind of failure
 /// it is (asked with [`is_connection`](Self::is_connection),
-/// [`is_timeout`](Self::is_timeout), [`is_protocol`](Self::is_protocol) and
-/// [`is_config`](Self::is_config)), a message for logs and, when there is
+/// [`is_timeout`](Self::is_timeout), [`is_protocol`](Self::is_protocol),
+/// [`is_config`](Self::is_config) and [`is_unsupported`](Self::is_unsupported)), a message for logs and, when there is
 /// one, the underlying error as its [`source`](Error::source). The layer
 /// never turns this into the inner service's error.
 ///
@@ -54,6 +56,13 @@ impl StoreError {
             message: message.into().into_boxed_str(),
             source: None,
         }
+    }
+
+    /// The store cannot do what it was asked (such as
+    /// [`Store::peek`](super::Store::peek) on a store that does not
+    /// implement it).
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(Kind::Unsupported, message)
     }
 
     /// The store's settings are unusable (the source, if any, is the
@@ -86,6 +95,12 @@ impl StoreError {
     ) -> Self {
         self.source = Some(source.into());
         self
+    }
+
+    /// Whether the store cannot do what it was asked
+    /// ([`StoreError::unsupported`]).
+    pub fn is_unsupported(&self) -> bool {
+        self.kind == Kind::Unsupported
     }
 
     /// Whether the store's settings are unusable ([`StoreError::config`]).

@@ -10,10 +10,10 @@ use smallvec::SmallVec;
 use super::algorithm::{carry_over, expires_at, step, Step};
 use super::outcome::settle_uncharged;
 use super::overflow::Overflow;
-use super::protocol::{Check, Decided, Outcome};
+use super::protocol::{Answer, Ban, Check, Decided, Outcome, Peeked};
 use super::{Store, StoreError};
 use crate::penalty::{ban_in_force, count_refusal, PenaltyBox};
-use crate::policy::{Algorithm, Quota};
+use crate::policy::{Algorithm, Quota, Window};
 use crate::shard::{sparse, KeyMap, Padded};
 
 /// Counts kept in this process's memory.
@@ -618,6 +618,42 @@ impl Store for MemoryStore {
     fn banned_for(&self, key: u64, now: u64) -> Option<u64> {
         self.penalties.banned_for(key, now)
     }
+
+    fn peek(&self, now: u64, checks: &[Check<'_>]) -> Answer<Peeked> {
+        let mut peeked = Peeked::default();
+        for (ci, check) in checks.iter().enumerate() {
+            let shard = self.shards[self.shard_of(check.bucket)].0.lock();
+            let algorithm = check.quota.algorithm_kind();
+            for (wi, window) in check.quota.windows().iter().enumerate() {
+                let state = shard.state_of(check, algorithm, window, now);
+                let s = step(algorithm, window, state, now, 0);
+                peeked.windows.push(s.status(ci, wi, window.limit()));
+            }
+            if let Some((key, _)) = check.penalty {
+                if let Some(left) = self.penalties.banned_for(key, now) {
+                    let check = ci as u8;
+                    let started = false;
+                    peeked.bans.push(Ban {
+                        check,
+                        left,
+                        started,
+                    });
+                }
+            }
+        }
+        Box::pin(std::future::ready(Ok(peeked)))
+    }
+
+    fn forget(&self, checks: &[Check<'_>]) -> Answer<()> {
+        for check in checks {
+            let mut shard = self.shards[self.shard_of(check.bucket)].0.lock();
+            shard.forget(check.bucket);
+            if let Some((key, _)) = check.penalty {
+                self.penalties.forget(key);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// The GCRA rates of `quota`: each window's period and interval (ns).
@@ -779,6 +815,53 @@ impl Shard {
         if custom && !recorded {
             rates.insert(check.bucket, gcra_rates(check.quota));
         }
+    }
+
+    /// The state `check.bucket` has in `window` at `now`, as
+    /// [`MemoryStore::check`] would decide by it (converted to the window's
+    /// rate if it was charged at another), changing nothing.
+    fn state_of(&self, check: &Check<'_>, algorithm: Algorithm, window: &Window, now: u64) -> u64 {
+        let period = window.period_ns();
+        let Some(table) = self.table(algorithm, period) else {
+            return 0;
+        };
+        let state = match table.find(check.bucket) {
+            Some(e) => table.state(e),
+            None => table.estimate(check.bucket, now),
+        };
+        if algorithm != Algorithm::Gcra {
+            return state;
+        }
+        let recorded = self
+            .rates
+            .get(&check.bucket)
+            .and_then(|rates| rates.iter().find(|(p, _)| *p == period).map(|(_, i)| *i));
+        let base = (check.base.algorithm_kind() == Algorithm::Gcra)
+            .then(|| {
+                check
+                    .base
+                    .windows()
+                    .iter()
+                    .find(|w| w.period_ns() == period)
+            })
+            .flatten()
+            .map(|w| w.interval_ns());
+        match recorded.or(base) {
+            Some(from) => carry_over(from, window.interval_ns(), state, now),
+            None => state,
+        }
+    }
+
+    /// Drops `bucket`'s entries in every table (a count in an overflow
+    /// sketch stays: it is shared with other buckets).
+    fn forget(&mut self, bucket: u64) {
+        for table in &mut self.tables {
+            if let Ok(entry) = table.map.find_entry(bucket, |e| e.0 == bucket) {
+                entry.remove();
+                self.entries -= 1;
+            }
+        }
+        self.rates.remove(&bucket);
     }
 
     fn table_index(&self, algorithm: Algorithm, period_ns: u64) -> Option<usize> {

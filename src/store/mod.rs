@@ -31,6 +31,7 @@ mod error;
 mod memory;
 mod outcome;
 mod overflow;
+mod peeked;
 #[doc(hidden)]
 pub mod protocol;
 #[cfg(feature = "redis")]
@@ -44,7 +45,8 @@ pub use self::error::StoreError;
 pub use self::redis::{FailurePolicy, RedisStore};
 pub use memory::MemoryStore;
 
-use self::protocol::{Check, Decided, Outcome, SharedSlots};
+use self::peeked::unsupported;
+use self::protocol::{Answer, Check, Decided, Outcome, Peeked, SharedSlots};
 
 /// A place where counts are kept and decisions are made.
 ///
@@ -97,5 +99,26 @@ pub trait Store: Send + Sync + 'static {
     /// it; `None` (the default) leaves them to the layer's own limiter.
     fn shared_slots(&self) -> Option<&dyn SharedSlots> {
         None
+    }
+
+    /// Where `checks` stand at `now`, consuming nothing and counting no
+    /// refusal: each window as a request of cost 0 would find it (counts a
+    /// bucket has at other rates converted as [`Store::check`] would), and
+    /// the bans in force on the checks' penalty keys. For operators (the
+    /// admin API), not on a request's path. The default answers a
+    /// [`StoreError`] saying this store cannot peek.
+    fn peek(&self, now: u64, checks: &[Check<'_>]) -> Answer<Peeked> {
+        let _ = (now, checks);
+        unsupported("peek")
+    }
+
+    /// Drops the counts of the checks' buckets, in every window, and the
+    /// bans and counted refusals of their penalty keys: their next request
+    /// is decided as a fresh key's. For operators (the admin API), not on a
+    /// request's path. The default answers a [`StoreError`] saying this
+    /// store cannot forget.
+    fn forget(&self, checks: &[Check<'_>]) -> Answer<()> {
+        let _ = checks;
+        unsupported("forget")
     }
 }

@@ -26,6 +26,7 @@
 //! ```
 
 pub use super::outcome::{Ban, Outcome, WindowStatus};
+pub use super::peeked::{Answer, Peeked};
 #[cfg(feature = "redis")]
 pub use super::redis::PendingDecision;
 pub use super::StoreError;

@@ -18,4 +18,5 @@ mod overrides;
 mod penalties;
 mod plans;
 mod refusals;
+mod reload;
 mod shadow_and_exemptions;

@@ -1,0 +1,83 @@
+//! The admin API (feature `admin`): an axum [`Router`] through which an
+//! operator looks at where a key stands, resets it, and gives it its own
+//! quota or plan, on the layer's store and under its current policy
+//! (reloads included).
+//!
+//! | request | does |
+//! |---|---|
+//! | `GET /limits/{limit}/keys/{key}` | where the key stands, consuming nothing: each route's windows (limit, remaining, reset in Unix seconds), its requests in flight, its ban's time left |
+//! | `DELETE /limits/{limit}/keys/{key}` | forgets its counts and its ban: its next request is a fresh key's (204) |
+//! | `PUT /limits/{limit}/keys/{key}/override` | `{"windows": ["120/minute", "5000/hour"]}` or `{"plan": "scale"}`: its own quota or plan, from its next request on |
+//! | `DELETE /limits/{limit}/keys/{key}/override` | takes its override back |
+//!
+//! The key travels percent-encoded in the path (`tp%2Fkey` for `tp/key`),
+//! is hashed like any request's key, and is never logged. It is read as the
+//! limit's key would be (for a [`FirstOf`](crate::key::FirstOf), as its
+//! first source's), and its quota is its override's or each route's
+//! default: the plan a request would carry is not known here. Answers are
+//! JSON; errors are `{"error": "...", "field": "..."}` with 404 for an
+//! unknown limit, 400 or 422 for a bad key, body, rate or plan, and 501
+//! for a store that cannot peek or forget (one that keeps counts in
+//! another process may not). The router does no authentication: mount it
+//! behind your own, apart from the public API.
+//!
+//! ```
+//! use tower_ratelimit::{admin, key::Header, Limit, Policy, Quota, RateLimitLayer, Window};
+//!
+//! let policy = Policy::builder()
+//!     .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+//!         .quota(Quota::new(Window::per_minute(60))))
+//!     .build()
+//!     .unwrap();
+//! let layer = RateLimitLayer::new(policy);
+//! let operators: axum::Router = admin::router(&layer);
+//! // Serve `operators` on an internal listener, behind authentication.
+//! # let _ = operators;
+//! ```
+
+mod reply;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::routing::{get, put};
+use axum::Router;
+
+use crate::policy::Overrides;
+use crate::service::Current;
+use crate::store::Store;
+use crate::RateLimitLayer;
+
+/// The admin API of `layer`: its store, and its policy as it stands at
+/// each request (see the [module documentation](self) for the routes).
+pub fn router<St: Store>(layer: &RateLimitLayer<St>) -> Router {
+    let admin = Admin {
+        current: Arc::clone(layer.current()),
+        overrides: layer.overrides(),
+    };
+    Router::new()
+        .route(
+            "/limits/{limit}/keys/{key}",
+            get(routes::peek::<St>).delete(routes::forget::<St>),
+        )
+        .route(
+            "/limits/{limit}/keys/{key}/override",
+            put(routes::set_override::<St>).delete(routes::remove_override::<St>),
+        )
+        .with_state(admin)
+}
+
+/// What the routes share: the layer's current state and its overrides.
+struct Admin<St> {
+    current: Arc<Current<St>>,
+    overrides: Overrides,
+}
+
+impl<St> Clone for Admin<St> {
+    fn clone(&self) -> Self {
+        Admin {
+            current: Arc::clone(&self.current),
+            overrides: self.overrides.clone(),
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The admin API's routes: peek, forget, and a key's override.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use super::reply::{config_error, json, store_error, Fault, Reply};
+use super::Admin;
+use crate::clock::NANOS;
+use crate::key::{Key, KeySecret};
+use crate::policy::{rate_text, Own, PolicyInner, Quota};
+use crate::service::Shared;
+use crate::store::protocol::Check;
+use crate::store::Store;
+
+/// The path's limit and key, percent-decoded.
+type KeyPath = Result<Path<(String, String)>, PathRejection>;
+
+/// One key of one limit, under the policy as it stands.
+struct Target<St> {
+    shared: Arc<Shared<St>>,
+    index: usize,
+    limit: String,
+    key: String,
+}
+
+impl<St> Target<St> {
+    /// The limit and key the path names, or the answer that says what is
+    /// wrong with them.
+    fn of(admin: &Admin<St>, path: KeyPath) -> Result<Self, Fault> {
+        let Path((limit, key)) = path.map_err(|_| {
+            let message = "the limit and key must be percent-encoded UTF-8";
+            Fault::new(StatusCode::BAD_REQUEST, "path", message)
+        })?;
+        let shared = admin.current.load_full();
+        let policy = &shared.policy.inner;
+        let Some((index, _)) = policy.limit(&limit) else {
+            let message = format!("the policy has no limit named `{}`", limit.escape_debug());
+            return Err(Fault::new(StatusCode::NOT_FOUND, "limit", message));
+        };
+        if key.is_empty() || key.len() > policy.max_key_len {
+            let message = format!("a key is 1 to {} bytes", policy.max_key_len);
+            return Err(Fault::new(StatusCode::BAD_REQUEST, "key", message));
+        }
+        Ok(Target {
+            index,
+            limit,
+            key,
+            shared,
+        })
+    }
+
+    fn policy(&self) -> &PolicyInner {
+        &self.shared.policy.inner
+    }
+
+    /// The key's id in its limit.
+    fn id(&self) -> u64 {
+        let limit = &self.policy().limits[self.index];
+        limit.key_id(&self.policy().secret, &Key::from(self.key.as_str()))
+    }
+
+    /// The key's override, if it has one.
+    fn own(&self) -> Option<Own> {
+        self.policy()
+            .override_of(self.index, &Key::from(self.key.as_str()))
+    }
+
+    /// One check per route of the limit, at the key's override or the
+    /// route's default quota.
+    fn checks<'a>(&'a self, own: Option<&'a Own>) -> Vec<Check<'a>> {
+        let id = self.id();
+        let limit = &self.policy().limits[self.index];
+        let penalty = limit.penalty.as_ref();
+        let penalty_key = KeySecret::derive(id, limit.penalty_domain);
+        limit
+            .routes
+            .iter()
+            .map(|route| {
+                let check = Check::new(KeySecret::derive(id, route.id), route.quota_of(own))
+                    .based_on(route.base())
+                    .in_limit(&limit.name);
+                match penalty {
+                    Some(penalty) => check.with_penalty(penalty_key, penalty),
+                    None => check,
+                }
+            })
+            .collect()
+    }
+}
+
+/// `GET /limits/{limit}/keys/{key}`: where the key stands, consuming nothing.
+pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPath) -> Reply {
+    let target = match Target::of(&admin, path) {
+        Ok(target) => target,
+        Err(fault) => return fault.reply(),
+    };
+    let own = target.own();
+    let now = target.shared.clock.now();
+    let answer = target.shared.store.peek(now, &target.checks(own.as_ref()));
+    let peeked = match answer.await {
+        Ok(peeked) => peeked,
+        Err(e) => return store_error(&e),
+    };
+    let policy = target.policy();
+    let limit = &policy.limits[target.index];
+    let unix = |after: u64| now.saturating_add(after).div_ceil(NANOS);
+    let routes: Vec<Value> = limit
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(ri, route)| {
+            let quota = route.quota_of(own.as_ref());
+            let windows: Vec<Value> = peeked
+                .windows
+                .iter()
+                .filter(|w| usize::from(w.check) == ri)
+                .map(|w| {
+                    let window = quota.windows().get(usize::from(w.window));
+                    json!({
+                        "rate": window.map(ToString::to_string),
+                        "limit": w.limit,
+                        "remaining": w.remaining,
+                        "reset": unix(w.reset_after),
+                    })
+                })
+                .collect();
+            json!({ "route": route.matcher.to_string(), "windows": windows })
+        })
+        .collect();
+    let capped = limit
+        .routes
+        .iter()
+        .any(|r| r.quota_of(own.as_ref()).in_flight_cap().is_some());
+    let in_flight = (capped && target.shared.store.shared_slots().is_none()).then(|| {
+        let key = KeySecret::derive(target.id(), limit.concurrency_domain);
+        target.shared.in_flight.in_flight(key)
+    });
+    let banned_for = peeked.bans.iter().map(|b| b.left.div_ceil(NANOS)).max();
+    json(
+        StatusCode::OK,
+        &json!({
+            "limit": target.limit,
+            "override": own.as_ref().map(|own| own_json(limit.plans.as_ref(), own)),
+            "routes": routes,
+            "in_flight": in_flight,
+            "banned_for": banned_for,
+        }),
+    )
+}
+
+/// `DELETE /limits/{limit}/keys/{key}`: forgets the key's counts and ban.
+pub(super) async fn forget<St: Store>(State(admin): State<Admin<St>>, path: KeyPath) -> Reply {
+    let target = match Target::of(&admin, path) {
+        Ok(target) => target,
+        Err(fault) => return fault.reply(),
+    };
+    let own = target.own();
+    let answer = target.shared.store.forget(&target.checks(own.as_ref()));
+    match answer.await {
+        Ok(()) => {
+            tracing::info!(limit = %target.limit, "rate-limit admin: a key's counts were reset");
+            json(
+                StatusCode::OK,
+                &json!({ "limit": target.limit, "reset": true }),
+            )
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+/// `PUT /limits/{limit}/keys/{key}/override`: the key's own quota
+/// (`{"windows": [...]}`) or plan (`{"plan": "..."}`).
+pub(super) async fn set_override<St: Store>(
+    State(admin): State<Admin<St>>,
+    path: KeyPath,
+    body: Bytes,
+) -> Reply {
+    let target = match Target::of(&admin, path) {
+        Ok(target) => target,
+        Err(fault) => return fault.reply(),
+    };
+    let (limit, key) = (&target.limit, &target.key);
+    let set = match parse_override(&body) {
+        Ok(Wanted::Quota(quota)) => admin.overrides.set_quota(limit, key, quota),
+        Ok(Wanted::Plan(plan)) => admin.overrides.set_plan(limit, key, &plan),
+        Err(fault) => return fault.reply(),
+    };
+    if let Err(e) = set {
+        return config_error(&e);
+    }
+    tracing::info!(limit = %limit, "rate-limit admin: a key's override was set");
+    let value = match (
+        admin.overrides.plan_of(limit, key),
+        admin.overrides.quota_of(limit, key),
+    ) {
+        (Some(plan), _) => json!({ "plan": plan }),
+        (_, Some(quota)) => json!({ "windows": windows_text(&quota) }),
+        (None, None) => Value::Null,
+    };
+    json(
+        StatusCode::OK,
+        &json!({ "limit": limit, "override": value }),
+    )
+}
+
+/// `DELETE /limits/{limit}/keys/{key}/override`: takes the key's override
+/// back.
+pub(super) async fn remove_override<St: Store>(
+    State(admin): State<Admin<St>>,
+    path: KeyPath,
+) -> Reply {
+    let target = match Target::of(&admin, path) {
+        Ok(target) => target,
+        Err(fault) => return fault.reply(),
+    };
+    match admin.overrides.remove(&target.limit, &target.key) {
+        Ok(removed) => {
+            if removed {
+                tracing::info!(limit = %target.limit, "rate-limit admin: a key's override was removed");
+            }
+            let body = json!({ "limit": target.limit, "removed": removed });
+            json(StatusCode::OK, &body)
+        }
+        Err(e) => config_error(&e),
+    }
+}
+
+/// What a `PUT` of an override asks for.
+enum Wanted {
+    Quota(Quota),
+    Plan(String),
+}
+
+/// Reads `{"windows": ["120/minute", ...]}` or `{"plan": "scale"}`.
+fn parse_override(body: &[u8]) -> Result<Wanted, Fault> {
+    let unprocessable =
+        |field: &str, message: String| Fault::new(StatusCode::UNPROCESSABLE_ENTITY, field, message);
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Fault::new(StatusCode::BAD_REQUEST, "body", format!("not JSON: {e}")))?;
+    let Some(object) = value.as_object() else {
+        let message = r#"expected {"windows": [...]} or {"plan": "..."}"#.to_string();
+        return Err(unprocessable("body", message));
+    };
+    if let Some(field) = object.keys().find(|k| *k != "windows" && *k != "plan") {
+        let message = format!(
+            "unknown field `{}`: use `windows` or `plan`",
+            field.escape_debug()
+        );
+        return Err(unprocessable(field, message));
+    }
+    match (object.get("windows"), object.get("plan")) {
+        (Some(windows), None) => {
+            let Some(texts) = windows.as_array().filter(|a| !a.is_empty()) else {
+                let message = r#"a non-empty list of rates, such as ["120/minute"]"#.to_string();
+                return Err(unprocessable("windows", message));
+            };
+            let mut quota: Option<Quota> = None;
+            for (i, text) in texts.iter().enumerate() {
+                let field = format!("windows[{i}]");
+                let Some(text) = text.as_str() else {
+                    return Err(unprocessable(&field, "a rate is a string".to_string()));
+                };
+                let window = rate_text::parse_window(text).map_err(|e| unprocessable(&field, e))?;
+                quota = Some(match quota {
+                    None => Quota::new(window),
+                    Some(quota) => quota.and(window),
+                });
+            }
+            Ok(Wanted::Quota(quota.expect("at least one window")))
+        }
+        (None, Some(plan)) => match plan.as_str() {
+            Some(plan) => Ok(Wanted::Plan(plan.to_string())),
+            None => Err(unprocessable("plan", "a plan is a string".to_string())),
+        },
+        _ => {
+            let message = "give either `windows` or `plan`".to_string();
+            Err(unprocessable("body", message))
+        }
+    }
+}
+
+/// An override as the answers show it.
+fn own_json(plans: &[Box<str>], own: &Own) -> Value {
+    match own {
+        Own::Plan(p) => json!({ "plan": plans.get(usize::from(*p)).map(|p| &**p) }),
+        Own::Quota(quota) => json!({ "windows": windows_text(quota) }),
+    }
+}
+
+/// A quota's windows as rates: `["120/minute", "5000/hour"]`.
+fn windows_text(quota: &Quota) -> Vec<String> {
+    quota.windows().iter().map(ToString::to_string).collect()
+}

@@ -1,0 +1,301 @@
+//! Hot reload through the public API: a new policy takes effect on the next
+//! request, counts carry over (unchanged limits exactly, routes by their
+//! text, changed windows converted by period), a bad policy is refused and
+//! the running one keeps working, runtime overrides and in-flight slots
+//! survive.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use tower::util::BoxCloneService;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_ratelimit::clock::ManualClock;
+use tower_ratelimit::key::Header;
+use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Tiers, Window};
+
+use crate::common::{
+    answered_at_once, limit_remaining, start, still_waiting, Gate, Res, Svc, NS, T0,
+};
+
+fn api_key() -> Header {
+    Header::parse("X-API-Key").unwrap()
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::new(Window::per_minute(n))
+}
+
+/// `per_key` with `GET /v1/calls` at `calls`, behind `front` routes, plus
+/// a second limit `per_ip`-like `global` at `global`.
+fn policy(front: &[(&str, Quota)], calls: Quota, global: u32) -> Policy {
+    let mut per_key = Limit::new("per_key", api_key());
+    for (route, quota) in front {
+        per_key = per_key.route(*route, quota.clone());
+    }
+    Policy::builder()
+        .limit(per_key.route("GET /v1/calls", calls))
+        .limit(Limit::new("global", api_key()).quota(per_minute(global)))
+        .build()
+        .unwrap()
+}
+
+fn harness(policy: Policy) -> (RateLimitLayer, Svc) {
+    let clock = ManualClock::at_unix_secs(T0);
+    let layer = RateLimitLayer::new(policy).clock(clock);
+    let inner = service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::from("ok")))
+    });
+    let svc = BoxCloneService::new(layer.layer(inner));
+    (layer, svc)
+}
+
+fn get(svc: &Svc, key: &str) -> impl std::future::Future<Output = Res> + Send {
+    let request = Request::get("/v1/calls")
+        .header("x-api-key", key)
+        .body(String::new())
+        .unwrap();
+    let svc = svc.clone();
+    async move { svc.oneshot(request).await.unwrap() }
+}
+
+/// `(limit, remaining)` of `per_key`'s window on `GET /v1/calls`.
+async fn calls_window(svc: &Svc, key: &str) -> (u64, u64) {
+    let response = get(svc, key).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let decision = crate::common::decision(&response);
+    let w = decision
+        .windows()
+        .iter()
+        .find(|w| w.limit_index == 0)
+        .expect("per_key's window");
+    (u64::from(w.limit), u64::from(w.remaining))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_load_loses_no_count_of_an_unchanged_limit() {
+    const QUOTA: u32 = 300;
+    let old = policy(&[], per_minute(QUOTA), 10_000);
+    let (layer, svc) = harness(old.clone());
+    let handle = layer.reload_handle();
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (svc, admitted) = (svc.clone(), Arc::clone(&admitted));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                if get(&svc, "k").await.status() == StatusCode::OK {
+                    admitted.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    // Meanwhile: routes added in front and the other limit changed, back
+    // and forth.
+    for i in 0..20 {
+        let next = if i % 2 == 0 {
+            let front = [
+                ("POST /v1/keys", per_minute(5)),
+                ("GET /v1/other", per_minute(7)),
+            ];
+            policy(&front, per_minute(QUOTA), 20_000 + i)
+        } else {
+            old.clone()
+        };
+        handle.replace(next).unwrap();
+        tokio::task::yield_now().await;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(admitted.load(Ordering::SeqCst), QUOTA as usize);
+}
+
+#[tokio::test]
+async fn a_route_added_in_front_keeps_the_counts_of_the_others() {
+    let (layer, svc) = harness(policy(&[], per_minute(10), 100));
+    for _ in 0..4 {
+        get(&svc, "k").await;
+    }
+    let front = [
+        ("GET /v1/calls/{id}", per_minute(3)),
+        ("* /v1/keys", per_minute(2)),
+    ];
+    let changes = layer
+        .reload_handle()
+        .replace(policy(&front, per_minute(10), 100))
+        .unwrap();
+    assert_eq!(changes.changed, ["per_key"]);
+    assert!(changes.added.is_empty() && changes.removed.is_empty());
+    assert_eq!(
+        calls_window(&svc, "k").await,
+        (10, 5),
+        "4 used before, 1 now"
+    );
+}
+
+#[tokio::test]
+async fn changed_windows_carry_the_count_over_by_period() {
+    for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
+        let quota = |n| per_minute(n).algorithm(algorithm);
+        let (layer, svc) = harness(policy(&[], quota(10), 100));
+        for _ in 0..4 {
+            get(&svc, "k").await;
+        }
+        let handle = layer.reload_handle();
+        let changes = handle.replace(policy(&[], quota(20), 100)).unwrap();
+        assert_eq!(changes.to_string(), "changed: per_key");
+        assert_eq!(calls_window(&svc, "k").await, (20, 15), "{algorithm:?}");
+        // Lowered below what the key used: refused on the next request.
+        handle.replace(policy(&[], quota(3), 100)).unwrap();
+        let refused = get(&svc, "k").await;
+        assert_eq!(
+            refused.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "{algorithm:?}"
+        );
+        // And back: the count is still the key's 5.
+        handle.replace(policy(&[], quota(10), 100)).unwrap();
+        assert_eq!(calls_window(&svc, "k").await, (10, 4), "{algorithm:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_limit_applies_on_the_next_request_and_a_removed_one_no_longer() {
+    let (layer, svc) = harness(policy(&[], per_minute(10), 100));
+    assert_eq!(limit_remaining(&get(&svc, "k").await).0, 10);
+    let strict = Policy::builder()
+        .limit(Limit::new("strict", api_key()).quota(per_minute(1)))
+        .build()
+        .unwrap();
+    let changes = layer.reload_handle().replace(strict).unwrap();
+    assert_eq!(changes.added, ["strict"]);
+    assert_eq!(changes.removed, ["per_key", "global"]);
+    assert_eq!(limit_remaining(&get(&svc, "k").await), (1, 0));
+    assert_eq!(get(&svc, "k").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(layer.policy().limit_names().collect::<Vec<_>>(), ["strict"]);
+}
+
+#[tokio::test]
+async fn a_bad_policy_file_is_refused_and_the_running_policy_stays() {
+    let dir = std::env::temp_dir().join(format!("ratelimit-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("policy.toml");
+    let good = "[[limits]]\nname = \"per_key\"\nkey = { header = \"X-API-Key\" }\n\n\
+                [[limits.routes]]\nwindows = [\"2/minute\"]\n";
+    std::fs::write(&file, good).unwrap();
+    let (layer, svc) = harness(Policy::from_toml_file(&file).unwrap());
+    let handle = layer.reload_handle();
+    assert_eq!(limit_remaining(&get(&svc, "k").await), (2, 1));
+
+    std::fs::write(&file, good.replace("2/minute", "2/fortnight")).unwrap();
+    let error = handle.reload_file(&file).unwrap_err();
+    assert_eq!(error.line(), Some(6), "{error}");
+    std::fs::write(&file, "[[limits]\n").unwrap();
+    assert!(handle.reload_file(&file).is_err());
+    assert!(handle.reload_file(dir.join("missing.toml")).is_err());
+
+    assert_eq!(limit_remaining(&get(&svc, "k").await), (2, 0));
+    assert_eq!(get(&svc, "k").await.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    std::fs::write(&file, good.replace("2/minute", "5/minute")).unwrap();
+    let changes = handle.reload_file(&file).unwrap();
+    assert_eq!(changes.changed, ["per_key"]);
+    assert_eq!(limit_remaining(&get(&svc, "k").await), (5, 2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn runtime_overrides_survive_a_reload_where_their_limit_and_plan_do() {
+    let tiers = |scale| {
+        let tiers = Tiers::new(per_minute(10));
+        if scale {
+            tiers.plan("scale", per_minute(50))
+        } else {
+            tiers
+        }
+    };
+    let with = |scale| {
+        Policy::builder()
+            .limit(Limit::new("per_key", api_key()).quota(tiers(scale)))
+            .limit(Limit::new("other", api_key()).quota(per_minute(100)))
+            .build()
+            .unwrap()
+    };
+    let (layer, svc) = harness(with(true));
+    let overrides = layer.overrides();
+    overrides
+        .set_quota("per_key", "vip", per_minute(30))
+        .unwrap();
+    overrides.set_plan("per_key", "big", "scale").unwrap();
+    overrides.set_quota("other", "vip", per_minute(7)).unwrap();
+
+    let handle = layer.reload_handle();
+    assert_eq!(handle.replace(with(true)).unwrap().overrides_dropped, 0);
+    assert_eq!(limit_remaining(&get(&svc, "big").await), (50, 49));
+    assert_eq!(
+        overrides.plan_of("per_key", "big").as_deref(),
+        Some("scale")
+    );
+
+    let changes = handle.replace(with(false)).unwrap();
+    assert_eq!(changes.overrides_dropped, 1, "the plan `scale` is gone");
+    assert_eq!(overrides.plan_of("per_key", "big"), None);
+    assert_eq!(overrides.quota_of("per_key", "vip"), Some(per_minute(30)));
+    let vip = get(&svc, "vip").await;
+    let decision = crate::common::decision(&vip);
+    let limits: Vec<u32> = decision.windows().iter().map(|w| w.limit).collect();
+    assert_eq!(limits, [30, 7]);
+
+    // The layer's handle writes to the policy in place now.
+    overrides
+        .set_quota("per_key", "new", per_minute(2))
+        .unwrap();
+    assert_eq!(limit_remaining(&get(&svc, "new").await).0, 2);
+}
+
+#[tokio::test]
+async fn requests_in_flight_across_a_reload_release_their_slots() {
+    let capped = |cap| {
+        Policy::builder()
+            .limit(
+                Limit::new("per_key", api_key())
+                    .quota(Quota::in_flight(cap).and(Window::per_minute(100))),
+            )
+            .build()
+            .unwrap()
+    };
+    let layer = RateLimitLayer::new(capped(1)).clock(ManualClock::at_unix_secs(T0));
+    let gate = Gate::new();
+    let svc = gate.behind(&layer);
+    let call = |hold: bool| {
+        let mut request = Request::get("/v1/calls").header("x-api-key", "k");
+        if hold {
+            request = request.header("x-hold", "1");
+        }
+        request.body(String::new()).unwrap()
+    };
+    let mut first = start(&svc, call(true));
+    still_waiting(&mut first).await;
+    assert_eq!(gate.inside(), 1);
+
+    layer.reload_handle().replace(capped(1)).unwrap();
+    let mut second = start(&svc, call(false));
+    let busy = answered_at_once(&mut second).await;
+    assert_eq!(
+        busy.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the slot is still held"
+    );
+
+    gate.open(1);
+    let done = first.await;
+    assert_eq!(done.status(), StatusCode::OK);
+    crate::common::text(done).await;
+    assert_eq!(layer.keys_in_flight(), 0);
+    let third = svc.clone().oneshot(call(false)).await.unwrap();
+    assert_eq!(third.status(), StatusCode::OK);
+    let _ = NS;
+}
