@@ -64,8 +64,9 @@ impl KeySecret {
         h.finish()
     }
 
-    /// The id of `key` under `domain` (a limit's [`route_id`] for its key
-    /// domain): the one full hash of a request's key per limit.
+    /// The id of `key` under `domain` (a limit's [`key_domain`]): the one
+    /// full hash of a request's key per limit, the same for every limit
+    /// keyed the same way.
     pub(crate) fn id(&self, domain: u64, key: &Key<'_>) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write_u64(domain);
@@ -88,6 +89,21 @@ impl KeySecret {
     pub(crate) fn derive(id: u64, domain: u64) -> u64 {
         crate::shard::mix(id ^ domain)
     }
+}
+
+/// The hash domain of the keys a key extractor described as `description`
+/// extracts: the same for every limit keyed the same way, so a request's key
+/// has one id (its principal) across those limits, and its buckets, penalty
+/// keys and in-flight counts stay apart through their own domains. The
+/// description is compared without regard to ASCII case (`X-API-Key header`
+/// and `x-api-key header` are one source).
+pub(crate) fn key_domain(description: &str) -> u64 {
+    let mut h = SipHasher13::new_with_keys(0x7261_7465_6c69_6d69, 0x7420_6b65_7973_7263);
+    for b in description.bytes() {
+        h.write_u8(b.to_ascii_lowercase());
+    }
+    h.write_u8(0xff);
+    h.finish()
 }
 
 /// A stable id for route `index` of limit `limit` (the same in every

@@ -201,6 +201,12 @@ impl fmt::Debug for Backend {
 impl Backend {
     /// Runs `script` on `keys` and `args`; `loads` counts the times the
     /// script had to be loaded.
+    /// Whether this is a Redis Cluster (one script call's keys must then
+    /// share a hash slot).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Cluster(_))
+    }
+
     pub(crate) async fn eval(
         &self,
         script: &Script,

@@ -1,30 +1,36 @@
-//! The decision script: what is sent (keys and arguments), what comes back
-//! (the state each window was decided on), and the [`Outcome`] built from it
-//! with the same integer arithmetic as the memory store.
+//! The decision script: what is sent (keys and arguments, one group of
+//! checks sharing a principal at a time), what comes back (the state each
+//! window was decided on), the [`Outcome`] built from the groups' answers
+//! with the same integer arithmetic as the memory store, and the refunds of
+//! a request that a later group refused.
 
 use smallvec::SmallVec;
 
 use super::failure_policy::FailurePolicy;
-use super::keys::{penalty_keys, window_key};
+use super::keys::{bucket_key, penalty_keys};
 use crate::penalty::Penalty;
 use crate::policy::{Algorithm, Window};
-use crate::store::algorithm::{step, Step};
+use crate::store::algorithm::step;
 use crate::store::outcome::settle_uncharged;
 use crate::store::protocol::{Check, Outcome, WindowStatus};
 
-/// The Lua source: exact integer helpers, then the decision.
-pub(crate) const SOURCE: &str = concat!(
-    include_str!("limbs.lua"),
-    "\n",
-    include_str!("bignum.lua"),
-    "\n",
-    include_str!("decide.lua")
-);
+/// The Lua source of the decision: exact big integers for its rare paths,
+/// then the decision.
+pub(crate) const SOURCE: &str =
+    concat!(include_str!("bignum.lua"), "\n", include_str!("decide.lua"));
+
+/// The Lua source of the refund of a request refused by a later group.
+pub(crate) const REFUND: &str = include_str!("refund.lua");
+
+const NS_PER_S: u64 = 1_000_000_000;
+const NS_PER_MS: u64 = 1_000_000;
 
 /// One check, owned (the store's future outlives the borrowed [`Check`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Planned {
     pub(crate) bucket: u64,
+    /// Whose key: the hash tag of the check's Redis keys.
+    pub(crate) principal: u64,
     pub(crate) algorithm: Algorithm,
     pub(crate) cost: u32,
     pub(crate) shadow: bool,
@@ -39,6 +45,7 @@ impl Planned {
     pub(crate) fn new(check: &Check<'_>, on_failure: FailurePolicy) -> Self {
         Planned {
             bucket: check.bucket,
+            principal: check.principal,
             algorithm: check.quota.algorithm_kind(),
             cost: check.quota.request_cost(),
             shadow: check.shadow,
@@ -50,202 +57,309 @@ impl Planned {
                 .map(|(key, penalty)| (key, *penalty)),
         }
     }
+
+    /// The tag of window `window` in the bucket's stored value: algorithm,
+    /// period and, for GCRA, the interval it is charged with.
+    fn tag(&self, window: &Window) -> String {
+        match self.algorithm {
+            Algorithm::Gcra => format!("g{}@{}=", window.period_ns(), window.interval_ns()),
+            Algorithm::FixedWindow => format!("f{}=", window.period_ns()),
+        }
+    }
 }
 
-/// A u64 as three 24-bit limbs, most significant first: each an exact Lua
-/// number.
-fn limbs(x: u64) -> [u64; 3] {
-    [x >> 48, (x >> 24) & 0xFF_FFFF, x & 0xFF_FFFF]
+/// The checks of a request grouped by principal, groups in the order of
+/// their principals (the same order on every node), checks in their order.
+pub(crate) fn groups(checks: &[Planned]) -> Vec<SmallVec<[usize; 4]>> {
+    let first = checks.first().map(|c| c.principal);
+    if checks.iter().all(|c| Some(c.principal) == first) {
+        return vec![(0..checks.len()).collect()];
+    }
+    let mut order: SmallVec<[usize; 4]> = (0..checks.len()).collect();
+    order.sort_by_key(|&i| checks[i].principal);
+    let mut groups: Vec<SmallVec<[usize; 4]>> = Vec::new();
+    for i in order {
+        match groups.last_mut() {
+            Some(group) if checks[group[0]].principal == checks[i].principal => group.push(i),
+            _ => groups.push(SmallVec::from_slice(&[i])),
+        }
+    }
+    groups
 }
 
-/// The keys and arguments of one decision; `now` is `None` to use Redis's
-/// clock.
+/// A duration or moment in ns as the script's pair: seconds, nanoseconds.
+fn pair(ns: u64) -> [String; 2] {
+    [(ns / NS_PER_S).to_string(), (ns % NS_PER_S).to_string()]
+}
+
+/// The keys and arguments of one group's decision; `now` is `None` to use
+/// Redis's clock. `charge`: whether the group may charge (no earlier group
+/// refused); `shadows`: whether its shadow checks may be charged (no earlier
+/// group's shadow check refused).
 pub(crate) fn invocation(
     prefix: &str,
     now: Option<u64>,
     checks: &[Planned],
+    group: &[usize],
+    charge: bool,
+    shadows: bool,
 ) -> (Vec<String>, Vec<String>) {
-    let windows: usize = checks.iter().map(|c| c.windows.len()).sum();
-    let penalties = checks.iter().filter(|c| c.penalty.is_some()).count();
-    let mut keys = Vec::with_capacity(windows + 2 * penalties);
-    let mut args = Vec::with_capacity(6 + 11 * windows + 9 * penalties);
-    args.push(if now.is_some() { "l" } else { "r" }.to_owned());
-    args.extend(limbs(now.unwrap_or(0)).iter().map(u64::to_string));
-    args.push(windows.to_string());
+    let flag = |b: bool| String::from(if b { "1" } else { "0" });
+    let penalties = group
+        .iter()
+        .filter(|&&i| checks[i].penalty.is_some())
+        .count();
+    let mut keys = Vec::with_capacity(group.len() + 2 * penalties);
+    let mut args = Vec::with_capacity(6 + 6 * penalties + 11 * group.len());
+    match now {
+        Some(now) => args.extend(pair(now)),
+        None => args.extend(["r".to_owned(), "0".to_owned()]),
+    }
+    args.push(flag(charge));
+    args.push(flag(shadows));
+    args.push(group.len().to_string());
     args.push(penalties.to_string());
-    for check in checks {
-        let shadow = if check.shadow { "1" } else { "0" };
-        for window in &check.windows {
-            keys.push(window_key(
-                prefix,
-                check.bucket,
-                check.algorithm,
-                window.period_ns(),
-            ));
-            let numbers = match check.algorithm {
-                Algorithm::Gcra => {
-                    let t = window.interval_ns();
-                    [
-                        t,
-                        t.saturating_mul(u64::from(window.limit())),
-                        t.saturating_mul(u64::from(check.cost)),
-                    ]
-                }
-                Algorithm::FixedWindow => [
-                    window.period_ns(),
-                    u64::from(window.limit()),
-                    u64::from(check.cost),
-                ],
-            };
-            args.push(
-                if check.algorithm == Algorithm::Gcra {
-                    "g"
-                } else {
-                    "f"
-                }
-                .to_owned(),
-            );
-            args.push(shadow.to_owned());
-            for n in numbers {
-                args.extend(limbs(n).iter().map(u64::to_string));
-            }
+    for &i in group {
+        let check = &checks[i];
+        keys.push(bucket_key(prefix, check.principal, check.bucket));
+    }
+    for (nth, &i) in group.iter().enumerate() {
+        let check = &checks[i];
+        if let Some((key, penalty)) = &check.penalty {
+            keys.extend(penalty_keys(prefix, check.principal, *key));
+            args.push((nth + 1).to_string());
+            args.push(penalty.refusals().to_string());
+            args.extend(pair(penalty.within_ns()));
+            args.extend(pair(penalty.ban_ns()));
         }
     }
-    let mut first = 1;
-    for check in checks {
-        if let Some((key, penalty)) = &check.penalty {
-            keys.extend(penalty_keys(prefix, *key));
-            args.push(first.to_string());
-            args.push(check.windows.len().to_string());
-            args.push(penalty.refusals().to_string());
-            for n in [penalty.within_ns(), penalty.ban_ns()] {
-                args.extend(limbs(n).iter().map(u64::to_string));
+    for &i in group {
+        let check = &checks[i];
+        let mut pattern = String::from("^");
+        let mut slack = 0;
+        let mut windows = Vec::with_capacity(5 * check.windows.len());
+        for window in &check.windows {
+            let tag = check.tag(window);
+            pattern.push_str(&tag);
+            pattern.push_str("(%d+),(%d+);");
+            windows.push(tag);
+            match check.algorithm {
+                Algorithm::Gcra => {
+                    let t = window.interval_ns();
+                    let capacity = t.saturating_mul(u64::from(window.limit()));
+                    windows.extend(pair(capacity));
+                    windows.extend(pair(t.saturating_mul(u64::from(check.cost))));
+                    slack = slack.max(capacity.div_ceil(NS_PER_MS));
+                }
+                Algorithm::FixedWindow => {
+                    let period = window.period_ns();
+                    let whole_ms = if period % NS_PER_MS == 0 {
+                        period / NS_PER_MS
+                    } else {
+                        0
+                    };
+                    windows.push(whole_ms.to_string());
+                    windows.push(window.limit().to_string());
+                    windows.push(check.cost.to_string());
+                    slack = slack.max(period.div_ceil(NS_PER_MS));
+                }
             }
         }
-        first += check.windows.len();
+        pattern.push('$');
+        // On the layer's clock a state's expiry is a moment of the layer's
+        // clock, which may run at another rate than Redis's (a test's
+        // manual clock): its TTL gets the longest period and a second more.
+        let slack = if now.is_some() { slack + 1000 } else { 0 };
+        args.push(
+            match check.algorithm {
+                Algorithm::Gcra => "g",
+                Algorithm::FixedWindow => "f",
+            }
+            .to_owned(),
+        );
+        args.push(flag(check.shadow));
+        args.push(check.windows.len().to_string());
+        args.push(pattern);
+        args.push(slack.to_string());
+        args.append(&mut windows);
     }
     (keys, args)
 }
 
-/// What the script answered.
+/// What the script answered for one group.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Reply {
     /// The time the script decided at (ns since the Unix epoch).
     pub(crate) now: u64,
+    /// Whether the group's enforced windows admit the request.
     pub(crate) admitted: bool,
+    /// Whether the group's shadow windows admit it.
     pub(crate) shadow_admitted: bool,
-    /// Each window's state before the request, in the memory store's
-    /// encoding (GCRA: the arrival time; fixed window: index << 32 | count).
+    /// Each window's state before the request (the group's windows in
+    /// order), in the memory store's encoding (GCRA: the arrival time;
+    /// fixed window: index << 32 | count).
     pub(crate) states: Vec<u64>,
     /// A ban that refused the request or that its refusal started: the
-    /// check, the ns left, and whether it started now.
+    /// check (its index among all the request's checks), the ns left, and
+    /// whether it started now.
     pub(crate) ban: Option<(u8, u64, bool)>,
 }
 
-/// Reads the script's answer for `checks`.
-pub(crate) fn parse_reply(checks: &[Planned], reply: &[i64]) -> Result<Reply, String> {
-    let windows: usize = checks.iter().map(|c| c.windows.len()).sum();
-    if reply.len() != 10 + 3 * windows {
-        return Err(format!(
-            "the script answered {} values for {windows} windows",
-            reply.len()
-        ));
-    }
-    let limb = |i: usize| -> Result<u64, String> {
-        u64::try_from(reply[i])
-            .ok()
-            .filter(|&l| l < 1 << 24)
-            .ok_or_else(|| format!("the script answered {}, not a 24-bit limb", reply[i]))
+/// Reads the script's answer for the checks `group` of `checks`.
+pub(crate) fn parse_reply(
+    checks: &[Planned],
+    group: &[usize],
+    reply: &[i64],
+) -> Result<Reply, String> {
+    let windows: usize = group.iter().map(|&i| checks[i].windows.len()).sum();
+    let at = |i: usize| {
+        reply
+            .get(i)
+            .copied()
+            .ok_or("the script answered too little")
     };
-    let number = |i: usize| -> Result<u64, String> {
-        let (a, b, c) = (limb(i)?, limb(i + 1)?, limb(i + 2)?);
-        if a >= 1 << 16 {
-            return Err(format!(
-                "the script answered a number over 64 bits ({a}:{b}:{c})"
-            ));
-        }
-        Ok((a << 48) | (b << 24) | c)
+    let time = |i: usize| -> Result<u64, String> {
+        let (s, n) = (at(i)?, at(i + 1)?);
+        let s = u64::try_from(s).map_err(|_| format!("the script answered {s} s"))?;
+        let n = u64::try_from(n)
+            .ok()
+            .filter(|&n| n < NS_PER_S)
+            .ok_or_else(|| format!("the script answered {n} ns, not below a second"))?;
+        s.checked_mul(NS_PER_S)
+            .and_then(|s| s.checked_add(n))
+            .ok_or_else(|| format!("the script answered {s} s, past 64 bits of ns"))
     };
     let flag = |i: usize| -> Result<bool, String> {
-        match reply[i] {
+        match at(i)? {
             1 => Ok(true),
             0 => Ok(false),
             other => Err(format!("the script answered {other}, not a flag")),
         }
     };
-    let mut states = Vec::with_capacity(windows);
-    let mut at = 5;
-    for check in checks {
-        for _ in &check.windows {
-            states.push(match check.algorithm {
-                Algorithm::Gcra => number(at)?,
-                Algorithm::FixedWindow => {
-                    let index = u32::try_from(reply[at + 1])
-                        .map_err(|_| "a window index out of 32 bits")?;
-                    let count = u32::try_from(reply[at + 2])
-                        .map_err(|_| "a window count out of 32 bits")?;
-                    (u64::from(index) << 32) | u64::from(count)
-                }
-            });
-            at += 3;
-        }
-    }
-    let ban = match reply[at] {
+    let now = time(0)?;
+    let kind = at(4)?;
+    let ban = match kind {
         0 => None,
-        kind @ (1 | 2) => {
-            let nth = usize::try_from(reply[at + 1]).unwrap_or(0);
-            let check = checks
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.penalty.is_some())
-                .nth(nth.wrapping_sub(1))
-                .map(|(i, _)| i as u8)
-                .ok_or_else(|| format!("the script named penalty {nth}, which was not sent"))?;
-            Some((check, number(at + 2)?, kind == 2))
+        1 | 2 => {
+            let nth = usize::try_from(at(5)?).unwrap_or(0);
+            let check = nth
+                .checked_sub(1)
+                .and_then(|n| group.get(n))
+                .filter(|&&i| checks[i].penalty.is_some())
+                .ok_or_else(|| format!("the script named check {nth}, which has no penalty"))?;
+            Some((*check as u8, time(6)?, kind == 2))
         }
         other => return Err(format!("the script answered {other}, not a ban kind")),
     };
+    let expected = if kind == 1 { 8 } else { 8 + 2 * windows };
+    if reply.len() != expected {
+        return Err(format!(
+            "the script answered {} values for {windows} windows",
+            reply.len()
+        ));
+    }
+    let mut states = Vec::with_capacity(windows);
+    if kind != 1 {
+        let mut i = 8;
+        for &c in group {
+            let check = &checks[c];
+            for _ in &check.windows {
+                states.push(match check.algorithm {
+                    Algorithm::Gcra => time(i)?,
+                    Algorithm::FixedWindow => {
+                        let index =
+                            u32::try_from(reply[i]).map_err(|_| "a window index out of 32 bits")?;
+                        let count = u32::try_from(reply[i + 1])
+                            .map_err(|_| "a window count out of 32 bits")?;
+                        (u64::from(index) << 32) | u64::from(count)
+                    }
+                });
+                i += 2;
+            }
+        }
+    }
     Ok(Reply {
-        now: number(0)?,
-        admitted: flag(3)?,
-        shadow_admitted: flag(4)?,
+        now,
+        admitted: flag(2)?,
+        shadow_admitted: flag(3)?,
         states,
         ban,
     })
 }
 
-/// The outcome of the decision the script made: every status is computed
-/// here from the states it was made on, exactly as the memory store computes
-/// them, and the script's verdict must agree.
-pub(crate) fn outcome(checks: &[Planned], reply: &Reply) -> Result<Outcome, String> {
-    let now = reply.now;
-    if let Some((check, left, false)) = reply.ban {
+/// One group's part of a decision: its checks, whether it was allowed to
+/// charge and to charge its shadow checks, and the script's answer.
+#[derive(Debug)]
+pub(crate) struct Decided<'g> {
+    pub(crate) group: &'g [usize],
+    pub(crate) charge: bool,
+    pub(crate) shadows: bool,
+    pub(crate) reply: Reply,
+}
+
+impl Decided<'_> {
+    /// Whether the script charged check `check` of this group.
+    fn charged(&self, check: &Planned) -> bool {
+        let reply = &self.reply;
+        self.charge
+            && reply.admitted
+            && reply.ban.is_none_or(|(_, _, started)| started)
+            && (!check.shadow || (self.shadows && reply.shadow_admitted))
+    }
+}
+
+/// The outcome of the decisions the script made, group by group: every
+/// status is computed here from the states they were made on, exactly as
+/// the memory store computes them, and each group's verdict must agree.
+pub(crate) fn outcome(checks: &[Planned], decided: &[Decided<'_>]) -> Result<Outcome, String> {
+    if let Some((check, left, _)) = decided
+        .iter()
+        .find_map(|d| d.reply.ban.filter(|&(_, _, started)| !started))
+    {
         return Ok(Outcome::banned(check, left));
     }
+    // Where each check's states and time are: (group, first state).
+    let mut place: SmallVec<[(usize, usize); 4]> = SmallVec::from_elem((0, 0), checks.len());
+    for (g, d) in decided.iter().enumerate() {
+        let mut at = 0;
+        for &c in d.group {
+            place[c] = (g, at);
+            at += checks[c].windows.len();
+        }
+    }
     let mut statuses: SmallVec<[WindowStatus; 4]> = SmallVec::new();
-    let mut admitted = true;
-    let mut shadow_admitted = true;
-    let mut states = reply.states.iter().copied();
-    let mut state_of: SmallVec<[u64; 4]> = SmallVec::new();
+    let mut state_of: SmallVec<[(u64, u64); 4]> = SmallVec::new();
+    let mut verdicts: SmallVec<[(bool, bool); 4]> =
+        SmallVec::from_elem((true, true), decided.len());
     for (ci, check) in checks.iter().enumerate() {
+        let (g, first) = place[ci];
+        let reply = &decided[g].reply;
         for (wi, window) in check.windows.iter().enumerate() {
-            let state = states.next().ok_or("fewer states than windows")?;
-            let s: Step = step(check.algorithm, window, state, now, check.cost);
+            let state = *reply
+                .states
+                .get(first + wi)
+                .ok_or("fewer states than windows")?;
+            let s = step(check.algorithm, window, state, reply.now, check.cost);
+            let verdict = &mut verdicts[g];
             if check.shadow {
-                shadow_admitted &= s.admits;
+                verdict.1 &= s.admits;
             } else {
-                admitted &= s.admits;
+                verdict.0 &= s.admits;
             }
-            state_of.push(state);
+            state_of.push((state, reply.now));
             statuses.push(s.status(ci, wi, window.limit()));
         }
     }
-    if (admitted, shadow_admitted) != (reply.admitted, reply.shadow_admitted) {
-        return Err(format!(
-            "the script decided admitted={} shadow_admitted={}, the same states say {admitted} and {shadow_admitted}",
-            reply.admitted, reply.shadow_admitted
-        ));
+    for (d, &(admitted, shadow_admitted)) in decided.iter().zip(&verdicts) {
+        if (admitted, shadow_admitted) != (d.reply.admitted, d.reply.shadow_admitted) {
+            return Err(format!(
+                "the script decided admitted={} shadow_admitted={}, the same states say {admitted} and {shadow_admitted}",
+                d.reply.admitted, d.reply.shadow_admitted
+            ));
+        }
     }
+    let admitted = verdicts.iter().all(|v| v.0);
+    let shadow_admitted = verdicts.iter().all(|v| v.1);
     settle_uncharged(
         &mut statuses,
         admitted,
@@ -254,20 +368,81 @@ pub(crate) fn outcome(checks: &[Planned], reply: &Reply) -> Result<Outcome, Stri
         |i, status| {
             let check = &checks[usize::from(status.check)];
             let window = &check.windows[usize::from(status.window)];
-            step(check.algorithm, window, state_of[i], now, 0)
+            let (state, now) = state_of[i];
+            step(check.algorithm, window, state, now, 0)
         },
     );
+    let started = decided
+        .iter()
+        .filter_map(|d| d.reply.ban)
+        .min_by_key(|&(check, _, _)| check);
     if !admitted {
         let outcome = Outcome::from_statuses(false, statuses);
-        return Ok(match reply.ban {
+        return Ok(match started {
             Some((check, left, true)) => outcome.with_ban_started(check, left),
             _ => outcome,
         });
     }
-    if reply.ban.is_some() {
+    if started.is_some() {
         return Err("the script started a ban for an admitted request".into());
     }
     Ok(Outcome::from_statuses(true, statuses).with_shadow_refusal(!shadow_admitted))
+}
+
+/// The refunds a decision over several groups needs, one call per group
+/// that charged something it must give back: the charges of a request that
+/// a group refused, or of shadow checks when a shadow check of another
+/// group refused (or of every group, with `all`: a request that Redis did
+/// not decide to the end). Each call's keys and arguments follow
+/// `refund.lua`.
+pub(crate) fn refunds(
+    prefix: &str,
+    checks: &[Planned],
+    decided: &[Decided<'_>],
+    all: bool,
+) -> Vec<(Vec<String>, Vec<String>)> {
+    let banned = decided
+        .iter()
+        .any(|d| d.reply.ban.is_some_and(|(_, _, started)| !started));
+    let admitted = !all && !banned && decided.iter().all(|d| d.reply.admitted);
+    let shadow_admitted = decided.iter().all(|d| d.reply.shadow_admitted);
+    if admitted && shadow_admitted {
+        return Vec::new();
+    }
+    let mut calls = Vec::new();
+    for d in decided {
+        let mut keys = Vec::new();
+        let mut args = Vec::new();
+        let mut first = 0;
+        for &c in d.group {
+            let check = &checks[c];
+            let states = &d.reply.states[first..first + check.windows.len()];
+            first += check.windows.len();
+            if !d.charged(check) || (admitted && !check.shadow) {
+                continue;
+            }
+            keys.push(bucket_key(prefix, check.principal, check.bucket));
+            args.push(check.windows.len().to_string());
+            for (window, &state) in check.windows.iter().zip(states) {
+                args.push(check.tag(window));
+                let next = step(check.algorithm, window, state, d.reply.now, check.cost).next;
+                match check.algorithm {
+                    Algorithm::Gcra => {
+                        args.extend(pair(next));
+                        args.extend(pair(state));
+                    }
+                    Algorithm::FixedWindow => {
+                        args.push((next >> 32).to_string());
+                        args.push(check.cost.to_string());
+                    }
+                }
+            }
+        }
+        if !keys.is_empty() {
+            calls.push((keys, args));
+        }
+    }
+    calls
 }
 
 #[cfg(test)]
@@ -276,69 +451,111 @@ mod tests {
     use crate::Quota;
 
     #[test]
-    fn arguments_carry_exact_durations_as_limbs_and_no_key() {
+    fn arguments_carry_exact_pairs_and_no_key() {
         let quota = Quota::new(Window::per_minute(60)).and(Window::per_hour(1000));
         let fixed = Quota::new(Window::per_second(10))
             .cost(2)
             .algorithm(Algorithm::FixedWindow);
         let checks = [
-            Planned::new(&Check::new(7, &quota), FailurePolicy::Open),
-            Planned::new(&Check::shadow(8, &fixed), FailurePolicy::Open),
+            Planned::new(&Check::new(7, &quota).of_principal(5), FailurePolicy::Open),
+            Planned::new(
+                &Check::shadow(8, &fixed).of_principal(5),
+                FailurePolicy::Open,
+            ),
         ];
-        let (keys, args) = invocation("rl", None, &checks);
+        let groups = groups(&checks);
+        assert_eq!(groups.len(), 1);
+        let (keys, args) = invocation("rl", None, &checks, &groups[0], true, true);
         assert_eq!(
             keys,
             [
-                "{rl}:0000000000000007:gcra:60000000000",
-                "{rl}:0000000000000007:gcra:3600000000000",
-                "{rl}:0000000000000008:fixed:1000000000",
+                "rl:{0000000000000005}:0000000000000007",
+                "rl:{0000000000000005}:0000000000000008",
             ]
         );
-        let l = |x: u64| limbs(x).map(|n| n.to_string());
-        let mut expected: Vec<String> = vec!["r".into(), "0".into(), "0".into(), "0".into()];
-        expected.extend(["3".into(), "0".into()]);
-        for (kind, shadow, numbers) in [
-            ("g", "0", [1_000_000_000, 60_000_000_000, 1_000_000_000]),
-            ("g", "0", [3_600_000_000, 3_600_000_000_000, 3_600_000_000]),
-            ("f", "1", [1_000_000_000, 10, 2]),
-        ] {
-            expected.push(kind.into());
-            expected.push(shadow.into());
-            for n in numbers {
-                expected.extend(l(n));
-            }
-        }
+        let expected: Vec<&str> = vec![
+            "r",
+            "0",
+            "1",
+            "1",
+            "2",
+            "0",
+            "g",
+            "0",
+            "2",
+            "^g60000000000@1000000000=(%d+),(%d+);g3600000000000@3600000000=(%d+),(%d+);$",
+            "0",
+            "g60000000000@1000000000=",
+            "60",
+            "0",
+            "1",
+            "0",
+            "g3600000000000@3600000000=",
+            "3600",
+            "0",
+            "3",
+            "600000000",
+            "f",
+            "1",
+            "1",
+            "^f1000000000=(%d+),(%d+);$",
+            "0",
+            "f1000000000=",
+            "1000",
+            "10",
+            "2",
+        ];
         assert_eq!(args, expected);
-        let now = 1_700_000_000_000_000_000;
-        let (_, args) = invocation("rl", Some(now), &checks[..1]);
-        assert_eq!(args[0], "l");
-        let back: Vec<u64> = args[1..4].iter().map(|a| a.parse().unwrap()).collect();
-        assert_eq!((back[0] << 48) | (back[1] << 24) | back[2], now);
+        let now = 1_700_000_000_123_456_789;
+        let (_, args) = invocation("rl", Some(now), &checks, &[0], false, true);
+        assert_eq!(args[..4], ["1700000000", "123456789", "0", "1"]);
+        assert_eq!(
+            args[10], "3601000",
+            "the longest period and a second of TTL slack"
+        );
+    }
+
+    #[test]
+    fn checks_group_by_principal_in_principal_order() {
+        let quota = Quota::new(Window::per_minute(1));
+        let checks: Vec<Planned> = [9, 3, 9, 1]
+            .iter()
+            .map(|&p| Planned::new(&Check::new(p, &quota).of_principal(p), FailurePolicy::Open))
+            .collect();
+        let groups: Vec<Vec<usize>> = groups(&checks).into_iter().map(|g| g.to_vec()).collect();
+        assert_eq!(groups, [vec![3], vec![1], vec![0, 2]]);
     }
 
     #[test]
     fn a_reply_that_does_not_fit_the_checks_is_an_error() {
         let quota = Quota::new(Window::per_minute(1));
         let checks = [Planned::new(&Check::new(1, &quota), FailurePolicy::Open)];
-        let none = [0, 0, 0, 0, 0];
-        let reply = |head: [i64; 8]| [&head[..], &none[..]].concat();
-        assert!(parse_reply(&checks, &[1, 1]).is_err());
-        assert!(parse_reply(&checks, &reply([0, 0, -5, 1, 1, 0, 0, 0])).is_err());
-        assert!(parse_reply(&checks, &reply([0, 0, 5, 2, 1, 0, 0, 0])).is_err());
-        assert!(parse_reply(&checks, &reply([0, 1 << 24, 5, 1, 1, 0, 0, 0])).is_err());
-        // A ban of a penalty that was not sent is nonsense.
-        let mut banned = reply([0, 1, 5, 0, 1, 0, 0, 0]);
-        banned[8] = 1;
-        banned[9] = 1;
-        assert!(parse_reply(&checks, &banned).is_err());
-        let ok = parse_reply(&checks, &reply([0, 1, 5, 1, 1, 0, 0, 0])).unwrap();
-        assert_eq!(ok.now, (1 << 24) + 5);
+        let group = [0];
+        let parse = |reply: &[i64]| parse_reply(&checks, &group, reply);
+        assert!(parse(&[1, 1]).is_err());
+        assert!(parse(&[5, 0, 1, 1, 0, 0, 0, 0]).is_err(), "no state");
+        assert!(parse(&[-5, 0, 1, 1, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(parse(&[5, 1_000_000_000, 1, 1, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(parse(&[5, 0, 2, 1, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(parse(&[i64::MAX, 0, 1, 1, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(parse(&[5, 0, 1, 1, 0, 0, 0, 0, 0, -1]).is_err());
+        // A ban of a check that has no penalty is nonsense.
+        assert!(parse(&[5, 0, 0, 1, 1, 1, 1, 0]).is_err());
+        assert!(parse(&[5, 0, 0, 1, 3, 1, 1, 0, 0, 0]).is_err());
+        let ok = parse(&[5, 7, 1, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+        assert_eq!(ok.now, 5_000_000_007);
         assert_eq!(ok.states, [0]);
         // A verdict the states contradict is refused, not believed.
         let lying = Reply {
             admitted: false,
             ..ok
         };
-        assert!(outcome(&checks, &lying).is_err());
+        let decided = [Decided {
+            group: &group,
+            charge: true,
+            shadows: true,
+            reply: lying,
+        }];
+        assert!(outcome(&checks, &decided).is_err());
     }
 }

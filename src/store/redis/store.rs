@@ -61,6 +61,8 @@ pub struct RedisStore {
 struct Inner {
     backend: Backend,
     script: Script,
+    /// The refund of a request refused by a later group of its checks.
+    refund: Script,
     prefix: Box<str>,
     clock: ClockSource,
     deadline: Duration,
@@ -394,6 +396,7 @@ impl RedisStoreBuilder {
             inner: Arc::new(Inner {
                 backend,
                 script: Script::new(script::SOURCE),
+                refund: Script::new(script::REFUND),
                 prefix: self.prefix.into_boxed_str(),
                 clock: self.clock,
                 deadline: self.deadline,
@@ -422,7 +425,7 @@ impl RedisStoreBuilder {
         let error = match tokio::time::timeout(
             timeout,
             inner.backend.prepare(
-                &[&inner.script, inner.slots.script()],
+                &[&inner.script, &inner.refund, inner.slots.script()],
                 &inner.counters.script_loads,
             ),
         )
@@ -565,25 +568,13 @@ impl Store for RedisStore {
             return Decided::Ready(Ok(inner.fall_back(&planned, &limits, now)));
         }
         let layer_now = (inner.clock == ClockSource::Layer).then_some(now);
-        let (keys, args) = script::invocation(&inner.prefix, layer_now, &planned);
         let ticket = Ticket::new(Arc::clone(&inner.breaker), permit);
         let inner = Arc::clone(inner);
         Decided::Pending(PendingDecision {
             inner: Box::pin(async move {
-                let call =
-                    inner
-                        .backend
-                        .eval(&inner.script, &keys, &args, &inner.counters.script_loads);
                 let timer = inner.metrics.start();
-                let answer = tokio::time::timeout(inner.deadline, call).await;
+                let decided = inner.decide(&planned, layer_now).await;
                 inner.metrics.finished(timer);
-                let decided = match answer {
-                    Err(_) => Err(Failure::Timeout(inner.deadline)),
-                    Ok(Err(e)) => Err(Failure::Redis(e)),
-                    Ok(Ok(reply)) => script::parse_reply(&planned, &reply)
-                        .and_then(|reply| script::outcome(&planned, &reply))
-                        .map_err(Failure::Reply),
-                };
                 match decided {
                     Ok(outcome) => {
                         inner.counters.decisions.fetch_add(1, Ordering::Relaxed);
@@ -604,6 +595,82 @@ impl Store for RedisStore {
     }
 }
 
+impl Inner {
+    /// One script call, within the deadline.
+    async fn call(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Vec<i64>, Failure> {
+        let call = self
+            .backend
+            .eval(script, keys, args, &self.counters.script_loads);
+        match tokio::time::timeout(self.deadline, call).await {
+            Err(_) => Err(Failure::Timeout(self.deadline)),
+            Ok(Err(e)) => Err(Failure::Redis(e)),
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    /// Decides `checks` in Redis: one script call per principal (one call
+    /// in all when the checks share one), in the order of the principals;
+    /// then the refunds of what earlier groups charged if a later one
+    /// refused (see the module documentation).
+    async fn decide(&self, checks: &[Planned], now: Option<u64>) -> Result<Outcome, Failure> {
+        let groups = script::groups(checks);
+        let mut decided: Vec<script::Decided<'_>> = Vec::with_capacity(groups.len());
+        let mut failure = None;
+        for group in &groups {
+            let charge = decided.iter().all(|d| d.reply.admitted);
+            let shadows = decided.iter().all(|d| d.reply.shadow_admitted);
+            let (keys, args) =
+                script::invocation(&self.prefix, now, checks, group, charge, shadows);
+            let reply = self
+                .call(&self.script, &keys, &args)
+                .await
+                .and_then(|reply| {
+                    script::parse_reply(checks, group, &reply).map_err(Failure::Reply)
+                });
+            match reply {
+                Ok(reply) => {
+                    let banned = reply.ban.is_some_and(|(_, _, started)| !started);
+                    decided.push(script::Decided {
+                        group,
+                        charge,
+                        shadows,
+                        reply,
+                    });
+                    if banned {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let outcome = match failure {
+            Some(e) => Err(e),
+            None => script::outcome(checks, &decided).map_err(Failure::Reply),
+        };
+        if groups.len() > 1 {
+            // A request that falls back gives back all it was charged.
+            let all = outcome.is_err();
+            for (keys, args) in script::refunds(&self.prefix, checks, &decided, all) {
+                if let Err(e) = self.call(&self.refund, &keys, &args).await {
+                    tracing::warn!(
+                        error = %e,
+                        "rate-limit store: a refund failed; its charge stays until its window passes"
+                    );
+                }
+            }
+        }
+        outcome
+    }
+}
+
 /// Slots held under leases in Redis, shared by every node: see
 /// [In-flight caps across processes](crate::store::redis#in-flight-caps-across-processes).
 /// When Redis cannot answer, the limit's [`FailurePolicy`] decides: a permit
@@ -613,6 +680,7 @@ impl crate::store::protocol::SharedSlots for RedisStore {
     fn acquire(
         &self,
         key: u64,
+        principal: u64,
         max: u32,
         mode: crate::inflight::Mode,
         limit: &str,
@@ -636,6 +704,14 @@ impl crate::store::protocol::SharedSlots for RedisStore {
             }
         }
         let policy = self.inner.policy_for(limit);
-        super::slots::acquire(Arc::clone(&self.inner), parts, key, max, mode, policy)
+        super::slots::acquire(
+            Arc::clone(&self.inner),
+            parts,
+            key,
+            principal,
+            max,
+            mode,
+            policy,
+        )
     }
 }
