@@ -10,7 +10,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{ErrorKind, RedisResult, Script, ServerErrorKind};
+use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
 use crate::error::ConfigError;
 
@@ -207,13 +207,13 @@ impl Backend {
         matches!(self, Backend::Cluster(_))
     }
 
-    pub(crate) async fn eval(
+    pub(crate) async fn eval<A: ToRedisArgs + Sync, T: FromRedisValue>(
         &self,
         script: &Script,
         keys: &[String],
-        args: &[String],
+        args: &[A],
         loads: &AtomicU64,
-    ) -> RedisResult<Vec<i64>> {
+    ) -> RedisResult<T> {
         match self {
             Backend::Single(manager) => {
                 eval_on(&mut manager.clone(), script, keys, args, loads).await
@@ -258,13 +258,13 @@ async fn prepare_on<C: ConnectionLike>(
 
 /// `EVALSHA`; on `NOSCRIPT` (a restarted or flushed server), `SCRIPT LOAD`
 /// and `EVALSHA` again.
-async fn eval_on<C: ConnectionLike>(
+async fn eval_on<C: ConnectionLike, A: ToRedisArgs + Sync, T: FromRedisValue>(
     connection: &mut C,
     script: &Script,
     keys: &[String],
-    args: &[String],
+    args: &[A],
     loads: &AtomicU64,
-) -> RedisResult<Vec<i64>> {
+) -> RedisResult<T> {
     let mut command = redis::cmd("EVALSHA");
     command
         .arg(script.get_hash())

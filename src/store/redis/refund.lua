@@ -29,11 +29,12 @@ for k = 1, #KEYS do
   if raw then
     local pos = 1
     while pos <= #raw do
-      local tag, x, y, nxt = string.match(raw, '^([gf]%d+@?%d*=)(%d+),(%d+);()', pos)
-      if not tag then
+      local tag = string.match(raw, '^[gf]%d+@?%d*=', pos)
+      if not tag or pos + #tag + 15 > #raw then
         return redis.error_reply('tower-ratelimit: unexpected value at key ' .. key)
       end
-      entries[#entries + 1] = { tag, x + 0, y + 0 }
+      local x, y, nxt = struct.unpack('<dd', raw, pos + #tag)
+      entries[#entries + 1] = { tag, x, y }
       at[tag] = entries[#entries]
       pos = nxt
     end
@@ -64,7 +65,7 @@ for k = 1, #KEYS do
     local parts = {}
     for _, e in ipairs(entries) do
       if e[3] ~= 0 or (string.sub(e[1], 1, 1) == 'g' and e[2] ~= 0) then
-        parts[#parts + 1] = e[1] .. e[2] .. ',' .. e[3] .. ';'
+        parts[#parts + 1] = e[1] .. struct.pack('<dd', e[2], e[3])
       end
     end
     local ttl = redis.call('PTTL', key)

@@ -14,10 +14,11 @@ use crate::store::algorithm::step;
 use crate::store::outcome::settle_uncharged;
 use crate::store::protocol::{Check, Outcome, WindowStatus};
 
-/// The Lua source of the decision: exact big integers for its rare paths,
-/// then the decision.
-pub(crate) const SOURCE: &str =
-    concat!(include_str!("bignum.lua"), "\n", include_str!("decide.lua"));
+/// The Lua source of the decision, with the exact big integers of its rare
+/// paths spliced in where it builds them.
+pub(crate) fn source() -> String {
+    include_str!("decide.lua").replacen("-- @bignum", include_str!("bignum.lua"), 1)
+}
 
 /// The Lua source of the refund of a request refused by a later group.
 pub(crate) const REFUND: &str = include_str!("refund.lua");
@@ -92,10 +93,10 @@ fn pair(ns: u64) -> [String; 2] {
     [(ns / NS_PER_S).to_string(), (ns % NS_PER_S).to_string()]
 }
 
-/// The keys and arguments of one group's decision; `now` is `None` to use
-/// Redis's clock. `charge`: whether the group may charge (no earlier group
-/// refused); `shadows`: whether its shadow checks may be charged (no earlier
-/// group's shadow check refused).
+/// The keys and arguments of one group's decision (see `decide.lua`);
+/// `now` is `None` to use Redis's clock. `charge`: whether the group may
+/// charge (no earlier group refused); `shadows`: whether its shadow checks
+/// may be charged (no earlier group's shadow check refused).
 pub(crate) fn invocation(
     prefix: &str,
     now: Option<u64>,
@@ -103,22 +104,25 @@ pub(crate) fn invocation(
     group: &[usize],
     charge: bool,
     shadows: bool,
-) -> (Vec<String>, Vec<String>) {
-    let flag = |b: bool| String::from(if b { "1" } else { "0" });
+) -> (Vec<String>, Vec<Vec<u8>>) {
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    // Every number is an integer below 2^53: exact as a double.
+    let split = |ns: u64| [(ns / NS_PER_S) as f64, (ns % NS_PER_S) as f64];
     let penalties = group
         .iter()
         .filter(|&&i| checks[i].penalty.is_some())
         .count();
     let mut keys = Vec::with_capacity(group.len() + 2 * penalties);
-    let mut args = Vec::with_capacity(6 + 6 * penalties + 11 * group.len());
-    match now {
-        Some(now) => args.extend(pair(now)),
-        None => args.extend(["r".to_owned(), "0".to_owned()]),
-    }
-    args.push(flag(charge));
-    args.push(flag(shadows));
-    args.push(group.len().to_string());
-    args.push(penalties.to_string());
+    let mut numbers: SmallVec<[f64; 16]> = SmallVec::new();
+    let mut text: Vec<Vec<u8>> = Vec::with_capacity(1 + 3 * group.len());
+    text.push(Vec::new());
+    numbers.extend(now.map_or([-1.0, 0.0], split));
+    numbers.extend([
+        flag(charge),
+        flag(shadows),
+        group.len() as f64,
+        penalties as f64,
+    ]);
     for &i in group {
         let check = &checks[i];
         keys.push(bucket_key(prefix, check.principal, check.bucket));
@@ -127,28 +131,42 @@ pub(crate) fn invocation(
         let check = &checks[i];
         if let Some((key, penalty)) = &check.penalty {
             keys.extend(penalty_keys(prefix, check.principal, *key));
-            args.push((nth + 1).to_string());
-            args.push(penalty.refusals().to_string());
-            args.extend(pair(penalty.within_ns()));
-            args.extend(pair(penalty.ban_ns()));
+            numbers.extend([(nth + 1) as f64, f64::from(penalty.refusals())]);
+            numbers.extend(split(penalty.within_ns()));
+            numbers.extend(split(penalty.ban_ns()));
         }
     }
     for &i in group {
         let check = &checks[i];
-        let mut pattern = String::from("^");
+        let mut layout = String::from("<");
+        let mut length = 0;
         let mut slack = 0;
-        let mut windows = Vec::with_capacity(5 * check.windows.len());
+        let mut exotic = false;
+        let at = numbers.len();
+        numbers.extend([
+            match check.algorithm {
+                Algorithm::Gcra => 0.0,
+                Algorithm::FixedWindow => 1.0,
+            },
+            flag(check.shadow),
+            check.windows.len() as f64,
+            0.0,
+            0.0,
+            0.0,
+        ]);
+        let first_tag = text.len() + 1;
+        text.push(Vec::new());
         for window in &check.windows {
             let tag = check.tag(window);
-            pattern.push_str(&tag);
-            pattern.push_str("(%d+),(%d+);");
-            windows.push(tag);
+            layout.push_str(&format!("c{}dd", tag.len()));
+            length += tag.len() + 16;
+            text.push(tag.into_bytes());
             match check.algorithm {
                 Algorithm::Gcra => {
                     let t = window.interval_ns();
                     let capacity = t.saturating_mul(u64::from(window.limit()));
-                    windows.extend(pair(capacity));
-                    windows.extend(pair(t.saturating_mul(u64::from(check.cost))));
+                    numbers.extend(split(capacity));
+                    numbers.extend(split(t.saturating_mul(u64::from(check.cost))));
                     slack = slack.max(capacity.div_ceil(NS_PER_MS));
                 }
                 Algorithm::FixedWindow => {
@@ -156,34 +174,30 @@ pub(crate) fn invocation(
                     let whole_ms = if period % NS_PER_MS == 0 {
                         period / NS_PER_MS
                     } else {
+                        exotic = true;
                         0
                     };
-                    windows.push(whole_ms.to_string());
-                    windows.push(window.limit().to_string());
-                    windows.push(check.cost.to_string());
+                    numbers.extend([
+                        whole_ms as f64,
+                        f64::from(window.limit()),
+                        f64::from(check.cost),
+                        0.0,
+                    ]);
                     slack = slack.max(period.div_ceil(NS_PER_MS));
                 }
             }
         }
-        pattern.push('$');
         // On the layer's clock a state's expiry is a moment of the layer's
         // clock, which may run at another rate than Redis's (a test's
         // manual clock): its TTL gets the longest period and a second more.
         let slack = if now.is_some() { slack + 1000 } else { 0 };
-        args.push(
-            match check.algorithm {
-                Algorithm::Gcra => "g",
-                Algorithm::FixedWindow => "f",
-            }
-            .to_owned(),
-        );
-        args.push(flag(check.shadow));
-        args.push(check.windows.len().to_string());
-        args.push(pattern);
-        args.push(slack.to_string());
-        args.append(&mut windows);
+        numbers[at + 3] = slack as f64;
+        numbers[at + 4] = length as f64;
+        numbers[at + 5] = flag(exotic);
+        text[first_tag - 1] = layout.into_bytes();
     }
-    (keys, args)
+    text[0] = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
+    (keys, text)
 }
 
 /// What the script answered for one group.
@@ -205,62 +219,71 @@ pub(crate) struct Reply {
     pub(crate) ban: Option<(u8, u64, bool)>,
 }
 
-/// Reads the script's answer for the checks `group` of `checks`.
+/// Reads the script's answer (little-endian doubles, see `decide.lua`) for
+/// the checks `group` of `checks`.
 pub(crate) fn parse_reply(
     checks: &[Planned],
     group: &[usize],
-    reply: &[i64],
+    reply: &[u8],
 ) -> Result<Reply, String> {
+    if reply.len() % 8 != 0 {
+        return Err(format!("the script answered {} bytes", reply.len()));
+    }
     let windows: usize = group.iter().map(|&i| checks[i].windows.len()).sum();
-    let at = |i: usize| {
-        reply
-            .get(i)
-            .copied()
-            .ok_or("the script answered too little")
+    // Each number: a whole number from 0 to 2^53 (exact in a double).
+    let at = |i: usize| -> Result<u64, String> {
+        let bytes = reply
+            .get(8 * i..8 * i + 8)
+            .ok_or("the script answered too little")?;
+        let x = f64::from_le_bytes(bytes.try_into().map_err(|_| "not 8 bytes")?);
+        if x.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&x) {
+            Ok(x as u64)
+        } else {
+            Err(format!("the script answered {x}, not a whole number"))
+        }
     };
     let time = |i: usize| -> Result<u64, String> {
         let (s, n) = (at(i)?, at(i + 1)?);
-        let s = u64::try_from(s).map_err(|_| format!("the script answered {s} s"))?;
-        let n = u64::try_from(n)
-            .ok()
-            .filter(|&n| n < NS_PER_S)
-            .ok_or_else(|| format!("the script answered {n} ns, not below a second"))?;
+        if n >= NS_PER_S {
+            return Err(format!("the script answered {n} ns, not below a second"));
+        }
         s.checked_mul(NS_PER_S)
             .and_then(|s| s.checked_add(n))
             .ok_or_else(|| format!("the script answered {s} s, past 64 bits of ns"))
     };
-    let flag = |i: usize| -> Result<bool, String> {
-        match at(i)? {
-            1 => Ok(true),
-            0 => Ok(false),
-            other => Err(format!("the script answered {other}, not a flag")),
-        }
-    };
     let now = time(0)?;
-    let kind = at(4)?;
+    let verdict = at(2)?;
+    let (admitted, shadow_admitted) = (verdict & 1 != 0, verdict & 2 != 0);
+    let kind = verdict >> 2;
+    if kind > 2 {
+        return Err(format!("the script answered {verdict}, not a verdict"));
+    }
+    // A ban in force: only the ban follows; else the states, then any ban
+    // this refusal started.
+    let states_at = 3;
+    let ban_at = if kind == 1 { 3 } else { 3 + 2 * windows };
+    let expected = if kind == 0 { ban_at } else { ban_at + 3 };
+    if reply.len() != 8 * expected {
+        return Err(format!(
+            "the script answered {} values for {windows} windows",
+            reply.len() / 8
+        ));
+    }
     let ban = match kind {
         0 => None,
-        1 | 2 => {
-            let nth = usize::try_from(at(5)?).unwrap_or(0);
+        _ => {
+            let nth = usize::try_from(at(ban_at)?).unwrap_or(0);
             let check = nth
                 .checked_sub(1)
                 .and_then(|n| group.get(n))
                 .filter(|&&i| checks[i].penalty.is_some())
                 .ok_or_else(|| format!("the script named check {nth}, which has no penalty"))?;
-            Some((*check as u8, time(6)?, kind == 2))
+            Some((*check as u8, time(ban_at + 1)?, kind == 2))
         }
-        other => return Err(format!("the script answered {other}, not a ban kind")),
     };
-    let expected = if kind == 1 { 8 } else { 8 + 2 * windows };
-    if reply.len() != expected {
-        return Err(format!(
-            "the script answered {} values for {windows} windows",
-            reply.len()
-        ));
-    }
     let mut states = Vec::with_capacity(windows);
     if kind != 1 {
-        let mut i = 8;
+        let mut i = states_at;
         for &c in group {
             let check = &checks[c];
             for _ in &check.windows {
@@ -268,8 +291,8 @@ pub(crate) fn parse_reply(
                     Algorithm::Gcra => time(i)?,
                     Algorithm::FixedWindow => {
                         let index =
-                            u32::try_from(reply[i]).map_err(|_| "a window index out of 32 bits")?;
-                        let count = u32::try_from(reply[i + 1])
+                            u32::try_from(at(i)?).map_err(|_| "a window index out of 32 bits")?;
+                        let count = u32::try_from(at(i + 1)?)
                             .map_err(|_| "a window count out of 32 bits")?;
                         (u64::from(index) << 32) | u64::from(count)
                     }
@@ -280,8 +303,8 @@ pub(crate) fn parse_reply(
     }
     Ok(Reply {
         now,
-        admitted: flag(2)?,
-        shadow_admitted: flag(3)?,
+        admitted,
+        shadow_admitted,
         states,
         ban,
     })
@@ -451,7 +474,7 @@ mod tests {
     use crate::Quota;
 
     #[test]
-    fn arguments_carry_exact_pairs_and_no_key() {
+    fn arguments_carry_exact_numbers_and_no_key() {
         let quota = Quota::new(Window::per_minute(60)).and(Window::per_hour(1000));
         let fixed = Quota::new(Window::per_second(10))
             .cost(2)
@@ -473,44 +496,52 @@ mod tests {
                 "rl:{0000000000000005}:0000000000000008",
             ]
         );
-        let expected: Vec<&str> = vec![
-            "r",
-            "0",
-            "1",
-            "1",
-            "2",
-            "0",
-            "g",
-            "0",
-            "2",
-            "^g60000000000@1000000000=(%d+),(%d+);g3600000000000@3600000000=(%d+),(%d+);$",
-            "0",
-            "g60000000000@1000000000=",
-            "60",
-            "0",
-            "1",
-            "0",
-            "g3600000000000@3600000000=",
-            "3600",
-            "0",
-            "3",
-            "600000000",
-            "f",
-            "1",
-            "1",
-            "^f1000000000=(%d+),(%d+);$",
-            "0",
-            "f1000000000=",
-            "1000",
-            "10",
-            "2",
+        let numbers = |bytes: &[u8]| -> Vec<f64> {
+            bytes
+                .chunks(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        #[rustfmt::skip]
+        let expected = [
+            -1.0, 0.0, 1.0, 1.0, 2.0, 0.0, // Redis's clock, charge, 2 checks
+            0.0, 0.0, 2.0, 0.0, 82.0, 0.0, // GCRA, 2 windows, value length
+            60.0, 0.0, 1.0, 0.0, // capacity 60 s, increment 1 s
+            3600.0, 0.0, 3.0, 600_000_000.0, // 3600 s, 3.6 s
+            1.0, 1.0, 1.0, 0.0, 28.0, 0.0, // fixed, shadow, 1 window
+            1000.0, 10.0, 2.0, 0.0, // 1000 ms, limit 10, cost 2
         ];
-        assert_eq!(args, expected);
+        assert_eq!(numbers(&args[0]), expected);
+        let text: Vec<&str> = args[1..]
+            .iter()
+            .map(|a| std::str::from_utf8(a).unwrap())
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "<c24ddc26dd",
+                "g60000000000@1000000000=",
+                "g3600000000000@3600000000=",
+                "<c12dd",
+                "f1000000000=",
+            ]
+        );
         let now = 1_700_000_000_123_456_789;
         let (_, args) = invocation("rl", Some(now), &checks, &[0], false, true);
-        assert_eq!(args[..4], ["1700000000", "123456789", "0", "1"]);
         assert_eq!(
-            args[10], "3601000",
+            numbers(&args[0])[..10],
+            [
+                1_700_000_000.0,
+                123_456_789.0,
+                0.0,
+                1.0,
+                1.0,
+                0.0,
+                0.0,
+                0.0,
+                2.0,
+                3_601_000.0
+            ],
             "the longest period and a second of TTL slack"
         );
     }
@@ -531,20 +562,33 @@ mod tests {
         let quota = Quota::new(Window::per_minute(1));
         let checks = [Planned::new(&Check::new(1, &quota), FailurePolicy::Open)];
         let group = [0];
-        let parse = |reply: &[i64]| parse_reply(&checks, &group, reply);
-        assert!(parse(&[1, 1]).is_err());
-        assert!(parse(&[5, 0, 1, 1, 0, 0, 0, 0]).is_err(), "no state");
-        assert!(parse(&[-5, 0, 1, 1, 0, 0, 0, 0, 0, 0]).is_err());
-        assert!(parse(&[5, 1_000_000_000, 1, 1, 0, 0, 0, 0, 0, 0]).is_err());
-        assert!(parse(&[5, 0, 2, 1, 0, 0, 0, 0, 0, 0]).is_err());
-        assert!(parse(&[i64::MAX, 0, 1, 1, 0, 0, 0, 0, 0, 0]).is_err());
-        assert!(parse(&[5, 0, 1, 1, 0, 0, 0, 0, 0, -1]).is_err());
+        let parse = |reply: &[f64]| {
+            let bytes: Vec<u8> = reply.iter().flat_map(|x| x.to_le_bytes()).collect();
+            parse_reply(&checks, &group, &bytes)
+        };
+        assert!(parse(&[1.0, 1.0]).is_err());
+        assert!(
+            parse_reply(&checks, &group, &[0; 7]).is_err(),
+            "not doubles"
+        );
+        assert!(parse(&[5.0, 0.0, 3.0]).is_err(), "no state");
+        assert!(parse(&[-5.0, 0.0, 3.0, 0.0, 0.0]).is_err());
+        assert!(parse(&[5.5, 0.0, 3.0, 0.0, 0.0]).is_err());
+        assert!(parse(&[f64::NAN, 0.0, 3.0, 0.0, 0.0]).is_err());
+        assert!(parse(&[5.0, 1e9, 3.0, 0.0, 0.0]).is_err());
+        assert!(
+            parse(&[5.0, 0.0, 16.0, 0.0, 0.0]).is_err(),
+            "no such verdict"
+        );
+        assert!(parse(&[5.0, 0.0, 3.0, 1e15, 0.0]).is_err(), "past 64 bits");
+        assert!(parse(&[5.0, 0.0, 3.0, 0.0, 0.0, 0.0]).is_err());
         // A ban of a check that has no penalty is nonsense.
-        assert!(parse(&[5, 0, 0, 1, 1, 1, 1, 0]).is_err());
-        assert!(parse(&[5, 0, 0, 1, 3, 1, 1, 0, 0, 0]).is_err());
-        let ok = parse(&[5, 7, 1, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+        assert!(parse(&[5.0, 0.0, 4.0, 1.0, 1.0, 0.0]).is_err());
+        assert!(parse(&[5.0, 0.0, 8.0, 0.0, 0.0, 1.0, 1.0, 0.0]).is_err());
+        let ok = parse(&[5.0, 7.0, 3.0, 0.0, 0.0]).unwrap();
         assert_eq!(ok.now, 5_000_000_007);
         assert_eq!(ok.states, [0]);
+        assert!(ok.admitted && ok.shadow_admitted && ok.ban.is_none());
         // A verdict the states contradict is refused, not believed.
         let lying = Reply {
             admitted: false,

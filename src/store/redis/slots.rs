@@ -459,7 +459,7 @@ async fn call(
     let cut_short = budget < p.deadline;
     let call = p
         .backend
-        .eval(&p.slots.script, keys, args, p.counters.script_loads);
+        .eval::<_, Vec<i64>>(&p.slots.script, keys, args, p.counters.script_loads);
     let failure = match tokio::time::timeout(budget, call).await {
         // The request's own time ran out, not Redis's: the ticket is
         // dropped unanswered (abandoned).

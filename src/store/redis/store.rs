@@ -395,7 +395,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 backend,
-                script: Script::new(script::SOURCE),
+                script: Script::new(&script::source()),
                 refund: Script::new(script::REFUND),
                 prefix: self.prefix.into_boxed_str(),
                 clock: self.clock,
@@ -597,12 +597,12 @@ impl Store for RedisStore {
 
 impl Inner {
     /// One script call, within the deadline.
-    async fn call(
+    async fn call<A: redis::ToRedisArgs + Sync, T: redis::FromRedisValue>(
         &self,
         script: &Script,
         keys: &[String],
-        args: &[String],
-    ) -> Result<Vec<i64>, Failure> {
+        args: &[A],
+    ) -> Result<T, Failure> {
         let call = self
             .backend
             .eval(script, keys, args, &self.counters.script_loads);
@@ -627,7 +627,7 @@ impl Inner {
             let (keys, args) =
                 script::invocation(&self.prefix, now, checks, group, charge, shadows);
             let reply = self
-                .call(&self.script, &keys, &args)
+                .call::<_, Vec<u8>>(&self.script, &keys, &args)
                 .await
                 .and_then(|reply| {
                     script::parse_reply(checks, group, &reply).map_err(Failure::Reply)
@@ -659,7 +659,7 @@ impl Inner {
             // A request that falls back gives back all it was charged.
             let all = outcome.is_err();
             for (keys, args) in script::refunds(&self.prefix, checks, &decided, all) {
-                if let Err(e) = self.call(&self.refund, &keys, &args).await {
+                if let Err(e) = self.call::<_, Vec<i64>>(&self.refund, &keys, &args).await {
                     tracing::warn!(
                         error = %e,
                         "rate-limit store: a refund failed; its charge stays until its window passes"
