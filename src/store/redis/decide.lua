@@ -18,9 +18,8 @@
 --   clock (TIME); 1 if the group may charge (0: an earlier group refused
 --   the request, so this one only reads, and counts penalty refusals); 1 if
 --   shadow checks may be charged (0: an earlier group's shadow check
---   refused); C, the number of checks; P, the number of penalties;
---   then six per penalty: its check (1-based), the refusals that start a
---   ban, `within` (seconds, nanoseconds), `ban` (seconds, nanoseconds);
+--   refused); C, the number of checks; P, the number of penalties; Q, where
+--   the penalties' numbers start (1-based, in bytes);
 --   then per check: its kind (0 GCRA, 1 fixed window), 1 if it is a
 --   shadow, W (its number of windows), the TTL slack in ms (0 on Redis's
 --   clock), the length of its value in the current layout, 1 if a window's
@@ -29,6 +28,8 @@
 --                    cost), each as seconds and nanoseconds
 --     fixed window:  its period in whole ms (0 if it is not whole ms), its
 --                    limit, the cost, 0
+--   then six per penalty: its check (1-based), the refusals that start a
+--   ban, `within` (seconds, nanoseconds), `ban` (seconds, nanoseconds).
 -- Then per check: the struct format of its value in the current layout,
 -- and each window's tag: 'g<period>@<interval>=' (GCRA) or 'f<period>='.
 --
@@ -63,7 +64,9 @@
 
 local B = 1000000000
 local A = ARGV[1]
-local S, N, charge, shadows, C, P, at = struct.unpack('<dddddd', A)
+-- The header, and the first check's numbers and its first window's.
+local S, N, charge, shadows, C, P, Q, kind, shadow, W, slack, length, exotic, f1, f2, f3, f4, at =
+  struct.unpack('<ddddddddddddddddd', A)
 local layer = S >= 0
 if not layer then
   local t = redis.call('TIME')
@@ -82,13 +85,11 @@ for p = 1, P do
     if es > S or (es == S and en > N) then
       local ls, ln = es - S, en - N
       if ln < 0 then ls, ln = ls - 1, ln + B end
-      return struct.pack('<dddddd', S, N, 4, struct.unpack('<d', A, at + 48 * (p - 1)), ls, ln)
+      return struct.pack('<dddddd', S, N, 4, struct.unpack('<d', A, Q + 48 * (p - 1)), ls, ln)
     end
   end
 end
 
-local penalties = at
-at = at + 48 * P
 -- The states, in a table when there are many; one check of one or two
 -- windows keeps them in locals.
 local out, o, x1, y1, x2, y2
@@ -101,11 +102,13 @@ local R
 -- (ms), and the value to write if not (a rescale) or false. With one, the
 -- same in locals.
 local plan = C > 1 and {} or nil
-local ok, shadow, value, ttl, keep, keep_ttl, W
+local ok, value, ttl, keep, keep_ttl
 
 for c = 1, C do
-  local kind, slack, length, exotic
-  kind, shadow, W, slack, length, exotic, at = struct.unpack('<dddddd', A, at)
+  if c > 1 then
+    kind, shadow, W, slack, length, exotic, f1, f2, f3, f4, at =
+      struct.unpack('<dddddddddd', A, at)
+  end
   shadow = shadow == 1
   if not out and (plan or W > 2) then out, o = { S, N, 0 }, 3 end
   local layout = ARGV[a]
@@ -229,6 +232,8 @@ for c = 1, C do
     end
   end
   ok, value, ttl, keep, keep_ttl = true, '', 0, '', 0
+  -- The new states of one or two windows, packed at once with the tags.
+  local first, n1x, n1y, n2x, n2y = a
   for w = 1, W do
     local tag = ARGV[a]
     a = a + 1
@@ -246,8 +251,8 @@ for c = 1, C do
     else
       x2, y2 = x, y
     end
-    local n1, n2, n3, n4
-    n1, n2, n3, n4, at = struct.unpack('<dddd', A, at)
+    local n1, n2, n3, n4 = f1, f2, f3, f4
+    if w > 1 then n1, n2, n3, n4, at = struct.unpack('<dddd', A, at) end
     if kind == 0 then
       -- base = max(tat, now); next = base + increment; admitted if next <=
       -- now + capacity.
@@ -258,7 +263,13 @@ for c = 1, C do
       local hs, hn = S + n1, N + n2
       if hn >= B then hs, hn = hs + 1, hn - B end
       if ok and (ns < hs or (ns == hs and nn <= hn)) then
-        value = value .. tag .. struct.pack('<dd', ns, nn)
+        if W > 2 then
+          value = value .. tag .. struct.pack('<dd', ns, nn)
+        elseif w == 1 then
+          n1x, n1y = ns, nn
+        else
+          n2x, n2y = ns, nn
+        end
         -- ms until next, rounded up, plus one.
         local d = nn - N + 999999
         local t = (ns - S) * 1000 + (d - d % 1000000) / 1000000 + 1
@@ -284,12 +295,23 @@ for c = 1, C do
       local total = n3
       if x == current then total = total + y end
       if ok and total <= n2 then
-        value = value .. tag .. struct.pack('<dd', current, total)
+        if W > 2 then
+          value = value .. tag .. struct.pack('<dd', current, total)
+        elseif w == 1 then
+          n1x, n1y = current, total
+        else
+          n2x, n2y = current, total
+        end
         if left + 1 > ttl then ttl = left + 1 end
       else
         ok = false
       end
     end
+  end
+  if ok and W == 1 then
+    value = struct.pack(layout, ARGV[first], n1x, n1y)
+  elseif ok and W == 2 then
+    value = struct.pack(layout, ARGV[first], n1x, n1y, ARGV[first + 1], n2x, n2y)
   end
   if kept and kept ~= '' then
     -- Windows the quota no longer has: the key's TTL already covers them.
@@ -350,7 +372,7 @@ end
 
 -- A refusal counts towards the penalty of each check that refused.
 for p = 1, admitted and 0 or P do
-  local check, refusals, ws, wn, bs, bn = struct.unpack('<dddddd', A, penalties + 48 * (p - 1))
+  local check, refusals, ws, wn, bs, bn = struct.unpack('<dddddd', A, Q + 48 * (p - 1))
   local refused
   if plan then refused = not plan[5 * check - 4] else refused = not ok end
   if refused then

@@ -122,19 +122,11 @@ pub(crate) fn invocation(
         flag(shadows),
         group.len() as f64,
         penalties as f64,
+        0.0,
     ]);
     for &i in group {
         let check = &checks[i];
         keys.push(bucket_key(prefix, check.principal, check.bucket));
-    }
-    for (nth, &i) in group.iter().enumerate() {
-        let check = &checks[i];
-        if let Some((key, penalty)) = &check.penalty {
-            keys.extend(penalty_keys(prefix, check.principal, *key));
-            numbers.extend([(nth + 1) as f64, f64::from(penalty.refusals())]);
-            numbers.extend(split(penalty.within_ns()));
-            numbers.extend(split(penalty.ban_ns()));
-        }
     }
     for &i in group {
         let check = &checks[i];
@@ -195,6 +187,17 @@ pub(crate) fn invocation(
         numbers[at + 4] = length as f64;
         numbers[at + 5] = flag(exotic);
         text[first_tag - 1] = layout.into_bytes();
+    }
+    // The penalties last, where the header says.
+    numbers[6] = (1 + 8 * numbers.len()) as f64;
+    for (nth, &i) in group.iter().enumerate() {
+        let check = &checks[i];
+        if let Some((key, penalty)) = &check.penalty {
+            keys.extend(penalty_keys(prefix, check.principal, *key));
+            numbers.extend([(nth + 1) as f64, f64::from(penalty.refusals())]);
+            numbers.extend(split(penalty.within_ns()));
+            numbers.extend(split(penalty.ban_ns()));
+        }
     }
     text[0] = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
     (keys, text)
@@ -504,7 +507,7 @@ mod tests {
         };
         #[rustfmt::skip]
         let expected = [
-            -1.0, 0.0, 1.0, 1.0, 2.0, 0.0, // Redis's clock, charge, 2 checks
+            -1.0, 0.0, 1.0, 1.0, 2.0, 0.0, 249.0, // Redis's clock, charge, 2 checks
             0.0, 0.0, 2.0, 0.0, 82.0, 0.0, // GCRA, 2 windows, value length
             60.0, 0.0, 1.0, 0.0, // capacity 60 s, increment 1 s
             3600.0, 0.0, 3.0, 600_000_000.0, // 3600 s, 3.6 s
@@ -529,7 +532,7 @@ mod tests {
         let now = 1_700_000_000_123_456_789;
         let (_, args) = invocation("rl", Some(now), &checks, &[0], false, true);
         assert_eq!(
-            numbers(&args[0])[..10],
+            numbers(&args[0])[..11],
             [
                 1_700_000_000.0,
                 123_456_789.0,
@@ -537,6 +540,7 @@ mod tests {
                 1.0,
                 1.0,
                 0.0,
+                169.0,
                 0.0,
                 0.0,
                 2.0,
