@@ -17,4 +17,5 @@ mod failures;
 mod in_flight;
 mod model;
 mod penalties;
+mod principals;
 mod store;

@@ -442,9 +442,12 @@ pub(crate) fn refunds(
         let mut first = 0;
         for &c in d.group {
             let check = &checks[c];
-            let states = &d.reply.states[first..first + check.windows.len()];
+            let states = d.reply.states.get(first..first + check.windows.len());
             first += check.windows.len();
-            if !d.charged(check) || (admitted && !check.shadow) {
+            let Some(states) = states.filter(|_| d.charged(check)) else {
+                continue;
+            };
+            if admitted && !check.shadow {
                 continue;
             }
             keys.push(bucket_key(prefix, check.principal, check.bucket));
