@@ -114,7 +114,8 @@ impl RedisStore {
     }
 
     /// A builder for a store on a Redis Cluster reached through any of
-    /// `urls`. Every key of the store shares one hash slot (see the module
+    /// `urls`. The keys of one principal (one request's key) share a hash
+    /// slot; different keys spread over the cluster (see the module
     /// documentation).
     pub fn cluster_builder<I, S>(urls: I) -> RedisStoreBuilder
     where
@@ -174,7 +175,7 @@ impl RedisStore {
         self.inner.breaker.is_open()
     }
 
-    /// The prefix of the store's keys (inside the `{…}` hash tag).
+    /// The prefix of the store's keys.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
     }
@@ -235,7 +236,7 @@ impl RedisStoreBuilder {
     }
 
     /// The prefix of every key (default `ratelimit`, giving keys such as
-    /// `{ratelimit}:9f86d081884c7d65:gcra:60000000000`): 1 to 64 printable
+    /// `ratelimit:{3f1c0a4d2b7e9d10}:9f86d081884c7d65`): 1 to 64 printable
     /// ASCII characters without `{`, `}` or spaces. Deployments that share
     /// a Redis but not their limits use different prefixes.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
