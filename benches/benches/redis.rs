@@ -67,7 +67,7 @@ fn slot_percentiles(
         for i in 0..n {
             let key = bucket(i % KEYS);
             let started = Instant::now();
-            let permit = slots.acquire(key, 10, Mode::Refuse, "bench").await;
+            let permit = slots.acquire(key, key, 10, Mode::Refuse, "bench").await;
             drop(black_box(permit.expect("a free slot")));
             samples.push(started.elapsed());
         }

@@ -22,6 +22,8 @@ pub type SlotFuture = Pin<Box<dyn Future<Output = Result<Permit, Busy>> + Send +
 /// local share.
 pub trait SharedSlots: Send + Sync {
     /// Asks for a slot of `key` (a keyed hash) under a cap of `max`, for the
-    /// limit named `limit`, waiting as `mode` says.
-    fn acquire(&self, key: u64, max: u32, mode: Mode, limit: &str) -> SlotFuture;
+    /// limit named `limit`, waiting as `mode` says. `principal` is the
+    /// request's key hashed as in [`Check::principal`](crate::store::protocol::Check::principal),
+    /// for stores that keep one principal's counts together.
+    fn acquire(&self, key: u64, principal: u64, max: u32, mode: Mode, limit: &str) -> SlotFuture;
 }

@@ -72,8 +72,9 @@ impl KeySecret {
         h.finish()
     }
 
-    /// The id of `key` under `domain` (a limit's [`domain_id`] for its key
-    /// domain): the one full hash of a request's key per limit.
+    /// The id of `key` under `domain` (a limit's [`key_domain`]): the one
+    /// full hash of a request's key per limit, the same for every limit
+    /// keyed the same way.
     pub(crate) fn id(&self, domain: u64, key: &Key<'_>) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write_u64(domain);
@@ -98,6 +99,21 @@ impl KeySecret {
     }
 }
 
+/// The hash domain of the keys a key extractor described as `description`
+/// extracts: the same for every limit keyed the same way, so a request's key
+/// has one id (its principal) across those limits, and its buckets, penalty
+/// keys and in-flight counts stay apart through their own domains. The
+/// description is compared without regard to ASCII case (`X-API-Key header`
+/// and `x-api-key header` are one source).
+pub(crate) fn key_domain(description: &str) -> u64 {
+    let mut h = SipHasher13::new_with_keys(0x7261_7465_6c69_6d69, 0x7420_6b65_7973_7263);
+    for b in description.bytes() {
+        h.write_u8(b.to_ascii_lowercase());
+    }
+    h.write_u8(0xff);
+    h.finish()
+}
+
 /// A stable id for the route of limit `limit` whose text is `route`
 /// (its methods and pattern, as [`Display`](std::fmt::Display) writes
 /// them): the same in every process, so processes that share a secret share
@@ -115,10 +131,9 @@ pub(crate) fn route_id(limit: &str, route: &str, nth: usize) -> u64 {
     h.finish()
 }
 
-/// A stable id for one of limit `limit`'s own hash domains (its keys,
-/// penalties, overrides, in-flight counts), numbered by `domain` (the ids
-/// of earlier releases, where routes were numbered from 0 and domains from
-/// the top).
+/// A stable id for one of limit `limit`'s own hash domains (its penalties,
+/// overrides, in-flight counts), numbered by `domain` (the ids of earlier
+/// releases, where routes were numbered from 0 and domains from the top).
 pub(crate) fn domain_id(limit: &str, domain: u8) -> u64 {
     let mut h = hasher();
     h.write(limit.as_bytes());

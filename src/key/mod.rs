@@ -60,7 +60,7 @@ pub use extension::Extension;
 pub use first_of::FirstOf;
 pub(crate) use global::Global;
 pub use hash::KeySecret;
-pub(crate) use hash::{domain_id, route_id};
+pub(crate) use hash::{domain_id, key_domain, route_id};
 pub use header::Header;
 pub(crate) use ip::{parse_net, peer_ip};
 pub use ip::{ForwardedIp, PeerIp};

@@ -7,7 +7,7 @@ use super::overrides::{Own, OwnQuota};
 use super::quota::Quota;
 use super::tiers::Tiers;
 use crate::error::{ConfigError, ConfigErrorKind};
-use crate::key::{domain_id, route_id, Key, KeyExtractor, KeySecret};
+use crate::key::{domain_id, key_domain, route_id, Key, KeyExtractor, KeySecret};
 use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
 use crate::route::{self, Captures, Methods, PathSegments};
@@ -343,7 +343,7 @@ impl Limit {
             skip_missing_key: self.skip_missing_key,
             shadow: self.shadow,
             penalty: self.penalty,
-            key_domain: domain_id(&self.name, 0),
+            key_domain: key_domain(&self.key.describe()),
             penalty_domain: domain_id(&self.name, 1),
             override_domain: domain_id(&self.name, 2),
             concurrency_domain: domain_id(&self.name, 3),
@@ -418,9 +418,12 @@ pub(crate) struct CompiledLimit {
     pub(crate) skip_missing_key: bool,
     pub(crate) shadow: bool,
     pub(crate) penalty: Option<Penalty>,
-    /// The hash domain of this limit's key ids: a request's key is hashed
-    /// once per limit, and its bucket, penalty key and in-flight count are
-    /// derived from that id (see [`KeySecret::derive`]).
+    /// The hash domain of this limit's key ids, its key extractor's (see
+    /// [`key_domain`]): a request's key is hashed once per limit, into an
+    /// id shared by every limit keyed the same way (the request's principal
+    /// for that key), and the limit's bucket, penalty key and in-flight
+    /// count are derived from that id in domains of the limit's own (see
+    /// [`KeySecret::derive`]).
     pub(crate) key_domain: u64,
     /// The domain of this limit's penalty keys: one per key, whatever
     /// the route.

@@ -38,6 +38,9 @@ pub(super) type Checks<'a> = SmallVec<[Check<'a>; 4]>;
 pub(super) struct Charge {
     pub(super) origin: WindowOrigin,
     pub(super) bucket: u64,
+    /// The request's key, hashed in the domain of the limit's key extractor
+    /// (see [`Check::principal`]).
+    pub(super) principal: u64,
     /// The key in the limit's penalty box, if the limit has a penalty.
     pub(super) penalty_key: Option<u64>,
     /// The key's override or plan (see [`resolve`]).
@@ -51,6 +54,9 @@ pub(super) struct Claim {
     pub(super) origin: WindowOrigin,
     /// The key's slot count, in the limit's concurrency domain.
     pub(super) key: u64,
+    /// The request's key, hashed in the domain of the limit's key extractor
+    /// (see [`Check::principal`]).
+    pub(super) principal: u64,
     /// The request's bucket, for events.
     pub(super) bucket: u64,
     pub(super) cap: u32,
@@ -112,7 +118,10 @@ impl Applied {
             } else {
                 Check::new(charge.bucket, quota)
             };
-            let check = check.in_limit(&limit.name).based_on(route.base());
+            let check = check
+                .in_limit(&limit.name)
+                .based_on(route.base())
+                .of_principal(charge.principal);
             checks.push(match (charge.penalty_key, &limit.penalty) {
                 (Some(key), Some(penalty)) => check.with_penalty(key, penalty),
                 _ => check,

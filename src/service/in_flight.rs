@@ -60,7 +60,10 @@ pub(super) async fn take_waiting<St: Store>(
             } else {
                 claim.mode
             };
-            match slots.acquire(claim.key, claim.cap, mode, limit).await {
+            match slots
+                .acquire(claim.key, claim.principal, claim.cap, mode, limit)
+                .await
+            {
                 Ok(permit) => held.push(permit),
                 Err(_) if claim.shadow => *shadow_busy |= 1 << i,
                 Err(busy) => return Err((i, busy)),

@@ -107,6 +107,7 @@ pub(super) fn plan<St: Store, B>(
             applied.claims.push(Claim {
                 origin,
                 key: KeySecret::derive(id, limit.concurrency_domain),
+                principal: id,
                 bucket,
                 cap,
                 mode: quota.in_flight_mode(),
@@ -117,6 +118,7 @@ pub(super) fn plan<St: Store, B>(
             applied.charges.push(Charge {
                 origin,
                 bucket,
+                principal: id,
                 penalty_key,
                 own,
                 shadow: limit.shadow,

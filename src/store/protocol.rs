@@ -40,6 +40,11 @@ use crate::policy::Quota;
 pub struct Check<'a> {
     /// The bucket: a keyed hash of the limit, its route and the request's key.
     pub bucket: u64,
+    /// Whose key this is: the keyed hash of the request's key, the same for
+    /// every limit keyed the same way (0 when unknown). A store shared
+    /// across shards keeps all of one principal's counts together (the
+    /// Redis store's hash tag).
+    pub principal: u64,
     /// The windows, algorithm and cost that apply.
     pub quota: &'a Quota,
     /// A shadow check never refuses the request: it is charged only when the
@@ -69,6 +74,7 @@ impl<'a> Check<'a> {
     pub fn new(bucket: u64, quota: &'a Quota) -> Self {
         Check {
             bucket,
+            principal: 0,
             quota,
             shadow: false,
             limit: "",
@@ -100,6 +106,13 @@ impl<'a> Check<'a> {
             penalty: Some((key, penalty)),
             ..self
         }
+    }
+
+    /// The same check, for the key whose hash is `principal` (see
+    /// [`Check::principal`](Check#structfield.principal)).
+    #[must_use]
+    pub fn of_principal(self, principal: u64) -> Self {
+        Check { principal, ..self }
     }
 
     /// The same check, naming the limit it belongs to.

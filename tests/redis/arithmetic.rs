@@ -1,21 +1,29 @@
 //! The decision script's exact integer arithmetic, run inside a real Redis
-//! (Lua 5.1, whose numbers are doubles), against Rust's `u128`.
+//! (Lua 5.1, whose numbers are doubles): its big integers against Rust's
+//! `u128`, and its decisions at any time of the `u64` range of nanoseconds,
+//! on any window the crate accepts, against the memory store's.
 
 use proptest::prelude::*;
 
-const LIMBS: &str = include_str!("../../src/store/redis/limbs.lua");
 const BIGNUM: &str = include_str!("../../src/store/redis/bignum.lua");
 
 /// Runs one operation of either kind on decimal arguments; answers decimal.
 const DRIVER: &str = r#"
 local B = bignum()
 local op, a, b = ARGV[1], B.dec(ARGV[2]), B.dec(ARGV[3])
-local function split(x)
-  local y = B.norm({ x[1], x[2] or 0, x[3] or 0 })
-  if #y > 3 then error('too big for three limbs') end
-  return x[3] or 0, x[2] or 0, x[1]
+-- The decimal string of a (in the test only: the script never prints one).
+function B.str(a)
+  if #a == 1 and a[1] < 1000000 then return string.format('%d', a[1]) end
+  local parts, x = {}, a
+  while not (#x == 1 and x[1] == 0) do
+    local r
+    x, r = B.divmod(x, B.from_int(1000000))
+    parts[#parts + 1] = B.to_num(r)
+  end
+  local out = string.format('%d', parts[#parts])
+  for i = #parts - 1, 1, -1 do out = out .. string.format('%06d', parts[i]) end
+  return out
 end
-local function join(a2, a1, a0) return B.str(B.norm({ a0, a1, a2 })) end
 if op == 'add' then return B.str(B.add(a, b)) end
 if op == 'sub' then return B.str(B.sub(a, b)) end
 if op == 'mul' then return B.str(B.mul(a, b)) end
@@ -23,16 +31,6 @@ if op == 'cmp' then return tostring(B.cmp(a, b)) end
 if op == 'divmod' then
   local q, r = B.divmod(a, b)
   return { B.str(q), B.str(r) }
-end
-local a2, a1, a0 = split(a)
-local b2, b1, b0 = split(b)
-if op == 'add3' then return join(add3(a2, a1, a0, b2, b1, b0)) end
-if op == 'sub3' then return join(sub3(a2, a1, a0, b2, b1, b0)) end
-if op == 'cmp3' then return tostring(cmp3(a2, a1, a0, b2, b1, b0)) end
-if op == 'div_ceil3' then return string.format('%.0f', div_ceil3(a2, a1, a0, B.to_num(b))) end
-if op == 'divmod3' then
-  local q, r2, r1, r0 = divmod3(a2, a1, a0, b2, b1, b0)
-  return { string.format('%.0f', q), join(r2, r1, r0) }
 end
 return redis.error_reply('unknown op')
 "#;
@@ -44,7 +42,7 @@ async fn run(
     b: u128,
 ) -> redis::Value {
     redis::cmd("EVAL")
-        .arg(format!("{LIMBS}\n{BIGNUM}\n{DRIVER}"))
+        .arg(format!("{BIGNUM}\n{DRIVER}"))
         .arg(0)
         .arg(op)
         .arg(a.to_string())
@@ -112,33 +110,6 @@ fn lua_arithmetic_is_exact_over_the_whole_u64_range() {
                     std::cmp::Ordering::Greater => "1",
                 };
                 assert_eq!(text(&run(&mut connection, "cmp", a, b).await), order);
-                // The three-limb operations of every decision.
-                let (a64, b64) = (a, b);
-                assert_eq!(
-                    text(&run(&mut connection, "add3", a64, b64).await),
-                    (a64 + b64).to_string()
-                );
-                assert_eq!(
-                    text(&run(&mut connection, "sub3", hi, lo).await),
-                    (hi - lo).to_string()
-                );
-                assert_eq!(text(&run(&mut connection, "cmp3", a, b).await), order);
-                let d = 1_000_000 + c % ((1 << 29) - 1_000_000);
-                assert_eq!(
-                    text(&run(&mut connection, "div_ceil3", a, d).await),
-                    a.div_ceil(d).to_string()
-                );
-                // A time divided by a window's period (at least 1 ms).
-                let period = b % (366 * 86_400 * 1_000_000_000) + 1_000_000;
-                let redis::Value::Array(qr) = run(&mut connection, "divmod3", a, period).await
-                else {
-                    panic!("divmod3 answers two values");
-                };
-                assert_eq!(
-                    (text(&qr[0]), text(&qr[1])),
-                    ((a / period).to_string(), (a % period).to_string()),
-                    "{a} / {period}"
-                );
                 // Division as the rescale uses it: a u64 (or a product of
                 // two) by a u64.
                 for (n, d) in [(a, b.max(1)), (a * b, c.max(1)), (a * c + b, b.max(1))] {
@@ -154,5 +125,108 @@ fn lua_arithmetic_is_exact_over_the_whole_u64_range() {
             });
             Ok(())
         })
+        .unwrap();
+}
+
+/// A window of any period the crate accepts (1 ms to 366 days, to the
+/// nanosecond), with any limit it allows.
+fn windows() -> impl Strategy<Value = tower_ratelimit::Window> {
+    const MAX: u64 = 366 * 86_400 * 1_000_000_000;
+    let period = prop_oneof![
+        1_000_000u64..=MAX,
+        (1u64..=366 * 86_400).prop_map(|s| s * 1_000_000_000),
+        (1u64..=366 * 86_400_000).prop_map(|ms| ms * 1_000_000),
+        1_000_000u64..10_000_000_000,
+    ];
+    (period, 1u32..=u32::MAX, 1u32..8).prop_map(|(period, limit, small)| {
+        // Mostly small limits (so that requests are refused), some large.
+        let limit = if limit % 3 == 0 { limit } else { small };
+        let limit = u64::from(limit).min(period) as u32;
+        tower_ratelimit::Window::new(limit, std::time::Duration::from_nanos(period)).unwrap()
+    })
+}
+
+#[test]
+fn decisions_agree_with_the_memory_store_at_any_time_on_any_window() {
+    use tower_ratelimit::store::protocol::{Check, Decided};
+    use tower_ratelimit::store::redis::RedisStore;
+    use tower_ratelimit::store::{MemoryStore, Store};
+    use tower_ratelimit::{Algorithm, Quota};
+
+    let Some(server) = crate::support::server() else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 120,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    // Times up to the last that leaves room for a year's window and its
+    // debt in 64 bits of nanoseconds.
+    let times = prop_oneof![
+        0u64..u64::MAX - (1 << 60),
+        Just(1_700_000_000_999_999_999u64),
+        Just(u64::MAX - (1 << 60)),
+    ];
+    let strategy = (
+        times,
+        windows(),
+        prop::option::of(windows()),
+        1u32..=u32::MAX,
+        any::<bool>(),
+        prop::collection::vec((0u64..(1 << 50), any::<bool>()), 1..12),
+    );
+    runner
+        .run(
+            &strategy,
+            |(start, first, second, other_limit, fixed, steps)| {
+                runtime.block_on(async {
+                    let prefix = format!(
+                        "x{}",
+                        case.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    );
+                    let redis = RedisStore::builder(server.url())
+                        .prefix(prefix)
+                        .layer_clock()
+                        .deadline(std::time::Duration::from_secs(5))
+                        .connect()
+                        .await
+                        .unwrap();
+                    let memory = MemoryStore::new();
+                    let algorithm = if fixed {
+                        Algorithm::FixedWindow
+                    } else {
+                        Algorithm::Gcra
+                    };
+                    let mut base = Quota::new(first).algorithm(algorithm);
+                    if let Some(second) = second.filter(|w| w.period() != first.period()) {
+                        base = base.and(second);
+                    }
+                    // The same period at another limit: a changed quota.
+                    let limit = other_limit.min(first.period().as_nanos() as u32).max(1);
+                    let changed =
+                        Quota::new(tower_ratelimit::Window::new(limit, first.period()).unwrap())
+                            .algorithm(algorithm);
+                    let mut now = start;
+                    for (i, &(advance, use_changed)) in steps.iter().enumerate() {
+                        now = now.saturating_add(advance % (first.period().as_nanos() as u64 * 2));
+                        let quota = if use_changed { &changed } else { &base };
+                        let checks = [Check::new(1, quota).based_on(&base)];
+                        let Decided::Ready(Ok(expected)) = memory.check(now, &checks) else {
+                            panic!("the memory store decides at once");
+                        };
+                        let got = match redis.check(now, &checks) {
+                            Decided::Pending(pending) => pending.await.unwrap(),
+                            Decided::Ready(result) => result.unwrap(),
+                        };
+                        prop_assert_eq!(&got, &expected, "step {} at {} on {:?}", i, now, quota);
+                    }
+                    prop_assert_eq!(redis.failures(), 0);
+                    Ok(())
+                })
+            },
+        )
         .unwrap();
 }

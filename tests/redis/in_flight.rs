@@ -49,7 +49,7 @@ async fn node(server: &RedisServer) -> RedisStore {
 
 /// One Redis key of `key`'s slots: `held`, `line`, `wait` or `cap`.
 fn slot_key(key: u64, part: &str) -> String {
-    format!("{{ratelimit}}:{key:016x}:inflight:{part}")
+    format!("ratelimit:{{{key:016x}}}:{key:016x}:inflight:{part}")
 }
 
 async fn zcard(server: &RedisServer, key: u64, part: &str) -> usize {
@@ -92,9 +92,12 @@ async fn line_is(server: &RedisServer, key: u64, len: usize) {
 /// An acquire that must answer within [`BOUND`].
 async fn now(store: &RedisStore, key: u64, max: u32, mode: Mode) -> Result<Permit, Busy> {
     let started = Instant::now();
-    let answer = tokio::time::timeout(Duration::from_secs(2), store.acquire(key, max, mode, "l"))
-        .await
-        .expect("no acquire hangs");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        store.acquire(key, key, max, mode, "l"),
+    )
+    .await
+    .expect("no acquire hangs");
     let took = started.elapsed();
     assert!(took < BOUND, "an answer at once took {took:?}");
     answer
@@ -119,7 +122,7 @@ fn wait_for(
     let store = store.clone();
     let granted = granted.clone();
     let task = tokio::spawn(async move {
-        let permit = store.acquire(key, max, mode, "l").await?;
+        let permit = store.acquire(key, key, max, mode, "l").await?;
         granted.send(name).unwrap();
         let _ = released.await;
         drop(permit);
@@ -326,7 +329,7 @@ async fn a_wait_that_runs_out_times_out_and_leaves_the_line() {
     let max_wait = Duration::from_millis(300);
     let started = Instant::now();
     let busy = b
-        .acquire(key, 1, queue(10, max_wait), "l")
+        .acquire(key, key, 1, queue(10, max_wait), "l")
         .await
         .unwrap_err();
     let took = started.elapsed();
@@ -358,7 +361,7 @@ async fn a_dropped_waiter_leaves_the_line() {
     // ... and in place, by a timeout around it.
     let gone = tokio::time::timeout(
         Duration::from_millis(200),
-        b.acquire(key, 1, patient(), "l"),
+        b.acquire(key, key, 1, patient(), "l"),
     )
     .await;
     assert!(gone.is_err(), "still waiting when dropped");
@@ -420,7 +423,7 @@ async fn a_dead_nodes_waiters_leave_the_line() {
     let holder = now(&a, key, 1, Mode::Refuse).await.unwrap();
     // B queues, then stops polling without a word (its task is frozen:
     // the future is forgotten, never polled again nor dropped).
-    let mut stuck = b.acquire(key, 1, patient(), "l");
+    let mut stuck = b.acquire(key, key, 1, patient(), "l");
     let started = Instant::now();
     while zcard(&server, key, "line").await == 0 {
         assert!(futures::poll!(stuck.as_mut()).is_pending());
@@ -476,16 +479,17 @@ async fn with_redis_gone_each_failure_policy_answers_within_the_deadline() {
     }
     // Local: half of 4 in this process.
     let started = Instant::now();
-    let mine: Vec<Permit> =
-        futures::future::join_all((0..2).map(|_| local.acquire(key, 4, Mode::Refuse, "local")))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+    let mine: Vec<Permit> = futures::future::join_all(
+        (0..2).map(|_| local.acquire(key, key, 4, Mode::Refuse, "local")),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
     assert!(started.elapsed() < BOUND);
     assert_eq!(
         local
-            .acquire(key, 4, Mode::Refuse, "local")
+            .acquire(key, key, 4, Mode::Refuse, "local")
             .await
             .unwrap_err(),
         Busy::Full { in_flight: 2 }
@@ -494,17 +498,20 @@ async fn with_redis_gone_each_failure_policy_answers_within_the_deadline() {
     let started = Instant::now();
     let max_wait = Duration::from_millis(200);
     let busy = local
-        .acquire(key, 4, queue(10, max_wait), "local")
+        .acquire(key, key, 4, queue(10, max_wait), "local")
         .await
         .unwrap_err();
     assert!(matches!(busy, Busy::TimedOut { .. }), "{busy:?}");
     assert!(started.elapsed() < max_wait + BOUND);
     // A freed local slot is taken again; half of 1 is still one slot.
     drop(mine);
-    assert!(local.acquire(key, 4, Mode::Refuse, "local").await.is_ok());
+    assert!(local
+        .acquire(key, key, 4, Mode::Refuse, "local")
+        .await
+        .is_ok());
     assert_eq!(
         local
-            .acquire(0x9, 1, Mode::Refuse, "local")
+            .acquire(0x9, 0x9, 1, Mode::Refuse, "local")
             .await
             .unwrap()
             .in_flight(),
@@ -531,7 +538,7 @@ async fn a_waiter_on_a_frozen_redis_ends_within_its_wait() {
         let b = b.clone();
         async move {
             let started = Instant::now();
-            let answer = b.acquire(key, 1, queue(10, max_wait), "l").await;
+            let answer = b.acquire(key, key, 1, queue(10, max_wait), "l").await;
             (answer.map(drop), started.elapsed())
         }
     });
@@ -566,7 +573,7 @@ async fn every_key_expires_and_the_database_empties() {
     let names = server.keys().await;
     assert!(names.len() >= 3 * 2 + 2, "{names:?}");
     for name in &names {
-        assert!(name.starts_with("{ratelimit}:"), "{name}");
+        assert!(name.starts_with("ratelimit:{"), "{name}");
         let ttl: i64 = redis::cmd("PTTL")
             .arg(name)
             .query_async(&mut connection)

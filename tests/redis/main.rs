@@ -20,4 +20,5 @@ mod in_flight;
 mod model;
 mod outages;
 mod penalties;
+mod principals;
 mod store;

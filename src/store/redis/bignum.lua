@@ -1,7 +1,12 @@
 -- Arbitrary-size exact integers, as tables of 24-bit limbs (least
--- significant first), for the rare operations whose values pass 2^72 (a
--- quota change rescales a debt by new / old interval). Built on demand:
--- creating these functions on every call would cost every decision.
+-- significant first), for the decision's rare paths, whose values pass 2^53
+-- (a quota change rescales a debt by new / old interval; a fixed window of a
+-- period that is not whole milliseconds divides a time by it). Redis runs
+-- Lua 5.1, whose numbers are doubles: every intermediate value here stays
+-- below 2^53, so the arithmetic is exact. Built on demand: creating these
+-- functions on every call would cost every decision.
+local LIMB = 16777216 -- 2^24
+
 local function bignum()
   -- Drops leading zero limbs (zero is {0}).
   local function norm(a)
@@ -211,27 +216,7 @@ local function bignum()
     return a
   end
 
-  -- The decimal string of a.
-  local function str(a)
-    if #a == 1 and a[1] < 1000000 then
-      return string.format('%d', a[1])
-    end
-    local parts = {}
-    local x = a
-    while not (#x == 1 and x[1] == 0) do
-      local r
-      x, r = divmod_small(x, 1000000)
-      parts[#parts + 1] = r
-    end
-    local out = string.format('%d', parts[#parts])
-    for i = #parts - 1, 1, -1 do
-      out = out .. string.format('%06d', parts[i])
-    end
-    return out
-  end
-
   return {
-    norm = norm,
     from_int = from_int,
     ONE = ONE,
     to_num = to_num,
@@ -240,10 +225,7 @@ local function bignum()
     add = add,
     sub = sub,
     mul = mul,
-    mul_small_add = mul_small_add,
-    divmod_small = divmod_small,
     divmod = divmod,
     dec = dec,
-    str = str,
   }
 end

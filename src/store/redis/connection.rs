@@ -10,7 +10,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{ErrorKind, RedisResult, Script, ServerErrorKind};
+use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
 use crate::error::ConfigError;
 
@@ -201,13 +201,19 @@ impl fmt::Debug for Backend {
 impl Backend {
     /// Runs `script` on `keys` and `args`; `loads` counts the times the
     /// script had to be loaded.
-    pub(crate) async fn eval(
+    /// Whether this is a Redis Cluster (one script call's keys must then
+    /// share a hash slot).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Cluster(_))
+    }
+
+    pub(crate) async fn eval<A: ToRedisArgs + Sync, T: FromRedisValue>(
         &self,
         script: &Script,
         keys: &[String],
-        args: &[String],
+        args: &[A],
         loads: &AtomicU64,
-    ) -> RedisResult<Vec<i64>> {
+    ) -> RedisResult<T> {
         match self {
             Backend::Single(manager) => {
                 eval_on(&mut manager.clone(), script, keys, args, loads).await
@@ -256,13 +262,13 @@ async fn prepare_on<C: ConnectionLike>(
 /// call is sent once more, on the connection made in its place. A command
 /// that did reach Redis before the drop may thus run twice: it is charged
 /// twice (a request refused early later), never admitted uncounted.
-async fn eval_on<C: ConnectionLike>(
+async fn eval_on<C: ConnectionLike, A: ToRedisArgs + Sync, T: FromRedisValue>(
     connection: &mut C,
     script: &Script,
     keys: &[String],
-    args: &[String],
+    args: &[A],
     loads: &AtomicU64,
-) -> RedisResult<Vec<i64>> {
+) -> RedisResult<T> {
     let mut command = redis::cmd("EVALSHA");
     command
         .arg(script.get_hash())

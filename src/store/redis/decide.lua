@@ -1,274 +1,429 @@
--- Decides one request over every window of every check, all or nothing.
+-- Decides one request's checks that share a principal (one hash slot), all
+-- or nothing.
 --
--- Numbers cross the boundary as 24-bit limbs, most significant first, so
--- that each is an exact Lua number (a u64 is three limbs).
+-- Numbers are exact integers in Lua's doubles: a moment is a pair (seconds,
+-- nanoseconds below 10^9) since the Unix epoch, and so is a duration, so
+-- that no value comes near 2^53 (a pair is exact for any window up to 366
+-- days and any time). Numbers cross the boundary, and sit in stored values,
+-- as little-endian doubles (`struct`): Lua never converts one to text. Only
+-- the rare paths (a value in another layout, such as a GCRA window to
+-- rescale after a quota change; a fixed window whose period is not whole
+-- milliseconds) use the exact big integers of bignum.lua, spliced in below
+-- and built only when a call needs them.
 --
--- KEYS[1..W]: the windows' keys; then two keys per penalty: its ban and its
--- refusals.
--- ARGV[1]: 'r' to use Redis's clock (TIME), 'l' to use ARGV[2..4], the
---          layer's time in nanoseconds since the Unix epoch.
--- ARGV[5]: W, the number of windows; ARGV[6]: P, the number of penalties.
--- Then eleven arguments per window, from ARGV[7]:
---   GCRA:          'g', shadow ('1'/'0'), interval, interval * limit,
---                  interval * cost (three limbs each, in nanoseconds)
---   fixed window:  'f', shadow, period (ns), limit, cost (three limbs each)
--- Then nine per penalty (an enforced check's): the index of its check's
--- first window (1-based), its number of windows, the refusals that start a
--- ban, and `within` and `ban` in nanoseconds (three limbs each).
+-- KEYS[1..C]: one key per check (its bucket); then two per penalty: its ban
+-- and its refusals.
+-- ARGV[1]: the numbers, as doubles:
+--   the layer's time (seconds, nanoseconds), or -1 and 0 to read Redis's
+--   clock (TIME); 1 if the group may charge (0: an earlier group refused
+--   the request, so this one only reads, and counts penalty refusals); 1 if
+--   shadow checks may be charged (0: an earlier group's shadow check
+--   refused); C, the number of checks; P, the number of penalties; Q, where
+--   the penalties' numbers start (1-based, in bytes);
+--   then per check: its kind (0 GCRA, 1 fixed window), 1 if it is a
+--   shadow, W (its number of windows), the TTL slack in ms (0 on Redis's
+--   clock), the length of its value in the current layout, 1 if a window's
+--   period is not whole ms; and four per window:
+--     GCRA:          capacity (interval * limit) and increment (interval *
+--                    cost), each as seconds and nanoseconds
+--     fixed window:  its period in whole ms (0 if it is not whole ms), its
+--                    limit, the cost, 0
+--   then six per penalty: its check (1-based), the refusals that start a
+--   ban, `within` (seconds, nanoseconds), `ban` (seconds, nanoseconds).
+-- Then per check: the struct format of its value in the current layout,
+-- and each window's tag: 'g<period>@<interval>=' (GCRA) or 'f<period>='.
 --
--- Stored values (SET ... PX): GCRA 't2:t1:t0:i2:i1:i0', the theoretical
--- arrival time and the interval it was charged with; fixed window
--- 'index:count', the window's index mod 2^32 and its count. Each key
--- expires one millisecond after its state equals a fresh key's. A refused
--- request charges nothing; the only write it may cause is the conversion of
--- a GCRA window charged at another interval (a changed quota), and the
--- counting of its refusal towards penalties.
+-- A bucket's value (SET ... PX) holds all its windows, each its tag then
+-- two doubles: GCRA the theoretical arrival time (seconds, nanoseconds);
+-- fixed window its index mod 2^32 and count. Windows are known by algorithm
+-- and period; a GCRA window also keeps the interval it was charged with. A
+-- value in the current layout is read with one `struct.unpack`; any other
+-- (a changed quota) is read entry by entry: a GCRA window charged at
+-- another interval is rescaled, and windows the quota no longer has are
+-- kept while they count. The key expires one millisecond after its last
+-- window equals a fresh one. A refused request writes nothing but the
+-- rescale of a changed quota and its penalty refusals.
 --
--- Penalties (the rule of the in-memory penalty box): a ban 'e2:e1:e0' (its
--- end) in force on any penalty refuses the request before any window is
+-- Penalties (the rule of the in-memory penalty box): a ban (its end, two
+-- doubles) in force on any penalty refuses the request before any window is
 -- read, and is not extended. A request refused by its windows counts a
 -- refusal for each penalty whose check refused: its refusals list keeps the
--- times ('t2:t1:t0', newest first) of at most refusals - 1 earlier ones that
--- still count (a refusal counts for `within` after it); when that many are
--- kept, this one starts a ban of `ban` and the list is dropped.
+-- times (two doubles, newest first) of at most refusals - 1 earlier ones
+-- that still count (a refusal counts for `within` after it); when that many
+-- are kept, this one starts a ban of `ban` and the list is dropped.
 --
--- Returns integers: the time decided at (three limbs), admitted (1/0),
--- shadow admitted (1/0), then three per window: the state the window was
--- decided on (GCRA: the arrival time, rescaled to the current interval;
--- fixed window: 0, index, count as stored, 0 0 0 for a key never seen);
--- then the ban: 0 (none), 1 (one in force refused the request: the windows
--- were not read and their states are 0) or 2 (this refusal started one),
--- the penalty's index (1-based), and the ban's time left (three limbs). The
--- caller recomputes every status from these with the same integer
--- arithmetic as its in-memory store.
+-- Returns one string of doubles: the time decided at (seconds,
+-- nanoseconds); the verdict: 1 if the enforced windows admit, + 2 if the
+-- shadow windows admit, + 4 if a ban in force refused the request (then
+-- only the ban follows) or + 8 if this refusal started one; two per window:
+-- the state it was decided on (GCRA: the arrival time, rescaled to the
+-- current interval, as seconds and nanoseconds; fixed window: index and
+-- count as stored; 0 0 for none); and with a ban, its check (1-based) and
+-- time left (seconds, nanoseconds). The caller recomputes every status from
+-- these with the same integer arithmetic as its in-memory store.
 
-if redis.replicate_commands then
-  pcall(redis.replicate_commands)
-end
-
-local n2, n1, n0
-if ARGV[1] == 'r' then
+local B = 1000000000
+local A = ARGV[1]
+-- The header, and the first check's numbers and its first window's.
+local S, N, charge, shadows, C, P, Q, kind, shadow, W, slack, length, exotic, f1, f2, f3, f4, at =
+  struct.unpack('<ddddddddddddddddd', A)
+local layer = S >= 0
+if not layer then
   local t = redis.call('TIME')
-  local secs, micros = t[1] + 0, t[2] + 0
-  -- secs * 10^9 + micros * 1000, with 10^9 = 59 * 2^24 + 10144256.
-  local s0 = secs % LIMB
-  local s1 = (secs - s0) / LIMB
-  n2, n1, n0 = norm3(s1 * 59, s0 * 59 + s1 * 10144256, s0 * 10144256 + micros * 1000)
-else
-  n2, n1, n0 = ARGV[2] + 0, ARGV[3] + 0, ARGV[4] + 0
-end
-
--- Nanoseconds to whole milliseconds, rounded up, plus one: a TTL just past
--- the moment the state becomes a fresh key's (on Redis's clock).
-local function ttl_ms(a2, a1, a0)
-  return div_ceil3(a2, a1, a0, 1000000) + 1
-end
-
--- On the layer's clock that moment is in the layer's time, which may run
--- at another rate than Redis's (a test's manual clock): a window's TTL then
--- gets its period and one more second of slack.
-local layer_clock = ARGV[1] ~= 'r'
-
--- tat - now, scaled by new / old and rounded up, added to now; saturating
--- at 2^62 ns of debt. Rare (a quota changed), so done in tables.
-local function rescale(t2, t1, t0, new2, new1, new0, old2, old1, old0)
-  local B = bignum()
-  local debt = B.sub(B.norm({ t0, t1, t2 }), B.norm({ n0, n1, n2 }))
-  local q, r = B.divmod(B.mul(debt, B.norm({ new0, new1, new2 })), B.norm({ old0, old1, old2 }))
-  if not B.is_zero(r) then q = B.add(q, B.ONE) end
-  if #q > 3 or (#q == 3 and q[3] >= 262144) then
-    q = { 0, 0, 262144 } -- 2^62
-  end
-  return add3(n2, n1, n0, q[3] or 0, q[2] or 0, q[1])
-end
-
-local W, P = ARGV[5] + 0, ARGV[6] + 0
-local out = { n2, n1, n0, 0, 0 }
-
--- Penalty p's arguments.
-local function penalty(p)
-  local at = 7 + W * 11 + (p - 1) * 9
-  local v = {}
-  for k = 0, 8 do v[k + 1] = ARGV[at + k] + 0 end
-  return v
-end
-
--- 'a:b:c' as three limbs (nil if the value is not that).
-local function parse3(raw)
-  local a, b, c = string.match(raw, '^(%d+):(%d+):(%d+)$')
-  if not a then return nil end
-  return a + 0, b + 0, c + 0
-end
-
--- A TTL in ms for a moment `a - now` ahead; on the layer's clock with
--- `slack` (ns, three limbs) more and one more second.
-local function ttl_until(a2, a1, a0, s2, s1, s0)
-  local ttl = ttl_ms(sub3(a2, a1, a0, n2, n1, n0))
-  if layer_clock then ttl = ttl + div_ceil3(s2, s1, s0, 1000000) + 1000 end
-  return ttl
+  S, N = t[1] + 0, t[2] * 1000
 end
 
 -- A ban in force refuses before any window is read.
 for p = 1, P do
-  local raw = redis.call('GET', KEYS[W + 2 * p - 1])
+  local key = KEYS[C + 2 * p - 1]
+  local raw = redis.call('GET', key)
   if raw then
-    local e2, e1, e0 = parse3(raw)
-    if not e2 then
-      return redis.error_reply('tower-ratelimit: unexpected value at key ' .. KEYS[W + 2 * p - 1])
+    if #raw ~= 16 then
+      return redis.error_reply('tower-ratelimit: unexpected value at key ' .. key)
     end
-    if cmp3(e2, e1, e0, n2, n1, n0) > 0 then
-      for _ = 1, 3 * W do out[#out + 1] = 0 end
-      local l2, l1, l0 = sub3(e2, e1, e0, n2, n1, n0)
-      for _, x in ipairs({ 1, p, l2, l1, l0 }) do out[#out + 1] = x end
-      return out
+    local es, en = struct.unpack('<dd', raw)
+    if es > S or (es == S and en > N) then
+      local ls, ln = es - S, en - N
+      if ln < 0 then ls, ln = ls - 1, ln + B end
+      return struct.pack('<dddddd', S, N, 4, struct.unpack('<d', A, Q + 48 * (p - 1)), ls, ln)
     end
   end
 end
 
-local raws = W > 0 and redis.call('MGET', unpack(KEYS, 1, W)) or {}
-local writes = {}
-local admits_of = {}
+-- The states, in a table when there are many; one check of one or two
+-- windows keeps them in locals.
+local out, o, x1, y1, x2, y2
 local admitted, shadow_admitted = true, true
+local a = 2
+-- The rare paths' functions, built when a call needs them.
+local R
+-- With several checks, per check five entries: whether its windows admit,
+-- whether it is a shadow, the value to write if it is charged and its TTL
+-- (ms), and the value to write if not (a rescale) or false. With one, the
+-- same in locals.
+local plan = C > 1 and {} or nil
+local ok, value, ttl, keep, keep_ttl
 
-for i = 1, W do
-  local at = 7 + (i - 1) * 11
-  local kind, shadow = ARGV[at], ARGV[at + 1] == '1'
-  local x2, x1, x0 = ARGV[at + 2] + 0, ARGV[at + 3] + 0, ARGV[at + 4] + 0
-  local y2, y1, y0 = ARGV[at + 5] + 0, ARGV[at + 6] + 0, ARGV[at + 7] + 0
-  local z2, z1, z0 = ARGV[at + 8] + 0, ARGV[at + 9] + 0, ARGV[at + 10] + 0
-  local raw = raws[i]
-  local admits, value, ttl
-  local converted, converted_ttl
-  if kind == 'g' then
-    local t2, t1, t0 = 0, 0, 0
-    if raw then
-      local a, b, c, d, e, f = string.match(raw, '^(%d+):(%d+):(%d+):(%d+):(%d+):(%d+)$')
-      if not a then
-        return redis.error_reply('tower-ratelimit: unexpected value at key ' .. KEYS[i])
+for c = 1, C do
+  if c > 1 then
+    kind, shadow, W, slack, length, exotic, f1, f2, f3, f4, at =
+      struct.unpack('<dddddddddd', A, at)
+  end
+  shadow = shadow == 1
+  if not out and (plan or W > 2) then out, o = { S, N, 0 }, 3 end
+  local layout = ARGV[a]
+  a = a + 1
+  local key = KEYS[c]
+  local raw = redis.call('GET', key)
+  local t1, m1, m2, t2, m3, m4, m, rescaled, kept
+  if raw and #raw == length then
+    if W == 1 then
+      t1, m1, m2 = struct.unpack(layout, raw)
+      if t1 ~= ARGV[a] then m1 = nil end
+    elseif W == 2 then
+      t1, m1, m2, t2, m3, m4 = struct.unpack(layout, raw)
+      if t1 ~= ARGV[a] or t2 ~= ARGV[a + 1] then m1 = nil end
+    else
+      local u = { struct.unpack(layout, raw) }
+      m = {}
+      for w = 1, W do
+        if u[3 * w - 2] ~= ARGV[a + w - 1] then m = nil break end
+        m[2 * w - 1], m[2 * w] = u[3 * w - 1], u[3 * w]
       end
-      t2, t1, t0 = a + 0, b + 0, c + 0
-      local o2, o1, o0 = d + 0, e + 0, f + 0
-      if cmp3(t2, t1, t0, n2, n1, n0) > 0 and cmp3(o2, o1, o0, x2, x1, x0) ~= 0
-          and num3(o2, o1, o0) > 0 then
-        -- The quota changed: keep the count, not the time. The debt
-        -- (tat - now) is rescaled to the new interval, rounded up, so that
-        -- ceil(debt / interval), the requests still counted, is unchanged.
-        t2, t1, t0 = rescale(t2, t1, t0, x2, x1, x0, o2, o1, o0)
-        -- Kept converted whatever is decided: from now on the count
-        -- returns at the new rate.
-        converted = t2 .. ':' .. t1 .. ':' .. t0 .. ':' .. x2 .. ':' .. x1 .. ':' .. x0
-        converted_ttl = ttl_ms(sub3(t2, t1, t0, n2, n1, n0))
-        if layer_clock then
-          converted_ttl = converted_ttl + div_ceil3(y2, y1, y0, 1000000) + 1000
+      m1 = m and 0
+    end
+  end
+  if (raw and m1 == nil) or exotic == 1 then
+    if not R then
+      -- @bignum
+      R = {}
+      local Y = bignum()
+
+      -- A moment as a big integer of nanoseconds.
+      local function big_time(s, n)
+        return Y.add(Y.mul(Y.from_int(s), Y.from_int(B)), Y.from_int(n))
+      end
+
+      -- The current index (mod 2^32) of a fixed window of `period` ns (its
+      -- tag 'f<period>=') and the ms until it ends, rounded up, exactly.
+      function R.fixed(tag)
+        local p = Y.dec(string.match(tag, '^f(%d+)='))
+        if Y.is_zero(p) then error('tower-ratelimit: a period of 0') end
+        local q, r = Y.divmod(big_time(S, N), p)
+        local ms, rest = Y.divmod(Y.sub(p, r), Y.from_int(1000000))
+        local left = Y.to_num(ms)
+        if not Y.is_zero(rest) then left = left + 1 end
+        return Y.to_num(q) % 4294967296, left
+      end
+
+      -- A GCRA arrival time (ts, tn) charged at `old` ns per request,
+      -- expressed at `new` (decimal strings) with the same number of
+      -- requests used: the debt (tat - now) scaled by new / old, rounded
+      -- up, so that a conversion never frees a fraction of a request; at
+      -- most 2^62 ns.
+      local function rescale(ts, tn, new, old)
+        local debt = Y.sub(big_time(ts, tn), big_time(S, N))
+        local q, r = Y.divmod(Y.mul(debt, Y.dec(new)), Y.dec(old))
+        if not Y.is_zero(r) then q = Y.add(q, Y.ONE) end
+        local cap = Y.dec('4611686018427387904')
+        if Y.cmp(q, cap) > 0 then q = cap end
+        local qs, qn = Y.divmod(q, Y.from_int(B))
+        local s, n = S + Y.to_num(qs), N + Y.to_num(qn)
+        if n >= B then s, n = s + 1, n - B end
+        return s, n
+      end
+
+      -- Reads a value not in the current layout entry by entry, for a
+      -- check whose windows' tags are ARGV[a .. a + W - 1]: the states in
+      -- the current order (two per window), whether a GCRA window was
+      -- rescaled (the value must then be written whatever is decided), and
+      -- the entries of windows the quota no longer has that still count
+      -- (kept as they are). Nil for a value that is not one of ours.
+      function R.read(raw, W, a)
+        local stored, order = {}, {}
+        local pos = 1
+        while pos <= #raw do
+          local tag, id, interval = string.match(raw, '^(([gf]%d+)@?(%d*)=)', pos)
+          if not tag or (string.sub(id, 1, 1) == 'g') ~= (interval ~= '')
+              or pos + #tag + 15 > #raw then
+            return nil
+          end
+          local x, y, nxt = struct.unpack('<dd', raw, pos + #tag)
+          stored[id] = { tag, interval, x, y }
+          order[#order + 1] = id
+          pos = nxt
         end
+        local m, rescaled, kept, wanted = {}, false, '', {}
+        for w = 1, W do
+          local id, interval = string.match(ARGV[a + w - 1], '^([gf]%d+)@?(%d*)=$')
+          wanted[id] = true
+          local e = stored[id]
+          local x, y = 0, 0
+          if e then
+            x, y = e[3], e[4]
+            if interval ~= '' and e[2] ~= interval and e[2] ~= '0'
+                and (x > S or (x == S and y > N)) then
+              x, y = rescale(x, y, interval, e[2])
+              rescaled = true
+            end
+          end
+          m[2 * w - 1], m[2 * w] = x, y
+        end
+        for _, id in ipairs(order) do
+          local e = stored[id]
+          if not wanted[id] then
+            local alive
+            if e[2] ~= '' then
+              alive = e[3] > S or (e[3] == S and e[4] > N)
+            else
+              alive = e[3] == R.fixed(e[1])
+            end
+            if alive then kept = kept .. e[1] .. struct.pack('<dd', e[3], e[4]) end
+          end
+        end
+        return m, rescaled, kept
       end
     end
-    local b2, b1, b0 = t2, t1, t0
-    if cmp3(n2, n1, n0, t2, t1, t0) > 0 then
-      b2, b1, b0 = n2, n1, n0
-    end
-    local a2, a1, a0 = add3(b2, b1, b0, z2, z1, z0)
-    local h2, h1, h0 = add3(n2, n1, n0, y2, y1, y0)
-    admits = cmp3(a2, a1, a0, h2, h1, h0) <= 0
-    value = a2 .. ':' .. a1 .. ':' .. a0 .. ':' .. x2 .. ':' .. x1 .. ':' .. x0
-    ttl = ttl_ms(sub3(a2, a1, a0, n2, n1, n0))
-    if layer_clock then ttl = ttl + div_ceil3(y2, y1, y0, 1000000) + 1000 end
-    out[#out + 1] = t2
-    out[#out + 1] = t1
-    out[#out + 1] = t0
-  elseif kind == 'f' then
-    local index, count = 0, 0
-    if raw then
-      local a, b = string.match(raw, '^(%d+):(%d+)$')
-      if not a then
-        return redis.error_reply('tower-ratelimit: unexpected value at key ' .. KEYS[i])
+    if raw and m1 == nil then
+      m, rescaled, kept = R.read(raw, W, a)
+      if not m then
+        return redis.error_reply('tower-ratelimit: unexpected value at key ' .. key)
       end
-      index, count = a + 0, b + 0
     end
-    local q, r2, r1, r0 = divmod3(n2, n1, n0, x2, x1, x0)
-    local current = q % 4294967296
-    local used = 0
-    if index == current then used = count end
-    local total = used + num3(z2, z1, z0)
-    admits = total <= num3(y2, y1, y0)
-    value = current .. ':' .. total
-    ttl = ttl_ms(sub3(x2, x1, x0, r2, r1, r0))
-    if layer_clock then ttl = ttl + div_ceil3(x2, x1, x0, 1000000) + 1000 end
-    out[#out + 1] = 0
-    out[#out + 1] = index
-    out[#out + 1] = count
-  else
-    return redis.error_reply('tower-ratelimit: unknown window kind ' .. tostring(kind))
+  end
+  ok, value, ttl, keep, keep_ttl = true, '', 0, '', 0
+  -- The new states of one or two windows, packed at once with the tags.
+  local first, n1x, n1y, n2x, n2y = a
+  for w = 1, W do
+    local tag = ARGV[a]
+    a = a + 1
+    local x, y = 0, 0
+    if m then
+      x, y = m[2 * w - 1], m[2 * w]
+    elseif m1 then
+      if w == 1 then x, y = m1, m2 else x, y = m3, m4 end
+    end
+    if out then
+      out[o + 1], out[o + 2] = x, y
+      o = o + 2
+    elseif w == 1 then
+      x1, y1 = x, y
+    else
+      x2, y2 = x, y
+    end
+    local n1, n2, n3, n4 = f1, f2, f3, f4
+    if w > 1 then n1, n2, n3, n4, at = struct.unpack('<dddd', A, at) end
+    if kind == 0 then
+      -- base = max(tat, now); next = base + increment; admitted if next <=
+      -- now + capacity.
+      local ns, nn = x, y
+      if S > x or (S == x and N > y) then ns, nn = S, N end
+      ns, nn = ns + n3, nn + n4
+      if nn >= B then ns, nn = ns + 1, nn - B end
+      local hs, hn = S + n1, N + n2
+      if hn >= B then hs, hn = hs + 1, hn - B end
+      if ok and (ns < hs or (ns == hs and nn <= hn)) then
+        if W > 2 then
+          value = value .. tag .. struct.pack('<dd', ns, nn)
+        elseif w == 1 then
+          n1x, n1y = ns, nn
+        else
+          n2x, n2y = ns, nn
+        end
+        -- ms until next, rounded up, plus one.
+        local d = nn - N + 999999
+        local t = (ns - S) * 1000 + (d - d % 1000000) / 1000000 + 1
+        if t > ttl then ttl = t end
+      else
+        ok = false
+      end
+      if rescaled then
+        keep = keep .. tag .. struct.pack('<dd', x, y)
+        local d = y - N + 999999
+        local t = (x - S) * 1000 + (d - d % 1000000) / 1000000 + 1
+        if t > keep_ttl then keep_ttl = t end
+      end
+    else
+      local current, left
+      if n1 > 0 then
+        local ms = S * 1000 + (N - N % 1000000) / 1000000
+        local r = ms % n1
+        current, left = ((ms - r) / n1) % 4294967296, n1 - r
+      else
+        current, left = R.fixed(tag)
+      end
+      local total = n3
+      if x == current then total = total + y end
+      if ok and total <= n2 then
+        if W > 2 then
+          value = value .. tag .. struct.pack('<dd', current, total)
+        elseif w == 1 then
+          n1x, n1y = current, total
+        else
+          n2x, n2y = current, total
+        end
+        if left + 1 > ttl then ttl = left + 1 end
+      else
+        ok = false
+      end
+    end
+  end
+  if ok and W == 1 then
+    value = struct.pack(layout, ARGV[first], n1x, n1y)
+  elseif ok and W == 2 then
+    value = struct.pack(layout, ARGV[first], n1x, n1y, ARGV[first + 1], n2x, n2y)
+  end
+  if kept and kept ~= '' then
+    -- Windows the quota no longer has: the key's TTL already covers them.
+    local left = redis.call('PTTL', key)
+    value, keep = value .. kept, keep .. kept
+    if left > ttl then ttl = left end
+    if left > keep_ttl then keep_ttl = left end
   end
   if shadow then
-    shadow_admitted = shadow_admitted and admits
+    shadow_admitted = shadow_admitted and ok
   else
-    admitted = admitted and admits
+    admitted = admitted and ok
   end
-  writes[i] = { shadow, value, ttl, converted, converted_ttl }
-  admits_of[i] = admits
+  ttl, keep_ttl, keep = ttl + slack, keep_ttl + slack, rescaled and keep
+  if plan then
+    local i = 5 * c
+    plan[i - 4], plan[i - 3], plan[i - 2], plan[i - 1], plan[i] = ok, shadow, value, ttl, keep
+    if keep then plan[i - 1] = { ttl, keep_ttl } end
+  end
 end
 
--- Enforced windows are charged only if all of them admit; shadow windows
--- only if, besides, all shadow windows admit. A window that is not charged
--- is left as it was, but for a conversion to a changed quota.
-for i = 1, W do
-  local w = writes[i]
-  if admitted and (shadow_admitted or not w[1]) then
-    redis.call('SET', KEYS[i], w[2], 'PX', w[3])
-  elseif w[4] then
-    redis.call('SET', KEYS[i], w[4], 'PX', w[5])
+-- Enforced checks are charged only if all of them admit; shadow checks only
+-- if, besides, all shadow checks admit. A check that is not charged is left
+-- as it was, but for a rescale to a changed quota.
+local charged = charge == 1 and admitted
+local shadows_charged = charged and shadow_admitted and shadows == 1
+if plan then
+  for c = 1, C do
+    local i = 5 * c
+    ttl, keep = plan[i - 1], plan[i]
+    if keep then ttl, keep_ttl = ttl[1], ttl[2] end
+    if charged and (shadows_charged or not plan[i - 3]) then
+      redis.call('SET', KEYS[c], plan[i - 2], 'PX', ttl)
+    elseif keep then
+      redis.call('SET', KEYS[c], keep, 'PX', keep_ttl)
+    end
   end
+elseif charged and (shadows_charged or not shadow) then
+  redis.call('SET', KEYS[1], value, 'PX', ttl)
+elseif keep then
+  redis.call('SET', KEYS[1], keep, 'PX', keep_ttl)
 end
-out[4] = admitted and 1 or 0
-out[5] = shadow_admitted and 1 or 0
+local verdict = (admitted and 1 or 0) + (shadow_admitted and 2 or 0)
+-- A ban this refusal started: its check and time left.
+local ban, ban_s, ban_n
+
+-- ms from now until the moment (s, n), rounded up, plus one; on a layer's
+-- clock with the slack of the duration (s2, n2) and a second.
+local function ttl_until(s, n, s2, n2)
+  local d = n - N + 999999
+  local t = (s - S) * 1000 + (d - d % 1000000) / 1000000 + 1
+  if layer then
+    d = n2 + 999999
+    t = t + s2 * 1000 + (d - d % 1000000) / 1000000 + 1000
+  end
+  return t
+end
 
 -- A refusal counts towards the penalty of each check that refused.
-local ban = { 0, 0, 0, 0, 0 }
-if not admitted then
-  for p = 1, P do
-    local v = penalty(p)
-    local refused = false
-    for i = v[1], v[1] + v[2] - 1 do
-      if not admits_of[i] then refused = true end
+for p = 1, admitted and 0 or P do
+  local check, refusals, ws, wn, bs, bn = struct.unpack('<dddddd', A, Q + 48 * (p - 1))
+  local refused
+  if plan then refused = not plan[5 * check - 4] else refused = not ok end
+  if refused then
+    local bkey, rkey = KEYS[C + 2 * p - 1], KEYS[C + 2 * p]
+    local kept = redis.call('LRANGE', rkey, 0, -1)
+    -- A key's time never runs backwards: a refusal earlier than the newest
+    -- one kept counts at that newest time.
+    local ts, tn = S, N
+    if kept[1] and #kept[1] == 16 then
+      local ks, kn = struct.unpack('<dd', kept[1])
+      if ks > ts or (ks == ts and kn > tn) then ts, tn = ks, kn end
     end
-    if refused then
-      local bkey, rkey = KEYS[W + 2 * p - 1], KEYS[W + 2 * p]
-      local refusals = v[3]
-      local w2, w1, w0, b2, b1, b0 = v[4], v[5], v[6], v[7], v[8], v[9]
-      local kept = redis.call('LRANGE', rkey, 0, -1)
-      -- A key's time never runs backwards: a refusal earlier than the
-      -- newest one kept counts at that newest time.
-      local t2, t1, t0 = n2, n1, n0
-      if kept[1] then
-        local k2, k1, k0 = parse3(kept[1])
-        if k2 and cmp3(k2, k1, k0, t2, t1, t0) > 0 then t2, t1, t0 = k2, k1, k0 end
+    -- Those that still count at t: kept + within > t.
+    local counting = 0
+    for _, raw in ipairs(kept) do
+      if #raw ~= 16 then break end
+      local ks, kn = struct.unpack('<dd', raw)
+      ks, kn = ks + ws, kn + wn
+      if kn >= B then ks, kn = ks + 1, kn - B end
+      if ks < ts or (ks == ts and kn <= tn) then break end
+      counting = counting + 1
+    end
+    if counting >= refusals - 1 then
+      local es, en = ts + bs, tn + bn
+      if en >= B then es, en = es + 1, en - B end
+      redis.call('SET', bkey, struct.pack('<dd', es, en), 'PX', ttl_until(es, en, bs, bn))
+      redis.call('DEL', rkey)
+      if not ban then
+        ban, ban_s, ban_n = check, es - S, en - N
+        if ban_n < 0 then ban_s, ban_n = ban_s - 1, ban_n + B end
+        verdict = verdict + 8
       end
-      -- Those that still count at t: kept + within > t.
-      local counting = 0
-      for _, raw in ipairs(kept) do
-        local k2, k1, k0 = parse3(raw)
-        if not k2 then break end
-        local u2, u1, u0 = add3(k2, k1, k0, w2, w1, w0)
-        if cmp3(u2, u1, u0, t2, t1, t0) <= 0 then break end
-        counting = counting + 1
-      end
-      if counting >= refusals - 1 then
-        local e2, e1, e0 = add3(t2, t1, t0, b2, b1, b0)
-        redis.call('SET', bkey, e2 .. ':' .. e1 .. ':' .. e0, 'PX', ttl_until(e2, e1, e0, b2, b1, b0))
-        redis.call('DEL', rkey)
-        if ban[1] == 0 then
-          local l2, l1, l0 = sub3(e2, e1, e0, n2, n1, n0)
-          ban = { 2, p, l2, l1, l0 }
-        end
-      else
-        redis.call('LPUSH', rkey, t2 .. ':' .. t1 .. ':' .. t0)
-        redis.call('LTRIM', rkey, 0, math.max(refusals - 2, 0))
-        local u2, u1, u0 = add3(t2, t1, t0, w2, w1, w0)
-        redis.call('PEXPIRE', rkey, ttl_until(u2, u1, u0, w2, w1, w0))
-      end
+    else
+      redis.call('LPUSH', rkey, struct.pack('<dd', ts, tn))
+      redis.call('LTRIM', rkey, 0, math.max(refusals - 2, 0))
+      local us, un = ts + ws, tn + wn
+      if un >= B then us, un = us + 1, un - B end
+      redis.call('PEXPIRE', rkey, ttl_until(us, un, ws, wn))
     end
   end
 end
-for _, x in ipairs(ban) do out[#out + 1] = x end
-return out
+if out then
+  out[3] = verdict
+  if ban then out[o + 1], out[o + 2], out[o + 3], o = ban, ban_s, ban_n, o + 3 end
+  return struct.pack('<' .. string.rep('d', o), unpack(out))
+end
+if W == 1 then
+  if ban then return struct.pack('<dddddddd', S, N, verdict, x1, y1, ban, ban_s, ban_n) end
+  return struct.pack('<ddddd', S, N, verdict, x1, y1)
+end
+if ban then
+  return struct.pack('<dddddddddd', S, N, verdict, x1, y1, x2, y2, ban, ban_s, ban_n)
+end
+return struct.pack('<ddddddd', S, N, verdict, x1, y1, x2, y2)

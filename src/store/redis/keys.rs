@@ -1,7 +1,6 @@
-//! Redis key names: a prefix in a hash tag, the bucket's keyed hash, and the
-//! window's algorithm and period. Never a raw key.
-
-use crate::policy::Algorithm;
+//! Redis key names: the store's prefix, the principal's hash tag, and the
+//! bucket's (or penalty key's, or in-flight count's) keyed hash. Never a raw
+//! key.
 
 /// The longest prefix accepted, in bytes.
 pub(crate) const MAX_PREFIX_LEN: usize = 64;
@@ -16,31 +15,31 @@ pub(crate) fn valid_prefix(prefix: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
 }
 
-/// The key of one window of one bucket: `{prefix}:<bucket, 16 hex
-/// digits>:<gcra|fixed>:<period in ns>`.
+/// The key of a bucket, all its windows in one value: `prefix:{<principal,
+/// 16 hex digits>}:<bucket, 16 hex digits>`.
 ///
-/// The braces make `prefix` a hash tag: in a Redis Cluster every key of the
-/// store lives in one hash slot, so one script can decide a whole request.
-pub(crate) fn window_key(
-    prefix: &str,
-    bucket: u64,
-    algorithm: Algorithm,
-    period_ns: u64,
-) -> String {
-    let algorithm = match algorithm {
-        Algorithm::Gcra => "gcra",
-        Algorithm::FixedWindow => "fixed",
-    };
-    format!("{{{prefix}}}:{bucket:016x}:{algorithm}:{period_ns}")
+/// The braces make the principal a hash tag: in a Redis Cluster every key
+/// of one principal (one request's key for the limits it keys) lives in one
+/// hash slot, so one script decides all of its checks, and different
+/// principals spread over the slots.
+pub(crate) fn bucket_key(prefix: &str, principal: u64, bucket: u64) -> String {
+    format!("{prefix}:{{{principal:016x}}}:{bucket:016x}")
 }
 
-/// The keys of one penalty key's ban and refusals: `{prefix}:<key, 16 hex
-/// digits>:ban` and `…:refusals`.
-pub(crate) fn penalty_keys(prefix: &str, key: u64) -> [String; 2] {
+/// The keys of one penalty key's ban and refusals, in its principal's hash
+/// slot: `prefix:{<principal>}:<key, 16 hex digits>:ban` and `…:refusals`.
+pub(crate) fn penalty_keys(prefix: &str, principal: u64, key: u64) -> [String; 2] {
     [
-        format!("{{{prefix}}}:{key:016x}:ban"),
-        format!("{{{prefix}}}:{key:016x}:refusals"),
+        format!("{prefix}:{{{principal:016x}}}:{key:016x}:ban"),
+        format!("{prefix}:{{{principal:016x}}}:{key:016x}:refusals"),
     ]
+}
+
+/// The keys of one in-flight count's slots, in its principal's hash slot:
+/// `prefix:{<principal>}:<key, 16 hex digits>:inflight:<held|line|wait|cap>`.
+pub(crate) fn slot_keys(prefix: &str, principal: u64, key: u64) -> [String; 4] {
+    ["held", "line", "wait", "cap"]
+        .map(|part| format!("{prefix}:{{{principal:016x}}}:{key:016x}:inflight:{part}"))
 }
 
 #[cfg(test)]
@@ -48,20 +47,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_key_names_the_bucket_hash_and_the_window_only() {
+    fn a_key_names_the_principal_tag_and_the_hashes_only() {
         assert_eq!(
-            window_key("rl", 0xab, Algorithm::Gcra, 60_000_000_000),
-            "{rl}:00000000000000ab:gcra:60000000000"
+            bucket_key("rl", 0x12, 0xab),
+            "rl:{0000000000000012}:00000000000000ab"
         );
         assert_eq!(
-            window_key("app.v1", u64::MAX, Algorithm::FixedWindow, 1_000_000),
-            "{app.v1}:ffffffffffffffff:fixed:1000000"
+            bucket_key("app.v1", 1, u64::MAX),
+            "app.v1:{0000000000000001}:ffffffffffffffff"
         );
         assert_eq!(
-            penalty_keys("rl", 0xab),
+            penalty_keys("rl", 0x12, 0xab),
             [
-                "{rl}:00000000000000ab:ban",
-                "{rl}:00000000000000ab:refusals"
+                "rl:{0000000000000012}:00000000000000ab:ban",
+                "rl:{0000000000000012}:00000000000000ab:refusals"
+            ]
+        );
+        assert_eq!(
+            slot_keys("rl", 0x12, 0xab),
+            [
+                "rl:{0000000000000012}:00000000000000ab:inflight:held",
+                "rl:{0000000000000012}:00000000000000ab:inflight:line",
+                "rl:{0000000000000012}:00000000000000ab:inflight:wait",
+                "rl:{0000000000000012}:00000000000000ab:inflight:cap",
             ]
         );
     }

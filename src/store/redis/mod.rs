@@ -32,46 +32,100 @@
 //! # One script, all or nothing
 //!
 //! A request's checks (every window of every limit that applies to it) are
-//! decided by one Lua script, run with `EVALSHA`: the script is loaded when
-//! the store connects, and loaded again whenever Redis answers `NOSCRIPT` (a
-//! restarted or flushed server), transparently. The script reads every
-//! window's state first, decides, and writes only if every enforced window
-//! admits the request, so a refused request writes nothing. Shadow checks are
-//! charged only when the request is admitted and all of them admit too.
+//! grouped by *principal*: the request's key for the limits it keys, hashed
+//! ([`Check::principal`](crate::store::protocol::Check#structfield.principal)),
+//! the same for every limit keyed by the same source. All the keys of one
+//! principal share a hash slot, and one Lua script, run with `EVALSHA`,
+//! decides the whole group: it reads every window's state first, decides,
+//! and writes only if every enforced window admits the request, so a
+//! refused request writes nothing. Shadow checks are charged only when the
+//! request is admitted and all of them admit too. A request whose checks
+//! share one principal (the common case) is one script call. The script is
+//! loaded when the store connects, and loaded again whenever Redis answers
+//! `NOSCRIPT` (a restarted or flushed server), transparently.
+//!
+//! A request over several principals (Flireo's API key *and* the call id
+//! in its path) is decided group by group, in the order of the principals,
+//! the same on every node. Each group charges only if all its windows
+//! admit and no earlier group refused; once one refuses, the later groups
+//! only read (for the outcome's numbers) and count penalty refusals. Then
+//! what the earlier groups charged is given back by a refund script, one
+//! call per group:
+//!
+//! - a fixed window still in the same window gives back exactly its cost,
+//!   whatever else was counted since;
+//! - a GCRA window is restored only if it still holds the arrival time the
+//!   charge wrote, at the same interval: under one interval the arrival
+//!   time only grows, so then nothing was charged since, and the restore
+//!   is exact. If another request was charged in between, the charge
+//!   stays. Subtracting it instead could take back part of the other
+//!   request's charge: GCRA charges `max(tat, now) + increment`, so once
+//!   `now` has passed our arrival time the other request's charge no longer
+//!   sits on top of ours, and `tat − increment` would forget it (an
+//!   over-admission later).
+//!
+//! So a refused request leaves no charge anywhere, but under contention on
+//! a GCRA bucket by another request between the two calls, where its charge
+//! stays until the window frees it: an early refusal for that bucket, never
+//! an admission past a quota. Concurrent requests never over-admit: each
+//! group decides atomically on the state its script sees, which holds every
+//! charge not given back, and a refund only removes a charge of its own.
+//! Between a charge and its refund the bucket counts the request, so a
+//! request there may be refused that a moment later would not. Shadow
+//! checks follow the same rule across groups (their charges are given back
+//! when another group's shadow check refuses), and a ban in force in any
+//! group refuses the request with no charge left anywhere. If Redis fails
+//! mid-request, the groups already charged are refunded and the request
+//! follows its limits' [`FailurePolicy`].
 //!
 //! # The same arithmetic as the memory store
 //!
 //! Both algorithms count in integer nanoseconds. Redis's Lua numbers are
-//! doubles, exact only up to 2^53 (about 104 days in nanoseconds), so the
-//! script keeps every time and duration as an array of 24-bit limbs and does
-//! exact integer addition, subtraction, multiplication and division on them;
-//! values cross the script's boundary as decimal strings. The script returns
-//! the state each window was decided on, and the store computes the outcome
-//! (remaining, reset, retry-after) from it with the very functions the
-//! [`MemoryStore`](crate::store::MemoryStore) uses, and checks that the
-//! script's verdict agrees. On the same sequence of requests at the same
-//! times both stores make the same decisions (a property test runs them side
-//! by side).
+//! doubles, exact only up to 2^53 (about 104 days in nanoseconds, while a
+//! nanosecond Unix time is about 2^61), so the script keeps every moment
+//! and every duration as a pair of exact numbers, seconds and nanoseconds
+//! below a second, and adds and compares them with a carry: exact for any
+//! time and any window the crate accepts (up to 366 days). Numbers cross
+//! the script's boundary, and sit in Redis, as little-endian doubles (Lua's
+//! `struct`), so the script never converts a number to text. Its two rare
+//! paths, the rescale of a GCRA window after a quota change and the index
+//! of a fixed window whose period is not whole milliseconds, use exact big
+//! integers (24-bit limbs), built only by a call that needs them. The
+//! script returns the state each window was decided on, and the store
+//! computes the outcome (remaining, reset, retry-after) from it with the
+//! very functions the [`MemoryStore`](crate::store::MemoryStore) uses, and
+//! checks that the script's verdict agrees. On the same sequence of
+//! requests at the same times both stores make the same decisions (a
+//! property test runs them side by side, another at any time of the 64-bit
+//! range on any window).
 //!
 //! A GCRA window stores, beside its theoretical arrival time, the interval
 //! (period / limit) it was charged with. When a bucket's quota changes (a
 //! per-key override, a new policy) the debt it carries is rescaled to the new
 //! interval, rounded up, so the bucket keeps its *count*: a key that used 8
 //! of 10 and is lowered to 5 is refused at once. Fixed windows keep their
-//! count as it is.
+//! count as it is. Windows are known by algorithm and period, so a quota
+//! change that keeps a period keeps that window's count; a window the quota
+//! no longer has is kept while it still counts.
 //!
 //! # Keys
 //!
-//! One Redis key per bucket and window:
-//! `{PREFIX}:<bucket, 16 hex digits>:<gcra|fixed>:<period in ns>`, such as
-//! `{ratelimit}:9f86d081884c7d65:gcra:60000000000`. The bucket is the keyed
-//! hash (SipHash-1-3 under the policy's [`KeySecret`](crate::key::KeySecret))
-//! of the limit, its route and the request's key: no raw key ever reaches
-//! Redis. Processes that share limits must share the secret
+//! One Redis key per bucket, holding all its windows:
+//! `PREFIX:{<principal, 16 hex digits>}:<bucket, 16 hex digits>`, such as
+//! `ratelimit:{3f1c0a4d2b7e9d10}:9f86d081884c7d65`. The braces make the
+//! principal a hash tag, so in a Redis Cluster the keys of one principal
+//! (every window and limit of one key) share a slot, and different keys
+//! spread over the 16384 slots. The bucket is the keyed hash (SipHash-1-3
+//! under the policy's [`KeySecret`](crate::key::KeySecret)) of the
+//! request's key, then derived for the limit and its route; the principal
+//! is the key's hash before that derivation: no raw key ever reaches Redis.
+//! The value is each window's tag (`g<period>@<interval>=` or
+//! `f<period>=`) and its state, two doubles. Processes that share limits
+//! must share the secret
 //! ([`PolicyBuilder::key_secret`](crate::PolicyBuilder::key_secret)) and the
 //! prefix. Every write sets a TTL one millisecond past the moment the
-//! window's state equals a fresh key's, so once traffic stops the database
-//! empties, with nothing lost.
+//! bucket's last window equals a fresh one, so once traffic stops the
+//! database empties, with nothing lost.
 //!
 //! # Clock
 //!
@@ -136,9 +190,10 @@
 //! request before any window is read (and is not extended), whichever node
 //! started it; a request refused by its windows counts a refusal towards
 //! the penalty of each check that refused, in one short list per key
-//! (`{PREFIX}:<key hash>:refusals`, the times of the refusals that still
-//! count, at most `refusals - 1`); and the refusal that completes the count
-//! starts the ban (`{PREFIX}:<key hash>:ban`, its end) and drops the list.
+//! (`PREFIX:{<principal>}:<key hash>:refusals`, the times of the refusals
+//! that still count, at most `refusals - 1`); and the refusal that completes
+//! the count starts the ban (`PREFIX:{<principal>}:<key hash>:ban`, its
+//! end) and drops the list.
 //! Both keys expire when they stop mattering. Each node remembers the bans
 //! it has seen in Redis's answers and refuses those keys without a call
 //! until they lift ([`Store::banned_for`](crate::store::Store::banned_for)).
@@ -155,8 +210,9 @@
 //! (at most `max_queued` waiters in all), and while anyone waits no
 //! newcomer takes a free slot ahead of them.
 //!
-//! Per key, four Redis keys (`{PREFIX}:<key hash>:inflight:held`, `:line`,
-//! `:wait` and `:cap`) hold the slots held (a sorted set of holder ids by
+//! Per key, four Redis keys (`PREFIX:{<principal>}:<key hash>:inflight:held`,
+//! `:line`, `:wait` and `:cap`, in the principal's hash slot) hold the slots
+//! held (a sorted set of holder ids by
 //! lease expiry, on Redis's clock), the line (waiter ids by ticket), the
 //! waiters' own leases and the latest cap; a second script decides on them
 //! atomically. A slot is held under a lease
@@ -182,11 +238,12 @@
 //!
 //! # Redis Cluster
 //!
-//! [`RedisStore::cluster_builder`] uses a Redis Cluster. The prefix is a hash
-//! tag (the braces), so all keys of a store live in one hash slot and one
-//! script still decides a whole request atomically, across limits. The price
-//! is that one store's keys sit on one shard: spread load over shards by
-//! giving separate deployments separate prefixes.
+//! [`RedisStore::cluster_builder`] uses a Redis Cluster. Keys are hash-tagged
+//! by principal, so one key's counts live on one shard and one script call
+//! decides them, while the keys of many clients spread over every shard. A
+//! request over several principals (several slots) is decided across them
+//! as described in [One script, all or nothing](#one-script-all-or-nothing).
+//! A node's renewals of in-flight slots go in one call per principal.
 //!
 //! # Why the crate's own engine
 //!

@@ -1,30 +1,37 @@
-//! The decision script: what is sent (keys and arguments), what comes back
-//! (the state each window was decided on), and the [`Outcome`] built from it
-//! with the same integer arithmetic as the memory store.
+//! The decision script: what is sent (keys and arguments, one group of
+//! checks sharing a principal at a time), what comes back (the state each
+//! window was decided on), the [`Outcome`] built from the groups' answers
+//! with the same integer arithmetic as the memory store, and the refunds of
+//! a request that a later group refused.
 
 use smallvec::SmallVec;
 
 use super::failure_policy::FailurePolicy;
-use super::keys::{penalty_keys, window_key};
+use super::keys::{bucket_key, penalty_keys};
 use crate::penalty::Penalty;
 use crate::policy::{Algorithm, Window};
-use crate::store::algorithm::{step, Step};
+use crate::store::algorithm::step;
 use crate::store::outcome::settle_uncharged;
 use crate::store::protocol::{Check, Outcome, WindowStatus};
 
-/// The Lua source: exact integer helpers, then the decision.
-pub(crate) const SOURCE: &str = concat!(
-    include_str!("limbs.lua"),
-    "\n",
-    include_str!("bignum.lua"),
-    "\n",
-    include_str!("decide.lua")
-);
+/// The Lua source of the decision, with the exact big integers of its rare
+/// paths spliced in where it builds them.
+pub(crate) fn source() -> String {
+    include_str!("decide.lua").replacen("-- @bignum", include_str!("bignum.lua"), 1)
+}
+
+/// The Lua source of the refund of a request refused by a later group.
+pub(crate) const REFUND: &str = include_str!("refund.lua");
+
+const NS_PER_S: u64 = 1_000_000_000;
+const NS_PER_MS: u64 = 1_000_000;
 
 /// One check, owned (the store's future outlives the borrowed [`Check`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Planned {
     pub(crate) bucket: u64,
+    /// Whose key: the hash tag of the check's Redis keys.
+    pub(crate) principal: u64,
     pub(crate) algorithm: Algorithm,
     pub(crate) cost: u32,
     pub(crate) shadow: bool,
@@ -39,6 +46,7 @@ impl Planned {
     pub(crate) fn new(check: &Check<'_>, on_failure: FailurePolicy) -> Self {
         Planned {
             bucket: check.bucket,
+            principal: check.principal,
             algorithm: check.quota.algorithm_kind(),
             cost: check.quota.request_cost(),
             shadow: check.shadow,
@@ -50,202 +58,334 @@ impl Planned {
                 .map(|(key, penalty)| (key, *penalty)),
         }
     }
+
+    /// The tag of window `window` in the bucket's stored value: algorithm,
+    /// period and, for GCRA, the interval it is charged with.
+    fn tag(&self, window: &Window) -> String {
+        match self.algorithm {
+            Algorithm::Gcra => format!("g{}@{}=", window.period_ns(), window.interval_ns()),
+            Algorithm::FixedWindow => format!("f{}=", window.period_ns()),
+        }
+    }
 }
 
-/// A u64 as three 24-bit limbs, most significant first: each an exact Lua
-/// number.
-fn limbs(x: u64) -> [u64; 3] {
-    [x >> 48, (x >> 24) & 0xFF_FFFF, x & 0xFF_FFFF]
+/// The checks of a request grouped by principal, groups in the order of
+/// their principals (the same order on every node), checks in their order.
+pub(crate) fn groups(checks: &[Planned]) -> Vec<SmallVec<[usize; 4]>> {
+    let first = checks.first().map(|c| c.principal);
+    if checks.iter().all(|c| Some(c.principal) == first) {
+        return vec![(0..checks.len()).collect()];
+    }
+    let mut order: SmallVec<[usize; 4]> = (0..checks.len()).collect();
+    order.sort_by_key(|&i| checks[i].principal);
+    let mut groups: Vec<SmallVec<[usize; 4]>> = Vec::new();
+    for i in order {
+        match groups.last_mut() {
+            Some(group) if checks[group[0]].principal == checks[i].principal => group.push(i),
+            _ => groups.push(SmallVec::from_slice(&[i])),
+        }
+    }
+    groups
 }
 
-/// The keys and arguments of one decision; `now` is `None` to use Redis's
-/// clock.
+/// A duration or moment in ns as the script's pair: seconds, nanoseconds.
+fn pair(ns: u64) -> [String; 2] {
+    [(ns / NS_PER_S).to_string(), (ns % NS_PER_S).to_string()]
+}
+
+/// The keys and arguments of one group's decision (see `decide.lua`);
+/// `now` is `None` to use Redis's clock. `charge`: whether the group may
+/// charge (no earlier group refused); `shadows`: whether its shadow checks
+/// may be charged (no earlier group's shadow check refused).
 pub(crate) fn invocation(
     prefix: &str,
     now: Option<u64>,
     checks: &[Planned],
-) -> (Vec<String>, Vec<String>) {
-    let windows: usize = checks.iter().map(|c| c.windows.len()).sum();
-    let penalties = checks.iter().filter(|c| c.penalty.is_some()).count();
-    let mut keys = Vec::with_capacity(windows + 2 * penalties);
-    let mut args = Vec::with_capacity(6 + 11 * windows + 9 * penalties);
-    args.push(if now.is_some() { "l" } else { "r" }.to_owned());
-    args.extend(limbs(now.unwrap_or(0)).iter().map(u64::to_string));
-    args.push(windows.to_string());
-    args.push(penalties.to_string());
-    for check in checks {
-        let shadow = if check.shadow { "1" } else { "0" };
+    group: &[usize],
+    charge: bool,
+    shadows: bool,
+) -> (Vec<String>, Vec<Vec<u8>>) {
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    // Every number is an integer below 2^53: exact as a double.
+    let split = |ns: u64| [(ns / NS_PER_S) as f64, (ns % NS_PER_S) as f64];
+    let penalties = group
+        .iter()
+        .filter(|&&i| checks[i].penalty.is_some())
+        .count();
+    let mut keys = Vec::with_capacity(group.len() + 2 * penalties);
+    let mut numbers: SmallVec<[f64; 16]> = SmallVec::new();
+    let mut text: Vec<Vec<u8>> = Vec::with_capacity(1 + 3 * group.len());
+    text.push(Vec::new());
+    numbers.extend(now.map_or([-1.0, 0.0], split));
+    numbers.extend([
+        flag(charge),
+        flag(shadows),
+        group.len() as f64,
+        penalties as f64,
+        0.0,
+    ]);
+    for &i in group {
+        let check = &checks[i];
+        keys.push(bucket_key(prefix, check.principal, check.bucket));
+    }
+    for &i in group {
+        let check = &checks[i];
+        let mut layout = String::from("<");
+        let mut length = 0;
+        let mut slack = 0;
+        let mut exotic = false;
+        let at = numbers.len();
+        numbers.extend([
+            match check.algorithm {
+                Algorithm::Gcra => 0.0,
+                Algorithm::FixedWindow => 1.0,
+            },
+            flag(check.shadow),
+            check.windows.len() as f64,
+            0.0,
+            0.0,
+            0.0,
+        ]);
+        let first_tag = text.len() + 1;
+        text.push(Vec::new());
         for window in &check.windows {
-            keys.push(window_key(
-                prefix,
-                check.bucket,
-                check.algorithm,
-                window.period_ns(),
-            ));
-            let numbers = match check.algorithm {
+            let tag = check.tag(window);
+            layout.push_str(&format!("c{}dd", tag.len()));
+            length += tag.len() + 16;
+            text.push(tag.into_bytes());
+            match check.algorithm {
                 Algorithm::Gcra => {
                     let t = window.interval_ns();
-                    [
-                        t,
-                        t.saturating_mul(u64::from(window.limit())),
-                        t.saturating_mul(u64::from(check.cost)),
-                    ]
+                    let capacity = t.saturating_mul(u64::from(window.limit()));
+                    numbers.extend(split(capacity));
+                    numbers.extend(split(t.saturating_mul(u64::from(check.cost))));
+                    slack = slack.max(capacity.div_ceil(NS_PER_MS));
                 }
-                Algorithm::FixedWindow => [
-                    window.period_ns(),
-                    u64::from(window.limit()),
-                    u64::from(check.cost),
-                ],
-            };
-            args.push(
-                if check.algorithm == Algorithm::Gcra {
-                    "g"
-                } else {
-                    "f"
+                Algorithm::FixedWindow => {
+                    let period = window.period_ns();
+                    let whole_ms = if period % NS_PER_MS == 0 {
+                        period / NS_PER_MS
+                    } else {
+                        exotic = true;
+                        0
+                    };
+                    numbers.extend([
+                        whole_ms as f64,
+                        f64::from(window.limit()),
+                        f64::from(check.cost),
+                        0.0,
+                    ]);
+                    slack = slack.max(period.div_ceil(NS_PER_MS));
                 }
-                .to_owned(),
-            );
-            args.push(shadow.to_owned());
-            for n in numbers {
-                args.extend(limbs(n).iter().map(u64::to_string));
             }
         }
+        // On the layer's clock a state's expiry is a moment of the layer's
+        // clock, which may run at another rate than Redis's (a test's
+        // manual clock): its TTL gets the longest period and a second more.
+        let slack = if now.is_some() { slack + 1000 } else { 0 };
+        numbers[at + 3] = slack as f64;
+        numbers[at + 4] = length as f64;
+        numbers[at + 5] = flag(exotic);
+        text[first_tag - 1] = layout.into_bytes();
     }
-    let mut first = 1;
-    for check in checks {
+    // The penalties last, where the header says.
+    numbers[6] = (1 + 8 * numbers.len()) as f64;
+    for (nth, &i) in group.iter().enumerate() {
+        let check = &checks[i];
         if let Some((key, penalty)) = &check.penalty {
-            keys.extend(penalty_keys(prefix, *key));
-            args.push(first.to_string());
-            args.push(check.windows.len().to_string());
-            args.push(penalty.refusals().to_string());
-            for n in [penalty.within_ns(), penalty.ban_ns()] {
-                args.extend(limbs(n).iter().map(u64::to_string));
-            }
+            keys.extend(penalty_keys(prefix, check.principal, *key));
+            numbers.extend([(nth + 1) as f64, f64::from(penalty.refusals())]);
+            numbers.extend(split(penalty.within_ns()));
+            numbers.extend(split(penalty.ban_ns()));
         }
-        first += check.windows.len();
     }
-    (keys, args)
+    text[0] = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
+    (keys, text)
 }
 
-/// What the script answered.
+/// What the script answered for one group.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Reply {
     /// The time the script decided at (ns since the Unix epoch).
     pub(crate) now: u64,
+    /// Whether the group's enforced windows admit the request.
     pub(crate) admitted: bool,
+    /// Whether the group's shadow windows admit it.
     pub(crate) shadow_admitted: bool,
-    /// Each window's state before the request, in the memory store's
-    /// encoding (GCRA: the arrival time; fixed window: index << 32 | count).
+    /// Each window's state before the request (the group's windows in
+    /// order), in the memory store's encoding (GCRA: the arrival time;
+    /// fixed window: index << 32 | count).
     pub(crate) states: Vec<u64>,
     /// A ban that refused the request or that its refusal started: the
-    /// check, the ns left, and whether it started now.
+    /// check (its index among all the request's checks), the ns left, and
+    /// whether it started now.
     pub(crate) ban: Option<(u8, u64, bool)>,
 }
 
-/// Reads the script's answer for `checks`.
-pub(crate) fn parse_reply(checks: &[Planned], reply: &[i64]) -> Result<Reply, String> {
-    let windows: usize = checks.iter().map(|c| c.windows.len()).sum();
-    if reply.len() != 10 + 3 * windows {
+/// Reads the script's answer (little-endian doubles, see `decide.lua`) for
+/// the checks `group` of `checks`.
+pub(crate) fn parse_reply(
+    checks: &[Planned],
+    group: &[usize],
+    reply: &[u8],
+) -> Result<Reply, String> {
+    if reply.len() % 8 != 0 {
+        return Err(format!("the script answered {} bytes", reply.len()));
+    }
+    let windows: usize = group.iter().map(|&i| checks[i].windows.len()).sum();
+    // Each number: a whole number from 0 to 2^53 (exact in a double).
+    let at = |i: usize| -> Result<u64, String> {
+        let bytes = reply
+            .get(8 * i..8 * i + 8)
+            .ok_or("the script answered too little")?;
+        let x = f64::from_le_bytes(bytes.try_into().map_err(|_| "not 8 bytes")?);
+        if x.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&x) {
+            Ok(x as u64)
+        } else {
+            Err(format!("the script answered {x}, not a whole number"))
+        }
+    };
+    let time = |i: usize| -> Result<u64, String> {
+        let (s, n) = (at(i)?, at(i + 1)?);
+        if n >= NS_PER_S {
+            return Err(format!("the script answered {n} ns, not below a second"));
+        }
+        s.checked_mul(NS_PER_S)
+            .and_then(|s| s.checked_add(n))
+            .ok_or_else(|| format!("the script answered {s} s, past 64 bits of ns"))
+    };
+    let now = time(0)?;
+    let verdict = at(2)?;
+    let (admitted, shadow_admitted) = (verdict & 1 != 0, verdict & 2 != 0);
+    let kind = verdict >> 2;
+    if kind > 2 {
+        return Err(format!("the script answered {verdict}, not a verdict"));
+    }
+    // A ban in force: only the ban follows; else the states, then any ban
+    // this refusal started.
+    let states_at = 3;
+    let ban_at = if kind == 1 { 3 } else { 3 + 2 * windows };
+    let expected = if kind == 0 { ban_at } else { ban_at + 3 };
+    if reply.len() != 8 * expected {
         return Err(format!(
             "the script answered {} values for {windows} windows",
-            reply.len()
+            reply.len() / 8
         ));
     }
-    let limb = |i: usize| -> Result<u64, String> {
-        u64::try_from(reply[i])
-            .ok()
-            .filter(|&l| l < 1 << 24)
-            .ok_or_else(|| format!("the script answered {}, not a 24-bit limb", reply[i]))
-    };
-    let number = |i: usize| -> Result<u64, String> {
-        let (a, b, c) = (limb(i)?, limb(i + 1)?, limb(i + 2)?);
-        if a >= 1 << 16 {
-            return Err(format!(
-                "the script answered a number over 64 bits ({a}:{b}:{c})"
-            ));
-        }
-        Ok((a << 48) | (b << 24) | c)
-    };
-    let flag = |i: usize| -> Result<bool, String> {
-        match reply[i] {
-            1 => Ok(true),
-            0 => Ok(false),
-            other => Err(format!("the script answered {other}, not a flag")),
+    let ban = match kind {
+        0 => None,
+        _ => {
+            let nth = usize::try_from(at(ban_at)?).unwrap_or(0);
+            let check = nth
+                .checked_sub(1)
+                .and_then(|n| group.get(n))
+                .filter(|&&i| checks[i].penalty.is_some())
+                .ok_or_else(|| format!("the script named check {nth}, which has no penalty"))?;
+            Some((*check as u8, time(ban_at + 1)?, kind == 2))
         }
     };
     let mut states = Vec::with_capacity(windows);
-    let mut at = 5;
-    for check in checks {
-        for _ in &check.windows {
-            states.push(match check.algorithm {
-                Algorithm::Gcra => number(at)?,
-                Algorithm::FixedWindow => {
-                    let index = u32::try_from(reply[at + 1])
-                        .map_err(|_| "a window index out of 32 bits")?;
-                    let count = u32::try_from(reply[at + 2])
-                        .map_err(|_| "a window count out of 32 bits")?;
-                    (u64::from(index) << 32) | u64::from(count)
-                }
-            });
-            at += 3;
+    if kind != 1 {
+        let mut i = states_at;
+        for &c in group {
+            let check = &checks[c];
+            for _ in &check.windows {
+                states.push(match check.algorithm {
+                    Algorithm::Gcra => time(i)?,
+                    Algorithm::FixedWindow => {
+                        let index =
+                            u32::try_from(at(i)?).map_err(|_| "a window index out of 32 bits")?;
+                        let count = u32::try_from(at(i + 1)?)
+                            .map_err(|_| "a window count out of 32 bits")?;
+                        (u64::from(index) << 32) | u64::from(count)
+                    }
+                });
+                i += 2;
+            }
         }
     }
-    let ban = match reply[at] {
-        0 => None,
-        kind @ (1 | 2) => {
-            let nth = usize::try_from(reply[at + 1]).unwrap_or(0);
-            let check = checks
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.penalty.is_some())
-                .nth(nth.wrapping_sub(1))
-                .map(|(i, _)| i as u8)
-                .ok_or_else(|| format!("the script named penalty {nth}, which was not sent"))?;
-            Some((check, number(at + 2)?, kind == 2))
-        }
-        other => return Err(format!("the script answered {other}, not a ban kind")),
-    };
     Ok(Reply {
-        now: number(0)?,
-        admitted: flag(3)?,
-        shadow_admitted: flag(4)?,
+        now,
+        admitted,
+        shadow_admitted,
         states,
         ban,
     })
 }
 
-/// The outcome of the decision the script made: every status is computed
-/// here from the states it was made on, exactly as the memory store computes
-/// them, and the script's verdict must agree.
-pub(crate) fn outcome(checks: &[Planned], reply: &Reply) -> Result<Outcome, String> {
-    let now = reply.now;
-    if let Some((check, left, false)) = reply.ban {
+/// One group's part of a decision: its checks, whether it was allowed to
+/// charge and to charge its shadow checks, and the script's answer.
+#[derive(Debug)]
+pub(crate) struct Decided<'g> {
+    pub(crate) group: &'g [usize],
+    pub(crate) charge: bool,
+    pub(crate) shadows: bool,
+    pub(crate) reply: Reply,
+}
+
+impl Decided<'_> {
+    /// Whether the script charged check `check` of this group.
+    fn charged(&self, check: &Planned) -> bool {
+        let reply = &self.reply;
+        self.charge
+            && reply.admitted
+            && reply.ban.is_none_or(|(_, _, started)| started)
+            && (!check.shadow || (self.shadows && reply.shadow_admitted))
+    }
+}
+
+/// The outcome of the decisions the script made, group by group: every
+/// status is computed here from the states they were made on, exactly as
+/// the memory store computes them, and each group's verdict must agree.
+pub(crate) fn outcome(checks: &[Planned], decided: &[Decided<'_>]) -> Result<Outcome, String> {
+    if let Some((check, left, _)) = decided
+        .iter()
+        .find_map(|d| d.reply.ban.filter(|&(_, _, started)| !started))
+    {
         return Ok(Outcome::banned(check, left));
     }
+    // Where each check's states and time are: (group, first state).
+    let mut place: SmallVec<[(usize, usize); 4]> = SmallVec::from_elem((0, 0), checks.len());
+    for (g, d) in decided.iter().enumerate() {
+        let mut at = 0;
+        for &c in d.group {
+            place[c] = (g, at);
+            at += checks[c].windows.len();
+        }
+    }
     let mut statuses: SmallVec<[WindowStatus; 4]> = SmallVec::new();
-    let mut admitted = true;
-    let mut shadow_admitted = true;
-    let mut states = reply.states.iter().copied();
-    let mut state_of: SmallVec<[u64; 4]> = SmallVec::new();
+    let mut state_of: SmallVec<[(u64, u64); 4]> = SmallVec::new();
+    let mut verdicts: SmallVec<[(bool, bool); 4]> =
+        SmallVec::from_elem((true, true), decided.len());
     for (ci, check) in checks.iter().enumerate() {
+        let (g, first) = place[ci];
+        let reply = &decided[g].reply;
         for (wi, window) in check.windows.iter().enumerate() {
-            let state = states.next().ok_or("fewer states than windows")?;
-            let s: Step = step(check.algorithm, window, state, now, check.cost);
+            let state = *reply
+                .states
+                .get(first + wi)
+                .ok_or("fewer states than windows")?;
+            let s = step(check.algorithm, window, state, reply.now, check.cost);
+            let verdict = &mut verdicts[g];
             if check.shadow {
-                shadow_admitted &= s.admits;
+                verdict.1 &= s.admits;
             } else {
-                admitted &= s.admits;
+                verdict.0 &= s.admits;
             }
-            state_of.push(state);
+            state_of.push((state, reply.now));
             statuses.push(s.status(ci, wi, window.limit()));
         }
     }
-    if (admitted, shadow_admitted) != (reply.admitted, reply.shadow_admitted) {
-        return Err(format!(
-            "the script decided admitted={} shadow_admitted={}, the same states say {admitted} and {shadow_admitted}",
-            reply.admitted, reply.shadow_admitted
-        ));
+    for (d, &(admitted, shadow_admitted)) in decided.iter().zip(&verdicts) {
+        if (admitted, shadow_admitted) != (d.reply.admitted, d.reply.shadow_admitted) {
+            return Err(format!(
+                "the script decided admitted={} shadow_admitted={}, the same states say {admitted} and {shadow_admitted}",
+                d.reply.admitted, d.reply.shadow_admitted
+            ));
+        }
     }
+    let admitted = verdicts.iter().all(|v| v.0);
+    let shadow_admitted = verdicts.iter().all(|v| v.1);
     settle_uncharged(
         &mut statuses,
         admitted,
@@ -254,20 +394,84 @@ pub(crate) fn outcome(checks: &[Planned], reply: &Reply) -> Result<Outcome, Stri
         |i, status| {
             let check = &checks[usize::from(status.check)];
             let window = &check.windows[usize::from(status.window)];
-            step(check.algorithm, window, state_of[i], now, 0)
+            let (state, now) = state_of[i];
+            step(check.algorithm, window, state, now, 0)
         },
     );
+    let started = decided
+        .iter()
+        .filter_map(|d| d.reply.ban)
+        .min_by_key(|&(check, _, _)| check);
     if !admitted {
         let outcome = Outcome::from_statuses(false, statuses);
-        return Ok(match reply.ban {
+        return Ok(match started {
             Some((check, left, true)) => outcome.with_ban_started(check, left),
             _ => outcome,
         });
     }
-    if reply.ban.is_some() {
+    if started.is_some() {
         return Err("the script started a ban for an admitted request".into());
     }
     Ok(Outcome::from_statuses(true, statuses).with_shadow_refusal(!shadow_admitted))
+}
+
+/// The refunds a decision over several groups needs, one call per group
+/// that charged something it must give back: the charges of a request that
+/// a group refused, or of shadow checks when a shadow check of another
+/// group refused (or of every group, with `all`: a request that Redis did
+/// not decide to the end). Each call's keys and arguments follow
+/// `refund.lua`.
+pub(crate) fn refunds(
+    prefix: &str,
+    checks: &[Planned],
+    decided: &[Decided<'_>],
+    all: bool,
+) -> Vec<(Vec<String>, Vec<String>)> {
+    let banned = decided
+        .iter()
+        .any(|d| d.reply.ban.is_some_and(|(_, _, started)| !started));
+    let admitted = !all && !banned && decided.iter().all(|d| d.reply.admitted);
+    let shadow_admitted = decided.iter().all(|d| d.reply.shadow_admitted);
+    if admitted && shadow_admitted {
+        return Vec::new();
+    }
+    let mut calls = Vec::new();
+    for d in decided {
+        let mut keys = Vec::new();
+        let mut args = Vec::new();
+        let mut first = 0;
+        for &c in d.group {
+            let check = &checks[c];
+            let states = d.reply.states.get(first..first + check.windows.len());
+            first += check.windows.len();
+            let Some(states) = states.filter(|_| d.charged(check)) else {
+                continue;
+            };
+            if admitted && !check.shadow {
+                continue;
+            }
+            keys.push(bucket_key(prefix, check.principal, check.bucket));
+            args.push(check.windows.len().to_string());
+            for (window, &state) in check.windows.iter().zip(states) {
+                args.push(check.tag(window));
+                let next = step(check.algorithm, window, state, d.reply.now, check.cost).next;
+                match check.algorithm {
+                    Algorithm::Gcra => {
+                        args.extend(pair(next));
+                        args.extend(pair(state));
+                    }
+                    Algorithm::FixedWindow => {
+                        args.push((next >> 32).to_string());
+                        args.push(check.cost.to_string());
+                    }
+                }
+            }
+        }
+        if !keys.is_empty() {
+            calls.push((keys, args));
+        }
+    }
+    calls
 }
 
 #[cfg(test)]
@@ -276,69 +480,133 @@ mod tests {
     use crate::Quota;
 
     #[test]
-    fn arguments_carry_exact_durations_as_limbs_and_no_key() {
+    fn arguments_carry_exact_numbers_and_no_key() {
         let quota = Quota::new(Window::per_minute(60)).and(Window::per_hour(1000));
         let fixed = Quota::new(Window::per_second(10))
             .cost(2)
             .algorithm(Algorithm::FixedWindow);
         let checks = [
-            Planned::new(&Check::new(7, &quota), FailurePolicy::Open),
-            Planned::new(&Check::shadow(8, &fixed), FailurePolicy::Open),
+            Planned::new(&Check::new(7, &quota).of_principal(5), FailurePolicy::Open),
+            Planned::new(
+                &Check::shadow(8, &fixed).of_principal(5),
+                FailurePolicy::Open,
+            ),
         ];
-        let (keys, args) = invocation("rl", None, &checks);
+        let groups = groups(&checks);
+        assert_eq!(groups.len(), 1);
+        let (keys, args) = invocation("rl", None, &checks, &groups[0], true, true);
         assert_eq!(
             keys,
             [
-                "{rl}:0000000000000007:gcra:60000000000",
-                "{rl}:0000000000000007:gcra:3600000000000",
-                "{rl}:0000000000000008:fixed:1000000000",
+                "rl:{0000000000000005}:0000000000000007",
+                "rl:{0000000000000005}:0000000000000008",
             ]
         );
-        let l = |x: u64| limbs(x).map(|n| n.to_string());
-        let mut expected: Vec<String> = vec!["r".into(), "0".into(), "0".into(), "0".into()];
-        expected.extend(["3".into(), "0".into()]);
-        for (kind, shadow, numbers) in [
-            ("g", "0", [1_000_000_000, 60_000_000_000, 1_000_000_000]),
-            ("g", "0", [3_600_000_000, 3_600_000_000_000, 3_600_000_000]),
-            ("f", "1", [1_000_000_000, 10, 2]),
-        ] {
-            expected.push(kind.into());
-            expected.push(shadow.into());
-            for n in numbers {
-                expected.extend(l(n));
-            }
-        }
-        assert_eq!(args, expected);
-        let now = 1_700_000_000_000_000_000;
-        let (_, args) = invocation("rl", Some(now), &checks[..1]);
-        assert_eq!(args[0], "l");
-        let back: Vec<u64> = args[1..4].iter().map(|a| a.parse().unwrap()).collect();
-        assert_eq!((back[0] << 48) | (back[1] << 24) | back[2], now);
+        let numbers = |bytes: &[u8]| -> Vec<f64> {
+            bytes
+                .chunks(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        #[rustfmt::skip]
+        let expected = [
+            -1.0, 0.0, 1.0, 1.0, 2.0, 0.0, 249.0, // Redis's clock, charge, 2 checks
+            0.0, 0.0, 2.0, 0.0, 82.0, 0.0, // GCRA, 2 windows, value length
+            60.0, 0.0, 1.0, 0.0, // capacity 60 s, increment 1 s
+            3600.0, 0.0, 3.0, 600_000_000.0, // 3600 s, 3.6 s
+            1.0, 1.0, 1.0, 0.0, 28.0, 0.0, // fixed, shadow, 1 window
+            1000.0, 10.0, 2.0, 0.0, // 1000 ms, limit 10, cost 2
+        ];
+        assert_eq!(numbers(&args[0]), expected);
+        let text: Vec<&str> = args[1..]
+            .iter()
+            .map(|a| std::str::from_utf8(a).unwrap())
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "<c24ddc26dd",
+                "g60000000000@1000000000=",
+                "g3600000000000@3600000000=",
+                "<c12dd",
+                "f1000000000=",
+            ]
+        );
+        let now = 1_700_000_000_123_456_789;
+        let (_, args) = invocation("rl", Some(now), &checks, &[0], false, true);
+        assert_eq!(
+            numbers(&args[0])[..11],
+            [
+                1_700_000_000.0,
+                123_456_789.0,
+                0.0,
+                1.0,
+                1.0,
+                0.0,
+                169.0,
+                0.0,
+                0.0,
+                2.0,
+                3_601_000.0
+            ],
+            "the longest period and a second of TTL slack"
+        );
+    }
+
+    #[test]
+    fn checks_group_by_principal_in_principal_order() {
+        let quota = Quota::new(Window::per_minute(1));
+        let checks: Vec<Planned> = [9, 3, 9, 1]
+            .iter()
+            .map(|&p| Planned::new(&Check::new(p, &quota).of_principal(p), FailurePolicy::Open))
+            .collect();
+        let groups: Vec<Vec<usize>> = groups(&checks).into_iter().map(|g| g.to_vec()).collect();
+        assert_eq!(groups, [vec![3], vec![1], vec![0, 2]]);
     }
 
     #[test]
     fn a_reply_that_does_not_fit_the_checks_is_an_error() {
         let quota = Quota::new(Window::per_minute(1));
         let checks = [Planned::new(&Check::new(1, &quota), FailurePolicy::Open)];
-        let none = [0, 0, 0, 0, 0];
-        let reply = |head: [i64; 8]| [&head[..], &none[..]].concat();
-        assert!(parse_reply(&checks, &[1, 1]).is_err());
-        assert!(parse_reply(&checks, &reply([0, 0, -5, 1, 1, 0, 0, 0])).is_err());
-        assert!(parse_reply(&checks, &reply([0, 0, 5, 2, 1, 0, 0, 0])).is_err());
-        assert!(parse_reply(&checks, &reply([0, 1 << 24, 5, 1, 1, 0, 0, 0])).is_err());
-        // A ban of a penalty that was not sent is nonsense.
-        let mut banned = reply([0, 1, 5, 0, 1, 0, 0, 0]);
-        banned[8] = 1;
-        banned[9] = 1;
-        assert!(parse_reply(&checks, &banned).is_err());
-        let ok = parse_reply(&checks, &reply([0, 1, 5, 1, 1, 0, 0, 0])).unwrap();
-        assert_eq!(ok.now, (1 << 24) + 5);
+        let group = [0];
+        let parse = |reply: &[f64]| {
+            let bytes: Vec<u8> = reply.iter().flat_map(|x| x.to_le_bytes()).collect();
+            parse_reply(&checks, &group, &bytes)
+        };
+        assert!(parse(&[1.0, 1.0]).is_err());
+        assert!(
+            parse_reply(&checks, &group, &[0; 7]).is_err(),
+            "not doubles"
+        );
+        assert!(parse(&[5.0, 0.0, 3.0]).is_err(), "no state");
+        assert!(parse(&[-5.0, 0.0, 3.0, 0.0, 0.0]).is_err());
+        assert!(parse(&[5.5, 0.0, 3.0, 0.0, 0.0]).is_err());
+        assert!(parse(&[f64::NAN, 0.0, 3.0, 0.0, 0.0]).is_err());
+        assert!(parse(&[5.0, 1e9, 3.0, 0.0, 0.0]).is_err());
+        assert!(
+            parse(&[5.0, 0.0, 16.0, 0.0, 0.0]).is_err(),
+            "no such verdict"
+        );
+        assert!(parse(&[5.0, 0.0, 3.0, 1e15, 0.0]).is_err(), "past 64 bits");
+        assert!(parse(&[5.0, 0.0, 3.0, 0.0, 0.0, 0.0]).is_err());
+        // A ban of a check that has no penalty is nonsense.
+        assert!(parse(&[5.0, 0.0, 4.0, 1.0, 1.0, 0.0]).is_err());
+        assert!(parse(&[5.0, 0.0, 8.0, 0.0, 0.0, 1.0, 1.0, 0.0]).is_err());
+        let ok = parse(&[5.0, 7.0, 3.0, 0.0, 0.0]).unwrap();
+        assert_eq!(ok.now, 5_000_000_007);
         assert_eq!(ok.states, [0]);
+        assert!(ok.admitted && ok.shadow_admitted && ok.ban.is_none());
         // A verdict the states contradict is refused, not believed.
         let lying = Reply {
             admitted: false,
             ..ok
         };
-        assert!(outcome(&checks, &lying).is_err());
+        let decided = [Decided {
+            group: &group,
+            charge: true,
+            shadows: true,
+            reply: lying,
+        }];
+        assert!(outcome(&checks, &decided).is_err());
     }
 }

@@ -28,6 +28,7 @@ use super::breaker::{Breaker, Permit as Call, Ticket, Transition};
 use super::connection::Backend;
 use super::failure::{self, Failure};
 use super::failure_policy::FailurePolicy;
+use super::keys::slot_keys;
 use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit};
 use crate::store::protocol::SlotFuture;
 
@@ -117,10 +118,10 @@ impl fmt::Debug for Slots {
 /// A message to the upkeep task.
 #[derive(Debug)]
 enum Msg {
-    /// This node now holds slot `n` of `key`: renew it.
-    Held { key: u64, n: u64 },
+    /// This node now holds slot `n` of `key` (of `principal`): renew it.
+    Held { key: Count, n: u64 },
     /// Slot or place in line `n` of `key` is given up: remove it.
-    Free { key: u64, n: u64 },
+    Free { key: Count, n: u64 },
 }
 
 /// The upkeep task, before it is spawned.
@@ -219,9 +220,19 @@ fn millis(d: Duration) -> String {
     d.as_millis().max(1).to_string()
 }
 
-/// The Redis keys of `key`'s slots: held, line, waiter leases, cap.
-pub(super) fn slot_keys(prefix: &str, key: u64) -> [String; 4] {
-    ["held", "line", "wait", "cap"].map(|part| format!("{{{prefix}}}:{key:016x}:inflight:{part}"))
+/// One key's in-flight count: its keyed hash in the limit's concurrency
+/// domain, and the principal whose hash slot its Redis keys are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Count {
+    principal: u64,
+    key: u64,
+}
+
+impl Count {
+    /// The Redis keys of its slots: held, line, waiter leases, cap.
+    fn keys(self, prefix: &str) -> [String; 4] {
+        slot_keys(prefix, self.principal, self.key)
+    }
 }
 
 /// A registered waiter; unregisters on drop.
@@ -248,7 +259,7 @@ impl Drop for Waiting<'_> {
 /// was dropped, it timed out, or it fell back.
 struct Leave<'a> {
     upkeep: &'a UnboundedSender<Msg>,
-    key: u64,
+    key: Count,
     n: u64,
     armed: bool,
 }
@@ -273,12 +284,13 @@ enum CallError {
     Failed { sent: bool },
 }
 
-/// Asks for a slot of `key` for the store `owner` (see
+/// Asks for a slot of `key` (of `principal`) for the store `owner` (see
 /// [`SharedSlots::acquire`](crate::store::protocol::SharedSlots::acquire)).
 pub(super) fn acquire<T: Send + Sync + 'static>(
     owner: Arc<T>,
     parts: PartsOf<T>,
     key: u64,
+    principal: u64,
     max: u32,
     mode: Mode,
     policy: FailurePolicy,
@@ -286,17 +298,18 @@ pub(super) fn acquire<T: Send + Sync + 'static>(
     Box::pin(async move {
         let p = parts(&owner);
         p.slots.start_upkeep(&owner, parts);
-        run(&p, key, max, mode, policy).await
+        run(&p, Count { principal, key }, max, mode, policy).await
     })
 }
 
 async fn run(
     p: &Parts<'_>,
-    key: u64,
+    count: Count,
     max: u32,
     mode: Mode,
     policy: FailurePolicy,
 ) -> Result<Permit, Busy> {
+    let key = count.key;
     if tokio::runtime::Handle::try_current().is_err() {
         // Neither Redis calls nor their deadlines work outside a Tokio
         // runtime: the failure policy answers instead of a panic.
@@ -314,7 +327,7 @@ async fn run(
     let started = Instant::now();
     let until = started.checked_add(max_wait);
     let n = s.next.fetch_add(1, Ordering::Relaxed);
-    let keys = slot_keys(p.prefix, key);
+    let keys = count.keys(p.prefix);
     let mut args = [
         String::from("a"),
         s.holder(n),
@@ -327,7 +340,7 @@ async fn run(
     ];
     let mut leave = Leave {
         upkeep: &s.upkeep,
-        key,
+        key: count,
         n,
         armed: false,
     };
@@ -369,10 +382,10 @@ async fn run(
         match verdict {
             Verdict::Granted(in_flight) => {
                 leave.armed = false;
-                let _ = s.upkeep.send(Msg::Held { key, n });
+                let _ = s.upkeep.send(Msg::Held { key: count, n });
                 let upkeep = s.upkeep.clone();
                 return Ok(Permit::shared(key, in_flight, move || {
-                    let _ = upkeep.send(Msg::Free { key, n });
+                    let _ = upkeep.send(Msg::Free { key: count, n });
                 }));
             }
             Verdict::Full(in_flight) => {
@@ -446,7 +459,7 @@ async fn call(
     let cut_short = budget < p.deadline;
     let call = p
         .backend
-        .eval(&p.slots.script, keys, args, p.counters.script_loads);
+        .eval::<_, Vec<i64>>(&p.slots.script, keys, args, p.counters.script_loads);
     let failure = match tokio::time::timeout(budget, call).await {
         // The request's own time ran out, not Redis's: the ticket is
         // dropped unanswered (abandoned).
@@ -532,7 +545,7 @@ fn share(max: u32, percent: u8) -> u32 {
 
 /// A slot or place in line to remove, since when.
 struct Pending {
-    key: u64,
+    key: Count,
     n: u64,
     since: Instant,
 }
@@ -546,7 +559,7 @@ impl Upkeep {
         let retry_every =
             (renew_every / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         // This node's slots: key -> holder counters.
-        let mut held: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut held: HashMap<Count, Vec<u64>> = HashMap::new();
         let mut frees: Vec<Pending> = Vec::new();
         let mut next_renew = Instant::now() + renew_every;
         let mut retry_at: Option<Instant> = None;
@@ -580,7 +593,7 @@ impl Upkeep {
             if frees.len() > MAX_PENDING_FREES {
                 frees.drain(..frees.len() - MAX_PENDING_FREES);
             }
-            let renewals: Vec<(u64, u64)> = if renew {
+            let renewals: Vec<(Count, u64)> = if renew {
                 held.iter()
                     .flat_map(|(&key, ns)| ns.iter().map(move |&n| (key, n)))
                     .collect()
@@ -590,7 +603,7 @@ impl Upkeep {
             match upkeep(&p, &frees, &renewals).await {
                 Ok(lost) => {
                     for f in frees.drain(..) {
-                        p.slots.wake(f.key);
+                        p.slots.wake(f.key.key);
                     }
                     retry_at = None;
                     if !lost.is_empty() {
@@ -622,7 +635,7 @@ impl Upkeep {
 }
 
 /// Applies one message to the upkeep's state; whether it frees something.
-fn take(msg: Msg, held: &mut HashMap<u64, Vec<u64>>, frees: &mut Vec<Pending>) -> bool {
+fn take(msg: Msg, held: &mut HashMap<Count, Vec<u64>>, frees: &mut Vec<Pending>) -> bool {
     match msg {
         Msg::Held { key, n } => {
             held.entry(key).or_default().push(n);
@@ -640,7 +653,7 @@ fn take(msg: Msg, held: &mut HashMap<u64, Vec<u64>>, frees: &mut Vec<Pending>) -
     }
 }
 
-fn forget(held: &mut HashMap<u64, Vec<u64>>, key: u64, n: u64) {
+fn forget(held: &mut HashMap<Count, Vec<u64>>, key: Count, n: u64) {
     if let Some(ns) = held.get_mut(&key) {
         ns.retain(|&m| m != n);
         if ns.is_empty() {
@@ -655,11 +668,11 @@ fn forget(held: &mut HashMap<u64, Vec<u64>>, key: u64, n: u64) {
 async fn upkeep(
     p: &Parts<'_>,
     frees: &[Pending],
-    renewals: &[(u64, u64)],
-) -> Result<Vec<(u64, u64)>, ()> {
+    renewals: &[(Count, u64)],
+) -> Result<Vec<(Count, u64)>, ()> {
     // Group by key, keeping the order of first appearance.
-    let mut order: Vec<u64> = Vec::new();
-    let mut groups: HashMap<u64, (Vec<u64>, Vec<u64>)> = HashMap::new();
+    let mut order: Vec<Count> = Vec::new();
+    let mut groups: HashMap<Count, (Vec<u64>, Vec<u64>)> = HashMap::new();
     for f in frees {
         if !groups.contains_key(&f.key) {
             order.push(f.key);
@@ -676,11 +689,17 @@ async fn upkeep(
     let mut lost = Vec::new();
     let mut keys: Vec<String> = Vec::new();
     let mut args: Vec<String> = Vec::new();
-    let mut renewed: Vec<(u64, u64)> = Vec::new();
+    let mut renewed: Vec<(Count, u64)> = Vec::new();
     let mut ids = 0;
+    // On a cluster one call holds the keys of one principal (one hash
+    // slot) only: the keys go principal by principal.
+    let cluster = p.backend.is_cluster();
+    if cluster {
+        order.sort_by_key(|count| count.principal);
+    }
     for (i, key) in order.iter().enumerate() {
         let (free, renew) = &groups[key];
-        keys.extend(slot_keys(p.prefix, *key));
+        keys.extend(key.keys(p.prefix));
         args.push(free.len().to_string());
         args.extend(free.iter().map(|&n| p.slots.holder(n)));
         args.push(renew.len().to_string());
@@ -688,7 +707,11 @@ async fn upkeep(
         renewed.extend(renew.iter().map(|&n| (*key, n)));
         ids += free.len() + renew.len();
         let last = i + 1 == order.len();
-        if last || keys.len() / 4 >= KEYS_PER_CALL || ids >= IDS_PER_CALL {
+        let slot_ends = cluster
+            && order
+                .get(i + 1)
+                .is_some_and(|n| n.principal != key.principal);
+        if last || slot_ends || keys.len() / 4 >= KEYS_PER_CALL || ids >= IDS_PER_CALL {
             let mut call_args = Vec::with_capacity(args.len() + 2);
             call_args.push(String::from("m"));
             call_args.push(lease.clone());
@@ -710,19 +733,6 @@ async fn upkeep(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_name_the_hash_only_in_one_hash_slot() {
-        assert_eq!(
-            slot_keys("rl", 0xab),
-            [
-                "{rl}:00000000000000ab:inflight:held",
-                "{rl}:00000000000000ab:inflight:line",
-                "{rl}:00000000000000ab:inflight:wait",
-                "{rl}:00000000000000ab:inflight:cap",
-            ]
-        );
-    }
 
     #[test]
     fn a_local_share_rounds_up_and_never_drops_below_one() {

@@ -63,6 +63,8 @@ pub struct RedisStore {
 struct Inner {
     backend: Backend,
     script: Script,
+    /// The refund of a request refused by a later group of its checks.
+    refund: Script,
     prefix: Box<str>,
     clock: ClockSource,
     deadline: Duration,
@@ -117,7 +119,8 @@ impl RedisStore {
     }
 
     /// A builder for a store on a Redis Cluster reached through any of
-    /// `urls`. Every key of the store shares one hash slot (see the module
+    /// `urls`. The keys of one principal (one request's key) share a hash
+    /// slot; different keys spread over the cluster (see the module
     /// documentation).
     pub fn cluster_builder<I, S>(urls: I) -> RedisStoreBuilder
     where
@@ -184,7 +187,7 @@ impl RedisStore {
         self.inner.breaker.is_open()
     }
 
-    /// The prefix of the store's keys (inside the `{…}` hash tag).
+    /// The prefix of the store's keys.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
     }
@@ -245,7 +248,7 @@ impl RedisStoreBuilder {
     }
 
     /// The prefix of every key (default `ratelimit`, giving keys such as
-    /// `{ratelimit}:9f86d081884c7d65:gcra:60000000000`): 1 to 64 printable
+    /// `ratelimit:{3f1c0a4d2b7e9d10}:9f86d081884c7d65`): 1 to 64 printable
     /// ASCII characters without `{`, `}` or spaces. Deployments that share
     /// a Redis but not their limits use different prefixes.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -406,7 +409,8 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 backend,
-                script: Script::new(script::SOURCE),
+                script: Script::new(&script::source()),
+                refund: Script::new(script::REFUND),
                 prefix: self.prefix.into_boxed_str(),
                 clock: self.clock,
                 deadline: self.deadline,
@@ -436,7 +440,7 @@ impl RedisStoreBuilder {
         let error = match tokio::time::timeout(
             timeout,
             inner.backend.prepare(
-                &[&inner.script, inner.slots.script()],
+                &[&inner.script, &inner.refund, inner.slots.script()],
                 &inner.counters.script_loads,
             ),
         )
@@ -587,29 +591,13 @@ impl Store for RedisStore {
             return Decided::Ready(Ok(inner.fall_back(&planned, &limits, now)));
         }
         let layer_now = (inner.clock == ClockSource::Layer).then_some(now);
-        let (keys, args) = script::invocation(&inner.prefix, layer_now, &planned);
         let ticket = Ticket::new(Arc::clone(&inner.breaker), permit);
         let inner = Arc::clone(inner);
         Decided::Pending(PendingDecision {
             inner: Box::pin(async move {
-                let call = {
-                    let inner = Arc::clone(&inner);
-                    async move {
-                        let script = &inner.script;
-                        let loads = &inner.counters.script_loads;
-                        inner.backend.eval(script, &keys, &args, loads).await
-                    }
-                };
                 let timer = inner.metrics.start();
-                let answer = breaker::within(&inner.breaker, inner.deadline, call).await;
+                let decided = inner.decide(&planned, layer_now).await;
                 inner.metrics.finished(timer);
-                let decided = match answer {
-                    None => Err(Failure::Timeout(inner.deadline)),
-                    Some(Err(e)) => Err(Failure::Redis(e)),
-                    Some(Ok(reply)) => script::parse_reply(&planned, &reply)
-                        .and_then(|reply| script::outcome(&planned, &reply))
-                        .map_err(Failure::Reply),
-                };
                 match decided {
                     Ok(outcome) => {
                         inner.counters.decisions.fetch_add(1, Ordering::Relaxed);
@@ -630,6 +618,95 @@ impl Store for RedisStore {
     }
 }
 
+impl Inner {
+    /// One call of the script `which` picks, within the deadline. The call
+    /// runs in a task of its own, so that the breaker hears Redis's answer
+    /// even when it comes after the deadline (see [`breaker::within`]).
+    async fn call<A, T>(
+        self: &Arc<Self>,
+        which: fn(&Inner) -> &Script,
+        keys: Vec<String>,
+        args: Vec<A>,
+    ) -> Result<T, Failure>
+    where
+        A: redis::ToRedisArgs + Send + Sync + 'static,
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let inner = Arc::clone(self);
+        let call = async move {
+            let loads = &inner.counters.script_loads;
+            inner.backend.eval(which(&inner), &keys, &args, loads).await
+        };
+        match breaker::within(&self.breaker, self.deadline, call).await {
+            None => Err(Failure::Timeout(self.deadline)),
+            Some(Err(e)) => Err(Failure::Redis(e)),
+            Some(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    /// Decides `checks` in Redis: one script call per principal (one call
+    /// in all when the checks share one), in the order of the principals;
+    /// then the refunds of what earlier groups charged if a later one
+    /// refused (see the module documentation).
+    async fn decide(
+        self: &Arc<Self>,
+        checks: &[Planned],
+        now: Option<u64>,
+    ) -> Result<Outcome, Failure> {
+        let groups = script::groups(checks);
+        let mut decided: Vec<script::Decided<'_>> = Vec::with_capacity(groups.len());
+        let mut failure = None;
+        for group in &groups {
+            let charge = decided.iter().all(|d| d.reply.admitted);
+            let shadows = decided.iter().all(|d| d.reply.shadow_admitted);
+            let (keys, args) =
+                script::invocation(&self.prefix, now, checks, group, charge, shadows);
+            let reply = self
+                .call::<_, Vec<u8>>(|inner| &inner.script, keys, args)
+                .await
+                .and_then(|reply| {
+                    script::parse_reply(checks, group, &reply).map_err(Failure::Reply)
+                });
+            match reply {
+                Ok(reply) => {
+                    let banned = reply.ban.is_some_and(|(_, _, started)| !started);
+                    decided.push(script::Decided {
+                        group,
+                        charge,
+                        shadows,
+                        reply,
+                    });
+                    if banned {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let outcome = match failure {
+            Some(e) => Err(e),
+            None => script::outcome(checks, &decided).map_err(Failure::Reply),
+        };
+        if groups.len() > 1 {
+            // A request that falls back gives back all it was charged.
+            let all = outcome.is_err();
+            for (keys, args) in script::refunds(&self.prefix, checks, &decided, all) {
+                let refund = self.call::<_, Vec<i64>>(|inner| &inner.refund, keys, args);
+                if let Err(e) = refund.await {
+                    tracing::warn!(
+                        error = %e,
+                        "rate-limit store: a refund failed; its charge stays until its window passes"
+                    );
+                }
+            }
+        }
+        outcome
+    }
+}
+
 /// Slots held under leases in Redis, shared by every node: see
 /// [In-flight caps across processes](crate::store::redis#in-flight-caps-across-processes).
 /// When Redis cannot answer, the limit's [`FailurePolicy`] decides: a permit
@@ -639,6 +716,7 @@ impl crate::store::protocol::SharedSlots for RedisStore {
     fn acquire(
         &self,
         key: u64,
+        principal: u64,
         max: u32,
         mode: crate::inflight::Mode,
         limit: &str,
@@ -662,6 +740,14 @@ impl crate::store::protocol::SharedSlots for RedisStore {
             }
         }
         let policy = self.inner.policy_for(limit);
-        super::slots::acquire(Arc::clone(&self.inner), parts, key, max, mode, policy)
+        super::slots::acquire(
+            Arc::clone(&self.inner),
+            parts,
+            key,
+            principal,
+            max,
+            mode,
+            policy,
+        )
     }
 }
