@@ -1,8 +1,8 @@
 //! The Redis store on a real three-node Redis Cluster (three primaries on
 //! loopback, see [`Cluster`]): exact counts across two stores, all or nothing
-//! across limits keyed by different headers, and a killed or frozen node
+//! across limits keyed by different headers, a killed or frozen node
 //! answered by the failure policy within the deadline while the other nodes
-//! decide.
+//! decide, and distinct keys spread evenly over the nodes.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -258,4 +258,41 @@ async fn a_frozen_node_fails_closed_at_the_deadline_and_the_others_still_decide(
     spread.refused_in_time().await;
     assert_eq!(spread.stores[0].timeouts(), 1);
     spread.survivor_decides().await;
+}
+
+/// Each request's keys are hash-tagged by its principal (the request's
+/// key), not by the store, so a cluster shares the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_keys_spread_evenly_over_three_nodes() {
+    const KEYS: usize = 10_000;
+    let cluster = cluster_or_skip!();
+    let store = store(&cluster).await;
+    let svc = service(&RateLimitLayer::with_store(
+        per_key(Quota::new(Window::per_hour(100))),
+        store.clone(),
+    ));
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
+        let responses = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|i| send(&svc, "GET", "/", &format!("key-{i}"))),
+        )
+        .await;
+        assert!(responses.iter().all(|r| r.status() == StatusCode::OK));
+    }
+    assert_eq!(store.failures(), 0, "every decision came from Redis");
+
+    let counts = cluster.key_counts().await;
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        KEYS as u64,
+        "one key per bucket"
+    );
+    let fair = KEYS as f64 / 3.0;
+    for (node, &count) in counts.iter().enumerate() {
+        assert!(
+            (count as f64 - fair).abs() <= 0.15 * fair,
+            "node {node} holds {count} of {KEYS} keys ({counts:?}): not within 15 % of a third"
+        );
+    }
 }
