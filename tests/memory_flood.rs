@@ -242,7 +242,9 @@ fn a_flood_of_made_up_keys_several_times_the_cap_locks_no_one_out() {
     keys.push(String::from("regular"));
     for key in &keys {
         let (admitted, reasons) = admitted_of(12, || create_key(&mut svc, key));
-        assert!((5..=10).contains(&admitted), "{key}: {admitted}");
+        // One key's worst case depends on where the keyed hashes put it
+        // (the cells it shares); the total below is the sketch's error.
+        assert!((4..=10).contains(&admitted), "{key}: {admitted}");
         early += 10 - admitted;
         let cause = if admitted < 10 {
             RefusalReason::Capacity

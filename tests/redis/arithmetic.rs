@@ -191,6 +191,7 @@ fn decisions_agree_with_the_memory_store_at_any_time_on_any_window() {
                         .prefix(prefix)
                         .layer_clock()
                         .deadline(std::time::Duration::from_secs(5))
+                        .deny_cache(false)
                         .connect()
                         .await
                         .unwrap();

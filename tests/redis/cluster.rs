@@ -66,6 +66,7 @@ async fn a_cluster_keeps_each_principal_in_one_slot_and_decides_across_slots_who
     let store = RedisStore::cluster_builder([server.url()])
         .layer_clock()
         .deadline(Duration::from_secs(2))
+        .deny_cache(false)
         .connect()
         .await
         .expect("the cluster answers");

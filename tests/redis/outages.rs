@@ -35,7 +35,7 @@ async fn a_burst_queued_in_this_process_is_no_redis_failure() {
         .unwrap();
     let quota = Arc::new(Quota::new(Window::per_minute(1_000)).and(Window::per_hour(10_000)));
     let mut tasks = tokio::task::JoinSet::new();
-    for bucket in 0..3_000u64 {
+    for bucket in 0..10_000u64 {
         let store = store.clone();
         let quota = Arc::clone(&quota);
         tasks.spawn(async move {

@@ -30,9 +30,11 @@ async fn decide(store: &RedisStore, checks: &[Check<'_>]) -> Outcome {
 }
 
 async fn store(server: &RedisServer) -> RedisStore {
+    // Every decision reaches the script: no refusal from the deny cache.
     RedisStore::builder(server.url())
         .layer_clock()
         .deadline(Duration::from_secs(5))
+        .deny_cache(false)
         .connect()
         .await
         .unwrap()

@@ -81,8 +81,8 @@ struct Inner {
     /// is refused here without a call.
     bans: PenaltyBox,
     /// The refusals this process has seen, until they end: a refused bucket
-    /// is refused here without a call.
-    deny: DenyCache,
+    /// is refused here without a call (unless turned off).
+    deny: Option<DenyCache>,
 }
 
 /// Where the builder connects.
@@ -108,6 +108,7 @@ pub struct RedisStoreBuilder {
     per_limit: HashMap<Box<str>, FailurePolicy>,
     slot_lease: Duration,
     slot_poll: Duration,
+    deny_cache: bool,
 }
 
 impl RedisStore {
@@ -244,6 +245,7 @@ impl RedisStoreBuilder {
             per_limit: HashMap::new(),
             slot_lease: super::slots::DEFAULT_LEASE,
             slot_poll: super::slots::DEFAULT_POLL,
+            deny_cache: true,
         }
     }
 
@@ -291,6 +293,17 @@ impl RedisStoreBuilder {
     pub fn circuit_breaker(mut self, failures: u32, cool_down: Duration) -> Self {
         self.failure_threshold = failures.max(1);
         self.cool_down = cool_down;
+        self
+    }
+
+    /// Whether this process refuses a bucket that Redis refused, until the
+    /// refusal ends, without calling Redis (default `true`; see
+    /// [the deny cache](crate::store::redis#the-deny-cache)). Off, Redis
+    /// decides every request: each refusal reports every window, and a reset
+    /// made in another process applies at once, at the cost of a call per
+    /// refused request.
+    pub fn deny_cache(mut self, enabled: bool) -> Self {
+        self.deny_cache = enabled;
         self
     }
 
@@ -422,7 +435,7 @@ impl RedisStoreBuilder {
                 metrics: StoreMetrics::new(),
                 slots: super::slots::Slots::new(self.slot_lease, self.slot_poll, self.deadline),
                 bans: PenaltyBox::new(),
-                deny: DenyCache::default(),
+                deny: self.deny_cache.then(DenyCache::default),
             }),
         })
     }
@@ -572,7 +585,8 @@ impl Store for RedisStore {
         if planned.is_empty() {
             return Decided::Ready(Ok(Outcome::new(true, std::iter::empty())));
         }
-        if let Some(refusal) = inner.deny.refusal(&planned, now) {
+        let cached = inner.deny.as_ref().and_then(|d| d.refusal(&planned, now));
+        if let Some(refusal) = cached {
             inner
                 .counters
                 .cached_refusals
@@ -602,7 +616,9 @@ impl Store for RedisStore {
                     Ok(outcome) => {
                         inner.counters.decisions.fetch_add(1, Ordering::Relaxed);
                         inner.note_ban(&planned, &outcome, now);
-                        inner.deny.note(&planned, &outcome, now);
+                        if let Some(deny) = &inner.deny {
+                            deny.note(&planned, &outcome, now);
+                        }
                         if ticket.success() == Transition::Closed {
                             tracing::info!("rate-limit store: Redis answers again");
                         }
