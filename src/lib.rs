@@ -123,6 +123,7 @@
 //! it (nothing imports back up, and no two modules import each other):
 //!
 //! ```text
+//! client    the outbound half (feature `client`): retry policy, pacer, sender pool, waves
 //! layer     RateLimitLayer: a policy, a store and a clock, shared by the services it builds
 //! service   RateLimit::call = plan (routes, keys) -> decide (slots, store) -> respond
 //! report    a store's outcome as the Decision and header values;  file: policy files (toml)
@@ -147,6 +148,7 @@
 //! | `governor` | `From<governor::Quota>` for [`Window`] |
 //! | `redis` | `store::RedisStore`: counts shared by many processes |
 //! | `redis-tls` | `rediss://` URLs for the Redis store |
+//! | `client` | [`client`]: a retry policy that honours `Retry-After` and the rate-limit headers, a pacing layer that waits for its turn, a sender pool, campaign waves |
 //! | `metrics` | counters, gauges and a histogram through the `metrics` facade: decisions per limit and outcome, near-limit admissions, the stores' errors, fallbacks, breaker, tracked keys and round trips |
 //!
 //! With `metrics`, the layer registers its metrics' handles with the
@@ -158,6 +160,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 pub mod clock;
 mod decision;
 mod error;
