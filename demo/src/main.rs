@@ -15,6 +15,12 @@
 //! rate limiter's metrics at `GET /metrics` (Prometheus text format) on that
 //! address, apart from the API.
 //!
+//! Outbound work (with a policy that sets Nixflex's account call caps, as
+//! `--preset nixflex` does): `POST /v1/campaigns` runs a batch campaign's
+//! simulated calls in waves under the account's and the campaign's caps,
+//! `POST /v1/sms` sends messages paced at 1 a second per sending number;
+//! `GET /v1/campaigns/{id}` and `GET /v1/sms/{id}` follow them.
+//!
 //! A stand-in for a voice-AI API: every path answers 200 JSON (other methods
 //! than GET, HEAD, POST, PUT, PATCH and DELETE get a 405),
 //! behind a `RateLimitLayer`. Without `--config` it enforces
@@ -23,7 +29,10 @@
 
 #[cfg(feature = "admin")]
 mod admin;
+mod campaigns;
+mod outbound;
 mod server;
+mod sms;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -282,10 +291,11 @@ async fn main() -> ExitCode {
         },
     };
     let limits: Vec<String> = policy.limit_names().map(str::to_owned).collect();
+    let outbound = outbound::routes(options.config.as_deref(), &policy);
     let app = match options.redis.as_deref() {
-        None => server::app(|router| router.layer(RateLimitLayer::new(policy))),
+        None => server::app(|router| router.merge(outbound).layer(RateLimitLayer::new(policy))),
         Some(url) => match redis_layer(policy, url).await {
-            Ok(layer) => server::app(|router| router.layer(layer)),
+            Ok(layer) => server::app(|router| router.merge(outbound).layer(layer)),
             Err(message) => {
                 eprintln!("{message}");
                 return ExitCode::from(2);
