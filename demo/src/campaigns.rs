@@ -133,7 +133,7 @@ pub(crate) async fn create(
     };
     let body = match outbound::object(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(invalid) => return invalid.into_response(),
     };
     let cap = campaigns.caps.of(&account);
     let fields = (
@@ -143,7 +143,7 @@ pub(crate) async fn create(
     );
     let (recipients, max_concurrent, call_ms) = match fields {
         (Ok(r), Ok(m), Ok(c)) => (r, m as u32, c),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
     };
     let progress = Arc::new(Progress::default());
     let inserted = campaigns

@@ -53,15 +53,33 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) 
     (status, Json(body)).into_response()
 }
 
-/// A 400 for the field `field`.
-pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Response {
-    let message = format!("`{field}`: {}", message.into());
-    let body = json!({"error": {"code": "invalid_request", "field": field, "message": message}});
-    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+/// A field of a request's body that is not as it should be: a 400 that
+/// names it.
+pub(crate) struct Invalid {
+    field: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Invalid {
+    fn into_response(self) -> Response {
+        let Invalid { field, message } = self;
+        let message = format!("`{field}`: {message}");
+        let body =
+            json!({"error": {"code": "invalid_request", "field": field, "message": message}});
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    }
+}
+
+/// The field `field` is not as it should be.
+pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        message: message.into(),
+    }
 }
 
 /// The request's body as a JSON object.
-pub(crate) fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> {
+pub(crate) fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Invalid> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(invalid("body", "must be a JSON object")),
@@ -73,10 +91,10 @@ pub(crate) fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Resp
 /// it is absent and has one.
 pub(crate) fn number(
     body: &serde_json::Map<String, Value>,
-    field: &str,
+    field: &'static str,
     (min, max): (u64, u64),
     default: Option<u64>,
-) -> Result<u64, Response> {
+) -> Result<u64, Invalid> {
     let range = || format!("must be a whole number from {min} to {max}");
     match (body.get(field), default) {
         (None, Some(default)) => Ok(default),

@@ -58,19 +58,19 @@ pub(crate) async fn create(State(messages): State<Arc<Messages>>, body: Bytes) -
     let start = Instant::now();
     let body = match outbound::object(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(invalid) => return invalid.into_response(),
     };
     let count = match outbound::number(&body, "count", (1, MAX_COUNT), None) {
         Ok(count) => count,
-        Err(response) => return response,
+        Err(invalid) => return invalid.into_response(),
     };
     let from = match numbers(body.get("from")) {
         Ok(from) => from,
-        Err(message) => return outbound::invalid("from", message),
+        Err(message) => return outbound::invalid("from", message).into_response(),
     };
     let pool = match SenderPool::with_pacer(Arc::clone(&messages.pacer), from) {
         Ok(pool) => pool,
-        Err(e) => return outbound::invalid("from", e.to_string()),
+        Err(e) => return outbound::invalid("from", e.to_string()).into_response(),
     };
     let sends = Arc::new(Sends::default());
     let inserted = messages
