@@ -125,6 +125,7 @@
 //!
 //! ```text
 //! admin     the operators' HTTP API (feature admin): peek, reset and override keys
+//! client    the outbound half (feature client): retry policy, pacer, sender pool, waves
 //! layer     RateLimitLayer: a policy, a store and a clock, shared by the services it builds;  reload
 //! service   RateLimit::call = plan (routes, keys) -> decide (slots, store) -> respond
 //! report    a store's outcome as the Decision and header values;  file: policy files (toml)
@@ -150,6 +151,7 @@
 //! | `governor` | `From<governor::Quota>` for [`Window`] |
 //! | `redis` | `store::RedisStore`: counts shared by many processes |
 //! | `redis-tls` | `rediss://` URLs for the Redis store |
+//! | `client` | [`client`]: a retry policy that honours `Retry-After` and the rate-limit headers, a pacing layer that waits for its turn, a sender pool, campaign waves |
 //! | `metrics` | counters, gauges and a histogram through the `metrics` facade: decisions per limit and outcome, near-limit admissions, the stores' errors, fallbacks, breaker, tracked keys and round trips |
 //!
 //! With `metrics`, the layer registers its metrics' handles with the
@@ -164,6 +166,9 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
 mod body;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 pub mod clock;
 mod decision;
 mod error;

@@ -20,6 +20,12 @@
 //! Reload: `kill -HUP <pid>` reloads the `--config` file; the log (stderr)
 //! says what changed, or why the file was refused.
 //!
+//! Outbound work (with a policy that sets Nixflex's account call caps, as
+//! `--preset nixflex` does): `POST /v1/campaigns` runs a batch campaign's
+//! simulated calls in waves under the account's and the campaign's caps,
+//! `POST /v1/sms` sends messages paced at 1 a second per sending number;
+//! `GET /v1/campaigns/{id}` and `GET /v1/sms/{id}` follow them.
+//!
 //! A stand-in for a voice-AI API: every path answers 200 JSON (other methods
 //! than GET, HEAD, POST, PUT, PATCH and DELETE get a 405),
 //! behind a `RateLimitLayer`. Without `--config` it enforces
@@ -28,8 +34,11 @@
 
 #[cfg(feature = "admin")]
 mod admin;
+mod campaigns;
+mod outbound;
 mod reload;
 mod server;
+mod sms;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -307,10 +316,11 @@ type LimitsAdmin = axum::Router;
 #[cfg(not(feature = "admin"))]
 type LimitsAdmin = ();
 
-/// The API behind `layer`, and the layer's admin API; with a `config`
-/// file, `SIGHUP` reloads it (read with `load`).
+/// The API (with its `outbound` routes) behind `layer`, and the layer's
+/// admin API; with a `config` file, `SIGHUP` reloads it (read with `load`).
 fn with_layer<St: Store>(
     layer: RateLimitLayer<St>,
+    outbound: axum::Router,
     config: Option<String>,
     load: reload::Load,
 ) -> (axum::Router, LimitsAdmin) {
@@ -321,7 +331,8 @@ fn with_layer<St: Store>(
     let limits_admin = tower_ratelimit::admin::router(&layer);
     #[cfg(not(feature = "admin"))]
     let limits_admin = ();
-    (server::app(|router| router.layer(layer)), limits_admin)
+    let app = server::app(|router| router.merge(outbound).layer(layer));
+    (app, limits_admin)
 }
 
 #[tokio::main]
@@ -363,12 +374,13 @@ async fn main() -> ExitCode {
         },
     };
     let limits: Vec<String> = policy.limit_names().map(str::to_owned).collect();
+    let outbound = outbound::routes(options.config.as_deref(), &policy);
     let config = options.config.clone();
     #[cfg_attr(not(feature = "admin"), allow(unused_variables))]
     let (app, limits_admin) = match &options.redis {
-        None => with_layer(RateLimitLayer::new(policy), config, load),
+        None => with_layer(RateLimitLayer::new(policy), outbound, config, load),
         Some(shared) => match redis_layer(policy, shared).await {
-            Ok(layer) => with_layer(layer, config, load),
+            Ok(layer) => with_layer(layer, outbound, config, load),
             Err(message) => {
                 eprintln!("{message}");
                 return ExitCode::from(2);

@@ -1,0 +1,219 @@
+//! The demo's outbound work under `--preset nixflex`, over HTTP against the
+//! `voice_api` process: campaigns run in waves under the account's and the
+//! campaign's caps, SMS go out at 1 a second per sending number, round
+//! robin, and bad bodies get 400s that name the field.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The demo server, built with this test's features.
+const DEMO: &str = env!("CARGO_BIN_EXE_voice_api");
+
+/// A demo process on the Nixflex preset, killed on drop.
+struct Demo {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    /// Starts the demo on a free port and waits for its "listening" line.
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(DEMO)
+            .args([
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--preset",
+                "nixflex",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the demo server starts");
+        let stdout = child.stdout.take().expect("its output");
+        let demo = Demo { child, port };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = sender.send(());
+                }
+            }
+        });
+        receiver
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the demo server said it is listening within 20 s");
+        demo
+    }
+
+    /// One request with `Authorization: Bearer key`: the status and the
+    /// JSON body.
+    fn send(&self, method: &str, path: &str, key: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not HTTP: {response}"));
+        let json = response
+            .split_once("\r\n\r\n")
+            .and_then(|(_, body)| serde_json::from_str(body).ok())
+            .unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// GETs `path` every 100 ms until it says `finished` (at most 30 s).
+    fn until_finished(&self, path: &str, key: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.send("GET", path, key, None);
+            assert_eq!(status, 200, "{body}");
+            if body["finished"] == true {
+                return body;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "not finished: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_campaign_runs_in_waves_under_its_own_cap_and_the_accounts() {
+    let demo = Demo::start();
+    // 40 calls of 200 ms, 5 at once (under pay-as-you-go's 10): 8 waves.
+    let started = Instant::now();
+    let body = json!({"recipients": 40, "max_concurrent": 5, "call_ms": 200});
+    let (status, created) = demo.send("POST", "/v1/campaigns", "nx_a", Some(&body));
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("an id").to_owned();
+    let done = demo.until_finished(&format!("/v1/campaigns/{id}"), "nx_a");
+    assert_eq!(
+        done,
+        json!({"done": 40, "peak_concurrency": 5, "finished": true})
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1_600));
+
+    // Asking for more than the plan allows runs at the plan's cap:
+    // pay-as-you-go 10, starter 25.
+    for (key, cap) in [("nx_b", 10), ("nx_starter", 25)] {
+        let body = json!({"recipients": 60, "max_concurrent": 50, "call_ms": 300});
+        let (status, created) = demo.send("POST", "/v1/campaigns", key, Some(&body));
+        assert_eq!(status, 202, "{created}");
+        let path = format!("/v1/campaigns/{}", created["id"].as_str().unwrap());
+        let done = demo.until_finished(&path, key);
+        assert_eq!(
+            done,
+            json!({"done": 60, "peak_concurrency": cap, "finished": true})
+        );
+    }
+
+    let (status, body) = demo.send("GET", "/v1/campaigns/cmp_999", "nx_a", None);
+    assert_eq!(status, 404, "{body}");
+}
+
+#[test]
+fn sms_alternate_over_the_numbers_at_one_a_second_each() {
+    let demo = Demo::start();
+    let body = json!({"from": ["+15550001", "+15550002"], "count": 6});
+    let (status, created) = demo.send("POST", "/v1/sms", "nx_a", Some(&body));
+    assert_eq!(status, 202, "{created}");
+    let path = format!("/v1/sms/{}", created["id"].as_str().expect("an id"));
+    let done = demo.until_finished(&path, "nx_a");
+    let sent = done["sent"].as_array().expect("a list");
+    let from: Vec<&str> = sent.iter().map(|s| s["from"].as_str().unwrap()).collect();
+    assert_eq!(
+        from,
+        [
+            "+15550001",
+            "+15550002",
+            "+15550001",
+            "+15550002",
+            "+15550001",
+            "+15550002"
+        ]
+    );
+    // At 0, 0, 1, 1, 2, 2 s after the request (a real clock: within 150 ms).
+    for (i, s) in sent.iter().enumerate() {
+        let at = s["at_ms"].as_u64().unwrap();
+        let due = (i as u64 / 2) * 1_000;
+        assert!((due..due + 150).contains(&at), "message {i} at {at} ms");
+    }
+}
+
+#[test]
+fn bad_bodies_get_a_400_naming_the_field() {
+    let demo = Demo::start();
+    let cases = [
+        ("/v1/campaigns", json!({"max_concurrent": 5}), "recipients"),
+        ("/v1/campaigns", json!({"recipients": 10_001}), "recipients"),
+        (
+            "/v1/campaigns",
+            json!({"recipients": 4, "max_concurrent": 0}),
+            "max_concurrent",
+        ),
+        (
+            "/v1/campaigns",
+            json!({"recipients": 4, "call_ms": 60_001}),
+            "call_ms",
+        ),
+        ("/v1/campaigns", json!({"recipients": "4"}), "recipients"),
+        ("/v1/campaigns", json!([1, 2]), "body"),
+        ("/v1/sms", json!({"from": ["+1"], "count": 1_001}), "count"),
+        ("/v1/sms", json!({"from": [], "count": 1}), "from"),
+        ("/v1/sms", json!({"from": ["+1", "+1"], "count": 1}), "from"),
+        ("/v1/sms", json!({"from": ["+1", 2], "count": 1}), "from"),
+        (
+            "/v1/sms",
+            json!({"from": vec!["+1"; 21], "count": 1}),
+            "from",
+        ),
+        ("/v1/sms", json!({"count": 1}), "from"),
+    ];
+    for (path, body, field) in cases {
+        let (status, answer) = demo.send("POST", path, "nx_a", Some(&body));
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+    }
+    // Not JSON at all.
+    let mut stream = TcpStream::connect(("127.0.0.1", demo.port)).unwrap();
+    stream
+        .write_all(
+            b"POST /v1/sms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nx_a\r\n\
+              Content-Length: 3\r\nConnection: close\r\n\r\n{{{",
+        )
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+    assert!(response.contains("\"field\":\"body\""), "{response}");
+}

@@ -1,0 +1,294 @@
+//! `RetryPolicy` under `tower::retry`, against the crate's own layer and
+//! against services that answer with each kind of hint.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use tower::retry::budget::TpsBudget;
+use tower::retry::RetryLayer;
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_ratelimit::client::{Hint, RetryPolicy, Wait};
+use tower_ratelimit::clock::ManualClock;
+use tower_ratelimit::key::Header;
+use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+
+/// `(name, value)` headers of a canned response.
+type Headers = &'static [(&'static str, &'static str)];
+
+/// A service that answers `status` with `headers` to its first `refusals`
+/// requests, then 200; and how many requests it got.
+fn refusing(
+    refusals: usize,
+    status: StatusCode,
+    headers: Headers,
+) -> (
+    impl Service<Request<String>, Response = Response<String>, Error = Infallible, Future: Send> + Clone,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let service = service_fn(move |_request: Request<String>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut response = Response::new(String::new());
+            if n < refusals {
+                *response.status_mut() = status;
+                for (name, value) in headers {
+                    response.headers_mut().insert(*name, value.parse().unwrap());
+                }
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    (service, calls)
+}
+
+fn get() -> Request<String> {
+    Request::get("/v1/calls")
+        .header("x-api-key", "k_1")
+        .body(String::new())
+        .unwrap()
+}
+
+fn waits<B>(response: &Response<B>) -> Vec<Wait> {
+    response
+        .extensions()
+        .get::<Vec<Wait>>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_the_layers_retry_after_then_succeeds() {
+    // 1 request per 2 s per key: the second is told to retry after 2 s.
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::new(1, Duration::from_secs(2)).unwrap())),
+        )
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryPolicy::new()))
+        .layer(RateLimitLayer::new(policy))
+        .service(service_fn(move |_request: Request<String>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+        }));
+    let start = tokio::time::Instant::now();
+    let first = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = client.oneshot(get()).await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        waits(&second),
+        [Wait {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            delay: Duration::from_secs(2),
+            hint: Hint::RetryAfter,
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_retry_after_the_ietf_t_then_x_ratelimit_reset_are_honoured() {
+    let (service, calls) = refusing(
+        1,
+        StatusCode::TOO_MANY_REQUESTS,
+        &[
+            (
+                "ratelimit",
+                "\"per_key.minute\";r=0;t=4, \"per_key.hour\";r=9;t=30",
+            ),
+            ("x-ratelimit-reset", "9"),
+        ],
+    );
+    let start = tokio::time::Instant::now();
+    let response = RetryLayer::new(RetryPolicy::new())
+        .layer(service)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(4));
+    assert_eq!(waits(&response)[0].hint, Hint::RateLimit);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A Unix-time reset, against the policy's clock.
+    let (service, _) = refusing(
+        1,
+        StatusCode::TOO_MANY_REQUESTS,
+        &[("x-ratelimit-reset", "1700000003")],
+    );
+    let policy = RetryPolicy::new().clock(ManualClock::at_unix_secs(1_700_000_000));
+    let start = tokio::time::Instant::now();
+    let response = RetryLayer::new(policy)
+        .layer(service)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(waits(&response)[0].hint, Hint::XRateLimitReset);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http_date_retry_after_is_read_against_the_clock() {
+    // 1_700_000_000 is Tue, 14 Nov 2023 22:13:20 GMT.
+    let (service, _) = refusing(
+        1,
+        StatusCode::SERVICE_UNAVAILABLE,
+        &[("retry-after", "Tue, 14 Nov 2023 22:13:25 GMT")],
+    );
+    let policy = RetryPolicy::new().clock(ManualClock::at_unix_secs(1_700_000_000));
+    let start = tokio::time::Instant::now();
+    let response = RetryLayer::new(policy)
+        .layer(service)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_hint_each_backoff_is_within_full_jitter_bounds() {
+    let base = Duration::from_millis(100);
+    let max = Duration::from_millis(1_000);
+    let mut longest = [Duration::ZERO; 6];
+    for seed in 0..200 {
+        let (service, calls) = refusing(usize::MAX, StatusCode::SERVICE_UNAVAILABLE, &[]);
+        let policy = RetryPolicy::new()
+            .max_retries(6)
+            .backoff(base, max)
+            .budget(TpsBudget::new(Duration::from_secs(1), 1_000_000, 1000.0))
+            .seed(seed);
+        let start = tokio::time::Instant::now();
+        let response = RetryLayer::new(policy)
+            .layer(service)
+            .oneshot(get())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(calls.load(Ordering::SeqCst), 7);
+        let waits = waits(&response);
+        assert_eq!(waits.len(), 6);
+        let mut total = Duration::ZERO;
+        for (n, wait) in waits.iter().enumerate() {
+            assert_eq!(wait.hint, Hint::Backoff);
+            let ceiling = (base * 2u32.pow(n as u32)).min(max);
+            assert!(
+                wait.delay <= ceiling,
+                "retry {n}: {:?} > {ceiling:?}",
+                wait.delay
+            );
+            longest[n] = longest[n].max(wait.delay);
+            total += wait.delay;
+        }
+        // Tokio's timers round each wait up to the next millisecond.
+        assert!(start.elapsed() >= total && start.elapsed() <= total + Duration::from_millis(6));
+    }
+    // Over 200 seeds, the jitter spans its range: some wait is near each ceiling.
+    for (n, longest) in longest.iter().enumerate() {
+        let ceiling = (base * 2u32.pow(n as u32)).min(max);
+        assert!(
+            *longest >= ceiling * 9 / 10,
+            "retry {n}: longest {longest:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_at_the_cap_and_return_the_last_response() {
+    let (service, calls) = refusing(
+        usize::MAX,
+        StatusCode::TOO_MANY_REQUESTS,
+        &[("retry-after", "1")],
+    );
+    let start = tokio::time::Instant::now();
+    let response = RetryLayer::new(RetryPolicy::new().max_retries(2))
+        .layer(service)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(waits(&response).len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_budget_returns_the_429() {
+    // A reserve of one retry and nothing earned by requests.
+    let (service, calls) = refusing(
+        usize::MAX,
+        StatusCode::TOO_MANY_REQUESTS,
+        &[("retry-after", "1")],
+    );
+    let policy =
+        RetryPolicy::new()
+            .max_retries(5)
+            .budget(TpsBudget::new(Duration::from_secs(1), 1, 0.0));
+    let client = RetryLayer::new(policy).layer(service);
+    let first = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let second = client.oneshot(get()).await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_not_retried_unless_allowed() {
+    let post = || {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/v1/calls")
+            .body(String::from("{}"))
+            .unwrap()
+    };
+    let (service, calls) = refusing(1, StatusCode::TOO_MANY_REQUESTS, &[("retry-after", "1")]);
+    let response = RetryLayer::new(RetryPolicy::new())
+        .layer(service)
+        .oneshot(post())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let (service, calls) = refusing(1, StatusCode::TOO_MANY_REQUESTS, &[("retry-after", "1")]);
+    let response = RetryLayer::new(RetryPolicy::new().retry_non_idempotent(true))
+        .layer(service)
+        .oneshot(post())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_past_max_wait_is_not_honoured() {
+    let (service, calls) = refusing(
+        1,
+        StatusCode::TOO_MANY_REQUESTS,
+        &[("retry-after", "86400")],
+    );
+    let start = tokio::time::Instant::now();
+    let response = RetryLayer::new(RetryPolicy::new().max_wait(Duration::from_secs(60)))
+        .layer(service)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "86400");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(waits(&response).is_empty());
+}

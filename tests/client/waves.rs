@@ -1,0 +1,116 @@
+//! `Waves` under paused time: a campaign's jobs run at most
+//! `min(account cap, max_concurrent)` at once, an account's campaigns
+//! together at most its cap, and the total time is that of full waves.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tower_ratelimit::client::Waves;
+
+use super::ms_since;
+
+/// Jobs in flight now, and the most at once.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicU32,
+    peak: AtomicU32,
+}
+
+impl Gauge {
+    /// A job of `ms` milliseconds counted in every gauge of `gauges`,
+    /// answering `i`.
+    async fn job(gauges: Vec<&Gauge>, ms: u64, i: usize) -> usize {
+        for gauge in &gauges {
+            let now = gauge.now.fetch_add(1, Ordering::SeqCst) + 1;
+            gauge.peak.fetch_max(now, Ordering::SeqCst);
+        }
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        for gauge in &gauges {
+            gauge.now.fetch_sub(1, Ordering::SeqCst);
+        }
+        i
+    }
+
+    fn peak(&self) -> u32 {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn forty_jobs_at_five_at_once_take_one_point_six_seconds() {
+    let waves = Waves::new();
+    let campaign = waves.campaign("acct_1", 10, 5);
+    assert_eq!(campaign.limit(), 5);
+    let gauge = Gauge::default();
+    let start = tokio::time::Instant::now();
+    let done = campaign
+        .run((0..40).map(|i| Gauge::job(vec![&gauge], 200, i)))
+        .await
+        .unwrap();
+    assert_eq!(done, (0..40).collect::<Vec<_>>());
+    assert_eq!(gauge.peak(), 5);
+    assert_eq!(ms_since(start), 1_600);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_campaign_above_the_account_cap_runs_at_the_account_cap() {
+    let waves = Waves::new();
+    let campaign = waves.campaign("acct_1", 3, 10);
+    assert_eq!(campaign.limit(), 3);
+    let gauge = Gauge::default();
+    let start = tokio::time::Instant::now();
+    campaign
+        .run((0..9).map(|i| Gauge::job(vec![&gauge], 100, i)))
+        .await
+        .unwrap();
+    assert_eq!(gauge.peak(), 3);
+    assert_eq!(ms_since(start), 300);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_accounts_campaigns_share_its_cap() {
+    let waves = Waves::new();
+    let (account, first, second) = (Gauge::default(), Gauge::default(), Gauge::default());
+    let a = waves.campaign("acct_1", 6, 5);
+    let b = waves.campaign("acct_1", 6, 5);
+    let start = tokio::time::Instant::now();
+    let (ran_a, ran_b) = tokio::join!(
+        a.run((0..20).map(|i| Gauge::job(vec![&account, &first], 200, i))),
+        b.run((0..20).map(|i| Gauge::job(vec![&account, &second], 200, i))),
+    );
+    assert_eq!((ran_a.unwrap().len(), ran_b.unwrap().len()), (20, 20));
+    assert_eq!(account.peak(), 6);
+    assert_eq!((first.peak(), second.peak()), (5, 5));
+    // First come, first served: the account's slots go to the campaigns'
+    // jobs in the order they asked, so the first campaign keeps five and
+    // the second one at a time until the first ends (4 waves: 20 + 4 jobs),
+    // then the second runs its last 16 at its own cap of 5 (4 waves).
+    assert_eq!(ms_since(start), 1_600);
+    // Another account is not held up by this one's.
+    let other = waves.campaign("acct_2", 6, 6);
+    let gauge = Gauge::default();
+    let start = tokio::time::Instant::now();
+    other
+        .run((0..6).map(|i| Gauge::job(vec![&gauge], 200, i)))
+        .await
+        .unwrap();
+    assert_eq!((gauge.peak(), ms_since(start)), (6, 200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_campaign_frees_its_slots() {
+    let waves = Waves::new();
+    let first = waves.campaign("acct_1", 2, 2);
+    let gauge = Gauge::default();
+    let run = first.run((0..4).map(|i| Gauge::job(vec![&gauge], 1_000, i)));
+    assert!(tokio::time::timeout(Duration::from_millis(500), run)
+        .await
+        .is_err());
+    let second = waves.campaign("acct_1", 2, 2);
+    let start = tokio::time::Instant::now();
+    second
+        .run((0..2).map(|i| Gauge::job(vec![], 100, i)))
+        .await
+        .unwrap();
+    assert_eq!(ms_since(start), 100);
+}
