@@ -20,7 +20,7 @@ use serde_json::json;
 use tower_ratelimit::client::Waves;
 use tower_ratelimit::Policy;
 
-use crate::outbound::{self, Jobs};
+use crate::jobs::{self, Jobs};
 
 /// The limit and route whose concurrency is an account's call cap.
 const LIMIT: &str = "concurrent_calls";
@@ -124,22 +124,22 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(account) = outbound::account(&headers) else {
-        return outbound::error(
+    let Some(account) = jobs::account(&headers) else {
+        return jobs::error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "an API key is required",
         );
     };
-    let body = match outbound::object(&body) {
+    let body = match jobs::object(&body) {
         Ok(body) => body,
         Err(invalid) => return invalid.into_response(),
     };
     let cap = campaigns.caps.of(&account);
     let fields = (
-        outbound::number(&body, "recipients", (1, MAX_RECIPIENTS), None),
-        outbound::number(&body, "max_concurrent", (1, 1_000), Some(u64::from(cap))),
-        outbound::number(&body, "call_ms", (0, MAX_CALL_MS), Some(1_000)),
+        jobs::number(&body, "recipients", (1, MAX_RECIPIENTS), None),
+        jobs::number(&body, "max_concurrent", (1, 1_000), Some(u64::from(cap))),
+        jobs::number(&body, "call_ms", (0, MAX_CALL_MS), Some(1_000)),
     );
     let (recipients, max_concurrent, call_ms) = match fields {
         (Ok(r), Ok(m), Ok(c)) => (r, m as u32, c),
@@ -152,7 +152,7 @@ pub(crate) async fn create(
         .unwrap_or_else(|e| e.into_inner())
         .insert(Arc::clone(&progress), |p| p.finished.load(Ordering::SeqCst));
     let Some(id) = inserted else {
-        return outbound::too_many("campaigns");
+        return jobs::too_many("campaigns");
     };
     let campaign = campaigns.waves.campaign(&account, cap, max_concurrent);
     tokio::spawn(async move {
@@ -175,7 +175,7 @@ pub(crate) async fn status(
         .unwrap_or_else(|e| e.into_inner())
         .get(&id);
     let Some(p) = progress else {
-        return outbound::not_found("campaign", &id);
+        return jobs::not_found("campaign", &id);
     };
     Json(json!({
         "done": p.done.load(Ordering::SeqCst),

@@ -35,6 +35,7 @@
 #[cfg(feature = "admin")]
 mod admin;
 mod campaigns;
+mod jobs;
 mod outbound;
 mod reload;
 mod server;

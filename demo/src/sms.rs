@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tower_ratelimit::client::{Pacer, SenderPool};
 use tower_ratelimit::{Quota, Window};
 
-use crate::outbound::{self, Jobs};
+use crate::jobs::{self, Jobs};
 
 /// The most messages of one request.
 const MAX_COUNT: u64 = 1_000;
@@ -56,21 +56,21 @@ struct Sends {
 /// and the messages go out.
 pub(crate) async fn create(State(messages): State<Arc<Messages>>, body: Bytes) -> Response {
     let start = Instant::now();
-    let body = match outbound::object(&body) {
+    let body = match jobs::object(&body) {
         Ok(body) => body,
         Err(invalid) => return invalid.into_response(),
     };
-    let count = match outbound::number(&body, "count", (1, MAX_COUNT), None) {
+    let count = match jobs::number(&body, "count", (1, MAX_COUNT), None) {
         Ok(count) => count,
         Err(invalid) => return invalid.into_response(),
     };
     let from = match numbers(body.get("from")) {
         Ok(from) => from,
-        Err(message) => return outbound::invalid("from", message).into_response(),
+        Err(message) => return jobs::invalid("from", message).into_response(),
     };
     let pool = match SenderPool::with_pacer(Arc::clone(&messages.pacer), from) {
         Ok(pool) => pool,
-        Err(e) => return outbound::invalid("from", e.to_string()).into_response(),
+        Err(e) => return jobs::invalid("from", e.to_string()).into_response(),
     };
     let sends = Arc::new(Sends::default());
     let inserted = messages
@@ -79,7 +79,7 @@ pub(crate) async fn create(State(messages): State<Arc<Messages>>, body: Bytes) -
         .unwrap_or_else(|e| e.into_inner())
         .insert(Arc::clone(&sends), |s| s.finished.load(Ordering::SeqCst));
     let Some(id) = inserted else {
-        return outbound::too_many("SMS sends");
+        return jobs::too_many("SMS sends");
     };
     tokio::spawn(async move {
         for _ in 0..count {
@@ -135,7 +135,7 @@ pub(crate) async fn status(
         .unwrap_or_else(|e| e.into_inner())
         .get(&id);
     let Some(s) = sends else {
-        return outbound::not_found("SMS send", &id);
+        return jobs::not_found("SMS send", &id);
     };
     let sent = s.sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut body = json!({"sent": sent, "finished": s.finished.load(Ordering::SeqCst)});
