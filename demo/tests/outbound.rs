@@ -3,62 +3,29 @@
 //! campaign's caps, SMS go out at 1 a second per sending number, round
 //! robin, and bad bodies get 400s that name the field.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// The demo server, built with this test's features.
-const DEMO: &str = env!("CARGO_BIN_EXE_voice_api");
+use support::{start_demo, Process};
 
-/// A demo process on the Nixflex preset, killed on drop.
+/// A demo process on the Nixflex preset (stopped on drop).
 struct Demo {
-    child: Child,
+    _process: Process,
     port: u16,
 }
 
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Demo {
-    /// Starts the demo on a free port and waits for its "listening" line.
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new(DEMO)
-            .args([
-                "--addr",
-                &format!("127.0.0.1:{port}"),
-                "--preset",
-                "nixflex",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the demo server starts");
-        let stdout = child.stdout.take().expect("its output");
-        let demo = Demo { child, port };
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = sender.send(());
-                }
-            }
-        });
-        receiver
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the demo server said it is listening within 20 s");
-        demo
+        let (process, port) = start_demo(&["--preset", "nixflex"], &[]);
+        Demo {
+            _process: process,
+            port,
+        }
     }
 
     /// One request with `Authorization: Bearer key`: the status and the

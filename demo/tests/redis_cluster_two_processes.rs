@@ -11,18 +11,17 @@
 
 #![cfg(feature = "redis")]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One key secret for both processes, so that they hash a key into the
 /// same bucket.
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f";
-
-/// The demo server, built with this test's features.
-const DEMO: &str = env!("CARGO_BIN_EXE_voice_api");
 
 /// 50 per hour per `X-API-Key`, GCRA: a slot comes back only after 72 s, so
 /// a test run admits exactly 50.
@@ -38,15 +37,7 @@ on_missing_key = "reject"
 windows = ["50/hour"]
 "#;
 
-/// A child process, killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{free_port, start_demo, Process, DEMO};
 
 /// Three `redis-server`s in cluster mode joined into one cluster, killed
 /// and their scratch directory removed on drop.
@@ -167,40 +158,10 @@ fn query(port: u16, command: &str) -> String {
     reply
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts a demo server with `args` and the key secret, and waits for its
 /// "listening" line.
 fn start(args: &[&str]) -> (Process, u16) {
-    let port = free_port();
-    let mut child = Command::new(DEMO)
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .env("RATELIMIT_KEY_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the demo server starts");
-    let stdout = child.stdout.take().expect("its output");
-    let server = Process(child);
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("listening on") {
-                let _ = sender.send(());
-            }
-        }
-    });
-    receiver
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the demo server said it is listening within 20 s");
-    (server, port)
+    start_demo(args, &[("RATELIMIT_KEY_SECRET", SECRET)])
 }
 
 /// One GET with `X-API-Key: key`: the status code and

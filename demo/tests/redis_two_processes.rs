@@ -9,10 +9,12 @@
 
 #![cfg(feature = "redis")]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,18 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// same bucket.
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f";
 
-/// The demo server, built with this test's features.
-const DEMO: &str = env!("CARGO_BIN_EXE_voice_api");
-
-/// A child process, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{free_port, start_demo, Process as Server, DEMO};
 
 /// A `redis-server` on loopback with persistence off, killed and its
 /// scratch directory removed on drop.
@@ -126,41 +117,11 @@ fn redis_or_skip() -> Option<Redis> {
     Some(Redis::start())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts a demo server on its default policy (60 per minute and 1,000 per
 /// hour per `X-API-Key`), with the key secret from the environment, and
 /// waits for its "listening" line.
 fn start(redis: &str) -> (Server, u16) {
-    let port = free_port();
-    let mut child = Command::new(DEMO)
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .args(["--redis", redis])
-        .env("RATELIMIT_KEY_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the demo server starts");
-    let stdout = child.stdout.take().expect("its output");
-    let server = Server(child);
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("listening on") {
-                let _ = sender.send(());
-            }
-        }
-    });
-    receiver
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the demo server said it is listening within 20 s");
-    (server, port)
+    start_demo(&["--redis", redis], &[("RATELIMIT_KEY_SECRET", SECRET)])
 }
 
 /// One GET with `X-API-Key: key`; the response's status code.

@@ -2,25 +2,16 @@
 //! whose file is rewritten enforces the new limit after the signal, keeps
 //! the running policy when the file is broken, and logs both.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DEMO: &str = env!("CARGO_BIN_EXE_voice_api");
-
-/// A demo process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{free_port, Process as Server, DEMO};
 
 fn policy(windows: &str) -> String {
     format!(
@@ -32,11 +23,7 @@ fn policy(windows: &str) -> String {
 /// Starts the demo on `config` and waits for its "listening" line; its
 /// log lines (stderr) come through the receiver.
 fn start(config: &std::path::Path) -> (Server, u16, Receiver<String>) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = Command::new(DEMO)
         .args(["--addr", &format!("127.0.0.1:{port}")])
         .arg("--config")
