@@ -53,6 +53,25 @@ fn get() -> Request<String> {
         .unwrap()
 }
 
+/// Sends `request` through `policy` around `service`: the response, and
+/// the (paused) time it took.
+async fn retried<S>(
+    policy: RetryPolicy,
+    service: S,
+    request: Request<String>,
+) -> (Response<String>, Duration)
+where
+    S: Service<Request<String>, Response = Response<String>, Error = Infallible> + Clone,
+{
+    let start = tokio::time::Instant::now();
+    let response = RetryLayer::new(policy)
+        .layer(service)
+        .oneshot(request)
+        .await
+        .unwrap();
+    (response, start.elapsed())
+}
+
 fn waits<B>(response: &Response<B>) -> Vec<Wait> {
     response
         .extensions()
@@ -110,14 +129,9 @@ async fn without_retry_after_the_ietf_t_then_x_ratelimit_reset_are_honoured() {
             ("x-ratelimit-reset", "9"),
         ],
     );
-    let start = tokio::time::Instant::now();
-    let response = RetryLayer::new(RetryPolicy::new())
-        .layer(service)
-        .oneshot(get())
-        .await
-        .unwrap();
+    let (response, took) = retried(RetryPolicy::new(), service, get()).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(start.elapsed(), Duration::from_secs(4));
+    assert_eq!(took, Duration::from_secs(4));
     assert_eq!(waits(&response)[0].hint, Hint::RateLimit);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 
@@ -128,14 +142,9 @@ async fn without_retry_after_the_ietf_t_then_x_ratelimit_reset_are_honoured() {
         &[("x-ratelimit-reset", "1700000003")],
     );
     let policy = RetryPolicy::new().clock(ManualClock::at_unix_secs(1_700_000_000));
-    let start = tokio::time::Instant::now();
-    let response = RetryLayer::new(policy)
-        .layer(service)
-        .oneshot(get())
-        .await
-        .unwrap();
+    let (response, took) = retried(policy, service, get()).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(took, Duration::from_secs(3));
     assert_eq!(waits(&response)[0].hint, Hint::XRateLimitReset);
 }
 
@@ -148,14 +157,9 @@ async fn an_http_date_retry_after_is_read_against_the_clock() {
         &[("retry-after", "Tue, 14 Nov 2023 22:13:25 GMT")],
     );
     let policy = RetryPolicy::new().clock(ManualClock::at_unix_secs(1_700_000_000));
-    let start = tokio::time::Instant::now();
-    let response = RetryLayer::new(policy)
-        .layer(service)
-        .oneshot(get())
-        .await
-        .unwrap();
+    let (response, took) = retried(policy, service, get()).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert_eq!(took, Duration::from_secs(5));
 }
 
 #[tokio::test(start_paused = true)]
@@ -170,12 +174,7 @@ async fn without_a_hint_each_backoff_is_within_full_jitter_bounds() {
             .backoff(base, max)
             .budget(TpsBudget::new(Duration::from_secs(1), 1_000_000, 1000.0))
             .seed(seed);
-        let start = tokio::time::Instant::now();
-        let response = RetryLayer::new(policy)
-            .layer(service)
-            .oneshot(get())
-            .await
-            .unwrap();
+        let (response, took) = retried(policy, service, get()).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(calls.load(Ordering::SeqCst), 7);
         let waits = waits(&response);
@@ -193,7 +192,7 @@ async fn without_a_hint_each_backoff_is_within_full_jitter_bounds() {
             total += wait.delay;
         }
         // Tokio's timers round each wait up to the next millisecond.
-        assert!(start.elapsed() >= total && start.elapsed() <= total + Duration::from_millis(6));
+        assert!(took >= total && took <= total + Duration::from_millis(6));
     }
     // Over 200 seeds, the jitter spans its range: some wait is near each ceiling.
     for (n, longest) in longest.iter().enumerate() {
@@ -212,15 +211,10 @@ async fn retries_stop_at_the_cap_and_return_the_last_response() {
         StatusCode::TOO_MANY_REQUESTS,
         &[("retry-after", "1")],
     );
-    let start = tokio::time::Instant::now();
-    let response = RetryLayer::new(RetryPolicy::new().max_retries(2))
-        .layer(service)
-        .oneshot(get())
-        .await
-        .unwrap();
+    let (response, took) = retried(RetryPolicy::new().max_retries(2), service, get()).await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(took, Duration::from_secs(2));
     assert_eq!(waits(&response).len(), 2);
 }
 
@@ -280,15 +274,15 @@ async fn a_wait_past_max_wait_is_not_honoured() {
         StatusCode::TOO_MANY_REQUESTS,
         &[("retry-after", "86400")],
     );
-    let start = tokio::time::Instant::now();
-    let response = RetryLayer::new(RetryPolicy::new().max_wait(Duration::from_secs(60)))
-        .layer(service)
-        .oneshot(get())
-        .await
-        .unwrap();
+    let (response, took) = retried(
+        RetryPolicy::new().max_wait(Duration::from_secs(60)),
+        service,
+        get(),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.headers()["retry-after"], "86400");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(took, Duration::ZERO);
     assert!(waits(&response).is_empty());
 }
