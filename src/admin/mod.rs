@@ -6,7 +6,7 @@
 //! | request | does |
 //! |---|---|
 //! | `GET /limits/{limit}/keys/{key}` | where the key stands, consuming nothing: each route's windows (limit, remaining, reset in Unix seconds), its requests in flight, its ban's time left |
-//! | `DELETE /limits/{limit}/keys/{key}` | forgets its counts and its ban: its next request is a fresh key's (204) |
+//! | `DELETE /limits/{limit}/keys/{key}` | forgets its counts and its ban: its next request is a fresh key's |
 //! | `PUT /limits/{limit}/keys/{key}/override` | `{"windows": ["120/minute", "5000/hour"]}` or `{"plan": "scale"}`: its own quota or plan, from its next request on |
 //! | `DELETE /limits/{limit}/keys/{key}/override` | takes its override back |
 //!
@@ -16,10 +16,11 @@
 //! first source's), and its quota is its override's or each route's
 //! default: the plan a request would carry is not known here. Answers are
 //! JSON; errors are `{"error": "...", "field": "..."}` with 404 for an
-//! unknown limit, 400 or 422 for a bad key, body, rate or plan, and 501
-//! for a store that cannot peek or forget (one that keeps counts in
-//! another process may not). The router does no authentication: mount it
-//! behind your own, apart from the public API.
+//! unknown limit, 400 or 422 for a bad key, body, rate or plan, 501 for a
+//! store that cannot peek or forget (both stores this crate ships can), and
+//! 503 for a store that failed to (Redis did not answer in time). The
+//! router does no authentication: mount it behind your own, apart from the
+//! public API.
 //!
 //! ```
 //! use tower_ratelimit::{admin, key::Header, Limit, Policy, Quota, RateLimitLayer, Window};

@@ -83,6 +83,7 @@ impl<St> Target<St> {
             .map(|route| {
                 let check = Check::new(KeySecret::derive(id, route.id), route.quota_of(own))
                     .based_on(route.base())
+                    .of_principal(id)
                     .in_limit(&limit.name);
                 match penalty {
                     Some(penalty) => check.with_penalty(penalty_key, penalty),
@@ -136,10 +137,16 @@ pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPat
         .routes
         .iter()
         .any(|r| r.quota_of(own.as_ref()).in_flight_cap().is_some());
-    let in_flight = (capped && target.shared.store.shared_slots().is_none()).then(|| {
-        let key = KeySecret::derive(target.id(), limit.concurrency_domain);
-        target.shared.in_flight.in_flight(key)
-    });
+    let key = KeySecret::derive(target.id(), limit.concurrency_domain);
+    let in_flight = match target.shared.store.shared_slots() {
+        _ if !capped => None,
+        None => Some(target.shared.in_flight.in_flight(key)),
+        Some(slots) => match slots.in_flight(key, target.id()).await {
+            Ok(held) => Some(held),
+            Err(e) if e.is_unsupported() => None,
+            Err(e) => return store_error(&e),
+        },
+    };
     let banned_for = peeked.bans.iter().map(|b| b.left.div_ceil(NANOS)).max();
     json(
         StatusCode::OK,

@@ -4,6 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::{Busy, Mode, Permit};
+use crate::store::protocol::Answer;
+use crate::store::StoreError;
 
 /// A slot on its way: resolves to a [`Permit`] or to [`Busy`].
 pub type SlotFuture = Pin<Box<dyn Future<Output = Result<Permit, Busy>> + Send + 'static>>;
@@ -26,4 +28,13 @@ pub trait SharedSlots: Send + Sync {
     /// request's key hashed as in [`Check::principal`](crate::store::protocol::Check::principal),
     /// for stores that keep one principal's counts together.
     fn acquire(&self, key: u64, principal: u64, max: u32, mode: Mode, limit: &str) -> SlotFuture;
+
+    /// How many slots of `key` are held now, by every process: for
+    /// operators (the admin API), not on a request's path. The default
+    /// answers a [`StoreError`] saying this store cannot count them.
+    fn in_flight(&self, key: u64, principal: u64) -> Answer<u32> {
+        let _ = (key, principal);
+        let error = StoreError::unsupported("this store cannot count its shared slots");
+        Box::pin(std::future::ready(Err(error)))
+    }
 }

@@ -12,6 +12,8 @@
 #[macro_use]
 mod support;
 
+#[cfg(feature = "admin")]
+mod admin;
 mod arithmetic;
 mod cluster;
 mod cluster_nodes;

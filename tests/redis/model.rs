@@ -1,6 +1,6 @@
 //! The Redis store and the memory store, side by side on random sequences of
 //! requests at random times, make the same decisions with the same numbers,
-//! penalties and bans included.
+//! penalties and bans included, and peek alike after each.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -157,6 +157,10 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
                 }
                 admitted += usize::from(got.admitted());
                 bans += usize::from(got.ban().is_some());
+                // And both read alike where the buckets stand.
+                let peeked = redis.peek(now, &checks).await.unwrap();
+                let expected = memory_store.peek(now, &checks).await.unwrap();
+                prop_assert_eq!(peeked, expected, "peek after step {}", i);
             }
             prop_assert_eq!(redis.failures(), 0);
             refusals_seen.fetch_add(steps.len() + 5 - admitted, Ordering::Relaxed);

@@ -455,3 +455,47 @@ async fn keys_of_other_prefixes_and_stores_do_not_mix() {
         .is_err());
     assert!(RedisStore::builder("not a url").build().is_err());
 }
+
+#[tokio::test]
+async fn quotas_of_three_windows_and_their_changes_decide_and_peek_as_the_memory_store() {
+    let server = redis_or_skip!();
+    // Every refusal decided by Redis, reporting every window.
+    let redis = RedisStore::builder(server.url())
+        .layer_clock()
+        .deny_cache(false)
+        .deadline(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let memory = tower_ratelimit::store::MemoryStore::new();
+    let ms = Duration::from_millis;
+    let gcra = Quota::new(Window::per_second(5))
+        .and(Window::per_minute(20))
+        .and(Window::per_hour(100));
+    // Other rates in two of the periods, and a period dropped.
+    let changed = Quota::new(Window::per_second(3)).and(Window::per_minute(7));
+    let fixed = Quota::new(Window::new(4, ms(700)).unwrap())
+        .and(Window::per_second(6))
+        .and(Window::new(9, ms(2500)).unwrap())
+        .algorithm(Algorithm::FixedWindow);
+    let mut now = T0 * S + 123_456_789;
+    for step in 0..40u64 {
+        now += (step % 7) * 97_000_000;
+        let quota = if step < 25 { &gcra } else { &changed };
+        let checks = [Check::new(1, quota).based_on(&gcra), Check::new(2, &fixed)];
+        for checks in [&checks[..1], &checks[1..], &checks[..]] {
+            let expected = match memory.check(now, checks) {
+                Decided::Ready(outcome) => outcome.unwrap(),
+                Decided::Pending(_) => unreachable!(),
+            };
+            assert_eq!(decide(&redis, now, checks).await, expected, "step {step}");
+            let peeked = redis.peek(now, checks).await.unwrap();
+            assert_eq!(
+                peeked,
+                memory.peek(now, checks).await.unwrap(),
+                "step {step}"
+            );
+        }
+    }
+    assert_eq!(redis.failures(), 0);
+}

@@ -13,7 +13,8 @@
 --
 -- KEYS[1..C]: one key per check (its bucket); then two per penalty: its ban
 -- and its refusals.
--- ARGV[1]: the numbers, as doubles:
+-- ARGV[1], the only argument: numbers as doubles, and text (a check's value
+-- layout, a window's tag) as its length (a double) then its bytes:
 --   the layer's time (seconds, nanoseconds), or -1 and 0 to read Redis's
 --   clock (TIME); 1 if the group may charge (0: an earlier group refused
 --   the request, so this one only reads, and counts penalty refusals); 1 if
@@ -23,15 +24,15 @@
 --   then per check: its kind (0 GCRA, 1 fixed window), 1 if it is a
 --   shadow, W (its number of windows), the TTL slack in ms (0 on Redis's
 --   clock), the length of its value in the current layout, 1 if a window's
---   period is not whole ms; and four per window:
+--   period is not whole ms; the struct format of its value in the current
+--   layout (text); and per window its tag (text: 'g<period>@<interval>='
+--   for GCRA, 'f<period>=' for a fixed window) and four numbers:
 --     GCRA:          capacity (interval * limit) and increment (interval *
 --                    cost), each as seconds and nanoseconds
 --     fixed window:  its period in whole ms (0 if it is not whole ms), its
 --                    limit, the cost, 0
 --   then six per penalty: its check (1-based), the refusals that start a
 --   ban, `within` (seconds, nanoseconds), `ban` (seconds, nanoseconds).
--- Then per check: the struct format of its value in the current layout,
--- and each window's tag: 'g<period>@<interval>=' (GCRA) or 'f<period>='.
 --
 -- A bucket's value (SET ... PX) holds all its windows, each its tag then
 -- two doubles: GCRA the theoretical arrival time (seconds, nanoseconds);
@@ -64,9 +65,9 @@
 
 local B = 1000000000
 local A = ARGV[1]
--- The header, and the first check's numbers and its first window's.
-local S, N, charge, shadows, C, P, Q, kind, shadow, W, slack, length, exotic, f1, f2, f3, f4, at =
-  struct.unpack('<ddddddddddddddddd', A)
+-- The header, and the first check's numbers, layout and first window.
+local S, N, charge, shadows, C, P, Q, kind, shadow, W, slack, length, exotic, layout, tag1,
+  f1, f2, f3, f4, at = struct.unpack('<ddddddddddddddc0dc0dddd', A)
 local layer = S >= 0
 if not layer then
   local t = redis.call('TIME')
@@ -94,7 +95,6 @@ end
 -- windows keeps them in locals.
 local out, o, x1, y1, x2, y2
 local admitted, shadow_admitted = true, true
-local a = 2
 -- The rare paths' functions, built when a call needs them.
 local R
 -- With several checks, per check five entries: whether its windows admit,
@@ -106,28 +106,37 @@ local ok, value, ttl, keep, keep_ttl
 
 for c = 1, C do
   if c > 1 then
-    kind, shadow, W, slack, length, exotic, f1, f2, f3, f4, at =
-      struct.unpack('<dddddddddd', A, at)
+    kind, shadow, W, slack, length, exotic, layout, tag1, f1, f2, f3, f4, at =
+      struct.unpack('<dddddddc0dc0dddd', A, at)
+  end
+  -- The second window's tag and numbers; past two, every window's, by 5.
+  local tag2, g1, g2, g3, g4, more
+  if W == 2 then
+    tag2, g1, g2, g3, g4, at = struct.unpack('<dc0dddd', A, at)
+  elseif W > 2 then
+    more = { tag1, f1, f2, f3, f4 }
+    for i = 10, 5 * W, 5 do
+      more[i - 4], more[i - 3], more[i - 2], more[i - 1], more[i], at =
+        struct.unpack('<dc0dddd', A, at)
+    end
   end
   shadow = shadow == 1
   if not out and (plan or W > 2) then out, o = { S, N, 0 }, 3 end
-  local layout = ARGV[a]
-  a = a + 1
   local key = KEYS[c]
   local raw = redis.call('GET', key)
   local t1, m1, m2, t2, m3, m4, m, rescaled, kept
   if raw and #raw == length then
     if W == 1 then
       t1, m1, m2 = struct.unpack(layout, raw)
-      if t1 ~= ARGV[a] then m1 = nil end
+      if t1 ~= tag1 then m1 = nil end
     elseif W == 2 then
       t1, m1, m2, t2, m3, m4 = struct.unpack(layout, raw)
-      if t1 ~= ARGV[a] or t2 ~= ARGV[a + 1] then m1 = nil end
+      if t1 ~= tag1 or t2 ~= tag2 then m1 = nil end
     else
       local u = { struct.unpack(layout, raw) }
       m = {}
       for w = 1, W do
-        if u[3 * w - 2] ~= ARGV[a + w - 1] then m = nil break end
+        if u[3 * w - 2] ~= more[5 * w - 4] then m = nil break end
         m[2 * w - 1], m[2 * w] = u[3 * w - 1], u[3 * w]
       end
       m1 = m and 0
@@ -174,12 +183,12 @@ for c = 1, C do
       end
 
       -- Reads a value not in the current layout entry by entry, for a
-      -- check whose windows' tags are ARGV[a .. a + W - 1]: the states in
+      -- check whose windows' tags are tags[1 .. W]: the states in
       -- the current order (two per window), whether a GCRA window was
       -- rescaled (the value must then be written whatever is decided), and
       -- the entries of windows the quota no longer has that still count
       -- (kept as they are). Nil for a value that is not one of ours.
-      function R.read(raw, W, a)
+      function R.read(raw, W, tags)
         local stored, order = {}, {}
         local pos = 1
         while pos <= #raw do
@@ -195,7 +204,7 @@ for c = 1, C do
         end
         local m, rescaled, kept, wanted = {}, false, '', {}
         for w = 1, W do
-          local id, interval = string.match(ARGV[a + w - 1], '^([gf]%d+)@?(%d*)=$')
+          local id, interval = string.match(tags[w], '^([gf]%d+)@?(%d*)=$')
           wanted[id] = true
           local e = stored[id]
           local x, y = 0, 0
@@ -225,7 +234,9 @@ for c = 1, C do
       end
     end
     if raw and m1 == nil then
-      m, rescaled, kept = R.read(raw, W, a)
+      local tags = { tag1, tag2 }
+      for w = 3, W do tags[w] = more[5 * w - 4] end
+      m, rescaled, kept = R.read(raw, W, tags)
       if not m then
         return redis.error_reply('tower-ratelimit: unexpected value at key ' .. key)
       end
@@ -233,10 +244,15 @@ for c = 1, C do
   end
   ok, value, ttl, keep, keep_ttl = true, '', 0, '', 0
   -- The new states of one or two windows, packed at once with the tags.
-  local first, n1x, n1y, n2x, n2y = a
+  local n1x, n1y, n2x, n2y
   for w = 1, W do
-    local tag = ARGV[a]
-    a = a + 1
+    local tag, n1, n2, n3, n4 = tag1, f1, f2, f3, f4
+    if more then
+      local i = 5 * w
+      tag, n1, n2, n3, n4 = more[i - 4], more[i - 3], more[i - 2], more[i - 1], more[i]
+    elseif w == 2 then
+      tag, n1, n2, n3, n4 = tag2, g1, g2, g3, g4
+    end
     local x, y = 0, 0
     if m then
       x, y = m[2 * w - 1], m[2 * w]
@@ -251,8 +267,6 @@ for c = 1, C do
     else
       x2, y2 = x, y
     end
-    local n1, n2, n3, n4 = f1, f2, f3, f4
-    if w > 1 then n1, n2, n3, n4, at = struct.unpack('<dddd', A, at) end
     if kind == 0 then
       -- base = max(tat, now); next = base + increment; admitted if next <=
       -- now + capacity.
@@ -309,9 +323,9 @@ for c = 1, C do
     end
   end
   if ok and W == 1 then
-    value = struct.pack(layout, ARGV[first], n1x, n1y)
+    value = struct.pack(layout, tag1, n1x, n1y)
   elseif ok and W == 2 then
-    value = struct.pack(layout, ARGV[first], n1x, n1y, ARGV[first + 1], n2x, n2y)
+    value = struct.pack(layout, tag1, n1x, n1y, tag2, n2x, n2y)
   end
   if kept and kept ~= '' then
     -- Windows the quota no longer has: the key's TTL already covers them.
@@ -358,24 +372,23 @@ local verdict = (admitted and 1 or 0) + (shadow_admitted and 2 or 0)
 -- A ban this refusal started: its check and time left.
 local ban, ban_s, ban_n
 
--- ms from now until the moment (s, n), rounded up, plus one; on a layer's
--- clock with the slack of the duration (s2, n2) and a second.
-local function ttl_until(s, n, s2, n2)
-  local d = n - N + 999999
-  local t = (s - S) * 1000 + (d - d % 1000000) / 1000000 + 1
-  if layer then
-    d = n2 + 999999
-    t = t + s2 * 1000 + (d - d % 1000000) / 1000000 + 1000
-  end
-  return t
-end
-
 -- A refusal counts towards the penalty of each check that refused.
 for p = 1, admitted and 0 or P do
   local check, refusals, ws, wn, bs, bn = struct.unpack('<dddddd', A, Q + 48 * (p - 1))
   local refused
   if plan then refused = not plan[5 * check - 4] else refused = not ok end
   if refused then
+    -- ms from now until the moment (s, n), rounded up, plus one; on a layer's
+    -- clock with the slack of the duration (s2, n2) and a second.
+    local function ttl_until(s, n, s2, n2)
+      local d = n - N + 999999
+      local t = (s - S) * 1000 + (d - d % 1000000) / 1000000 + 1
+      if layer then
+        d = n2 + 999999
+        t = t + s2 * 1000 + (d - d % 1000000) / 1000000 + 1000
+      end
+      return t
+    end
     local bkey, rkey = KEYS[C + 2 * p - 1], KEYS[C + 2 * p]
     local kept = redis.call('LRANGE', rkey, 0, -1)
     -- A key's time never runs backwards: a refusal earlier than the newest

@@ -171,6 +171,11 @@ impl DenyCache {
         }
     }
 
+    /// Forgets `bucket`'s refusal (an operator reset it).
+    pub(crate) fn forget(&self, bucket: u64) {
+        self.shard(bucket).lock().remove(&bucket);
+    }
+
     /// The refusals remembered.
     #[cfg(test)]
     fn len(&self) -> usize {

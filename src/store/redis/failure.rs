@@ -144,6 +144,20 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// The [`StoreError`](crate::store::StoreError) that reports this
+    /// failure to a caller that is told of it (the admin API).
+    pub(super) fn error(&self) -> crate::store::StoreError {
+        use crate::store::StoreError;
+        let message = format!("Redis did not answer: {self}");
+        match self.kind() {
+            Kind::Timeout => StoreError::timeout(message),
+            Kind::Connection => StoreError::connection(message),
+            Kind::Config | Kind::Protocol => StoreError::protocol(message),
+        }
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

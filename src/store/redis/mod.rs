@@ -180,8 +180,10 @@
 //! quota changes (an override, a reloaded policy, another cost) asks Redis
 //! again at once. Requests under a [penalty](crate::penalty) are not
 //! answered from the cache, as Redis must count their refusals to start a
-//! ban; a ban, once started, is remembered the same way. A key reset by an operator in another process
-//! may be refused here until its remembered refusal ends.
+//! ban; a ban, once started, is remembered the same way. A key reset by an
+//! operator ([`Store::forget`](crate::store::Store::forget)) is forgotten by
+//! the process that reset it at once; another process may refuse it until
+//! its remembered refusal ends.
 //!
 //! # Penalties across processes
 //!
@@ -236,6 +238,21 @@
 //! every clone of their store are not released or renewed: they come free
 //! when their leases run out.
 //!
+//! # Peek and reset
+//!
+//! For operators (the [admin API](crate::admin)),
+//! [`Store::peek`](crate::store::Store::peek) reads a key's buckets and
+//! bans with a script that writes nothing, one call per principal, and
+//! computes each window here with the memory store's arithmetic, as the
+//! decision script would find it (a GCRA window charged at another rate is
+//! rescaled in the answer, not in Redis).
+//! [`Store::forget`](crate::store::Store::forget) deletes the buckets and
+//! their penalties' bans and refusals. Both run on the store's clock, within
+//! its deadline and through its circuit breaker, and answer a
+//! [`StoreError`](crate::store::StoreError) when Redis does not answer.
+//! [`SharedSlots::in_flight`](crate::store::protocol::SharedSlots::in_flight)
+//! counts a key's live slots across every node.
+//!
 //! # Redis Cluster
 //!
 //! [`RedisStore::cluster_builder`] uses a Redis Cluster. Keys are hash-tagged
@@ -262,6 +279,7 @@ mod failure;
 mod failure_policy;
 mod keys;
 mod metrics;
+mod peek;
 mod script;
 mod slots;
 mod store;

@@ -93,10 +93,12 @@ fn pair(ns: u64) -> [String; 2] {
     [(ns / NS_PER_S).to_string(), (ns % NS_PER_S).to_string()]
 }
 
-/// The keys and arguments of one group's decision (see `decide.lua`);
+/// The keys and argument of one group's decision (see `decide.lua`);
 /// `now` is `None` to use Redis's clock. `charge`: whether the group may
 /// charge (no earlier group refused); `shadows`: whether its shadow checks
-/// may be charged (no earlier group's shadow check refused).
+/// may be charged (no earlier group's shadow check refused). The one
+/// argument holds every number as a little-endian double and every text (a
+/// value's layout, a window's tag) as its length then its bytes.
 pub(crate) fn invocation(
     prefix: &str,
     now: Option<u64>,
@@ -108,22 +110,26 @@ pub(crate) fn invocation(
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     // Every number is an integer below 2^53: exact as a double.
     let split = |ns: u64| [(ns / NS_PER_S) as f64, (ns % NS_PER_S) as f64];
+    let put = |arg: &mut Vec<u8>, numbers: &[f64]| {
+        for n in numbers {
+            arg.extend_from_slice(&n.to_le_bytes());
+        }
+    };
+    let put_text = |arg: &mut Vec<u8>, text: &[u8]| {
+        put(arg, &[text.len() as f64]);
+        arg.extend_from_slice(text);
+    };
     let penalties = group
         .iter()
         .filter(|&&i| checks[i].penalty.is_some())
         .count();
     let mut keys = Vec::with_capacity(group.len() + 2 * penalties);
-    let mut numbers: SmallVec<[f64; 16]> = SmallVec::new();
-    let mut text: Vec<Vec<u8>> = Vec::with_capacity(1 + 3 * group.len());
-    text.push(Vec::new());
-    numbers.extend(now.map_or([-1.0, 0.0], split));
-    numbers.extend([
-        flag(charge),
-        flag(shadows),
-        group.len() as f64,
-        penalties as f64,
-        0.0,
-    ]);
+    let mut arg = Vec::with_capacity(64 + 128 * group.len() + 48 * penalties);
+    put(&mut arg, &now.map_or([-1.0, 0.0], split));
+    // Where the penalties start is set once it is known.
+    let header = [flag(charge), flag(shadows), group.len() as f64];
+    put(&mut arg, &header);
+    put(&mut arg, &[penalties as f64, 0.0]);
     for &i in group {
         let check = &checks[i];
         keys.push(bucket_key(prefix, check.principal, check.bucket));
@@ -134,32 +140,19 @@ pub(crate) fn invocation(
         let mut length = 0;
         let mut slack = 0;
         let mut exotic = false;
-        let at = numbers.len();
-        numbers.extend([
-            match check.algorithm {
-                Algorithm::Gcra => 0.0,
-                Algorithm::FixedWindow => 1.0,
-            },
-            flag(check.shadow),
-            check.windows.len() as f64,
-            0.0,
-            0.0,
-            0.0,
-        ]);
-        let first_tag = text.len() + 1;
-        text.push(Vec::new());
+        let mut windows: SmallVec<[(String, [f64; 4]); 2]> = SmallVec::new();
         for window in &check.windows {
             let tag = check.tag(window);
             layout.push_str(&format!("c{}dd", tag.len()));
             length += tag.len() + 16;
-            text.push(tag.into_bytes());
-            match check.algorithm {
+            let numbers = match check.algorithm {
                 Algorithm::Gcra => {
                     let t = window.interval_ns();
                     let capacity = t.saturating_mul(u64::from(window.limit()));
-                    numbers.extend(split(capacity));
-                    numbers.extend(split(t.saturating_mul(u64::from(check.cost))));
                     slack = slack.max(capacity.div_ceil(NS_PER_MS));
+                    let [cs, cn] = split(capacity);
+                    let [is, in_] = split(t.saturating_mul(u64::from(check.cost)));
+                    [cs, cn, is, in_]
                 }
                 Algorithm::FixedWindow => {
                     let period = window.period_ns();
@@ -169,38 +162,55 @@ pub(crate) fn invocation(
                         exotic = true;
                         0
                     };
-                    numbers.extend([
+                    slack = slack.max(period.div_ceil(NS_PER_MS));
+                    [
                         whole_ms as f64,
                         f64::from(window.limit()),
                         f64::from(check.cost),
                         0.0,
-                    ]);
-                    slack = slack.max(period.div_ceil(NS_PER_MS));
+                    ]
                 }
-            }
+            };
+            windows.push((tag, numbers));
         }
         // On the layer's clock a state's expiry is a moment of the layer's
         // clock, which may run at another rate than Redis's (a test's
         // manual clock): its TTL gets the longest period and a second more.
         let slack = if now.is_some() { slack + 1000 } else { 0 };
-        numbers[at + 3] = slack as f64;
-        numbers[at + 4] = length as f64;
-        numbers[at + 5] = flag(exotic);
-        text[first_tag - 1] = layout.into_bytes();
+        let kind = match check.algorithm {
+            Algorithm::Gcra => 0.0,
+            Algorithm::FixedWindow => 1.0,
+        };
+        put(
+            &mut arg,
+            &[
+                kind,
+                flag(check.shadow),
+                check.windows.len() as f64,
+                slack as f64,
+                length as f64,
+                flag(exotic),
+            ],
+        );
+        put_text(&mut arg, layout.as_bytes());
+        for (tag, numbers) in &windows {
+            put_text(&mut arg, tag.as_bytes());
+            put(&mut arg, numbers);
+        }
     }
-    // The penalties last, where the header says.
-    numbers[6] = (1 + 8 * numbers.len()) as f64;
+    // The penalties last, where the header says (1-based, in bytes).
+    let q = (1 + arg.len()) as f64;
+    arg[48..56].copy_from_slice(&q.to_le_bytes());
     for (nth, &i) in group.iter().enumerate() {
         let check = &checks[i];
         if let Some((key, penalty)) = &check.penalty {
             keys.extend(penalty_keys(prefix, check.principal, *key));
-            numbers.extend([(nth + 1) as f64, f64::from(penalty.refusals())]);
-            numbers.extend(split(penalty.within_ns()));
-            numbers.extend(split(penalty.ban_ns()));
+            put(&mut arg, &[(nth + 1) as f64, f64::from(penalty.refusals())]);
+            put(&mut arg, &split(penalty.within_ns()));
+            put(&mut arg, &split(penalty.ban_ns()));
         }
     }
-    text[0] = numbers.iter().flat_map(|n| n.to_le_bytes()).collect();
-    (keys, text)
+    (keys, vec![arg])
 }
 
 /// What the script answered for one group.
@@ -502,52 +512,64 @@ mod tests {
                 "rl:{0000000000000005}:0000000000000008",
             ]
         );
-        let numbers = |bytes: &[u8]| -> Vec<f64> {
-            bytes
-                .chunks(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect()
+        /// A number or a text of the argument.
+        #[derive(Debug, PartialEq)]
+        enum Item {
+            N(f64),
+            T(&'static str),
+        }
+        use Item::{N, T};
+        // Reads `arg` as `shape` says: `d` a number, `t` a text.
+        let read = |arg: &[u8], shape: &str| -> Vec<Item> {
+            let mut at = 0;
+            let number = |at: &mut usize| {
+                let n = f64::from_le_bytes(arg[*at..*at + 8].try_into().unwrap());
+                *at += 8;
+                n
+            };
+            let items: Vec<Item> = shape
+                .chars()
+                .map(|c| match c {
+                    'd' => N(number(&mut at)),
+                    _ => {
+                        let len = number(&mut at) as usize;
+                        let text = std::str::from_utf8(&arg[at..at + len]).unwrap();
+                        at += len;
+                        T(text.to_owned().leak())
+                    }
+                })
+                .collect();
+            assert_eq!(at, arg.len(), "all of it read");
+            items
         };
+        assert_eq!(args.len(), 1, "one argument");
         #[rustfmt::skip]
         let expected = [
-            -1.0, 0.0, 1.0, 1.0, 2.0, 0.0, 249.0, // Redis's clock, charge, 2 checks
-            0.0, 0.0, 2.0, 0.0, 82.0, 0.0, // GCRA, 2 windows, value length
-            60.0, 0.0, 1.0, 0.0, // capacity 60 s, increment 1 s
-            3600.0, 0.0, 3.0, 600_000_000.0, // 3600 s, 3.6 s
-            1.0, 1.0, 1.0, 0.0, 28.0, 0.0, // fixed, shadow, 1 window
-            1000.0, 10.0, 2.0, 0.0, // 1000 ms, limit 10, cost 2
+            N(-1.0), N(0.0), N(1.0), N(1.0), N(2.0), N(0.0), N(368.0), // Redis's clock, charge, 2 checks
+            N(0.0), N(0.0), N(2.0), N(0.0), N(82.0), N(0.0), T("<c24ddc26dd"), // GCRA, 2 windows
+            T("g60000000000@1000000000="), N(60.0), N(0.0), N(1.0), N(0.0), // 60 s, 1 s
+            T("g3600000000000@3600000000="), N(3600.0), N(0.0), N(3.0), N(600_000_000.0),
+            N(1.0), N(1.0), N(1.0), N(0.0), N(28.0), N(0.0), T("<c12dd"), // fixed, shadow
+            T("f1000000000="), N(1000.0), N(10.0), N(2.0), N(0.0), // 1000 ms, limit 10, cost 2
         ];
-        assert_eq!(numbers(&args[0]), expected);
-        let text: Vec<&str> = args[1..]
-            .iter()
-            .map(|a| std::str::from_utf8(a).unwrap())
-            .collect();
-        assert_eq!(
-            text,
-            [
-                "<c24ddc26dd",
-                "g60000000000@1000000000=",
-                "g3600000000000@3600000000=",
-                "<c12dd",
-                "f1000000000=",
-            ]
-        );
+        let shape = "dddddddddddddttddddtdddd".to_owned() + "ddddddttdddd";
+        assert_eq!(read(&args[0], &shape), expected);
         let now = 1_700_000_000_123_456_789;
         let (_, args) = invocation("rl", Some(now), &checks, &[0], false, true);
         assert_eq!(
-            numbers(&args[0])[..11],
+            read(&args[0], "dddddddddddddttddddtdddd")[..11],
             [
-                1_700_000_000.0,
-                123_456_789.0,
-                0.0,
-                1.0,
-                1.0,
-                0.0,
-                169.0,
-                0.0,
-                0.0,
-                2.0,
-                3_601_000.0
+                N(1_700_000_000.0),
+                N(123_456_789.0),
+                N(0.0),
+                N(1.0),
+                N(1.0),
+                N(0.0),
+                N(254.0),
+                N(0.0),
+                N(0.0),
+                N(2.0),
+                N(3_601_000.0)
             ],
             "the longest period and a second of TTL slack"
         );

@@ -19,10 +19,11 @@ use super::failure::{self, Failure};
 use super::failure_policy::FailurePolicy;
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
 use super::metrics::{Limits, StoreMetrics};
+use super::peek;
 use super::script::{self, Planned};
 use crate::error::ConfigError;
 use crate::penalty::PenaltyBox;
-use crate::store::protocol::{Check, Decided, Outcome};
+use crate::store::protocol::{Answer, Check, Decided, Outcome, Peeked};
 use crate::store::{MemoryStore, Store, StoreError};
 
 /// Whose clock decisions use.
@@ -65,6 +66,8 @@ struct Inner {
     script: Script,
     /// The refund of a request refused by a later group of its checks.
     refund: Script,
+    /// The operators' peek and reset (the admin API).
+    admin: Script,
     prefix: Box<str>,
     clock: ClockSource,
     deadline: Duration,
@@ -424,6 +427,7 @@ impl RedisStoreBuilder {
                 backend,
                 script: Script::new(&script::source()),
                 refund: Script::new(script::REFUND),
+                admin: Script::new(peek::SOURCE),
                 prefix: self.prefix.into_boxed_str(),
                 clock: self.clock,
                 deadline: self.deadline,
@@ -632,6 +636,65 @@ impl Store for RedisStore {
             }),
         })
     }
+
+    /// Reads the checks' buckets and bans in Redis, one call per principal,
+    /// writing nothing, and computes each window as the memory store would
+    /// (on Redis's clock, unless the store uses the layer's). Fails when
+    /// Redis cannot answer within the deadline or the breaker is open.
+    fn peek(&self, now: u64, checks: &[Check<'_>]) -> Answer<Peeked> {
+        let planned = peek::planned(checks);
+        let inner = Arc::clone(&self.inner);
+        let layer_now = (inner.clock == ClockSource::Layer).then_some(now);
+        Box::pin(async move {
+            if planned.is_empty() {
+                return Ok(Peeked::default());
+            }
+            let groups = script::groups(&planned);
+            let calls = groups
+                .iter()
+                .map(|group| peek::peek_call(&inner.prefix, &planned, group))
+                .collect();
+            let replies: Vec<Vec<Option<Vec<u8>>>> = inner.operate(calls).await?;
+            let mut standings: Vec<_> = planned.iter().map(|_| None).collect();
+            for (group, reply) in groups.iter().zip(&replies) {
+                let now = match layer_now {
+                    Some(now) => now,
+                    None => peek::redis_time(reply).map_err(StoreError::protocol)?,
+                };
+                peek::read_group(&planned, group, reply, now, &mut standings)
+                    .map_err(StoreError::protocol)?;
+            }
+            peek::peeked(standings).map_err(StoreError::protocol)
+        })
+    }
+
+    /// Deletes the checks' buckets and their penalties' bans and refusals
+    /// in Redis, one call per principal, then forgets what this process
+    /// remembers of them (refusals in the deny cache, bans). Other
+    /// processes may go on refusing from their own memory until it ends.
+    fn forget(&self, checks: &[Check<'_>]) -> Answer<()> {
+        let planned = peek::planned(checks);
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            if planned.is_empty() {
+                return Ok(());
+            }
+            let calls = script::groups(&planned)
+                .iter()
+                .map(|group| peek::forget_call(&inner.prefix, &planned, group))
+                .collect();
+            inner.operate::<i64>(calls).await?;
+            for check in &planned {
+                if let Some(deny) = &inner.deny {
+                    deny.forget(check.bucket);
+                }
+                if let Some((key, _)) = check.penalty {
+                    inner.bans.forget(key);
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 impl Inner {
@@ -658,6 +721,39 @@ impl Inner {
             Some(Err(e)) => Err(Failure::Redis(e)),
             Some(Ok(reply)) => Ok(reply),
         }
+    }
+
+    /// Runs `calls` of the operators' script in turn, each within the
+    /// deadline, under the circuit breaker: their answers, or the error
+    /// that says why Redis did not give them.
+    async fn operate<T>(
+        self: &Arc<Self>,
+        calls: Vec<(Vec<String>, Vec<String>)>,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let permit = self.breaker.permit();
+        if let Permit::Refused(_) = permit {
+            let message = "the circuit breaker is open: Redis is not being called";
+            return Err(StoreError::connection(message));
+        }
+        let ticket = Ticket::new(Arc::clone(&self.breaker), permit);
+        let mut answers = Vec::with_capacity(calls.len());
+        for (keys, args) in calls {
+            match self.call(|inner| &inner.admin, keys, args).await {
+                Ok(answer) => answers.push(answer),
+                Err(failure) => {
+                    let error = failure.error();
+                    self.record_failure(&failure, ticket);
+                    return Err(error);
+                }
+            }
+        }
+        if ticket.success() == Transition::Closed {
+            tracing::info!("rate-limit store: Redis answers again");
+        }
+        Ok(answers)
     }
 
     /// Decides `checks` in Redis: one script call per principal (one call
@@ -729,6 +825,18 @@ impl Inner {
 /// that holds nothing, [`Busy::Unavailable`](crate::store::protocol::Busy::Unavailable),
 /// or a slot of this node's own share of the cap.
 impl crate::store::protocol::SharedSlots for RedisStore {
+    /// Counts the live slots of `key` in Redis (every node's), on Redis's
+    /// clock, within the deadline and under the circuit breaker.
+    fn in_flight(&self, key: u64, principal: u64) -> Answer<u32> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let call = peek::in_flight_call(&inner.prefix, principal, key);
+            let replies: Vec<Vec<Option<Vec<u8>>>> = inner.operate(vec![call]).await?;
+            let reply = replies.first().map_or(&[][..], Vec::as_slice);
+            peek::in_flight_of(reply).map_err(StoreError::protocol)
+        })
+    }
+
     fn acquire(
         &self,
         key: u64,
