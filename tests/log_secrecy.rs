@@ -3,7 +3,6 @@
 //! no subscriber could make the layer's events invisible to the recorder.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
@@ -25,60 +24,10 @@ fn api_key() -> Header {
     Header::parse("X-API-Key").unwrap()
 }
 
-/// Records every span and event (message and fields) as text.
-#[derive(Clone, Default)]
-struct Recorder {
-    log: Arc<std::sync::Mutex<String>>,
-}
+#[path = "support/log_text.rs"]
+mod log_text;
 
-struct Fields<'a>(&'a mut String);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!(" {}={:?}", field.name(), value));
-    }
-}
-
-impl tracing::Subscriber for Recorder {
-    fn register_callsite(
-        &self,
-        _: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::always()
-    }
-
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::TRACE)
-    }
-
-    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let mut log = self.log.lock().unwrap();
-        log.push_str(span.metadata().name());
-        span.record(&mut Fields(&mut log));
-        log.push('\n');
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
-        values.record(&mut Fields(&mut self.log.lock().unwrap()));
-    }
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut log = self.log.lock().unwrap();
-        event.record(&mut Fields(&mut log));
-        log.push('\n');
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
-}
+use log_text::LogText as Recorder;
 
 /// The layer logs refusals and key errors (at debug and trace level) and
 /// never the key itself.
@@ -131,7 +80,7 @@ async fn logs_never_contain_the_api_key() {
         StatusCode::UNAUTHORIZED
     );
 
-    let log = recorder.log.lock().unwrap().clone();
+    let log = recorder.text();
     assert!(
         log.contains("refused"),
         "the recorder saw the layer's events:\n{log}"

@@ -4,7 +4,7 @@
 //! binary of its own: it records every log line of the process.)
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -369,7 +369,7 @@ async fn the_raw_key_never_reaches_the_logs() {
     h.admin(Method::DELETE, &format!("{key_path}/override"), "")
         .await;
     h.admin(Method::DELETE, &key_path, "").await;
-    let log = logs().lock().unwrap().clone();
+    let log = logs().text();
     assert!(
         log.contains("rate-limit admin"),
         "the logs were recorded: {log}"
@@ -377,64 +377,15 @@ async fn the_raw_key_never_reaches_the_logs() {
     assert!(!log.contains(SECRET), "{log}");
 }
 
+#[path = "../support/log_text.rs"]
+mod log_text;
+
 /// Every log line of the process since the first harness, as text.
-fn logs() -> &'static Mutex<String> {
-    static LOG: OnceLock<Arc<Mutex<String>>> = OnceLock::new();
+fn logs() -> &'static log_text::LogText {
+    static LOG: OnceLock<log_text::LogText> = OnceLock::new();
     LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(String::new()));
-        let recorder = Recorder(Arc::clone(&log));
-        tracing::subscriber::set_global_default(recorder).unwrap();
+        let log = log_text::LogText::default();
+        tracing::subscriber::set_global_default(log.clone()).unwrap();
         log
     })
-}
-
-/// Records every event's fields as text.
-struct Recorder(Arc<Mutex<String>>);
-
-struct Fields<'a>(&'a mut String);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!(" {}={:?}", field.name(), value));
-    }
-}
-
-impl tracing::Subscriber for Recorder {
-    fn register_callsite(
-        &self,
-        _: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::always()
-    }
-
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::TRACE)
-    }
-
-    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let mut log = self.0.lock().unwrap();
-        span.record(&mut Fields(&mut log));
-        log.push('\n');
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
-        values.record(&mut Fields(&mut self.0.lock().unwrap()));
-    }
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut log = self.0.lock().unwrap();
-        event.record(&mut Fields(&mut log));
-        log.push('\n');
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
 }
