@@ -136,13 +136,12 @@ impl Decision {
 
     /// Adds the in-flight caps a request holds slots of (after its windows).
     /// They become the reported window only when no window was counted.
-    pub(crate) fn with_caps(mut self, caps: impl IntoIterator<Item = WindowReport>) -> Self {
+    pub(crate) fn add_caps(&mut self, caps: impl IntoIterator<Item = WindowReport>) {
         let counted = !self.windows.is_empty();
         self.windows.extend(caps);
         if !counted {
             self.reported = 0;
         }
-        self
     }
 
     /// A decision with no window, for a request only capped in flight.
@@ -158,9 +157,8 @@ impl Decision {
     }
 
     /// Marks that a shadow limit would have refused the request.
-    pub(crate) fn with_shadow_refusal(mut self, refused: bool) -> Self {
+    pub(crate) fn add_shadow_refusal(&mut self, refused: bool) {
         self.shadow_refused |= refused;
-        self
     }
 
     /// Whether the request was admitted.

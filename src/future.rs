@@ -30,7 +30,7 @@ pin_project! {
             #[pin]
             future: F,
             headers: Option<PendingHeaders>,
-            decision: Option<Box<Decision>>,
+            decision: Option<Decision>,
             slots: Slots,
         },
         Produced {
@@ -46,7 +46,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(
         future: F,
         headers: Option<PendingHeaders>,
-        decision: Option<Box<Decision>>,
+        decision: Option<Decision>,
         slots: Slots,
     ) -> Self {
         ResponseFuture {
@@ -95,7 +95,7 @@ where
                     headers.write(response.headers_mut());
                 }
                 if let Some(decision) = decision.take() {
-                    response.extensions_mut().insert(*decision);
+                    response.extensions_mut().insert(decision);
                 }
                 Poll::Ready(Ok(response))
             }

@@ -30,40 +30,71 @@ static DIGITS: [u8; SMALL * WIDTH] = {
 
 const CACHE: usize = 512;
 
-thread_local! {
-    static LARGE: RefCell<Vec<(u64, HeaderValue)>> = const { RefCell::new(Vec::new()) };
+/// A thread's large values: by number, and the last of each of the
+/// `X-RateLimit-*` trio's three (a limit and a reset repeat from one
+/// response to the next, and must not evict each other from the table).
+struct Large {
+    table: Vec<(u64, HeaderValue)>,
+    last: [(u64, HeaderValue); 3],
 }
+
+impl Large {
+    /// `n` (10,000 or more) from the cache, or made and cached; `role`
+    /// says which of the trio's values it is.
+    #[inline]
+    fn get(&mut self, role: usize, n: u64) -> HeaderValue {
+        let last = &mut self.last[role];
+        if last.0 != n {
+            *last = (n, cached(&mut self.table, n));
+        }
+        last.1.clone()
+    }
+}
+
+thread_local! {
+    static LARGE: RefCell<Large> = const {
+        RefCell::new(Large {
+            table: Vec::new(),
+            // Key 0 never reaches the cache (it is in the static table).
+            last: [ZERO, ZERO, ZERO],
+        })
+    };
+}
+
+const ZERO: (u64, HeaderValue) = (0, HeaderValue::from_static("0"));
 
 /// `n` as a header value.
 pub(crate) fn number(n: u64) -> HeaderValue {
     if n < SMALL as u64 {
         return small(n);
     }
-    LARGE.with(|cache| cached(&mut cache.borrow_mut(), n))
+    LARGE.with(|cache| cached(&mut cache.borrow_mut().table, n))
 }
 
 /// The `X-RateLimit-*` trio's values, looking at the per-thread cache once
 /// for all three.
 pub(crate) fn trio(limit: u64, remaining: u64, reset: u64) -> [HeaderValue; 3] {
+    if limit < SMALL as u64 && remaining < SMALL as u64 && reset < SMALL as u64 {
+        return [small(limit), small(remaining), small(reset)];
+    }
     LARGE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        let mut value = |n: u64| {
+        let mut value = |role: usize, n: u64| {
             if n < SMALL as u64 {
                 small(n)
             } else {
-                cached(&mut cache, n)
+                cache.get(role, n)
             }
         };
-        [value(limit), value(remaining), value(reset)]
+        [value(0, limit), value(1, remaining), value(2, reset)]
     })
 }
 
-/// `n` (10,000 or more) from the per-thread cache, or made and cached.
+/// `n` (10,000 or more) from the per-thread table, or made and put there.
 #[inline]
 fn cached(cache: &mut Vec<(u64, HeaderValue)>, n: u64) -> HeaderValue {
     if cache.is_empty() {
-        // Key 0 never reaches the cache (it is in the static table).
-        cache.resize(CACHE, (0, HeaderValue::from_static("0")));
+        cache.resize(CACHE, ZERO);
     }
     let slot = &mut cache[(n % CACHE as u64) as usize];
     if slot.0 != n {

@@ -156,15 +156,15 @@ fn pick(outcome: &Outcome, report: ReportedWindow, period_secs: impl Fn(usize) -
             .max_by_key(|&i| (statuses[i].retry_after, std::cmp::Reverse(i)))
             .unwrap_or(0);
     }
-    (0..statuses.len())
-        .min_by_key(|&i| {
-            (
-                statuses[i].remaining,
-                std::cmp::Reverse(statuses[i].reset_after),
-                i,
-            )
-        })
-        .unwrap_or(0)
+    // The fewest remaining, then the latest reset, then the first.
+    let rank = |w: &WindowStatus| (w.remaining, std::cmp::Reverse(w.reset_after));
+    let mut best = 0;
+    for (i, w) in statuses.iter().enumerate().skip(1) {
+        if rank(w) < rank(&statuses[best]) {
+            best = i;
+        }
+    }
+    best
 }
 
 /// Which window of `quota` the headers report when nothing was counted.

@@ -96,11 +96,12 @@ impl Header {
 
 impl KeyExtractor for Header {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
-        let value = single_value(request.headers(), &self.name, &self.display, self.commas)?;
+        let (value, ascii) =
+            single_value(request.headers(), &self.name, &self.display, self.commas)?;
         if self.bearer {
             bearer_token(value)
         } else {
-            text_key(value, &self.display)
+            text_key(value, ascii, &self.display)
         }
     }
 
@@ -125,7 +126,7 @@ fn bearer_token(credentials: &[u8]) -> Result<Key<'_>, KeyError> {
     }
     let start = token.iter().position(|&b| b != b' ').unwrap_or(token.len());
     let token = &token[start..];
-    let key = text_key(token, BEARER_SOURCE)?;
+    let key = text_key(token, false, BEARER_SOURCE)?;
     if !is_b64token(token) {
         return Err(
             KeyError::new(KeyErrorKind::Malformed, BEARER_SOURCE).with_detail(
@@ -145,23 +146,27 @@ enum Commas {
     InKey,
 }
 
-/// The one value of header `name`, trimmed, or why there is none: no line
-/// at all, or lines (with [`Commas::Separate`], comma-separated elements of
-/// lines) that differ.
+/// The one value of header `name`, trimmed, and whether it is known to be
+/// ASCII; or why there is none: no line at all, or lines (with
+/// [`Commas::Separate`], comma-separated elements of lines) that differ.
 fn single_value<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
     source: &str,
     commas: Commas,
-) -> Result<&'a [u8], KeyError> {
+) -> Result<(&'a [u8], bool), KeyError> {
     let mut lines = headers.get_all(name).iter();
     let Some(line) = lines.next() else {
         return Err(KeyError::new(KeyErrorKind::Missing, source.to_owned()));
     };
-    // The common case: one line, one element.
+    // The common case: one line, one element, read once for both commas
+    // and non-ASCII bytes.
     let bytes = line.as_bytes();
-    if lines.next().is_none() && (commas == Commas::InKey || !bytes.contains(&b',')) {
-        return Ok(trim_spaces(bytes));
+    if lines.next().is_none() {
+        let (comma, ascii) = scan(bytes);
+        if commas == Commas::InKey || !comma {
+            return Ok((trim_spaces(bytes), ascii));
+        }
     }
     let mut values = headers.get_all(name).iter().flat_map(|value| {
         let bytes = value.as_bytes();
@@ -174,15 +179,45 @@ fn single_value<'a>(
     if values.any(|other| other != first) {
         return Err(KeyError::new(KeyErrorKind::Conflicting, source.to_owned()));
     }
-    Ok(first)
+    Ok((first, false))
 }
 
-/// A key from trimmed header bytes: non-empty, UTF-8.
-fn text_key<'a>(bytes: &'a [u8], source: &str) -> Result<Key<'a>, KeyError> {
+/// Whether `bytes` hold a comma, and whether they are all ASCII: one pass,
+/// eight bytes at a time.
+fn scan(bytes: &[u8]) -> (bool, bool) {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const COMMAS: u64 = u64::from_ne_bytes([b','; 8]);
+    let (mut comma, mut high) = (0, 0);
+    let mut word = |w: u64| {
+        // A byte of `x` is zero where `w` has a comma.
+        let x = w ^ COMMAS;
+        comma |= x.wrapping_sub(ONES) & !x & HIGH;
+        high |= w & HIGH;
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut w = [0; 8];
+        w.copy_from_slice(chunk);
+        word(u64::from_ne_bytes(w));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        // Padded with spaces: neither a comma nor a high byte.
+        let mut w = [b' '; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        word(u64::from_ne_bytes(w));
+    }
+    (comma != 0, high == 0)
+}
+
+/// A key from trimmed header bytes: non-empty, UTF-8 (`ascii`: known to be
+/// ASCII already).
+fn text_key<'a>(bytes: &'a [u8], ascii: bool, source: &str) -> Result<Key<'a>, KeyError> {
     if bytes.is_empty() {
         return Err(KeyError::new(KeyErrorKind::Empty, source.to_owned()));
     }
-    if std::str::from_utf8(bytes).is_err() {
+    if !ascii && std::str::from_utf8(bytes).is_err() {
         return Err(KeyError::new(KeyErrorKind::NotUtf8, source.to_owned()));
     }
     Ok(Key::borrowed(bytes))
@@ -209,4 +244,31 @@ fn trim_spaces(bytes: &[u8]) -> &[u8] {
         .rposition(|&b| b != b' ' && b != b'\t')
         .map_or(start, |e| e + 1);
     &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scan;
+
+    #[test]
+    fn scan_finds_commas_and_non_ascii_bytes_anywhere() {
+        for len in 0..40 {
+            let plain = vec![b'k'; len];
+            assert_eq!(scan(&plain), (false, true), "{len}");
+            for at in 0..len {
+                let mut comma = plain.clone();
+                comma[at] = b',';
+                assert_eq!(scan(&comma), (true, true), "{len} {at}");
+                let mut high = plain.clone();
+                high[at] = 0xC3;
+                assert_eq!(scan(&high), (false, false), "{len} {at}");
+                // Bytes next to a comma's value must not pass for one.
+                for b in [b'+', b'-', 0x2C ^ 0x80, 0x2C ^ 0x01, 0x2D, 0x00] {
+                    let mut near = plain.clone();
+                    near[at] = b;
+                    assert!(!scan(&near).0, "{len} {at} {b}");
+                }
+            }
+        }
+    }
 }

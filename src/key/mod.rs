@@ -214,6 +214,25 @@ impl<'a> Key<'a> {
         }
     }
 
+    /// The key's tag and bytes, if they are held as they are hashed (all
+    /// but a percent-encoded path segment's).
+    pub(crate) fn contiguous(&self) -> Option<(u64, &[u8])> {
+        let bytes = match &self.repr {
+            Repr::Borrowed(b) => b,
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Owned(b) => &**b,
+            Repr::PercentEncoded(_) => return None,
+        };
+        Some((self.tag, bytes))
+    }
+
+    /// The same key with the tag `tag` (see [`Key::tagged`]).
+    #[cfg(test)]
+    pub(crate) fn with_tag(mut self, tag: u64) -> Self {
+        self.tag = tag;
+        self
+    }
+
     /// The key's bytes (decoded, for a path segment).
     pub fn to_bytes(&self) -> Cow<'_, [u8]> {
         match &self.repr {

@@ -113,18 +113,14 @@ impl Applied {
             let route = self.route(policy, i);
             let limit = &policy.limits[usize::from(charge.origin.0)];
             let quota = route.quota_of(charge.own.as_ref());
-            let check = if charge.shadow {
-                Check::shadow(charge.bucket, quota)
-            } else {
-                Check::new(charge.bucket, quota)
-            };
-            let check = check
-                .in_limit(&limit.name)
-                .based_on(route.base())
-                .of_principal(charge.principal);
-            checks.push(match (charge.penalty_key, &limit.penalty) {
-                (Some(key), Some(penalty)) => check.with_penalty(key, penalty),
-                _ => check,
+            checks.push(Check {
+                bucket: charge.bucket,
+                principal: charge.principal,
+                quota,
+                shadow: charge.shadow,
+                limit: &limit.name,
+                base: route.base(),
+                penalty: charge.penalty_key.zip(limit.penalty.as_ref()),
             });
         }
     }

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use self::applied::Applied;
+use self::applied::{Applied, Checks};
 use self::decide::{later, Step};
 pub(crate) use self::metrics::Metrics;
 use self::plan::{plan, Plan};
@@ -115,7 +115,22 @@ where
         }
 
         // 3. decide: the in-flight slots, then the store; what must wait
-        // goes on in the response future.
+        // goes on in the response future. The usual request, with no slot
+        // to take, asks the store straight away.
+        if applied.claims.is_empty() && !applied.charges.is_empty() {
+            let decided = {
+                let mut checks = Checks::new();
+                applied.checks(&shared.policy.inner, &mut checks);
+                shared.store.check(now, &checks)
+            };
+            return match decided {
+                // 4. respond.
+                Decided::Ready(ref answer) => {
+                    finish(shared, Some(answer), &mut applied, request, inner)
+                }
+                pending => later(shared, inner, request, applied, Step::Asked(pending)),
+            };
+        }
         match applied.decide_now(shared) {
             // 4. respond.
             Step::Asked(Decided::Ready(ref answer)) => {

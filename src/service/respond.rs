@@ -94,12 +94,8 @@ where
         Some(Err(error)) => {
             tracing::warn!(%error, "rate-limit store failed; request let through unlimited");
             metrics::admitted(shared, applied, None);
-            return ResponseFuture::inner(
-                inner.call(request),
-                None,
-                None,
-                slots(take(&mut applied.held)),
-            );
+            let slots = slots(&mut applied.held);
+            return ResponseFuture::inner(inner.call(request), None, None, slots);
         }
     };
     let policy = &*shared.policy.inner;
@@ -128,14 +124,14 @@ where
         };
         metrics::admitted(shared, applied, outcome);
         let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
-        let held = take(&mut applied.held);
-        return ResponseFuture::inner(inner.call(request), headers, None, slots(held));
+        let slots = slots(&mut applied.held);
+        return ResponseFuture::inner(inner.call(request), headers, None, slots);
     }
-    let decision = match outcome {
+    let mut decision = match outcome {
         Some(outcome) => decide_counted(shared, outcome, applied),
         None => Decision::admitted(),
-    }
-    .with_shadow_refusal(applied.shadow_busy != 0);
+    };
+    decision.add_shadow_refusal(applied.shadow_busy != 0);
     let counted = outcome.map(|outcome| Counted {
         outcome,
         applied: &*applied,
@@ -155,18 +151,14 @@ where
             );
         }
     }
-    let decision = decision.with_caps(caps());
+    if !applied.claims.is_empty() {
+        decision.add_caps(caps());
+    }
     metrics::admitted(shared, applied, outcome);
     metrics::near_limit_decided(shared, &decision);
     let headers = headers_for(shared, &decision, counted);
-    respond(
-        shared,
-        decision,
-        headers,
-        request,
-        inner,
-        take(&mut applied.held),
-    )
+    let slots = slots(&mut applied.held);
+    respond(shared, decision, headers, request, inner, slots)
 }
 
 /// The 401 for a key a limit rejected: nothing was counted, so no
@@ -200,16 +192,16 @@ fn respond<S, St, ReqBody, ResBody>(
     headers: PendingHeaders,
     mut request: Request<ReqBody>,
     inner: &mut S,
-    held: Held,
+    slots: Slots,
 ) -> ResponseFuture<S::Future, ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     let decision = shared.decision_extensions.then(|| {
         request.extensions_mut().insert(decision.clone());
-        Box::new(decision)
+        decision
     });
-    ResponseFuture::inner(inner.call(request), Some(headers), decision, slots(held))
+    ResponseFuture::inner(inner.call(request), Some(headers), decision, slots)
 }
 
 /// The layer's own answer to a refused request; `counted`: what the store
@@ -259,9 +251,10 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
     refuse(shared, decision, None, request)
 }
 
-/// The slots a response body holds.
-pub(super) fn slots(held: Held) -> Slots {
-    (!held.is_empty()).then(|| held.into_vec().into_boxed_slice())
+/// The slots a response body holds: those the request took (none, most
+/// often, without touching them).
+pub(super) fn slots(held: &mut Held) -> Slots {
+    (!held.is_empty()).then(|| take(held).into_vec().into_boxed_slice())
 }
 
 pub(super) fn build<B>(

@@ -768,11 +768,18 @@ impl Shard {
     /// and remembers the rates of a bucket that is not on its route's
     /// default quota. Buckets on the default cost nothing here while no
     /// bucket of the shard is on another quota.
+    #[inline]
     fn follow_rates(&mut self, check: &Check<'_>, now: u64) {
         let custom = !std::ptr::eq(check.quota, check.base) && check.quota != check.base;
-        if !custom && self.rates.is_empty() {
-            return;
+        if custom || !self.rates.is_empty() {
+            self.carry_rates(check, custom, now);
         }
+    }
+
+    /// [`Shard::follow_rates`] for a bucket on a quota of its own, or in a
+    /// shard where some bucket is.
+    #[inline(never)]
+    fn carry_rates(&mut self, check: &Check<'_>, custom: bool, now: u64) {
         let Shard { tables, rates, .. } = self;
         let removed;
         let last = if custom {
