@@ -6,12 +6,17 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use smallvec::SmallVec;
 
 use crate::inflight::Permit;
 
+/// The in-flight slots a request holds so far, in claim order.
+pub(crate) type Held = SmallVec<[Permit; 1]>;
+
 /// The in-flight slots a response holds (see
-/// [`Quota::in_flight`](crate::Quota::in_flight)).
-pub(crate) type Slots = Option<Box<[Permit]>>;
+/// [`Quota::in_flight`](crate::Quota::in_flight)): boxed behind a thin
+/// pointer, one word in every response future and body.
+pub(crate) type Slots = Option<Box<Held>>;
 
 pin_project! {
     /// The inner service's body, or the body of a response the layer produced

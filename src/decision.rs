@@ -92,7 +92,8 @@ pub struct Decision {
     pub(crate) basis: Basis,
     pub(crate) shadow_refused: bool,
     pub(crate) retry_after: u64,
-    pub(crate) reported: usize,
+    /// Index in `windows` (a policy has at most 256 checks of 8 windows).
+    pub(crate) reported: u16,
     pub(crate) windows: SmallVec<[WindowReport; 4]>,
 }
 
@@ -191,7 +192,7 @@ impl Decision {
     /// The reported window: the one the `X-RateLimit-*` headers describe
     /// (see [`PolicyBuilder::report_period`](crate::PolicyBuilder::report_period)).
     pub fn reported(&self) -> Option<&WindowReport> {
-        self.windows.get(self.reported)
+        self.windows.get(usize::from(self.reported))
     }
 
     /// Every window the request was counted in.

@@ -5,11 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::Response;
+use http::{Extensions, Response};
 use pin_project_lite::pin_project;
 
 use crate::body::{ResponseBody, Slots};
-use crate::decision::Decision;
 use crate::headers::PendingHeaders;
 
 type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
@@ -30,7 +29,10 @@ pin_project! {
             #[pin]
             future: F,
             headers: Option<PendingHeaders>,
-            decision: Option<Decision>,
+            // The decision, already in an extensions map (one word, where
+            // the decision itself is some 200 bytes moved with the future):
+            // empty unless decision extensions are on.
+            extensions: Extensions,
             slots: Slots,
         },
         Produced {
@@ -46,14 +48,14 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(
         future: F,
         headers: Option<PendingHeaders>,
-        decision: Option<Decision>,
+        extensions: Extensions,
         slots: Slots,
     ) -> Self {
         ResponseFuture {
             state: State::Inner {
                 future,
                 headers,
-                decision,
+                extensions,
                 slots,
             },
         }
@@ -85,7 +87,7 @@ where
             StateProj::Inner {
                 future,
                 headers,
-                decision,
+                extensions,
                 slots,
             } => {
                 let response = ready!(future.poll(cx))?;
@@ -94,9 +96,8 @@ where
                 if let Some(headers) = headers.take() {
                     headers.write(response.headers_mut());
                 }
-                if let Some(decision) = decision.take() {
-                    response.extensions_mut().insert(decision);
-                }
+                // Moves the map in whole when the response has none.
+                response.extensions_mut().extend(std::mem::take(extensions));
                 Poll::Ready(Ok(response))
             }
             StateProj::Produced { response } => match response.take() {

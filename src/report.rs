@@ -70,7 +70,8 @@ impl Decision {
             basis: outcome.basis(),
             shadow_refused: outcome.shadow_refused(),
             retry_after,
-            reported,
+            // At most 256 checks of 8 windows each: it fits.
+            reported: reported as u16,
             windows,
         };
         if refusal.is_some() {

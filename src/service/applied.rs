@@ -4,7 +4,7 @@
 
 use smallvec::SmallVec;
 
-use crate::inflight::{Mode, Permit};
+use crate::inflight::Mode;
 use crate::key::{Key, RequestView};
 use crate::policy::{CompiledLimit, Own, PolicyInner, Quota, Route};
 use crate::report::WindowOrigin;
@@ -64,8 +64,7 @@ pub(super) struct Claim {
     pub(super) shadow: bool,
 }
 
-/// The slots a request holds so far.
-pub(super) type Held = SmallVec<[Permit; 1]>;
+pub(super) use crate::body::Held;
 
 /// What the layer knows of the limits that apply to a request.
 pub(super) struct Applied {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use tower_service::Service;
 
 use self::applied::{Applied, Checks};
@@ -109,7 +109,9 @@ where
         let mut applied = Applied::new(now);
         match plan(shared, &request, &mut applied) {
             Plan::Apply => {}
-            Plan::Pass => return ResponseFuture::inner(inner.call(request), None, None, None),
+            Plan::Pass => {
+                return ResponseFuture::inner(inner.call(request), None, Extensions::new(), None)
+            }
             Plan::Reject(error) => return reject(&error, &request),
             Plan::Banned(ban) => return banned(shared, ban, now, &request),
         }

@@ -4,7 +4,7 @@
 
 use std::mem::take;
 
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use tower_service::Service;
 
 use super::applied::{Applied, Claim, Held};
@@ -95,7 +95,7 @@ where
             tracing::warn!(%error, "rate-limit store failed; request let through unlimited");
             metrics::admitted(shared, applied, None);
             let slots = slots(&mut applied.held);
-            return ResponseFuture::inner(inner.call(request), None, None, slots);
+            return ResponseFuture::inner(inner.call(request), None, Extensions::new(), slots);
         }
     };
     let policy = &*shared.policy.inner;
@@ -125,7 +125,7 @@ where
         metrics::admitted(shared, applied, outcome);
         let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
         let slots = slots(&mut applied.held);
-        return ResponseFuture::inner(inner.call(request), headers, None, slots);
+        return ResponseFuture::inner(inner.call(request), headers, Extensions::new(), slots);
     }
     let mut decision = match outcome {
         Some(outcome) => decide_counted(shared, outcome, applied),
@@ -197,11 +197,12 @@ fn respond<S, St, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let decision = shared.decision_extensions.then(|| {
+    let mut extensions = Extensions::new();
+    if shared.decision_extensions {
         request.extensions_mut().insert(decision.clone());
-        decision
-    });
-    ResponseFuture::inner(inner.call(request), Some(headers), decision, slots)
+        extensions.insert(decision);
+    }
+    ResponseFuture::inner(inner.call(request), Some(headers), extensions, slots)
 }
 
 /// The layer's own answer to a refused request; `counted`: what the store
@@ -254,7 +255,7 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
 /// The slots a response body holds: those the request took (none, most
 /// often, without touching them).
 pub(super) fn slots(held: &mut Held) -> Slots {
-    (!held.is_empty()).then(|| take(held).into_vec().into_boxed_slice())
+    (!held.is_empty()).then(|| Box::new(take(held)))
 }
 
 pub(super) fn build<B>(
