@@ -626,12 +626,16 @@ impl Route {
     pub(crate) fn quota_of<'a>(&'a self, own: Option<&'a Own>) -> &'a Quota {
         match own {
             Some(Own::Quota(quota)) => quota,
-            Some(Own::Plan(p)) => self
-                .plans
-                .get(usize::from(*p))
-                .and_then(Option::as_ref)
-                .unwrap_or(&self.quota),
-            None => &self.quota,
+            Some(Own::Plan(p)) => self.plan_quota(Some(*p)),
+            None => self.plan_quota(None),
         }
+    }
+
+    /// The quota of plan `plan` (an index into the limit's plans); with
+    /// `None`, or a plan this route has no quota for, the route's default.
+    pub(crate) fn plan_quota(&self, plan: Option<u8>) -> &Quota {
+        plan.and_then(|p| self.plans.get(usize::from(p)))
+            .and_then(Option::as_ref)
+            .unwrap_or(&self.quota)
     }
 }

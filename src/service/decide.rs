@@ -31,9 +31,14 @@ pub(super) enum Step<P> {
 }
 
 impl Applied {
-    /// Takes the request's slots that are free now, then asks the store.
+    /// Takes the request's slots that are free now, then asks the store
+    /// `checks` (the charges' checks, built by [`plan`](super::plan::plan)).
     #[inline]
-    pub(super) fn decide_now<St: Store>(&mut self, shared: &Shared<St>) -> Step<St::Pending> {
+    pub(super) fn decide_now<St: Store>(
+        &mut self,
+        shared: &Shared<St>,
+        checks: &Checks<'_>,
+    ) -> Step<St::Pending> {
         if !self.claims.is_empty() {
             // Slots a store shares are always asked for later.
             let taken = match shared.store.shared_slots() {
@@ -52,10 +57,39 @@ impl Applied {
                 Taken::Refused(i, why) => return Step::Busy(i, why),
             }
         }
-        self.ask_store(shared)
+        if self.charges.is_empty() {
+            return Step::Uncounted;
+        }
+        Step::Asked(self.ask(shared, checks))
     }
 
-    /// Asks the store about the request's charges (all slots are held).
+    /// Asks the store `checks`, the charges' checks as
+    /// [`plan`](super::plan::plan) built them: all of them, unless a key
+    /// has a quota of its own (then they are built again here).
+    #[inline(always)]
+    pub(super) fn ask<St: Store>(
+        &self,
+        shared: &Shared<St>,
+        checks: &Checks<'_>,
+    ) -> Decided<St::Pending> {
+        if checks.len() == self.charges.len() {
+            shared.store.check(self.now, checks)
+        } else {
+            self.ask_rebuilt(shared)
+        }
+    }
+
+    /// Asks the store about the charges, building their checks.
+    #[cold]
+    #[inline(never)]
+    fn ask_rebuilt<St: Store>(&self, shared: &Shared<St>) -> Decided<St::Pending> {
+        let mut checks = Checks::new();
+        self.checks(&shared.policy.inner, &mut checks);
+        shared.store.check(self.now, &checks)
+    }
+
+    /// Asks the store about the request's charges (all slots are held,
+    /// after a wait: the checks are built again here).
     #[inline]
     fn ask_store<St: Store>(&self, shared: &Shared<St>) -> Step<St::Pending> {
         if self.charges.is_empty() {

@@ -107,7 +107,8 @@ where
 
         // 1. match and 2. key: which limits apply, to whose key, at which quota.
         let mut applied = Applied::new(now);
-        match plan(shared, &request, &mut applied) {
+        let mut checks = Checks::new();
+        match plan(shared, &request, &mut applied, &mut checks) {
             Plan::Apply => {}
             Plan::Pass => {
                 return ResponseFuture::inner(inner.call(request), None, Extensions::new(), None)
@@ -120,12 +121,7 @@ where
         // goes on in the response future. The usual request, with no slot
         // to take, asks the store straight away.
         if applied.claims.is_empty() && !applied.charges.is_empty() {
-            let decided = {
-                let mut checks = Checks::new();
-                applied.checks(&shared.policy.inner, &mut checks);
-                shared.store.check(now, &checks)
-            };
-            return match decided {
+            return match applied.ask(shared, &checks) {
                 // 4. respond.
                 Decided::Ready(ref answer) => {
                     finish(shared, Some(answer), &mut applied, request, inner)
@@ -133,7 +129,7 @@ where
                 pending => later(shared, inner, request, applied, Step::Asked(pending)),
             };
         }
-        match applied.decide_now(shared) {
+        match applied.decide_now(shared, &checks) {
             // 4. respond.
             Step::Asked(Decided::Ready(ref answer)) => {
                 finish(shared, Some(answer), &mut applied, request, inner)

@@ -3,15 +3,16 @@
 
 use http::Request;
 
-use super::applied::{resolve, Applied, Charge, Claim};
+use super::applied::{resolve, Applied, Charge, Checks, Claim};
 use super::metrics::Verdict;
 use super::Shared;
 use crate::decision::WindowReport;
 use crate::event::{Event, EventKind};
 use crate::key::{Key, KeyError, KeyErrorKind, KeySecret, RequestView};
-use crate::policy::CompiledLimit;
+use crate::policy::{CompiledLimit, Own};
 use crate::report::quota_report;
 use crate::route::{Methods, PathSegments};
+use crate::store::protocol::Check;
 use crate::store::Store;
 
 /// What applies to a request.
@@ -40,11 +41,14 @@ pub(super) struct Ban {
 
 /// Matches `request` against every limit's routes and reads each applying
 /// limit's key: puts in `applied` a charge (its windows) and a claim (its
-/// in-flight cap) for each, or says why the request goes no further.
-pub(super) fn plan<St: Store, B>(
-    shared: &Shared<St>,
+/// in-flight cap) for each, and in `checks` the store's check of each
+/// charge (built here, where its route and quota are at hand), or says why
+/// the request goes no further.
+pub(super) fn plan<'p, St: Store, B>(
+    shared: &'p Shared<St>,
     request: &Request<B>,
     applied: &mut Applied,
+    checks: &mut Checks<'p>,
 ) -> Plan {
     let policy = &*shared.policy.inner;
     let now = applied.now;
@@ -115,6 +119,24 @@ pub(super) fn plan<St: Store, B>(
             });
         }
         if !quota.windows().is_empty() {
+            // A key's own quota is not the policy's to lend: its check is
+            // built from the charge (see `Applied::ask`).
+            let lent = match &own {
+                Some(Own::Quota(_)) => None,
+                Some(Own::Plan(p)) => Some(route.plan_quota(Some(*p))),
+                None => Some(route.plan_quota(None)),
+            };
+            if let Some(quota) = lent {
+                checks.push(Check {
+                    bucket,
+                    principal: id,
+                    quota,
+                    shadow: limit.shadow,
+                    limit: &limit.name,
+                    base: route.base(),
+                    penalty: penalty_key.zip(limit.penalty.as_ref()),
+                });
+            }
             applied.charges.push(Charge {
                 origin,
                 bucket,
