@@ -120,6 +120,7 @@ impl PathPattern {
     }
 
     /// Matches a request path; on success, its captures.
+    #[inline(never)]
     pub(crate) fn matches<'p>(&'p self, path: &'p PathSegments<'p>) -> Option<Captures<'p>> {
         let mut i = 0;
         for segment in self.segments.iter() {
