@@ -163,39 +163,46 @@ impl Decision {
     }
 
     /// Whether the request was admitted.
+    #[inline]
     pub fn is_admitted(&self) -> bool {
         self.refusal.is_none()
     }
 
     /// Whether a limit in shadow mode would have refused the request.
+    #[inline]
     pub fn shadow_refused(&self) -> bool {
         self.shadow_refused
     }
 
     /// Why the request was refused, if it was.
+    #[inline]
     pub fn refusal(&self) -> Option<RefusalReason> {
         self.refusal
     }
 
     /// What decided the request: the store's count, its deny cache, or a
     /// failure policy while the store could not decide.
+    #[inline]
     pub fn basis(&self) -> Basis {
         self.basis
     }
 
     /// Whole seconds (at least 1, rounded up) after which the refused request
     /// would be admitted, absent other traffic; `None` if admitted.
+    #[inline]
     pub fn retry_after(&self) -> Option<u64> {
         self.refusal.map(|_| self.retry_after)
     }
 
     /// The reported window: the one the `X-RateLimit-*` headers describe
     /// (see [`PolicyBuilder::report_period`](crate::PolicyBuilder::report_period)).
+    #[inline]
     pub fn reported(&self) -> Option<&WindowReport> {
         self.windows.get(usize::from(self.reported))
     }
 
     /// Every window the request was counted in.
+    #[inline]
     pub fn windows(&self) -> &[WindowReport] {
         &self.windows
     }

@@ -213,6 +213,7 @@ fn scan(bytes: &[u8]) -> (bool, bool) {
 
 /// A key from trimmed header bytes: non-empty, UTF-8 (`ascii`: known to be
 /// ASCII already).
+#[inline]
 fn text_key<'a>(bytes: &'a [u8], ascii: bool, source: &str) -> Result<Key<'a>, KeyError> {
     if bytes.is_empty() {
         return Err(KeyError::new(KeyErrorKind::Empty, source.to_owned()));

@@ -90,17 +90,20 @@ impl Applied {
     }
 
     /// The (limit, route) of charge `check`.
+    #[inline]
     pub(super) fn origin(&self, check: usize) -> WindowOrigin {
         self.charges[check].origin
     }
 
     /// The route of charge `check`.
+    #[inline]
     pub(super) fn route<'p>(&self, policy: &'p PolicyInner, check: usize) -> &'p Route {
         let (li, ri) = self.origin(check);
         &policy.limits[usize::from(li)].routes[usize::from(ri)]
     }
 
     /// The quota of charge `check`.
+    #[inline]
     pub(super) fn quota<'a>(&'a self, policy: &'a PolicyInner, check: usize) -> &'a Quota {
         self.route(policy, check)
             .quota_of(self.charges[check].own.as_ref())

@@ -155,6 +155,7 @@ pub(super) fn plan<'p, St: Store, B>(
 }
 
 /// The request's key for `limit`, checked against the length cap.
+#[inline]
 fn extract_key<'a>(
     limit: &CompiledLimit,
     view: &RequestView<'a>,

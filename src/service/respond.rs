@@ -254,6 +254,7 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
 
 /// The slots a response body holds: those the request took (none, most
 /// often, without touching them).
+#[inline]
 pub(super) fn slots(held: &mut Held) -> Slots {
     (!held.is_empty()).then(|| Box::new(take(held)))
 }

@@ -147,11 +147,13 @@ impl Outcome {
     }
 
     /// What made this outcome (see [`Basis`]).
+    #[inline]
     pub fn basis(&self) -> Basis {
         self.basis
     }
 
     /// Whether a shadow check would have refused the request.
+    #[inline]
     pub fn shadow_refused(&self) -> bool {
         self.shadow_refused
     }
@@ -200,27 +202,32 @@ impl Outcome {
     }
 
     /// The ban that refused the request, or that its refusal started.
+    #[inline]
     pub fn ban(&self) -> Option<Ban> {
         self.ban
     }
 
     /// Whether every window admitted the request (and was charged).
+    #[inline]
     pub fn admitted(&self) -> bool {
         self.admitted
     }
 
     /// Whether a refusal came from the store's memory cap.
+    #[inline]
     pub fn is_capacity_refusal(&self) -> bool {
         self.capacity_retry_after.is_some()
     }
 
     /// The state of every window that was checked.
+    #[inline]
     pub fn windows(&self) -> &[WindowStatus] {
         &self.windows
     }
 
     /// Nanoseconds until the request would be admitted, absent other traffic:
     /// the longest wait of any window (or of the memory cap); 0 if admitted.
+    #[inline]
     pub fn retry_after(&self) -> u64 {
         if self.admitted {
             return 0;
