@@ -73,6 +73,7 @@ pub(crate) fn number(n: u64) -> HeaderValue {
 
 /// The `X-RateLimit-*` trio's values, looking at the per-thread cache once
 /// for all three.
+#[inline]
 pub(crate) fn trio(limit: u64, remaining: u64, reset: u64) -> [HeaderValue; 3] {
     if limit < SMALL as u64 && remaining < SMALL as u64 && reset < SMALL as u64 {
         return [small(limit), small(remaining), small(reset)];

@@ -54,26 +54,29 @@ impl Decision {
         report: ReportedWindow,
         period_ns: impl Fn(usize, usize) -> u64,
     ) -> Self {
-        let mut windows: SmallVec<[WindowReport; 4]> = SmallVec::new();
-        for status in outcome.windows() {
-            windows.push(status_report(outcome, status, &origin, now, &period_ns));
-        }
         let refusal = refusal_reason(outcome);
         let retry_after = if refusal.is_some() {
             outcome.retry_after().div_ceil(NANOS).max(1)
         } else {
             0
         };
-        let reported = pick(outcome, report, |i| windows[i].period);
+        // Built in place: the windows are filled where they stay, not
+        // moved in (the decision is some 200 bytes).
         let mut decision = Decision {
             refusal,
             basis: outcome.basis(),
             shadow_refused: outcome.shadow_refused(),
             retry_after,
-            // At most 256 checks of 8 windows each: it fits.
-            reported: reported as u16,
-            windows,
+            reported: 0,
+            windows: SmallVec::new(),
         };
+        for status in outcome.windows() {
+            let w = status_report(outcome, status, &origin, now, &period_ns);
+            decision.windows.push(w);
+        }
+        let reported = pick(outcome, report, |i| decision.windows[i].period);
+        // At most 256 checks of 8 windows each: it fits.
+        decision.reported = reported as u16;
         if refusal.is_some() {
             // Never advertise a reset before the moment a retry is admitted.
             let retry_at = now.div_ceil(NANOS) + retry_after;

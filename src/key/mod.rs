@@ -169,6 +169,7 @@ impl<'a> Key<'a> {
     }
 
     /// The key's length in bytes (decoded, for a path segment).
+    #[inline]
     pub fn len(&self) -> usize {
         match &self.repr {
             Repr::Borrowed(b) => b.len(),

@@ -616,6 +616,7 @@ impl Route {
     /// override applies (see [`Check::base`]).
     ///
     /// [`Check::base`]: crate::store::protocol::Check::base
+    #[inline]
     pub(crate) fn base(&self) -> &Quota {
         self.counted_at.get().unwrap_or(&self.quota)
     }

@@ -186,6 +186,7 @@ pub(super) fn banned<F, B, E, St, ReqBody>(
 
 /// Admitted: calls the inner service, whose response gets `headers` (and
 /// whose body holds the request's slots).
+#[inline(always)]
 fn respond<S, St, ReqBody, ResBody>(
     shared: &Shared<St>,
     decision: Decision,
@@ -254,7 +255,7 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
 
 /// The slots a response body holds: those the request took (none, most
 /// often, without touching them).
-#[inline]
+#[inline(always)]
 pub(super) fn slots(held: &mut Held) -> Slots {
     (!held.is_empty()).then(|| Box::new(take(held)))
 }
