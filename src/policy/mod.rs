@@ -93,10 +93,17 @@ impl PolicyInner {
     }
 
     /// The override of `key` in limit `index`, if it has one.
+    #[inline]
     pub(crate) fn override_of(&self, index: usize, key: &Key<'_>) -> Option<Own> {
         if !self.overrides.any(index) {
             return None;
         }
+        self.listed_override(index, key)
+    }
+
+    /// The override of `key` in limit `index`, which has some.
+    #[inline(never)]
+    fn listed_override(&self, index: usize, key: &Key<'_>) -> Option<Own> {
         let limit = &self.limits[index];
         let hash = self.secret.named(limit.override_domain, key);
         self.overrides.get(index, hash)

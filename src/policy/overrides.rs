@@ -67,6 +67,7 @@ impl OverrideTable {
     }
 
     /// Whether limit `limit` has any override.
+    #[inline]
     pub(crate) fn any(&self, limit: usize) -> bool {
         self.limits[limit].len.load(Ordering::Relaxed) > 0
     }

@@ -139,6 +139,7 @@ impl Window {
     }
 
     /// The most cost admitted per period.
+    #[inline]
     pub const fn limit(&self) -> u32 {
         self.limit
     }
@@ -148,10 +149,12 @@ impl Window {
         Duration::from_nanos(self.period_ns)
     }
 
+    #[inline]
     pub(crate) const fn period_ns(&self) -> u64 {
         self.period_ns
     }
 
+    #[inline]
     pub(crate) const fn interval_ns(&self) -> u64 {
         self.interval_ns
     }
@@ -264,6 +267,7 @@ impl Quota {
     }
 
     /// The cap on requests in flight, if the quota has one.
+    #[inline]
     pub fn in_flight_cap(&self) -> Option<u32> {
         self.in_flight
     }
@@ -295,16 +299,19 @@ impl Quota {
     }
 
     /// The windows, in the order they were given.
+    #[inline]
     pub fn windows(&self) -> &[Window] {
         &self.windows
     }
 
     /// The cost of one request.
+    #[inline]
     pub fn request_cost(&self) -> u32 {
         self.cost
     }
 
     /// The counting algorithm.
+    #[inline]
     pub fn algorithm_kind(&self) -> Algorithm {
         self.algorithm
     }

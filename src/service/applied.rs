@@ -80,6 +80,7 @@ pub(super) struct Applied {
 }
 
 impl Applied {
+    #[inline]
     pub(super) fn new(now: u64) -> Self {
         Applied {
             charges: SmallVec::new(),

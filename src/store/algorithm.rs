@@ -40,6 +40,7 @@ impl Step {
 
 /// Applies a request of `cost` at `now` to a window whose stored state is
 /// `state` (0 for a key never seen).
+#[inline]
 pub(crate) fn step(algorithm: Algorithm, window: &Window, state: u64, now: u64, cost: u32) -> Step {
     match algorithm {
         Algorithm::Gcra => gcra(window, state, now, cost),
@@ -78,6 +79,7 @@ pub(crate) fn carry_over(from: u64, to: u64, tat: u64, now: u64) -> u64 {
     now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
 }
 
+#[inline]
 fn gcra(window: &Window, tat: u64, now: u64, cost: u32) -> Step {
     let t = window.interval_ns();
     let capacity = t * u64::from(window.limit());
@@ -107,6 +109,7 @@ fn fixed_index(state: u64) -> u32 {
     (state >> 32) as u32
 }
 
+#[inline]
 fn fixed_window(window: &Window, state: u64, now: u64, cost: u32) -> Step {
     let p = window.period_ns();
     let current = now / p;
