@@ -75,6 +75,7 @@ impl KeySecret {
     /// The id of `key` under `domain` (a limit's [`key_domain`]): the one
     /// full hash of a request's key per limit, the same for every limit
     /// keyed the same way.
+    #[inline]
     pub(crate) fn id(&self, domain: u64, key: &Key<'_>) -> u64 {
         if let Some((tag, bytes)) = key.contiguous() {
             return match tag {

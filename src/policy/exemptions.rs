@@ -51,12 +51,22 @@ impl Exemptions {
     }
 
     /// Whether a request with `key` (as this limit extracted it) is exempt.
+    #[inline]
     pub(crate) fn covers(
         &self,
         key: &Key<'_>,
         request: &RequestView<'_>,
         secret: &KeySecret,
     ) -> bool {
+        if self.keys.is_empty() && self.ranges.is_empty() {
+            return false;
+        }
+        self.listed_cover(key, request, secret)
+    }
+
+    /// Whether a request with `key` is exempt, the limit having exemptions.
+    #[inline(never)]
+    fn listed_cover(&self, key: &Key<'_>, request: &RequestView<'_>, secret: &KeySecret) -> bool {
         let by_key = !self.keys.is_empty() && self.keys.contains(&secret.named(self.domain, key));
         let by_ip = !self.ranges.is_empty()
             && peer_ip(request.extensions())

@@ -520,6 +520,7 @@ impl CompiledLimit {
     /// The id of `key` in this limit, hashed under `secret`: the one full
     /// hash of a request's key per limit, from which its buckets, penalty
     /// key and in-flight count are derived (see [`KeySecret::derive`]).
+    #[inline]
     pub(crate) fn key_id(&self, secret: &KeySecret, key: &Key<'_>) -> u64 {
         secret.id(self.key_domain, key)
     }
@@ -534,6 +535,7 @@ impl CompiledLimit {
     }
 
     /// The first route that matches, with its index and captures.
+    #[inline]
     pub(crate) fn route_for<'s: 'p, 'p>(
         &'s self,
         method: Methods,
