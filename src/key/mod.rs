@@ -217,6 +217,7 @@ impl<'a> Key<'a> {
 
     /// The key's tag and bytes, if they are held as they are hashed (all
     /// but a percent-encoded path segment's).
+    #[inline]
     pub(crate) fn contiguous(&self) -> Option<(u64, &[u8])> {
         let bytes = match &self.repr {
             Repr::Borrowed(b) => b,

@@ -60,6 +60,7 @@ impl Methods {
     /// The set of `method` alone (its name read ignoring ASCII case): a
     /// request's method, worked out once and then matched against every
     /// route with [`Methods::meets`].
+    #[inline]
     pub(crate) fn of(method: &Method) -> Methods {
         Methods(bit(method))
     }

@@ -94,7 +94,8 @@ impl Applied {
     /// The (limit, route) of charge `check`.
     #[inline]
     pub(super) fn origin(&self, check: usize) -> WindowOrigin {
-        self.charges[check].origin
+        // Through the slice: SmallVec's Index does not inline.
+        self.charges.as_slice()[check].origin
     }
 
     /// The route of charge `check`.
@@ -108,7 +109,7 @@ impl Applied {
     #[inline]
     pub(super) fn quota<'a>(&'a self, policy: &'a PolicyInner, check: usize) -> &'a Quota {
         self.route(policy, check)
-            .quota_of(self.charges[check].own.as_ref())
+            .quota_of(self.charges.as_slice()[check].own.as_ref())
     }
 
     /// Puts the store's checks in `checks` (filled in place: it is large).
