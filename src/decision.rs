@@ -86,7 +86,7 @@ pub struct WindowReport {
 
 /// The layer's decision about a request: put into the request's extensions
 /// (for handlers) and the response's (for outer layers).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Decision {
     pub(crate) refusal: Option<RefusalReason>,
     pub(crate) basis: Basis,
@@ -95,6 +95,22 @@ pub struct Decision {
     /// Index in `windows` (a policy has at most 256 checks of 8 windows).
     pub(crate) reported: u16,
     pub(crate) windows: SmallVec<[WindowReport; 4]>,
+}
+
+impl Clone for Decision {
+    /// As derived, but the windows (plain data) are copied as one slice
+    /// rather than pushed one by one: the request's and the response's
+    /// extensions each get a decision.
+    fn clone(&self) -> Self {
+        Decision {
+            refusal: self.refusal,
+            basis: self.basis,
+            shadow_refused: self.shadow_refused,
+            retry_after: self.retry_after,
+            reported: self.reported,
+            windows: SmallVec::from_slice(&self.windows),
+        }
+    }
 }
 
 impl Decision {

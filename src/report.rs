@@ -116,6 +116,7 @@ impl Decision {
 }
 
 /// What the headers say about one window of an outcome.
+#[inline]
 fn status_report(
     outcome: &Outcome,
     w: &WindowStatus,
