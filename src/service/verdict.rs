@@ -17,16 +17,20 @@ pub(super) fn decide_counted<St>(
     applied: &Applied,
 ) -> Decision {
     let policy = &*shared.policy.inner;
-    let decision = Decision::from_outcome(
-        outcome,
-        |check| applied.origin(check),
-        applied.now,
-        policy.report,
-        applied.period_of(policy),
-    );
+    let decision = || {
+        Decision::from_outcome(
+            outcome,
+            |check| applied.origin(check),
+            applied.now,
+            policy.report,
+            applied.period_of(policy),
+        )
+    };
     if outcome.admitted() && !outcome.shadow_refused() {
-        return decision;
+        // Returned as built, straight into the caller's place for it.
+        return decision();
     }
+    let decision = decision();
     match report(shared, outcome, applied, &decision) {
         Some((check, ban)) => {
             let (li, ri) = applied.origin(check);
