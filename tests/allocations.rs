@@ -170,10 +170,12 @@ fn decision_extensions_cost_six_allocations_per_request() {
     // `http::Extensions` allocates on the first insert a boxed map and the
     // map's table, and it boxes every value. The decision goes into the
     // request's extensions and into the response's (2 × 3 allocations); the
-    // response future carries the response's copy inline. Those 6 are the
-    // whole price of `decision_extensions(true)` (the default), all of them
-    // inside `http::Extensions` (an extensions map that already holds
-    // something costs only the value's box).
+    // response future carries the response's copy in an extensions map of
+    // its own, moved whole into the response when that has none. Those 6
+    // are the whole price of `decision_extensions(true)` (the default), all
+    // of them inside `http::Extensions` (a request whose extensions already
+    // hold something costs only the value's box; a response that does
+    // takes the entry, and the future's map and table are freed).
     let bare_count = count_allocations(
         &mut bare(),
         requests("key_b", "/v1/calls/c_b/control")
