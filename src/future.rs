@@ -90,15 +90,14 @@ where
                 extensions,
                 slots,
             } => {
-                let response = ready!(future.poll(cx))?;
-                let slots = slots.take();
-                let mut response = response.map(|body| ResponseBody::holding(body, slots));
+                let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
                 if let Some(headers) = headers.take() {
-                    headers.write(response.headers_mut());
+                    headers.write(&mut parts.headers);
                 }
                 // Moves the map in whole when the response has none.
-                response.extensions_mut().extend(std::mem::take(extensions));
-                Poll::Ready(Ok(response))
+                parts.extensions.extend(std::mem::take(extensions));
+                let body = ResponseBody::holding(body, slots.take());
+                Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
             StateProj::Produced { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
