@@ -197,9 +197,13 @@ impl Spread {
             }
         }
         let victim = node_of[&(0, "k0")];
-        let (&survivor, _) = node_of
-            .iter()
-            .find(|(_, &node)| node != victim)
+        // Store 0's own key on another node if it has one, so that one
+        // store's calls reach a failed node and a working one.
+        let mut others: Vec<_> = node_of.iter().filter(|(_, &node)| node != victim).collect();
+        others.sort_by_key(|((store, key), _)| (*store, *key));
+        let (&survivor, _) = others
+            .first()
+            .copied()
             .unwrap_or_else(|| panic!("every request counted on node {victim}: {node_of:?}"));
         Spread {
             services,
@@ -246,6 +250,36 @@ async fn a_killed_node_fails_closed_within_the_deadline_and_the_others_still_dec
     // A killed process refuses connections: the store hears it at once.
     spread.refused_in_time().await;
     spread.survivor_decides().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_does_not_stop_the_calls_to_the_others() {
+    let mut cluster = cluster_or_skip!();
+    let spread = Spread::new(&cluster).await;
+    let (store, key) = spread.survivor;
+    assert_eq!(store, 0, "store 0 has a key on another node than k0's");
+    cluster.kill(spread.victim);
+    // Runs of failures longer than the breaker's threshold (3 in a row),
+    // each while the other nodes answer: they are the failed node's, and
+    // store 0 goes on calling Redis for its keys on the others.
+    for round in 0..3u32 {
+        let alive = send(&spread.services[0], "GET", "/", key).await;
+        assert_eq!(alive.status(), StatusCode::OK, "round {round}");
+        let left = (98 - round).to_string();
+        assert_eq!(header(&alive, "x-ratelimit-remaining"), Some(left.as_str()));
+        for _ in 0..4 {
+            let dead = send(&spread.services[0], "GET", "/", "k0").await;
+            assert_eq!(
+                dead.status(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "round {round}"
+            );
+        }
+    }
+    let store = &spread.stores[0];
+    assert!(!store.is_circuit_open(), "{store:?}");
+    assert_eq!(store.short_circuits(), 0, "{store:?}");
+    assert_eq!(store.fallbacks(), 12, "only the failed node's requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,10 @@ pub(crate) struct Breaker {
     /// When a failure was last counted, in ns after `born` (0: never).
     failed: AtomicU64,
     born: Instant,
+    /// On a cluster, how recently another node must have answered for an
+    /// error to be one node's rather than the store's (`None`: one server,
+    /// every error counts).
+    partial: Option<Duration>,
     /// `ratelimit_breaker_open{store="redis"}` (feature `metrics`): 1 while
     /// open.
     #[cfg(feature = "metrics")]
@@ -63,6 +67,7 @@ impl Breaker {
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             born: Instant::now(),
+            partial: None,
             #[cfg(feature = "metrics")]
             open_gauge: metrics::gauge!("ratelimit_breaker_open", "store" => "redis"),
         }
@@ -106,6 +111,14 @@ impl Breaker {
                 .max(Duration::from_millis(1)),
             None => self.cool_down,
         }
+    }
+
+    /// A breaker for a cluster: an error counts only once no node has
+    /// answered for `quiet` (the deadline), so one failed node does not
+    /// stop the calls to the others.
+    pub(crate) fn on_cluster(mut self, quiet: Duration) -> Self {
+        self.partial = Some(quiet);
+        self
     }
 
     /// Now, in ns after `born` (at least 1, so that 0 means never).
@@ -244,6 +257,22 @@ impl Ticket {
         Some(self.breaker.failure(self.permit))
     }
 
+    /// The call failed with an error from Redis. On a cluster whose nodes
+    /// answered other calls within the deadline, it is one node's failure:
+    /// the breaker, which stands for the whole store, is left as it was
+    /// (`None`) and this request alone follows its failure policy.
+    pub(crate) fn errored(mut self) -> Option<Transition> {
+        let breaker = &self.breaker;
+        if let Some(quiet) = breaker.partial {
+            let since = Instant::now().checked_sub(quiet).unwrap_or(breaker.born);
+            if breaker.after(&breaker.answered, since) {
+                return None;
+            }
+        }
+        self.done = true;
+        Some(self.breaker.failure(self.permit))
+    }
+
     pub(crate) fn success(mut self) -> Transition {
         self.done = true;
         self.breaker.success(self.permit)
@@ -340,6 +369,25 @@ mod tests {
             tokio::time::advance(Duration::from_millis(50)).await;
             assert_eq!(ticket.timed_out(), Some(expected));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_a_cluster_an_error_while_other_nodes_answer_is_one_nodes() {
+        let deadline = Duration::from_millis(50);
+        let cluster = Arc::new(Breaker::new(1, Duration::from_secs(1)).on_cluster(deadline));
+        Ticket::new(Arc::clone(&cluster), Permit::Call).success();
+        tokio::time::advance(Duration::from_millis(40)).await;
+        let ticket = Ticket::new(Arc::clone(&cluster), cluster.permit());
+        assert_eq!(ticket.errored(), None, "a node answered 40 ms ago");
+        assert!(!cluster.is_open());
+        tokio::time::advance(Duration::from_millis(20)).await;
+        let ticket = Ticket::new(Arc::clone(&cluster), cluster.permit());
+        assert_eq!(ticket.errored(), Some(Transition::Opened), "silent 60 ms");
+        // One server: every error counts.
+        let single = Arc::new(Breaker::new(1, Duration::from_secs(1)));
+        Ticket::new(Arc::clone(&single), Permit::Call).success();
+        let ticket = Ticket::new(Arc::clone(&single), single.permit());
+        assert_eq!(ticket.errored(), Some(Transition::Opened));
     }
 
     #[test]

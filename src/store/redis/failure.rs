@@ -197,6 +197,19 @@ pub(super) fn record(
                 return;
             }
         }
+    } else if let Failure::Redis(_) = failure {
+        match ticket.errored() {
+            Some(transition) => transition,
+            None => {
+                failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    error = %failure,
+                    "rate-limit store: a cluster node failed while the others answer; \
+                     this request follows its failure policy"
+                );
+                return;
+            }
+        }
     } else {
         ticket.failure()
     };

@@ -152,7 +152,11 @@
 //! deadline while Redis goes on answering this process's other calls has
 //! waited behind them in this process's own queue (a load spike here, not a
 //! fault there): that request follows its failure policy and is counted in
-//! [`RedisStore::timeouts`], but the breaker stays closed. A connection that
+//! [`RedisStore::timeouts`], but the breaker stays closed. On a cluster, an
+//! error while another node answered within the deadline is that node's: the
+//! request follows its failure policy, and the breaker, which stands for the
+//! whole store, stays closed, so the keys on the other nodes are still
+//! decided in Redis. A connection that
 //! drops under a call (a killed client, a restarted proxy) is replaced, and
 //! the call is sent once more on the new connection; a call that reached
 //! Redis just before the drop may then be charged twice, which can refuse a

@@ -422,6 +422,11 @@ impl RedisStoreBuilder {
                 }))
             }
         };
+        let breaker = Breaker::new(self.failure_threshold, self.cool_down);
+        let breaker = match backend {
+            Backend::Cluster(_) => breaker.on_cluster(self.deadline),
+            Backend::Single(_) => breaker,
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 backend,
@@ -431,7 +436,7 @@ impl RedisStoreBuilder {
                 prefix: self.prefix.into_boxed_str(),
                 clock: self.clock,
                 deadline: self.deadline,
-                breaker: Arc::new(Breaker::new(self.failure_threshold, self.cool_down)),
+                breaker: Arc::new(breaker),
                 on_failure: self.on_failure,
                 per_limit: self.per_limit,
                 local: MemoryStore::new(),
