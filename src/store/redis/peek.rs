@@ -109,7 +109,7 @@ pub(crate) fn read_group(
     group: &[usize],
     reply: &[Option<Vec<u8>>],
     now: u64,
-    into: &mut [Option<Standing>],
+    into: &mut [Option<CheckRead>],
 ) -> Result<(), String> {
     let penalties = group
         .iter()
@@ -146,25 +146,25 @@ pub(crate) fn read_group(
             },
             None => None,
         };
-        into[i] = Some(Standing { windows, ban });
+        into[i] = Some(CheckRead { windows, ban });
     }
     Ok(())
 }
 
 /// One check's windows and ban, as a peek finds them.
 #[derive(Debug)]
-pub(crate) struct Standing {
+pub(crate) struct CheckRead {
     windows: SmallVec<[WindowStatus; 2]>,
     ban: Option<Ban>,
 }
 
-/// The [`Peeked`] of checks whose every [`Standing`] was read, in order.
-pub(crate) fn peeked(standings: Vec<Option<Standing>>) -> Result<Peeked, String> {
+/// The [`Peeked`] of checks whose every [`CheckRead`] was read, in order.
+pub(crate) fn peeked(reads: Vec<Option<CheckRead>>) -> Result<Peeked, String> {
     let mut peeked = Peeked::default();
-    for standing in standings {
-        let standing = standing.ok_or("a check was not read")?;
-        peeked.windows.extend(standing.windows);
-        peeked.bans.extend(standing.ban);
+    for read in reads {
+        let read = read.ok_or("a check was not read")?;
+        peeked.windows.extend(read.windows);
+        peeked.bans.extend(read.ban);
     }
     Ok(peeked)
 }
