@@ -660,16 +660,16 @@ impl Store for RedisStore {
                 .map(|group| peek::peek_call(&inner.prefix, &planned, group))
                 .collect();
             let replies: Vec<Vec<Option<Vec<u8>>>> = inner.operate(calls).await?;
-            let mut standings: Vec<_> = planned.iter().map(|_| None).collect();
+            let mut reads: Vec<_> = planned.iter().map(|_| None).collect();
             for (group, reply) in groups.iter().zip(&replies) {
                 let now = match layer_now {
                     Some(now) => now,
                     None => peek::redis_time(reply).map_err(StoreError::protocol)?,
                 };
-                peek::read_group(&planned, group, reply, now, &mut standings)
+                peek::read_group(&planned, group, reply, now, &mut reads)
                     .map_err(StoreError::protocol)?;
             }
-            peek::peeked(standings).map_err(StoreError::protocol)
+            peek::peeked(reads).map_err(StoreError::protocol)
         })
     }
 
