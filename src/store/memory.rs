@@ -791,25 +791,13 @@ impl Shard {
         let rate_in = |rates: &[(u64, u64)], period: u64| {
             rates.iter().find(|(p, _)| *p == period).map(|(_, i)| *i)
         };
-        let base_rate = |period: u64| {
-            (check.base.algorithm_kind() == Algorithm::Gcra)
-                .then(|| {
-                    check
-                        .base
-                        .windows()
-                        .iter()
-                        .find(|w| w.period_ns() == period)
-                })
-                .flatten()
-                .map(|w| w.interval_ns())
-        };
         // Whether the rates on record are this quota's already.
         let mut recorded = last.is_some_and(|r| r.len() == check.quota.windows().len());
         for window in check.quota.windows() {
             let period = window.period_ns();
             let from = last.and_then(|r| rate_in(r, period));
             recorded &= from == Some(window.interval_ns());
-            let Some(from) = from.or_else(|| base_rate(period)) else {
+            let Some(from) = from.or_else(|| base_interval(check, period)) else {
                 continue;
             };
             let table = tables
@@ -843,17 +831,7 @@ impl Shard {
             .rates
             .get(&check.bucket)
             .and_then(|rates| rates.iter().find(|(p, _)| *p == period).map(|(_, i)| *i));
-        let base = (check.base.algorithm_kind() == Algorithm::Gcra)
-            .then(|| {
-                check
-                    .base
-                    .windows()
-                    .iter()
-                    .find(|w| w.period_ns() == period)
-            })
-            .flatten()
-            .map(|w| w.interval_ns());
-        match recorded.or(base) {
+        match recorded.or_else(|| base_interval(check, period)) {
             Some(from) => carry_over(from, window.interval_ns(), state, now),
             None => state,
         }
@@ -963,6 +941,21 @@ impl Shard {
             }
         }
     }
+}
+
+/// The interval of `check`'s route default (its base quota) in the GCRA
+/// window of `period`, if it has one: the rate a bucket with no rates on
+/// record was charged at.
+fn base_interval(check: &Check<'_>, period: u64) -> Option<u64> {
+    if check.base.algorithm_kind() != Algorithm::Gcra {
+        return None;
+    }
+    check
+        .base
+        .windows()
+        .iter()
+        .find(|w| w.period_ns() == period)
+        .map(Window::interval_ns)
 }
 
 #[cfg(test)]
