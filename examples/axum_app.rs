@@ -18,7 +18,7 @@
 use std::net::SocketAddr;
 
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_ratelimit::key::{Header, PeerIp};
 use tower_ratelimit::{Decision, Limit, Policy, Quota, RateLimitLayer, Window};
@@ -45,8 +45,9 @@ fn policy() -> Policy {
         .expect("a valid policy")
 }
 
-async fn list_calls(Extension(decision): Extension<Decision>) -> Json<Value> {
-    // The layer puts its decision into the request's extensions.
+async fn list_calls(decision: Decision) -> Json<Value> {
+    // The layer's decision about this request (an extractor with the `axum`
+    // feature; `Decision::current()` anywhere in the handler).
     let remaining = decision.reported().map(|w| w.remaining);
     Json(json!({"calls": [], "remaining_this_window": remaining}))
 }

@@ -84,8 +84,13 @@ pub struct WindowReport {
     pub concurrent: bool,
 }
 
-/// The layer's decision about a request: put into the request's extensions
-/// (for handlers) and the response's (for outer layers).
+/// The layer's decision about a request.
+///
+/// Handlers read it with [`Decision::current`] (and axum handlers, with the
+/// `axum` feature, also as an extractor); with
+/// [`RateLimitLayer::decision_extensions`](crate::RateLimitLayer::decision_extensions)
+/// it is also put into the request's and the response's extensions (for
+/// outer layers).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Decision {
     pub(crate) refusal: Option<RefusalReason>,
@@ -113,7 +118,58 @@ impl Clone for Decision {
     }
 }
 
+scoped_tls::scoped_thread_local!(static CURRENT: Decision);
+
 impl Decision {
+    /// The decision about the request whose inner service is running on this
+    /// thread now: set while the layer calls the inner service and while it
+    /// polls the inner service's future, as a tracing span is entered while
+    /// its future is polled. So a handler reads it anywhere in its own code
+    /// (before or after an `.await`), but not in a task it spawns, nor behind
+    /// a layer that hands requests to another task (`tower::buffer`): read
+    /// it first and pass it on. Under stacked rate-limit layers it is the
+    /// innermost layer's. `None` outside, or when
+    /// [`RateLimitLayer::current_decision`](crate::RateLimitLayer::current_decision)
+    /// is off.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tower_ratelimit::{key::Header, Decision, Limit, Policy, Quota, RateLimitLayer, Window};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let policy = Policy::builder()
+    ///     .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+    ///         .quota(Quota::new(Window::per_minute(60))))
+    ///     .build()
+    ///     .unwrap();
+    /// let handler = service_fn(|_: Request<()>| async {
+    ///     let decision = Decision::current().expect("under the layer");
+    ///     let left = decision.reported().map_or(0, |w| w.remaining);
+    ///     Ok::<_, Infallible>(Response::builder().header("x-left", left).body(()).unwrap())
+    /// });
+    /// let service = RateLimitLayer::new(policy).layer(handler);
+    /// let request = Request::get("/").header("x-api-key", "k_1").body(()).unwrap();
+    /// let response = service.oneshot(request).await.unwrap();
+    /// assert_eq!(response.headers()["x-left"], "59");
+    /// assert!(Decision::current().is_none());
+    /// # }
+    /// ```
+    pub fn current() -> Option<Decision> {
+        CURRENT.is_set().then(|| CURRENT.with(Decision::clone))
+    }
+
+    /// Runs `f` with `decision` as [`Decision::current`] (when there is one).
+    #[inline]
+    pub(crate) fn in_scope<R>(decision: Option<&Decision>, f: impl FnOnce() -> R) -> R {
+        match decision {
+            Some(decision) => CURRENT.set(decision, f),
+            None => f(),
+        }
+    }
+
     /// A refusal because a key is banned for `ban_left` more nanoseconds;
     /// `reported` is the banning limit's window, reported as empty until the
     /// ban ends.
@@ -221,5 +277,29 @@ impl Decision {
     #[inline]
     pub fn windows(&self) -> &[WindowReport] {
         &self.windows
+    }
+}
+
+/// With the `axum` feature, handlers take the decision as an extractor: from
+/// the request's extensions if it is there, else [`Decision::current`]. A
+/// handler not behind a rate-limit layer gets a 500, as for a missing
+/// `Extension`.
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Decision {
+    type Rejection = (http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Decision>()
+            .cloned()
+            .or_else(Decision::current)
+            .ok_or((
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "no rate-limit decision: the handler is not behind a RateLimitLayer",
+            ))
     }
 }

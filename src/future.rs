@@ -5,10 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::{Extensions, Response};
+use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::body::{ResponseBody, Slots};
+use crate::decision::Decision;
 use crate::headers::PendingHeaders;
 
 type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
@@ -29,10 +30,11 @@ pin_project! {
             #[pin]
             future: F,
             headers: Option<PendingHeaders>,
-            // The decision, already in an extensions map (one word, where
-            // the decision itself is some 200 bytes moved with the future):
-            // empty unless decision extensions are on.
-            extensions: Extensions,
+            // The decision, current while `future` is polled (see
+            // `Decision::current`), and put into the response's extensions
+            // if `extend`.
+            decision: Option<Decision>,
+            extend: bool,
             slots: Slots,
         },
         Produced {
@@ -45,17 +47,21 @@ pin_project! {
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
+    /// The inner service's `future`, whose response gets `headers` and
+    /// whose body holds `slots`; see [`Kept`] for the decision.
+    #[inline]
     pub(crate) fn inner(
         future: F,
         headers: Option<PendingHeaders>,
-        extensions: Extensions,
+        kept: Kept,
         slots: Slots,
     ) -> Self {
         ResponseFuture {
             state: State::Inner {
                 future,
                 headers,
-                extensions,
+                decision: kept.decision,
+                extend: kept.extend,
                 slots,
             },
         }
@@ -87,15 +93,20 @@ where
             StateProj::Inner {
                 future,
                 headers,
-                extensions,
+                decision,
+                extend,
                 slots,
             } => {
-                let (mut parts, body) = ready!(future.poll(cx))?.into_parts();
+                let polled = Decision::in_scope(decision.as_ref(), || future.poll(cx));
+                let (mut parts, body) = ready!(polled)?.into_parts();
                 if let Some(headers) = headers.take() {
                     headers.write(&mut parts.headers);
                 }
-                // Moves the map in whole when the response has none.
-                parts.extensions.extend(std::mem::take(extensions));
+                if *extend {
+                    if let Some(decision) = decision.take() {
+                        parts.extensions.insert(decision);
+                    }
+                }
                 let body = ResponseBody::holding(body, slots.take());
                 Poll::Ready(Ok(Response::from_parts(parts, body)))
             }
@@ -119,4 +130,13 @@ impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
             .field("state", &state)
             .finish()
     }
+}
+
+/// What an admitted request's response future keeps of its decision.
+#[derive(Default)]
+pub(crate) struct Kept {
+    /// The decision, [`Decision::current`] while the inner service runs.
+    pub(crate) decision: Option<Decision>,
+    /// Whether it goes into the response's extensions too.
+    pub(crate) extend: bool,
 }

@@ -80,7 +80,8 @@ impl<St: Store> RateLimitLayer<St> {
             policy,
             store: Arc::clone(&store),
             clock: Arc::new(SystemClock::new()),
-            decision_extensions: true,
+            decision_extensions: false,
+            current_decision: true,
             on_event: None,
             in_flight: ConcurrencyLimiter::new(),
         };
@@ -104,14 +105,23 @@ impl<St: Store> RateLimitLayer<St> {
         self.set(|shared| shared.clock = Arc::new(clock))
     }
 
-    /// Whether the [`Decision`](crate::Decision) is put into the request's and
-    /// the response's extensions (default `true`). This costs 6 small
-    /// allocations per request, all inside `http::Extensions` (an empty one
-    /// boxes its map and its table on the first insert, and it boxes every
-    /// value); with it off, an admitted request on a known key allocates
-    /// nothing of the layer's own. Turn it off if nothing reads it.
+    /// Whether the [`Decision`](crate::Decision) is also put into the
+    /// request's and the response's extensions, for code that reads it there
+    /// (an outer layer reading the response's, say). Default `false`: it
+    /// costs 6 small allocations per request, all inside `http::Extensions`
+    /// (an empty one boxes its map and its table on the first insert, and
+    /// it boxes every value). Handlers need not turn it on: they read the
+    /// decision with [`Decision::current`](crate::Decision::current).
     pub fn decision_extensions(self, enabled: bool) -> Self {
         self.set(|shared| shared.decision_extensions = enabled)
+    }
+
+    /// Whether an admitted request's [`Decision`](crate::Decision) is
+    /// [`Decision::current`](crate::Decision::current) while the inner
+    /// service runs (default `true`): kept in the response future, no
+    /// allocation. Turn it off if nothing reads it, to save building it.
+    pub fn current_decision(self, enabled: bool) -> Self {
+        self.set(|shared| shared.current_decision = enabled)
     }
 
     /// Calls `hook` for every refusal, shadow refusal and key rejection, on

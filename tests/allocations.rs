@@ -113,11 +113,9 @@ where
 
 /// Runs the measured sequence through a layer and returns its allocation
 /// count. See the test below for why there are two keys.
-fn warm_sequence_allocations(decision_extensions: bool) -> u64 {
+fn warm_sequence_allocations(settings: impl FnOnce(RateLimitLayer) -> RateLimitLayer) -> u64 {
     let clock = ManualClock::at_unix_secs(1_700_000_000);
-    let layer = RateLimitLayer::new(policy())
-        .clock(clock)
-        .decision_extensions(decision_extensions);
+    let layer = settings(RateLimitLayer::new(policy()).clock(clock));
     let mut service = layer.layer(bare());
     let (warm, measured) = (
         requests("key_a", "/v1/calls/c_a/control"),
@@ -158,10 +156,18 @@ fn warm_key_makes_no_allocation_of_its_own() {
     );
     assert!(bare_count > 0, "the bare response's header map is counted");
 
-    let layered = warm_sequence_allocations(false);
+    // The defaults: the decision is built and is `Decision::current()`
+    // while the inner service runs, kept in the response future.
+    let defaults = warm_sequence_allocations(|layer| layer);
     assert_eq!(
-        layered, bare_count,
-        "the layer allocated on its own for a known key: {layered} allocations against {bare_count}"
+        defaults, bare_count,
+        "the layer's defaults allocated for a known key: {defaults} allocations against {bare_count}"
+    );
+    // Nothing reads the decision: it is not even built.
+    let unread = warm_sequence_allocations(|layer| layer.current_decision(false));
+    assert_eq!(
+        unread, bare_count,
+        "the layer allocated on its own for a known key: {unread} allocations against {bare_count}"
     );
 }
 
@@ -170,12 +176,11 @@ fn decision_extensions_cost_six_allocations_per_request() {
     // `http::Extensions` allocates on the first insert a boxed map and the
     // map's table, and it boxes every value. The decision goes into the
     // request's extensions and into the response's (2 × 3 allocations); the
-    // response future carries the response's copy in an extensions map of
-    // its own, moved whole into the response when that has none. Those 6
-    // are the whole price of `decision_extensions(true)` (the default), all
-    // of them inside `http::Extensions` (a request whose extensions already
-    // hold something costs only the value's box; a response that does
-    // takes the entry, and the future's map and table are freed).
+    // response future keeps the decision itself until the response exists.
+    // Those 6 are the whole price of `decision_extensions(true)` (off by
+    // default), all of them inside `http::Extensions` (a request or a
+    // response whose extensions already hold something costs only the
+    // value's box).
     let bare_count = count_allocations(
         &mut bare(),
         requests("key_b", "/v1/calls/c_b/control")
@@ -184,7 +189,7 @@ fn decision_extensions_cost_six_allocations_per_request() {
             .collect(),
         None,
     );
-    let layered = warm_sequence_allocations(true);
+    let layered = warm_sequence_allocations(|layer| layer.decision_extensions(true));
     let measured = (SEQUENCE - KNOWN) as u64;
     assert_eq!(
         layered - bare_count,

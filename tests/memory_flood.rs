@@ -151,6 +151,7 @@ fn a_flood_of_made_up_keys_several_times_the_cap_locks_no_one_out() {
     let capacity_events = Arc::new(Mutex::new(0usize));
     let seen = Arc::clone(&capacity_events);
     let layer = RateLimitLayer::new(Policy::from_toml(POLICY).unwrap())
+        .decision_extensions(true)
         .clock(clock.clone())
         .on_event(move |event| {
             let reason = event.decision().and_then(Decision::refusal);

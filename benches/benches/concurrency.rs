@@ -27,7 +27,7 @@ fn layer(quota: Quota) -> RateLimitLayer {
         .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(quota))
         .build()
         .unwrap();
-    RateLimitLayer::new(policy).decision_extensions(false)
+    RateLimitLayer::new(policy).current_decision(false)
 }
 
 /// The three layers measured: a window alone, a cap alone (refuse mode),

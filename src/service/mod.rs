@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Extensions, Request, Response};
+use http::{Request, Response};
 use tower_service::Service;
 
 use self::applied::{Applied, Checks};
@@ -25,7 +25,7 @@ use self::plan::{plan, Plan};
 use self::respond::{banned, busy, finish, reject};
 pub(crate) use self::shared::{Current, Shared};
 use crate::body::ResponseBody;
-use crate::future::ResponseFuture;
+use crate::future::{Kept, ResponseFuture};
 use crate::store::protocol::Decided;
 use crate::store::{MemoryStore, Store};
 
@@ -111,7 +111,7 @@ where
         match plan(shared, &request, &mut applied, &mut checks) {
             Plan::Apply => {}
             Plan::Pass => {
-                return ResponseFuture::inner(inner.call(request), None, Extensions::new(), None)
+                return ResponseFuture::inner(inner.call(request), None, Kept::default(), None)
             }
             Plan::Reject(error) => return reject(&error, &request),
             Plan::Banned(ban) => return banned(shared, ban, now, &request),

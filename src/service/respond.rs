@@ -4,7 +4,7 @@
 
 use std::mem::take;
 
-use http::{Extensions, Request, Response};
+use http::{Request, Response};
 use tower_service::Service;
 
 use super::applied::{Applied, Claim, Held};
@@ -17,7 +17,7 @@ use crate::body::{ResponseBody, Slots};
 use crate::clock::NANOS;
 use crate::decision::{Decision, RefusalReason};
 use crate::event::EventKind;
-use crate::future::ResponseFuture;
+use crate::future::{Kept, ResponseFuture};
 use crate::headers::{PendingHeaders, Standing};
 use crate::inflight::Busy;
 use crate::key::KeyError;
@@ -95,7 +95,7 @@ where
             tracing::warn!(%error, "rate-limit store failed; request let through unlimited");
             metrics::admitted(shared, applied, None);
             let slots = slots(&mut applied.held);
-            return ResponseFuture::inner(inner.call(request), None, Extensions::new(), slots);
+            return ResponseFuture::inner(inner.call(request), None, Kept::default(), slots);
         }
     };
     let policy = &*shared.policy.inner;
@@ -108,7 +108,7 @@ where
     };
     let quiet =
         outcome.is_none_or(|o| o.admitted() && !o.shadow_refused()) && applied.shadow_busy == 0;
-    if quiet && !shared.decision_extensions && !policy.headers.has_ietf() {
+    if quiet && !shared.keeps_decision() && !policy.headers.has_ietf() {
         let reported = match outcome {
             Some(outcome) => {
                 let period = applied.period_of(policy);
@@ -125,7 +125,7 @@ where
         metrics::admitted(shared, applied, outcome);
         let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
         let slots = slots(&mut applied.held);
-        return ResponseFuture::inner(inner.call(request), headers, Extensions::new(), slots);
+        return ResponseFuture::inner(inner.call(request), headers, Kept::default(), slots);
     }
     let mut decision = match outcome {
         Some(outcome) => decide_counted(shared, outcome, applied),
@@ -198,12 +198,14 @@ fn respond<S, St, ReqBody, ResBody>(
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let mut extensions = Extensions::new();
-    if shared.decision_extensions {
+    let extend = shared.decision_extensions;
+    if extend {
         request.extensions_mut().insert(decision.clone());
-        extensions.insert(decision);
     }
-    ResponseFuture::inner(inner.call(request), Some(headers), extensions, slots)
+    let decision = shared.keeps_decision().then_some(decision);
+    let future = Decision::in_scope(decision.as_ref(), || inner.call(request));
+    let kept = Kept { decision, extend };
+    ResponseFuture::inner(future, Some(headers), kept, slots)
 }
 
 /// The layer's own answer to a refused request; `counted`: what the store

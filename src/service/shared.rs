@@ -22,7 +22,12 @@ pub(crate) struct Shared<St> {
     pub(crate) policy: Policy,
     pub(crate) store: Arc<St>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Whether the decision goes into the request's and the response's
+    /// extensions.
     pub(crate) decision_extensions: bool,
+    /// Whether the decision is [`Decision::current`](crate::Decision::current)
+    /// while the inner service runs.
+    pub(crate) current_decision: bool,
     pub(crate) on_event: Option<Hook>,
     pub(crate) in_flight: ConcurrencyLimiter,
     /// The handles of the policy's metrics (feature `metrics`).
@@ -36,6 +41,7 @@ impl<St> Clone for Shared<St> {
             store: Arc::clone(&self.store),
             clock: Arc::clone(&self.clock),
             decision_extensions: self.decision_extensions,
+            current_decision: self.current_decision,
             on_event: self.on_event.clone(),
             in_flight: self.in_flight.clone(),
             metrics: self.metrics.clone(),
@@ -51,5 +57,13 @@ impl<St> Shared<St> {
             policy,
             ..self.clone()
         }
+    }
+}
+
+impl<St> Shared<St> {
+    /// Whether anything reads the decision of an admitted request.
+    #[inline]
+    pub(crate) fn keeps_decision(&self) -> bool {
+        self.decision_extensions || self.current_decision
     }
 }

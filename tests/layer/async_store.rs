@@ -88,6 +88,8 @@ struct Record {
     /// Calls on an instance whose `poll_ready` had not returned `Ready`.
     unready_calls: AtomicUsize,
     seen: Mutex<Vec<Option<Decision>>>,
+    /// `Decision::current()` in each call.
+    current: Mutex<Vec<Option<Decision>>>,
 }
 
 /// An inner service that checks tower's contract: `call` only on an
@@ -142,6 +144,11 @@ impl Service<Request<String>> for Probe {
             .lock()
             .unwrap()
             .push(req.extensions().get::<Decision>().cloned());
+        self.record
+            .current
+            .lock()
+            .unwrap()
+            .push(Decision::current());
         if req.uri().path() == "/fail" {
             return std::future::ready(Err(InnerError("inner service failed")));
         }
@@ -203,7 +210,9 @@ fn yielding(
     RateLimitLayer<YieldingStore>,
 ) {
     let (probe, record) = Probe::new();
-    let layer = RateLimitLayer::with_store(policy, YieldingStore::default()).clock(clock.clone());
+    let layer = RateLimitLayer::with_store(policy, YieldingStore::default())
+        .decision_extensions(true)
+        .clock(clock.clone());
     (layer.layer(probe), record, layer)
 }
 
@@ -259,6 +268,7 @@ async fn a_pending_store_decides_and_answers_exactly_like_the_memory_store() {
     let (pending, pending_record, _layer) = yielding(policy(), &clock);
     let (probe, memory_record) = Probe::new();
     let memory = RateLimitLayer::new(policy())
+        .decision_extensions(true)
         .clock(clock.clone())
         .layer(probe);
 
@@ -376,7 +386,8 @@ async fn the_decision_reaches_the_inner_service_and_the_response_in_the_async_pa
         .cloned()
         .expect("in the response");
     assert!(decision.is_admitted());
-    assert_eq!(*record.seen.lock().unwrap(), [Some(decision)]);
+    assert_eq!(*record.seen.lock().unwrap(), [Some(decision.clone())]);
+    assert_eq!(*record.current.lock().unwrap(), [Some(decision)]);
     assert_eq!(header(&response, "x-inner"), Some("kept"));
     assert_eq!(header(&response, "x-ratelimit-reset"), Some("1700000060"));
 
@@ -423,6 +434,7 @@ async fn a_store_error_in_the_async_path_lets_requests_through_unlimited() {
         vec![None; 5],
         "no decision was made"
     );
+    assert_eq!(*record.current.lock().unwrap(), vec![None; 5]);
 
     // The inner service's own error still comes through unchanged.
     let error = svc
@@ -445,6 +457,7 @@ async fn a_store_error_in_the_async_path_lets_requests_through_unlimited() {
 async fn a_store_that_fails_at_once_lets_requests_through_unlimited() {
     let (probe, record) = Probe::new();
     let svc = RateLimitLayer::with_store(one_per_minute(), BrokenStore)
+        .decision_extensions(true)
         .clock(ManualClock::at_unix_secs(T0))
         .layer(probe);
     for _ in 0..5 {

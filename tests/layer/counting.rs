@@ -44,7 +44,9 @@ impl Harness {
             counter.fetch_add(1, Ordering::SeqCst);
             async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
         });
-        let layer = RateLimitLayer::new(policy).clock(clock.clone());
+        let layer = RateLimitLayer::new(policy)
+            .decision_extensions(true)
+            .clock(clock.clone());
         Harness {
             clock,
             svc: BoxCloneService::new(layer.layer(inner)),

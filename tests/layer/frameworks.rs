@@ -56,7 +56,7 @@ mod axum_router {
                     },
                 ),
             )
-            .layer(RateLimitLayer::new(policy))
+            .layer(RateLimitLayer::new(policy).decision_extensions(true))
     }
 
     fn call(method: &str, path: &str, key: Option<&str>) -> Request<Body> {
@@ -148,7 +148,7 @@ mod axum_router {
     async fn route_layer_limits_only_matched_routes() {
         let app = Router::new()
             .route("/v1/calls", get(|| async { "calls" }))
-            .route_layer(RateLimitLayer::new(per_key(1)));
+            .route_layer(RateLimitLayer::new(per_key(1)).decision_extensions(true));
         let first = app
             .clone()
             .oneshot(call("GET", "/v1/calls", Some("k_1")))
@@ -181,7 +181,7 @@ mod axum_router {
             .unwrap();
         let app = Router::new()
             .route("/login", post(|| async { "welcome" }))
-            .layer(RateLimitLayer::new(policy));
+            .layer(RateLimitLayer::new(policy).decision_extensions(true));
         let login = |addr: &str| {
             let mut request = Request::post("/login").body(Body::empty()).unwrap();
             request
@@ -272,7 +272,7 @@ mod service_builder {
             .unwrap();
         let svc = ServiceBuilder::new()
             .map_request(authenticate)
-            .layer(RateLimitLayer::new(policy))
+            .layer(RateLimitLayer::new(policy).decision_extensions(true))
             .service(service_fn(move |request: Request<String>| {
                 let counter = Arc::clone(&counter);
                 async move {
@@ -322,7 +322,7 @@ mod service_builder {
 
     #[tokio::test(start_paused = true)]
     async fn clones_of_the_layer_and_service_share_counts() {
-        let layer = RateLimitLayer::new(per_key(2));
+        let layer = RateLimitLayer::new(per_key(2)).decision_extensions(true);
         let inner = service_fn(|_: Request<String>| async {
             Ok::<_, Infallible>(Response::new(String::new()))
         });
@@ -354,9 +354,11 @@ mod service_builder {
         let inner = service_fn(|_: Request<String>| async {
             Ok::<_, Infallible>(Response::new(String::new()))
         });
-        let svc = RateLimitLayer::new(per_key(1)).layer(inner);
+        let svc = RateLimitLayer::new(per_key(1))
+            .decision_extensions(true)
+            .layer(inner);
         assert_bounds(&svc);
-        assert_bounds(&RateLimitLayer::new(per_key(1)));
+        assert_bounds(&RateLimitLayer::new(per_key(1)).decision_extensions(true));
     }
 }
 
@@ -376,9 +378,11 @@ mod inner_errors {
 
     #[tokio::test(start_paused = true)]
     async fn the_inner_services_error_passes_through_unchanged() {
-        let svc = RateLimitLayer::new(per_key(1)).layer(service_fn(|_: Request<String>| async {
-            Err::<Response<String>, _>(MyError("boom"))
-        }));
+        let svc = RateLimitLayer::new(per_key(1))
+            .decision_extensions(true)
+            .layer(service_fn(|_: Request<String>| async {
+                Err::<Response<String>, _>(MyError("boom"))
+            }));
         let request = || {
             Request::get("/")
                 .header("x-api-key", "k")
@@ -416,9 +420,11 @@ mod inner_errors {
     #[tokio::test(start_paused = true)]
     async fn the_inner_services_poll_ready_error_passes_through_unchanged() {
         let called = Arc::new(AtomicUsize::new(0));
-        let svc = RateLimitLayer::new(per_key(1)).layer(Broken {
-            called: Arc::clone(&called),
-        });
+        let svc = RateLimitLayer::new(per_key(1))
+            .decision_extensions(true)
+            .layer(Broken {
+                called: Arc::clone(&called),
+            });
         let request = Request::get("/")
             .header("x-api-key", "k")
             .body(String::new())
@@ -448,7 +454,7 @@ mod tonic_server {
     async fn the_layer_fits_tonics_server_builder() {
         let (_reporter, health) = tonic_health::server::health_reporter();
         let router = tonic::transport::Server::builder()
-            .layer(RateLimitLayer::new(per_metadata_key(1)))
+            .layer(RateLimitLayer::new(per_metadata_key(1)).decision_extensions(true))
             .add_service(health);
         // Creating the serve future type-checks every bound tonic puts on a
         // layered service (it is not polled, so nothing is bound).
@@ -473,7 +479,11 @@ mod tonic_server {
         let (_reporter, health) = tonic_health::server::health_reporter();
         // The same stack `Server::builder().layer(..).add_service(..)` serves.
         let routes = tonic::service::Routes::new(health).prepare();
-        let mut client = HealthClient::new(RateLimitLayer::new(per_metadata_key(1)).layer(routes));
+        let mut client = HealthClient::new(
+            RateLimitLayer::new(per_metadata_key(1))
+                .decision_extensions(true)
+                .layer(routes),
+        );
 
         let ok = client
             .check(check(Some("k_1")))
@@ -514,6 +524,7 @@ mod tonic_server {
     async fn a_raw_grpc_request_through_oneshot_gets_grpc_status_8() {
         let (_reporter, health) = tonic_health::server::health_reporter();
         let svc = RateLimitLayer::new(per_metadata_key(1))
+            .decision_extensions(true)
             .layer(tonic::service::Routes::new(health).prepare());
         // One length-prefixed, empty HealthCheckRequest.
         let request = || {

@@ -38,7 +38,9 @@ impl Harness {
             log.lock().unwrap().push(request.method().to_string());
             async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
         });
-        let layer = RateLimitLayer::new(policy).clock(ManualClock::at_unix_secs(T0));
+        let layer = RateLimitLayer::new(policy)
+            .decision_extensions(true)
+            .clock(ManualClock::at_unix_secs(T0));
         Harness {
             svc: BoxCloneService::new(layer.layer(inner)),
             seen,

@@ -44,11 +44,14 @@ struct Harness {
 
 impl Harness {
     fn new(policy: Policy) -> Self {
-        Self::with(RateLimitLayer::new(policy), T0 * NS)
+        Self::with(
+            RateLimitLayer::new(policy).decision_extensions(true),
+            T0 * NS,
+        )
     }
 
     fn at(policy: Policy, nanos: u64) -> Self {
-        Self::with(RateLimitLayer::new(policy), nanos)
+        Self::with(RateLimitLayer::new(policy).decision_extensions(true), nanos)
     }
 
     fn with(layer: RateLimitLayer, nanos: u64) -> Self {
@@ -407,12 +410,12 @@ async fn retry_after_is_honest_with_paused_tokio_time() {
     ] {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&calls);
-        let svc = RateLimitLayer::new(single(quota.clone())).layer(service_fn(
-            move |_req: Request<String>| {
+        let svc = RateLimitLayer::new(single(quota.clone()))
+            .decision_extensions(true)
+            .layer(service_fn(move |_req: Request<String>| {
                 counter.fetch_add(1, Ordering::SeqCst);
                 async { Ok::<_, Infallible>(Response::new(String::new())) }
-            },
-        ));
+            }));
         let send = || {
             let request = Request::get("/v1/calls")
                 .header("x-api-key", "k")
@@ -1012,7 +1015,9 @@ async fn draft7_reports_an_in_flight_cap_as_limit_and_free_slots() {
         .busy_retry_after(Duration::from_millis(2500))
         .build()
         .unwrap();
-    let layer = RateLimitLayer::new(policy).clock(ManualClock::at_unix_secs(T0));
+    let layer = RateLimitLayer::new(policy)
+        .decision_extensions(true)
+        .clock(ManualClock::at_unix_secs(T0));
     let gate = Gate::new();
     let svc = gate.behind(&layer);
     let post = |path: &str| {

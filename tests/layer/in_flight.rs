@@ -43,7 +43,9 @@ fn queue(max_queued: usize, max_wait: Duration) -> Quota {
 /// A layer on a manual clock at `T0` (the in-flight caps and the queue's
 /// waits do not depend on it; the windows and `X-RateLimit-Reset` do).
 fn layer(policy: PolicyBuilder) -> RateLimitLayer {
-    RateLimitLayer::new(policy.build().unwrap()).clock(ManualClock::at_unix_secs(T0))
+    RateLimitLayer::new(policy.build().unwrap())
+        .decision_extensions(true)
+        .clock(ManualClock::at_unix_secs(T0))
 }
 
 /// A `POST /v1/calls` for `key`, numbered `seq`; `hold`: the inner service
@@ -492,6 +494,7 @@ async fn a_rate_refusal_after_getting_a_slot_frees_the_slot() {
             .build()
             .unwrap(),
     )
+    .decision_extensions(true)
     .clock(clock.clone());
     let gate = Gate::new();
     let svc = gate.behind(&layer);
@@ -812,6 +815,7 @@ async fn a_shadow_cap_never_refuses_but_reports() {
             .build()
             .unwrap(),
     )
+    .decision_extensions(true)
     .clock(ManualClock::at_unix_secs(T0))
     .on_event(move |e| {
         record

@@ -70,7 +70,11 @@ impl Harness {
         });
         let policy = builder.build().expect("the policy builds");
         Harness {
-            svc: BoxCloneService::new(RateLimitLayer::new(policy).layer(inner)),
+            svc: BoxCloneService::new(
+                RateLimitLayer::new(policy)
+                    .decision_extensions(true)
+                    .layer(inner),
+            ),
             calls,
         }
     }

@@ -9,6 +9,7 @@ mod common;
 mod async_store;
 mod auth_composition;
 mod counting;
+mod current_decision;
 mod frameworks;
 mod head_requests;
 mod headers;

@@ -49,7 +49,9 @@ struct Harness {
 impl Harness {
     fn new(policy: Policy) -> Self {
         let clock = ManualClock::at_unix_secs(T0);
-        let layer = RateLimitLayer::new(policy).clock(clock.clone());
+        let layer = RateLimitLayer::new(policy)
+            .decision_extensions(true)
+            .clock(clock.clone());
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&calls);
         let inner = service_fn(move |_req: Request<String>| {

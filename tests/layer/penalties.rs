@@ -51,6 +51,7 @@ impl Harness {
         let events = Arc::new(Mutex::new(Vec::new()));
         let record = Arc::clone(&events);
         let layer = RateLimitLayer::with_store(policy, store)
+            .decision_extensions(true)
             .clock(clock.clone())
             .on_event(move |e| record.lock().unwrap().push(e.kind()));
         Harness {

@@ -89,7 +89,9 @@ struct Harness {
 
 impl Harness {
     fn new(policy: Policy, accounts: &Accounts) -> Self {
-        let layer = RateLimitLayer::new(policy).clock(ManualClock::at_unix_secs(T0));
+        let layer = RateLimitLayer::new(policy)
+            .decision_extensions(true)
+            .clock(ManualClock::at_unix_secs(T0));
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&calls);
         let inner = service_fn(move |_req: Request<String>| {
@@ -314,7 +316,7 @@ async fn plans_cap_requests_in_flight_by_plan() {
         )
         .build()
         .unwrap();
-    let layer = RateLimitLayer::new(policy);
+    let layer = RateLimitLayer::new(policy).decision_extensions(true);
     let gate = Gate::new();
     let svc = ServiceBuilder::new()
         .map_request(authenticate(&accounts))
@@ -477,7 +479,9 @@ plans = { pro = { windows = ["20/minute"] } }
 "#,
     )
     .unwrap();
-    let layer = RateLimitLayer::new(policy).clock(ManualClock::at_unix_secs(T0));
+    let layer = RateLimitLayer::new(policy)
+        .decision_extensions(true)
+        .clock(ManualClock::at_unix_secs(T0));
     let svc = tower::Layer::layer(
         &layer,
         service_fn(|_req: Request<String>| async {

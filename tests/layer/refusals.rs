@@ -74,7 +74,7 @@ impl Harness {
                 Ok::<_, Infallible>(Response::new(String::from("inner")))
             }
         });
-        let layer = RateLimitLayer::new(policy);
+        let layer = RateLimitLayer::new(policy).decision_extensions(true);
         Harness {
             svc: BoxCloneService::new(layer.layer(inner)),
             layer,

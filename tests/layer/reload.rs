@@ -43,7 +43,9 @@ fn policy(front: &[(&str, Quota)], calls: Quota, global: u32) -> Policy {
 
 fn harness(policy: Policy) -> (RateLimitLayer, Svc) {
     let clock = ManualClock::at_unix_secs(T0);
-    let layer = RateLimitLayer::new(policy).clock(clock);
+    let layer = RateLimitLayer::new(policy)
+        .decision_extensions(true)
+        .clock(clock);
     let inner = service_fn(|_req: Request<String>| async {
         Ok::<_, Infallible>(Response::new(String::from("ok")))
     });
@@ -267,7 +269,9 @@ async fn requests_in_flight_across_a_reload_release_their_slots() {
             .build()
             .unwrap()
     };
-    let layer = RateLimitLayer::new(capped(1)).clock(ManualClock::at_unix_secs(T0));
+    let layer = RateLimitLayer::new(capped(1))
+        .decision_extensions(true)
+        .clock(ManualClock::at_unix_secs(T0));
     let gate = Gate::new();
     let svc = gate.behind(&layer);
     let call = |hold: bool| {

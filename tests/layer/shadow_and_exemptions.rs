@@ -35,14 +35,16 @@ impl Harness {
         });
         let seen: Seen = Arc::default();
         let record = Arc::clone(&seen);
-        let layer = RateLimitLayer::new(builder.build().unwrap()).on_event(move |event| {
-            record.lock().unwrap().push((
-                event.kind(),
-                event.limit().to_owned(),
-                event.bucket().is_some(),
-                event.decision().is_some(),
-            ));
-        });
+        let layer = RateLimitLayer::new(builder.build().unwrap())
+            .decision_extensions(true)
+            .on_event(move |event| {
+                record.lock().unwrap().push((
+                    event.kind(),
+                    event.limit().to_owned(),
+                    event.bucket().is_some(),
+                    event.decision().is_some(),
+                ));
+            });
         Harness {
             svc: BoxCloneService::new(layer.layer(inner)),
             calls,
@@ -277,9 +279,11 @@ async fn policy_files_express_shadow_mode_and_allowlists() {
         "#,
     )
     .unwrap();
-    let svc = RateLimitLayer::new(policy).layer(service_fn(|_req: Request<String>| async {
-        Ok::<_, Infallible>(Response::new(String::new()))
-    }));
+    let svc = RateLimitLayer::new(policy)
+        .decision_extensions(true)
+        .layer(service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
     for _ in 0..3 {
         let request = Request::get("/")
             .header("x-api-key", "k")

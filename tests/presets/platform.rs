@@ -49,7 +49,9 @@ impl Platform {
                 Ok::<_, Infallible>(Response::new(String::from("{}")))
             }
         });
-        let layer = RateLimitLayer::new(policy).clock(clock.clone());
+        let layer = RateLimitLayer::new(policy)
+            .decision_extensions(true)
+            .clock(clock.clone());
         Platform {
             clock,
             svc: BoxCloneService::new(layer.layer(inner)),

@@ -44,7 +44,11 @@ async fn two_stores_on_three_nodes_admit_exactly_the_quota() {
     let stores = [store(&cluster).await, store(&cluster).await];
     let services: Vec<Svc> = stores
         .iter()
-        .map(|s| service(&RateLimitLayer::with_store(policy.clone(), s.clone())))
+        .map(|s| {
+            service(
+                &RateLimitLayer::with_store(policy.clone(), s.clone()).decision_extensions(true),
+            )
+        })
         .collect();
 
     let mut admitted = [0usize; 2];
@@ -115,7 +119,7 @@ async fn a_request_refused_by_its_second_limit_leaves_the_first_uncharged() {
         .build()
         .unwrap();
     let store = store(&cluster).await;
-    let svc = service(&RateLimitLayer::with_store(policy, store.clone()));
+    let svc = service(&RateLimitLayer::with_store(policy, store.clone()).decision_extensions(true));
 
     for left in [9, 8] {
         let response = send_as(&svc, "key", "alice").await;
@@ -172,10 +176,10 @@ impl Spread {
                 .connect()
                 .await
                 .expect("the cluster answers");
-            services.push(service(&RateLimitLayer::with_store(
-                policy.clone(),
-                store.clone(),
-            )));
+            services.push(service(
+                &RateLimitLayer::with_store(policy.clone(), store.clone())
+                    .decision_extensions(true),
+            ));
             stores.push(store);
         }
         // Which node each (store, key) counts on: the one whose DBSIZE grows.
@@ -301,10 +305,10 @@ async fn ten_thousand_keys_spread_evenly_over_three_nodes() {
     const KEYS: usize = 10_000;
     let cluster = cluster_or_skip!();
     let store = store(&cluster).await;
-    let svc = service(&RateLimitLayer::with_store(
-        per_key(Quota::new(Window::per_hour(100))),
-        store.clone(),
-    ));
+    let svc = service(
+        &RateLimitLayer::with_store(per_key(Quota::new(Window::per_hour(100))), store.clone())
+            .decision_extensions(true),
+    );
     for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
         let responses = futures::future::join_all(
             chunk

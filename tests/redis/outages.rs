@@ -121,7 +121,8 @@ async fn by_default_an_outage_holds_each_key_to_its_quota_in_each_process() {
         .connect()
         .await
         .unwrap();
-    let svc = service(&RateLimitLayer::with_store(policy(), store.clone()));
+    let svc =
+        service(&RateLimitLayer::with_store(policy(), store.clone()).decision_extensions(true));
     for _ in 0..2 {
         assert_eq!(send(&svc, "GET", "/", "k").await.status(), StatusCode::OK);
     }
@@ -236,7 +237,7 @@ async fn each_decision_says_what_made_it() {
         .connect()
         .await
         .unwrap();
-    let svc = service(&RateLimitLayer::with_store(policy, store));
+    let svc = service(&RateLimitLayer::with_store(policy, store).decision_extensions(true));
     let seen = |response: http::Response<_>| {
         let decision = response.extensions().get::<Decision>().cloned();
         let decision = decision.expect("a decision");

@@ -59,7 +59,9 @@ async fn two_layers_sharing_one_redis_admit_exactly_the_limit_under_concurrent_l
             .await
             .unwrap();
         stores.push(store.clone());
-        services.push(service(&RateLimitLayer::with_store(policy.clone(), store)));
+        services.push(service(
+            &RateLimitLayer::with_store(policy.clone(), store).decision_extensions(true),
+        ));
     }
     let mut tasks = Vec::new();
     for i in 0..300 {
@@ -214,7 +216,7 @@ async fn no_raw_key_reaches_redis_and_every_key_has_a_ttl_just_past_its_window()
         .connect()
         .await
         .unwrap();
-    let svc = service(&RateLimitLayer::with_store(policy, store));
+    let svc = service(&RateLimitLayer::with_store(policy, store).decision_extensions(true));
     let raw_keys = ["sk_live_RAWSECRETKEY1", "sk_live_RAWSECRETKEY2"];
     for (i, key) in raw_keys.iter().enumerate() {
         for _ in 0..3 {
@@ -322,7 +324,9 @@ async fn skewed_node_clocks_change_no_decision() {
     for clock in [&early, &late] {
         let store = RedisStore::builder(server.url()).connect().await.unwrap();
         nodes.push(service(
-            &RateLimitLayer::with_store(policy.clone(), store).clock(clock.clone()),
+            &RateLimitLayer::with_store(policy.clone(), store)
+                .decision_extensions(true)
+                .clock(clock.clone()),
         ));
     }
     let mut statuses = Vec::new();

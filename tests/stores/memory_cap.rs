@@ -44,7 +44,9 @@ impl Harness {
             counter.fetch_add(1, Ordering::SeqCst);
             async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
         });
-        let layer = RateLimitLayer::with_store(policy, store).clock(clock.clone());
+        let layer = RateLimitLayer::with_store(policy, store)
+            .decision_extensions(true)
+            .clock(clock.clone());
         let svc = BoxCloneService::new(layer.layer(inner));
         Harness {
             clock,

@@ -294,6 +294,7 @@ fn run(setup: Setup, start: u64, steps: &[(u64, usize, usize)]) -> Result<(), Te
     });
     let svc: Svc = BoxCloneService::new(
         RateLimitLayer::new(setup.policy())
+            .decision_extensions(true)
             .clock(clock.clone())
             .layer(inner),
     );

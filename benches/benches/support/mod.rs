@@ -154,9 +154,11 @@ pub(crate) fn policy(windows: usize) -> Policy {
         .unwrap()
 }
 
-/// The layer over [`policy`], decision extensions off.
+/// The layer over [`policy`], doing the work tower_governor does: nothing
+/// reads the decision, so it is not built (the crate's defaults build it
+/// for `Decision::current`).
 pub(crate) fn layer(windows: usize) -> RateLimitLayer {
-    RateLimitLayer::new(policy(windows)).decision_extensions(false)
+    RateLimitLayer::new(policy(windows)).current_decision(false)
 }
 
 /// tower_governor's key: the `X-API-Key` header, as a `String`.

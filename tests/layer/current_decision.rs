@@ -1,0 +1,150 @@
+//! Handlers read the layer's decision with the defaults, without any
+//! extension: `Decision::current()` while the inner service runs, and the
+//! axum extractor.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::{service_fn, Layer, ServiceExt};
+use tower_ratelimit::key::Header;
+use tower_ratelimit::{Decision, Limit, Policy, Quota, RateLimitLayer, Window};
+
+fn per_key(name: &str, n: u32) -> Policy {
+    Policy::builder()
+        .limit(
+            Limit::new(name, Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(n))),
+        )
+        .build()
+        .unwrap()
+}
+
+fn call(path: &str, key: &str) -> Request<Body> {
+    Request::get(path)
+        .header("x-api-key", key)
+        .body(Body::empty())
+        .unwrap()
+}
+
+async fn text(response: Response<impl http_body::Body<Error = impl std::fmt::Debug>>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// What a handler reports of its decision: remaining in the reported window.
+fn remaining(decision: Option<Decision>) -> String {
+    match decision {
+        Some(d) => d.reported().map_or(u32::MAX, |w| w.remaining).to_string(),
+        None => "none".into(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_axum_handler_takes_the_decision_as_an_extractor_with_the_defaults() {
+    let app = Router::new()
+        .route(
+            "/v1/remaining",
+            get(|decision: Decision| async move { remaining(Some(decision)) }),
+        )
+        .layer(RateLimitLayer::new(per_key("per_key", 5)));
+    for expected in ["4", "3", "2"] {
+        let response = app
+            .clone()
+            .oneshot(call("/v1/remaining", "k_1"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.extensions().get::<Decision>().is_none(),
+            "no extension unless asked for"
+        );
+        assert_eq!(text(response).await, expected);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_decision_is_current_across_awaits_in_the_handler_but_not_in_spawned_tasks() {
+    let handler = service_fn(|_: Request<Body>| async {
+        let before = remaining(Decision::current());
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let after = remaining(Decision::current());
+        let spawned = tokio::spawn(async { remaining(Decision::current()) })
+            .await
+            .unwrap();
+        Ok::<_, Infallible>(Response::new(format!("{before} {after} {spawned}")))
+    });
+    let service = RateLimitLayer::new(per_key("per_key", 3)).layer(handler);
+    let response = service.clone().oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(text(response).await, "2 2 none");
+    assert!(Decision::current().is_none(), "nothing is current outside");
+    let response = service.oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(text(response).await, "1 1 none");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_decision_is_current_in_the_inner_service_s_call_too() {
+    // A service doing its work in `call` (not in its future) sees it too.
+    let handler = service_fn(|_: Request<Body>| {
+        let seen = remaining(Decision::current());
+        std::future::ready(Ok::<_, Infallible>(Response::new(seen)))
+    });
+    let service = RateLimitLayer::new(per_key("per_key", 10)).layer(handler);
+    let response = service.oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(text(response).await, "9");
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_stacked_layers_the_innermost_decision_is_current() {
+    let handler = service_fn(|_: Request<Body>| async {
+        let d = Decision::current().unwrap();
+        let w = d.reported().unwrap();
+        Ok::<_, Infallible>(Response::new(format!("{}/{}", w.remaining, w.limit)))
+    });
+    let inner = RateLimitLayer::new(per_key("inner", 7)).layer(handler);
+    let service = RateLimitLayer::new(per_key("outer", 100)).layer(inner);
+    let response = service.oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(text(response).await, "6/7");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_current_decision_off_handlers_get_none_and_the_extractor_answers_500() {
+    let handler = service_fn(|_: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(remaining(Decision::current())))
+    });
+    let layer = RateLimitLayer::new(per_key("per_key", 10)).current_decision(false);
+    let response = layer
+        .clone()
+        .layer(handler)
+        .oneshot(call("/", "k_1"))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, "none");
+    // The headers are the same either way.
+    let app = Router::new()
+        .route(
+            "/",
+            get(|decision: Decision| async move { remaining(Some(decision)) }),
+        )
+        .layer(layer);
+    let response = app.oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "8");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_never_reaches_the_handler_and_leaves_nothing_current() {
+    let handler = service_fn(|_: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(remaining(Decision::current())))
+    });
+    let service = RateLimitLayer::new(per_key("per_key", 1)).layer(handler);
+    let first = service.clone().oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(text(first).await, "0");
+    let second = service.oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(Decision::current().is_none());
+}
