@@ -13,6 +13,8 @@ mod verdict;
 
 use std::fmt;
 use std::sync::Arc;
+
+use arc_swap::cache::Cache;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -38,12 +40,17 @@ use crate::store::{MemoryStore, Store};
 /// moves into the response future (and a clone takes its place).
 pub struct RateLimit<S, St = MemoryStore> {
     inner: S,
-    current: Arc<Current<St>>,
+    /// What the layer shares now, as this service last saw it: a request
+    /// checks it is still current with one relaxed load (a reload swaps it).
+    current: Cache<Arc<Current<St>>, Arc<Shared<St>>>,
 }
 
 impl<S, St> RateLimit<S, St> {
     pub(crate) fn from_current(inner: S, current: Arc<Current<St>>) -> Self {
-        RateLimit { inner, current }
+        RateLimit {
+            inner,
+            current: Cache::new(current),
+        }
     }
 
     /// The inner service.
@@ -66,7 +73,7 @@ impl<S: Clone, St> Clone for RateLimit<S, St> {
     fn clone(&self) -> Self {
         RateLimit {
             inner: self.inner.clone(),
-            current: Arc::clone(&self.current),
+            current: self.current.clone(),
         }
     }
 }
@@ -75,7 +82,7 @@ impl<S: fmt::Debug, St> fmt::Debug for RateLimit<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("policy", &self.current.load().policy)
+            .field("policy", &self.current.arc_swap().load().policy)
             .finish_non_exhaustive()
     }
 }
@@ -101,8 +108,7 @@ where
         let RateLimit { inner, current } = self;
         // The policy as it stands now, kept to the end of this request's
         // decision whatever a reload swaps in meanwhile.
-        let loaded = current.load();
-        let shared: &Arc<Shared<St>> = &loaded;
+        let shared: &Arc<Shared<St>> = current.load();
         let now = shared.clock.now();
 
         // 1. match and 2. key: which limits apply, to whose key, at which quota.
