@@ -48,20 +48,23 @@ pin_project! {
 
 impl<F, B, E> ResponseFuture<F, B, E> {
     /// The inner service's `future`, whose response gets `headers` and
-    /// whose body holds `slots`; see [`Kept`] for the decision.
+    /// whose body holds `slots`. `decision` is [`Decision::current`] while
+    /// `future` is polled, and goes into the response's extensions if
+    /// `extend`.
     #[inline]
     pub(crate) fn inner(
         future: F,
         headers: Option<PendingHeaders>,
-        kept: Kept,
+        decision: Option<Decision>,
+        extend: bool,
         slots: Slots,
     ) -> Self {
         ResponseFuture {
             state: State::Inner {
                 future,
                 headers,
-                decision: kept.decision,
-                extend: kept.extend,
+                decision,
+                extend,
                 slots,
             },
         }
@@ -130,13 +133,4 @@ impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
             .field("state", &state)
             .finish()
     }
-}
-
-/// What an admitted request's response future keeps of its decision.
-#[derive(Default)]
-pub(crate) struct Kept {
-    /// The decision, [`Decision::current`] while the inner service runs.
-    pub(crate) decision: Option<Decision>,
-    /// Whether it goes into the response's extensions too.
-    pub(crate) extend: bool,
 }

@@ -47,6 +47,7 @@ pub(crate) fn refusal_reason(outcome: &Outcome) -> Option<RefusalReason> {
 impl Decision {
     /// Builds the decision from a store outcome. `origin(check)` is the
     /// (limit, route) of each check; `period_of(check, window)` its period.
+    #[inline]
     pub(crate) fn from_outcome(
         outcome: &Outcome,
         origin: impl Fn(usize) -> WindowOrigin,

@@ -19,8 +19,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use std::convert::Infallible;
-use support::{api_keys, bare, config, governor_layer, layer, request, send, to, Cycle, MANY};
+use support::{
+    api_keys, bare, config, governor_layer, layer, policy, request, send, to, Cycle, MANY,
+};
 use tower::{Layer, Service, ServiceExt};
+use tower_ratelimit::RateLimitLayer;
 
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -79,6 +82,13 @@ fn overhead(c: &mut Criterion) {
                 b.iter(|| black_box(send(&mut svc, request(cycle.next()))))
             });
         }
+
+        // The crate's defaults: the decision built for `Decision::current`.
+        let mut svc = RateLimitLayer::new(policy(2)).layer(bare());
+        let mut cycle = Cycle::new(keys.clone());
+        group.bench_function(format!("ratelimit_defaults/{label}"), |b| {
+            b.iter(|| black_box(send(&mut svc, request(cycle.next()))))
+        });
 
         let mut svc = bare();
         let mut cycle = Cycle::new(keys.clone());

@@ -27,7 +27,7 @@ use self::plan::{plan, Plan};
 use self::respond::{banned, busy, finish, reject};
 pub(crate) use self::shared::{Current, Shared};
 use crate::body::ResponseBody;
-use crate::future::{Kept, ResponseFuture};
+use crate::future::ResponseFuture;
 use crate::store::protocol::Decided;
 use crate::store::{MemoryStore, Store};
 
@@ -117,7 +117,7 @@ where
         match plan(shared, &request, &mut applied, &mut checks) {
             Plan::Apply => {}
             Plan::Pass => {
-                return ResponseFuture::inner(inner.call(request), None, Kept::default(), None)
+                return ResponseFuture::inner(inner.call(request), None, None, false, None)
             }
             Plan::Reject(error) => return reject(&error, &request),
             Plan::Banned(ban) => return banned(shared, ban, now, &request),

@@ -17,7 +17,7 @@ use crate::body::{ResponseBody, Slots};
 use crate::clock::NANOS;
 use crate::decision::{Decision, RefusalReason};
 use crate::event::EventKind;
-use crate::future::{Kept, ResponseFuture};
+use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Standing};
 use crate::inflight::Busy;
 use crate::key::KeyError;
@@ -95,7 +95,7 @@ where
             tracing::warn!(%error, "rate-limit store failed; request let through unlimited");
             metrics::admitted(shared, applied, None);
             let slots = slots(&mut applied.held);
-            return ResponseFuture::inner(inner.call(request), None, Kept::default(), slots);
+            return ResponseFuture::inner(inner.call(request), None, None, false, slots);
         }
     };
     let policy = &*shared.policy.inner;
@@ -125,7 +125,7 @@ where
         metrics::admitted(shared, applied, outcome);
         let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
         let slots = slots(&mut applied.held);
-        return ResponseFuture::inner(inner.call(request), headers, Kept::default(), slots);
+        return ResponseFuture::inner(inner.call(request), headers, None, false, slots);
     }
     let mut decision = match outcome {
         Some(outcome) => decide_counted(shared, outcome, applied),
@@ -202,10 +202,13 @@ where
     if extend {
         request.extensions_mut().insert(decision.clone());
     }
-    let decision = shared.keeps_decision().then_some(decision);
-    let future = Decision::in_scope(decision.as_ref(), || inner.call(request));
-    let kept = Kept { decision, extend };
-    ResponseFuture::inner(future, Some(headers), kept, slots)
+    // Moved once, into the future (it is some 200 bytes).
+    if shared.keeps_decision() {
+        let future = Decision::in_scope(Some(&decision), || inner.call(request));
+        ResponseFuture::inner(future, Some(headers), Some(decision), extend, slots)
+    } else {
+        ResponseFuture::inner(inner.call(request), Some(headers), None, false, slots)
+    }
 }
 
 /// The layer's own answer to a refused request; `counted`: what the store
