@@ -1,5 +1,8 @@
-//! From a store's outcome to what the layer reports: the [`Decision`] and
-//! the values of the single-window headers.
+//! What the layer reports of each window, built here and nowhere else: a
+//! [`WindowReport`] from a store's status of a counted window, from a quota
+//! (a ban's window, before anything is counted) or from an in-flight cap;
+//! the [`Decision`] that holds them; and the values of the single-window
+//! headers, read from an outcome without building the decision.
 
 use smallvec::SmallVec;
 
@@ -208,5 +211,26 @@ pub(crate) fn quota_report(
         reset_after: 0,
         period,
         concurrent: quota.windows().is_empty(),
+    }
+}
+
+/// The report of an in-flight cap of `cap` requests (limit and route
+/// `origin`) with `in_flight` of them in flight.
+pub(crate) fn cap_report(
+    origin: WindowOrigin,
+    cap: u32,
+    in_flight: u32,
+    now_secs: u64,
+) -> WindowReport {
+    WindowReport {
+        limit_index: origin.0,
+        route_index: origin.1,
+        window_index: 0,
+        limit: cap,
+        remaining: cap.saturating_sub(in_flight),
+        reset: now_secs,
+        reset_after: 0,
+        period: 0,
+        concurrent: true,
     }
 }

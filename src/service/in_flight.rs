@@ -3,7 +3,6 @@
 
 use super::applied::{Claim, Held};
 use super::Shared;
-use crate::decision::WindowReport;
 use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit};
 use crate::store::Store;
 
@@ -96,20 +95,4 @@ pub(super) fn in_flight_of(claim: &Claim, held: &[Permit]) -> u32 {
     held.iter()
         .find(|p| p.key() == claim.key)
         .map_or(claim.cap, Permit::in_flight)
-}
-
-/// What the headers say about `claim`'s cap with `in_flight` requests in
-/// flight.
-pub(super) fn cap_report(claim: &Claim, in_flight: u32, now_secs: u64) -> WindowReport {
-    WindowReport {
-        limit_index: claim.origin.0,
-        route_index: claim.origin.1,
-        window_index: 0,
-        limit: claim.cap,
-        remaining: claim.cap.saturating_sub(in_flight),
-        reset: now_secs,
-        reset_after: 0,
-        period: 0,
-        concurrent: true,
-    }
 }

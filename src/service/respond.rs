@@ -8,7 +8,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::applied::{Applied, Claim, Held};
-use super::in_flight::{cap_report, in_flight_of};
+use super::in_flight::in_flight_of;
 use super::metrics::{self, Verdict};
 use super::plan::Ban;
 use super::verdict::{decide_counted, emit};
@@ -22,7 +22,7 @@ use crate::headers::{PendingHeaders, Standing};
 use crate::inflight::Busy;
 use crate::key::KeyError;
 use crate::policy::PolicyInner;
-use crate::report::Reported;
+use crate::report::{cap_report, Reported};
 use crate::response::{self, Produced};
 use crate::store::protocol::Outcome;
 use crate::store::StoreError;
@@ -101,10 +101,14 @@ where
     let policy = &*shared.policy.inner;
     let now = applied.now;
     let caps = || {
-        applied
-            .claims
-            .iter()
-            .map(|c| cap_report(c, in_flight_of(c, &applied.held), now.div_ceil(NANOS)))
+        applied.claims.iter().map(|c| {
+            cap_report(
+                c.origin,
+                c.cap,
+                in_flight_of(c, &applied.held),
+                now.div_ceil(NANOS),
+            )
+        })
     };
     let quiet =
         outcome.is_none_or(|o| o.admitted() && !o.shadow_refused()) && applied.shadow_busy == 0;
@@ -243,7 +247,7 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
         Busy::Full { in_flight } => in_flight,
         _ => claim.cap,
     };
-    let report = cap_report(claim, in_flight, 0);
+    let report = cap_report(claim.origin, claim.cap, in_flight, 0);
     let decision = Decision::busy(shared.policy.inner.busy_retry_after, now, report);
     shared
         .metrics
