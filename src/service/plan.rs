@@ -59,8 +59,11 @@ pub(super) fn plan<'p, St: Store, B>(
             continue;
         };
         let view = RequestView::new(request, Some(captures));
-        let key = match extract_key(limit, &view, policy.max_key_len) {
-            Ok(key) => key,
+        // Read where the extractor put it: a key is some 50 bytes with
+        // one-byte tags, slow to copy right after it was written.
+        let extracted = extract_key(limit, &view, policy.max_key_len);
+        let key = match extracted {
+            Ok(ref key) => key,
             Err(error) if limit.skip_missing_key && error.kind() == KeyErrorKind::Missing => {
                 tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
                 continue;
@@ -84,13 +87,13 @@ pub(super) fn plan<'p, St: Store, B>(
                 return Plan::Reject(error);
             }
         };
-        if limit.exemptions.covers(&key, &view, &policy.secret) {
+        if limit.exemptions.covers(key, &view, &policy.secret) {
             tracing::trace!(limit = %limit.name, "limit skipped: exempt");
             continue;
         }
-        let id = limit.key_id(&policy.secret, &key);
+        let id = limit.key_id(&policy.secret, key);
         let bucket = KeySecret::derive(id, route.id);
-        let own = resolve(policy, li, limit, &key, &view);
+        let own = resolve(policy, li, limit, key, &view);
         let quota = route.quota_of(own.as_ref());
         let penalty_key = limit
             .penalty
@@ -161,11 +164,14 @@ fn extract_key<'a>(
     view: &RequestView<'a>,
     max_len: usize,
 ) -> Result<Key<'a>, KeyError> {
-    let key = limit.key.extract(view)?;
-    let kind = match key.len() {
-        0 => KeyErrorKind::Empty,
-        len if len > max_len => KeyErrorKind::TooLong,
-        _ => return Ok(key),
+    let extracted = limit.key.extract(view);
+    let kind = match &extracted {
+        Ok(key) => match key.len() {
+            0 => KeyErrorKind::Empty,
+            len if len > max_len => KeyErrorKind::TooLong,
+            _ => return extracted,
+        },
+        Err(_) => return extracted,
     };
     let error = KeyError::new(kind, limit.key.describe().into_owned());
     Err(match kind {
