@@ -62,7 +62,7 @@
 //! | [`Quota`] | windows that must all admit (`60/minute` *and* `1000/hour`), a cost per request and an [`Algorithm`] |
 //! | [`key::KeyExtractor`] | reads who a request counts against |
 //! | [`store::Store`] | where counts live: [`store::MemoryStore`] by default |
-//! | [`Decision`] | admitted or refused, with every window's state; in the request's and response's extensions |
+//! | [`Decision`] | admitted or refused, with every window's state; [`Decision::current`] in handlers |
 //! | [`ReloadHandle`] | replaces a running layer's policy atomically, keeping counts (see [`reload`]) |
 //!
 //! # Promises
@@ -146,7 +146,7 @@
 //! | feature | adds |
 //! |---|---|
 //! | `toml` (default) | [`Policy::from_toml`] and the other policy-file loaders, [`CustomKeys`] |
-//! | `axum` | [`key::PeerIp`] also reads axum's `ConnectInfo<SocketAddr>` |
+//! | `axum` | [`Decision`] as an axum extractor; [`key::PeerIp`] also reads axum's `ConnectInfo<SocketAddr>` |
 //! | `admin` | `admin::router`: an axum `Router` to look at, reset and override keys' limits (implies `axum`) |
 //! | `governor` | `From<governor::Quota>` for [`Window`] |
 //! | `redis` | `store::RedisStore`: counts shared by many processes |

@@ -3,6 +3,7 @@
 //! axum extractor.
 
 use std::convert::Infallible;
+use std::future::Future;
 
 use axum::body::Body;
 use axum::routing::get;
@@ -41,6 +42,19 @@ fn remaining(decision: Option<Decision>) -> String {
         Some(d) => d.reported().map_or(u32::MAX, |w| w.remaining).to_string(),
         None => "none".into(),
     }
+}
+
+/// An inner service that answers what `Decision::current()` says is left.
+fn echo_remaining() -> impl tower::Service<
+    Request<Body>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<String>, Infallible>> + Send,
+> + Clone
+       + Send {
+    service_fn(|_: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(remaining(Decision::current())))
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -113,9 +127,7 @@ async fn under_stacked_layers_the_innermost_decision_is_current() {
 
 #[tokio::test(start_paused = true)]
 async fn with_current_decision_off_handlers_get_none_and_the_extractor_answers_500() {
-    let handler = service_fn(|_: Request<Body>| async {
-        Ok::<_, Infallible>(Response::new(remaining(Decision::current())))
-    });
+    let handler = echo_remaining();
     let layer = RateLimitLayer::new(per_key("per_key", 10)).current_decision(false);
     let response = layer
         .clone()
@@ -138,9 +150,7 @@ async fn with_current_decision_off_handlers_get_none_and_the_extractor_answers_5
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_request_never_reaches_the_handler_and_leaves_nothing_current() {
-    let handler = service_fn(|_: Request<Body>| async {
-        Ok::<_, Infallible>(Response::new(remaining(Decision::current())))
-    });
+    let handler = echo_remaining();
     let service = RateLimitLayer::new(per_key("per_key", 1)).layer(handler);
     let first = service.clone().oneshot(call("/", "k_1")).await.unwrap();
     assert_eq!(text(first).await, "0");
