@@ -44,19 +44,21 @@ impl RateLimitLayer<MemoryStore> {
     /// Enforces `policy` with counts in this process's memory: a
     /// [`MemoryStore`] capped at the policy's
     /// [`memory_max_entries`](Policy::memory_max_entries) if it sets one,
-    /// else [`MemoryStore::new`].
+    /// else [`MemoryStore::new`]. A reloaded policy that sets one changes
+    /// the cap (see [`MemoryStore::set_max_entries`]).
     pub fn new(policy: Policy) -> Self {
         let store = match policy.memory_max_entries() {
             Some(max) => MemoryStore::with_max_entries(max),
             None => MemoryStore::new(),
         };
         Self::with_store(policy, store)
+            .set(|shared| shared.resize = Some(MemoryStore::set_max_entries))
     }
 }
 
 impl<St: Store> RateLimitLayer<St> {
     /// Enforces `policy` with counts in `store` (a memory store keeps the
-    /// cap it was built with, whatever the policy's
+    /// cap it was built with, whatever the policy's, or a reloaded policy's,
     /// [`memory_max_entries`](Policy::memory_max_entries)).
     pub fn with_store(policy: Policy, store: St) -> Self {
         Self::with_shared_store(policy, Arc::new(store))
@@ -83,6 +85,7 @@ impl<St: Store> RateLimitLayer<St> {
             decision_extensions: false,
             current_decision: true,
             on_event: None,
+            resize: None,
             in_flight: ConcurrencyLimiter::new(),
         };
         RateLimitLayer {

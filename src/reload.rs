@@ -28,10 +28,19 @@
 //!   every key to new buckets (and drops the runtime overrides); one that
 //!   sets none in place of a running policy's own is refused.
 //!
+//! * The **memory cap**: a new policy's
+//!   [`memory_max_entries`](crate::Policy::memory_max_entries), if it sets
+//!   one, becomes the cap of the memory store that
+//!   [`RateLimitLayer::new`](crate::RateLimitLayer::new) made from the
+//!   running policy ([`Changes::memory_max_entries`]); nothing tracked is
+//!   dropped under a lower one (see
+//!   [`MemoryStore::set_max_entries`](crate::store::MemoryStore::set_max_entries)).
+//!   A policy without one leaves the cap as it is, and a store given to the
+//!   layer keeps its own.
+//!
 //! A policy that fails to parse or validate is refused with its
 //! [`ConfigError`], and the running one stays. The layer's store and its
-//! settings (clock, hook, decision extensions) stay as they are: a new
-//! policy's `memory_max_entries` applies to a layer built afresh only.
+//! settings (clock, hook, where the decision goes) stay as they are.
 //!
 //! ```
 //! use tower_ratelimit::{key::Header, Limit, Policy, Quota, RateLimitLayer, Window};
@@ -101,6 +110,9 @@ impl<St> ReloadHandle<St> {
             });
             if swapped {
                 changes.overrides_dropped = dropped;
+                if let (Some(resize), Some(max)) = (old.resize, after.memory_max_entries) {
+                    changes.memory_max_entries = resize(&old.store, max).then_some(max);
+                }
                 return Ok(changes);
             }
         }
@@ -153,6 +165,11 @@ pub struct Changes {
     /// Runtime overrides not kept: their limit or plan is gone, or the key
     /// secret changed.
     pub overrides_dropped: usize,
+    /// The memory store's new cap, when the new policy sets another
+    /// [`memory_max_entries`](crate::Policy::memory_max_entries) and the
+    /// layer made its store from its policy
+    /// ([`RateLimitLayer::new`](crate::RateLimitLayer::new)).
+    pub memory_max_entries: Option<usize>,
 }
 
 impl Changes {
@@ -176,9 +193,13 @@ impl Changes {
         changes
     }
 
-    /// Whether no limit was added, removed or changed.
+    /// Whether nothing changed: no limit added, removed or changed, and no
+    /// new memory cap.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && self.memory_max_entries.is_none()
     }
 }
 
@@ -193,6 +214,9 @@ impl fmt::Display for Changes {
             if !names.is_empty() {
                 parts.push(format!("{what}: {}", names.join(", ")));
             }
+        }
+        if let Some(max) = self.memory_max_entries {
+            parts.push(format!("memory cap: {max} entries"));
         }
         if self.overrides_dropped > 0 {
             parts.push(format!(

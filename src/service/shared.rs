@@ -29,6 +29,9 @@ pub(crate) struct Shared<St> {
     /// while the inner service runs.
     pub(crate) current_decision: bool,
     pub(crate) on_event: Option<Hook>,
+    /// Gives the store a reloaded policy's memory cap, when the layer made
+    /// the store from its policy; whether the cap changed.
+    pub(crate) resize: Option<fn(&St, usize) -> bool>,
     pub(crate) in_flight: ConcurrencyLimiter,
     /// The handles of the policy's metrics (feature `metrics`).
     pub(crate) metrics: Metrics,
@@ -43,6 +46,7 @@ impl<St> Clone for Shared<St> {
             decision_extensions: self.decision_extensions,
             current_decision: self.current_decision,
             on_event: self.on_event.clone(),
+            resize: self.resize,
             in_flight: self.in_flight.clone(),
             metrics: self.metrics.clone(),
         }

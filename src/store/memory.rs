@@ -1,7 +1,7 @@
 //! The in-memory store: sharded hash tables of one `u64` per key and window.
 
 use std::future::Pending;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hashbrown::hash_table::{Entry, HashTable};
 use parking_lot::{Mutex, MutexGuard};
@@ -101,8 +101,11 @@ pub struct MemoryStore {
     /// For each 1/256 of that hash space, the shard where it starts (so
     /// finding a bucket's shard takes a step or two, not a binary search).
     starts: Box<[usize]>,
-    /// The most entries each shard keeps: its share of the cap.
-    caps: Box<[usize]>,
+    /// The most entries each shard keeps: its share of the cap (changed by
+    /// [`MemoryStore::set_max_entries`]).
+    caps: Box<[AtomicUsize]>,
+    /// The cap last asked for.
+    requested: AtomicUsize,
     sweep_interval: u64,
     /// The bans and counted refusals of checks with a penalty.
     penalties: PenaltyBox,
@@ -146,20 +149,16 @@ impl Settings {
         // spread over one doubling keep the tables' fill levels spread too,
         // and memory per entry near its mean (~28 bytes) at any key count.
         let n = self.shards;
-        let weights: Vec<f64> = (0..n).map(|i| (i as f64 / n as f64).exp2()).collect();
-        let total: f64 = weights.iter().sum();
         let mut share = 0.0;
         let mut bounds = Vec::with_capacity(n);
-        let mut caps = Vec::with_capacity(n);
-        for (i, w) in weights.iter().enumerate() {
-            share += w / total;
+        for (i, w) in shares(n).enumerate() {
+            share += w;
             let bound = if i + 1 == n {
                 1 << 32
             } else {
                 (share * (1u64 << 32) as f64) as u64
             };
             bounds.push(bound);
-            caps.push(((self.max_entries as f64 * w / total).ceil() as usize).max(1));
         }
         MemoryStore {
             settings: self,
@@ -168,7 +167,10 @@ impl Settings {
                 .map(|r| bounds.partition_point(|&b| b <= r << 24))
                 .collect(),
             bounds: bounds.into(),
-            caps: caps.into(),
+            caps: shard_caps(n, self.max_entries)
+                .map(AtomicUsize::new)
+                .collect(),
+            requested: AtomicUsize::new(self.max_entries),
             sweep_interval: self.sweep_interval,
             penalties: PenaltyBox::with_max_keys(self.max_banned_keys)
                 .sweep_interval(std::time::Duration::from_nanos(self.sweep_interval)),
@@ -176,6 +178,19 @@ impl Settings {
             tracked: TrackedKeys::new(),
         }
     }
+}
+
+/// Each of `n` shards' share of the keys (summing to 1): shard `i`'s grows
+/// as 2^(i/n), so the largest is twice the smallest (see [`Settings::build`]).
+fn shares(n: usize) -> impl Iterator<Item = f64> {
+    let weight = move |i: usize| (i as f64 / n as f64).exp2();
+    let total: f64 = (0..n).map(weight).sum();
+    (0..n).map(move |i| weight(i) / total)
+}
+
+/// Each of `n` shards' share of a cap of `max_entries`, rounded up.
+fn shard_caps(n: usize, max_entries: usize) -> impl Iterator<Item = usize> {
+    shares(n).map(move |share| ((max_entries as f64 * share).ceil() as usize).max(1))
 }
 
 /// The `ratelimit_tracked_keys{store="memory"}` gauge (feature `metrics`),
@@ -256,7 +271,7 @@ impl MemoryStore {
     pub fn shards(self, shards: usize) -> Self {
         Settings {
             shards: shards.clamp(1, 1 << 16).next_power_of_two(),
-            ..self.settings
+            ..self.settings()
         }
         .build()
     }
@@ -268,7 +283,7 @@ impl MemoryStore {
     pub fn sweep_interval(self, interval: std::time::Duration) -> Self {
         Settings {
             sweep_interval: interval.as_nanos().min(u128::from(u64::MAX)) as u64,
-            ..self.settings
+            ..self.settings()
         }
         .build()
     }
@@ -283,7 +298,7 @@ impl MemoryStore {
     pub fn max_banned_keys(self, max: usize) -> Self {
         Settings {
             max_banned_keys: max,
-            ..self.settings
+            ..self.settings()
         }
         .build()
     }
@@ -299,10 +314,37 @@ impl MemoryStore {
     }
 
     /// The most `(key, window)` entries the store keeps: the cap it was made
-    /// with ([`MemoryStore::with_max_entries`]), plus under one entry per
-    /// shard (each shard's share is rounded up).
+    /// with ([`MemoryStore::with_max_entries`]) or last given
+    /// ([`MemoryStore::set_max_entries`]), plus under one entry per shard
+    /// (each shard's share is rounded up).
     pub fn max_entries(&self) -> usize {
-        self.caps.iter().sum()
+        self.caps.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Changes the cap (at least 1) while the store is in use; whether it
+    /// changed. Nothing tracked is dropped: under a lower cap, windows that
+    /// need a new entry are counted in the overflow sketches until idle keys
+    /// leave room, and a higher one gives new keys entries again. A
+    /// [`RateLimitLayer`](crate::RateLimitLayer) made by
+    /// [`new`](crate::RateLimitLayer::new) applies a reloaded policy's
+    /// [`memory_max_entries`](crate::Policy::memory_max_entries) this way.
+    pub fn set_max_entries(&self, max: usize) -> bool {
+        let max = max.max(1);
+        if self.requested.swap(max, Ordering::Relaxed) == max {
+            return false;
+        }
+        for (cap, share) in self.caps.iter().zip(shard_caps(self.caps.len(), max)) {
+            cap.store(share, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// The settings to rebuild the store with.
+    fn settings(&self) -> Settings {
+        Settings {
+            max_entries: self.requested.load(Ordering::Relaxed),
+            ..self.settings
+        }
     }
 
     /// Drops every entry that equals a fresh key's at `now` (nanoseconds since
@@ -502,7 +544,7 @@ impl MemoryStore {
         for (i, shard) in shards.iter_mut().enumerate().filter(|_| unseen) {
             let new = |s: &Slot| s.shard == i && charged(s) && !s.estimated;
             let needed = slots.iter().filter(|s| new(s) && s.entry.is_none()).count();
-            let cap = self.caps[ids[i]];
+            let cap = self.caps[ids[i]].load(Ordering::Relaxed);
             if shard.entries + needed <= cap {
                 continue;
             }
@@ -534,7 +576,7 @@ impl MemoryStore {
                 let shard = &mut shards[slot.shard];
                 let no_room = full[slot.shard] && !shard.contains(algorithm, period, bucket);
                 if slot.estimated || no_room {
-                    let cells = 2 * self.caps[ids[slot.shard]];
+                    let cells = 2 * self.caps[ids[slot.shard]].load(Ordering::Relaxed);
                     shard.count_over(algorithm, period, bucket, slot.next, now, cells);
                 } else {
                     shard.set(algorithm, period, bucket, slot.next, now);

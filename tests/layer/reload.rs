@@ -303,3 +303,79 @@ async fn requests_in_flight_across_a_reload_release_their_slots() {
     assert_eq!(third.status(), StatusCode::OK);
     let _ = NS;
 }
+
+/// `per_key` at 1,000 a minute on `GET /v1/calls`; the memory store capped
+/// at `max` entries, if given.
+fn capped(max: Option<usize>) -> Policy {
+    let builder = Policy::builder()
+        .limit(Limit::new("per_key", api_key()).route("GET /v1/calls", per_minute(1000)));
+    match max {
+        Some(max) => builder.memory_max_entries(max),
+        None => builder,
+    }
+    .build()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_reloaded_memory_cap_applies_and_drops_no_tracked_key() {
+    let (layer, svc) = harness(capped(Some(10_000)));
+    assert!(layer.store().max_entries() >= 10_000);
+    for i in 0..300 {
+        assert_eq!(get(&svc, &format!("k{i}")).await.status(), StatusCode::OK);
+    }
+    for _ in 0..4 {
+        get(&svc, "k0").await;
+    }
+    assert_eq!(layer.store().len(), 300);
+
+    let handle = layer.reload_handle();
+    let changes = handle.replace(capped(Some(100))).unwrap();
+    assert_eq!(changes.memory_max_entries, Some(100));
+    assert_eq!(changes.to_string(), "memory cap: 100 entries");
+    assert!(!changes.is_empty());
+    // Each of the 64 shards' share is rounded up.
+    assert!((100..100 + 64).contains(&layer.store().max_entries()));
+
+    // Under the lower cap new keys are admitted, counted in the overflow
+    // sketches: only a shard still under its new share takes entries (at
+    // most the whole new cap in all, where the old cap took all 500), and
+    // no tracked key loses its count.
+    for i in 300..800 {
+        assert_eq!(get(&svc, &format!("k{i}")).await.status(), StatusCode::OK);
+    }
+    let tracked = layer.store().len();
+    assert!(
+        (300..=300 + layer.store().max_entries()).contains(&tracked),
+        "{tracked} entries"
+    );
+    assert_eq!(calls_window(&svc, "k0").await, (1000, 994));
+
+    // The same cap again, or a policy without one: nothing changes.
+    assert!(handle.replace(capped(Some(100))).unwrap().is_empty());
+    assert!(handle.replace(capped(None)).unwrap().is_empty());
+    assert!((100..100 + 64).contains(&layer.store().max_entries()));
+
+    // A higher cap: new keys get entries of their own again.
+    let changes = handle.replace(capped(Some(10_000))).unwrap();
+    assert_eq!(changes.memory_max_entries, Some(10_000));
+    for i in 800..900 {
+        assert_eq!(get(&svc, &format!("k{i}")).await.status(), StatusCode::OK);
+    }
+    // (Save the few whose two sketch cells the 500 keys counted there hold:
+    // a key stays counted where its estimate is live, so that no count is
+    // ever lost; about 5 % here, with some 8 keys in each shard's 2 × 32
+    // cells.)
+    let grown = layer.store().len() - tracked;
+    assert!((80..=100).contains(&grown), "{grown} of 100 new keys");
+}
+
+#[tokio::test]
+async fn a_store_given_to_the_layer_keeps_its_own_cap_on_reload() {
+    let store = tower_ratelimit::store::MemoryStore::with_max_entries(5_000);
+    let layer = RateLimitLayer::with_store(capped(Some(10_000)), store);
+    let before = layer.store().max_entries();
+    let changes = layer.reload_handle().replace(capped(Some(100))).unwrap();
+    assert_eq!(changes.memory_max_entries, None);
+    assert_eq!(layer.store().max_entries(), before);
+}

@@ -488,3 +488,19 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn the_cap_changes_at_runtime_and_setters_keep_the_new_one() {
+    let store = MemoryStore::with_max_entries(10_000);
+    assert!((10_000..10_064).contains(&store.max_entries()));
+    assert!(store.set_max_entries(640));
+    assert!((640..704).contains(&store.max_entries()));
+    assert!(!store.set_max_entries(640), "the same cap changes nothing");
+    // A cap of 0 is 1 (each shard keeps at least one entry).
+    assert!(store.set_max_entries(0));
+    assert_eq!(store.max_entries(), 64);
+    assert!(store.set_max_entries(640));
+    // A setter rebuilds the store with the cap it has now.
+    let store = store.shards(8);
+    assert!((640..648).contains(&store.max_entries()));
+}
