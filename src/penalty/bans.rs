@@ -159,6 +159,19 @@ impl PenaltyBox {
         }
     }
 
+    /// Forgets every key's ban and counted refusals.
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            let removed = {
+                let mut shard = shard.0.lock();
+                let removed = shard.map.len();
+                shard.map.clear();
+                removed
+            };
+            self.len.fetch_sub(removed, Ordering::AcqRel);
+        }
+    }
+
     /// Records that a request of `key` was refused at `now`, under `penalty`.
     ///
     /// Returns the new ban's length in nanoseconds if this refusal started a

@@ -1,8 +1,9 @@
 //! The admin API on the Redis store, side by side with the memory store
 //! (`tests/admin` has its other scenarios): a peek consumes nothing and
 //! reads what the memory store reads, a reset applies on the next request
-//! (a ban and a refusal this process cached included), an override too, and
-//! a peek counts the slots in flight across processes.
+//! (a ban and a refusal this process cached included, and those another
+//! process remembers), an override too, and a peek counts the slots in
+//! flight across processes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -232,6 +233,140 @@ async fn a_reset_on_redis_clears_a_refusal_cached_in_this_process() {
         (StatusCode::OK, "60".into(), "59".into())
     );
     assert_eq!(store.cached_refusals(), 1);
+}
+
+/// Sends `key`'s request through `h` until it is admitted (a refusal from
+/// memory charges nothing), at most 2 s: how long a reset on another
+/// process took to reach this one.
+async fn admitted_after_reset(h: &Harness, key: &str) -> (StatusCode, String, String) {
+    for _ in 0..200 {
+        let answer = h.send(key).await;
+        if answer.0 == StatusCode::OK {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the reset never reached the other process");
+}
+
+#[tokio::test]
+async fn a_reset_on_one_process_reaches_the_refusals_and_bans_others_remember() {
+    let server = redis_or_skip!();
+    // Two processes: their own stores and layers, one Redis.
+    let (store_a, store_b) = (redis_store(&server).await, redis_store(&server).await);
+    for penalty in [false, true] {
+        let key = if penalty { "banned" } else { "refused" };
+        let a = Harness::new(policy(penalty, false), store_a.clone());
+        let b = Harness::new(policy(penalty, false), store_b.clone());
+        for _ in 0..60 {
+            assert_eq!(b.send(key).await.0, StatusCode::OK);
+        }
+        let cached = store_b.cached_refusals();
+        for _ in 0..3 {
+            assert_eq!(b.send(key).await.0, StatusCode::TOO_MANY_REQUESTS);
+        }
+        // B refuses from memory now: its deny cache without a penalty, the
+        // ban it saw with one (the clock stands still, so neither ends).
+        if !penalty {
+            assert!(store_b.cached_refusals() > cached, "B cached the refusal");
+        }
+        let peek = a.peek(key).await;
+        assert_eq!(
+            peek["banned_for"],
+            if penalty { json!(300) } else { Value::Null }
+        );
+
+        let (status, _) = a
+            .admin(Method::DELETE, &format!("/limits/per_key/keys/{key}"), "")
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            admitted_after_reset(&b, key).await,
+            (StatusCode::OK, "60".into(), "59".into()),
+            "penalty: {penalty}"
+        );
+    }
+    assert_eq!(store_a.failures() + store_b.failures(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_reset_reaches_every_store_whichever_node_holds_the_key() {
+    let cluster = cluster_or_skip!();
+    let store = || async {
+        RedisStore::cluster_builder(cluster.urls())
+            .layer_clock()
+            .deadline(Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap()
+    };
+    let (store_a, store_b) = (store().await, store().await);
+    let a = Harness::new(policy(false, false), store_a.clone());
+    let b = Harness::new(policy(false, false), store_b.clone());
+    // Keys spread over the nodes: each reset is published on its key's
+    // node, and the cluster passes it on to every node.
+    for key in ["k-one", "k-two", "k-three", "k-four"] {
+        for _ in 0..60 {
+            assert_eq!(b.send(key).await.0, StatusCode::OK);
+        }
+        let cached = store_b.cached_refusals();
+        for _ in 0..2 {
+            assert_eq!(b.send(key).await.0, StatusCode::TOO_MANY_REQUESTS);
+        }
+        assert!(store_b.cached_refusals() > cached, "{key}: B cached it");
+        let (status, _) = a
+            .admin(Method::DELETE, &format!("/limits/per_key/keys/{key}"), "")
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            admitted_after_reset(&b, key).await,
+            (StatusCode::OK, "60".into(), "59".into()),
+            "{key}"
+        );
+    }
+    assert_eq!(store_a.failures() + store_b.failures(), 0);
+}
+
+#[tokio::test]
+async fn a_store_that_subscribes_again_forgets_what_it_remembers() {
+    let server = redis_or_skip!();
+    let store = redis_store(&server).await;
+    let h = Harness::new(policy(false, false), store.clone());
+    for _ in 0..60 {
+        assert_eq!(h.send("k4").await.0, StatusCode::OK);
+    }
+    assert_eq!(h.send("k4").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h.send("k4").await.0, StatusCode::TOO_MANY_REQUESTS);
+    let cached = store.cached_refusals();
+    assert!(cached >= 1, "the refusal is remembered");
+    // The resets channel's connection drops: resets may be missed while it
+    // is away, so once subscribed again the store asks Redis (still a
+    // refusal: nothing was reset) instead of its memory.
+    let mut admin = server.client().await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1, "the store's one subscriber");
+    let mut asked_redis = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let before = store.cached_refusals();
+        assert_eq!(h.send("k4").await.0, StatusCode::TOO_MANY_REQUESTS);
+        if store.cached_refusals() == before {
+            asked_redis = true;
+            break;
+        }
+    }
+    assert!(asked_redis, "the store never forgot its cached refusal");
+    // And remembers the new refusal.
+    let before = store.cached_refusals();
+    assert_eq!(h.send("k4").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(store.cached_refusals(), before + 1);
+    assert_eq!(store.failures(), 0);
 }
 
 #[tokio::test]

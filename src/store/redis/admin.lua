@@ -6,11 +6,15 @@
 --   (see slots.lua), whose live slots are counted on Redis's clock.
 --   Returns Redis's TIME (seconds, microseconds), each value read (nil for
 --   none), then each count, as text.
--- ARGV[1] = 'f': forgets KEYS (buckets, bans and refusals); returns how many
+-- ARGV[1] = 'f': forgets KEYS (buckets, bans and refusals), and publishes
+--   ARGV[3] (what was reset, see resets.rs) on the channel ARGV[2], so that
+--   every store forgets what it remembers of them; returns how many keys
 --   there were.
 
 if ARGV[1] == 'f' then
-  return redis.call('DEL', unpack(KEYS))
+  local deleted = redis.call('DEL', unpack(KEYS))
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return deleted
 end
 local t = redis.call('TIME')
 local out = { t[1], t[2] }

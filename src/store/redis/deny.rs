@@ -8,9 +8,10 @@
 //! key's override, a reloaded policy, another cost) is not refused from the
 //! cache but asks Redis. Requests with a penalty are not answered from the
 //! cache: Redis must count their refusals to start a ban, and looks for a
-//! ban before any window (the bans this process sees are remembered apart). Between a refusal and its end, a bucket's state in
-//! Redis only grows (other requests charge it), unless an operator resets
-//! it: a reset reaches this cache when the entry ends.
+//! ban before any window (the bans this process sees are remembered apart).
+//! Between a refusal and its end, a bucket's state in Redis only grows
+//! (other requests charge it), unless an operator resets it: every store
+//! hears of a reset at once (see [`resets`](super::resets)).
 
 use parking_lot::Mutex;
 use smallvec::SmallVec;
@@ -174,6 +175,13 @@ impl DenyCache {
     /// Forgets `bucket`'s refusal (an operator reset it).
     pub(crate) fn forget(&self, bucket: u64) {
         self.shard(bucket).lock().remove(&bucket);
+    }
+
+    /// Forgets every refusal (resets may have been missed).
+    pub(crate) fn clear(&self) {
+        for shard in &self.shards {
+            shard.0.lock().clear();
+        }
     }
 
     /// The refusals remembered.

@@ -186,8 +186,11 @@
 //! answered from the cache, as Redis must count their refusals to start a
 //! ban; a ban, once started, is remembered the same way. A key reset by an
 //! operator ([`Store::forget`](crate::store::Store::forget)) is forgotten by
-//! the process that reset it at once; another process may refuse it until
-//! its remembered refusal ends.
+//! every process at once: the reset's script publishes what it deleted on
+//! the channel `<prefix>:resets` (on a cluster, every node passes it on),
+//! and each store listens there on a connection of its own. A store that
+//! subscribes again after its connection dropped forgets every refusal and
+//! ban it remembers, as it may have missed resets meanwhile.
 //!
 //! # Penalties across processes
 //!
@@ -251,7 +254,8 @@
 //! decision script would find it (a GCRA window charged at another rate is
 //! rescaled in the answer, not in Redis).
 //! [`Store::forget`](crate::store::Store::forget) deletes the buckets and
-//! their penalties' bans and refusals. Both run on the store's clock, within
+//! their penalties' bans and refusals, and tells every store on the same
+//! Redis and prefix to forget what it remembers of them. Both run on the store's clock, within
 //! its deadline and through its circuit breaker, and answer a
 //! [`StoreError`](crate::store::StoreError) when Redis does not answer.
 //! [`SharedSlots::in_flight`](crate::store::protocol::SharedSlots::in_flight)
@@ -284,6 +288,7 @@ mod failure_policy;
 mod keys;
 mod metrics;
 mod peek;
+mod resets;
 mod script;
 mod slots;
 mod store;

@@ -75,7 +75,9 @@ pub(crate) fn forget_call(
             keys.extend(penalty_keys(prefix, check.principal, key));
         }
     }
-    (keys, vec!["f".into()])
+    let channel = super::resets::channel(prefix);
+    let message = super::resets::message(group.iter().map(|&i| &checks[i]));
+    (keys, vec!["f".into(), channel, message])
 }
 
 /// The moment in Redis's `TIME` reply (seconds, microseconds), in ns.

@@ -20,6 +20,7 @@ use super::failure_policy::FailurePolicy;
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
 use super::metrics::{Limits, StoreMetrics};
 use super::peek;
+use super::resets::{self, Reset};
 use super::script::{self, Planned};
 use crate::error::ConfigError;
 use crate::penalty::PenaltyBox;
@@ -61,7 +62,7 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     backend: Backend,
     script: Script,
     /// The refund of a request refused by a later group of its checks.
@@ -86,6 +87,17 @@ struct Inner {
     /// The refusals this process has seen, until they end: a refused bucket
     /// is refused here without a call (unless turned off).
     deny: Option<DenyCache>,
+    /// The task that hears of resets (see [`resets`]), stopped with the
+    /// store.
+    listener: std::sync::OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get() {
+            listener.abort();
+        }
+    }
 }
 
 /// Where the builder connects.
@@ -427,7 +439,17 @@ impl RedisStoreBuilder {
             Backend::Cluster(_) => breaker.on_cluster(self.deadline),
             Backend::Single(_) => breaker,
         };
-        Ok(RedisStore {
+        // One connection of its own per seed, for the resets channel.
+        let seeds = match &self.target {
+            Target::Server(url) => std::slice::from_ref(url),
+            Target::Cluster(urls) => urls.as_slice(),
+        };
+        let clients = seeds
+            .iter()
+            .map(|url| connection::server_client(url, &self.tls))
+            .collect::<Result<Vec<_>, _>>()?;
+        let channel = resets::channel(&self.prefix);
+        let store = RedisStore {
             inner: Arc::new(Inner {
                 backend,
                 script: Script::new(&script::source()),
@@ -445,8 +467,18 @@ impl RedisStoreBuilder {
                 slots: super::slots::Slots::new(self.slot_lease, self.slot_poll, self.deadline),
                 bans: PenaltyBox::new(),
                 deny: self.deny_cache.then(DenyCache::default),
+                listener: std::sync::OnceLock::new(),
             }),
-        })
+        };
+        let listen = resets::listen(
+            clients,
+            channel,
+            self.connect_timeout,
+            Arc::downgrade(&store.inner),
+        );
+        let listener = tokio::spawn(listen).abort_handle();
+        let _ = store.inner.listener.set(listener);
+        Ok(store)
     }
 
     /// Builds the store, checks that Redis answers within the connect
@@ -497,6 +529,29 @@ fn bad_url() -> ConfigError {
 }
 
 impl Inner {
+    /// Forgets what a reset deleted.
+    pub(super) fn forget_reset(&self, resets: impl Iterator<Item = Reset>) {
+        for reset in resets {
+            match reset {
+                Reset::Bucket(bucket) => {
+                    if let Some(deny) = &self.deny {
+                        deny.forget(bucket);
+                    }
+                }
+                Reset::Penalty(key) => self.bans.forget(key),
+            }
+        }
+    }
+
+    /// Forgets every refusal and ban remembered: resets may have been
+    /// missed.
+    pub(super) fn forget_remembered(&self) {
+        if let Some(deny) = &self.deny {
+            deny.clear();
+        }
+        self.bans.clear();
+    }
+
     /// Remembers the ban an outcome reports, so that the key is refused
     /// here without a call until it lifts (on the layer's clock, `now`).
     fn note_ban(&self, checks: &[Planned], outcome: &Outcome, now: u64) {
@@ -675,8 +730,9 @@ impl Store for RedisStore {
 
     /// Deletes the checks' buckets and their penalties' bans and refusals
     /// in Redis, one call per principal, then forgets what this process
-    /// remembers of them (refusals in the deny cache, bans). Other
-    /// processes may go on refusing from their own memory until it ends.
+    /// remembers of them (refusals in the deny cache, bans); every other
+    /// store on the same Redis and prefix hears of it and forgets them too
+    /// (see [the deny cache](super#the-deny-cache)).
     fn forget(&self, checks: &[Check<'_>]) -> Answer<()> {
         let planned = peek::planned(checks);
         let inner = Arc::clone(&self.inner);
