@@ -18,7 +18,7 @@ use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, KeySecret};
 use tower_ratelimit::penalty::Penalty;
-use tower_ratelimit::store::redis::RedisStore;
+use tower_ratelimit::store::redis::{RedisStore, RedisStoreBuilder};
 use tower_ratelimit::store::{MemoryStore, Store};
 use tower_ratelimit::{admin, Limit, Policy, Quota, RateLimitLayer, Tiers, Window};
 
@@ -114,7 +114,12 @@ async fn admin_call(
 /// A Redis store on the layer's clock (so that it reads as the memory
 /// store does at the same moments).
 async fn redis_store(server: &RedisServer) -> RedisStore {
-    RedisStore::builder(server.url())
+    on_layer_clock(RedisStore::builder(server.url())).await
+}
+
+/// The store `builder` builds, on the layer's clock.
+async fn on_layer_clock(builder: RedisStoreBuilder) -> RedisStore {
+    builder
         .layer_clock()
         .deadline(Duration::from_secs(2))
         .connect()
@@ -235,18 +240,22 @@ async fn a_reset_on_redis_clears_a_refusal_cached_in_this_process() {
     assert_eq!(store.cached_refusals(), 1);
 }
 
-/// Sends `key`'s request through `h` until it is admitted (a refusal from
-/// memory charges nothing), at most 2 s: how long a reset on another
-/// process took to reach this one.
-async fn admitted_after_reset(h: &Harness, key: &str) -> (StatusCode, String, String) {
+/// Resets `key` through `a`'s admin API, then sends `key`'s request
+/// through `b` until it is admitted (a refusal from memory charges nothing),
+/// at most 2 s: the reset reached `b`'s process, and `b` counts afresh.
+async fn reset_reaches(a: &Harness, b: &Harness, key: &str) {
+    let path = format!("/limits/per_key/keys/{key}");
+    let (status, _) = a.admin(Method::DELETE, &path, "").await;
+    assert_eq!(status, StatusCode::OK);
     for _ in 0..200 {
-        let answer = h.send(key).await;
+        let answer = b.send(key).await;
         if answer.0 == StatusCode::OK {
-            return answer;
+            assert_eq!(answer, (StatusCode::OK, "60".into(), "59".into()), "{key}");
+            return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("the reset never reached the other process");
+    panic!("the reset of {key} never reached the other process");
 }
 
 #[tokio::test]
@@ -276,15 +285,7 @@ async fn a_reset_on_one_process_reaches_the_refusals_and_bans_others_remember() 
             if penalty { json!(300) } else { Value::Null }
         );
 
-        let (status, _) = a
-            .admin(Method::DELETE, &format!("/limits/per_key/keys/{key}"), "")
-            .await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(
-            admitted_after_reset(&b, key).await,
-            (StatusCode::OK, "60".into(), "59".into()),
-            "penalty: {penalty}"
-        );
+        reset_reaches(&a, &b, key).await;
     }
     assert_eq!(store_a.failures() + store_b.failures(), 0);
 }
@@ -292,14 +293,7 @@ async fn a_reset_on_one_process_reaches_the_refusals_and_bans_others_remember() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_reset_reaches_every_store_whichever_node_holds_the_key() {
     let cluster = cluster_or_skip!();
-    let store = || async {
-        RedisStore::cluster_builder(cluster.urls())
-            .layer_clock()
-            .deadline(Duration::from_secs(2))
-            .connect()
-            .await
-            .unwrap()
-    };
+    let store = || on_layer_clock(RedisStore::cluster_builder(cluster.urls()));
     let (store_a, store_b) = (store().await, store().await);
     let a = Harness::new(policy(false, false), store_a.clone());
     let b = Harness::new(policy(false, false), store_b.clone());
@@ -314,15 +308,7 @@ async fn on_a_cluster_a_reset_reaches_every_store_whichever_node_holds_the_key()
             assert_eq!(b.send(key).await.0, StatusCode::TOO_MANY_REQUESTS);
         }
         assert!(store_b.cached_refusals() > cached, "{key}: B cached it");
-        let (status, _) = a
-            .admin(Method::DELETE, &format!("/limits/per_key/keys/{key}"), "")
-            .await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(
-            admitted_after_reset(&b, key).await,
-            (StatusCode::OK, "60".into(), "59".into()),
-            "{key}"
-        );
+        reset_reaches(&a, &b, key).await;
     }
     assert_eq!(store_a.failures() + store_b.failures(), 0);
 }
