@@ -177,6 +177,30 @@ impl<St: Store> RateLimitLayer<St> {
         self.current.load().clock.now()
     }
 
+    /// Campaign waves whose accounts' slots are this layer's in-flight slots
+    /// of the limit named `limit` (feature `client`): an account's campaign
+    /// jobs and its requests under that limit's in-flight caps count
+    /// together, in this process or, on a store that shares slots, in every
+    /// process. A campaign's `account` is the key as the limit reads it from
+    /// a request (the API key, say). After a reload that removes the limit,
+    /// an account's campaigns share slots of their own.
+    ///
+    /// Fails if the policy has no limit named `limit`.
+    #[cfg(feature = "client")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+    pub fn waves(&self, limit: &str) -> Result<crate::client::Waves, crate::ConfigError> {
+        if self.current.load().policy.inner.limit(limit).is_none() {
+            let message = format!("the policy has no limit named `{limit}`");
+            return Err(crate::ConfigError::invalid("limit", message));
+        }
+        let slots = LimitSlots {
+            current: Arc::clone(&self.current),
+            limit: limit.into(),
+            orphans: crate::client::Waves::new(),
+        };
+        Ok(crate::client::Waves::sharing(Arc::new(slots)))
+    }
+
     /// What the layer shares with its services now.
     #[cfg(feature = "admin")]
     pub(crate) fn current(&self) -> &Arc<Current<St>> {
@@ -206,5 +230,31 @@ impl<S, St> Layer<S> for RateLimitLayer<St> {
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit::from_current(inner, Arc::clone(&self.current))
+    }
+}
+
+/// A layer's in-flight slots of one limit, for campaign waves (see
+/// [`RateLimitLayer::waves`]).
+#[cfg(feature = "client")]
+struct LimitSlots<St> {
+    current: Arc<Current<St>>,
+    limit: Box<str>,
+    /// Where accounts' slots go once a reload removed the limit.
+    orphans: crate::client::Waves,
+}
+
+#[cfg(feature = "client")]
+impl<St: Store> crate::client::AccountSlots for LimitSlots<St> {
+    fn acquire(
+        &self,
+        account: &str,
+        cap: u32,
+        mode: crate::inflight::Mode,
+    ) -> crate::inflight::SlotFuture {
+        let slot = self
+            .current
+            .load()
+            .account_slot(&self.limit, account, cap, mode);
+        slot.unwrap_or_else(|| self.orphans.account_slot(account, cap, mode))
     }
 }

@@ -3,8 +3,8 @@
 //! concurrent-call cap (its Nixflex plan's, as the policy file defines it)
 //! and the campaign's `max_concurrent`.
 //!
-//! An account's campaigns share its cap with each other (the API's own
-//! `POST /v1/calls` requests count apart, in the rate-limit layer).
+//! An account's campaigns share its cap with each other and with its own
+//! `POST /v1/calls` requests: their slots are the rate-limit layer's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -23,7 +23,7 @@ use tower_ratelimit::Policy;
 use crate::jobs::{self, Jobs};
 
 /// The limit and route whose concurrency is an account's call cap.
-const LIMIT: &str = "concurrent_calls";
+pub(crate) const LIMIT: &str = "concurrent_calls";
 const ROUTE: &str = "/v1/calls";
 
 /// The most recipients of one campaign.
@@ -88,10 +88,11 @@ pub(crate) struct Campaigns {
 }
 
 impl Campaigns {
-    pub(crate) fn new(caps: AccountCaps) -> Self {
+    /// Campaigns under `caps`, whose calls take their slots from `waves`.
+    pub(crate) fn new(caps: AccountCaps, waves: Waves) -> Self {
         Campaigns {
             caps,
-            waves: Waves::new(),
+            waves,
             jobs: Mutex::new(Jobs::new("cmp")),
         }
     }

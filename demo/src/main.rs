@@ -321,10 +321,10 @@ type LimitsAdmin = ();
 /// admin API; with a `config` file, `SIGHUP` reloads it (read with `load`).
 fn with_layer<St: Store>(
     layer: RateLimitLayer<St>,
-    outbound: axum::Router,
     config: Option<String>,
     load: reload::Load,
 ) -> (axum::Router, LimitsAdmin) {
+    let outbound = outbound::routes(config.as_deref(), &layer);
     if let Some(path) = config {
         reload::on_sighup(layer.reload_handle(), path, load);
     }
@@ -375,13 +375,12 @@ async fn main() -> ExitCode {
         },
     };
     let limits: Vec<String> = policy.limit_names().map(str::to_owned).collect();
-    let outbound = outbound::routes(options.config.as_deref(), &policy);
     let config = options.config.clone();
     #[cfg_attr(not(feature = "admin"), allow(unused_variables))]
     let (app, limits_admin) = match &options.redis {
-        None => with_layer(RateLimitLayer::new(policy), outbound, config, load),
+        None => with_layer(RateLimitLayer::new(policy), config, load),
         Some(shared) => match redis_layer(policy, shared).await {
-            Ok(layer) => with_layer(layer, outbound, config, load),
+            Ok(layer) => with_layer(layer, config, load),
             Err(message) => {
                 eprintln!("{message}");
                 return ExitCode::from(2);

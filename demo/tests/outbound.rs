@@ -1,6 +1,6 @@
 //! The demo's outbound work under `--preset nixflex`, over HTTP against the
 //! `voice_api` process: campaigns run in waves under the account's and the
-//! campaign's caps, SMS go out at 1 a second per sending number, round
+//! campaign's caps (the account's shared with its live calls), SMS go out at 1 a second per sending number, round
 //! robin, and bad bodies get 400s that name the field.
 
 mod support;
@@ -106,6 +106,35 @@ fn a_campaign_runs_in_waves_under_its_own_cap_and_the_accounts() {
 
     let (status, body) = demo.send("GET", "/v1/campaigns/cmp_999", "nx_a", None);
     assert_eq!(status, 404, "{body}");
+}
+
+#[test]
+fn a_campaign_and_the_accounts_live_calls_share_its_cap() {
+    let demo = Demo::start();
+    // 20 calls of a second, 10 at once: the whole pay-as-you-go cap.
+    let body = json!({"recipients": 20, "max_concurrent": 10, "call_ms": 1000});
+    let (status, created) = demo.send("POST", "/v1/campaigns", "nx_c", Some(&body));
+    assert_eq!(status, 202, "{created}");
+    std::thread::sleep(Duration::from_millis(300));
+    // An inbound call of the same account now finds no slot: refused at
+    // once, as the 11th call in flight.
+    let (status, busy) = demo.send("POST", "/v1/calls/inbound", "nx_c", None);
+    assert_eq!(status, 429, "{busy}");
+    assert_eq!(
+        busy["error"]["code"], "concurrency_limit_exceeded",
+        "{busy}"
+    );
+    // Another account's call goes through.
+    let (status, _) = demo.send("POST", "/v1/calls/inbound", "nx_d", None);
+    assert_eq!(status, 200);
+    let path = format!("/v1/campaigns/{}", created["id"].as_str().unwrap());
+    let done = demo.until_finished(&path, "nx_c");
+    assert_eq!(
+        done,
+        json!({"done": 20, "peak_concurrency": 10, "finished": true})
+    );
+    let (status, _) = demo.send("POST", "/v1/calls/inbound", "nx_c", None);
+    assert_eq!(status, 200, "the campaign's slots are free again");
 }
 
 #[test]

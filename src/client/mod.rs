@@ -55,4 +55,5 @@ mod waves;
 pub use pace::{Pace, PaceError, PaceLayer, Pacer};
 pub use pool::SenderPool;
 pub use retry::{Hint, RetryPolicy, Wait};
+pub(crate) use waves::AccountSlots;
 pub use waves::{Campaign, Waves};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit};
+use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit, SlotFuture};
 
 /// Waits without a bound: a campaign's jobs wait for each other, not for a
 /// deadline.
@@ -30,6 +30,11 @@ const WAIT: Mode = Mode::Queue {
 /// it ends; the next waiting job (first come, first served) then starts.
 /// The slots are those of the crate's in-flight limiter: see
 /// [`Quota::in_flight`](crate::Quota::in_flight).
+///
+/// [`Waves::new`] keeps the accounts' slots apart from everything else;
+/// [`RateLimitLayer::waves`](crate::RateLimitLayer::waves) takes them from a
+/// layer's in-flight cap of one limit, so that an account's campaign jobs
+/// and its requests under that cap count together.
 ///
 /// ```
 /// use std::time::Duration;
@@ -50,16 +55,55 @@ const WAIT: Mode = Mode::Queue {
 /// ```
 #[derive(Clone, Default)]
 pub struct Waves {
-    accounts: ConcurrencyLimiter,
+    accounts: Accounts,
     campaigns: ConcurrencyLimiter,
-    hasher: RandomState,
     next_campaign: Arc<AtomicU64>,
 }
 
+/// Where the accounts' slots come from.
+#[derive(Clone)]
+enum Accounts {
+    /// The waves' own limiter (accounts by a hash of their name).
+    Own(ConcurrencyLimiter, RandomState),
+    /// A rate-limit layer's in-flight caps.
+    Layer(Arc<dyn AccountSlots>),
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Accounts::Own(ConcurrencyLimiter::new(), RandomState::new())
+    }
+}
+
+/// An account's slots under a cap kept elsewhere (a layer's in-flight cap
+/// of one limit: see [`RateLimitLayer::waves`](crate::RateLimitLayer::waves)).
+pub(crate) trait AccountSlots: Send + Sync {
+    /// A slot of `account`, whose cap is `cap`, taken in `mode`.
+    fn acquire(&self, account: &str, cap: u32, mode: Mode) -> SlotFuture;
+}
+
 impl Waves {
-    /// Caps for accounts yet unseen.
+    /// Caps for accounts yet unseen, kept by the waves themselves.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Waves whose accounts' slots are taken from `slots`.
+    pub(crate) fn sharing(slots: Arc<dyn AccountSlots>) -> Self {
+        Waves {
+            accounts: Accounts::Layer(slots),
+            ..Self::default()
+        }
+    }
+
+    /// A slot of `account`, whose cap is `cap`, taken in `mode`.
+    pub(crate) fn account_slot(&self, account: &str, cap: u32, mode: Mode) -> SlotFuture {
+        match &self.accounts {
+            Accounts::Own(limiter, hasher) => {
+                Box::pin(limiter.acquire(hasher.hash_one(account), cap, mode))
+            }
+            Accounts::Layer(slots) => slots.acquire(account, cap, mode),
+        }
     }
 
     /// A campaign of `account`, whose jobs take at most `account_cap` slots
@@ -69,7 +113,7 @@ impl Waves {
     pub fn campaign(&self, account: &str, account_cap: u32, max_concurrent: u32) -> Campaign {
         Campaign {
             waves: self.clone(),
-            account: self.hasher.hash_one(account),
+            account: account.into(),
             account_cap: account_cap.max(1),
             id: self.next_campaign.fetch_add(1, Ordering::Relaxed),
             max_concurrent: max_concurrent.max(1),
@@ -79,8 +123,12 @@ impl Waves {
 
 impl fmt::Debug for Waves {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let accounts = match &self.accounts {
+            Accounts::Own(..) => "own",
+            Accounts::Layer(_) => "a layer's",
+        };
         f.debug_struct("Waves")
-            .field("accounts", &self.accounts)
+            .field("accounts", &accounts)
             .field("campaigns", &self.campaigns)
             .finish_non_exhaustive()
     }
@@ -90,7 +138,7 @@ impl fmt::Debug for Waves {
 #[derive(Clone)]
 pub struct Campaign {
     waves: Waves,
-    account: u64,
+    account: Arc<str>,
     account_cap: u32,
     id: u64,
     max_concurrent: u32,
@@ -168,8 +216,7 @@ impl Campaign {
             .acquire(self.id, self.max_concurrent, WAIT)
             .await?;
         let account = waves
-            .accounts
-            .acquire(self.account, self.account_cap, WAIT)
+            .account_slot(&self.account, self.account_cap, WAIT)
             .await?;
         Ok((own, account))
     }

@@ -160,6 +160,7 @@ impl PenaltyBox {
     }
 
     /// Forgets every key's ban and counted refusals.
+    #[cfg(feature = "redis")]
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
             let removed = {

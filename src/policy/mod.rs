@@ -40,7 +40,9 @@ use http::StatusCode;
 pub use limit::Limit;
 pub(crate) use limit::{CompiledLimit, Route};
 pub use overrides::Overrides;
-pub(crate) use overrides::{carry_over, OverrideTable, Own, OwnQuota};
+#[cfg(feature = "toml")]
+pub(crate) use overrides::OwnQuota;
+pub(crate) use overrides::{carry_over, OverrideTable, Own};
 pub use quota::{Algorithm, Quota, Window};
 pub use tiers::Tiers;
 

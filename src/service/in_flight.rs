@@ -6,6 +6,30 @@ use super::Shared;
 use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit};
 use crate::store::Store;
 
+#[cfg(feature = "client")]
+impl<St: Store> Shared<St> {
+    /// A slot of `account`'s in-flight cap of `cap` in the limit named
+    /// `limit`, counted with the requests that cap counts (in the store's
+    /// shared slots if it has them): `account` is the key as the limit
+    /// reads it from a request. `None` if the policy has no such limit.
+    pub(crate) fn account_slot(
+        &self,
+        limit: &str,
+        account: &str,
+        cap: u32,
+        mode: Mode,
+    ) -> Option<crate::inflight::SlotFuture> {
+        let policy = &self.policy.inner;
+        let (_, compiled) = policy.limit(limit)?;
+        let id = compiled.key_id(&policy.secret, &crate::key::Key::from(account));
+        let key = crate::key::KeySecret::derive(id, compiled.concurrency_domain);
+        Some(match self.store.shared_slots() {
+            Some(slots) => slots.acquire(key, id, cap, mode, &compiled.name),
+            None => Box::pin(self.in_flight.acquire(key, cap, mode)),
+        })
+    }
+}
+
 /// How taking a request's slots at once went.
 pub(super) enum Taken {
     /// Every enforced cap gave a slot (shadow caps that had none are

@@ -1,6 +1,7 @@
 //! `Waves` under paused time: a campaign's jobs run at most
 //! `min(account cap, max_concurrent)` at once, an account's campaigns
-//! together at most its cap, and the total time is that of full waves.
+//! together at most its cap, and the total time is that of full waves;
+//! waves from a layer share an account's cap with its requests.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -113,4 +114,88 @@ async fn a_dropped_campaign_frees_its_slots() {
         .await
         .unwrap();
     assert_eq!(ms_since(start), 100);
+}
+
+/// `concurrent_calls`: `POST /v1/calls` at most 3 at once per `X-API-Key`,
+/// refused at once over it.
+fn calls_policy() -> tower_ratelimit::Policy {
+    use tower_ratelimit::{key::Header, Limit, Policy, Quota};
+    Policy::builder()
+        .limit(
+            Limit::new("concurrent_calls", Header::parse("X-API-Key").unwrap())
+                .route("POST /v1/calls", Quota::in_flight(3)),
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn waves_from_a_layer_share_the_account_cap_with_its_requests() {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+
+    use http::{Request, Response, StatusCode};
+    use tokio::sync::Notify;
+    use tower::{service_fn, Layer, ServiceExt};
+    use tower_ratelimit::RateLimitLayer;
+
+    let layer = RateLimitLayer::new(calls_policy());
+    // A live call holds its slot until the test lets it end.
+    let hang_up = Arc::new(Notify::new());
+    let inner = {
+        let hang_up = Arc::clone(&hang_up);
+        service_fn(move |_: Request<()>| {
+            let hang_up = Arc::clone(&hang_up);
+            async move {
+                hang_up.notified().await;
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }
+        })
+    };
+    let svc = layer.clone().layer(inner);
+    let call = || {
+        let request = Request::post("/v1/calls")
+            .header("x-api-key", "acct_1")
+            .body(())
+            .unwrap();
+        tokio::spawn(svc.clone().oneshot(request))
+    };
+    let live: Vec<_> = (0..2).map(|_| call()).collect();
+    tokio::task::yield_now().await;
+    assert_eq!(layer.keys_in_flight(), 1, "two live calls of one account");
+
+    // A campaign of the same account: one slot is left while both live
+    // calls last.
+    let waves = layer.waves("concurrent_calls").unwrap();
+    let campaign = waves.campaign("acct_1", 3, 10);
+    let gauge = Gauge::default();
+    let start = tokio::time::Instant::now();
+    let run = campaign.run((0..6).map(|i| Gauge::job(vec![&gauge], 100, i)));
+    tokio::pin!(run);
+    // 250 ms of the campaign on the one slot left.
+    tokio::select! {
+        _ = &mut run => panic!("the campaign cannot be done yet"),
+        _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+    }
+    assert_eq!(
+        gauge.peak(),
+        1,
+        "the live calls hold two of the three slots"
+    );
+    // The campaign holds the third: a live call now is refused at once.
+    let refused = call().await.unwrap().unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The live calls end; the rest of the campaign runs three at once.
+    hang_up.notify_waiters();
+    for answer in live {
+        assert_eq!(answer.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(run.await.unwrap().len(), 6);
+    assert_eq!(gauge.peak(), 3);
+    // Jobs 0 and 1 one after the other, job 2 from 200 ms; at 250 ms jobs
+    // 3 and 4 take the freed slots, and job 5 job 2's at 300: done at 400.
+    assert_eq!(ms_since(start), 400);
+    assert_eq!(layer.keys_in_flight(), 0);
+    // Only a limit the policy has can lend its slots.
+    assert!(layer.waves("no such limit").is_err());
 }
