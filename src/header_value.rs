@@ -4,7 +4,10 @@
 //! 10,000 (limits, remaining counts, most `Retry-After`s) come instead from a
 //! static table; larger ones (Unix timestamps for `X-RateLimit-Reset`) from a
 //! small per-thread cache, so a value is allocated once per thread and shared
-//! by every response that carries it.
+//! by every response that carries it. Large limits are few (a policy's
+//! windows, keys' own quotas): each is made once per process, up to 1,024 of
+//! them, as a value that is never freed, whose copies cost nothing (a shared
+//! value counts its references atomically).
 
 use std::cell::RefCell;
 
@@ -43,11 +46,18 @@ impl Large {
     /// says which of the trio's values it is.
     #[inline]
     fn get(&mut self, role: usize, n: u64) -> HeaderValue {
-        let last = &mut self.last[role];
-        if last.0 != n {
-            *last = (n, cached(&mut self.table, n));
+        if self.last[role].0 != n {
+            self.refill(role, n);
         }
-        last.1.clone()
+        self.last[role].1.clone()
+    }
+
+    /// Makes `n` the last value of `role`.
+    #[cold]
+    #[inline(never)]
+    fn refill(&mut self, role: usize, n: u64) {
+        let make = if role == LIMIT { limit } else { shared };
+        self.last[role] = (n, cached(&mut self.table, n, make));
     }
 }
 
@@ -63,12 +73,39 @@ thread_local! {
 
 const ZERO: (u64, HeaderValue) = (0, HeaderValue::from_static("0"));
 
+/// The trio's role of a limit.
+const LIMIT: usize = 0;
+
+/// The most large limits made once per process.
+const INTERNED: usize = 1_024;
+
+/// The large limits made so far, as text that lives as long as the process.
+static LIMITS: parking_lot::Mutex<Option<std::collections::HashMap<u64, &'static str>>> =
+    parking_lot::const_mutex(None);
+
+/// `n` (10,000 or more), a limit: made once per process while there is
+/// room for it, and shared like other large values after.
+fn limit(n: u64) -> HeaderValue {
+    let mut limits = LIMITS.lock();
+    let limits = limits.get_or_insert_with(Default::default);
+    let text = match limits.get(&n) {
+        Some(text) => *text,
+        None if limits.len() < INTERNED => {
+            let text: &'static str = Box::leak(n.to_string().into_boxed_str());
+            limits.insert(n, text);
+            text
+        }
+        None => return shared(n),
+    };
+    HeaderValue::from_static(text)
+}
+
 /// `n` as a header value.
 pub(crate) fn number(n: u64) -> HeaderValue {
     if n < SMALL as u64 {
         return small(n);
     }
-    LARGE.with(|cache| cached(&mut cache.borrow_mut().table, n))
+    LARGE.with(|cache| cached(&mut cache.borrow_mut().table, n, shared))
 }
 
 /// The `X-RateLimit-*` trio's values, looking at the per-thread cache once
@@ -91,15 +128,20 @@ pub(crate) fn trio(limit: u64, remaining: u64, reset: u64) -> [HeaderValue; 3] {
     })
 }
 
-/// `n` (10,000 or more) from the per-thread table, or made and put there.
+/// `n` (10,000 or more) from the per-thread table, or made by `make` and
+/// put there.
 #[inline]
-fn cached(cache: &mut Vec<(u64, HeaderValue)>, n: u64) -> HeaderValue {
+fn cached(
+    cache: &mut Vec<(u64, HeaderValue)>,
+    n: u64,
+    make: fn(u64) -> HeaderValue,
+) -> HeaderValue {
     if cache.is_empty() {
         cache.resize(CACHE, ZERO);
     }
     let slot = &mut cache[(n % CACHE as u64) as usize];
     if slot.0 != n {
-        *slot = (n, shared(n));
+        *slot = (n, make(n));
     }
     slot.1.clone()
 }
@@ -271,6 +313,27 @@ mod tests {
             assert_eq!(number(n).to_str().unwrap(), n.to_string());
             assert_eq!(number(n).to_str().unwrap(), n.to_string(), "cached");
         }
+    }
+
+    #[test]
+    fn large_limits_print_as_decimal_made_once_or_shared_past_the_room() {
+        let n = |i: u64| 1_000_000_000_000 + i;
+        for i in 0..(INTERNED as u64 + 100) {
+            assert_eq!(limit(n(i)).to_str().unwrap(), n(i).to_string());
+        }
+        for i in [0, INTERNED as u64 + 99] {
+            let [l, r, t] = trio(n(i), 12_345, 1_700_000_000);
+            assert_eq!(
+                (
+                    l.to_str().unwrap(),
+                    r.to_str().unwrap(),
+                    t.to_str().unwrap()
+                ),
+                (&*n(i).to_string(), "12345", "1700000000")
+            );
+        }
+        let interned = LIMITS.lock().as_ref().map_or(0, |l| l.len());
+        assert_eq!(interned, INTERNED, "no more are kept than the room");
     }
 
     #[test]
