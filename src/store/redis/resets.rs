@@ -16,13 +16,11 @@
 //! message is ignored: a stranger who can publish on the channel can only
 //! make stores ask Redis more often.
 
-use std::sync::Weak;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 
 use super::script::Planned;
-use super::store::Inner;
 
 /// The channel a store with keys under `prefix` hears of resets on.
 pub(crate) fn channel(prefix: &str) -> String {
@@ -78,17 +76,28 @@ pub(crate) fn parse(message: &[u8]) -> impl Iterator<Item = Reset> + '_ {
 /// The longest wait between two attempts to subscribe.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Listens on `channel` through `clients` (tried in turn) for as long as
-/// the store `inner` lives, and forgets what each reset deleted.
+/// What the listener tells its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Heard<'a> {
+    /// It is about to subscribe.
+    Subscribing,
+    /// It has subscribed: resets may have been missed before.
+    Subscribed,
+    /// A message: what a reset deleted (see [`parse`]).
+    Message(&'a [u8]),
+}
+
+/// Listens on `channel` through `clients` (tried in turn), telling `tell`
+/// what it hears, for as long as `tell` answers that the store is there.
 pub(crate) async fn listen(
     clients: Vec<redis::Client>,
     channel: String,
     connect_timeout: Duration,
-    inner: Weak<Inner>,
+    mut tell: impl FnMut(Heard<'_>) -> bool,
 ) {
     let mut backoff = Duration::from_millis(50);
     for client in clients.iter().cycle() {
-        if inner.strong_count() == 0 {
+        if !tell(Heard::Subscribing) {
             return;
         }
         let subscribed = tokio::time::timeout(connect_timeout, async {
@@ -100,16 +109,14 @@ pub(crate) async fn listen(
         match subscribed {
             Ok(Ok(mut pubsub)) => {
                 backoff = Duration::from_millis(50);
-                match inner.upgrade() {
-                    Some(inner) => inner.forget_remembered(),
-                    None => return,
+                if !tell(Heard::Subscribed) {
+                    return;
                 }
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {
-                    let Some(inner) = inner.upgrade() else {
+                    if !tell(Heard::Message(message.get_payload_bytes())) {
                         return;
-                    };
-                    inner.forget_reset(parse(message.get_payload_bytes()));
+                    }
                 }
                 tracing::debug!("rate-limit store: the resets channel closed; subscribing again");
             }

@@ -20,7 +20,7 @@ use super::failure_policy::FailurePolicy;
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
 use super::metrics::{Limits, StoreMetrics};
 use super::peek;
-use super::resets::{self, Reset};
+use super::resets::{self, Heard, Reset};
 use super::script::{self, Planned};
 use crate::error::ConfigError;
 use crate::penalty::PenaltyBox;
@@ -62,7 +62,7 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
-pub(super) struct Inner {
+struct Inner {
     backend: Backend,
     script: Script,
     /// The refund of a request refused by a later group of its checks.
@@ -470,12 +470,19 @@ impl RedisStoreBuilder {
                 listener: std::sync::OnceLock::new(),
             }),
         };
-        let listen = resets::listen(
-            clients,
-            channel,
-            self.connect_timeout,
-            Arc::downgrade(&store.inner),
-        );
+        let inner = Arc::downgrade(&store.inner);
+        let tell = move |heard: Heard<'_>| {
+            let Some(inner) = inner.upgrade() else {
+                return false;
+            };
+            match heard {
+                Heard::Subscribing => {}
+                Heard::Subscribed => inner.forget_remembered(),
+                Heard::Message(message) => inner.forget_reset(resets::parse(message)),
+            }
+            true
+        };
+        let listen = resets::listen(clients, channel, self.connect_timeout, tell);
         let listener = tokio::spawn(listen).abort_handle();
         let _ = store.inner.listener.set(listener);
         Ok(store)
@@ -530,7 +537,7 @@ fn bad_url() -> ConfigError {
 
 impl Inner {
     /// Forgets what a reset deleted.
-    pub(super) fn forget_reset(&self, resets: impl Iterator<Item = Reset>) {
+    fn forget_reset(&self, resets: impl Iterator<Item = Reset>) {
         for reset in resets {
             match reset {
                 Reset::Bucket(bucket) => {
@@ -545,7 +552,7 @@ impl Inner {
 
     /// Forgets every refusal and ban remembered: resets may have been
     /// missed.
-    pub(super) fn forget_remembered(&self) {
+    fn forget_remembered(&self) {
         if let Some(deny) = &self.deny {
             deny.clear();
         }
