@@ -128,9 +128,11 @@ impl Decision {
     /// (before or after an `.await`), but not in a task it spawns, nor behind
     /// a layer that hands requests to another task (`tower::buffer`): read
     /// it first and pass it on. Under stacked rate-limit layers it is the
-    /// innermost layer's. `None` outside, or when
-    /// [`RateLimitLayer::current_decision`](crate::RateLimitLayer::current_decision)
-    /// is off.
+    /// innermost layer's. `None` outside, or when the layer does not build
+    /// the decision (both
+    /// [`current_decision`](crate::RateLimitLayer::current_decision) and
+    /// [`decision_extensions`](crate::RateLimitLayer::decision_extensions)
+    /// off).
     ///
     /// ```
     /// use std::convert::Infallible;

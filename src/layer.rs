@@ -122,7 +122,9 @@ impl<St: Store> RateLimitLayer<St> {
     /// Whether an admitted request's [`Decision`](crate::Decision) is
     /// [`Decision::current`](crate::Decision::current) while the inner
     /// service runs (default `true`): kept in the response future, no
-    /// allocation. Turn it off if nothing reads it, to save building it.
+    /// allocation. Turn it off if nothing reads it, to save building it
+    /// (with [`decision_extensions`](Self::decision_extensions) on it is
+    /// built anyway, and current too).
     pub fn current_decision(self, enabled: bool) -> Self {
         self.set(|shared| shared.current_decision = enabled)
     }

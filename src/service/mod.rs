@@ -13,10 +13,9 @@ mod verdict;
 
 use std::fmt;
 use std::sync::Arc;
-
-use arc_swap::cache::Cache;
 use std::task::{Context, Poll};
 
+use arc_swap::cache::Cache;
 use http::{Request, Response};
 use tower_service::Service;
 
