@@ -198,6 +198,9 @@ fn decision_extensions_cost_six_allocations_per_request() {
     );
 }
 
+/// A change to a layer's settings.
+type Settings = fn(RateLimitLayer) -> RateLimitLayer;
+
 #[test]
 fn a_large_remaining_that_changes_on_every_request_costs_one_allocation() {
     // 100,000 an hour in a fixed window: `X-RateLimit-Limit` and `-Reset`
@@ -206,36 +209,43 @@ fn a_large_remaining_that_changes_on_every_request_costs_one_allocation() {
     // table) is a new number on every request. Each costs one allocation,
     // the header value's buffer (shared with the per-thread cache without
     // another); nothing else of the layer's allocates.
-    let policy = Policy::builder()
-        .limit(
-            Limit::new("per_key", Header::parse("X-API-Key").unwrap()).route(
-                "GET *",
-                Quota::new(Window::per_hour(100_000))
-                    .algorithm(tower_ratelimit::Algorithm::FixedWindow),
-            ),
-        )
-        .build()
-        .unwrap();
-    let layer = RateLimitLayer::new(policy)
-        .clock(ManualClock::at_unix_secs(1_700_000_000))
-        .decision_extensions(false);
-    let mut service = layer.layer(bare());
-    let reads = |n| {
-        (0..n)
-            .map(|_| request("key_large", Method::GET, "/v1/calls/c_42"))
-            .collect::<Vec<_>>()
-    };
-    // The key becomes known, and the limit and reset are cached.
-    count_allocations(&mut service, reads(KNOWN), LAYERED);
-    let measured = 200;
-    let bare_count = count_allocations(&mut bare(), reads(measured), None);
-    let layered = count_allocations(&mut service, reads(measured), LAYERED);
-    // One each, give or take a rare one of the allocator's own bookkeeping
-    // (one in a few hundred requests here).
-    let own = layered - bare_count;
-    let measured = measured as u64;
-    assert!(
-        (measured..=measured + measured / 100).contains(&own),
-        "{layered} allocations against {bare_count} for {measured} requests"
-    );
+    // With the crate's defaults (the decision built) and with it not built;
+    // each on its own limit, so that no value is cached by the other.
+    let settings: [(u32, Settings); 2] = [
+        (100_000, |layer| layer),
+        (200_000, |layer| layer.current_decision(false)),
+    ];
+    for (limit, set) in settings {
+        let policy = Policy::builder()
+            .limit(
+                Limit::new("per_key", Header::parse("X-API-Key").unwrap()).route(
+                    "GET *",
+                    Quota::new(Window::per_hour(limit))
+                        .algorithm(tower_ratelimit::Algorithm::FixedWindow),
+                ),
+            )
+            .build()
+            .unwrap();
+        let layer =
+            set(RateLimitLayer::new(policy).clock(ManualClock::at_unix_secs(1_700_000_000)));
+        let mut service = layer.layer(bare());
+        let reads = |n| {
+            (0..n)
+                .map(|_| request("key_large", Method::GET, "/v1/calls/c_42"))
+                .collect::<Vec<_>>()
+        };
+        // The key becomes known, and the limit and reset are cached.
+        count_allocations(&mut service, reads(KNOWN), LAYERED);
+        let measured = 200;
+        let bare_count = count_allocations(&mut bare(), reads(measured), None);
+        let layered = count_allocations(&mut service, reads(measured), LAYERED);
+        // One each, give or take a rare one of the allocator's own
+        // bookkeeping (one in a few hundred requests here).
+        let own = layered - bare_count;
+        let measured = measured as u64;
+        assert!(
+            (measured..=measured + measured / 100).contains(&own),
+            "limit {limit}: {layered} allocations against {bare_count} for {measured} requests"
+        );
+    }
 }

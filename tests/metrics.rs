@@ -216,7 +216,7 @@ async fn each_limit_counts_its_decisions_and_near_limit_requests() {
     let clock = ManualClock::at_unix_secs(1_700_000_000);
     let layer = RateLimitLayer::new(policy)
         .clock(clock.clone())
-        .decision_extensions(false);
+        .current_decision(false);
     let service = layer.layer(service_fn(|_req: Request<String>| async {
         Ok::<_, Infallible>(Response::new(String::from("ok")))
     }));
@@ -314,7 +314,7 @@ async fn a_refusal_at_the_memory_cap_is_counted_as_capacity() {
     let store = MemoryStore::with_max_entries(1).shards(1);
     let layer = RateLimitLayer::with_store(policy, store)
         .clock(ManualClock::at_unix_secs(1_700_000_000))
-        .decision_extensions(false);
+        .current_decision(false);
     let service = layer.layer(service_fn(|_req: Request<String>| async {
         Ok::<_, Infallible>(Response::new(String::from("ok")))
     }));

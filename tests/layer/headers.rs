@@ -918,33 +918,37 @@ async fn draft7_reports_a_named_period_even_when_another_window_has_less_left() 
     assert_eq!(value(&refused, "ratelimit-policy"), Some("60;w=60"));
 }
 
+/// A per-key limit of 7 a minute and 20 an hour by `algorithm`, stacked with
+/// a per-call limit of 2 a second and 5 a minute on call control, in
+/// `style`; the reported window the most restrictive (`None`) or a period's.
+fn stacked(report: Option<Duration>, algorithm: Algorithm, style: HeaderStyle) -> Policy {
+    let builder = Policy::builder()
+        .limit(
+            Limit::new("per_key", api_key()).quota(
+                Quota::new(Window::per_minute(7))
+                    .and(Window::per_hour(20))
+                    .algorithm(algorithm),
+            ),
+        )
+        .limit(Limit::new("per_call", PathCapture::new("call_id")).route(
+            "POST /v1/calls/{call_id}/control",
+            Quota::new(Window::per_second(2)).and(Window::per_minute(5)),
+        ))
+        .header_style(style);
+    match report {
+        Some(period) => builder.report_period(period),
+        None => builder.report_most_restrictive(),
+    }
+    .build()
+    .unwrap()
+}
+
 /// Draft-7's `RateLimit` says what the `X-RateLimit-*` trio says, with the
 /// reset in seconds from now rather than a Unix time: for every reporting
 /// choice and algorithm, with stacked limits, through admissions and
 /// refusals.
 #[tokio::test]
 async fn draft7_values_are_the_trios() {
-    let policies = |report: Option<Duration>, algorithm: Algorithm, style: HeaderStyle| {
-        let builder = Policy::builder()
-            .limit(
-                Limit::new("per_key", api_key()).quota(
-                    Quota::new(Window::per_minute(7))
-                        .and(Window::per_hour(20))
-                        .algorithm(algorithm),
-                ),
-            )
-            .limit(Limit::new("per_call", PathCapture::new("call_id")).route(
-                "POST /v1/calls/{call_id}/control",
-                Quota::new(Window::per_second(2)).and(Window::per_minute(5)),
-            ))
-            .header_style(style);
-        match report {
-            Some(period) => builder.report_period(period),
-            None => builder.report_most_restrictive(),
-        }
-        .build()
-        .unwrap()
-    };
     for report in [
         None,
         Some(Duration::from_secs(60)),
@@ -952,11 +956,11 @@ async fn draft7_values_are_the_trios() {
     ] {
         for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
             let x = Harness::with(
-                RateLimitLayer::new(policies(report, algorithm, HeaderStyle::XRateLimit))
-                    .decision_extensions(false),
+                RateLimitLayer::new(stacked(report, algorithm, HeaderStyle::XRateLimit))
+                    .current_decision(false),
                 T0 * NS,
             );
-            let d7 = Harness::new(policies(report, algorithm, HeaderStyle::Draft7));
+            let d7 = Harness::new(stacked(report, algorithm, HeaderStyle::Draft7));
             let mut now = T0 * NS;
             let mut refused = 0;
             for step in 0..60u64 {
@@ -1293,42 +1297,22 @@ async fn requests_that_match_no_limit_pass_untouched() {
     assert_eq!(*h.seen.lock().unwrap(), vec![None; 5]);
 }
 
-/// With the decision extensions off, admitted requests take a shorter path
-/// that builds only the reported window; its headers must be exactly those of
+/// When nothing reads the decision (no extensions, not current), admitted
+/// requests take a shorter path that builds only the reported window; its headers must be exactly those of
 /// the full decision, for every reporting choice and algorithm, with stacked
 /// limits and several windows, through admissions and refusals.
 #[tokio::test]
 async fn headers_are_the_same_with_or_without_the_decision_extensions() {
-    // The reported window: the most restrictive (`None`) or a period's.
-    let policies = |report: Option<Duration>, algorithm: Algorithm| {
-        let builder = Policy::builder()
-            .limit(
-                Limit::new("per_key", api_key()).quota(
-                    Quota::new(Window::per_minute(7))
-                        .and(Window::per_hour(20))
-                        .algorithm(algorithm),
-                ),
-            )
-            .limit(Limit::new("per_call", PathCapture::new("call_id")).route(
-                "POST /v1/calls/{call_id}/control",
-                Quota::new(Window::per_second(2)).and(Window::per_minute(5)),
-            ));
-        match report {
-            Some(period) => builder.report_period(period),
-            None => builder.report_most_restrictive(),
-        }
-        .build()
-        .unwrap()
-    };
     for report in [
         None,
         Some(Duration::from_secs(60)),
         Some(Duration::from_secs(3600)),
     ] {
         for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
-            let full = Harness::new(policies(report, algorithm));
+            let full = Harness::new(stacked(report, algorithm, HeaderStyle::XRateLimit));
             let lean = Harness::with(
-                RateLimitLayer::new(policies(report, algorithm)).decision_extensions(false),
+                RateLimitLayer::new(stacked(report, algorithm, HeaderStyle::XRateLimit))
+                    .current_decision(false),
                 T0 * NS,
             );
             for step in 0..60u64 {
