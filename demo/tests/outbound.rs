@@ -5,13 +5,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use support::{start_demo, Process};
+use support::{exchange, start_demo, Process};
 
 /// A demo process on the Nixflex preset (stopped on drop).
 struct Demo {
@@ -31,29 +29,14 @@ impl Demo {
     /// One request with `Authorization: Bearer key`: the status and the
     /// JSON body.
     fn send(&self, method: &str, path: &str, key: &str, body: Option<&Value>) -> (u16, Value) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connects");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
         let body = body.map(Value::to_string).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("not HTTP: {response}"));
-        let json = response
-            .split_once("\r\n\r\n")
-            .and_then(|(_, body)| serde_json::from_str(body).ok())
-            .unwrap_or(Value::Null);
-        (status, json)
+        let headers = [
+            &*format!("Authorization: Bearer {key}"),
+            "Content-Type: application/json",
+        ];
+        let reply = exchange(self.port, method, path, &headers, &body);
+        let json = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+        (reply.status, json)
     }
 
     /// GETs `path` every 100 ms until it says `finished` (at most 30 s).
@@ -201,15 +184,8 @@ fn bad_bodies_get_a_400_naming_the_field() {
         assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
     }
     // Not JSON at all.
-    let mut stream = TcpStream::connect(("127.0.0.1", demo.port)).unwrap();
-    stream
-        .write_all(
-            b"POST /v1/sms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nx_a\r\n\
-              Content-Length: 3\r\nConnection: close\r\n\r\n{{{",
-        )
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
-    assert!(response.contains("\"field\":\"body\""), "{response}");
+    let auth = ["Authorization: Bearer nx_a"];
+    let reply = exchange(demo.port, "POST", "/v1/sms", &auth, "{{{");
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("\"field\":\"body\""), "{}", reply.body);
 }

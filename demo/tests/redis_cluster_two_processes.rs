@@ -37,7 +37,7 @@ on_missing_key = "reject"
 windows = ["50/hour"]
 "#;
 
-use support::{free_port, start_demo, Process, DEMO};
+use support::{exchange, free_port, start_demo, Process, DEMO};
 
 /// Three `redis-server`s in cluster mode joined into one cluster, killed
 /// and their scratch directory removed on drop.
@@ -167,22 +167,17 @@ fn start(args: &[&str]) -> (Process, u16) {
 /// One GET with `X-API-Key: key`: the status code and
 /// `X-RateLimit-Remaining`.
 fn get(port: u16, key: &str) -> (u16, Option<u32>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    let request = format!("GET /v1/calls HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {response}"));
-    let remaining = response.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("x-ratelimit-remaining")
-            .then(|| value.trim().parse().unwrap())
-    });
-    (status, remaining)
+    let reply = exchange(
+        port,
+        "GET",
+        "/v1/calls",
+        &[&format!("X-API-Key: {key}")],
+        "",
+    );
+    let remaining = reply
+        .header("x-ratelimit-remaining")
+        .map(|value| value.parse().unwrap());
+    (reply.status, remaining)
 }
 
 #[test]

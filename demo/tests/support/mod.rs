@@ -58,3 +58,57 @@ pub fn start_demo(args: &[&str], envs: &[(&str, &str)]) -> (Process, u16) {
         .expect("the demo server said it is listening within 20 s");
     (process, port)
 }
+
+/// A response read whole from the demo.
+pub struct Reply {
+    pub status: u16,
+    /// The status line and the header lines.
+    pub head: String,
+    pub body: String,
+}
+
+impl Reply {
+    /// The value of header `name` (any case), if it is there.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// One HTTP/1.1 request to the demo on `port` (`headers` as `Name: value`
+/// lines), on a connection of its own that it closes; the reply within
+/// 10 s.
+pub fn exchange(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> Reply {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or((response.as_str(), ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {response}"));
+    Reply {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
