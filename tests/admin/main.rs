@@ -76,16 +76,7 @@ impl Harness {
     }
 
     async fn admin(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .body(Body::from(body.to_owned()))
-            .unwrap();
-        let response = self.admin.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
+        admin_call::admin_call(&self.admin, method, path, body).await
     }
 }
 
@@ -377,6 +368,8 @@ async fn the_raw_key_never_reaches_the_logs() {
     assert!(!log.contains(SECRET), "{log}");
 }
 
+#[path = "../support/admin_call.rs"]
+mod admin_call;
 #[path = "../support/log_text.rs"]
 mod log_text;
 

@@ -9,12 +9,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::util::BoxCloneService;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{service_fn, Layer};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, KeySecret};
 use tower_ratelimit::penalty::Penalty;
@@ -23,6 +21,10 @@ use tower_ratelimit::store::{MemoryStore, Store};
 use tower_ratelimit::{admin, Limit, Policy, Quota, RateLimitLayer, Tiers, Window};
 
 use crate::support::{header, RedisServer, Svc};
+
+#[path = "../support/admin_call.rs"]
+mod admin_call;
+use admin_call::admin_call;
 
 const T0: u64 = 1_700_000_040;
 
@@ -89,26 +91,6 @@ impl Harness {
         assert_eq!(status, StatusCode::OK, "{peek}");
         peek
     }
-}
-
-async fn admin_call(
-    router: &axum::Router,
-    method: Method,
-    path: &str,
-    body: &str,
-) -> (StatusCode, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .body(Body::from(body.to_owned()))
-        .unwrap();
-    let response = router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 /// A Redis store on the layer's clock (so that it reads as the memory
