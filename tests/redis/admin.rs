@@ -16,11 +16,11 @@ use tower::{service_fn, Layer};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, KeySecret};
 use tower_ratelimit::penalty::Penalty;
-use tower_ratelimit::store::redis::{RedisStore, RedisStoreBuilder};
+use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::{MemoryStore, Store};
 use tower_ratelimit::{admin, Limit, Policy, Quota, RateLimitLayer, Tiers, Window};
 
-use crate::support::{header, RedisServer, Svc};
+use crate::support::{header, on_layer_clock, RedisServer, Svc};
 
 #[path = "../support/admin_call.rs"]
 mod admin_call;
@@ -97,16 +97,6 @@ impl Harness {
 /// store does at the same moments).
 async fn redis_store(server: &RedisServer) -> RedisStore {
     on_layer_clock(RedisStore::builder(server.url())).await
-}
-
-/// The store `builder` builds, on the layer's clock.
-async fn on_layer_clock(builder: RedisStoreBuilder) -> RedisStore {
-    builder
-        .layer_clock()
-        .deadline(Duration::from_secs(2))
-        .connect()
-        .await
-        .unwrap()
 }
 
 /// The same policy on the memory store and on Redis.

@@ -40,22 +40,6 @@ async fn store(server: &RedisServer) -> RedisStore {
         .unwrap()
 }
 
-/// Every key and its value, sorted.
-async fn snapshot(server: &RedisServer) -> Vec<(String, Vec<u8>)> {
-    let mut client = server.client().await;
-    let mut values = Vec::new();
-    for key in server.keys().await {
-        let value: Vec<u8> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut client)
-            .await
-            .unwrap();
-        values.push((key, value));
-    }
-    values.sort();
-    values
-}
-
 #[tokio::test]
 async fn a_refusal_by_a_later_principal_leaves_the_earlier_uncharged() {
     let server = redis_or_skip!();
@@ -72,7 +56,7 @@ async fn a_refusal_by_a_later_principal_leaves_the_earlier_uncharged() {
     assert!(decide(&store, &[Check::new(3, &one).of_principal(B)])
         .await
         .admitted());
-    let before = snapshot(&server).await;
+    let before = server.values().await;
     assert_eq!(before.len(), 3, "{before:?}");
 
     // A admits and is charged first; B refuses; A's charges are given back.
@@ -88,7 +72,7 @@ async fn a_refusal_by_a_later_principal_leaves_the_earlier_uncharged() {
         assert!(!refused.admitted());
         let remaining: Vec<u32> = refused.windows().iter().map(|w| w.remaining).collect();
         assert_eq!(remaining, [9, 99, 9, 0, 10], "the statuses charge nothing");
-        assert_eq!(snapshot(&server).await, before, "every value as it was");
+        assert_eq!(server.values().await, before, "every value as it was");
     }
     // Reversed: B is decided first and refuses; A only reads.
     let reversed = [

@@ -13,7 +13,7 @@ use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{header, send, service};
+use crate::support::{header, on_layer_clock, send, service};
 
 const S: u64 = 1_000_000_000;
 /// 2023-11-14T22:13:20Z: not aligned to a minute or an hour.
@@ -33,15 +33,6 @@ async fn decide(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
         Decided::Pending(pending) => pending.await.expect("the Redis store never fails"),
         Decided::Ready(result) => result.expect("the Redis store never fails"),
     }
-}
-
-async fn layer_clock_store(server: &crate::support::RedisServer) -> RedisStore {
-    RedisStore::builder(server.url())
-        .layer_clock()
-        .deadline(Duration::from_secs(2))
-        .connect()
-        .await
-        .expect("the test server answers")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +94,7 @@ async fn two_layers_sharing_one_redis_admit_exactly_the_limit_under_concurrent_l
 #[tokio::test]
 async fn a_refused_request_writes_nothing_across_windows_and_stacked_limits() {
     let server = redis_or_skip!();
-    let store = layer_clock_store(&server).await;
+    let store = on_layer_clock(RedisStore::builder(server.url())).await;
     let now = T0 * S;
     let wide = Quota::new(Window::per_minute(100)).and(Window::per_hour(1000));
     let narrow = Quota::new(Window::per_second(1))
@@ -113,21 +104,7 @@ async fn a_refused_request_writes_nothing_across_windows_and_stacked_limits() {
     assert!(decide(&store, now, &both).await.admitted());
 
     let mut client = server.client().await;
-    let snapshot = |keys: Vec<String>| async {
-        let mut client = server.client().await;
-        let mut values = Vec::new();
-        for key in keys {
-            let value: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut client)
-                .await
-                .unwrap();
-            values.push((key, value));
-        }
-        values.sort();
-        values
-    };
-    let before = snapshot(server.keys().await).await;
+    let before = server.values().await;
     assert_eq!(before.len(), 2, "one key per bucket: {before:?}");
 
     let refused = decide(&store, now, &both).await;
@@ -142,11 +119,7 @@ async fn a_refused_request_writes_nothing_across_windows_and_stacked_limits() {
         40 * S,
         "the fixed minute ends in 40 s"
     );
-    assert_eq!(
-        snapshot(server.keys().await).await,
-        before,
-        "nothing was written"
-    );
+    assert_eq!(server.values().await, before, "nothing was written");
 
     // Multi-window inside one limit: the hour refuses, so the minute is not charged.
     let tight = Quota::new(Window::per_minute(5)).and(Window::per_hour(2));
@@ -172,7 +145,7 @@ async fn a_refused_request_writes_nothing_across_windows_and_stacked_limits() {
 #[tokio::test]
 async fn shadow_checks_are_charged_only_when_the_request_and_all_of_them_admit() {
     let server = redis_or_skip!();
-    let store = layer_clock_store(&server).await;
+    let store = on_layer_clock(RedisStore::builder(server.url())).await;
     let now = T0 * S;
     let enforced = Quota::new(Window::per_minute(3));
     let shadow = Quota::new(Window::per_minute(1));
@@ -358,7 +331,7 @@ async fn skewed_node_clocks_change_no_decision() {
 #[tokio::test]
 async fn lowering_a_gcra_limit_keeps_the_count_and_refuses_at_once() {
     let server = redis_or_skip!();
-    let store = layer_clock_store(&server).await;
+    let store = on_layer_clock(RedisStore::builder(server.url())).await;
     let now = T0 * S;
     let ten = Quota::new(Window::per_minute(10));
     let five = Quota::new(Window::per_minute(5));
@@ -406,7 +379,7 @@ async fn lowering_a_gcra_limit_keeps_the_count_and_refuses_at_once() {
 #[tokio::test]
 async fn script_flush_is_recovered_from_transparently() {
     let server = redis_or_skip!();
-    let store = layer_clock_store(&server).await;
+    let store = on_layer_clock(RedisStore::builder(server.url())).await;
     let quota = Quota::new(Window::per_minute(3));
     let check = [Check::new(1, &quota)];
     assert!(decide(&store, T0 * S, &check).await.admitted());

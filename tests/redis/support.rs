@@ -228,6 +228,23 @@ impl RedisServer {
             cursor = next;
         }
     }
+
+    /// Every key on the server and its value, sorted (every key the store
+    /// writes is a string).
+    pub(crate) async fn values(&self) -> Vec<(String, Vec<u8>)> {
+        let mut client = self.client().await;
+        let mut values = Vec::new();
+        for key in self.keys().await {
+            let value: Vec<u8> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut client)
+                .await
+                .expect("GET");
+            values.push((key, value));
+        }
+        values.sort();
+        values
+    }
 }
 
 impl Drop for RedisServer {
@@ -408,6 +425,19 @@ pub(crate) fn service<St: Store>(layer: &RateLimitLayer<St>) -> Svc {
         Ok::<_, Infallible>(Response::new(String::from("ok")))
     });
     BoxCloneService::new(layer.layer(inner))
+}
+
+/// The store `builder` builds, on the layer's clock (so that it reads as
+/// the memory store does at the same moments), with a 2 s deadline.
+pub(crate) async fn on_layer_clock(
+    builder: tower_ratelimit::store::redis::RedisStoreBuilder,
+) -> tower_ratelimit::store::RedisStore {
+    builder
+        .layer_clock()
+        .deadline(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("the test server answers")
 }
 
 /// Sends one request with `X-API-Key: key`.
