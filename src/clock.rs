@@ -1,7 +1,9 @@
 //! Time: a monotonic clock that reads as nanoseconds since the Unix epoch.
 //!
-//! A layer reads the wall-clock time once, when it is built, and advances it
-//! by Tokio's monotonic clock (so it follows `tokio::time::pause`). Tests
+//! A layer's default clock reads the wall-clock time once, and advances it by
+//! the CPU's time-stamp counter, checked against the monotonic clock; one
+//! made while Tokio's clock is paused follows Tokio's clock instead (so
+//! `#[tokio::test(start_paused = true)]` tests are deterministic). Tests
 //! that want to set the time themselves give the layer a [`ManualClock`], or
 //! any [`Clock`] of their own.
 //!
@@ -21,10 +23,11 @@
 //! assert_eq!(layer.now(), 1_700_000_090_000_000_000);
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Nanoseconds in a second.
 pub(crate) const NANOS: u64 = 1_000_000_000;
@@ -39,17 +42,33 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> u64;
 }
 
-/// The layer's default clock: the wall-clock time when it was created, advanced by
-/// Tokio's monotonic clock.
+/// The layer's default clock: the wall-clock time when the process first
+/// made one, advanced by a monotonic clock.
 ///
-/// It follows `tokio::time::pause` and `advance`, so tests with paused time
-/// are deterministic. A wall-clock step (NTP, a manual change) after startup
-/// does not move it: decisions stay monotonic, and `X-RateLimit-Reset` may be
-/// off by that step until the process restarts.
-#[derive(Debug, Clone, Copy)]
+/// A clock made while Tokio's clock is paused (`#[tokio::test(start_paused =
+/// true)]`) follows Tokio's clock, `advance` included, so tests with paused
+/// time are deterministic. Otherwise it reads the CPU's time-stamp counter
+/// (through `quanta`; the monotonic clock where the counter is unreliable),
+/// about a third of the cost of asking the operating system, and checks
+/// itself against the monotonic clock every 100 ms, so it never drifts from
+/// it by more than the counter's error over that time. Either way it never
+/// goes back. A wall-clock step (NTP, a manual change) after startup does not
+/// move it: `X-RateLimit-Reset` may be off by that step until the process
+/// restarts.
+#[derive(Debug, Clone)]
 pub(crate) struct SystemClock {
-    origin: tokio::time::Instant,
-    origin_unix: u64,
+    source: Source,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// Tokio's clock, paused when this clock was made.
+    Paused {
+        origin: tokio::time::Instant,
+        origin_unix: u64,
+    },
+    /// The time-stamp counter, anchored per thread (see [`Anchor`]).
+    Counter(quanta::Clock),
 }
 
 impl Default for SystemClock {
@@ -59,21 +78,132 @@ impl Default for SystemClock {
 }
 
 impl SystemClock {
-    /// A clock anchored at the current wall-clock time.
+    /// The process's clock, or one that follows Tokio's if Tokio's clock is
+    /// paused now.
     pub(crate) fn new() -> Self {
-        let origin_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        SystemClock {
-            origin: tokio::time::Instant::now(),
-            origin_unix,
-        }
+        let source = if tokio_is_paused() {
+            Source::Paused {
+                origin: tokio::time::Instant::now(),
+                origin_unix: unix_now(),
+            }
+        } else {
+            Source::Counter(base().counter.clone())
+        };
+        SystemClock { source }
     }
 }
 
 impl Clock for SystemClock {
+    #[inline]
     fn now(&self) -> u64 {
+        match &self.source {
+            Source::Counter(counter) => Anchor::now(counter),
+            Source::Paused {
+                origin,
+                origin_unix,
+            } => origin_unix + origin.elapsed().as_nanos() as u64,
+        }
+    }
+}
+
+/// The wall-clock time now, in nanoseconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Whether Tokio's clock is paused on this thread: its time stands still
+/// while the monotonic clock moves on (outside a runtime, Tokio's clock is
+/// the monotonic clock).
+fn tokio_is_paused() -> bool {
+    let before = tokio::time::Instant::now();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_micros(2) {
+        std::hint::spin_loop();
+    }
+    tokio::time::Instant::now() == before
+}
+
+/// What every [`SystemClock`] of the process reads from: the wall-clock time
+/// when the first was made, the monotonic clock then, and the counter.
+struct Base {
+    origin: Instant,
+    origin_unix: u64,
+    counter: quanta::Clock,
+}
+
+fn base() -> &'static Base {
+    static BASE: OnceLock<Base> = OnceLock::new();
+    BASE.get_or_init(|| Base {
+        counter: quanta::Clock::new(),
+        origin: Instant::now(),
+        origin_unix: unix_now(),
+    })
+}
+
+impl Base {
+    /// The time by the monotonic clock.
+    fn monotonic(&self) -> u64 {
         self.origin_unix + self.origin.elapsed().as_nanos() as u64
+    }
+}
+
+/// How often a thread checks the counter against the monotonic clock.
+const RESYNC: u64 = 100_000_000;
+
+/// A thread's reading of the counter and the time it stood for: the time is
+/// `at` plus the counter's nanoseconds since `raw`, less up to half of them
+/// while `lag` is owed (the counter ran fast, and the clock must not step
+/// back to the monotonic one: it slows to half speed until it is level).
+#[derive(Clone, Copy)]
+struct Anchor {
+    raw: u64,
+    at: u64,
+    lag: u64,
+}
+
+thread_local! {
+    static ANCHOR: Cell<Anchor> = const { Cell::new(Anchor { raw: 0, at: 0, lag: 0 }) };
+}
+
+impl Anchor {
+    /// The time on this thread, in nanoseconds since the Unix epoch.
+    #[inline]
+    fn now(counter: &quanta::Clock) -> u64 {
+        ANCHOR.with(|cell| {
+            let anchor = cell.get();
+            let raw = counter.raw();
+            let elapsed = counter.delta_as_nanos(anchor.raw, raw);
+            let now = anchor.time(elapsed);
+            if elapsed < RESYNC && anchor.at != 0 {
+                return now;
+            }
+            let anchor = Anchor::resync(raw, now);
+            cell.set(anchor);
+            anchor.at
+        })
+    }
+
+    /// The time `elapsed` counter nanoseconds after the anchor.
+    #[inline]
+    fn time(self, elapsed: u64) -> u64 {
+        self.at + elapsed - (elapsed / 2).min(self.lag)
+    }
+
+    /// A new anchor at counter reading `raw`: the monotonic clock's time,
+    /// or `now` (what this thread reads from its old anchor) if that is
+    /// later, owing the difference.
+    #[cold]
+    #[inline(never)]
+    fn resync(raw: u64, now: u64) -> Anchor {
+        let monotonic = base().monotonic();
+        let at = monotonic.max(now);
+        Anchor {
+            raw,
+            at,
+            lag: at - monotonic,
+        }
     }
 }
 
@@ -121,5 +251,84 @@ impl Clock for ManualClock {
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ManualClock({}ns)", self.now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_anchor_runs_at_half_speed_until_level_then_at_full() {
+        let anchor = Anchor {
+            raw: 0,
+            at: 1_000,
+            lag: 10,
+        };
+        let times: Vec<u64> = [0, 4, 19, 20, 21, 30].map(|e| anchor.time(e)).into();
+        assert_eq!(times, [1_000, 1_002, 1_010, 1_010, 1_011, 1_020]);
+        let level = Anchor { lag: 0, ..anchor };
+        assert_eq!(level.time(30), 1_030);
+    }
+
+    #[test]
+    fn a_resync_never_steps_back_and_owes_what_it_is_ahead() {
+        let monotonic = base().monotonic();
+        let ahead = Anchor::resync(7, monotonic + 5_000_000_000);
+        assert_eq!(ahead.at, monotonic + 5_000_000_000);
+        assert!(ahead.lag > 4_900_000_000 && ahead.lag <= 5_000_000_000);
+        let behind = Anchor::resync(7, monotonic - 1);
+        assert!(behind.at >= monotonic && behind.lag == 0);
+    }
+
+    #[test]
+    fn the_counter_clock_never_goes_back_and_keeps_to_the_monotonic_clock() {
+        let clock = SystemClock::new();
+        assert!(matches!(clock.source, Source::Counter(_)));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let clock = clock.clone();
+                std::thread::spawn(move || {
+                    let start = Instant::now();
+                    let mut last = clock.now();
+                    // Past a few resyncs.
+                    while start.elapsed() < Duration::from_millis(350) {
+                        let now = clock.now();
+                        assert!(now >= last, "went back from {last} to {now}");
+                        last = now;
+                    }
+                    // Within a millisecond of the monotonic clock, read on
+                    // both sides (a thread may be preempted in between).
+                    let before = base().monotonic();
+                    let now = clock.now();
+                    let after = base().monotonic();
+                    assert!(now + 1_000_000 >= before && now <= after + 1_000_000);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let unix = unix_now();
+        assert!(
+            clock.now().abs_diff(unix) < 5 * NANOS,
+            "near the wall clock"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_made_while_tokio_is_paused_follows_tokio() {
+        let clock = SystemClock::new();
+        assert!(matches!(clock.source, Source::Paused { .. }));
+        let before = clock.now();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(clock.now(), before, "stands still with Tokio");
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert_eq!(clock.now(), before + 1_500_000_000);
+    }
+
+    #[tokio::test]
+    async fn a_clock_made_while_tokio_runs_reads_the_counter() {
+        assert!(matches!(SystemClock::new().source, Source::Counter(_)));
     }
 }
