@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
+#[path = "support/log_text.rs"]
+mod log_text;
 use http::{Request, Response, StatusCode};
+use log_text::LogText;
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service};
 use tower_ratelimit::clock::ManualClock;
@@ -98,53 +101,9 @@ fn admitted_of(n: usize, mut send: impl FnMut() -> Res) -> (usize, Vec<RefusalRe
     (admitted, reasons)
 }
 
-/// Counts `warn` events and keeps the first one's text (so that recording
-/// allocates nothing after the first).
-#[derive(Clone, Default)]
-struct Warnings(Arc<Mutex<(usize, String)>>);
-
-struct Message<'a>(&'a mut String);
-
-impl tracing::field::Visit for Message<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!(" {}={:?}", field.name(), value));
-    }
-}
-
-impl tracing::Subscriber for Warnings {
-    fn register_callsite(
-        &self,
-        _: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::always()
-    }
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::TRACE)
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        if *event.metadata().level() == tracing::Level::WARN {
-            let (count, first) = &mut *self.0.lock().unwrap();
-            if *count == 0 {
-                event.record(&mut Message(first));
-            }
-            *count += 1;
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[test]
 fn a_flood_of_made_up_keys_several_times_the_cap_locks_no_one_out() {
-    let warnings = Warnings::default();
+    let warnings = LogText::up_to(tracing::Level::WARN);
     let _logs = tracing::subscriber::set_default(warnings.clone());
 
     let clock = ManualClock::at_unix_secs(T0);
@@ -213,10 +172,14 @@ fn a_flood_of_made_up_keys_several_times_the_cap_locks_no_one_out() {
 
     // Reaching the cap was logged once (the warning repeats at most once a
     // minute), and never refused a flood key.
-    let (count, first) = warnings.0.lock().unwrap().clone();
+    let warnings = warnings.text();
+    let count = warnings.lines().count();
     assert!((1..=7).contains(&count), "{count} warnings");
-    assert!(first.contains("at its cap"), "{first}");
-    assert!(!first.contains("made-up"), "{first}");
+    assert!(
+        warnings.lines().all(|line| line.contains("at its cap")),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("made-up"), "{warnings}");
 
     // The customer tracked before the flood: exactly what it has left, 6
     // of its 10 and one more earned back over the 400 s (one per 360 s).

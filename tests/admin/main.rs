@@ -88,17 +88,7 @@ fn calls_windows(peek: &Value) -> Vec<(u64, u64)> {
         .iter()
         .find(|r| r["route"] == "* *")
         .expect("the default route");
-    route["windows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            (
-                w["limit"].as_u64().unwrap(),
-                w["remaining"].as_u64().unwrap(),
-            )
-        })
-        .collect()
+    admin_call::limits_and_remaining(route)
 }
 
 #[tokio::test]

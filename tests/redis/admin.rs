@@ -24,7 +24,7 @@ use crate::support::{header, on_layer_clock, RedisServer, Svc};
 
 #[path = "../support/admin_call.rs"]
 mod admin_call;
-use admin_call::admin_call;
+use admin_call::{admin_call, limits_and_remaining};
 
 const T0: u64 = 1_700_000_040;
 
@@ -109,17 +109,7 @@ async fn twins(server: &RedisServer, penalty: bool) -> (Harness, Harness, RedisS
 
 /// The `GET /v1/calls` route's windows in a peek: `[(limit, remaining)]`.
 fn calls_windows(peek: &Value) -> Vec<(u64, u64)> {
-    peek["routes"][1]["windows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            (
-                w["limit"].as_u64().unwrap(),
-                w["remaining"].as_u64().unwrap(),
-            )
-        })
-        .collect()
+    limits_and_remaining(&peek["routes"][1])
 }
 
 #[tokio::test]

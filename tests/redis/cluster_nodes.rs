@@ -10,22 +10,11 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use tower::ServiceExt;
-use tower_ratelimit::key::{Header, KeySecret};
+use tower_ratelimit::key::Header;
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
 use tower_ratelimit::{Decision, Limit, Policy, Quota, RateLimitLayer, ResponseBody, Window};
 
-use crate::support::{header, send, service, Cluster, Svc};
-
-const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
-
-/// `quota` per `X-API-Key`.
-fn per_key(quota: Quota) -> Policy {
-    Policy::builder()
-        .key_secret(SECRET)
-        .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(quota))
-        .build()
-        .unwrap()
-}
+use crate::support::{header, per_key, send, service, Cluster, Svc, SECRET};
 
 /// A store on `cluster`, reached through all three nodes.
 async fn store(cluster: &Cluster) -> RedisStore {

@@ -5,13 +5,12 @@
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use tower_ratelimit::key::{Header, KeySecret, PathCapture};
+use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{header, send, service, Svc};
+use crate::support::{header, send, service, Svc, SECRET};
 
-const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
 /// What a request may take while Redis is down: the deadline, plus room for
 /// a busy test machine.
 const BOUND: Duration = Duration::from_millis(400);

@@ -14,14 +14,14 @@ use http::{Request, Response, StatusCode};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_ratelimit::key::{Header, KeySecret};
+use tower_ratelimit::key::Header;
 use tower_ratelimit::store::protocol::SharedSlots;
 use tower_ratelimit::store::protocol::{Busy, Mode, Permit};
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore, RedisStoreBuilder};
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, ResponseBody};
 
-use crate::support::RedisServer;
+use crate::support::{RedisServer, SECRET};
 
 /// What an answer may take when no wait is involved: the deadline, plus
 /// room for a busy test machine.
@@ -658,7 +658,7 @@ async fn two_layers_on_two_stores_share_one_in_flight_cap() {
     let server = redis_or_skip!();
     let policy = || {
         Policy::builder()
-            .key_secret(KeySecret::from_bytes(*b"shared by nodes!"))
+            .key_secret(SECRET)
             .limit(
                 Limit::new("calls", Header::parse("X-API-Key").unwrap())
                     .route("POST /v1/calls", Quota::in_flight(2)),

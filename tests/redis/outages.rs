@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use tower_ratelimit::key::{Header, KeySecret};
+use tower_ratelimit::key::Header;
 use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{send, service};
+use crate::support::{send, service, SECRET};
 
 async fn decide(store: &RedisStore, checks: &[Check<'_>]) -> Outcome {
     match store.check(0, checks) {
@@ -108,7 +108,7 @@ async fn by_default_an_outage_holds_each_key_to_its_quota_in_each_process() {
     let mut server = redis_or_skip!();
     let policy = || {
         Policy::builder()
-            .key_secret(KeySecret::from_bytes(*b"shared by nodes!"))
+            .key_secret(SECRET)
             .limit(
                 Limit::new("per_key", Header::parse("X-API-Key").unwrap())
                     .quota(Quota::new(Window::per_minute(5))),
@@ -225,7 +225,7 @@ async fn each_decision_says_what_made_it() {
     let mut server = redis_or_skip!();
     let key = || Header::parse("X-API-Key").unwrap();
     let policy = Policy::builder()
-        .key_secret(KeySecret::from_bytes(*b"shared by nodes!"))
+        .key_secret(SECRET)
         .limit(Limit::new("local", key()).route("GET /l", Quota::new(Window::per_minute(1))))
         .limit(Limit::new("open", key()).route("GET /o", Quota::new(Window::per_minute(1))))
         .limit(Limit::new("closed", key()).route("GET /c", Quota::new(Window::per_minute(1))))

@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tower_ratelimit::clock::ManualClock;
-use tower_ratelimit::key::{Header, KeySecret};
+use tower_ratelimit::key::Header;
 use tower_ratelimit::penalty::Penalty;
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{header, send, service, Svc};
+use crate::support::{header, send, service, Svc, SECRET};
 
 const T0: u64 = 1_700_000_000;
-const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
 
 /// One request a minute per key; 3 refusals within 60 s ban the key for
 /// 300 s.

@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower_ratelimit::key::{Header, KeySecret, PathCapture};
+use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::penalty::Penalty;
 use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{send, service, RedisServer};
+use crate::support::{send, service, RedisServer, SECRET};
 
 const NOW: u64 = 1_700_000_000_000_000_000;
 /// Two principals; `A` sorts first, so its group is decided first.
@@ -210,7 +210,7 @@ async fn shadow_checks_and_penalties_keep_their_rules_across_principals() {
 async fn the_limits_of_one_key_share_a_principal_and_other_keys_do_not() {
     let server = redis_or_skip!();
     let policy = Policy::builder()
-        .key_secret(KeySecret::from_bytes(*b"shared by nodes!"))
+        .key_secret(SECRET)
         .limit(
             Limit::new("per_key", Header::parse("X-API-Key").unwrap())
                 .quota(Quota::new(Window::per_minute(60))),

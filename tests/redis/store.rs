@@ -7,26 +7,17 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tower_ratelimit::clock::ManualClock;
-use tower_ratelimit::key::{Header, KeySecret, PathCapture};
+use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{header, on_layer_clock, send, service};
+use crate::support::{header, on_layer_clock, per_key, send, service, SECRET};
 
 const S: u64 = 1_000_000_000;
 /// 2023-11-14T22:13:20Z: not aligned to a minute or an hour.
 const T0: u64 = 1_700_000_000;
-const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
-
-fn per_key(quota: Quota) -> Policy {
-    Policy::builder()
-        .key_secret(SECRET)
-        .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(quota))
-        .build()
-        .unwrap()
-}
 
 async fn decide(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
     match store.check(now, checks) {

@@ -414,8 +414,22 @@ use std::convert::Infallible;
 use http::{Request, Response};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
+use tower_ratelimit::key::{Header, KeySecret};
 use tower_ratelimit::store::Store;
-use tower_ratelimit::{RateLimitLayer, ResponseBody};
+use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, ResponseBody};
+
+/// The key secret of the tests' nodes: processes that share a store share
+/// it, so that they share buckets.
+pub(crate) const SECRET: KeySecret = KeySecret::from_bytes(*b"shared by nodes!");
+
+/// `quota` per `X-API-Key`, under [`SECRET`].
+pub(crate) fn per_key(quota: Quota) -> Policy {
+    Policy::builder()
+        .key_secret(SECRET)
+        .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(quota))
+        .build()
+        .unwrap()
+}
 
 pub(crate) type Svc = BoxCloneService<Request<String>, Response<ResponseBody<String>>, Infallible>;
 

@@ -1,4 +1,5 @@
-//! One call of the admin API, as the tests of both stores make it.
+//! One call of the admin API, as the tests of both stores make it, and
+//! what they read from its answers.
 
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
@@ -26,4 +27,19 @@ pub(crate) async fn admin_call(
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
+}
+
+/// A peeked route's windows (its `"windows"` array): `[(limit, remaining)]`.
+pub(crate) fn limits_and_remaining(route: &Value) -> Vec<(u64, u64)> {
+    route["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["limit"].as_u64().unwrap(),
+                w["remaining"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }

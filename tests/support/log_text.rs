@@ -4,13 +4,30 @@
 use std::sync::{Arc, Mutex};
 
 /// Records every span (its name and fields) and every event (its fields,
-/// the message included) as one line of text each.
-#[derive(Clone, Default)]
+/// the message included) as one line of text each, up to a level.
+#[derive(Clone)]
 pub(crate) struct LogText {
     log: Arc<Mutex<String>>,
+    level: tracing::Level,
+}
+
+impl Default for LogText {
+    /// Records everything.
+    fn default() -> Self {
+        LogText::up_to(tracing::Level::TRACE)
+    }
 }
 
 impl LogText {
+    /// Records only what is at `level` or more severe.
+    #[allow(dead_code)]
+    pub(crate) fn up_to(level: tracing::Level) -> Self {
+        LogText {
+            log: Arc::default(),
+            level,
+        }
+    }
+
     /// Everything recorded so far.
     pub(crate) fn text(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -28,17 +45,21 @@ impl tracing::field::Visit for Fields<'_> {
 impl tracing::Subscriber for LogText {
     fn register_callsite(
         &self,
-        _: &'static tracing::Metadata<'static>,
+        metadata: &'static tracing::Metadata<'static>,
     ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::always()
+        if self.enabled(metadata) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
     }
 
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= self.level
     }
 
     fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(tracing::level_filters::LevelFilter::TRACE)
+        Some(tracing::level_filters::LevelFilter::from_level(self.level))
     }
 
     fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
