@@ -81,10 +81,7 @@ fn slot_percentiles(
 
 fn main() {
     let server = RedisServer::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let redis = runtime
         .block_on(
             RedisStore::builder(server.url())

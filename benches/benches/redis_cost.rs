@@ -208,10 +208,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn main() {
     let server = RedisServer::start();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let bench = runtime.block_on(async {
         let store = RedisStore::builder(server.url())
             .deadline(Duration::from_secs(5))

@@ -192,6 +192,15 @@ pub(crate) fn governor_layer(
     GovernorLayer::new(config)
 }
 
+/// A single-threaded Tokio runtime with timers and I/O, for the Redis
+/// benches.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A `redis-server` child on a free loopback port, persistence off, killed
 /// on drop.
 pub(crate) struct RedisServer {
