@@ -50,9 +50,10 @@ pub trait Clock: Send + Sync + 'static {
 /// time are deterministic. Otherwise it reads the CPU's time-stamp counter
 /// (through `quanta`; the monotonic clock where the counter is unreliable),
 /// about a third of the cost of asking the operating system, and checks
-/// itself against the monotonic clock every 100 ms, so it never drifts from
-/// it by more than the counter's error over that time. Either way it never
-/// goes back. A wall-clock step (NTP, a manual change) after startup does not
+/// itself against the monotonic clock every 100 ms on each thread, so it
+/// never drifts from it by more than the counter's error over that time
+/// (microseconds): it never goes back on a thread, and threads agree within
+/// that error. A wall-clock step (NTP, a manual change) after startup does not
 /// move it: `X-RateLimit-Reset` may be off by that step until the process
 /// restarts.
 #[derive(Debug, Clone)]
@@ -175,8 +176,14 @@ impl Anchor {
             let anchor = cell.get();
             let raw = counter.raw();
             let elapsed = counter.delta_as_nanos(anchor.raw, raw);
+            if anchor.at == 0 {
+                // The thread's first reading.
+                let anchor = Anchor::resync(raw, 0);
+                cell.set(anchor);
+                return anchor.at;
+            }
             let now = anchor.time(elapsed);
-            if elapsed < RESYNC && anchor.at != 0 {
+            if elapsed < RESYNC {
                 return now;
             }
             let anchor = Anchor::resync(raw, now);

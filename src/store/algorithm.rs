@@ -54,12 +54,10 @@ pub(crate) fn expires_at(algorithm: Algorithm, period_ns: u64, state: u64, now: 
     match algorithm {
         Algorithm::Gcra => state,
         Algorithm::FixedWindow => {
-            let p = period_ns;
-            let current = now / p;
-            if fixed_index(state) == current as u32 {
-                (current + 1) * p
-            } else {
-                0
+            let current = now / period_ns;
+            match counting_window(state, current) {
+                Some(ahead) => (current + ahead + 1) * period_ns,
+                None => 0,
             }
         }
     }
@@ -109,16 +107,32 @@ fn fixed_index(state: u64) -> u32 {
     (state >> 32) as u32
 }
 
+/// How far a fixed window's state may be ahead of a reading, in windows.
+const AHEAD: u32 = 1 << 20;
+
+/// Which window a fixed window's stored `state` counts in, as windows after
+/// `current` (the reading's): `Some(0)` for the reading's own, `None` if it
+/// counts nothing any more. A state a little ahead was counted by a clock a
+/// little ahead of this one (another thread's, another process's): the
+/// reading counts in that window too, so that an earlier window never
+/// overwrites a later one's count.
+#[inline]
+fn counting_window(state: u64, current: u64) -> Option<u64> {
+    match fixed_index(state).wrapping_sub(current as u32) {
+        0 => Some(0),
+        ahead if ahead < AHEAD && state as u32 != 0 => Some(u64::from(ahead)),
+        _ => None,
+    }
+}
+
 #[inline]
 fn fixed_window(window: &Window, state: u64, now: u64, cost: u32) -> Step {
     let p = window.period_ns();
-    let current = now / p;
-    let index = current as u32;
-    let used = if fixed_index(state) == index {
-        state as u32
-    } else {
-        0
+    let (current, used) = match counting_window(state, now / p) {
+        Some(ahead) => (now / p + ahead, state as u32),
+        None => (now / p, 0),
     };
+    let index = current as u32;
     let reset_after = (current + 1) * p - now;
     let limit = window.limit();
     match used.checked_add(cost).filter(|&u| u <= limit) {
@@ -182,6 +196,40 @@ mod tests {
         assert_eq!(
             expires_at(Algorithm::FixedWindow, w.period_ns(), b.next, next_window),
             0
+        );
+    }
+
+    #[test]
+    fn a_fixed_window_reading_behind_the_stored_window_counts_in_it() {
+        let w = Window::per_minute(5);
+        let minute = 60 * S;
+        let behind = 1_000 * minute - 1; // a nanosecond before minute 1,000
+        let ahead = 1_000 * minute + 1;
+        // A clock a little ahead counts 3 in minute 1,000.
+        let mut state = 0;
+        for _ in 0..3 {
+            state = step(Algorithm::FixedWindow, &w, state, ahead, 1).next;
+        }
+        // A clock a little behind counts in that minute too: 2 more, not 5.
+        let late = step(Algorithm::FixedWindow, &w, state, behind, 1);
+        assert!(late.admits);
+        assert_eq!((late.remaining, late.reset_after), (1, minute + 1));
+        let late = step(Algorithm::FixedWindow, &w, late.next, behind, 1);
+        let refused = step(Algorithm::FixedWindow, &w, late.next, behind, 1);
+        assert!(late.admits && !refused.admits);
+        assert_eq!(refused.retry_after, minute + 1);
+        // And the minute's count stands for the clock ahead.
+        assert!(!step(Algorithm::FixedWindow, &w, late.next, ahead, 1).admits);
+        assert_eq!(
+            expires_at(Algorithm::FixedWindow, w.period_ns(), late.next, behind),
+            1_001 * minute
+        );
+        // A fresh key, and a count of an earlier minute, count nothing.
+        assert_eq!(step(Algorithm::FixedWindow, &w, 0, behind, 1).remaining, 4);
+        let old = step(Algorithm::FixedWindow, &w, 0, behind - minute, 1).next;
+        assert_eq!(
+            step(Algorithm::FixedWindow, &w, old, behind, 1).remaining,
+            4
         );
     }
 }

@@ -14,6 +14,7 @@ use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::{Clock, ManualClock};
 use tower_ratelimit::key::{Header, PathCapture};
+use tower_ratelimit::store::MemoryStore;
 use tower_ratelimit::{
     Algorithm, Decision, Limit, Policy, Quota, RateLimitLayer, ResponseBody, Window,
 };
@@ -227,6 +228,48 @@ async fn fixed_window_allows_a_double_burst_across_a_boundary_but_never_more_per
     assert_eq!(h.admitted(15, "GET", "/", "k").await, 10);
     h.clock.set(end);
     assert_eq!(h.admitted(15, "GET", "/", "k").await, 10);
+}
+
+#[tokio::test]
+async fn fixed_window_counts_a_clock_behind_in_the_window_a_clock_ahead_counted_in() {
+    // Two layers share one store, as threads of a process or processes on
+    // one store do, with clocks two microseconds apart across a minute's end.
+    let store = Arc::new(MemoryStore::new());
+    let on = |clock: &ManualClock| -> Svc {
+        let policy = single(Quota::new(Window::per_minute(5)).algorithm(Algorithm::FixedWindow));
+        let layer = RateLimitLayer::with_shared_store(policy, Arc::clone(&store));
+        let inner = service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        });
+        BoxCloneService::new(layer.clock(clock.clone()).layer(inner))
+    };
+    let admitted = |svc: Svc, n: usize| async move {
+        let mut admitted = 0;
+        for _ in 0..n {
+            let response = svc.clone().oneshot(request("GET", "/", "k")).await;
+            admitted += usize::from(response.unwrap().status() == StatusCode::OK);
+        }
+        admitted
+    };
+    let minute = 60 * NS;
+    let end = (T0 * NS / minute + 1) * minute;
+    let (ahead, behind) = (ManualClock::default(), ManualClock::default());
+    ahead.set(end + 1_000);
+    behind.set(end - 1_000);
+    let (ahead_svc, behind_svc) = (on(&ahead), on(&behind));
+
+    // The clock ahead counts 3 in the new minute; the clock behind, still
+    // in the old one, counts there too: 2 more, not a fresh 5.
+    assert_eq!(admitted(ahead_svc.clone(), 3).await, 3);
+    assert_eq!(admitted(behind_svc.clone(), 5).await, 2);
+    // Nothing was overwritten: the new minute stays spent for both.
+    assert_eq!(admitted(ahead_svc.clone(), 5).await, 0);
+    assert_eq!(admitted(behind_svc.clone(), 5).await, 0);
+    // And its end frees it for both.
+    ahead.set(end + minute);
+    behind.set(end + minute);
+    assert_eq!(admitted(ahead_svc, 9).await, 5);
+    assert_eq!(admitted(behind_svc, 1).await, 0);
 }
 
 async fn minute_and_hour_refusals_consume_nothing(algorithm: Algorithm) {

@@ -10,7 +10,7 @@ use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
 use tower_ratelimit::store::redis::RedisStore;
-use tower_ratelimit::store::Store;
+use tower_ratelimit::store::{MemoryStore, Store};
 use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
 
 use crate::support::{header, on_layer_clock, per_key, send, service, SECRET};
@@ -317,6 +317,56 @@ async fn skewed_node_clocks_change_no_decision() {
         send(&nodes[0], "GET", "/", "k").await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+#[tokio::test]
+async fn a_fixed_window_counts_a_node_behind_in_the_window_a_node_ahead_counted_in() {
+    let server = redis_or_skip!();
+    let redis = on_layer_clock(RedisStore::builder(server.url())).await;
+    let memory = MemoryStore::new();
+    // A whole minute, and a period of whole nanoseconds only (the script's
+    // rare path).
+    let periods = [
+        Duration::from_secs(60),
+        Duration::from_nanos(60_000_000_001),
+    ];
+    for (bucket, period) in (1..).zip(periods) {
+        let p = period.as_nanos() as u64;
+        let quota = Quota::new(Window::new(5, period).unwrap()).algorithm(Algorithm::FixedWindow);
+        let check = [Check::new(bucket, &quota)];
+        let end = (T0 * S / p + 1) * p;
+        let (ahead, behind) = (end + 1_000, end - 1_000);
+        // The node ahead counts 3 in the new window; the node behind counts
+        // there too (2 more, not a fresh 5), and overwrites nothing.
+        for (now, n, admitted) in [(ahead, 3, 3), (behind, 5, 2), (ahead, 5, 0), (behind, 5, 0)] {
+            let mut counted = 0;
+            for _ in 0..n {
+                let on_redis = decide(&redis, now, &check).await;
+                let in_memory = match memory.check(now, &check) {
+                    Decided::Ready(outcome) => outcome.unwrap(),
+                    Decided::Pending(_) => unreachable!("the memory store decides at once"),
+                };
+                assert_eq!(
+                    on_redis.windows(),
+                    in_memory.windows(),
+                    "{period:?} at {now}"
+                );
+                assert_eq!(on_redis.admitted(), in_memory.admitted());
+                counted += usize::from(on_redis.admitted());
+            }
+            assert_eq!(counted, admitted, "{period:?}: {n} at {now}");
+        }
+    }
+    // The keys live until the new windows end, not the old ones.
+    let mut client = server.client().await;
+    for key in server.keys().await {
+        let ttl_ms: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        assert!(ttl_ms > 59_000, "{key}: {ttl_ms} ms");
+    }
 }
 
 #[tokio::test]

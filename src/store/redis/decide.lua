@@ -165,6 +165,13 @@ for c = 1, C do
         return Y.to_num(q) % 4294967296, left
       end
 
+      -- The period of a fixed window (its tag 'f<period>='), in ms rounded up.
+      function R.period_ms(tag)
+        local ms, rest = Y.divmod(Y.dec(string.match(tag, '^f(%d+)=')), Y.from_int(1000000))
+        if Y.is_zero(rest) then return Y.to_num(ms) end
+        return Y.to_num(ms) + 1
+      end
+
       -- A GCRA arrival time (ts, tn) charged at `old` ns per request,
       -- expressed at `new` (decimal strings) with the same number of
       -- requests used: the debt (tat - now) scaled by new / old, rounded
@@ -225,7 +232,10 @@ for c = 1, C do
             if e[2] ~= '' then
               alive = e[3] > S or (e[3] == S and e[4] > N)
             else
-              alive = e[3] == R.fixed(e[1])
+              -- As the fixed-window step below reads it.
+              local current = R.fixed(e[1])
+              alive = e[3] == current
+                or (e[4] > 0 and (e[3] - current) % 4294967296 < 1048576)
             end
             if alive then kept = kept .. e[1] .. struct.pack('<dd', e[3], e[4]) end
           end
@@ -307,7 +317,16 @@ for c = 1, C do
         current, left = R.fixed(tag)
       end
       local total = n3
-      if x == current then total = total + y end
+      if x == current then
+        total = total + y
+      elseif y > 0 and (x - current) % 4294967296 < 1048576 then
+        -- Counted in a later window by a clock a little ahead of this one
+        -- (the memory store's `counting_window`): this moment counts there
+        -- too, so that no window's count is overwritten by an earlier one.
+        local ahead = (x - current) % 4294967296
+        left = left + ahead * (n1 > 0 and n1 or R.period_ms(tag))
+        current, total = x, total + y
+      end
       if ok and total <= n2 then
         if W > 2 then
           value = value .. tag .. struct.pack('<dd', current, total)
