@@ -34,9 +34,12 @@ pub(crate) const NANOS: u64 = 1_000_000_000;
 
 /// Where decisions get the time.
 ///
-/// `now` is monotonic (it never goes back) and reads as nanoseconds since the
-/// Unix epoch, so that windows align to wall-clock minutes and
-/// `X-RateLimit-Reset` can be printed without a second clock.
+/// `now` never goes back (on any one thread: readings taken on different
+/// threads, or in different processes sharing a store, may be a little
+/// apart, and the stores count a reading a little behind where the one ahead
+/// counted) and reads as nanoseconds since the Unix epoch, so that windows
+/// align to wall-clock minutes and `X-RateLimit-Reset` can be printed
+/// without a second clock.
 pub trait Clock: Send + Sync + 'static {
     /// The current time, in nanoseconds since the Unix epoch.
     fn now(&self) -> u64;
