@@ -281,6 +281,7 @@
 //! nanosecond.
 
 mod breaker;
+mod builder;
 mod connection;
 mod deny;
 mod failure;
@@ -293,7 +294,8 @@ mod script;
 mod slots;
 mod store;
 
+pub use builder::RedisStoreBuilder;
 pub use failure_policy::FailurePolicy;
 #[doc(hidden)]
 pub use store::PendingDecision;
-pub use store::{RedisStore, RedisStoreBuilder};
+pub use store::RedisStore;
