@@ -272,6 +272,40 @@ async fn fixed_window_counts_a_clock_behind_in_the_window_a_clock_ahead_counted_
     assert_eq!(admitted(behind_svc, 1).await, 0);
 }
 
+#[tokio::test]
+async fn a_sweep_on_a_clock_ahead_keeps_the_window_a_clock_behind_still_counts_in() {
+    let store = Arc::new(MemoryStore::new());
+    let policy = single(Quota::new(Window::per_minute(5)).algorithm(Algorithm::FixedWindow));
+    let behind = ManualClock::default();
+    let layer = RateLimitLayer::with_shared_store(policy, Arc::clone(&store)).clock(behind.clone());
+    let svc: Svc = BoxCloneService::new(layer.layer(service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::from("ok")))
+    })));
+    let admitted = |n: usize| {
+        let svc = svc.clone();
+        async move {
+            let mut admitted = 0;
+            for _ in 0..n {
+                let response = svc.clone().oneshot(request("GET", "/", "k")).await;
+                admitted += usize::from(response.unwrap().status() == StatusCode::OK);
+            }
+            admitted
+        }
+    };
+    let minute = 60 * NS;
+    let end = (T0 * NS / minute + 1) * minute;
+    behind.set(end - 1_000);
+    assert_eq!(admitted(9).await, 5);
+    // Another thread, its clock two microseconds ahead, sweeps the shard:
+    // the minute's count stays for the clock that still reads it as now.
+    store.sweep(end + 1_000);
+    assert_eq!(store.len(), 1);
+    assert_eq!(admitted(5).await, 0);
+    // A second after the minute ended, it is gone.
+    store.sweep(end + NS);
+    assert_eq!(store.len(), 0);
+}
+
 async fn minute_and_hour_refusals_consume_nothing(algorithm: Algorithm) {
     // Start on an hour boundary so that fixed windows are easy to follow.
     let start = (T0 / 3600 + 1) * 3600;

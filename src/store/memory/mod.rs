@@ -37,8 +37,11 @@ use crate::shard::Padded;
 /// return the store ([`MemoryStore::shards`], [`MemoryStore::sweep_interval`],
 /// [`MemoryStore::max_banned_keys`]); each returns a fresh, empty store.
 ///
-/// **Idle keys** are dropped once their state equals a fresh key's, so
-/// dropping them loses nothing: every shard sweeps itself when a decision
+/// **Idle keys** are dropped a second after their state equals a fresh
+/// key's, so dropping them loses nothing (the second is for a request whose
+/// clock reads a little behind the sweep's, on another thread: it still
+/// finds the count of the window it reads as current): every shard sweeps
+/// itself when a decision
 /// touches it and its sweep interval (default 5 s) has passed, and gives
 /// memory back to the allocator when its tables become sparse.
 /// [`MemoryStore::sweep`] sweeps every shard at once.
@@ -349,8 +352,9 @@ impl MemoryStore {
         }
     }
 
-    /// Drops every entry that equals a fresh key's at `now` (nanoseconds since
-    /// the Unix epoch, on the layer's clock) and returns spare memory.
+    /// Drops every entry that has equalled a fresh key's for a second at
+    /// `now` (nanoseconds since the Unix epoch, on the layer's clock) and
+    /// returns spare memory.
     pub fn sweep(&self, now: u64) {
         for shard in self.shards.iter() {
             let mut shard = shard.0.lock();

@@ -10,6 +10,12 @@ use crate::store::algorithm::{carry_over, expires_at};
 use crate::store::overflow::Overflow;
 use crate::store::protocol::Check;
 
+/// How long a state is kept after it equals a fresh key's (ns): a reading
+/// taken a little before the sweep's (another thread's clock, a thread
+/// held up between reading the clock and taking the shard's lock) must
+/// still find the count of the window it reads as current.
+const GRACE: u64 = 1_000_000_000;
+
 /// The GCRA rates of `quota`: each window's period and interval (ns).
 fn gcra_rates(quota: &Quota) -> Box<[(u64, u64)]> {
     if quota.algorithm_kind() != Algorithm::Gcra {
@@ -104,7 +110,7 @@ pub(super) struct Shard {
     pub(super) entries: usize,
     pub(super) next_sweep: u64,
     /// Until when a sweep cannot free anything: the earliest expiry found by
-    /// the last sweep, lowered by every entry added since.
+    /// the last sweep, lowered by every entry added since, plus [`GRACE`].
     pub(super) full_until: u64,
     /// The entries at the last sweep: what the tracked-keys gauge has of
     /// the shard.
@@ -245,9 +251,8 @@ impl Shard {
             // A new entry may expire before every other one: `full_until`
             // stays the earliest expiry (or earlier), so that a refusal at
             // the cap never promises room later than it comes.
-            self.full_until = self
-                .full_until
-                .min(expires_at(algorithm, period_ns, state, now));
+            let expires = expires_at(algorithm, period_ns, state, now);
+            self.full_until = self.full_until.min(expires.saturating_add(GRACE));
         }
     }
 
@@ -269,20 +274,24 @@ impl Shard {
             .charge(algorithm, period_ns, bucket, state, now);
     }
 
+    /// Drops what has been a fresh key's state for [`GRACE`] at `now`.
     pub(super) fn sweep(&mut self, now: u64) {
         let mut earliest = u64::MAX;
+        // Fresh since before `horizon`: a reading a little behind `now`
+        // (another thread's clock) sees it fresh too.
+        let horizon = now.saturating_sub(GRACE);
         for table in &mut self.tables {
-            let fresh = |o: &Overflow| o.expires_at(table.algorithm, table.period_ns, now) <= now;
+            let (algorithm, period) = (table.algorithm, table.period_ns);
+            let fresh = |o: &Overflow| o.expires_at(algorithm, period, horizon) <= horizon;
             if table.overflow.as_deref().is_some_and(fresh) {
                 table.overflow = None;
             }
-            let (algorithm, period) = (table.algorithm, table.period_ns);
             table.map.retain(|&mut (_, state)| {
-                let expires = expires_at(algorithm, period, state, now);
-                if expires > now {
-                    earliest = earliest.min(expires);
+                let expires = expires_at(algorithm, period, state, horizon);
+                if expires > horizon {
+                    earliest = earliest.min(expires.saturating_add(GRACE));
                 }
-                expires > now
+                expires > horizon
             });
             if sparse(table.map.len(), table.map.capacity()) {
                 table.map.shrink_to(table.map.len() * 2, |e| e.0);
