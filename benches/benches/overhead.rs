@@ -133,9 +133,12 @@ where
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let mut work = make(t);
                 let start = &start;
                 scope.spawn(move || {
+                    // Made on its own thread, from its own allocator arena:
+                    // its state (written on every request) shares no cache
+                    // line with the other thread's.
+                    let mut work = make(t);
                     start.wait();
                     let began = Instant::now();
                     for _ in 0..share {
