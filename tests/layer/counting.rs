@@ -39,15 +39,25 @@ impl Harness {
     }
 
     fn at(policy: Policy, clock: ManualClock) -> Self {
+        Self::with_layer(RateLimitLayer::new(policy), clock)
+    }
+
+    /// On `store`, which other harnesses (threads, processes) may share.
+    fn on_store(policy: Policy, store: &Arc<MemoryStore>, clock: ManualClock) -> Self {
+        Self::with_layer(
+            RateLimitLayer::with_shared_store(policy, Arc::clone(store)),
+            clock,
+        )
+    }
+
+    fn with_layer(layer: RateLimitLayer, clock: ManualClock) -> Self {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&calls);
         let inner = service_fn(move |_req: Request<String>| {
             counter.fetch_add(1, Ordering::SeqCst);
             async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
         });
-        let layer = RateLimitLayer::new(policy)
-            .decision_extensions(true)
-            .clock(clock.clone());
+        let layer = layer.decision_extensions(true).clock(clock.clone());
         Harness {
             clock,
             svc: BoxCloneService::new(layer.layer(inner)),
@@ -230,77 +240,50 @@ async fn fixed_window_allows_a_double_burst_across_a_boundary_but_never_more_per
     assert_eq!(h.admitted(15, "GET", "/", "k").await, 10);
 }
 
+/// Five a minute in fixed windows.
+fn five_a_minute() -> Policy {
+    single(Quota::new(Window::per_minute(5)).algorithm(Algorithm::FixedWindow))
+}
+
 #[tokio::test]
 async fn fixed_window_counts_a_clock_behind_in_the_window_a_clock_ahead_counted_in() {
     // Two layers share one store, as threads of a process or processes on
     // one store do, with clocks two microseconds apart across a minute's end.
     let store = Arc::new(MemoryStore::new());
-    let on = |clock: &ManualClock| -> Svc {
-        let policy = single(Quota::new(Window::per_minute(5)).algorithm(Algorithm::FixedWindow));
-        let layer = RateLimitLayer::with_shared_store(policy, Arc::clone(&store));
-        let inner = service_fn(|_req: Request<String>| async {
-            Ok::<_, Infallible>(Response::new(String::from("ok")))
-        });
-        BoxCloneService::new(layer.clock(clock.clone()).layer(inner))
-    };
-    let admitted = |svc: Svc, n: usize| async move {
-        let mut admitted = 0;
-        for _ in 0..n {
-            let response = svc.clone().oneshot(request("GET", "/", "k")).await;
-            admitted += usize::from(response.unwrap().status() == StatusCode::OK);
-        }
-        admitted
-    };
+    let ahead = Harness::on_store(five_a_minute(), &store, ManualClock::default());
+    let behind = Harness::on_store(five_a_minute(), &store, ManualClock::default());
     let minute = 60 * NS;
     let end = (T0 * NS / minute + 1) * minute;
-    let (ahead, behind) = (ManualClock::default(), ManualClock::default());
-    ahead.set(end + 1_000);
-    behind.set(end - 1_000);
-    let (ahead_svc, behind_svc) = (on(&ahead), on(&behind));
+    ahead.clock.set(end + 1_000);
+    behind.clock.set(end - 1_000);
 
     // The clock ahead counts 3 in the new minute; the clock behind, still
     // in the old one, counts there too: 2 more, not a fresh 5.
-    assert_eq!(admitted(ahead_svc.clone(), 3).await, 3);
-    assert_eq!(admitted(behind_svc.clone(), 5).await, 2);
+    assert_eq!(ahead.admitted(3, "GET", "/", "k").await, 3);
+    assert_eq!(behind.admitted(5, "GET", "/", "k").await, 2);
     // Nothing was overwritten: the new minute stays spent for both.
-    assert_eq!(admitted(ahead_svc.clone(), 5).await, 0);
-    assert_eq!(admitted(behind_svc.clone(), 5).await, 0);
+    assert_eq!(ahead.admitted(5, "GET", "/", "k").await, 0);
+    assert_eq!(behind.admitted(5, "GET", "/", "k").await, 0);
     // And its end frees it for both.
-    ahead.set(end + minute);
-    behind.set(end + minute);
-    assert_eq!(admitted(ahead_svc, 9).await, 5);
-    assert_eq!(admitted(behind_svc, 1).await, 0);
+    ahead.clock.set(end + minute);
+    behind.clock.set(end + minute);
+    assert_eq!(ahead.admitted(9, "GET", "/", "k").await, 5);
+    assert_eq!(behind.admitted(1, "GET", "/", "k").await, 0);
 }
 
 #[tokio::test]
 async fn a_sweep_on_a_clock_ahead_keeps_the_window_a_clock_behind_still_counts_in() {
     let store = Arc::new(MemoryStore::new());
-    let policy = single(Quota::new(Window::per_minute(5)).algorithm(Algorithm::FixedWindow));
-    let behind = ManualClock::default();
-    let layer = RateLimitLayer::with_shared_store(policy, Arc::clone(&store)).clock(behind.clone());
-    let svc: Svc = BoxCloneService::new(layer.layer(service_fn(|_req: Request<String>| async {
-        Ok::<_, Infallible>(Response::new(String::from("ok")))
-    })));
-    let admitted = |n: usize| {
-        let svc = svc.clone();
-        async move {
-            let mut admitted = 0;
-            for _ in 0..n {
-                let response = svc.clone().oneshot(request("GET", "/", "k")).await;
-                admitted += usize::from(response.unwrap().status() == StatusCode::OK);
-            }
-            admitted
-        }
-    };
+    let behind = Harness::on_store(five_a_minute(), &store, ManualClock::default());
     let minute = 60 * NS;
     let end = (T0 * NS / minute + 1) * minute;
-    behind.set(end - 1_000);
-    assert_eq!(admitted(9).await, 5);
+    behind.clock.set(end - 1_000);
+    assert_eq!(behind.admitted(9, "GET", "/", "k").await, 5);
     // Another thread, its clock two microseconds ahead, sweeps the shard:
     // the minute's count stays for the clock that still reads it as now.
     store.sweep(end + 1_000);
     assert_eq!(store.len(), 1);
-    assert_eq!(admitted(5).await, 0);
+    assert_eq!(behind.admitted(5, "GET", "/", "k").await, 0);
     // A second after the minute ended, it is gone.
     store.sweep(end + NS);
     assert_eq!(store.len(), 0);
