@@ -52,12 +52,17 @@ impl Large {
         self.last[role].1.clone()
     }
 
-    /// Makes `n` the last value of `role`.
+    /// Makes `n` the last value of `role`. A remaining count rarely
+    /// repeats once its key has moved on, so it is not put in the table.
     #[cold]
     #[inline(never)]
     fn refill(&mut self, role: usize, n: u64) {
-        let make = if role == LIMIT { limit } else { shared };
-        self.last[role] = (n, cached(&mut self.table, n, make));
+        let value = match role {
+            LIMIT => cached(&mut self.table, n, limit),
+            REMAINING => shared(n),
+            _ => cached(&mut self.table, n, shared),
+        };
+        self.last[role] = (n, value);
     }
 }
 
@@ -75,6 +80,8 @@ const ZERO: (u64, HeaderValue) = (0, HeaderValue::from_static("0"));
 
 /// The trio's role of a limit.
 const LIMIT: usize = 0;
+/// The trio's role of a remaining count.
+const REMAINING: usize = 1;
 
 /// The most large limits made once per process.
 const INTERNED: usize = 1_024;
