@@ -61,14 +61,15 @@ pub(super) fn plan<'p, St: Store, B>(
         let view = RequestView::new(request, Some(captures));
         // Read where the extractor put it: a key is some 50 bytes with
         // one-byte tags, slow to copy right after it was written.
-        let extracted = extract_key(limit, &view, policy.max_key_len);
-        let key = match extracted {
-            Ok(ref key) => key,
-            Err(error) if limit.skip_missing_key && error.kind() == KeyErrorKind::Missing => {
-                tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
-                continue;
-            }
-            Err(error) => {
+        let extracted = limit.key.extract(&view);
+        let key = match &extracted {
+            Ok(key) if (1..=policy.max_key_len).contains(&key.len()) => key,
+            _ => {
+                let error = key_error(limit, extracted, policy.max_key_len);
+                if limit.skip_missing_key && error.kind() == KeyErrorKind::Missing {
+                    tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
+                    continue;
+                }
                 shared.metrics.count(li, Verdict::KeyRejected);
                 if let Some(hook) = &shared.on_event {
                     (hook.0)(&Event {
@@ -157,25 +158,23 @@ pub(super) fn plan<'p, St: Store, B>(
     }
 }
 
-/// The request's key for `limit`, checked against the length cap.
-#[inline]
-fn extract_key<'a>(
+/// Why `extracted`, the request's key for `limit`, is not usable: no key,
+/// an empty one, or one longer than `max_len`.
+#[cold]
+#[inline(never)]
+fn key_error(
     limit: &CompiledLimit,
-    view: &RequestView<'a>,
+    extracted: Result<Key<'_>, KeyError>,
     max_len: usize,
-) -> Result<Key<'a>, KeyError> {
-    let extracted = limit.key.extract(view);
-    let kind = match &extracted {
-        Ok(key) => match key.len() {
-            0 => KeyErrorKind::Empty,
-            len if len > max_len => KeyErrorKind::TooLong,
-            _ => return extracted,
-        },
-        Err(_) => return extracted,
+) -> KeyError {
+    let kind = match extracted {
+        Err(error) => return error,
+        Ok(key) if key.len() == 0 => KeyErrorKind::Empty,
+        Ok(_) => KeyErrorKind::TooLong,
     };
     let error = KeyError::new(kind, limit.key.describe().into_owned());
-    Err(match kind {
+    match kind {
         KeyErrorKind::TooLong => error.with_detail(format!("The limit is {max_len} bytes.")),
         _ => error,
-    })
+    }
 }
