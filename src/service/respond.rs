@@ -160,7 +160,15 @@ where
     }
     metrics::admitted(shared, applied, outcome);
     metrics::near_limit_decided(shared, &decision);
-    let headers = headers_for(shared, &decision, counted);
+    let headers = if policy.headers.has_ietf() {
+        headers_for(shared, &decision, counted)
+    } else {
+        // Admitted: the trio alone, of the reported window.
+        let reported = decision.reported().map(Reported::from);
+        reported.map_or_else(PendingHeaders::default, |r| {
+            PendingHeaders::x_only(policy.headers, r)
+        })
+    };
     let slots = slots(&mut applied.held);
     respond(shared, decision, headers, request, inner, slots)
 }
