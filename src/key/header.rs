@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use http::header::{HeaderName, AUTHORIZATION};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 use super::{Key, KeyError, KeyErrorKind, KeyExtractor, RequestView};
 use crate::error::ConfigError;
@@ -155,14 +155,13 @@ fn single_value<'a>(
     source: &str,
     commas: Commas,
 ) -> Result<(&'a [u8], bool), KeyError> {
-    let mut lines = headers.get_all(name).iter();
-    let Some(line) = lines.next() else {
+    let Some((line, more)) = first_line(headers, name) else {
         return Err(KeyError::new(KeyErrorKind::Missing, source.to_owned()));
     };
     // The common case: one line, one element, read once for both commas
     // and non-ASCII bytes.
     let bytes = line.as_bytes();
-    if lines.next().is_none() {
+    if !more {
         let (comma, ascii) = scan(bytes);
         if commas == Commas::InKey || !comma {
             return Ok((trim_spaces(bytes), ascii));
@@ -180,6 +179,23 @@ fn single_value<'a>(
         return Err(KeyError::new(KeyErrorKind::Conflicting, source.to_owned()));
     }
     Ok((first, false))
+}
+
+/// The most header lines read one by one rather than looked up by name:
+/// comparing a few names is quicker than hashing one.
+const SCANNED: usize = 8;
+
+/// The first line of header `name`, and whether there is another.
+#[inline]
+fn first_line<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<(&'a HeaderValue, bool)> {
+    if headers.len() <= SCANNED {
+        let mut lines = headers.iter().filter(|(n, _)| *n == name);
+        let (_, first) = lines.next()?;
+        return Some((first, lines.next().is_some()));
+    }
+    let mut lines = headers.get_all(name).iter();
+    let first = lines.next()?;
+    Some((first, lines.next().is_some()))
 }
 
 /// Whether `bytes` hold a comma, and whether they are all ASCII: one pass,

@@ -169,7 +169,7 @@ fn key_error(
 ) -> KeyError {
     let kind = match extracted {
         Err(error) => return error,
-        Ok(key) if key.len() == 0 => KeyErrorKind::Empty,
+        Ok(key) if key.is_empty() => KeyErrorKind::Empty,
         Ok(_) => KeyErrorKind::TooLong,
     };
     let error = KeyError::new(kind, limit.key.describe().into_owned());

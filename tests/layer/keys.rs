@@ -345,6 +345,47 @@ mod bad_keys {
         );
     }
 
+    /// A request with `pad` other headers, then `lines` of `X-API-Key`
+    /// with other headers between them.
+    fn among_others(pad: usize, lines: &[&str]) -> Request<String> {
+        let mut request = get("/v1/calls");
+        for i in 0..pad {
+            request = request.header(format!("x-pad-{i}"), "v");
+        }
+        for (i, line) in lines.iter().enumerate() {
+            request = request
+                .header("x-api-key", *line)
+                .header(format!("x-between-{i}"), "v");
+        }
+        request.body(String::new()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn key_lines_are_read_alike_among_few_or_many_other_headers() {
+        // A few header lines are read one by one, many are looked up by
+        // name: both find the one key, and both see a second line.
+        for pad in [0, 3, 20] {
+            let h = Harness::one_limit(Limit::new("per_key", api_key()).quota(per_minute(2)));
+            let reply = h.send(among_others(pad, &["k_1"])).await;
+            assert_eq!(reply.status, StatusCode::OK, "{pad} other headers");
+            assert_eq!(reply.header("x-ratelimit-remaining"), "1");
+            let reply = h.send(among_others(pad, &["k_1", "k_1"])).await;
+            assert_eq!(reply.header("x-ratelimit-remaining"), "0");
+            let missing = h.send(among_others(pad, &[])).await;
+            assert_key_error(&missing, KeyErrorKind::Missing, "X-API-Key header");
+
+            let h = guarded(Limit::new("per_key", api_key()).quota(per_minute(10)));
+            rejects_uncounted(
+                &h,
+                among_others(pad, &["k_2", "k_attacker"]),
+                KeyErrorKind::Conflicting,
+                "X-API-Key header",
+                among_others(pad, &["k_2"]),
+            )
+            .await;
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn basic_authorization_is_401_malformed_key_for_a_bearer_limit() {
         let h = guarded(Limit::new("per_token", Header::bearer()).quota(per_minute(10)));
