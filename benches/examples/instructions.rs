@@ -19,6 +19,7 @@ use tower_ratelimit::RateLimitLayer;
 
 use support::{api_keys, bare, governor_layer, layer, policy, request, send, Cycle};
 
+#[inline(never)]
 fn run<S, B>(mut service: S, n: usize)
 where
     S: Service<Request<()>, Response = http::Response<B>, Error = std::convert::Infallible>,
