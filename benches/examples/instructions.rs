@@ -1,10 +1,11 @@
 //! Run: `cargo build --release -p tower-ratelimit-benches --example instructions`, then
-//! `valgrind --tool=callgrind target/release/examples/instructions ratelimit 20000`
+//! `valgrind --tool=callgrind --toggle-collect='instructions::run*' target/release/examples/instructions ratelimit 20000`
 //! (or `defaults`, `governor`, `bare`): sends that many requests (`GET /v1/calls/c_42`,
 //! 100 API keys, the overhead bench's two-window policy) through one stack,
 //! polled in place, so instruction counts of the stacks can be compared
 //! (the same stacks as the `overhead` bench's `ratelimit_2w` and
-//! `tower_governor`).
+//! `tower_governor`). `--toggle-collect` counts `run` alone: the requests,
+//! not the stack's construction (nor the clock's calibration).
 //! Subtract `bare` from the others for what each layer adds per request.
 
 #[path = "../benches/support/mod.rs"]
