@@ -188,14 +188,17 @@ const SCANNED: usize = 8;
 /// The first line of header `name`, and whether there is another.
 #[inline]
 fn first_line<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<(&'a HeaderValue, bool)> {
-    if headers.len() <= SCANNED {
-        let mut lines = headers.iter().filter(|(n, _)| *n == name);
-        let (_, first) = lines.next()?;
-        return Some((first, lines.next().is_some()));
+    fn first_of<'a>(
+        mut lines: impl Iterator<Item = &'a HeaderValue>,
+    ) -> Option<(&'a HeaderValue, bool)> {
+        let first = lines.next()?;
+        Some((first, lines.next().is_some()))
     }
-    let mut lines = headers.get_all(name).iter();
-    let first = lines.next()?;
-    Some((first, lines.next().is_some()))
+    if headers.len() <= SCANNED {
+        first_of(headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v))
+    } else {
+        first_of(headers.get_all(name).iter())
+    }
 }
 
 /// Whether `bytes` hold a comma, and whether they are all ASCII: one pass,
