@@ -119,6 +119,20 @@ impl PendingHeaders {
         }
     }
 
+    /// The headers for `decision` in a `style` without IETF fields: the
+    /// trio of its reported window and `Retry-After`.
+    #[inline]
+    pub(crate) fn without_ietf(style: HeaderStyle, decision: &Decision) -> Self {
+        debug_assert!(!style.has_ietf());
+        PendingHeaders {
+            x: matches!(style, HeaderStyle::XRateLimit)
+                .then(|| decision.reported().map(Reported::from))
+                .flatten(),
+            ietf: None,
+            retry_after: decision.retry_after(),
+        }
+    }
+
     /// Only the `X-RateLimit-*` trio, for an admitted request whose decision
     /// is not built.
     pub(crate) fn x_only(style: HeaderStyle, reported: Reported) -> Self {

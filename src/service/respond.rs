@@ -52,12 +52,17 @@ impl Counted<'_> {
 
 /// The headers for `decision`, whose windows are those of `counted` (if
 /// the store decided it) followed by in-flight caps.
+#[inline]
 fn headers_for<St>(
     shared: &Shared<St>,
     decision: &Decision,
     counted: Option<Counted<'_>>,
 ) -> PendingHeaders {
     let policy = &shared.policy;
+    if !policy.inner.headers.has_ietf() {
+        // Nothing reads the windows' own standing.
+        return PendingHeaders::without_ietf(policy.inner.headers, decision);
+    }
     // A ban's decision reports the banning window alone, not the store's.
     let counted = counted.filter(|_| decision.refusal() != Some(RefusalReason::Banned));
     PendingHeaders::for_decision(
@@ -160,15 +165,7 @@ where
     }
     metrics::admitted(shared, applied, outcome);
     metrics::near_limit_decided(shared, &decision);
-    let headers = if policy.headers.has_ietf() {
-        headers_for(shared, &decision, counted)
-    } else {
-        // Admitted: the trio alone, of the reported window.
-        let reported = decision.reported().map(Reported::from);
-        reported.map_or_else(PendingHeaders::default, |r| {
-            PendingHeaders::x_only(policy.headers, r)
-        })
-    };
+    let headers = headers_for(shared, &decision, counted);
     let slots = slots(&mut applied.held);
     respond(shared, decision, headers, request, inner, slots)
 }
