@@ -128,9 +128,10 @@ fn counting_window(state: u64, current: u64) -> Option<u64> {
 #[inline]
 fn fixed_window(window: &Window, state: u64, now: u64, cost: u32) -> Step {
     let p = window.period_ns();
-    let (current, used) = match counting_window(state, now / p) {
-        Some(ahead) => (now / p + ahead, state as u32),
-        None => (now / p, 0),
+    let reading = now / p;
+    let (current, used) = match counting_window(state, reading) {
+        Some(ahead) => (reading + ahead, state as u32),
+        None => (reading, 0),
     };
     let index = current as u32;
     let reset_after = (current + 1) * p - now;
