@@ -120,21 +120,25 @@
 //!
 //! # How the crate is built
 //!
-//! The modules stand in floors, and each imports only from the floors below
-//! it (nothing imports back up, and no two modules import each other):
+//! The modules stand in floors, top to bottom, and each imports only from
+//! the floors below it: nothing imports back up, and no two modules import
+//! each other (`tests/module_floors.rs` holds the code to this table).
 //!
 //! ```text
-//! admin     the operators' HTTP API (feature admin): peek, reset and override keys
-//! client    the outbound half (feature client): retry policy, pacer, sender pool, waves
-//! layer     RateLimitLayer: a policy, a store and a clock, shared by the services it builds;  reload
-//! service   RateLimit::call = plan (routes, keys) -> decide (slots, store) -> respond
-//! report    a store's outcome as the Decision and header values;  file: policy files (toml)
-//! store     Store; MemoryStore (and its overflow sketch); RedisStore
-//! policy    Policy, Limit, Quota, Window, plans, overrides, exemptions
-//! response  refusal bodies and their presets, key errors;  event;  future
-//! key       extractors, Key, KeySecret (the keyed hash);  headers;  body
-//! route     methods and path patterns;  decision;  the inflight and penalty engines
-//! ground    error, clock, reporting settings, header values, shards
+//! admin                               the operators' HTTP API (feature admin)
+//! layer                               RateLimitLayer: a policy, a store and a clock
+//! reload, client                      hot reload; the outbound half (feature client)
+//! service                             RateLimit::call = plan (routes, keys) -> decide (slots, store) -> respond
+//! future                              the response future: the inner service's response, with headers
+//! headers                             the rate-limit headers of a decision
+//! report, file                        a store's outcome as the Decision; policy files (feature toml)
+//! store                               Store and its protocol; MemoryStore; RedisStore (feature redis)
+//! policy                              Policy, Limit, Quota, Window, plans, overrides, exemptions
+//! response, event                     refusal bodies and their presets, key errors; events
+//! key, body                           extractors, Key, KeySecret (the keyed hash); the response body
+//! route, decision, inflight, penalty  path patterns; the Decision; the in-flight and penalty engines
+//! error, clock, reporting, shard,     errors, the clock, reporting settings, shards,
+//! header_value                        numbers as header values
 //! ```
 //!
 //! The engines (the in-flight limiter, the penalty box, route matching) are

@@ -1,10 +1,10 @@
 //! Run: `cargo build --release -p tower-ratelimit-benches --example instructions`, then
 //! `valgrind --tool=callgrind --toggle-collect='instructions::run*' target/release/examples/instructions ratelimit 20000`
-//! (or `defaults`, `governor`, `bare`): sends that many requests (`GET /v1/calls/c_42`,
-//! 100 API keys, the overhead bench's two-window policy) through one stack,
-//! polled in place, so instruction counts of the stacks can be compared
-//! (the same stacks as the `overhead` bench's `ratelimit_2w` and
-//! `tower_governor`). `--toggle-collect` counts `run` alone: the requests,
+//! (or `ratelimit1`, `defaults`, `governor`, `bare`): sends that many requests
+//! (`GET /v1/calls/c_42`, 100 API keys, the overhead bench's policy) through
+//! one stack, polled in place, so instruction counts of the stacks can be
+//! compared (the same stacks as the `overhead` bench's `ratelimit_2w`,
+//! `ratelimit_1w`, `ratelimit_defaults` and `tower_governor`). `--toggle-collect` counts `run` alone: the requests,
 //! not the stack's construction (nor the clock's calibration).
 //! Subtract `bare` from the others for what each layer adds per request.
 
@@ -38,10 +38,12 @@ fn main() {
     match stack.as_str() {
         "bare" => run(bare(), n),
         "ratelimit" => run(layer(2).layer(bare()), n),
+        // One window: the work tower_governor does.
+        "ratelimit1" => run(layer(1).layer(bare()), n),
         // The crate's defaults: the decision in the request's and the
         // response's extensions.
         "defaults" => run(RateLimitLayer::new(policy(2)).layer(bare()), n),
         "governor" => run(governor_layer().layer(bare()), n),
-        other => panic!("unknown stack {other}: bare, ratelimit, defaults or governor"),
+        other => panic!("unknown stack {other}: bare, ratelimit, ratelimit1, defaults or governor"),
     }
 }

@@ -160,13 +160,16 @@ impl fmt::Display for Busy {
 
 impl std::error::Error for Busy {}
 
+/// A slot on its way: resolves to a [`Permit`] or to [`Busy`].
+pub type SlotFuture = Pin<Box<dyn Future<Output = Result<Permit, Busy>> + Send + 'static>>;
+
 /// One slot of a key, held until this is dropped.
 ///
 /// Dropping it (on any thread) frees the slot, or hands it straight to the
 /// key's longest-waiting request. It cannot be cloned: one permit, one slot.
 ///
 /// A store that shares slots between processes (see
-/// [`SharedSlots`](super::SharedSlots)) makes its permits with
+/// [`SharedSlots`](crate::store::protocol::SharedSlots)) makes its permits with
 /// [`Permit::shared`], which runs the store's own release when dropped.
 pub struct Permit {
     key: u64,

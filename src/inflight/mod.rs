@@ -3,14 +3,12 @@
 //!
 //! The engine is [`limiter`]: a sharded, per-key count of the slots in use
 //! with a first-come-first-served line for requests that may wait. A store
-//! shared by several processes may keep the slots instead ([`shared`]), so
-//! that every process counts each key's slots together; the layer then asks
-//! it rather than its own limiter (the glue is the service's `in_flight`
-//! step).
+//! shared by several processes may keep the slots instead (it implements
+//! [`SharedSlots`](crate::store::protocol::SharedSlots)), so that every
+//! process counts each key's slots together; the layer then asks it rather
+//! than its own limiter (the glue is the service's `in_flight` step).
 
 mod limiter;
-mod shared;
 
 pub(crate) use limiter::ConcurrencyLimiter;
-pub use limiter::{Busy, Mode, Permit};
-pub use shared::{SharedSlots, SlotFuture};
+pub use limiter::{Busy, Mode, Permit, SlotFuture};

@@ -49,9 +49,7 @@
 //! ```
 
 mod bans;
-mod enforce;
 mod rule;
 
 pub(crate) use bans::PenaltyBox;
-pub(crate) use enforce::{ban_in_force, count_refusal};
 pub use rule::Penalty;

@@ -37,6 +37,7 @@ pub mod protocol;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod shared_slots;
 
 use std::future::Future;
 

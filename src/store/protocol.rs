@@ -29,8 +29,9 @@ pub use super::outcome::{Ban, Outcome, WindowStatus};
 pub use super::peeked::{Answer, Peeked};
 #[cfg(feature = "redis")]
 pub use super::redis::PendingDecision;
+pub use super::shared_slots::SharedSlots;
 pub use super::StoreError;
-pub use crate::inflight::{Busy, Mode, Permit, SharedSlots, SlotFuture};
+pub use crate::inflight::{Busy, Mode, Permit, SlotFuture};
 
 use crate::penalty::Penalty;
 use crate::policy::Quota;

@@ -1,9 +1,11 @@
 //! The in-memory store: sharded hash tables of one `u64` per key and window.
 //!
 //! The store and its settings here; how a request is decided in
-//! [`decide`]; a shard's tables of states in [`shard`].
+//! [`decide`]; a shard's tables of states in [`shard`]; its penalties'
+//! bans and counted refusals in [`penalties`].
 
 mod decide;
+mod penalties;
 mod shard;
 
 use std::future::Pending;
@@ -11,11 +13,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
+use self::penalties::{ban_in_force, count_refusal};
 use self::shard::Shard;
 use super::algorithm::step;
 use super::protocol::{Answer, Ban, Check, Decided, Outcome, Peeked};
 use super::{Store, StoreError};
-use crate::penalty::{ban_in_force, count_refusal, PenaltyBox};
+use crate::penalty::PenaltyBox;
 use crate::shard::Padded;
 
 /// Counts kept in this process's memory.

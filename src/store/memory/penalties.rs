@@ -1,8 +1,9 @@
-//! Penalties in a store that keeps them in this process: a ban in force
-//! refuses before any window is looked at, and a refusal counts towards the
-//! penalties of the checks that refused (see [`Store`](crate::store::Store)).
+//! The memory store's penalties, kept in this process's penalty box: a ban
+//! in force refuses before any window is looked at, and a refusal counts
+//! towards the penalties of the checks that refused (see
+//! [`Store`](crate::store::Store)).
 
-use super::{Penalty, PenaltyBox};
+use crate::penalty::{Penalty, PenaltyBox};
 use crate::store::protocol::{Check, Outcome};
 
 /// The enforced checks that have a penalty, with their index.
