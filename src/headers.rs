@@ -7,13 +7,9 @@ use std::fmt::Write as _;
 use http::header::{HeaderName, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue};
 
-use crate::clock::NANOS;
 use crate::decision::{Decision, WindowReport};
 use crate::header_value::{number, quota_policy, trio, Composed};
-use crate::policy::Algorithm;
-use crate::report::Reported;
 use crate::reporting::HeaderStyle;
-use crate::store::protocol::WindowStatus;
 
 /// `X-RateLimit-Limit`.
 pub(crate) const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -27,6 +23,24 @@ pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// `RateLimit-Policy` (IETF drafts).
 pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
+/// The values the single-window headers (`X-RateLimit-*`) report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reported {
+    pub(crate) limit: u32,
+    pub(crate) remaining: u32,
+    pub(crate) reset: u64,
+}
+
+impl From<&WindowReport> for Reported {
+    fn from(w: &WindowReport) -> Self {
+        Reported {
+            limit: w.limit,
+            remaining: w.remaining,
+            reset: w.reset,
+        }
+    }
+}
+
 /// What a `RateLimit` item says of one window: `r`, and `t` unless no more
 /// quota is to come (see [`HeaderStyle::Ietf`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,31 +50,12 @@ pub(crate) struct Standing {
 }
 
 impl Standing {
-    /// A counted window, from the store's status of it: counted by
-    /// `algorithm` over `period_ns`.
-    pub(crate) fn of_status(w: &WindowStatus, algorithm: Algorithm, period_ns: u64) -> Self {
-        if w.retry_after > 0 {
-            // It refused (or, a shadow window, would have): nothing is
-            // usable until it admits the request.
-            return Standing {
-                remaining: 0,
-                more_after: Some(w.retry_after.div_ceil(NANOS)),
-            };
-        }
-        let more_after = match algorithm {
-            _ if w.remaining >= w.limit || w.reset_after == 0 => None,
-            // The state is a debt of one interval per counted request,
-            // `reset_after` in all: the oldest is earned back once the debt
-            // is down to a whole number of intervals.
-            Algorithm::Gcra => {
-                let interval = period_ns.div_ceil(u64::from(w.limit)).max(1);
-                Some((w.reset_after - 1) % interval + 1)
-            }
-            Algorithm::FixedWindow => Some(w.reset_after),
-        };
+    /// `remaining` left, and more in `more_after` seconds (`None`: no more
+    /// is to come).
+    pub(crate) fn new(remaining: u32, more_after: Option<u64>) -> Self {
         Standing {
-            remaining: w.remaining,
-            more_after: more_after.map(|ns| ns.div_ceil(NANOS)),
+            remaining,
+            more_after,
         }
     }
 

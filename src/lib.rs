@@ -129,13 +129,11 @@
 //! layer                               RateLimitLayer: a policy, a store and a clock
 //! reload, client                      hot reload; the outbound half (feature client)
 //! service                             RateLimit::call = plan (routes, keys) -> decide (slots, store) -> respond
-//! future                              the response future: the inner service's response, with headers
-//! headers                             the rate-limit headers of a decision
-//! report, file                        a store's outcome as the Decision; policy files (feature toml)
+//! report, file                        a store's outcome as the Decision and headers; policy files (feature toml)
 //! store                               Store and its protocol; MemoryStore; RedisStore (feature redis)
 //! policy                              Policy, Limit, Quota, Window, plans, overrides, exemptions
-//! response, event                     refusal bodies and their presets, key errors; events
-//! key, body                           extractors, Key, KeySecret (the keyed hash); the response body
+//! response, event, future             refusal bodies and their presets, key errors; events; the response future
+//! key, body, headers                  extractors, Key, KeySecret (the keyed hash); the response body; headers
 //! route, decision, inflight, penalty  path patterns; the Decision; the in-flight and penalty engines
 //! error, clock, reporting, shard,     errors, the clock, reporting settings, shards,
 //! header_value                        numbers as header values

@@ -1,36 +1,42 @@
 //! What the layer reports of each window, built here and nowhere else: a
 //! [`WindowReport`] from a store's status of a counted window, from a quota
 //! (a ban's window, before anything is counted) or from an in-flight cap;
-//! the [`Decision`] that holds them; and the values of the single-window
-//! headers, read from an outcome without building the decision.
+//! the [`Decision`] that holds them; the values of the single-window
+//! headers, read from an outcome without building the decision; and a
+//! counted window's standing for the IETF fields.
 
 use smallvec::SmallVec;
 
 use crate::clock::NANOS;
 use crate::decision::{Basis, Decision, RefusalReason, WindowReport};
-use crate::policy::Quota;
+use crate::headers::{Reported, Standing};
+use crate::policy::{Algorithm, Quota};
 use crate::reporting::ReportedWindow;
 use crate::store::protocol::{Outcome, WindowStatus};
 
 /// Where each window of an outcome belongs in the policy.
 pub(crate) type WindowOrigin = (u16, u16);
 
-/// The values the single-window headers report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Reported {
-    pub(crate) limit: u32,
-    pub(crate) remaining: u32,
-    pub(crate) reset: u64,
-}
-
-impl From<&WindowReport> for Reported {
-    fn from(w: &WindowReport) -> Self {
-        Reported {
-            limit: w.limit,
-            remaining: w.remaining,
-            reset: w.reset,
-        }
+/// What a counted window has, from the store's status of it: counted by
+/// `algorithm` over `period_ns`.
+pub(crate) fn standing(w: &WindowStatus, algorithm: Algorithm, period_ns: u64) -> Standing {
+    if w.retry_after > 0 {
+        // It refused (or, a shadow window, would have): nothing is usable
+        // until it admits the request.
+        return Standing::new(0, Some(w.retry_after.div_ceil(NANOS)));
     }
+    let more_after = match algorithm {
+        _ if w.remaining >= w.limit || w.reset_after == 0 => None,
+        // The state is a debt of one interval per counted request,
+        // `reset_after` in all: the oldest is earned back once the debt is
+        // down to a whole number of intervals.
+        Algorithm::Gcra => {
+            let interval = period_ns.div_ceil(u64::from(w.limit)).max(1);
+            Some((w.reset_after - 1) % interval + 1)
+        }
+        Algorithm::FixedWindow => Some(w.reset_after),
+    };
+    Standing::new(w.remaining, more_after.map(|ns| ns.div_ceil(NANOS)))
 }
 
 /// Why `outcome` refused its request, if it did (a ban's refusal is built

@@ -15,8 +15,8 @@
 
 use super::applied::Applied;
 use super::Shared;
+use crate::headers::Reported;
 use crate::policy::Policy;
-use crate::report::Reported;
 use crate::store::protocol::Outcome;
 
 /// How a limit decided a request, as `ratelimit_decisions_total`'s

@@ -18,11 +18,11 @@ use crate::clock::NANOS;
 use crate::decision::{Decision, RefusalReason};
 use crate::event::EventKind;
 use crate::future::ResponseFuture;
-use crate::headers::{PendingHeaders, Standing};
+use crate::headers::{PendingHeaders, Reported, Standing};
 use crate::inflight::Busy;
 use crate::key::KeyError;
 use crate::policy::PolicyInner;
-use crate::report::{cap_report, Reported};
+use crate::report::{cap_report, standing};
 use crate::response::{self, Produced};
 use crate::store::protocol::Outcome;
 use crate::store::StoreError;
@@ -42,11 +42,7 @@ impl Counted<'_> {
         let status = self.outcome.windows().get(i)?;
         let quota = self.applied.quota(policy, usize::from(status.check));
         let window = quota.windows().get(usize::from(status.window))?;
-        Some(Standing::of_status(
-            status,
-            quota.algorithm_kind(),
-            window.period_ns(),
-        ))
+        Some(standing(status, quota.algorithm_kind(), window.period_ns()))
     }
 }
 
