@@ -190,10 +190,10 @@ impl<St: Store> RateLimitLayer<St> {
     /// Fails if the policy has no limit named `limit`.
     #[cfg(feature = "client")]
     #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
-    pub fn waves(&self, limit: &str) -> Result<crate::client::Waves, crate::ConfigError> {
+    pub fn waves(&self, limit: &str) -> Result<crate::client::Waves, crate::error::ConfigError> {
         if self.current.load().policy.inner.limit(limit).is_none() {
             let message = format!("the policy has no limit named `{limit}`");
-            return Err(crate::ConfigError::invalid("limit", message));
+            return Err(crate::error::ConfigError::invalid("limit", message));
         }
         let slots = LimitSlots {
             current: Arc::clone(&self.current),

@@ -44,10 +44,10 @@ use std::sync::Arc;
 use axum::routing::{get, put};
 use axum::Router;
 
+use crate::layer::RateLimitLayer;
 use crate::policy::Overrides;
 use crate::service::Current;
 use crate::store::Store;
-use crate::RateLimitLayer;
 
 /// The admin API of `layer`: its store, and its policy as it stands at
 /// each request (see the [module documentation](self) for the routes).

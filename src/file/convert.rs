@@ -15,9 +15,10 @@ use crate::key::{CustomKeys, Key, KeyError, KeyExtractor, RequestView};
 use crate::penalty::Penalty;
 use crate::policy::rate_text::{parse_duration, parse_window};
 use crate::policy::{Algorithm, Limit, OwnQuota, Policy, PolicyBuilder, Quota, Tiers, Window};
+use crate::reporting::HeaderStyle;
 use crate::reporting::ReportedWindow;
+use crate::response::RefusalFormat;
 use crate::route::{Methods, PathPattern, Route};
-use crate::{HeaderStyle, RefusalFormat};
 
 /// An invalid-value error at `field`.
 pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::ConfigError;
+use crate::error::ConfigError;
 
 /// When a key is banned and for how long: after `refusals` refusals within
 /// `within`, for `ban`.

@@ -324,7 +324,7 @@ impl Limit {
                 if let Some(capture) = self.key.required_capture() {
                     if !route.matcher.pattern().capture_names().any(|c| c == capture) {
                         return Err(ConfigError::new(
-                            crate::ConfigErrorKind::UnknownName,
+                            crate::error::ConfigErrorKind::UnknownName,
                             format!("routes[{i}].path"),
                             format!(
                                 "the limit is keyed by the path capture `{{{capture}}}`, which `{}` does not have",
