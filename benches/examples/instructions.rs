@@ -1,6 +1,7 @@
 //! Run: `cargo build --release -p tower-ratelimit-benches --example instructions`, then
 //! `valgrind --tool=callgrind --toggle-collect='instructions::run*' target/release/examples/instructions ratelimit 20000`
-//! (or `ratelimit1`, `defaults`, `governor`, `bare`): sends that many requests
+//! (or `ratelimit1`, `defaults`, `governor`, `bare`; `stacked` and
+//! `bare_control` for call control's two limits): sends that many requests
 //! (`GET /v1/calls/c_42`, 100 API keys, the overhead bench's policy) through
 //! one stack, polled in place, so instruction counts of the stacks can be
 //! compared (the same stacks as the `overhead` bench's `ratelimit_2w`,
@@ -13,21 +14,27 @@ mod support;
 
 use std::hint::black_box;
 
-use http::Request;
+use http::{Method, Request};
 use tower::{Layer, Service};
 
 use tower_ratelimit::RateLimitLayer;
 
-use support::{api_keys, bare, governor_layer, layer, policy, request, send, Cycle};
+use support::{api_keys, bare, governor_layer, layer, policy, request, send, to, Cycle};
+
+/// A call-control command: counted by the per-key limit and, stacked, by
+/// the per-call limit (as the `overhead` bench's `ratelimit_2w_stacked`).
+fn control(key: &'static str) -> Request<()> {
+    to(Method::POST, "/v1/calls/c_42/control", key)
+}
 
 #[inline(never)]
-fn run<S, B>(mut service: S, n: usize)
+fn run<S, B>(mut service: S, n: usize, make: fn(&'static str) -> Request<()>)
 where
     S: Service<Request<()>, Response = http::Response<B>, Error = std::convert::Infallible>,
 {
     let mut keys = Cycle::new(api_keys(100, 0));
     for _ in 0..n {
-        black_box(send(&mut service, request(keys.next())));
+        black_box(send(&mut service, make(keys.next())));
     }
 }
 
@@ -36,14 +43,20 @@ fn main() {
     let stack = args.next().unwrap_or_else(|| "ratelimit".into());
     let n = args.next().and_then(|n| n.parse().ok()).unwrap_or(20_000);
     match stack.as_str() {
-        "bare" => run(bare(), n),
-        "ratelimit" => run(layer(2).layer(bare()), n),
+        "bare" => run(bare(), n, request),
+        "ratelimit" => run(layer(2).layer(bare()), n, request),
         // One window: the work tower_governor does.
-        "ratelimit1" => run(layer(1).layer(bare()), n),
+        "ratelimit1" => run(layer(1).layer(bare()), n, request),
         // The crate's defaults: the decision in the request's and the
         // response's extensions.
-        "defaults" => run(RateLimitLayer::new(policy(2)).layer(bare()), n),
-        "governor" => run(governor_layer().layer(bare()), n),
-        other => panic!("unknown stack {other}: bare, ratelimit, ratelimit1, defaults or governor"),
+        "defaults" => run(RateLimitLayer::new(policy(2)).layer(bare()), n, request),
+        "governor" => run(governor_layer().layer(bare()), n, request),
+        // Call control, two limits of two windows each (and its bare
+        // service, to subtract).
+        "stacked" => run(layer(2).layer(bare()), n, control),
+        "bare_control" => run(bare(), n, control),
+        other => panic!(
+            "unknown stack {other}: bare, ratelimit, ratelimit1, defaults, governor, stacked or bare_control"
+        ),
     }
 }

@@ -56,7 +56,7 @@ pub(super) struct Waiter {
     waker: Waker,
 }
 
-/// What the first poll of an [`Acquire`] found.
+/// What the first poll of an [`Acquire`](super::Acquire) found.
 pub(super) enum First {
     /// With the key's count now.
     Admitted(u32),
@@ -67,7 +67,7 @@ pub(super) enum First {
     },
 }
 
-/// What a later poll of a waiting [`Acquire`] found.
+/// What a later poll of a waiting [`Acquire`](super::Acquire) found.
 pub(super) enum Waiting {
     /// A slot was handed to it (and is counted in `in_flight`, the key's
     /// count now).

@@ -1,6 +1,7 @@
-//! How the memory store decides a request: the quick path for the most
-//! common one, and the general path, all or nothing over every shard the
-//! request's buckets live in.
+//! How the memory store decides a request: the quick paths for the most
+//! common ones (one limit, or a limit stacked on another, on buckets it
+//! tracks already), and the general path, all or nothing over every shard
+//! the request's buckets live in.
 
 use std::sync::atomic::Ordering;
 
@@ -9,7 +10,7 @@ use smallvec::SmallVec;
 
 use super::shard::Shard;
 use super::MemoryStore;
-use crate::policy::Algorithm;
+use crate::policy::{Algorithm, Window};
 use crate::store::algorithm::{step, Step};
 use crate::store::outcome::settle_uncharged;
 use crate::store::protocol::{Check, Outcome};
@@ -19,7 +20,8 @@ impl MemoryStore {
     /// check whose windows all track its bucket already and all admit it,
     /// in a shard not due for a sweep. Returns `false`, with nothing
     /// charged and no window in `outcome`, for any other request.
-    pub(super) fn admit_known(&self, now: u64, check: &Check<'_>, outcome: &mut Outcome) -> bool {
+    #[inline]
+    fn admit_known(&self, now: u64, check: &Check<'_>, outcome: &mut Outcome) -> bool {
         let windows = check.quota.windows();
         if check.shadow || windows.len() > KNOWN_WINDOWS {
             return false;
@@ -35,15 +37,9 @@ impl MemoryStore {
         let statuses = outcome.windows_mut();
         let mut found = [(0, 0, 0); KNOWN_WINDOWS];
         let all_admit = windows.iter().enumerate().all(|(wi, window)| {
-            let Some(t) = shard.table_index(algorithm, window.period_ns()) else {
+            let Some((t, e, s)) = known_step(&shard, check, algorithm, window, now) else {
                 return false;
             };
-            let table = &shard.tables[t];
-            let Some(e) = table.find(check.bucket) else {
-                return false;
-            };
-            let cost = check.quota.request_cost();
-            let s = step(algorithm, window, table.state(e), now, cost);
             found[wi] = (t, e, s.next);
             statuses.push(s.status(0, wi, window.limit()));
             s.admits
@@ -58,13 +54,65 @@ impl MemoryStore {
         true
     }
 
+    /// [`MemoryStore::admit_known`] for a limit stacked on another: two
+    /// enforced checks, with at most [`KNOWN_WINDOWS`] windows in all, each
+    /// in a shard not due for a sweep (locked once if they share it).
+    /// Returns `false`, with nothing charged and no window in `outcome`,
+    /// unless every window tracks its bucket already and admits.
+    #[inline(never)]
+    fn admit_known_stacked(
+        &self,
+        now: u64,
+        a: &Check<'_>,
+        b: &Check<'_>,
+        outcome: &mut Outcome,
+    ) -> bool {
+        let mut found = Found::default();
+        let (ia, ib) = (self.shard_of(a.bucket), self.shard_of(b.bucket));
+        let admitted = if ia == ib {
+            let mut shard = self.shards[ia].0.lock();
+            let admitted = probe_known(&mut shard, now, 0, a, outcome, &mut found)
+                && probe_known(&mut shard, now, 1, b, outcome, &mut found);
+            if admitted {
+                found.write(&mut shard, 0..found.len);
+            }
+            admitted
+        } else {
+            // Locked in index order, as every decision locks them.
+            let first = self.shards[ia.min(ib)].0.lock();
+            let second = self.shards[ia.max(ib)].0.lock();
+            let (mut sa, mut sb) = if ia < ib {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            let mut split = 0;
+            let admitted = probe_known(&mut sa, now, 0, a, outcome, &mut found) && {
+                split = found.len;
+                probe_known(&mut sb, now, 1, b, outcome, &mut found)
+            };
+            if admitted {
+                found.write(&mut sa, 0..split);
+                found.write(&mut sb, split..found.len);
+            }
+            admitted
+        };
+        if !admitted {
+            outcome.windows_mut().clear();
+        }
+        admitted
+    }
+
     /// Decides `checks` into `outcome`, an admitted outcome with no window
     /// yet (filled where the caller returns it: an outcome is large).
     pub(super) fn decide(&self, now: u64, checks: &[Check<'_>], outcome: &mut Outcome) {
-        if let [check] = checks {
-            if self.admit_known(now, check, outcome) {
-                return;
-            }
+        let known = match checks {
+            [check] => self.admit_known(now, check, outcome),
+            [a, b] => self.admit_known_stacked(now, a, b, outcome),
+            _ => false,
+        };
+        if known {
+            return;
         }
         // The shards of the request's buckets, each locked once, in index
         // order (inserted in order: a request has a check or two).
@@ -232,6 +280,82 @@ impl MemoryStore {
 
 /// The most windows [`MemoryStore::admit_known`] takes.
 pub(super) const KNOWN_WINDOWS: usize = 4;
+
+/// Where `check`'s bucket is in the table of `window` (of `algorithm`) in
+/// `shard`, and the step the request takes there: `None` if the bucket
+/// has no entry there yet.
+#[inline(always)]
+fn known_step(
+    shard: &Shard,
+    check: &Check<'_>,
+    algorithm: Algorithm,
+    window: &Window,
+    now: u64,
+) -> Option<(usize, usize, Step)> {
+    let t = shard.table_index(algorithm, window.period_ns())?;
+    let table = &shard.tables[t];
+    let e = table.find(check.bucket)?;
+    let cost = check.quota.request_cost();
+    Some((t, e, step(algorithm, window, table.state(e), now, cost)))
+}
+
+/// Looks up the windows of `check` (check `ci` of the request) in `shard`,
+/// locked: whether every one tracks its bucket already and admits the
+/// request, in a shard not due for a sweep. Each window's status goes into
+/// `outcome` and its new state into `found`, up to the first that fails.
+#[inline]
+fn probe_known(
+    shard: &mut Shard,
+    now: u64,
+    ci: usize,
+    check: &Check<'_>,
+    outcome: &mut Outcome,
+    found: &mut Found,
+) -> bool {
+    let windows = check.quota.windows();
+    if check.shadow || now >= shard.next_sweep || found.len + windows.len() > KNOWN_WINDOWS {
+        return false;
+    }
+    let algorithm = check.quota.algorithm_kind();
+    if algorithm == Algorithm::Gcra {
+        shard.follow_rates(check, now);
+    }
+    let statuses = outcome.windows_mut();
+    windows.iter().enumerate().all(|(wi, window)| {
+        let Some((t, e, s)) = known_step(shard, check, algorithm, window, now) else {
+            return false;
+        };
+        found.push(t, e, s.next);
+        statuses.push(s.status(ci, wi, window.limit()));
+        s.admits
+    })
+}
+
+/// The entries [`probe_known`] found, in the order of the request's
+/// windows, with their new states: written back where they were found once
+/// every window admits.
+#[derive(Default)]
+struct Found {
+    len: usize,
+    /// (table, entry, new state)
+    entries: [(usize, usize, u64); KNOWN_WINDOWS],
+}
+
+impl Found {
+    fn push(&mut self, table: usize, entry: usize, next: u64) {
+        if let Some(slot) = self.entries.get_mut(self.len) {
+            *slot = (table, entry, next);
+            self.len += 1;
+        }
+    }
+
+    /// Writes the new states of entries `range` (those found in `shard`).
+    fn write(&self, shard: &mut Shard, range: std::ops::Range<usize>) {
+        for &(t, e, next) in &self.entries[range] {
+            shard.tables[t].set_state(e, next);
+        }
+    }
+}
 
 /// One window of one check, as the first pass over the locked shards found it.
 struct Slot {

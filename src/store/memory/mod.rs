@@ -30,10 +30,11 @@ use crate::shard::Padded;
 /// keys so that their tables never all sit just after doubling at once).
 /// A decision locks the shards of the request's buckets in index order, so
 /// decisions over several limits are atomic and cannot deadlock, and threads
-/// working on different keys rarely meet. The most common request (one
-/// limit, a key already tracked, every window admitting) takes one lock and
-/// one hash probe per window, and its states are written back where the
-/// probes found them.
+/// working on different keys rarely meet. The most common requests (one
+/// limit, or a limit stacked on another, with up to four windows in all,
+/// buckets already tracked, every window admitting) take one lock per
+/// shard and one hash probe per window, and their states are written back
+/// where the probes found them.
 ///
 /// Its settings are chosen when it is made, before it is shared with a
 /// layer: [`MemoryStore::with_max_entries`], then setters that take and
@@ -504,6 +505,56 @@ mod tests {
         );
         let only_wide = ready(&store, T0, &[Check::new(1, &wide)]);
         assert_eq!(only_wide.windows()[0].remaining, 98);
+    }
+
+    #[test]
+    fn stacked_checks_on_known_buckets_are_charged_together_in_one_shard_or_two() {
+        let key = Quota::new(Window::per_minute(100)).and(Window::per_hour(1000));
+        let call = Quota::new(Window::per_minute(3)).and(Window::per_hour(50));
+        for (a, b, shards) in [(1 << 55, 7, 2), (5, 7, 1)] {
+            let store = MemoryStore::new();
+            let distinct = if store.shard_of(a) == store.shard_of(b) {
+                1
+            } else {
+                2
+            };
+            assert_eq!(distinct, shards, "buckets {a} and {b}");
+            let both = [Check::new(a, &key), Check::new(b, &call)];
+            for n in 1..=3u32 {
+                let outcome = ready(&store, T0 + u64::from(n), &both);
+                assert!(outcome.admitted(), "request {n}");
+                let left: Vec<u32> = outcome.windows().iter().map(|w| w.remaining).collect();
+                assert_eq!(left, [100 - n, 1000 - n, 3 - n, 50 - n], "request {n}");
+            }
+            // The call's minute refuses: nothing is charged anywhere.
+            let refused = ready(&store, T0 + 4, &both);
+            assert!(!refused.admitted());
+            let left: Vec<u32> = refused.windows().iter().map(|w| w.remaining).collect();
+            assert_eq!(left, [97, 997, 0, 47]);
+            let key_alone = ready(&store, T0 + 5, &[Check::new(a, &key)]);
+            assert_eq!(key_alone.windows()[0].remaining, 96);
+            // A refusal by the key's windows charges the call nothing either.
+            let tight = Quota::new(Window::per_minute(4));
+            let call_wide = Quota::new(Window::per_minute(100));
+            let first = ready(
+                &store,
+                T0 + 6,
+                &[Check::new(a + 1, &tight), Check::new(b + 1, &call_wide)],
+            );
+            assert!(first.admitted(), "new buckets");
+            for _ in 0..3 {
+                let pair = [Check::new(a + 1, &tight), Check::new(b + 1, &call_wide)];
+                assert!(ready(&store, T0 + 7, &pair).admitted());
+            }
+            let pair = [Check::new(a + 1, &tight), Check::new(b + 1, &call_wide)];
+            assert!(!ready(&store, T0 + 8, &pair).admitted());
+            let call_alone = ready(&store, T0 + 9, &[Check::new(b + 1, &call_wide)]);
+            assert_eq!(
+                call_alone.windows()[0].remaining,
+                95,
+                "charged 4 times, then this one"
+            );
+        }
     }
 
     #[test]

@@ -168,9 +168,10 @@ impl Shard {
         }
     }
 
-    /// The state `check.bucket` has in `window` at `now`, as
-    /// [`MemoryStore::check`] would decide by it (converted to the window's
-    /// rate if it was charged at another), changing nothing.
+    /// The state `check.bucket` has in `window` at `now`, as the memory
+    /// store's [`check`](crate::store::Store::check) would decide by it
+    /// (converted to the window's rate if it was charged at another),
+    /// changing nothing.
     pub(super) fn state_of(
         &self,
         check: &Check<'_>,

@@ -4,7 +4,7 @@
 //! | metric | labels | what |
 //! |---|---|---|
 //! | `ratelimit_store_errors_total` | `store="redis"`, `kind` | failed calls to Redis: `connection`, `timeout`, `protocol` (and `config`, `connection`, … for a failed [`connect`](super::RedisStoreBuilder::connect)), as [`StoreError`]'s kinds |
-//! | `ratelimit_fallback_decisions_total` | `limit`, `policy` | per limit, requests whose windows its [`FailurePolicy`] decided (`open`, `closed` or `local`) because Redis did not |
+//! | `ratelimit_fallback_decisions_total` | `limit`, `policy` | per limit, requests whose windows its [`FailurePolicy`](super::FailurePolicy) decided (`open`, `closed` or `local`) because Redis did not |
 //! | `ratelimit_breaker_open` | `store="redis"` | 1 while the circuit breaker is open, else 0 |
 //! | `ratelimit_store_duration_seconds` | `store="redis"` | each decision's call to Redis, from sending to its answer or its deadline |
 //! | `ratelimit_cached_refusals_total` | `store="redis"` | requests refused from the [deny cache](super#the-deny-cache), without a call |

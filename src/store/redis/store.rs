@@ -85,7 +85,7 @@ pub(super) struct Inner {
     /// The refusals this process has seen, until they end: a refused bucket
     /// is refused here without a call (unless turned off).
     pub(super) deny: Option<DenyCache>,
-    /// The task that hears of resets (see [`resets`]), stopped with the
+    /// The task that hears of resets (see [`resets`](super::resets)), stopped with the
     /// store.
     pub(super) listener: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
