@@ -23,7 +23,9 @@ pub(crate) struct PathPattern {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
-    Literal(Box<str>),
+    /// A literal, and whether it holds no `%` (a request segment equal to
+    /// it then holds none either, and matches without decoding).
+    Literal(Box<str>, bool),
     Capture(Box<str>),
     Rest,
 }
@@ -95,7 +97,7 @@ impl PathPattern {
                         part.escape_debug()
                     )));
                 }
-                Segment::Literal((*part).into())
+                Segment::Literal((*part).into(), !part.contains('%'))
             };
             segments.push(segment);
         }
@@ -131,9 +133,10 @@ impl PathPattern {
                         path,
                     })
                 }
-                Segment::Literal(lit) => {
-                    let raw = path.get(i)?;
-                    if !eq_percent_decoded(raw.as_bytes(), lit.as_bytes()) {
+                Segment::Literal(lit, plain) => {
+                    let raw = path.get(i)?.as_bytes();
+                    let equal = *plain && raw == lit.as_bytes();
+                    if !equal && !eq_percent_decoded(raw, lit.as_bytes()) {
                         return None;
                     }
                 }
@@ -181,17 +184,16 @@ impl<'a> PathSegments<'a> {
             let bytes = &self.path.as_bytes()[..self.path.len().min(u32::MAX as usize)];
             let mut spans = SmallVec::new();
             let mut start = 0;
-            let ends = bytes
-                .iter()
-                .enumerate()
-                .filter(|(_, &b)| b == b'/')
-                .map(|(i, _)| i)
-                .chain(std::iter::once(bytes.len()));
-            for end in ends {
-                if end > start {
-                    spans.push((start as u32, end as u32));
+            for (end, &b) in bytes.iter().enumerate() {
+                if b == b'/' {
+                    if end > start {
+                        spans.push((start as u32, end as u32));
+                    }
+                    start = end + 1;
                 }
-                start = end + 1;
+            }
+            if bytes.len() > start {
+                spans.push((start as u32, bytes.len() as u32));
             }
             spans
         })
@@ -266,6 +268,17 @@ mod tests {
         assert!(matches("/v1/keys", "/v1/%6b%65ys"));
         assert!(!matches("/v1/keys", "/v1/%6Bey"));
         assert!(!matches("/v1/keys", "/v1/%zzeys"));
+    }
+
+    #[test]
+    fn a_literal_with_a_percent_sign_matches_the_decoded_request_segment() {
+        // The request's `a%41` means `aA`; `a%2541` means `a%41`.
+        assert!(matches("/files/a%41", "/files/a%2541"));
+        assert!(!matches("/files/a%41", "/files/a%41"));
+        assert!(matches("/files/aA", "/files/a%41"));
+        // A `%` without two hex digits stands for itself, in both.
+        assert!(matches("/files/100%", "/files/100%"));
+        assert!(matches("/files/100%", "/files/100%25"));
     }
 
     #[test]
