@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 use crate::clock::NANOS;
 use crate::decision::{Basis, Decision, RefusalReason, WindowReport};
 use crate::headers::{Reported, Standing};
-use crate::policy::{Algorithm, Quota};
+use crate::policy::{Algorithm, Quota, Window};
 use crate::reporting::ReportedWindow;
 use crate::store::protocol::{Outcome, WindowStatus};
 
@@ -54,15 +54,14 @@ pub(crate) fn refusal_reason(outcome: &Outcome) -> Option<RefusalReason> {
 }
 
 impl Decision {
-    /// Builds the decision from a store outcome. `origin(check)` is the
-    /// (limit, route) of each check; `period_of(check, window)` its period.
+    /// Builds the decision from a store outcome. `check_of(check)` is the
+    /// (limit, route) of each check and the windows of its quota.
     #[inline]
-    pub(crate) fn from_outcome(
+    pub(crate) fn from_outcome<'q>(
         outcome: &Outcome,
-        origin: impl Fn(usize) -> WindowOrigin,
+        check_of: impl Fn(usize) -> (WindowOrigin, &'q [Window]),
         now: u64,
         report: ReportedWindow,
-        period_ns: impl Fn(usize, usize) -> u64,
     ) -> Self {
         let refusal = refusal_reason(outcome);
         let retry_after = if refusal.is_some() {
@@ -80,8 +79,18 @@ impl Decision {
             reported: 0,
             windows: SmallVec::new(),
         };
+        // The statuses come check by check: each check is looked up once.
+        let mut last = None;
         for status in outcome.windows() {
-            let w = status_report(outcome, status, &origin, now, &period_ns);
+            let check = usize::from(status.check);
+            let (origin, windows) = match last {
+                Some((c, found)) if c == check => found,
+                _ => last.insert((check, check_of(check))).1,
+            };
+            let period = windows
+                .get(usize::from(status.window))
+                .map_or(0, Window::period_ns);
+            let w = status_report(outcome, status, origin, now, period);
             decision.windows.push(w);
         }
         let reported = pick(outcome, report, |i| decision.windows[i].period);
@@ -130,12 +139,10 @@ impl Decision {
 fn status_report(
     outcome: &Outcome,
     w: &WindowStatus,
-    origin: impl Fn(usize) -> WindowOrigin,
+    (limit_index, route_index): WindowOrigin,
     now: u64,
-    period_ns: impl Fn(usize, usize) -> u64,
+    period: u64,
 ) -> WindowReport {
-    let (limit_index, route_index) = origin(usize::from(w.check));
-    let period = period_ns(usize::from(w.check), usize::from(w.window));
     WindowReport {
         limit_index,
         route_index,

@@ -20,10 +20,14 @@ pub(super) fn decide_counted<St>(
     let decision = || {
         Decision::from_outcome(
             outcome,
-            |check| applied.origin(check),
+            |check| {
+                (
+                    applied.origin(check),
+                    applied.quota(policy, check).windows(),
+                )
+            },
             applied.now,
             policy.report,
-            applied.period_of(policy),
         )
     };
     if outcome.admitted() && !outcome.shadow_refused() {
