@@ -35,12 +35,12 @@ impl MemoryStore {
             shard.follow_rates(check, now);
         }
         let statuses = outcome.windows_mut();
-        let mut found = [(0, 0, 0); KNOWN_WINDOWS];
+        let mut found = Found::default();
         let all_admit = windows.iter().enumerate().all(|(wi, window)| {
             let Some((t, e, s)) = known_step(&shard, check, algorithm, window, now) else {
                 return false;
             };
-            found[wi] = (t, e, s.next);
+            found.push(t, e, s.next);
             statuses.push(s.status(0, wi, window.limit()));
             s.admits
         });
@@ -48,9 +48,7 @@ impl MemoryStore {
             statuses.clear();
             return false;
         }
-        for &(t, e, next) in &found[..windows.len()] {
-            shard.tables[t].set_state(e, next);
-        }
+        found.write(&mut shard, 0..found.len);
         true
     }
 
@@ -331,7 +329,7 @@ fn probe_known(
     })
 }
 
-/// The entries [`probe_known`] found, in the order of the request's
+/// The entries the quick paths found, in the order of the request's
 /// windows, with their new states: written back where they were found once
 /// every window admits.
 #[derive(Default)]
