@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota as GovernorQuota, RateLimiter};
-use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use std::convert::Infallible;
 use support::{
-    api_keys, bare, config, governor_layer, layer, policy, request, send, to, Cycle, MANY,
+    api_keys, bare, config, control, governor_layer, layer, policy, request, send, Cycle, MANY,
 };
 use tower::{Layer, Service, ServiceExt};
 use tower_ratelimit::RateLimitLayer;
@@ -28,12 +28,6 @@ use tower_ratelimit::RateLimitLayer;
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-/// A call-control command: counted by the per-key limit's write route and,
-/// stacked, by the per-call limit.
-fn control(key: &'static str) -> Request<()> {
-    to(Method::POST, "/v1/calls/c_42/control", key)
-}
 
 /// The floor of any layer that sends these headers: the bare service plus the
 /// three `X-RateLimit-*` inserts with constant values, and nothing else (no

@@ -14,18 +14,12 @@ mod support;
 
 use std::hint::black_box;
 
-use http::{Method, Request};
+use http::Request;
 use tower::{Layer, Service};
 
 use tower_ratelimit::RateLimitLayer;
 
-use support::{api_keys, bare, governor_layer, layer, policy, request, send, to, Cycle};
-
-/// A call-control command: counted by the per-key limit and, stacked, by
-/// the per-call limit (as the `overhead` bench's `ratelimit_2w_stacked`).
-fn control(key: &'static str) -> Request<()> {
-    to(Method::POST, "/v1/calls/c_42/control", key)
-}
+use support::{api_keys, bare, control, governor_layer, layer, policy, request, send, Cycle};
 
 #[inline(never)]
 fn run<S, B>(mut service: S, n: usize, make: fn(&'static str) -> Request<()>)

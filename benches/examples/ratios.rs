@@ -16,30 +16,36 @@ mod support;
 use std::hint::black_box;
 use std::time::Instant;
 
-use http::{Method, Request};
+use http::Request;
 use tower::{Layer, Service};
 
 use tower_ratelimit::RateLimitLayer;
 
-use support::{api_keys, bare, governor_layer, layer, policy, request, send, to, Cycle};
+use support::{api_keys, bare, control, governor_layer, layer, policy, request, send, Cycle};
 
 /// Requests per stack per round.
 const BATCH: usize = 100_000;
 
-/// A call-control command: counted by both limits of the policy.
-fn control(key: &'static str) -> Request<()> {
-    to(Method::POST, "/v1/calls/c_42/control", key)
-}
-
 /// One stack: sends one request per call.
 struct Stack {
     name: &'static str,
+    /// The bare service it is measured against (the index of a stack that
+    /// sends the same requests); `None` for a bare service itself.
+    baseline: Option<usize>,
     send: Box<dyn FnMut()>,
     best: f64,
 }
 
+/// The bare service sent reads (the request most stacks are sent).
+const BARE: usize = 0;
+/// The bare service sent call-control commands.
+const BARE_CONTROL: usize = 1;
+/// The stack every ratio is taken against.
+const GOVERNOR: usize = 2;
+
 fn stack<S, B>(
     name: &'static str,
+    baseline: Option<usize>,
     mut service: S,
     keys: &[&'static str],
     make: fn(&'static str) -> Request<()>,
@@ -52,6 +58,7 @@ where
     let mut keys = Cycle::new(keys.to_vec());
     Stack {
         name,
+        baseline,
         send: Box::new(move || {
             black_box(send(&mut service, make(keys.next())));
         }),
@@ -63,38 +70,45 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n_keys = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
     let rounds = args.next().and_then(|n| n.parse().ok()).unwrap_or(20);
-    let keys = api_keys(n_keys, 1);
+    let keys = &api_keys(n_keys, 1);
+    let reads = Some(BARE);
+    let commands = Some(BARE_CONTROL);
     let mut stacks = vec![
-        stack("bare", bare(), &keys, request),
+        stack("bare", None, bare(), keys, request),
+        stack("bare, call control", None, bare(), keys, control),
+        stack(
+            "tower_governor",
+            reads,
+            governor_layer().layer(bare()),
+            keys,
+            request,
+        ),
         stack(
             "ratelimit, 1 window",
+            reads,
             layer(1).layer(bare()),
-            &keys,
+            keys,
             request,
         ),
         stack(
             "ratelimit, 2 windows",
+            reads,
             layer(2).layer(bare()),
-            &keys,
+            keys,
             request,
         ),
         stack(
             "ratelimit, the defaults",
+            reads,
             RateLimitLayer::new(policy(2)).layer(bare()),
-            &keys,
+            keys,
             request,
         ),
-        stack(
-            "tower_governor",
-            governor_layer().layer(bare()),
-            &keys,
-            request,
-        ),
-        stack("bare, call control", bare(), &keys, control),
         stack(
             "ratelimit, call control",
+            commands,
             layer(2).layer(bare()),
-            &keys,
+            keys,
             control,
         ),
     ];
@@ -116,32 +130,20 @@ fn main() {
             stack.best = stack.best.min(ns);
         }
     }
-    let best = |name: &str| {
-        stacks
-            .iter()
-            .find(|s| s.name == name)
-            .map_or(0.0, |s| s.best)
-    };
-    let governor = best("tower_governor") - best("bare");
+    let added = |stack: &Stack| stack.baseline.map(|b| stack.best - stacks[b].best);
+    let governor = added(&stacks[GOVERNOR]).unwrap_or(f64::NAN);
     println!("{n_keys} keys, {rounds} rounds of {BATCH} requests; fastest round of each stack");
     println!(
         "{:<26} {:>8} {:>9} {:>18}",
         "stack", "ns/req", "added", "÷ tower_governor"
     );
     for stack in &stacks {
-        let base = if stack.name.ends_with("call control") {
-            best("bare, call control")
-        } else {
-            best("bare")
-        };
-        let added = stack.best - base;
-        let ratio = if stack.name.starts_with("bare") {
-            String::new()
-        } else {
-            format!("{:.2}×", added / governor)
+        let (added, ratio) = match added(stack) {
+            Some(ns) => (format!("{ns:.1}"), format!("{:.2}×", ns / governor)),
+            None => (String::new(), String::new()),
         };
         println!(
-            "{:<26} {:>8.1} {:>9.1} {:>18}",
+            "{:<26} {:>8.1} {:>9} {:>18}",
             stack.name, stack.best, added, ratio
         );
     }

@@ -56,6 +56,12 @@ pub(crate) fn request(key: &'static str) -> Request<()> {
     to(Method::GET, "/v1/calls/c_42", key)
 }
 
+/// A call-control command: counted by the per-key limit's write route and,
+/// stacked, by the per-call limit.
+pub(crate) fn control(key: &'static str) -> Request<()> {
+    to(Method::POST, "/v1/calls/c_42/control", key)
+}
+
 /// A request of `method` to `path` with `X-API-Key: key`.
 pub(crate) fn to(method: Method, path: &'static str, key: &'static str) -> Request<()> {
     let mut request = Request::new(());
