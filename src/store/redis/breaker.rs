@@ -3,13 +3,14 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-/// Counts consecutive failures; opens after `threshold` of them.
+/// Counts consecutive failures (none of them with an answer from Redis in
+/// between); opens after `threshold` of them.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     threshold: u32,
@@ -154,9 +155,15 @@ impl Breaker {
         Transition::None
     }
 
+    /// Counts a failure. The failures in a run are consecutive: an answer
+    /// from Redis since the last one counted (even a late one, or another
+    /// call's) ends the run, and this failure starts a new one.
     pub(crate) fn failure(&self, permit: Permit) -> Transition {
-        self.failed.fetch_max(self.stamp(), Ordering::Relaxed);
         let mut state = self.state.lock();
+        let previous = self.failed.fetch_max(self.stamp(), Ordering::Relaxed);
+        if self.answered.load(Ordering::Relaxed) > previous {
+            state.failures = 0;
+        }
         state.failures = state.failures.saturating_add(1);
         if permit == Permit::Probe {
             state.probing = false;
@@ -190,22 +197,28 @@ impl Breaker {
     }
 }
 
-/// Runs `call` in a task of its own and waits for it at most `deadline`
-/// (`None` past it). The task outlives an abandoned wait: when Redis answers
-/// late, the breaker still hears it, so a queue of calls that all wait past
-/// their deadlines behind this process's own commands is not taken for a
-/// silent Redis.
+/// Runs `call` in a task of its own and waits for it at most `deadline`.
+/// The task outlives an abandoned wait: when Redis answers late, the breaker
+/// still hears it, so a queue of calls that all wait past their deadlines
+/// behind this process's own commands is not taken for a silent Redis.
+/// Past the deadline, the error says when the task began to run, its command
+/// on the way to Redis, if Redis then had at least half the deadline to
+/// answer (`None`: the wait was mostly in this process's own queue, behind
+/// its other tasks, which says nothing of Redis).
 pub(crate) async fn within<T, F>(
     breaker: &Arc<Breaker>,
     deadline: Duration,
     call: F,
-) -> Option<redis::RedisResult<T>>
+) -> Result<redis::RedisResult<T>, Option<Instant>>
 where
     T: Send + 'static,
     F: Future<Output = redis::RedisResult<T>> + Send + 'static,
 {
     let heard_by = Arc::clone(breaker);
+    let sent = Arc::new(OnceLock::new());
+    let sent_at = Arc::clone(&sent);
     let task = tokio::spawn(async move {
+        sent_at.get_or_init(Instant::now);
         let answer = call.await;
         if answer.is_ok() {
             heard_by.heard();
@@ -213,9 +226,12 @@ where
         answer
     });
     match tokio::time::timeout(deadline, task).await {
-        Ok(Ok(answer)) => Some(answer),
+        Ok(Ok(answer)) => Ok(answer),
         // The task was cancelled (the runtime shuts down): no answer.
-        Ok(Err(_)) | Err(_) => None,
+        Ok(Err(_)) | Err(_) => Err(sent
+            .get()
+            .copied()
+            .filter(|sent| sent.elapsed() >= deadline / 2)),
     }
 }
 
@@ -239,17 +255,18 @@ impl Ticket {
         }
     }
 
-    /// The call missed its deadline. It counts as a failure of Redis only
-    /// if Redis answered no call meanwhile (else it waited behind this
-    /// process's own commands: a load made here, not a fault there) and no
-    /// failure was counted meanwhile (else its wait is a silence already
-    /// counted: calls that pile up during one silence are one failure, not
-    /// one each). Otherwise the breaker is left as it was (`None`).
-    pub(crate) fn timed_out(mut self) -> Option<Transition> {
+    /// The call missed its deadline; it was sent to Redis at `sent` (`None`:
+    /// never, it waited in this process the whole time). It counts as a
+    /// failure of Redis only if Redis answered no call since it was sent
+    /// (else it waited behind this process's own commands: a load made here,
+    /// not a fault there) and no failure was counted meanwhile (else its
+    /// wait is a silence already counted: calls that pile up during one
+    /// silence are one failure, not one each). Otherwise the breaker is left
+    /// as it was (`None`).
+    pub(crate) fn timed_out(mut self, sent: Option<Instant>) -> Option<Transition> {
         let breaker = &self.breaker;
-        if breaker.after(&breaker.answered, self.started)
-            || breaker.after(&breaker.failed, self.started)
-        {
+        let since = sent?.max(self.started);
+        if breaker.after(&breaker.answered, since) || breaker.after(&breaker.failed, since) {
             // Dropped as abandoned: a probe lets the next call probe.
             return None;
         }
@@ -338,18 +355,56 @@ mod tests {
     async fn a_timeout_while_redis_answers_others_is_not_a_failure() {
         let breaker = Arc::new(Breaker::new(1, Duration::from_secs(1)));
         let waiting = Ticket::new(Arc::clone(&breaker), breaker.permit());
+        let sent = Some(Instant::now());
         tokio::time::advance(Duration::from_millis(10)).await;
         // A call written earlier is answered while this one waits.
         Ticket::new(Arc::clone(&breaker), Permit::Call).success();
         tokio::time::advance(Duration::from_millis(50)).await;
-        assert_eq!(waiting.timed_out(), None);
+        assert_eq!(waiting.timed_out(sent), None);
         assert!(!breaker.is_open());
         assert_eq!(breaker.consecutive_failures(), 0);
         // Silence since the call started: a failure, and the breaker opens.
         let silent = Ticket::new(Arc::clone(&breaker), breaker.permit());
+        let sent = Some(Instant::now());
         tokio::time::advance(Duration::from_millis(50)).await;
-        assert_eq!(silent.timed_out(), Some(Transition::Opened));
+        assert_eq!(silent.timed_out(sent), Some(Transition::Opened));
         assert!(breaker.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_never_sent_or_sent_late_is_judged_by_its_time_out_in_redis() {
+        let breaker = Arc::new(Breaker::new(1, Duration::from_secs(1)));
+        let queued = Ticket::new(Arc::clone(&breaker), breaker.permit());
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(queued.timed_out(None), None, "it waited here, not in Redis");
+        // Another call is answered, then this one, queued here meanwhile,
+        // is sent and meets silence.
+        let late = Ticket::new(Arc::clone(&breaker), breaker.permit());
+        Ticket::new(Arc::clone(&breaker), Permit::Call).success();
+        tokio::time::advance(Duration::from_millis(25)).await;
+        let sent = Some(Instant::now());
+        tokio::time::advance(Duration::from_millis(25)).await;
+        assert_eq!(late.timed_out(sent), Some(Transition::Opened));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_deadline_within_says_when_the_call_was_sent() {
+        let breaker = Arc::new(Breaker::new(1, Duration::from_secs(1)));
+        let deadline = Duration::from_millis(50);
+        let start = Instant::now();
+        let silent = within(
+            &breaker,
+            deadline,
+            std::future::pending::<redis::RedisResult<()>>(),
+        );
+        let sent = silent.await.expect_err("no answer");
+        assert_eq!(
+            sent,
+            Some(start),
+            "sent at once, silent for the whole deadline"
+        );
+        let answered = within(&breaker, deadline, async { Ok(7) }).await;
+        assert_eq!(answered.ok().and_then(Result::ok), Some(7));
     }
 
     #[tokio::test(start_paused = true)]
@@ -358,16 +413,18 @@ mod tests {
         let piled: Vec<_> = (0..10)
             .map(|_| Ticket::new(Arc::clone(&breaker), breaker.permit()))
             .collect();
+        let sent = Some(Instant::now());
         tokio::time::advance(Duration::from_millis(50)).await;
-        let counted: Vec<_> = piled.into_iter().map(Ticket::timed_out).collect();
+        let counted: Vec<_> = piled.into_iter().map(|t| t.timed_out(sent)).collect();
         assert_eq!(counted[0], Some(Transition::None));
         assert!(counted[1..].iter().all(Option::is_none), "{counted:?}");
         assert_eq!(breaker.consecutive_failures(), 1);
         // Each later silence, one deadline long, counts once more.
         for expected in [Transition::None, Transition::Opened] {
             let ticket = Ticket::new(Arc::clone(&breaker), breaker.permit());
+            let sent = Some(Instant::now());
             tokio::time::advance(Duration::from_millis(50)).await;
-            assert_eq!(ticket.timed_out(), Some(expected));
+            assert_eq!(ticket.timed_out(sent), Some(expected));
         }
     }
 
@@ -388,6 +445,30 @@ mod tests {
         Ticket::new(Arc::clone(&single), Permit::Call).success();
         let ticket = Ticket::new(Arc::clone(&single), single.permit());
         assert_eq!(ticket.errored(), Some(Transition::Opened));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_between_two_silences_ends_the_run_of_failures() {
+        let breaker = Arc::new(Breaker::new(2, Duration::from_secs(1)));
+        let silence = |breaker: &Arc<Breaker>| {
+            let ticket = Ticket::new(Arc::clone(breaker), breaker.permit());
+            let sent = Some(Instant::now());
+            async move {
+                tokio::time::advance(Duration::from_millis(50)).await;
+                ticket.timed_out(sent)
+            }
+        };
+        assert_eq!(silence(&breaker).await, Some(Transition::None));
+        // A call that missed its deadline is answered after all: Redis is
+        // slow here or this process is loaded, but Redis is not silent.
+        tokio::time::advance(Duration::from_millis(5)).await;
+        breaker.heard();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert_eq!(silence(&breaker).await, Some(Transition::None));
+        assert_eq!(breaker.consecutive_failures(), 1);
+        assert!(!breaker.is_open());
+        // Two silences with nothing heard between them open it.
+        assert_eq!(silence(&breaker).await, Some(Transition::Opened));
     }
 
     #[test]

@@ -121,7 +121,10 @@ fn share(check: &Planned, percent: u8) -> Quota {
 
 /// Why a call to Redis did not answer as it should.
 pub(super) enum Failure {
-    Timeout(std::time::Duration),
+    /// No answer within the duration. The instant is when the call was sent
+    /// to Redis, if Redis had a fair part of the wait to answer (`None`: the
+    /// call waited in this process's own queue; see [`super::breaker::within`]).
+    Timeout(std::time::Duration, Option<tokio::time::Instant>),
     Redis(redis::RedisError),
     Reply(String),
 }
@@ -132,7 +135,7 @@ impl Failure {
     /// the metrics.
     pub(super) fn kind(&self) -> Kind {
         match self {
-            Failure::Timeout(_) => Kind::Timeout,
+            Failure::Timeout(..) => Kind::Timeout,
             Failure::Redis(e) if e.is_timeout() => Kind::Timeout,
             Failure::Redis(e)
                 if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() =>
@@ -161,7 +164,7 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Timeout(d) => write!(f, "no answer within {d:?}"),
+            Failure::Timeout(d, _) => write!(f, "no answer within {d:?}"),
             Failure::Redis(e) => write!(f, "{e}"),
             Failure::Reply(e) => write!(f, "unexpected answer: {e}"),
         }
@@ -184,9 +187,9 @@ pub(super) fn record(
     what: &str,
 ) {
     metrics.failure(failure.kind());
-    let transition = if let Failure::Timeout(_) = failure {
+    let transition = if let Failure::Timeout(_, sent) = failure {
         timeouts.fetch_add(1, Ordering::Relaxed);
-        match ticket.timed_out() {
+        match ticket.timed_out(*sent) {
             Some(transition) => transition,
             None => {
                 tracing::debug!(

@@ -429,9 +429,9 @@ impl Inner {
             inner.backend.eval(which(&inner), &keys, &args, loads).await
         };
         match breaker::within(&self.breaker, self.deadline, call).await {
-            None => Err(Failure::Timeout(self.deadline)),
-            Some(Err(e)) => Err(Failure::Redis(e)),
-            Some(Ok(reply)) => Ok(reply),
+            Err(sent) => Err(Failure::Timeout(self.deadline, sent)),
+            Ok(Err(e)) => Err(Failure::Redis(e)),
+            Ok(Ok(reply)) => Ok(reply),
         }
     }
 

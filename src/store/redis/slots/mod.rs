@@ -449,11 +449,12 @@ async fn call(
     let call = p
         .backend
         .eval::<_, Vec<i64>>(&p.slots.script, keys, args, p.counters.script_loads);
+    let sent = tokio::time::Instant::now();
     let failure = match tokio::time::timeout(budget, call).await {
         // The request's own time ran out, not Redis's: the ticket is
         // dropped unanswered (abandoned).
         Err(_) if cut_short => return Err(CallError::WaitOver),
-        Err(_) => Failure::Timeout(budget),
+        Err(_) => Failure::Timeout(budget, Some(sent)),
         Ok(Err(e)) => Failure::Redis(e),
         Ok(Ok(reply)) if args[0] != "a" || parse(&reply).is_some() => {
             p.counters.answered.fetch_add(1, Ordering::Relaxed);
