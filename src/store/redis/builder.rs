@@ -146,9 +146,10 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// After `failures` consecutive failed calls (default 3), stop calling
-    /// Redis for `cool_down` (default 500 ms); then one request probes it,
-    /// and a success closes the breaker again.
+    /// After `failures` consecutive failed calls (default 3; nothing heard
+    /// from Redis between them, not even a late answer), stop calling Redis
+    /// for `cool_down` (default 500 ms); then one request probes it, and a
+    /// success closes the breaker again.
     pub fn circuit_breaker(mut self, failures: u32, cool_down: Duration) -> Self {
         self.failure_threshold = failures.max(1);
         self.cool_down = cool_down;

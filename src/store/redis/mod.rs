@@ -144,15 +144,18 @@
 //! the whole quota, so an outage lets each key through at most its quota
 //! per window from each process), fail closed (refuse, `Retry-After` the
 //! breaker's cool-down), or fail open (let it through uncounted). After 3
-//! failures in a row (by default) a circuit breaker stops calling Redis for
-//! a cool-down (default 500 ms); then one request probes, and a success
+//! failures in a row (by default; nothing heard from Redis between them,
+//! not even a late answer) a circuit breaker stops calling Redis for a
+//! cool-down (default 500 ms); then one request probes, and a success
 //! closes it.
 //!
 //! Only Redis's failures count towards the breaker. A call that misses its
 //! deadline while Redis goes on answering this process's other calls has
 //! waited behind them in this process's own queue (a load spike here, not a
-//! fault there): that request follows its failure policy and is counted in
-//! [`RedisStore::timeouts`], but the breaker stays closed. On a cluster, an
+//! fault there), and so has one that waited here for more than half its
+//! deadline before it was sent: that request follows its failure policy and
+//! is counted in [`RedisStore::timeouts`], but the breaker stays closed. A
+//! silence is timed from when the call was sent. On a cluster, an
 //! error while another node answered within the deadline is that node's: the
 //! request follows its failure policy, and the breaker, which stands for the
 //! whole store, stays closed, so the keys on the other nodes are still
