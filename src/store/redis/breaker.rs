@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -197,41 +197,39 @@ impl Breaker {
     }
 }
 
-/// Runs `call` in a task of its own and waits for it at most `deadline`.
-/// The task outlives an abandoned wait: when Redis answers late, the breaker
+/// Sends `call` now and waits for its answer at most `deadline`; past it,
+/// says when the call was sent. The call is polled here, so an answer that
+/// has come is taken even as the deadline passes. A call still unanswered
+/// then goes on in a task of its own: when Redis answers late, the breaker
 /// still hears it, so a queue of calls that all wait past their deadlines
 /// behind this process's own commands is not taken for a silent Redis.
-/// Past the deadline, the error says when the task began to run, its command
-/// on the way to Redis, if Redis then had at least half the deadline to
-/// answer (`None`: the wait was mostly in this process's own queue, behind
-/// its other tasks, which says nothing of Redis).
 pub(crate) async fn within<T, F>(
     breaker: &Arc<Breaker>,
     deadline: Duration,
     call: F,
-) -> Result<redis::RedisResult<T>, Option<Instant>>
+) -> Result<redis::RedisResult<T>, Instant>
 where
     T: Send + 'static,
     F: Future<Output = redis::RedisResult<T>> + Send + 'static,
 {
-    let heard_by = Arc::clone(breaker);
-    let sent = Arc::new(OnceLock::new());
-    let sent_at = Arc::clone(&sent);
-    let task = tokio::spawn(async move {
-        sent_at.get_or_init(Instant::now);
-        let answer = call.await;
-        if answer.is_ok() {
-            heard_by.heard();
+    let sent = Instant::now();
+    let mut call = Box::pin(call);
+    match tokio::time::timeout(deadline, &mut call).await {
+        Ok(answer) => {
+            if answer.is_ok() {
+                breaker.heard();
+            }
+            Ok(answer)
         }
-        answer
-    });
-    match tokio::time::timeout(deadline, task).await {
-        Ok(Ok(answer)) => Ok(answer),
-        // The task was cancelled (the runtime shuts down): no answer.
-        Ok(Err(_)) | Err(_) => Err(sent
-            .get()
-            .copied()
-            .filter(|sent| sent.elapsed() >= deadline / 2)),
+        Err(_) => {
+            let heard_by = Arc::clone(breaker);
+            tokio::spawn(async move {
+                if call.await.is_ok() {
+                    heard_by.heard();
+                }
+            });
+            Err(sent)
+        }
     }
 }
 
@@ -241,7 +239,6 @@ where
 pub(crate) struct Ticket {
     breaker: Arc<Breaker>,
     permit: Permit,
-    started: Instant,
     done: bool,
 }
 
@@ -250,23 +247,21 @@ impl Ticket {
         Ticket {
             breaker,
             permit,
-            started: Instant::now(),
             done: false,
         }
     }
 
-    /// The call missed its deadline; it was sent to Redis at `sent` (`None`:
-    /// never, it waited in this process the whole time). It counts as a
-    /// failure of Redis only if Redis answered no call since it was sent
-    /// (else it waited behind this process's own commands: a load made here,
-    /// not a fault there) and no failure was counted meanwhile (else its
-    /// wait is a silence already counted: calls that pile up during one
-    /// silence are one failure, not one each). Otherwise the breaker is left
-    /// as it was (`None`).
-    pub(crate) fn timed_out(mut self, sent: Option<Instant>) -> Option<Transition> {
+    /// The call missed its deadline; it was sent to Redis at `sent` (what
+    /// the request waited in this process before that is no silence of
+    /// Redis). It counts as a failure of Redis only if Redis answered no
+    /// call since it was sent (else it waited behind this process's own
+    /// commands: a load made here, not a fault there) and no failure was
+    /// counted meanwhile (else its wait is a silence already counted: calls
+    /// that pile up during one silence are one failure, not one each).
+    /// Otherwise the breaker is left as it was (`None`).
+    pub(crate) fn timed_out(mut self, sent: Instant) -> Option<Transition> {
         let breaker = &self.breaker;
-        let since = sent?.max(self.started);
-        if breaker.after(&breaker.answered, since) || breaker.after(&breaker.failed, since) {
+        if breaker.after(&breaker.answered, sent) || breaker.after(&breaker.failed, sent) {
             // Dropped as abandoned: a probe lets the next call probe.
             return None;
         }
@@ -355,7 +350,7 @@ mod tests {
     async fn a_timeout_while_redis_answers_others_is_not_a_failure() {
         let breaker = Arc::new(Breaker::new(1, Duration::from_secs(1)));
         let waiting = Ticket::new(Arc::clone(&breaker), breaker.permit());
-        let sent = Some(Instant::now());
+        let sent = Instant::now();
         tokio::time::advance(Duration::from_millis(10)).await;
         // A call written earlier is answered while this one waits.
         Ticket::new(Arc::clone(&breaker), Permit::Call).success();
@@ -365,30 +360,28 @@ mod tests {
         assert_eq!(breaker.consecutive_failures(), 0);
         // Silence since the call started: a failure, and the breaker opens.
         let silent = Ticket::new(Arc::clone(&breaker), breaker.permit());
-        let sent = Some(Instant::now());
+        let sent = Instant::now();
         tokio::time::advance(Duration::from_millis(50)).await;
         assert_eq!(silent.timed_out(sent), Some(Transition::Opened));
         assert!(breaker.is_open());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_call_never_sent_or_sent_late_is_judged_by_its_time_out_in_redis() {
+    async fn a_silence_is_timed_from_when_the_call_was_sent() {
         let breaker = Arc::new(Breaker::new(1, Duration::from_secs(1)));
-        let queued = Ticket::new(Arc::clone(&breaker), breaker.permit());
-        tokio::time::advance(Duration::from_millis(50)).await;
-        assert_eq!(queued.timed_out(None), None, "it waited here, not in Redis");
-        // Another call is answered, then this one, queued here meanwhile,
-        // is sent and meets silence.
+        // A request waits here 30 ms before its call is sent; Redis answers
+        // another call meanwhile, then nothing once this one is sent.
         let late = Ticket::new(Arc::clone(&breaker), breaker.permit());
+        tokio::time::advance(Duration::from_millis(10)).await;
         Ticket::new(Arc::clone(&breaker), Permit::Call).success();
-        tokio::time::advance(Duration::from_millis(25)).await;
-        let sent = Some(Instant::now());
-        tokio::time::advance(Duration::from_millis(25)).await;
+        tokio::time::advance(Duration::from_millis(20)).await;
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(50)).await;
         assert_eq!(late.timed_out(sent), Some(Transition::Opened));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn past_the_deadline_within_says_when_the_call_was_sent() {
+    async fn past_the_deadline_within_says_when_the_call_was_sent_and_hears_it_late() {
         let breaker = Arc::new(Breaker::new(1, Duration::from_secs(1)));
         let deadline = Duration::from_millis(50);
         let start = Instant::now();
@@ -397,14 +390,23 @@ mod tests {
             deadline,
             std::future::pending::<redis::RedisResult<()>>(),
         );
-        let sent = silent.await.expect_err("no answer");
-        assert_eq!(
-            sent,
-            Some(start),
-            "sent at once, silent for the whole deadline"
-        );
+        assert_eq!(silent.await.expect_err("no answer"), start);
         let answered = within(&breaker, deadline, async { Ok(7) }).await;
         assert_eq!(answered.ok().and_then(Result::ok), Some(7));
+        // An answer past the deadline: the request has gone on without it,
+        // and the breaker hears it all the same.
+        let heard = |b: &Breaker| b.answered.load(Ordering::Relaxed);
+        let before = heard(&breaker);
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            Ok(1)
+        };
+        let waited = tokio::time::Instant::now();
+        assert!(within(&breaker, deadline, slow).await.is_err());
+        assert_eq!(waited.elapsed(), deadline);
+        assert_eq!(heard(&breaker), before, "not yet");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(heard(&breaker) > before, "heard late");
     }
 
     #[tokio::test(start_paused = true)]
@@ -413,7 +415,7 @@ mod tests {
         let piled: Vec<_> = (0..10)
             .map(|_| Ticket::new(Arc::clone(&breaker), breaker.permit()))
             .collect();
-        let sent = Some(Instant::now());
+        let sent = Instant::now();
         tokio::time::advance(Duration::from_millis(50)).await;
         let counted: Vec<_> = piled.into_iter().map(|t| t.timed_out(sent)).collect();
         assert_eq!(counted[0], Some(Transition::None));
@@ -422,7 +424,7 @@ mod tests {
         // Each later silence, one deadline long, counts once more.
         for expected in [Transition::None, Transition::Opened] {
             let ticket = Ticket::new(Arc::clone(&breaker), breaker.permit());
-            let sent = Some(Instant::now());
+            let sent = Instant::now();
             tokio::time::advance(Duration::from_millis(50)).await;
             assert_eq!(ticket.timed_out(sent), Some(expected));
         }
@@ -452,7 +454,7 @@ mod tests {
         let breaker = Arc::new(Breaker::new(2, Duration::from_secs(1)));
         let silence = |breaker: &Arc<Breaker>| {
             let ticket = Ticket::new(Arc::clone(breaker), breaker.permit());
-            let sent = Some(Instant::now());
+            let sent = Instant::now();
             async move {
                 tokio::time::advance(Duration::from_millis(50)).await;
                 ticket.timed_out(sent)

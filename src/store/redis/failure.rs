@@ -121,10 +121,8 @@ fn share(check: &Planned, percent: u8) -> Quota {
 
 /// Why a call to Redis did not answer as it should.
 pub(super) enum Failure {
-    /// No answer within the duration. The instant is when the call was sent
-    /// to Redis, if Redis had a fair part of the wait to answer (`None`: the
-    /// call waited in this process's own queue; see [`super::breaker::within`]).
-    Timeout(std::time::Duration, Option<tokio::time::Instant>),
+    /// No answer within the duration, to the call sent at the instant.
+    Timeout(std::time::Duration, tokio::time::Instant),
     Redis(redis::RedisError),
     Reply(String),
 }

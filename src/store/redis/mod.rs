@@ -152,18 +152,18 @@
 //! Only Redis's failures count towards the breaker. A call that misses its
 //! deadline while Redis goes on answering this process's other calls has
 //! waited behind them in this process's own queue (a load spike here, not a
-//! fault there), and so has one that waited here for more than half its
-//! deadline before it was sent: that request follows its failure policy and
-//! is counted in [`RedisStore::timeouts`], but the breaker stays closed. A
-//! silence is timed from when the call was sent. On a cluster, an
-//! error while another node answered within the deadline is that node's: the
-//! request follows its failure policy, and the breaker, which stands for the
-//! whole store, stays closed, so the keys on the other nodes are still
-//! decided in Redis. A connection that
-//! drops under a call (a killed client, a restarted proxy) is replaced, and
-//! the call is sent once more on the new connection; a call that reached
-//! Redis just before the drop may then be charged twice, which can refuse a
-//! later request early but never admits one uncounted.
+//! fault there): that request follows its failure policy and is counted in
+//! [`RedisStore::timeouts`], but the breaker stays closed. A silence is
+//! timed from when the call was sent, not from when its request asked, and
+//! an answer that comes as the deadline passes is still taken. On a
+//! cluster, an error while another node answered within the deadline is
+//! that node's: the request follows its failure policy, and the breaker,
+//! which stands for the whole store, stays closed, so the keys on the other
+//! nodes are still decided in Redis. A connection that drops under a call
+//! (a killed client, a restarted proxy) is replaced, and the call is sent
+//! once more on the new connection; a call that reached Redis just before
+//! the drop may then be charged twice, which can refuse a later request
+//! early but never admits one uncounted.
 //!
 //! The store's future never fails and never panics on Redis's account: the
 //! layer never sees a store error from it, so a failure never becomes the

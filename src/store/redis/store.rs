@@ -410,9 +410,10 @@ impl Store for RedisStore {
 }
 
 impl Inner {
-    /// One call of the script `which` picks, within the deadline. The call
-    /// runs in a task of its own, so that the breaker hears Redis's answer
-    /// even when it comes after the deadline (see [`breaker::within`]).
+    /// One call of the script `which` picks, within the deadline. A call
+    /// still unanswered then goes on in a task of its own, so that the
+    /// breaker hears Redis's answer even when it comes after the deadline
+    /// (see [`breaker::within`]).
     async fn call<A, T>(
         self: &Arc<Self>,
         which: fn(&Inner) -> &Script,

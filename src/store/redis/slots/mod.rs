@@ -454,7 +454,7 @@ async fn call(
         // The request's own time ran out, not Redis's: the ticket is
         // dropped unanswered (abandoned).
         Err(_) if cut_short => return Err(CallError::WaitOver),
-        Err(_) => Failure::Timeout(budget, Some(sent)),
+        Err(_) => Failure::Timeout(budget, sent),
         Ok(Err(e)) => Failure::Redis(e),
         Ok(Ok(reply)) if args[0] != "a" || parse(&reply).is_some() => {
             p.counters.answered.fetch_add(1, Ordering::Relaxed);
