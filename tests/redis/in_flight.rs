@@ -1,8 +1,8 @@
 //! In-flight caps shared through Redis: two stores on one server play two
 //! nodes. One cap across both, one first-come-first-served line across
 //! both, waits that run out, cancelled waiters, leases that outlive a dead
-//! node, each failure policy when Redis is gone, keys that expire, and the
-//! layer on two stores.
+//! node, each failure policy when Redis is gone, late answers the circuit
+//! breaker hears, keys that expire, and the layer on two stores.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -553,6 +553,41 @@ async fn a_waiter_on_a_frozen_redis_ends_within_its_wait() {
     assert!(took < max_wait, "a failed poll decides at once: {took:?}");
     assert!(b.timeouts() > 0);
     drop(holder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_answers_to_slot_calls_keep_the_breaker_closed() {
+    let server = redis_or_skip!();
+    // A 100 ms deadline; the breaker opens after 3 failures with nothing
+    // heard from Redis between them.
+    let store = node(&server).await;
+    for round in 0..3 {
+        let key = 0xa00 + round;
+        server.freeze();
+        // Past its deadline, the request gets the failure policy's answer,
+        // and the node gives up its call: the release it sends for it
+        // misses its deadline too (the next try is a second away).
+        let _ = now(&store, key, 100, Mode::Refuse).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.thaw();
+        // Redis then answers both calls, late: it has once it answers a
+        // command sent after them, and the node hears them. Without them,
+        // the next round's failure would be the third in a row.
+        let _: String = redis::cmd("PING")
+            .query_async(&mut server.client().await)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.timeouts() >= 3, "{store:?}");
+    let permit = now(&store, 0xb00, 100, Mode::Refuse).await.unwrap();
+    assert_eq!(
+        store.short_circuits(),
+        0,
+        "the breaker stayed closed: {store:?}"
+    );
+    assert_eq!(zcard(&server, 0xb00, "held").await, 1, "Redis granted it");
+    drop(permit);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

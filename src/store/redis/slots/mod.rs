@@ -24,7 +24,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::breaker::{Breaker, Permit as Call, Ticket, Transition};
+use super::breaker::{self, Breaker, Permit as Call, Ticket, Transition};
 use super::connection::Backend;
 use super::failure::{self, Failure};
 use super::failure_policy::FailurePolicy;
@@ -89,6 +89,34 @@ pub(super) struct Counts<'a> {
 /// How to get a [`Parts`] from the store's shared state `T`.
 pub(super) type PartsOf<T> = for<'a> fn(&'a T) -> Parts<'a>;
 
+/// The store's shared state, held, and the way to its [`Parts`]: what a
+/// slot call takes with it when it goes on past its deadline (see
+/// [`call`]).
+pub(super) struct Owner<T> {
+    state: Arc<T>,
+    parts: PartsOf<T>,
+}
+
+impl<T> Owner<T> {
+    pub(super) fn new(state: Arc<T>, parts: PartsOf<T>) -> Self {
+        Owner { state, parts }
+    }
+
+    /// What the slot logic needs of the store.
+    pub(super) fn parts(&self) -> Parts<'_> {
+        (self.parts)(&self.state)
+    }
+}
+
+impl<T> Clone for Owner<T> {
+    fn clone(&self) -> Self {
+        Owner {
+            state: Arc::clone(&self.state),
+            parts: self.parts,
+        }
+    }
+}
+
 /// This node's side of the shared slots: its identity, its settings, the
 /// channel to its upkeep task, its fallback limiter and its local waiters.
 pub(super) struct Slots {
@@ -150,7 +178,7 @@ impl Slots {
 
     /// Spawns the upkeep task on the current Tokio runtime, once (with the
     /// first request, so that a store whose limits have no cap runs none).
-    fn start_upkeep<T: Send + Sync + 'static>(&self, owner: &Arc<T>, parts: PartsOf<T>) {
+    fn start_upkeep<T: Send + Sync + 'static>(&self, owner: &Owner<T>) {
         let mut idle = self.idle_upkeep.lock();
         if idle.is_none() {
             return;
@@ -159,7 +187,7 @@ impl Slots {
         // to its policy, see `run`): a later request starts the task.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             if let Some(upkeep) = idle.take() {
-                runtime.spawn(upkeep.run(Arc::downgrade(owner), parts));
+                runtime.spawn(upkeep.run(Arc::downgrade(&owner.state), owner.parts));
             }
         }
     }
@@ -285,19 +313,20 @@ pub(super) fn acquire<T: Send + Sync + 'static>(
     policy: FailurePolicy,
 ) -> SlotFuture {
     Box::pin(async move {
-        let p = parts(&owner);
-        p.slots.start_upkeep(&owner, parts);
-        run(&p, Count { principal, key }, max, mode, policy).await
+        let owner = Owner::new(owner, parts);
+        owner.parts().slots.start_upkeep(&owner);
+        run(&owner, Count { principal, key }, max, mode, policy).await
     })
 }
 
-async fn run(
-    p: &Parts<'_>,
+async fn run<T: Send + Sync + 'static>(
+    owner: &Owner<T>,
     count: Count,
     max: u32,
     mode: Mode,
     policy: FailurePolicy,
 ) -> Result<Permit, Busy> {
+    let p = &owner.parts();
     let key = count.key;
     if tokio::runtime::Handle::try_current().is_err() {
         // Neither Redis calls nor their deadlines work outside a Tokio
@@ -349,7 +378,7 @@ async fn run(
             _ => p.deadline,
         };
         leave.armed = true;
-        let reply = match call(p, &keys, &args, budget).await {
+        let reply = match call(owner, &keys, &args, budget).await {
             Ok(reply) => reply,
             Err(CallError::WaitOver) => {
                 return Err(Busy::TimedOut {
@@ -431,13 +460,16 @@ fn parse(reply: &[i64]) -> Option<Verdict> {
 }
 
 /// One script call through the breaker, within `budget` (the deadline, or
-/// less when the request's wait ends sooner).
-async fn call(
-    p: &Parts<'_>,
+/// less when the request's wait ends sooner). A call unanswered by then
+/// goes on in a task of its own, so that the breaker hears a late answer
+/// (see [`breaker::within`]).
+async fn call<T: Send + Sync + 'static>(
+    owner: &Owner<T>,
     keys: &[String],
     args: &[String],
     budget: Duration,
 ) -> Result<Vec<i64>, CallError> {
+    let p = &owner.parts();
     let permit = p.breaker.permit();
     if let Call::Refused(_) = permit {
         p.counters.short_circuits.fetch_add(1, Ordering::Relaxed);
@@ -446,15 +478,21 @@ async fn call(
     }
     let ticket = Ticket::new(Arc::clone(p.breaker), permit);
     let cut_short = budget < p.deadline;
-    let call = p
-        .backend
-        .eval::<_, Vec<i64>>(&p.slots.script, keys, args, p.counters.script_loads);
-    let sent = tokio::time::Instant::now();
-    let failure = match tokio::time::timeout(budget, call).await {
+    let call = {
+        let (owner, keys, args) = (owner.clone(), keys.to_vec(), args.to_vec());
+        async move {
+            let p = owner.parts();
+            let loads = p.counters.script_loads;
+            p.backend
+                .eval::<_, Vec<i64>>(&p.slots.script, &keys, &args, loads)
+                .await
+        }
+    };
+    let failure = match breaker::within(p.breaker, budget, call).await {
         // The request's own time ran out, not Redis's: the ticket is
         // dropped unanswered (abandoned).
         Err(_) if cut_short => return Err(CallError::WaitOver),
-        Err(_) => Failure::Timeout(budget, sent),
+        Err(sent) => Failure::Timeout(budget, sent),
         Ok(Err(e)) => Failure::Redis(e),
         Ok(Ok(reply)) if args[0] != "a" || parse(&reply).is_some() => {
             p.counters.answered.fetch_add(1, Ordering::Relaxed);

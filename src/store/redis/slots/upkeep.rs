@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
-use super::{call, millis, Count, Parts, PartsOf, IDS_PER_CALL, KEYS_PER_CALL, MAX_PENDING_FREES};
+use super::{call, millis, Count, Owner, PartsOf, IDS_PER_CALL, KEYS_PER_CALL, MAX_PENDING_FREES};
 
 /// A message to the upkeep task.
 #[derive(Debug)]
@@ -60,11 +60,12 @@ impl Upkeep {
                 Ok(None) => return,
                 Err(_) => {}
             }
-            let Some(owner) = owner.upgrade() else {
+            let Some(state) = owner.upgrade() else {
                 // The store is gone: its slots expire with their leases.
                 return;
             };
-            let p = parts(&owner);
+            let held_owner = Owner::new(state, parts);
+            let p = held_owner.parts();
             let now = Instant::now();
             let renew = now >= next_renew;
             let retry = retry_at.is_some_and(|r| now >= r);
@@ -83,7 +84,7 @@ impl Upkeep {
             } else {
                 Vec::new()
             };
-            match upkeep(&p, &frees, &renewals).await {
+            match upkeep(&held_owner, &frees, &renewals).await {
                 Ok(lost) => {
                     for f in frees.drain(..) {
                         p.slots.wake(f.key.key);
@@ -148,11 +149,12 @@ fn forget(held: &mut HashMap<Count, Vec<u64>>, key: Count, n: u64) {
 /// Frees `frees` and renews `renewals` (key, holder counter) in as few
 /// script calls as the batch limits allow; the renewals whose lease had run
 /// out come back. Stops at the first call that fails.
-async fn upkeep(
-    p: &Parts<'_>,
+async fn upkeep<T: Send + Sync + 'static>(
+    owner: &Owner<T>,
     frees: &[Pending],
     renewals: &[(Count, u64)],
 ) -> Result<Vec<(Count, u64)>, ()> {
+    let p = &owner.parts();
     // Group by key, keeping the order of first appearance.
     let mut order: Vec<Count> = Vec::new();
     let mut groups: HashMap<Count, (Vec<u64>, Vec<u64>)> = HashMap::new();
@@ -199,7 +201,9 @@ async fn upkeep(
             call_args.push(String::from("m"));
             call_args.push(lease.clone());
             call_args.append(&mut args);
-            let reply = call(p, &keys, &call_args, p.deadline).await.map_err(drop)?;
+            let reply = call(owner, &keys, &call_args, p.deadline)
+                .await
+                .map_err(drop)?;
             for index in reply {
                 if let Some(&gone) = usize::try_from(index).ok().and_then(|i| renewed.get(i)) {
                     lost.push(gone);
