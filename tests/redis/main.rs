@@ -5,9 +5,7 @@
 //! nodes, and the same decisions as the memory store on random sequences.
 //!
 //! TLS (`rediss://`) is in `tests/redis_tls.rs`, a binary of its own because
-//! it sets `SSL_CERT_FILE`; a burst that queues in this process is in
-//! `tests/redis_burst.rs`, a binary of its own because it must have the
-//! process to itself.
+//! it sets `SSL_CERT_FILE`.
 
 #![cfg(feature = "redis")]
 

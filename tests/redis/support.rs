@@ -1,7 +1,7 @@
-//! A real `redis-server` for the Redis tests (this binary's,
-//! `tests/redis_tls.rs`'s and `tests/redis_burst.rs`'s): each test starts
-//! its own on a free loopback port, with persistence off, and kills it on
-//! drop; or a three-node Redis Cluster of them ([`Cluster`]).
+//! A real `redis-server` for the Redis tests (this binary's and
+//! `tests/redis_tls.rs`'s): each test starts its own on a free loopback
+//! port, with persistence off, and kills it on drop; or a three-node Redis
+//! Cluster of them ([`Cluster`]).
 //!
 //! Without `redis-server` (and, for a cluster, `redis-cli`) on `PATH` the
 //! tests fail with a message that says how to install it, unless
