@@ -64,8 +64,8 @@ impl Upkeep {
                 // The store is gone: its slots expire with their leases.
                 return;
             };
-            let held_owner = Owner::new(state, parts);
-            let p = held_owner.parts();
+            let store = Owner::new(state, parts);
+            let p = store.parts();
             let now = Instant::now();
             let renew = now >= next_renew;
             let retry = retry_at.is_some_and(|r| now >= r);
@@ -84,7 +84,7 @@ impl Upkeep {
             } else {
                 Vec::new()
             };
-            match upkeep(&held_owner, &frees, &renewals).await {
+            match upkeep(&store, &frees, &renewals).await {
                 Ok(lost) => {
                     for f in frees.drain(..) {
                         p.slots.wake(f.key.key);
