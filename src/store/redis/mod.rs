@@ -155,7 +155,10 @@
 //! fault there): that request follows its failure policy and is counted in
 //! [`RedisStore::timeouts`], but the breaker stays closed. A silence is
 //! timed from when the call was sent, not from when its request asked, and
-//! an answer that comes as the deadline passes is still taken. On a
+//! an answer that comes as the deadline passes is still taken. (What the
+//! process cannot tell from a silent Redis is its own tasks that read the
+//! answers not running for three deadlines, thousands of requests at once
+//! on cores that other processes keep busy: then the breaker opens too.) On a
 //! cluster, an error while another node answered within the deadline is
 //! that node's: the request follows its failure policy, and the breaker,
 //! which stands for the whole store, stays closed, so the keys on the other
