@@ -43,8 +43,8 @@ pub enum Basis {
     #[default]
     Counted,
     /// The Redis store refused it from its memory of an earlier refusal of
-    /// the same bucket, without calling Redis (see
-    /// [the deny cache](crate::store::redis#the-deny-cache)).
+    /// the same bucket, without calling Redis (see the deny cache in the
+    /// `store::redis` module's docs, feature `redis`).
     DenyCache,
     /// The store could not decide, and the limits' failure policies counted
     /// it in this process's memory instead.

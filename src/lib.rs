@@ -147,13 +147,20 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | `toml` (default) | [`Policy::from_toml`] and the other policy-file loaders, [`CustomKeys`] |
+#![cfg_attr(
+    feature = "toml",
+    doc = "| `toml` (default) | [`Policy::from_toml`] and the other policy-file loaders, [`CustomKeys`] |"
+)]
+#![cfg_attr(
+    not(feature = "toml"),
+    doc = "| `toml` (default) | `Policy::from_toml` and the other policy-file loaders, `CustomKeys` |"
+)]
 //! | `axum` | [`Decision`] as an axum extractor; [`key::PeerIp`] also reads axum's `ConnectInfo<SocketAddr>` |
 //! | `admin` | `admin::router`: an axum `Router` to look at, reset and override keys' limits (implies `axum`) |
 //! | `governor` | `From<governor::Quota>` for [`Window`] |
 //! | `redis` | `store::RedisStore`: counts shared by many processes |
 //! | `redis-tls` | `rediss://` URLs for the Redis store |
-//! | `client` | [`client`]: a retry policy that honours `Retry-After` and the rate-limit headers, a pacing layer that waits for its turn, a sender pool, campaign waves |
+//! | `client` | `client`: a retry policy that honours `Retry-After` and the rate-limit headers, a pacing layer that waits for its turn, a sender pool, campaign waves |
 //! | `metrics` | counters, gauges and a histogram through the `metrics` facade: decisions per limit and outcome, near-limit admissions, the stores' errors, fallbacks, breaker, tracked keys and round trips |
 //!
 //! With `metrics`, the layer registers its metrics' handles with the

@@ -4,8 +4,8 @@
 //! headers ([`HeaderStyle`]), which window they report
 //! ([`PolicyBuilder::report_period`]), and the body of a refusal
 //! ([`RefusalFormat`]). Build one in code with
-//! [`Policy::builder`], or load one from TOML with [`Policy::from_toml`]
-//! (the format is in the crate's README).
+//! [`Policy::builder`], or load one from TOML with `Policy::from_toml`
+//! (feature `toml`, on by default; the format is in the crate's README).
 //!
 //! ```
 //! use tower_ratelimit::{key::Header, Limit, Policy, Quota, RefusalFormat, Window};

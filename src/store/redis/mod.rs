@@ -253,7 +253,7 @@
 //!
 //! # Peek and reset
 //!
-//! For operators (the [admin API](crate::admin)),
+//! For operators (the admin API, feature `admin`),
 //! [`Store::peek`](crate::store::Store::peek) reads a key's buckets and
 //! bans with a script that writes nothing, one call per principal, and
 //! computes each window here with the memory store's arithmetic, as the
