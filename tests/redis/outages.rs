@@ -3,7 +3,7 @@
 //! Redis is away, and a burst that queues in this process's connection
 //! does not trip the breaker.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use tower_ratelimit::key::Header;
@@ -12,7 +12,7 @@ use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{send, service, SECRET};
+use crate::support::{send, service, Proxy, SECRET};
 
 async fn decide(store: &RedisStore, checks: &[Check<'_>]) -> Outcome {
     match store.check(0, checks) {
@@ -249,6 +249,43 @@ async fn each_decision_says_what_made_it() {
         seen(send(&svc, "GET", "/l", "k").await),
         (429, Some(Full), DenyCache)
     );
+}
+
+#[tokio::test]
+async fn a_connection_gone_silent_is_replaced() {
+    use tower_ratelimit::Basis;
+
+    let server = redis_or_skip!();
+    // Behind a proxy that can swallow a connection's packets without
+    // closing it: the connection manager replaces only one that drops.
+    let proxy = Proxy::start(server.port()).await;
+    let store = RedisStore::builder(proxy.url())
+        .deadline(Duration::from_millis(50))
+        .circuit_breaker(3, Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let quota = Quota::new(Window::per_minute(1_000));
+    let checks = [Check::new(7, &quota)];
+    assert_eq!(decide(&store, &checks).await.basis(), Basis::Counted);
+    proxy.silence();
+    // Each call waits its deadline unanswered; the third opens the breaker.
+    for _ in 0..3 {
+        let outcome = decide(&store, &checks).await;
+        assert_eq!(outcome.basis(), Basis::LocalFallback);
+    }
+    assert!(store.is_circuit_open(), "{store:?}");
+    // The probe after the cool-down goes out on a new connection: Redis
+    // decides again.
+    let started = Instant::now();
+    while decide(&store, &checks).await.basis() != Basis::Counted {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "still not decided in Redis: {store:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.timeouts(), 3, "{store:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

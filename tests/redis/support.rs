@@ -14,6 +14,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A `redis-server` child process.
@@ -244,6 +246,74 @@ impl RedisServer {
         }
         values.sort();
         values
+    }
+}
+
+/// A TCP proxy on a free loopback port in front of a server, for a
+/// connection that goes silent: [`Proxy::silence`] makes every connection
+/// made so far pass nothing more either way while it stays open (as behind
+/// a failover to an address that swallows packets); new connections pass.
+/// Its tasks end with the test's runtime.
+pub(crate) struct Proxy {
+    port: u16,
+    /// Connections made before the last silence pass nothing.
+    era: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    /// Starts a proxy to the server on loopback port `to`.
+    pub(crate) async fn start(to: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let era = Arc::new(AtomicU64::new(0));
+        let eras = Arc::clone(&era);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let born = eras.load(SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, Arc::clone(&eras), born));
+                tokio::spawn(pump(server_read, client_write, Arc::clone(&eras), born));
+            }
+        });
+        Proxy { port, era }
+    }
+
+    /// `redis://127.0.0.1:PORT`, through the proxy.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Silences the connections made so far.
+    pub(crate) fn silence(&self) {
+        self.era.fetch_add(1, SeqCst);
+    }
+}
+
+/// Passes what `from` reads to `into` while the connection's era lasts;
+/// then holds both open and passes nothing.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut into: tokio::net::tcp::OwnedWriteHalf,
+    era: Arc<AtomicU64>,
+    born: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if era.load(SeqCst) != born {
+            std::future::pending::<()>().await;
+        }
+        if into.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -29,6 +29,17 @@ pub(crate) struct Breaker {
     /// open.
     #[cfg(feature = "metrics")]
     open_gauge: metrics::Gauge,
+    /// Run each time the breaker opens, or stays open after a failed probe.
+    on_open: OnceLock<OnOpen>,
+}
+
+/// What the store does when the breaker opens (see [`Breaker::on_open`]).
+struct OnOpen(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnOpen")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -71,7 +82,14 @@ impl Breaker {
             partial: None,
             #[cfg(feature = "metrics")]
             open_gauge: metrics::gauge!("ratelimit_breaker_open", "store" => "redis"),
+            on_open: OnceLock::new(),
         }
+    }
+
+    /// Runs `hook` each time the breaker opens, or stays open after a
+    /// failed probe (once; a second hook is ignored).
+    pub(crate) fn on_open(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_open.set(OnOpen(Box::new(hook)));
     }
 
     /// Sets the open gauge (under the state's lock, so that it follows the
@@ -159,6 +177,16 @@ impl Breaker {
     /// from Redis since the last one counted (even a late one, or another
     /// call's) ends the run, and this failure starts a new one.
     pub(crate) fn failure(&self, permit: Permit) -> Transition {
+        let transition = self.count_failure(permit);
+        if transition == Transition::Opened || permit == Permit::Probe {
+            if let Some(OnOpen(hook)) = self.on_open.get() {
+                hook();
+            }
+        }
+        transition
+    }
+
+    fn count_failure(&self, permit: Permit) -> Transition {
         let mut state = self.state.lock();
         let previous = self.failed.fetch_max(self.stamp(), Ordering::Relaxed);
         if self.answered.load(Ordering::Relaxed) > previous {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::Script;
 
 use super::breaker::Breaker;
@@ -263,9 +263,7 @@ impl RedisStoreBuilder {
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(10))
                     .set_max_delay(Duration::from_millis(100));
-                let manager = ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(|e| ConfigError::invalid("redis", format!("cannot set up: {e}")))?;
-                Backend::Single(manager)
+                Backend::Single(Box::new(connection::Server::new(client, config)?))
             }
             Target::Cluster(urls) => {
                 let client = connection::cluster_builder(urls, &self.tls)?
@@ -315,6 +313,15 @@ impl RedisStoreBuilder {
                 listener: std::sync::OnceLock::new(),
             }),
         };
+        // A connection that went silent is given up when the breaker opens
+        // (a failover, a middlebox that forgot it): the probe after the
+        // cool-down then goes out on a new one.
+        let inner = Arc::downgrade(&store.inner);
+        store.inner.breaker.on_open(move || {
+            if let Some(Backend::Single(server)) = inner.upgrade().as_ref().map(|i| &i.backend) {
+                server.renew();
+            }
+        });
         let inner = Arc::downgrade(&store.inner);
         let tell = move |heard: Heard<'_>| {
             let Some(inner) = inner.upgrade() else {

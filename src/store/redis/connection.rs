@@ -5,8 +5,10 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use arc_swap::ArcSwap;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -178,9 +180,52 @@ pub(crate) fn cluster_builder(
 /// Where the store sends its commands.
 pub(crate) enum Backend {
     /// One server (or a primary behind a proxy), reconnected automatically.
-    Single(ConnectionManager),
+    Single(Box<Server>),
     /// A Redis Cluster, connected on first use (and retried until it is).
     Cluster(Box<Cluster>),
+}
+
+/// The connection to one server: reconnected when it drops, and replaced
+/// when it has gone silent (see [`Server::renew`]).
+pub(crate) struct Server {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    manager: ArcSwap<ConnectionManager>,
+}
+
+impl Server {
+    /// A server reached through `client`, connected on first use.
+    pub(crate) fn new(
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    ) -> Result<Self, ConfigError> {
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(|e| ConfigError::invalid("redis", format!("cannot set up: {e}")))?;
+        Ok(Server {
+            client,
+            config,
+            manager: ArcSwap::from_pointee(manager),
+        })
+    }
+
+    /// The connection, for one command.
+    fn connection(&self) -> ConnectionManager {
+        (**self.manager.load()).clone()
+    }
+
+    /// Gives up the connection for a new one, made on first use: a
+    /// connection can go silent without dropping (a failover behind an
+    /// address that now swallows packets, a middlebox that forgot it), and
+    /// the connection manager replaces only one that drops. Calls already
+    /// sent on the old one keep waiting on it until their deadlines.
+    pub(crate) fn renew(&self) {
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(manager) => self.manager.store(Arc::new(manager)),
+            Err(error) => {
+                tracing::warn!(%error, "rate-limit store: cannot make a new connection to Redis")
+            }
+        }
+    }
 }
 
 /// A cluster client and its connection, once made.
@@ -215,8 +260,8 @@ impl Backend {
         loads: &AtomicU64,
     ) -> RedisResult<T> {
         match self {
-            Backend::Single(manager) => {
-                eval_on(&mut manager.clone(), script, keys, args, loads).await
+            Backend::Single(server) => {
+                eval_on(&mut server.connection(), script, keys, args, loads).await
             }
             Backend::Cluster(cluster) => {
                 let connection = cluster
@@ -231,7 +276,7 @@ impl Backend {
     /// Checks that Redis answers, and loads the scripts.
     pub(crate) async fn prepare(&self, scripts: &[&Script], loads: &AtomicU64) -> RedisResult<()> {
         match self {
-            Backend::Single(manager) => prepare_on(&mut manager.clone(), scripts, loads).await,
+            Backend::Single(server) => prepare_on(&mut server.connection(), scripts, loads).await,
             Backend::Cluster(cluster) => {
                 let connection = cluster
                     .connection

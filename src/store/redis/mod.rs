@@ -166,7 +166,10 @@
 //! (a killed client, a restarted proxy) is replaced, and the call is sent
 //! once more on the new connection; a call that reached Redis just before
 //! the drop may then be charged twice, which can refuse a later request
-//! early but never admits one uncounted.
+//! early but never admits one uncounted. A connection to one server that
+//! goes silent without dropping (a failover behind an address that now
+//! swallows packets, a middlebox that forgot it) is given up each time the
+//! breaker opens, so the probe after the cool-down goes out on a new one.
 //!
 //! The store's future never fails and never panics on Redis's account: the
 //! layer never sees a store error from it, so a failure never becomes the
