@@ -288,6 +288,49 @@ async fn a_connection_gone_silent_is_replaced() {
     assert_eq!(store.timeouts(), 3, "{store:?}");
 }
 
+#[tokio::test]
+async fn after_a_silence_resets_from_other_processes_still_arrive() {
+    use tower_ratelimit::Basis;
+
+    let server = redis_or_skip!();
+    // Process A behind the proxy; process B, the operator's, direct.
+    let proxy = Proxy::start(server.port()).await;
+    let a = RedisStore::builder(proxy.url())
+        .deadline(Duration::from_millis(50))
+        .circuit_breaker(3, Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let b = RedisStore::builder(server.url()).connect().await.unwrap();
+    let quota = Quota::new(Window::per_minute(1));
+    let checks = [Check::new(7, &quota)];
+    assert!(decide(&a, &checks).await.admitted());
+    // A's connections, its subscription to resets among them, go silent.
+    proxy.silence();
+    for _ in 0..3 {
+        assert_eq!(decide(&a, &checks).await.basis(), Basis::LocalFallback);
+    }
+    // Redis decides again (the key's one request a minute is used), and A
+    // remembers the refusal.
+    let started = Instant::now();
+    while decide(&a, &checks).await.basis() != Basis::Counted {
+        assert!(started.elapsed() < Duration::from_secs(2), "{a:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(decide(&a, &checks).await.basis(), Basis::DenyCache);
+    // The operator resets the key through B: A hears of it, on the
+    // subscription it made again when its breaker opened, and asks Redis.
+    b.forget(&checks).await.unwrap();
+    let started = Instant::now();
+    while !decide(&a, &checks).await.admitted() {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the reset never reached A: {a:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_queued_in_this_process_is_no_redis_failure() {
     let server = redis_or_skip!();

@@ -313,14 +313,18 @@ impl RedisStoreBuilder {
                 listener: std::sync::OnceLock::new(),
             }),
         };
-        // A connection that went silent is given up when the breaker opens
-        // (a failover, a middlebox that forgot it): the probe after the
-        // cool-down then goes out on a new one.
+        // Connections that went silent are given up when the breaker opens
+        // (a failover, a middlebox that forgot them): the probe after the
+        // cool-down goes out on a new one, and the resets listener
+        // subscribes again on a new one.
         let inner = Arc::downgrade(&store.inner);
+        let renew = Arc::new(tokio::sync::Notify::new());
+        let renew_listener = Arc::clone(&renew);
         store.inner.breaker.on_open(move || {
             if let Some(Backend::Single(server)) = inner.upgrade().as_ref().map(|i| &i.backend) {
                 server.renew();
             }
+            renew_listener.notify_one();
         });
         let inner = Arc::downgrade(&store.inner);
         let tell = move |heard: Heard<'_>| {
@@ -334,7 +338,7 @@ impl RedisStoreBuilder {
             }
             true
         };
-        let listen = resets::listen(clients, channel, self.connect_timeout, tell);
+        let listen = resets::listen(clients, channel, self.connect_timeout, renew, tell);
         let listener = tokio::spawn(listen).abort_handle();
         let _ = store.inner.listener.set(listener);
         Ok(store)

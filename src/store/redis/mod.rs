@@ -169,7 +169,9 @@
 //! early but never admits one uncounted. A connection to one server that
 //! goes silent without dropping (a failover behind an address that now
 //! swallows packets, a middlebox that forgot it) is given up each time the
-//! breaker opens, so the probe after the cool-down goes out on a new one.
+//! breaker opens, so the probe after the cool-down goes out on a new one;
+//! the listener of the resets channel (below) then subscribes again on a new
+//! connection too.
 //!
 //! The store's future never fails and never panics on Redis's account: the
 //! layer never sees a store error from it, so a failure never becomes the

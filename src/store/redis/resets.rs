@@ -9,16 +9,22 @@
 //! A store that (re)subscribes forgets everything it remembers, since it
 //! may have missed resets while it was not listening: its next requests ask
 //! Redis, which is always right. The listener retries with a backoff (up to
-//! 5 s) while Redis cannot be reached, and stops with the store.
+//! 5 s) while Redis cannot be reached, subscribes again on a new connection
+//! each time the store's breaker opens (its connection may have gone silent
+//! without closing), and stops with the store.
 //!
 //! A message is the deleted buckets and penalty keys as text, `b` or `p`
 //! and 16 hexadecimal digits each, separated by spaces. Anything else in a
 //! message is ignored: a stranger who can publish on the channel can only
 //! make stores ask Redis more often.
 
+use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::{select, Either};
 use futures_util::StreamExt;
+use tokio::sync::Notify;
 
 use super::script::Planned;
 
@@ -93,6 +99,7 @@ pub(crate) async fn listen(
     clients: Vec<redis::Client>,
     channel: String,
     connect_timeout: Duration,
+    renew: Arc<Notify>,
     mut tell: impl FnMut(Heard<'_>) -> bool,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -113,12 +120,29 @@ pub(crate) async fn listen(
                     return;
                 }
                 let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    if !tell(Heard::Message(message.get_payload_bytes())) {
-                        return;
+                loop {
+                    match select(pin!(messages.next()), pin!(renew.notified())).await {
+                        Either::Left((Some(message), _)) => {
+                            if !tell(Heard::Message(message.get_payload_bytes())) {
+                                return;
+                            }
+                        }
+                        Either::Left((None, _)) => {
+                            tracing::debug!(
+                                "rate-limit store: the resets channel closed; subscribing again"
+                            );
+                            break;
+                        }
+                        // The store gave up its connection (the breaker
+                        // opened): this one may have gone silent too.
+                        Either::Right(((), _)) => {
+                            tracing::debug!(
+                                "rate-limit store: subscribing to resets on a new connection"
+                            );
+                            break;
+                        }
                     }
                 }
-                tracing::debug!("rate-limit store: the resets channel closed; subscribing again");
             }
             Ok(Err(error)) => {
                 tracing::debug!(%error, "rate-limit store: cannot subscribe to resets");
