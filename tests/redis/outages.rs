@@ -12,7 +12,7 @@ use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{send, service, Proxy, SECRET};
+use crate::support::{send, service, Proxy, RedisServer, SECRET};
 
 async fn decide(store: &RedisStore, checks: &[Check<'_>]) -> Outcome {
     match store.check(0, checks) {
@@ -286,6 +286,45 @@ async fn a_connection_gone_silent_is_replaced() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(store.timeouts(), 3, "{store:?}");
+}
+
+#[tokio::test]
+async fn a_failover_behind_one_address_is_followed() {
+    use tower_ratelimit::Basis;
+
+    let old = redis_or_skip!();
+    let new = RedisServer::start();
+    let proxy = Proxy::start(old.port()).await;
+    let store = RedisStore::builder(proxy.url())
+        .deadline(Duration::from_millis(50))
+        .circuit_breaker(3, Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let quota = Quota::new(Window::per_minute(1_000));
+    let checks = [Check::new(7, &quota)];
+    assert_eq!(decide(&store, &checks).await.basis(), Basis::Counted);
+    // The failover: the old primary becomes a replica of the new one (it
+    // refuses writes, READONLY, on the connection the store holds), and the
+    // address now leads to the new primary.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new.port())
+        .query_async(&mut old.client().await)
+        .await
+        .unwrap();
+    proxy.redirect(new.port());
+    // The errors open the breaker; the probe after the cool-down goes out
+    // on a new connection, to the new primary, which decides.
+    let started = Instant::now();
+    while decide(&store, &checks).await.basis() != Basis::Counted {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the store never reached the new primary: {store:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.failures() >= 3, "{store:?}");
 }
 
 #[tokio::test]

@@ -249,15 +249,18 @@ impl RedisServer {
     }
 }
 
-/// A TCP proxy on a free loopback port in front of a server, for a
-/// connection that goes silent: [`Proxy::silence`] makes every connection
-/// made so far pass nothing more either way while it stays open (as behind
-/// a failover to an address that swallows packets); new connections pass.
-/// Its tasks end with the test's runtime.
+/// A TCP proxy on a free loopback port in front of a server, for what a
+/// failover does to the connections behind one address:
+/// [`Proxy::silence`] makes every connection made so far pass nothing more
+/// either way while it stays open (an address that swallows packets);
+/// [`Proxy::redirect`] sends new connections to another server. Its tasks
+/// end with the test's runtime.
 pub(crate) struct Proxy {
     port: u16,
     /// Connections made before the last silence pass nothing.
     era: Arc<AtomicU64>,
+    /// The port new connections go to.
+    to: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -267,9 +270,12 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let era = Arc::new(AtomicU64::new(0));
         let eras = Arc::clone(&era);
+        let to = Arc::new(AtomicU64::new(u64::from(to)));
+        let target = Arc::clone(&to);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                let port = target.load(SeqCst) as u16;
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
                     continue;
                 };
                 let born = eras.load(SeqCst);
@@ -279,7 +285,7 @@ impl Proxy {
                 tokio::spawn(pump(server_read, client_write, Arc::clone(&eras), born));
             }
         });
-        Proxy { port, era }
+        Proxy { port, era, to }
     }
 
     /// `redis://127.0.0.1:PORT`, through the proxy.
@@ -290,6 +296,12 @@ impl Proxy {
     /// Silences the connections made so far.
     pub(crate) fn silence(&self) {
         self.era.fetch_add(1, SeqCst);
+    }
+
+    /// Sends new connections to the server on loopback port `to` (as a
+    /// failover moves an address); those made so far stay where they are.
+    pub(crate) fn redirect(&self, to: u16) {
+        self.to.store(u64::from(to), SeqCst);
     }
 }
 

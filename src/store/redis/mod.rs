@@ -168,8 +168,9 @@
 //! the drop may then be charged twice, which can refuse a later request
 //! early but never admits one uncounted. A connection to one server that
 //! goes silent without dropping (a failover behind an address that now
-//! swallows packets, a middlebox that forgot it) is given up each time the
-//! breaker opens, so the probe after the cool-down goes out on a new one;
+//! swallows packets, a middlebox that forgot it), or that leads to an old
+//! primary now answering `READONLY`, is given up each time the breaker
+//! opens, so the probe after the cool-down goes out on a new one;
 //! the listener of the resets channel (below) then subscribes again on a new
 //! connection too.
 //!
