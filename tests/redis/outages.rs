@@ -10,7 +10,7 @@ use tower_ratelimit::key::Header;
 use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
-use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
+use tower_ratelimit::{Basis, Limit, Policy, Quota, RateLimitLayer, Window};
 
 use crate::support::{send, service, Proxy, RedisServer, SECRET};
 
@@ -185,7 +185,7 @@ async fn decide_now(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outco
 #[tokio::test]
 async fn each_decision_says_what_made_it() {
     use tower_ratelimit::store::FailurePolicy;
-    use tower_ratelimit::{Basis, Decision, RefusalReason};
+    use tower_ratelimit::{Decision, RefusalReason};
 
     let mut server = redis_or_skip!();
     let key = || Header::parse("X-API-Key").unwrap();
@@ -251,20 +251,37 @@ async fn each_decision_says_what_made_it() {
     );
 }
 
-#[tokio::test]
-async fn a_connection_gone_silent_is_replaced() {
-    use tower_ratelimit::Basis;
-
-    let server = redis_or_skip!();
-    // Behind a proxy that can swallow a connection's packets without
-    // closing it: the connection manager replaces only one that drops.
-    let proxy = Proxy::start(server.port()).await;
-    let store = RedisStore::builder(proxy.url())
+/// A store behind `proxy`: a 50 ms deadline, and a breaker that opens
+/// after 3 failures for a cool-down of 100 ms.
+async fn behind(proxy: &Proxy) -> RedisStore {
+    RedisStore::builder(proxy.url())
         .deadline(Duration::from_millis(50))
         .circuit_breaker(3, Duration::from_millis(100))
         .connect()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Sends `checks` through `store` until Redis decides them (not the
+/// failure policy), at most 2 s.
+async fn decided_in_redis_again(store: &RedisStore, checks: &[Check<'_>]) {
+    let started = Instant::now();
+    while decide(store, checks).await.basis() != Basis::Counted {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "never decided in Redis again: {store:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_gone_silent_is_replaced() {
+    let server = redis_or_skip!();
+    // Behind a proxy that can swallow a connection's packets without
+    // closing it: the connection manager replaces only one that drops.
+    let proxy = Proxy::start(server.port()).await;
+    let store = behind(&proxy).await;
     let quota = Quota::new(Window::per_minute(1_000));
     let checks = [Check::new(7, &quota)];
     assert_eq!(decide(&store, &checks).await.basis(), Basis::Counted);
@@ -277,30 +294,16 @@ async fn a_connection_gone_silent_is_replaced() {
     assert!(store.is_circuit_open(), "{store:?}");
     // The probe after the cool-down goes out on a new connection: Redis
     // decides again.
-    let started = Instant::now();
-    while decide(&store, &checks).await.basis() != Basis::Counted {
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "still not decided in Redis: {store:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    decided_in_redis_again(&store, &checks).await;
     assert_eq!(store.timeouts(), 3, "{store:?}");
 }
 
 #[tokio::test]
 async fn a_failover_behind_one_address_is_followed() {
-    use tower_ratelimit::Basis;
-
     let old = redis_or_skip!();
     let new = RedisServer::start();
     let proxy = Proxy::start(old.port()).await;
-    let store = RedisStore::builder(proxy.url())
-        .deadline(Duration::from_millis(50))
-        .circuit_breaker(3, Duration::from_millis(100))
-        .connect()
-        .await
-        .unwrap();
+    let store = behind(&proxy).await;
     let quota = Quota::new(Window::per_minute(1_000));
     let checks = [Check::new(7, &quota)];
     assert_eq!(decide(&store, &checks).await.basis(), Basis::Counted);
@@ -316,30 +319,16 @@ async fn a_failover_behind_one_address_is_followed() {
     proxy.redirect(new.port());
     // The errors open the breaker; the probe after the cool-down goes out
     // on a new connection, to the new primary, which decides.
-    let started = Instant::now();
-    while decide(&store, &checks).await.basis() != Basis::Counted {
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the store never reached the new primary: {store:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    decided_in_redis_again(&store, &checks).await;
     assert!(store.failures() >= 3, "{store:?}");
 }
 
 #[tokio::test]
 async fn after_a_silence_resets_from_other_processes_still_arrive() {
-    use tower_ratelimit::Basis;
-
     let server = redis_or_skip!();
     // Process A behind the proxy; process B, the operator's, direct.
     let proxy = Proxy::start(server.port()).await;
-    let a = RedisStore::builder(proxy.url())
-        .deadline(Duration::from_millis(50))
-        .circuit_breaker(3, Duration::from_millis(100))
-        .connect()
-        .await
-        .unwrap();
+    let a = behind(&proxy).await;
     let b = RedisStore::builder(server.url()).connect().await.unwrap();
     let quota = Quota::new(Window::per_minute(1));
     let checks = [Check::new(7, &quota)];
@@ -351,11 +340,7 @@ async fn after_a_silence_resets_from_other_processes_still_arrive() {
     }
     // Redis decides again (the key's one request a minute is used), and A
     // remembers the refusal.
-    let started = Instant::now();
-    while decide(&a, &checks).await.basis() != Basis::Counted {
-        assert!(started.elapsed() < Duration::from_secs(2), "{a:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    decided_in_redis_again(&a, &checks).await;
     assert_eq!(decide(&a, &checks).await.basis(), Basis::DenyCache);
     // The operator resets the key through B: A hears of it, on the
     // subscription it made again when its breaker opened, and asks Redis.
