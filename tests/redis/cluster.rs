@@ -5,19 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
+use tower_ratelimit::store::protocol::Check;
 use tower_ratelimit::store::redis::RedisStore;
-use tower_ratelimit::store::Store;
 use tower_ratelimit::{Algorithm, Quota, Window};
 
-const T0: u64 = 1_700_000_000_000_000_000;
+use crate::support::decide;
 
-async fn decide(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
-    match store.check(now, checks) {
-        Decided::Pending(pending) => pending.await.unwrap(),
-        Decided::Ready(result) => result.unwrap(),
-    }
-}
+const T0: u64 = 1_700_000_000_000_000_000;
 
 #[tokio::test]
 async fn a_cluster_keeps_each_principal_in_one_slot_and_decides_across_slots_whole() {

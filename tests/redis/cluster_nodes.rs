@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 use tower::ServiceExt;
 use tower_ratelimit::key::Header;
+use tower_ratelimit::store::protocol::Check;
 use tower_ratelimit::store::redis::{FailurePolicy, RedisStore};
-use tower_ratelimit::{Decision, Limit, Policy, Quota, RateLimitLayer, ResponseBody, Window};
+use tower_ratelimit::{
+    Basis, Decision, Limit, Policy, Quota, RateLimitLayer, ResponseBody, Window,
+};
 
-use crate::support::{header, per_key, send, service, Cluster, Svc, SECRET};
+use crate::support::{decide, header, per_key, send, service, Cluster, Svc, SECRET};
+
+const T0: u64 = 1_700_000_000_000_000_000;
 
 /// A store on `cluster`, reached through all three nodes.
 async fn store(cluster: &Cluster) -> RedisStore {
@@ -322,4 +327,61 @@ async fn ten_thousand_keys_spread_evenly_over_three_nodes() {
             "node {node} holds {count} of {KEYS} keys ({counts:?}): not within 15 % of a third"
         );
     }
+}
+
+/// A node whose connections go silent (a middlebox that forgot them; a host
+/// gone, its slots taken over by another address): the other nodes keep
+/// answering, so the breaker, which stands for the whole store, stays
+/// closed. Once a call to the silent node is lost (unanswered a cool-down
+/// past its deadline), the store connects anew, and that node's keys are
+/// decided in Redis again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gone_silent_is_reached_on_a_new_connection() {
+    let cluster = cluster_or_skip!();
+    let proxy = cluster.behind_proxy(0).await;
+    let store = RedisStore::cluster_builder(cluster.urls())
+        .deadline(Duration::from_millis(50))
+        .circuit_breaker(3, Duration::from_millis(100))
+        .connect()
+        .await
+        .expect("the cluster answers");
+    let quota = Quota::new(Window::per_hour(1_000));
+    // One principal counted on the proxied node, one on another.
+    let mut on = [None, None];
+    let mut before = cluster.key_counts().await;
+    for principal in 1..100u64 {
+        let check = Check::new(principal, &quota).of_principal(principal);
+        assert_eq!(decide(&store, T0, &[check]).await.basis(), Basis::Counted);
+        let after = cluster.key_counts().await;
+        let proxied = after[0] > before[0];
+        on[usize::from(!proxied)].get_or_insert(check);
+        before = after;
+        if on.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [Some(silenced), Some(answering)] = on else {
+        panic!("99 principals, all on one side of node 0: {on:?}");
+    };
+
+    proxy.silence();
+    let started = Instant::now();
+    let mut fallbacks = 0;
+    loop {
+        let other = decide(&store, T0, &[answering]).await;
+        assert_eq!(other.basis(), Basis::Counted, "the other nodes answer");
+        match decide(&store, T0, &[silenced]).await.basis() {
+            Basis::Counted => break,
+            Basis::LocalFallback => fallbacks += 1,
+            other => panic!("decided by {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "never decided in Redis again: {store:?}"
+        );
+    }
+    // The silence was heard, by the deadline of the node's calls alone.
+    assert!(fallbacks >= 1, "{store:?}");
+    assert!(!store.is_circuit_open(), "{store:?}");
+    assert_eq!(store.short_circuits(), 0, "{store:?}");
 }

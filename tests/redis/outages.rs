@@ -7,19 +7,12 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use tower_ratelimit::key::Header;
-use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
+use tower_ratelimit::store::protocol::{Check, Decided};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Basis, Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{send, service, Proxy, RedisServer, SECRET};
-
-async fn decide(store: &RedisStore, checks: &[Check<'_>]) -> Outcome {
-    match store.check(0, checks) {
-        Decided::Pending(pending) => pending.await.expect("the store never fails"),
-        Decided::Ready(result) => result.expect("the store never fails"),
-    }
-}
+use crate::support::{decide, send, service, Proxy, RedisServer, SECRET};
 
 #[tokio::test]
 async fn killed_client_connections_lose_no_decision() {
@@ -33,7 +26,7 @@ async fn killed_client_connections_lose_no_decision() {
     let quota = Quota::new(Window::per_minute(10));
     let check = [Check::new(7, &quota)];
     for _ in 0..4 {
-        assert!(decide(&store, &check).await.admitted());
+        assert!(decide(&store, 0, &check).await.admitted());
     }
     let mut admin = server.client().await;
     for round in 0..3 {
@@ -51,7 +44,7 @@ async fn killed_client_connections_lose_no_decision() {
             killed >= 1,
             "round {round}: the store's connection was killed"
         );
-        let outcome = decide(&store, &check).await;
+        let outcome = decide(&store, 0, &check).await;
         assert_eq!(outcome.windows().len(), 1, "round {round}: Redis decided");
         assert!(outcome.admitted(), "round {round}");
     }
@@ -59,7 +52,7 @@ async fn killed_client_connections_lose_no_decision() {
     // there (a failing-open decision would carry no window).
     let mut admitted = 0;
     for _ in 0..6 {
-        let outcome = decide(&store, &check).await;
+        let outcome = decide(&store, 0, &check).await;
         assert_eq!(outcome.windows().len(), 1);
         admitted += usize::from(outcome.admitted());
     }
@@ -160,24 +153,13 @@ async fn a_changed_quota_asks_redis_again_at_once() {
         .unwrap();
     const T0: u64 = 1_700_000_000_000_000_000;
     let one = Quota::new(Window::per_minute(1));
-    assert!(decide_now(&store, T0, &[Check::new(5, &one)])
-        .await
-        .admitted());
-    assert!(!decide_now(&store, T0, &[Check::new(5, &one)])
-        .await
-        .admitted());
+    assert!(decide(&store, T0, &[Check::new(5, &one)]).await.admitted());
+    assert!(!decide(&store, T0, &[Check::new(5, &one)]).await.admitted());
     // An override raises the key's quota: Redis decides, with the count kept.
     let raised = Quota::new(Window::per_minute(3));
     let check = [Check::new(5, &raised).based_on(&one)];
-    assert!(decide_now(&store, T0, &check).await.admitted());
+    assert!(decide(&store, T0, &check).await.admitted());
     assert_eq!(store.cached_refusals(), 0);
-}
-
-async fn decide_now(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
-    match store.check(now, checks) {
-        Decided::Pending(pending) => pending.await.unwrap(),
-        Decided::Ready(result) => result.unwrap(),
-    }
 }
 
 /// The decision says what made it: Redis's count, the deny cache, or, while
@@ -266,7 +248,7 @@ async fn behind(proxy: &Proxy) -> RedisStore {
 /// failure policy), at most 2 s.
 async fn decided_in_redis_again(store: &RedisStore, checks: &[Check<'_>]) {
     let started = Instant::now();
-    while decide(store, checks).await.basis() != Basis::Counted {
+    while decide(store, 0, checks).await.basis() != Basis::Counted {
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "never decided in Redis again: {store:?}"
@@ -284,11 +266,11 @@ async fn a_connection_gone_silent_is_replaced() {
     let store = behind(&proxy).await;
     let quota = Quota::new(Window::per_minute(1_000));
     let checks = [Check::new(7, &quota)];
-    assert_eq!(decide(&store, &checks).await.basis(), Basis::Counted);
+    assert_eq!(decide(&store, 0, &checks).await.basis(), Basis::Counted);
     proxy.silence();
     // Each call waits its deadline unanswered; the third opens the breaker.
     for _ in 0..3 {
-        let outcome = decide(&store, &checks).await;
+        let outcome = decide(&store, 0, &checks).await;
         assert_eq!(outcome.basis(), Basis::LocalFallback);
     }
     assert!(store.is_circuit_open(), "{store:?}");
@@ -306,7 +288,7 @@ async fn a_failover_behind_one_address_is_followed() {
     let store = behind(&proxy).await;
     let quota = Quota::new(Window::per_minute(1_000));
     let checks = [Check::new(7, &quota)];
-    assert_eq!(decide(&store, &checks).await.basis(), Basis::Counted);
+    assert_eq!(decide(&store, 0, &checks).await.basis(), Basis::Counted);
     // The failover: the old primary becomes a replica of the new one (it
     // refuses writes, READONLY, on the connection the store holds), and the
     // address now leads to the new primary.
@@ -332,21 +314,21 @@ async fn after_a_silence_resets_from_other_processes_still_arrive() {
     let b = RedisStore::builder(server.url()).connect().await.unwrap();
     let quota = Quota::new(Window::per_minute(1));
     let checks = [Check::new(7, &quota)];
-    assert!(decide(&a, &checks).await.admitted());
+    assert!(decide(&a, 0, &checks).await.admitted());
     // A's connections, its subscription to resets among them, go silent.
     proxy.silence();
     for _ in 0..3 {
-        assert_eq!(decide(&a, &checks).await.basis(), Basis::LocalFallback);
+        assert_eq!(decide(&a, 0, &checks).await.basis(), Basis::LocalFallback);
     }
     // Redis decides again (the key's one request a minute is used), and A
     // remembers the refusal.
     decided_in_redis_again(&a, &checks).await;
-    assert_eq!(decide(&a, &checks).await.basis(), Basis::DenyCache);
+    assert_eq!(decide(&a, 0, &checks).await.basis(), Basis::DenyCache);
     // The operator resets the key through B: A hears of it, on the
     // subscription it made again when its breaker opened, and asks Redis.
     b.forget(&checks).await.unwrap();
     let started = Instant::now();
-    while !decide(&a, &checks).await.admitted() {
+    while !decide(&a, 0, &checks).await.admitted() {
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "the reset never reached A: {a:?}"
@@ -392,4 +374,41 @@ async fn a_burst_queued_in_this_process_is_no_redis_failure() {
     // Redis answered all along: the breaker never opened.
     assert!(!store.is_circuit_open(), "{store:?}");
     assert_eq!(store.short_circuits(), 0, "{store:?}");
+}
+
+/// A call unanswered at its deadline waits for a late answer (which the
+/// breaker hears) for one cool-down more, then is given up: a silence that
+/// outlasts it leaves no task behind, however many calls it swallowed.
+#[tokio::test]
+async fn calls_lost_in_a_silence_leave_no_task_behind() {
+    let server = redis_or_skip!();
+    let proxy = Proxy::start(server.port()).await;
+    // A breaker that does not open: every call goes out and times out.
+    let store = RedisStore::builder(proxy.url())
+        .deadline(Duration::from_millis(50))
+        .circuit_breaker(1_000, Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let quota = Quota::new(Window::per_minute(1_000));
+    let checks = [Check::new(7, &quota)];
+    assert_eq!(decide(&store, 0, &checks).await.basis(), Basis::Counted);
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    proxy.silence();
+    let outcomes = futures::future::join_all((0..20).map(|_| decide(&store, 0, &checks))).await;
+    assert!(outcomes.iter().all(|o| o.basis() == Basis::LocalFallback));
+    let waiting = tasks();
+    assert!(waiting >= before + 20, "{before} tasks, then {waiting}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = tasks();
+    assert!(
+        after <= before + 2,
+        "{before} tasks, then {waiting}, then {after}"
+    );
+    decided_in_redis_again(&store, &checks).await;
 }

@@ -10,24 +10,16 @@ use std::time::Duration;
 
 use tower_ratelimit::key::{Header, PathCapture};
 use tower_ratelimit::penalty::Penalty;
-use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
+use tower_ratelimit::store::protocol::Check;
 use tower_ratelimit::store::redis::RedisStore;
-use tower_ratelimit::store::Store;
 use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{send, service, RedisServer, SECRET};
+use crate::support::{decide, send, service, RedisServer, SECRET};
 
 const NOW: u64 = 1_700_000_000_000_000_000;
 /// Two principals; `A` sorts first, so its group is decided first.
 const A: u64 = 0x0a;
 const B: u64 = 0x0b;
-
-async fn decide(store: &RedisStore, checks: &[Check<'_>]) -> Outcome {
-    match store.check(NOW, checks) {
-        Decided::Pending(pending) => pending.await.unwrap(),
-        Decided::Ready(result) => result.unwrap(),
-    }
-}
 
 async fn store(server: &RedisServer) -> RedisStore {
     // Every decision reaches the script: no refusal from the deny cache.
@@ -52,8 +44,8 @@ async fn a_refusal_by_a_later_principal_leaves_the_earlier_uncharged() {
         Check::new(1, &gcra).of_principal(A),
         Check::new(2, &fixed).of_principal(A),
     ];
-    assert!(decide(&store, &a_only).await.admitted());
-    assert!(decide(&store, &[Check::new(3, &one).of_principal(B)])
+    assert!(decide(&store, NOW, &a_only).await.admitted());
+    assert!(decide(&store, NOW, &[Check::new(3, &one).of_principal(B)])
         .await
         .admitted());
     let before = server.values().await;
@@ -68,7 +60,7 @@ async fn a_refusal_by_a_later_principal_leaves_the_earlier_uncharged() {
         Check::new(4, &fixed).of_principal(A),
     ];
     for _ in 0..3 {
-        let refused = decide(&store, &both).await;
+        let refused = decide(&store, NOW, &both).await;
         assert!(!refused.admitted());
         let remaining: Vec<u32> = refused.windows().iter().map(|w| w.remaining).collect();
         assert_eq!(remaining, [9, 99, 9, 0, 10], "the statuses charge nothing");
@@ -84,8 +76,8 @@ async fn a_refusal_by_a_later_principal_leaves_the_earlier_uncharged() {
         .query_async(&mut client)
         .await
         .unwrap();
-    assert!(decide(&store, &reversed[..1]).await.admitted());
-    assert!(!decide(&store, &reversed).await.admitted());
+    assert!(decide(&store, NOW, &reversed[..1]).await.admitted());
+    assert!(!decide(&store, NOW, &reversed).await.admitted());
     assert_eq!(server.keys().await.len(), 1, "B was not charged");
     assert_eq!(store.failures(), 0);
 }
@@ -119,7 +111,7 @@ async fn concurrent_requests_on_a_shared_principal_never_get_past_its_quota() {
                 Check::new(2, &fixed).of_principal(A),
                 Check::new(other, &one).of_principal(other),
             ];
-            let outcome = decide(&store, &checks).await;
+            let outcome = decide(&store, NOW, &checks).await;
             if outcome.admitted() {
                 admitted.fetch_add(1, Ordering::SeqCst);
             } else if outcome.windows()[..3].iter().all(|w| w.retry_after == 0) {
@@ -139,7 +131,7 @@ async fn concurrent_requests_on_a_shared_principal_never_get_past_its_quota() {
         "refunds happened"
     );
     // Fixed windows are refunded exactly: the count is the admissions'.
-    let probe = decide(&nodes[0], &[Check::new(2, &fixed).of_principal(A)]).await;
+    let probe = decide(&nodes[0], NOW, &[Check::new(2, &fixed).of_principal(A)]).await;
     if admitted < 5 {
         assert!(probe.admitted());
         assert_eq!(probe.windows()[0].remaining as usize, 5 - admitted - 1);
@@ -148,7 +140,7 @@ async fn concurrent_requests_on_a_shared_principal_never_get_past_its_quota() {
     }
     // GCRA charges stay only where another request charged the bucket in
     // between: never fewer than the admissions.
-    let probe = decide(&nodes[0], &[Check::new(1, &gcra).of_principal(A)]).await;
+    let probe = decide(&nodes[0], NOW, &[Check::new(1, &gcra).of_principal(A)]).await;
     let used = 5 - probe.windows()[0].remaining as usize - usize::from(probe.admitted());
     assert!(used >= admitted, "{used} counted, {admitted} admitted");
     assert_eq!(nodes[0].failures() + nodes[1].failures(), 0);
@@ -167,14 +159,16 @@ async fn shadow_checks_and_penalties_keep_their_rules_across_principals() {
         Check::shadow(2, &roomy).of_principal(A),
         Check::shadow(3, &one).of_principal(B),
     ];
-    assert!(decide(&store, &[Check::shadow(3, &one).of_principal(B)])
-        .await
-        .admitted());
-    let outcome = decide(&store, &checks).await;
+    assert!(
+        decide(&store, NOW, &[Check::shadow(3, &one).of_principal(B)])
+            .await
+            .admitted()
+    );
+    let outcome = decide(&store, NOW, &checks).await;
     assert!(outcome.admitted() && outcome.shadow_refused());
-    let shadow = decide(&store, &[Check::shadow(2, &roomy).of_principal(A)]).await;
+    let shadow = decide(&store, NOW, &[Check::shadow(2, &roomy).of_principal(A)]).await;
     assert_eq!(shadow.windows()[0].remaining, 9, "A's shadow was refunded");
-    let enforced = decide(&store, &[Check::new(1, &roomy).of_principal(A)]).await;
+    let enforced = decide(&store, NOW, &[Check::new(1, &roomy).of_principal(A)]).await;
     assert_eq!(
         enforced.windows()[0].remaining,
         8,
@@ -192,15 +186,15 @@ async fn shadow_checks_and_penalties_keep_their_rules_across_principals() {
             .of_principal(B)
             .with_penalty(0xb0, &instant),
     ];
-    assert!(decide(&store, &checks[1..]).await.admitted());
-    let refused = decide(&store, &checks).await;
+    assert!(decide(&store, NOW, &checks[1..]).await.admitted());
+    let refused = decide(&store, NOW, &checks).await;
     assert!(!refused.admitted());
     let ban = refused.ban().expect("B's refusal started a ban");
     assert_eq!((ban.check, ban.started), (1, true));
     // The ban in force in B refuses the next request, with no charge in A.
-    let banned = decide(&store, &checks).await;
+    let banned = decide(&store, NOW, &checks).await;
     assert_eq!(banned.ban().map(|b| (b.check, b.started)), Some((1, false)));
-    let a = decide(&store, &checks[..1]).await;
+    let a = decide(&store, NOW, &checks[..1]).await;
     assert!(a.admitted(), "A is not banned");
     assert_eq!(a.windows()[0].remaining, 9, "and was never charged before");
     assert_eq!(store.failures(), 0);

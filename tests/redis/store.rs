@@ -8,23 +8,16 @@ use std::time::Duration;
 use http::StatusCode;
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, PathCapture};
-use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
+use tower_ratelimit::store::protocol::{Check, Decided};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::{MemoryStore, Store};
 use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{header, on_layer_clock, per_key, send, service, SECRET};
+use crate::support::{decide, header, on_layer_clock, per_key, send, service, SECRET};
 
 const S: u64 = 1_000_000_000;
 /// 2023-11-14T22:13:20Z: not aligned to a minute or an hour.
 const T0: u64 = 1_700_000_000;
-
-async fn decide(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
-    match store.check(now, checks) {
-        Decided::Pending(pending) => pending.await.expect("the Redis store never fails"),
-        Decided::Ready(result) => result.expect("the Redis store never fails"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_layers_sharing_one_redis_admit_exactly_the_limit_under_concurrent_load() {

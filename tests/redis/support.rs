@@ -486,6 +486,44 @@ impl Cluster {
     pub(crate) fn freeze(&self, index: usize) {
         self.nodes[index].freeze();
     }
+
+    /// Puts node `index` behind a [`Proxy`]: the node announces the proxy's
+    /// port as its own (`cluster-announce-port`), so clients reach it
+    /// through the proxy once every node's `CLUSTER SLOTS` says so (waited
+    /// for here, at most 15 s).
+    pub(crate) async fn behind_proxy(&self, index: usize) -> Proxy {
+        let node = &self.nodes[index];
+        let proxy = Proxy::start(node.port).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-announce-port")
+            .arg(proxy.port)
+            .query_async(&mut node.client().await)
+            .await
+            .expect("CONFIG SET cluster-announce-port");
+        let started = Instant::now();
+        for other in &self.nodes {
+            let mut connection = other.client().await;
+            loop {
+                let slots: redis::Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async(&mut connection)
+                    .await
+                    .expect("CLUSTER SLOTS");
+                if format!("{slots:?}").contains(&format!("int({})", proxy.port)) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "node {} does not announce port {} within 15 s: {slots:?}",
+                    node.port,
+                    proxy.port
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        proxy
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -497,8 +535,19 @@ use http::{Request, Response};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::key::{Header, KeySecret};
+use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
+use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, ResponseBody};
+
+/// The store's outcome for `checks` at `now`, from a store that never
+/// fails (its failure policy answers when Redis does not).
+pub(crate) async fn decide(store: &RedisStore, now: u64, checks: &[Check<'_>]) -> Outcome {
+    match store.check(now, checks) {
+        Decided::Pending(pending) => pending.await.expect("the store never fails"),
+        Decided::Ready(result) => result.expect("the store never fails"),
+    }
+}
 
 /// The key secret of the tests' nodes: processes that share a store share
 /// it, so that they share buckets.

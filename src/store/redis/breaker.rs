@@ -29,16 +29,19 @@ pub(crate) struct Breaker {
     /// open.
     #[cfg(feature = "metrics")]
     open_gauge: metrics::Gauge,
-    /// Run each time the breaker opens, or stays open after a failed probe.
-    on_open: OnceLock<OnOpen>,
+    /// Run when Redis seems silent on the connections the store holds (see
+    /// [`Breaker::on_silence`]).
+    on_silence: OnceLock<OnSilence>,
+    /// When `on_silence` last ran, in ns after `born` (0: never).
+    renewed: AtomicU64,
 }
 
-/// What the store does when the breaker opens (see [`Breaker::on_open`]).
-struct OnOpen(Box<dyn Fn() + Send + Sync>);
+/// What the store does when Redis seems silent (see [`Breaker::on_silence`]).
+struct OnSilence(Box<dyn Fn() + Send + Sync>);
 
-impl std::fmt::Debug for OnOpen {
+impl std::fmt::Debug for OnSilence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OnOpen")
+        f.write_str("OnSilence")
     }
 }
 
@@ -82,14 +85,45 @@ impl Breaker {
             partial: None,
             #[cfg(feature = "metrics")]
             open_gauge: metrics::gauge!("ratelimit_breaker_open", "store" => "redis"),
-            on_open: OnceLock::new(),
+            on_silence: OnceLock::new(),
+            renewed: AtomicU64::new(0),
         }
     }
 
     /// Runs `hook` each time the breaker opens, or stays open after a
-    /// failed probe (once; a second hook is ignored).
-    pub(crate) fn on_open(&self, hook: impl Fn() + Send + Sync + 'static) {
-        let _ = self.on_open.set(OnOpen(Box::new(hook)));
+    /// failed probe, and when a call is [`lost`](Breaker::lost) (once; a
+    /// second hook is ignored).
+    pub(crate) fn on_silence(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_silence.set(OnSilence(Box::new(hook)));
+    }
+
+    /// Runs the silence hook.
+    fn silence(&self) {
+        self.renewed.fetch_max(self.stamp(), Ordering::Relaxed);
+        if let Some(OnSilence(hook)) = self.on_silence.get() {
+            hook();
+        }
+    }
+
+    /// A call was still unanswered a cool-down after its deadline: the
+    /// connection it went out on is taken for silent (on a cluster, where
+    /// other nodes answer, the breaker never opens for one node's silence).
+    /// Runs the silence hook, unless it ran within the last cool-down (the
+    /// calls lost in one silence renew the connection once).
+    pub(crate) fn lost(&self) {
+        let last = self.renewed.load(Ordering::Relaxed);
+        let cool_down = u64::try_from(self.cool_down.as_nanos()).unwrap_or(u64::MAX);
+        let now = self.stamp();
+        if last != 0 && now.saturating_sub(last) < cool_down {
+            return;
+        }
+        if self
+            .renewed
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.silence();
+        }
     }
 
     /// Sets the open gauge (under the state's lock, so that it follows the
@@ -179,9 +213,7 @@ impl Breaker {
     pub(crate) fn failure(&self, permit: Permit) -> Transition {
         let transition = self.count_failure(permit);
         if transition == Transition::Opened || permit == Permit::Probe {
-            if let Some(OnOpen(hook)) = self.on_open.get() {
-                hook();
-            }
+            self.silence();
         }
         transition
     }
@@ -228,9 +260,11 @@ impl Breaker {
 /// Sends `call` now and waits for its answer at most `deadline`; past it,
 /// says when the call was sent. The call is polled here, so an answer that
 /// has come is taken even as the deadline passes. A call still unanswered
-/// then goes on in a task of its own: when Redis answers late, the breaker
-/// still hears it, so a queue of calls that all wait past their deadlines
-/// behind this process's own commands is not taken for a silent Redis.
+/// then goes on in a task of its own, for one cool-down more: when Redis
+/// answers late, the breaker still hears it, so a queue of calls that all
+/// wait past their deadlines behind this process's own commands is not
+/// taken for a silent Redis. A call unanswered even then is
+/// [`lost`](Breaker::lost), and given up.
 pub(crate) async fn within<T, F>(
     breaker: &Arc<Breaker>,
     deadline: Duration,
@@ -252,8 +286,10 @@ where
         Err(_) => {
             let heard_by = Arc::clone(breaker);
             tokio::spawn(async move {
-                if call.await.is_ok() {
-                    heard_by.heard();
+                match tokio::time::timeout(heard_by.cool_down, call).await {
+                    Ok(Ok(_)) => heard_by.heard(),
+                    Ok(Err(_)) => {}
+                    Err(_) => heard_by.lost(),
                 }
             });
             Err(sent)
@@ -435,6 +471,45 @@ mod tests {
         assert_eq!(heard(&breaker), before, "not yet");
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(heard(&breaker) > before, "heard late");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_unanswered_a_cool_down_past_its_deadline_renews_once_per_cool_down() {
+        let breaker = Arc::new(Breaker::new(3, Duration::from_secs(1)));
+        let runs = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&runs);
+        breaker.on_silence(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        });
+        let renewals = || runs.load(Ordering::Relaxed);
+        let deadline = Duration::from_millis(50);
+        let silent = || std::future::pending::<redis::RedisResult<()>>();
+        let calls = (0..5).map(|_| within(&breaker, deadline, silent()));
+        let missed = futures::future::join_all(calls).await;
+        assert!(missed.iter().all(Result::is_err));
+        tokio::time::sleep(Duration::from_millis(990)).await;
+        assert_eq!(renewals(), 0, "a late answer may still come");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(renewals(), 1, "five calls lost in one silence: one renewal");
+        assert_eq!(
+            breaker.consecutive_failures(),
+            0,
+            "the breaker is left as it was"
+        );
+        tokio::time::advance(Duration::from_millis(900)).await;
+        breaker.lost();
+        assert_eq!(renewals(), 1, "within a cool-down of the last");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        breaker.lost();
+        assert_eq!(renewals(), 2);
+        // An opening renews too, and is the last renewal for a lost call.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..3 {
+            breaker.failure(Permit::Call);
+        }
+        assert_eq!(renewals(), 3);
+        breaker.lost();
+        assert_eq!(renewals(), 3);
     }
 
     #[tokio::test(start_paused = true)]

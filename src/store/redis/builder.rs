@@ -271,10 +271,7 @@ impl RedisStoreBuilder {
                     .retries(1)
                     .build()
                     .map_err(|_| bad_url())?;
-                Backend::Cluster(Box::new(Cluster {
-                    client,
-                    connection: tokio::sync::OnceCell::new(),
-                }))
+                Backend::Cluster(Box::new(Cluster::new(client)))
             }
         };
         let breaker = Breaker::new(self.failure_threshold, self.cool_down);
@@ -313,16 +310,18 @@ impl RedisStoreBuilder {
                 listener: std::sync::OnceLock::new(),
             }),
         };
-        // Connections that went silent are given up when the breaker opens
-        // (a failover, a middlebox that forgot them): the probe after the
-        // cool-down goes out on a new one, and the resets listener
-        // subscribes again on a new one.
+        // Connections that went silent are given up (a failover, a
+        // middlebox that forgot them): when the breaker opens, the probe
+        // after the cool-down goes out on a new one; on a cluster, where one
+        // silent node does not open it, the calls that follow a lost one go
+        // out on a new one. The resets listener subscribes again on a new
+        // one too.
         let inner = Arc::downgrade(&store.inner);
         let renew = Arc::new(tokio::sync::Notify::new());
         let renew_listener = Arc::clone(&renew);
-        store.inner.breaker.on_open(move || {
-            if let Some(Backend::Single(server)) = inner.upgrade().as_ref().map(|i| &i.backend) {
-                server.renew();
+        store.inner.breaker.on_silence(move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.backend.renew();
             }
             renew_listener.notify_one();
         });

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster::ClusterClientBuilder;
@@ -228,10 +228,49 @@ impl Server {
     }
 }
 
-/// A cluster client and its connection, once made.
+/// A cluster client and its connection: made on first use, and made again
+/// on the first use after [`Cluster::renew`].
 pub(crate) struct Cluster {
-    pub(crate) client: ClusterClient,
-    pub(crate) connection: tokio::sync::OnceCell<ClusterConnection>,
+    client: ClusterClient,
+    connection: ArcSwapOption<ClusterConnection>,
+    /// Held while a connection is made, so that calls waiting for one make
+    /// one between them.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Cluster {
+    /// A cluster reached through `client`, connected on first use.
+    pub(crate) fn new(client: ClusterClient) -> Self {
+        Cluster {
+            client,
+            connection: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The connection, for one command: made now if there is none.
+    async fn connection(&self) -> RedisResult<ClusterConnection> {
+        if let Some(connection) = &*self.connection.load() {
+            return Ok((**connection).clone());
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(connection) = &*self.connection.load() {
+            return Ok((**connection).clone());
+        }
+        let connection = self.client.get_async_connection().await?;
+        self.connection.store(Some(Arc::new(connection.clone())));
+        Ok(connection)
+    }
+
+    /// Gives up the connection (to every node) for a new one, made on first
+    /// use with the cluster's topology as it is then. The cluster
+    /// connection replaces a node's connection only when it drops: one that
+    /// went silent (a node's host gone, its slots failed over to a replica;
+    /// a middlebox that forgot it) would otherwise keep that node's keys
+    /// waiting for their deadlines until TCP gives up, many minutes later.
+    pub(crate) fn renew(&self) {
+        self.connection.store(None);
+    }
 }
 
 impl fmt::Debug for Backend {
@@ -244,14 +283,23 @@ impl fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// Runs `script` on `keys` and `args`; `loads` counts the times the
-    /// script had to be loaded.
     /// Whether this is a Redis Cluster (one script call's keys must then
     /// share a hash slot).
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Backend::Cluster(_))
     }
 
+    /// Gives up the connection for a new one (see [`Server::renew`] and
+    /// [`Cluster::renew`]).
+    pub(crate) fn renew(&self) {
+        match self {
+            Backend::Single(server) => server.renew(),
+            Backend::Cluster(cluster) => cluster.renew(),
+        }
+    }
+
+    /// Runs `script` on `keys` and `args`; `loads` counts the times the
+    /// script had to be loaded.
     pub(crate) async fn eval<A: ToRedisArgs + Sync, T: FromRedisValue>(
         &self,
         script: &Script,
@@ -264,11 +312,7 @@ impl Backend {
                 eval_on(&mut server.connection(), script, keys, args, loads).await
             }
             Backend::Cluster(cluster) => {
-                let connection = cluster
-                    .connection
-                    .get_or_try_init(|| cluster.client.get_async_connection())
-                    .await?;
-                eval_on(&mut connection.clone(), script, keys, args, loads).await
+                eval_on(&mut cluster.connection().await?, script, keys, args, loads).await
             }
         }
     }
@@ -278,11 +322,7 @@ impl Backend {
         match self {
             Backend::Single(server) => prepare_on(&mut server.connection(), scripts, loads).await,
             Backend::Cluster(cluster) => {
-                let connection = cluster
-                    .connection
-                    .get_or_try_init(|| cluster.client.get_async_connection())
-                    .await?;
-                prepare_on(&mut connection.clone(), scripts, loads).await
+                prepare_on(&mut cluster.connection().await?, scripts, loads).await
             }
         }
     }

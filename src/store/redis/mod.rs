@@ -172,7 +172,14 @@
 //! primary now answering `READONLY`, is given up each time the breaker
 //! opens, so the probe after the cool-down goes out on a new one;
 //! the listener of the resets channel (below) then subscribes again on a new
-//! connection too.
+//! connection too. A call unanswered at its deadline still waits, in a task
+//! of its own, one cool-down for a late answer (which the breaker hears);
+//! unanswered even then, it is given up and its connection taken for
+//! silent. On a cluster, where a silent node leaves the breaker closed, the
+//! store then gives up its connections to every node (at most once a
+//! cool-down) and makes new ones with the topology as it is then: the
+//! silent node's keys, or those of a node whose slots failed over to
+//! another address, are decided in Redis again.
 //!
 //! The store's future never fails and never panics on Redis's account: the
 //! layer never sees a store error from it, so a failure never becomes the
