@@ -329,59 +329,125 @@ async fn ten_thousand_keys_spread_evenly_over_three_nodes() {
     }
 }
 
-/// A node whose connections go silent (a middlebox that forgot them; a host
-/// gone, its slots taken over by another address): the other nodes keep
-/// answering, so the breaker, which stands for the whole store, stays
-/// closed. Once a call to the silent node is lost (unanswered a cool-down
-/// past its deadline), the store connects anew, and that node's keys are
-/// decided in Redis again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_gone_silent_is_reached_on_a_new_connection() {
-    let cluster = cluster_or_skip!();
-    let proxy = cluster.behind_proxy(0).await;
-    let store = RedisStore::cluster_builder(cluster.urls())
+/// A store on `cluster` that waits 50 ms for an answer, and whose breaker
+/// opens after 3 failures for 100 ms.
+async fn impatient(cluster: &Cluster) -> RedisStore {
+    RedisStore::cluster_builder(cluster.urls())
         .deadline(Duration::from_millis(50))
         .circuit_breaker(3, Duration::from_millis(100))
         .connect()
         .await
-        .expect("the cluster answers");
-    let quota = Quota::new(Window::per_hour(1_000));
-    // One principal counted on the proxied node, one on another.
-    let mut on = [None, None];
+        .expect("the cluster answers")
+}
+
+/// Checks of `quota` for principals 1, 2, …, one counted (now) on the
+/// primary `node` and one on another: `node` is the first principal's if
+/// `None`. Returns the two and the node.
+async fn one_on_and_one_off<'q>(
+    cluster: &Cluster,
+    store: &RedisStore,
+    quota: &'q Quota,
+    node: Option<usize>,
+) -> (Check<'q>, Check<'q>, usize) {
+    let primaries = cluster.primaries().await;
+    let mut node = node;
+    let (mut on, mut off) = (None, None);
     let mut before = cluster.key_counts().await;
     for principal in 1..100u64 {
-        let check = Check::new(principal, &quota).of_principal(principal);
-        assert_eq!(decide(&store, T0, &[check]).await.basis(), Basis::Counted);
+        let check = Check::new(principal, quota).of_principal(principal);
+        assert_eq!(decide(store, T0, &[check]).await.basis(), Basis::Counted);
         let after = cluster.key_counts().await;
-        let proxied = after[0] > before[0];
-        on[usize::from(!proxied)].get_or_insert(check);
+        let grew = primaries.iter().find(|&&n| after[n] > before[n]);
+        let grew = *grew.expect("a primary took the keys");
+        if *node.get_or_insert(grew) == grew {
+            on.get_or_insert(check);
+        } else {
+            off.get_or_insert(check);
+        }
         before = after;
-        if on.iter().all(Option::is_some) {
-            break;
+        if let (Some(on), Some(off), Some(node)) = (on, off, node) {
+            return (on, off, node);
         }
     }
-    let [Some(silenced), Some(answering)] = on else {
-        panic!("99 principals, all on one side of node 0: {on:?}");
-    };
+    panic!("99 principals, all on one side of node {node:?}");
+}
 
-    proxy.silence();
+/// Decides `failed` (whose node stopped answering) and `answering` in
+/// turn until Redis decides `failed` again, at most `within`. Returns how
+/// many times each fell back meanwhile.
+async fn until_decided_again(
+    store: &RedisStore,
+    failed: Check<'_>,
+    answering: Check<'_>,
+    within: Duration,
+) -> (usize, usize) {
     let started = Instant::now();
-    let mut fallbacks = 0;
+    let mut fallbacks = (0, 0);
     loop {
-        let other = decide(&store, T0, &[answering]).await;
-        assert_eq!(other.basis(), Basis::Counted, "the other nodes answer");
-        match decide(&store, T0, &[silenced]).await.basis() {
-            Basis::Counted => break,
-            Basis::LocalFallback => fallbacks += 1,
+        if decide(store, T0, &[answering]).await.basis() != Basis::Counted {
+            fallbacks.1 += 1;
+        }
+        match decide(store, T0, &[failed]).await.basis() {
+            Basis::Counted => return fallbacks,
+            Basis::LocalFallback => fallbacks.0 += 1,
             other => panic!("decided by {other:?}"),
         }
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < within,
             "never decided in Redis again: {store:?}"
         );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The silence was heard, by the deadline of the node's calls alone.
-    assert!(fallbacks >= 1, "{store:?}");
+}
+
+/// A node whose connections go silent (a middlebox that forgot them): the
+/// other nodes keep answering, so the breaker, which stands for the whole
+/// store, stays closed. Once a call to the silent node is lost (unanswered
+/// a cool-down past its deadline), the store connects anew, and that
+/// node's keys are decided in Redis again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gone_silent_is_reached_on_a_new_connection() {
+    let cluster = cluster_or_skip!();
+    let proxy = cluster.behind_proxy(0).await;
+    let store = impatient(&cluster).await;
+    let quota = Quota::new(Window::per_hour(1_000));
+    let (silenced, answering, _) = one_on_and_one_off(&cluster, &store, &quota, Some(0)).await;
+    proxy.silence();
+    let (silenced_fell_back, others_fell_back) =
+        until_decided_again(&store, silenced, answering, Duration::from_secs(3)).await;
+    assert!(silenced_fell_back >= 1, "the silence was heard: {store:?}");
+    // The other nodes answered throughout: the breaker stayed closed.
+    assert_eq!(others_fell_back, 0, "{store:?}");
     assert!(!store.is_circuit_open(), "{store:?}");
     assert_eq!(store.short_circuits(), 0, "{store:?}");
+}
+
+/// A primary that stops answering (its host frozen, or cut off) is replaced
+/// by its replica after the cluster's node timeout (1 s here). The
+/// connection the store holds to it stays open and silent; once a call to
+/// it is lost the store connects to the cluster anew, learns the new
+/// topology, and the primary's keys are decided on the promoted replica,
+/// their counts carried on. Meanwhile the other primaries' keys are still
+/// decided: the cluster client, which holds every call while it connects
+/// to a node, never waits for the frozen one past the deadline, so the
+/// breaker stays closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_failed_over_to_its_replica_is_followed() {
+    let cluster = cluster_or_skip!(replicated);
+    let store = impatient(&cluster).await;
+    let quota = Quota::new(Window::per_day(1_000));
+    let (moved, answering, victim) = one_on_and_one_off(&cluster, &store, &quota, None).await;
+    cluster.replicated(victim).await;
+    cluster.freeze(victim);
+    let (fell_back, _) =
+        until_decided_again(&store, moved, answering, Duration::from_secs(10)).await;
+    assert!(fell_back >= 1, "the freeze was heard: {store:?}");
+    assert_eq!(store.short_circuits(), 0, "{store:?}");
+    // The promoted replica had the count: 1,000 less the first request and
+    // the one just decided.
+    let next = decide(&store, T0, &[moved]).await;
+    assert_eq!(next.basis(), Basis::Counted);
+    assert_eq!(next.windows()[0].remaining, 997, "{next:?}");
+    let other = decide(&store, T0, &[answering]).await;
+    assert_eq!(other.basis(), Basis::Counted, "{store:?}");
 }

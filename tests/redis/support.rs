@@ -339,8 +339,9 @@ impl Drop for RedisServer {
 // ---------------------------------------------------------------------------
 // A three-node Redis Cluster.
 
-/// A Redis Cluster of three primaries (no replicas) on free loopback ports,
-/// each a [`RedisServer`] with cluster mode on, stopped on drop.
+/// A Redis Cluster of three primaries (with no replicas, or one each) on
+/// free loopback ports, each a [`RedisServer`] with cluster mode on,
+/// stopped on drop.
 ///
 /// A node that dies leaves its slots uncovered and the others keep serving
 /// theirs (`cluster-require-full-coverage no`), as a cluster whose failover
@@ -353,7 +354,14 @@ pub(crate) struct Cluster {
 /// Starts a cluster, or returns `None` (after saying so) when the Redis
 /// tests are skipped on purpose.
 pub(crate) fn cluster() -> Option<Cluster> {
-    (!skipped()).then(Cluster::start)
+    (!skipped()).then(|| Cluster::start(0))
+}
+
+/// Starts a cluster whose primaries have a replica each, which takes over
+/// one second after its primary stops answering, or returns `None` when the
+/// Redis tests are skipped on purpose.
+pub(crate) fn replicated_cluster() -> Option<Cluster> {
+    (!skipped()).then(|| Cluster::start(1))
 }
 
 /// Skips the test (with a note) when the Redis tests are skipped on purpose.
@@ -361,6 +369,12 @@ pub(crate) fn cluster() -> Option<Cluster> {
 macro_rules! cluster_or_skip {
     () => {
         match $crate::support::cluster() {
+            Some(cluster) => cluster,
+            None => return,
+        }
+    };
+    (replicated) => {
+        match $crate::support::replicated_cluster() {
             Some(cluster) => cluster,
             None => return,
         }
@@ -379,11 +393,12 @@ fn free_cluster_port() -> u16 {
 }
 
 impl Cluster {
-    /// Starts three nodes at once, joins them with
-    /// `redis-cli --cluster create`, and waits until every node reports
-    /// `cluster_state:ok`.
-    pub(crate) fn start() -> Self {
-        let mut nodes: Vec<RedisServer> = (0..3)
+    /// Starts three primaries and `replicas` replicas of each at once, joins
+    /// them with `redis-cli --cluster create`, and waits until every node
+    /// reports `cluster_state:ok` (and, with replicas, until each primary
+    /// has its replicas).
+    pub(crate) fn start(replicas: usize) -> Self {
+        let mut nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 RedisServer::unstarted(
                     free_cluster_port(),
@@ -394,6 +409,12 @@ impl Cluster {
                         "nodes.conf",
                         "--cluster-require-full-coverage",
                         "no",
+                        // A replica takes over a primary silent for 1 s,
+                        // however long ago it last heard from it.
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--cluster-replica-validity-factor",
+                        "0",
                     ],
                 )
             })
@@ -412,7 +433,7 @@ impl Cluster {
         let output = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output();
         let output = match output {
@@ -453,7 +474,47 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // Each replica in sync with its primary, so that it can take over.
+        for node in &cluster.nodes {
+            let mut connection = redis::Client::open(node.url())
+                .expect("a URL")
+                .get_connection()
+                .expect("a connection to a cluster node");
+            loop {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut connection)
+                    .expect("INFO replication");
+                let in_sync = info.contains("role:slave") && info.contains("master_link_status:up")
+                    || info.contains(&format!("connected_slaves:{replicas}"));
+                if in_sync {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "node {} not in sync within 15 s: {info}",
+                    node.port
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         cluster
+    }
+
+    /// The nodes that are primaries now, as far as `ROLE` on each running
+    /// node says.
+    pub(crate) async fn primaries(&self) -> Vec<usize> {
+        let mut primaries = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let role: Vec<redis::Value> = redis::cmd("ROLE")
+                .query_async(&mut node.client().await)
+                .await
+                .expect("ROLE");
+            if matches!(role.first(), Some(redis::Value::BulkString(b)) if b == b"master") {
+                primaries.push(i);
+            }
+        }
+        primaries
     }
 
     /// Every node's `redis://127.0.0.1:PORT`, to seed a cluster client.
@@ -479,6 +540,37 @@ impl Cluster {
     /// unanswered.
     pub(crate) fn kill(&mut self, index: usize) {
         self.nodes[index].kill();
+    }
+
+    /// Waits until the replicas of primary `index` have every write it took
+    /// (their replication offsets reach its own), at most 5 s.
+    pub(crate) async fn replicated(&self, index: usize) {
+        let mut connection = self.nodes[index].client().await;
+        let started = Instant::now();
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut connection)
+                .await
+                .expect("INFO replication");
+            let own = info
+                .lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:"));
+            let replicas: Vec<_> = info
+                .lines()
+                .filter(|l| l.starts_with("slave"))
+                .filter_map(|l| l.split(',').find_map(|p| p.strip_prefix("offset=")))
+                .collect();
+            if own.is_some() && !replicas.is_empty() && replicas.iter().all(|&o| Some(o) == own) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the replicas of node {} lag: {info}",
+                self.nodes[index].port
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Freezes node `index` (SIGSTOP): its connections stay open and nothing

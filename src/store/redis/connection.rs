@@ -4,8 +4,9 @@
 //! the script when the server has lost it (`NOSCRIPT`).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -228,48 +229,90 @@ impl Server {
     }
 }
 
-/// A cluster client and its connection: made on first use, and made again
-/// on the first use after [`Cluster::renew`].
+/// A cluster client and its connection: made on first use, and replaced
+/// in the background after [`Cluster::renew`].
 pub(crate) struct Cluster {
+    shared: Arc<ClusterShared>,
+}
+
+/// What the cluster's calls and its renewals in the background share.
+struct ClusterShared {
     client: ClusterClient,
     connection: ArcSwapOption<ClusterConnection>,
     /// Held while a connection is made, so that calls waiting for one make
     /// one between them.
     connecting: tokio::sync::Mutex<()>,
+    /// A new connection is being made in the background.
+    renewing: AtomicBool,
+    /// The connect timeout: a renewal may take four of them (a connection
+    /// to each node, and the slots' refresh).
+    connect_timeout: Duration,
 }
 
 impl Cluster {
-    /// A cluster reached through `client`, connected on first use.
-    pub(crate) fn new(client: ClusterClient) -> Self {
+    /// A cluster reached through `client`, connected on first use, each
+    /// node within `connect_timeout`.
+    pub(crate) fn new(client: ClusterClient, connect_timeout: Duration) -> Self {
         Cluster {
-            client,
-            connection: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
+            shared: Arc::new(ClusterShared {
+                client,
+                connection: ArcSwapOption::empty(),
+                connecting: tokio::sync::Mutex::new(()),
+                renewing: AtomicBool::new(false),
+                connect_timeout,
+            }),
         }
     }
 
     /// The connection, for one command: made now if there is none.
     async fn connection(&self) -> RedisResult<ClusterConnection> {
-        if let Some(connection) = &*self.connection.load() {
+        let shared = &self.shared;
+        if let Some(connection) = &*shared.connection.load() {
             return Ok((**connection).clone());
         }
-        let _connecting = self.connecting.lock().await;
-        if let Some(connection) = &*self.connection.load() {
+        let _connecting = shared.connecting.lock().await;
+        if let Some(connection) = &*shared.connection.load() {
             return Ok((**connection).clone());
         }
-        let connection = self.client.get_async_connection().await?;
-        self.connection.store(Some(Arc::new(connection.clone())));
+        let connection = shared.client.get_async_connection().await?;
+        shared.connection.store(Some(Arc::new(connection.clone())));
         Ok(connection)
     }
 
-    /// Gives up the connection (to every node) for a new one, made on first
-    /// use with the cluster's topology as it is then. The cluster
-    /// connection replaces a node's connection only when it drops: one that
-    /// went silent (a node's host gone, its slots failed over to a replica;
-    /// a middlebox that forgot it) would otherwise keep that node's keys
-    /// waiting for their deadlines until TCP gives up, many minutes later.
+    /// Makes a new connection (to every node, with the cluster's topology
+    /// as it is now) in the background, and puts it in the place of the
+    /// one in use, which serves the calls meanwhile. The cluster connection
+    /// replaces a node's connection only when it drops: one that went
+    /// silent (a node's host frozen or cut off, its slots failed over to a
+    /// replica; a middlebox that forgot it) would otherwise keep that
+    /// node's keys waiting for their deadlines as long as the silence lasts
+    /// (TCP gives up on a lost host after many minutes, and never on a
+    /// frozen process).
     pub(crate) fn renew(&self) {
-        self.connection.store(None);
+        let shared = Arc::clone(&self.shared);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Outside a runtime, no call is under way: the next one connects.
+            shared.connection.store(None);
+            return;
+        };
+        if shared.renewing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(async move {
+            let limit = shared.connect_timeout.saturating_mul(4);
+            let connecting = shared.client.get_async_connection();
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(Ok(connection)) => shared.connection.store(Some(Arc::new(connection))),
+                Ok(Err(error)) => tracing::warn!(
+                    %error,
+                    "rate-limit store: cannot make a new connection to the Redis Cluster; the one in use stays"
+                ),
+                Err(_) => tracing::warn!(
+                    "rate-limit store: a new connection to the Redis Cluster took over {limit:?}; the one in use stays"
+                ),
+            }
+            shared.renewing.store(false, Ordering::Release);
+        });
     }
 }
 

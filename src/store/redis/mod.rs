@@ -176,10 +176,12 @@
 //! of its own, one cool-down for a late answer (which the breaker hears);
 //! unanswered even then, it is given up and its connection taken for
 //! silent. On a cluster, where a silent node leaves the breaker closed, the
-//! store then gives up its connections to every node (at most once a
-//! cool-down) and makes new ones with the topology as it is then: the
-//! silent node's keys, or those of a node whose slots failed over to
-//! another address, are decided in Redis again.
+//! store then makes a new connection to every node in the background (at
+//! most once a cool-down), with the topology as it is then, and uses it
+//! once made: the silent node's keys, or those of a frozen primary whose
+//! replica took over, are decided in Redis again. (A connection to one
+//! node of a cluster gets at most the deadline: the cluster client makes it
+//! while holding the calls to every node.)
 //!
 //! The store's future never fails and never panics on Redis's account: the
 //! layer never sees a store error from it, so a failure never becomes the
