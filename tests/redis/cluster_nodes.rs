@@ -17,7 +17,7 @@ use tower_ratelimit::{
     Basis, Decision, Limit, Policy, Quota, RateLimitLayer, ResponseBody, Window,
 };
 
-use crate::support::{decide, header, per_key, send, service, Cluster, Svc, SECRET};
+use crate::support::{decide, header, impatient, per_key, send, service, Cluster, Svc, SECRET};
 
 const T0: u64 = 1_700_000_000_000_000_000;
 
@@ -329,17 +329,6 @@ async fn ten_thousand_keys_spread_evenly_over_three_nodes() {
     }
 }
 
-/// A store on `cluster` that waits 50 ms for an answer, and whose breaker
-/// opens after 3 failures for 100 ms.
-async fn impatient(cluster: &Cluster) -> RedisStore {
-    RedisStore::cluster_builder(cluster.urls())
-        .deadline(Duration::from_millis(50))
-        .circuit_breaker(3, Duration::from_millis(100))
-        .connect()
-        .await
-        .expect("the cluster answers")
-}
-
 /// Checks of `quota` for principals 1, 2, …, one counted (now) on the
 /// primary `node` and one on another: `node` is the first principal's if
 /// `None`. Returns the two and the node.
@@ -409,7 +398,7 @@ async fn until_decided_again(
 async fn a_node_gone_silent_is_reached_on_a_new_connection() {
     let cluster = cluster_or_skip!();
     let proxy = cluster.behind_proxy(0).await;
-    let store = impatient(&cluster).await;
+    let store = impatient(RedisStore::cluster_builder(cluster.urls()), 3).await;
     let quota = Quota::new(Window::per_hour(1_000));
     let (silenced, answering, _) = one_on_and_one_off(&cluster, &store, &quota, Some(0)).await;
     proxy.silence();
@@ -448,7 +437,7 @@ async fn a_killed_primary_failed_over_to_its_replica_is_followed() {
 /// throughout.
 async fn failover_is_followed(stop: impl FnOnce(&mut Cluster, usize)) {
     let mut cluster = cluster_or_skip!(replicated);
-    let store = impatient(&cluster).await;
+    let store = impatient(RedisStore::cluster_builder(cluster.urls()), 3).await;
     let quota = Quota::new(Window::per_day(1_000));
     let (moved, answering, victim) = one_on_and_one_off(&cluster, &store, &quota, None).await;
     cluster.replicated(victim).await;

@@ -12,7 +12,7 @@ use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Basis, Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{decide, send, service, Proxy, RedisServer, SECRET};
+use crate::support::{decide, impatient, send, service, Proxy, RedisServer, SECRET};
 
 #[tokio::test]
 async fn killed_client_connections_lose_no_decision() {
@@ -233,15 +233,9 @@ async fn each_decision_says_what_made_it() {
     );
 }
 
-/// A store behind `proxy`: a 50 ms deadline, and a breaker that opens
-/// after 3 failures for a cool-down of 100 ms.
+/// A store behind `proxy` (see [`impatient`]: 3 failures open its breaker).
 async fn behind(proxy: &Proxy) -> RedisStore {
-    RedisStore::builder(proxy.url())
-        .deadline(Duration::from_millis(50))
-        .circuit_breaker(3, Duration::from_millis(100))
-        .connect()
-        .await
-        .unwrap()
+    impatient(RedisStore::builder(proxy.url()), 3).await
 }
 
 /// Sends `checks` through `store` until Redis decides them (not the
@@ -384,12 +378,7 @@ async fn calls_lost_in_a_silence_leave_no_task_behind() {
     let server = redis_or_skip!();
     let proxy = Proxy::start(server.port()).await;
     // A breaker that does not open: every call goes out and times out.
-    let store = RedisStore::builder(proxy.url())
-        .deadline(Duration::from_millis(50))
-        .circuit_breaker(1_000, Duration::from_millis(100))
-        .connect()
-        .await
-        .unwrap();
+    let store = impatient(RedisStore::builder(proxy.url()), 1_000).await;
     let quota = Quota::new(Window::per_minute(1_000));
     let checks = [Check::new(7, &quota)];
     assert_eq!(decide(&store, 0, &checks).await.basis(), Basis::Counted);

@@ -453,52 +453,51 @@ impl Cluster {
         );
 
         let started = Instant::now();
-        for node in &cluster.nodes {
-            let mut connection = redis::Client::open(node.url())
-                .expect("a URL")
-                .get_connection()
-                .expect("a connection to a cluster node");
-            loop {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut connection)
-                    .expect("CLUSTER INFO");
-                if info.contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(15),
-                    "node {} did not reach cluster_state:ok within 15 s: {info}",
-                    node.port
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        cluster.until_every_node(
+            started,
+            "reach cluster_state:ok",
+            &["CLUSTER", "INFO"],
+            |info| info.contains("cluster_state:ok"),
+        );
         // Each replica in sync with its primary, so that it can take over.
-        for node in &cluster.nodes {
+        cluster.until_every_node(started, "get in sync", &["INFO", "replication"], |info| {
+            info.contains("role:slave") && info.contains("master_link_status:up")
+                || info.contains(&format!("connected_slaves:{replicas}"))
+        });
+        cluster
+    }
+
+    /// Sends `command` to each node until `ready` says yes to its answer,
+    /// at most 15 s from `started` in all (the panic says the node did not
+    /// `what`).
+    fn until_every_node(
+        &self,
+        started: Instant,
+        what: &str,
+        command: &[&str],
+        ready: impl Fn(&str) -> bool,
+    ) {
+        for node in &self.nodes {
             let mut connection = redis::Client::open(node.url())
                 .expect("a URL")
                 .get_connection()
                 .expect("a connection to a cluster node");
             loop {
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
+                let answer: String = redis::cmd(command[0])
+                    .arg(&command[1..])
                     .query(&mut connection)
-                    .expect("INFO replication");
-                let in_sync = info.contains("role:slave") && info.contains("master_link_status:up")
-                    || info.contains(&format!("connected_slaves:{replicas}"));
-                if in_sync {
+                    .expect("a cluster node's answer");
+                if ready(&answer) {
                     break;
                 }
                 assert!(
                     started.elapsed() < Duration::from_secs(15),
-                    "node {} not in sync within 15 s: {info}",
+                    "node {} did not {what} within 15 s: {answer}",
                     node.port
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        cluster
     }
 
     /// The nodes that are primaries now, as far as `ROLE` on each running
@@ -628,9 +627,20 @@ use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::key::{Header, KeySecret};
 use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
-use tower_ratelimit::store::redis::RedisStore;
+use tower_ratelimit::store::redis::{RedisStore, RedisStoreBuilder};
 use tower_ratelimit::store::Store;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, ResponseBody};
+
+/// `builder`'s store, connected, with a 50 ms deadline and a breaker that
+/// opens after `failures` failures in a row for a cool-down of 100 ms.
+pub(crate) async fn impatient(builder: RedisStoreBuilder, failures: u32) -> RedisStore {
+    builder
+        .deadline(Duration::from_millis(50))
+        .circuit_breaker(failures, Duration::from_millis(100))
+        .connect()
+        .await
+        .expect("Redis answers")
+}
 
 /// The store's outcome for `checks` at `now`, from a store that never
 /// fails (its failure policy answers when Redis does not).
