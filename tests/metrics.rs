@@ -387,6 +387,10 @@ async fn the_redis_store_records_calls_errors_fallbacks_and_its_breaker() {
         2
     );
     assert_eq!(recorder.gauge("ratelimit_breaker_open", &redis), Some(0.0));
+    assert_eq!(
+        recorder.counter("ratelimit_store_reconnects_total", &redis),
+        0
+    );
 
     // Past its limit, a key is refused by Redis once, then from the cache.
     for status in [200, 429, 429, 429] {
@@ -422,6 +426,12 @@ async fn the_redis_store_records_calls_errors_fallbacks_and_its_breaker() {
     );
     assert!(layer.store().is_circuit_open());
     assert_eq!(recorder.gauge("ratelimit_breaker_open", &redis), Some(1.0));
+    // The opening gave up the connection for a new one.
+    assert_eq!(
+        recorder.counter("ratelimit_store_reconnects_total", &redis),
+        1
+    );
+    assert_eq!(layer.store().reconnects(), 1);
     assert_eq!(
         send(&service, "/r", Some("k")).await.status(),
         StatusCode::OK

@@ -67,6 +67,7 @@ async fn two_stores_on_three_nodes_admit_exactly_the_quota() {
     assert_eq!(refused, 70);
     for store in &stores {
         assert_eq!(store.failures(), 0, "every decision came from Redis");
+        assert_eq!(store.reconnects(), 0, "{store:?}");
     }
 }
 
@@ -405,6 +406,7 @@ async fn a_node_gone_silent_is_reached_on_a_new_connection() {
     let (silenced_fell_back, others_fell_back) =
         until_decided_again(&store, silenced, answering, Duration::from_secs(3)).await;
     assert!(silenced_fell_back >= 1, "the silence was heard: {store:?}");
+    assert!(store.reconnects() >= 1, "{store:?}");
     // The other nodes answered throughout: the breaker stayed closed.
     assert_eq!(others_fell_back, 0, "{store:?}");
     assert!(!store.is_circuit_open(), "{store:?}");

@@ -272,6 +272,7 @@ async fn a_connection_gone_silent_is_replaced() {
     // decides again.
     decided_in_redis_again(&store, &checks).await;
     assert_eq!(store.timeouts(), 3, "{store:?}");
+    assert!(store.reconnects() >= 1, "{store:?}");
 }
 
 #[tokio::test]
@@ -399,5 +400,7 @@ async fn calls_lost_in_a_silence_leave_no_task_behind() {
         after <= before + 2,
         "{before} tasks, then {waiting}, then {after}"
     );
+    // The 20 calls were lost in one cool-down: one new connection.
+    assert_eq!(store.reconnects(), 1, "{store:?}");
     decided_in_redis_again(&store, &checks).await;
 }

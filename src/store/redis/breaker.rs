@@ -122,6 +122,10 @@ impl Breaker {
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
+            tracing::warn!(
+                cool_down = ?self.cool_down,
+                "rate-limit store: a call to Redis went unanswered a cool-down past its deadline"
+            );
             self.silence();
         }
     }

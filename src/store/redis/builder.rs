@@ -326,7 +326,7 @@ impl RedisStoreBuilder {
         let renew_listener = Arc::clone(&renew);
         store.inner.breaker.on_silence(move || {
             if let Some(inner) = inner.upgrade() {
-                inner.backend.renew();
+                inner.reconnect();
             }
             renew_listener.notify_one();
         });

@@ -8,6 +8,7 @@
 //! | `ratelimit_breaker_open` | `store="redis"` | 1 while the circuit breaker is open, else 0 |
 //! | `ratelimit_store_duration_seconds` | `store="redis"` | each decision's call to Redis, from sending to its answer or its deadline |
 //! | `ratelimit_cached_refusals_total` | `store="redis"` | requests refused from the [deny cache](super#the-deny-cache), without a call |
+//! | `ratelimit_store_reconnects_total` | `store="redis"` | new connections made because Redis seemed silent on the one in use (the breaker opened, a probe failed, or a call went unanswered a cool-down past its deadline) |
 //!
 //! The handles are registered when the store is built, except the
 //! fallback counters, registered at a limit's first fallback.
@@ -53,6 +54,8 @@ pub(super) struct StoreMetrics {
     fallbacks: parking_lot::RwLock<Fallbacks>,
     #[cfg(feature = "metrics")]
     cached_refusals: metrics::Counter,
+    #[cfg(feature = "metrics")]
+    reconnects: metrics::Counter,
 }
 
 /// Each limit's `open`, `closed` and `local` fallback counters, by the
@@ -86,6 +89,7 @@ impl StoreMetrics {
                 duration: metrics::histogram!("ratelimit_store_duration_seconds", "store" => "redis"),
                 fallbacks: Default::default(),
                 cached_refusals: metrics::counter!("ratelimit_cached_refusals_total", "store" => "redis"),
+                reconnects: metrics::counter!("ratelimit_store_reconnects_total", "store" => "redis"),
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -112,6 +116,12 @@ impl StoreMetrics {
     pub(super) fn cached_refusal(&self) {
         #[cfg(feature = "metrics")]
         self.cached_refusals.increment(1);
+    }
+
+    /// Counts a new connection made because Redis seemed silent.
+    pub(super) fn reconnect(&self) {
+        #[cfg(feature = "metrics")]
+        self.reconnects.increment(1);
     }
 
     /// Starts timing a call to Redis.

@@ -49,6 +49,7 @@ pub(super) struct Counters {
     pub(super) fallbacks: AtomicU64,
     pub(super) script_loads: AtomicU64,
     pub(super) cached_refusals: AtomicU64,
+    pub(super) reconnects: AtomicU64,
 }
 
 /// Counts shared by every process that shares a Redis server (or cluster).
@@ -150,6 +151,14 @@ impl RedisStore {
         self.inner.counters.cached_refusals.load(Ordering::Relaxed)
     }
 
+    /// Times the store gave up its connection for a new one because Redis
+    /// seemed silent on it: the circuit breaker opened, a probe failed, or
+    /// a call went unanswered a cool-down past its deadline (see
+    /// [the module documentation](crate::store::redis)).
+    pub fn reconnects(&self) -> u64 {
+        self.inner.counters.reconnects.load(Ordering::Relaxed)
+    }
+
     /// Whether the circuit breaker is open: Redis is not being called, and
     /// requests follow their limits' [`FailurePolicy`].
     pub fn is_circuit_open(&self) -> bool {
@@ -180,6 +189,15 @@ impl fmt::Debug for RedisStore {
 }
 
 impl Inner {
+    /// Gives up the connection for a new one, as Redis seems silent on
+    /// it, and counts it.
+    pub(super) fn reconnect(&self) {
+        tracing::info!("rate-limit store: Redis seems silent; making a new connection");
+        self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.metrics.reconnect();
+        self.backend.renew();
+    }
+
     /// Forgets what a reset deleted.
     pub(super) fn forget_reset(&self, resets: impl Iterator<Item = Reset>) {
         for reset in resets {
