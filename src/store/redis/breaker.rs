@@ -105,16 +105,17 @@ impl Breaker {
         }
     }
 
-    /// A call was still unanswered a cool-down after its deadline: the
-    /// connection it went out on is taken for silent (on a cluster, where
-    /// other nodes answer, the breaker never opens for one node's silence).
-    /// Runs the silence hook, unless it ran within the last cool-down (the
-    /// calls lost in one silence renew the connection once).
-    pub(crate) fn lost(&self) {
+    /// A call was still unanswered `grace` after its deadline (see
+    /// [`within`]): the connection it went out on is taken for silent (on a
+    /// cluster, where other nodes answer, the breaker never opens for one
+    /// node's silence). Runs the silence hook, unless it ran within the
+    /// last `grace` (the calls lost in one silence renew the connection
+    /// once).
+    pub(crate) fn lost(&self, grace: Duration) {
         let last = self.renewed.load(Ordering::Relaxed);
-        let cool_down = u64::try_from(self.cool_down.as_nanos()).unwrap_or(u64::MAX);
+        let grace = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
         let now = self.stamp();
-        if last != 0 && now.saturating_sub(last) < cool_down {
+        if last != 0 && now.saturating_sub(last) < grace {
             return;
         }
         if self
@@ -264,11 +265,11 @@ impl Breaker {
 /// Sends `call` now and waits for its answer at most `deadline`; past it,
 /// says when the call was sent. The call is polled here, so an answer that
 /// has come is taken even as the deadline passes. A call still unanswered
-/// then goes on in a task of its own, for one cool-down more: when Redis
-/// answers late, the breaker still hears it, so a queue of calls that all
-/// wait past their deadlines behind this process's own commands is not
-/// taken for a silent Redis. A call unanswered even then is
-/// [`lost`](Breaker::lost), and given up.
+/// then goes on in a task of its own, for one cool-down (at least one
+/// deadline) more: when Redis answers late, the breaker still hears it, so a
+/// queue of calls that all wait past their deadlines behind this process's
+/// own commands is not taken for a silent Redis. A call unanswered even
+/// then is [`lost`](Breaker::lost), and given up.
 pub(crate) async fn within<T, F>(
     breaker: &Arc<Breaker>,
     deadline: Duration,
@@ -289,11 +290,12 @@ where
         }
         Err(_) => {
             let heard_by = Arc::clone(breaker);
+            let grace = breaker.cool_down.max(deadline);
             tokio::spawn(async move {
-                match tokio::time::timeout(heard_by.cool_down, call).await {
+                match tokio::time::timeout(grace, call).await {
                     Ok(Ok(_)) => heard_by.heard(),
                     Ok(Err(_)) => {}
-                    Err(_) => heard_by.lost(),
+                    Err(_) => heard_by.lost(grace),
                 }
             });
             Err(sent)
@@ -500,11 +502,12 @@ mod tests {
             0,
             "the breaker is left as it was"
         );
+        let grace = Duration::from_secs(1);
         tokio::time::advance(Duration::from_millis(900)).await;
-        breaker.lost();
+        breaker.lost(grace);
         assert_eq!(renewals(), 1, "within a cool-down of the last");
         tokio::time::advance(Duration::from_millis(100)).await;
-        breaker.lost();
+        breaker.lost(grace);
         assert_eq!(renewals(), 2);
         // An opening renews too, and is the last renewal for a lost call.
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -512,8 +515,21 @@ mod tests {
             breaker.failure(Permit::Call);
         }
         assert_eq!(renewals(), 3);
-        breaker.lost();
+        breaker.lost(grace);
         assert_eq!(renewals(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_cool_down_a_late_answer_is_awaited_one_deadline() {
+        let breaker = Arc::new(Breaker::new(3, Duration::ZERO));
+        let deadline = Duration::from_millis(50);
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(90)).await;
+            Ok(1)
+        };
+        assert!(within(&breaker, deadline, slow).await.is_err());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(breaker.answered.load(Ordering::Relaxed) > 0, "heard late");
     }
 
     #[tokio::test(start_paused = true)]

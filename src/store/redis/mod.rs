@@ -173,9 +173,9 @@
 //! opens, so the probe after the cool-down goes out on a new one;
 //! the listener of the resets channel (below) then subscribes again on a new
 //! connection too. A call unanswered at its deadline still waits, in a task
-//! of its own, one cool-down for a late answer (which the breaker hears);
-//! unanswered even then, it is given up and its connection taken for
-//! silent. On a cluster, where a silent node leaves the breaker closed, the
+//! of its own, one cool-down (at least one deadline) for a late answer
+//! (which the breaker hears); unanswered even then, it is given up and its
+//! connection taken for silent. On a cluster, where a silent node leaves the breaker closed, the
 //! store then makes a new connection to every node in the background (at
 //! most once a cool-down), with the topology as it is then, and uses it
 //! once made: the silent node's keys, or those of a frozen primary whose
