@@ -10,7 +10,8 @@ use redis::aio::ConnectionManagerConfig;
 use redis::Script;
 
 use super::breaker::Breaker;
-use super::connection::{self, Backend, Cluster, Tls};
+use super::clients::{self, bad_url, Tls};
+use super::connection::{Backend, Cluster, Server};
 use super::deny::DenyCache;
 use super::failure_policy::FailurePolicy;
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
@@ -258,20 +259,20 @@ impl RedisStoreBuilder {
         }
         let backend = match &self.target {
             Target::Server(url) => {
-                let client = connection::server_client(url, &self.tls)?;
+                let client = clients::server_client(url, &self.tls)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(None)
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(10))
                     .set_max_delay(Duration::from_millis(100));
-                Backend::Single(Box::new(connection::Server::new(client, config)?))
+                Backend::Single(Box::new(Server::new(client, config)?))
             }
             Target::Cluster(urls) => {
                 // The cluster client connects to a node while it holds the
                 // calls to every node (when it looks for a node it lost):
                 // no connection may keep them past their deadline.
-                let client = connection::cluster_builder(urls, &self.tls)?
+                let client = clients::cluster_builder(urls, &self.tls)?
                     .connection_timeout(self.connect_timeout.min(self.deadline))
                     .retries(1)
                     .build()
@@ -291,7 +292,7 @@ impl RedisStoreBuilder {
         };
         let clients = seeds
             .iter()
-            .map(|url| connection::server_client(url, &self.tls))
+            .map(|url| clients::server_client(url, &self.tls))
             .collect::<Result<Vec<_>, _>>()?;
         let channel = resets::channel(&self.prefix);
         let store = RedisStore {
@@ -385,12 +386,4 @@ impl RedisStoreBuilder {
         inner.metrics.store_error(&error);
         Err(error)
     }
-}
-
-fn bad_url() -> ConfigError {
-    // The URL itself is not repeated: it may hold a password.
-    ConfigError::invalid(
-        "redis",
-        "not a Redis URL (redis://[:PASSWORD@]HOST:PORT[/DB] or redis+unix:///PATH)",
-    )
 }

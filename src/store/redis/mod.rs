@@ -303,6 +303,7 @@
 
 mod breaker;
 mod builder;
+mod clients;
 mod connection;
 mod deny;
 mod failure;
