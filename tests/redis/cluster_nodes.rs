@@ -417,9 +417,7 @@ async fn a_node_gone_silent_is_reached_on_a_new_connection() {
 /// it is lost the store connects to the cluster anew, learns the new
 /// topology, and the primary's keys are decided on the promoted replica,
 /// their counts carried on. Meanwhile the other primaries' keys are still
-/// decided: the cluster client, which holds every call while it connects
-/// to a node, never waits for the frozen one past the deadline, so the
-/// breaker stays closed.
+/// decided, so the breaker stays closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_primary_failed_over_to_its_replica_is_followed() {
     failover_is_followed(|cluster, victim| cluster.freeze(victim)).await;
@@ -455,4 +453,37 @@ async fn failover_is_followed(stop: impl FnOnce(&mut Cluster, usize)) {
         (998 - fell_back..=998).contains(&remaining),
         "{fell_back} fallbacks: {outcome:?}"
     );
+}
+
+/// A frozen primary with no replica to take over: the store keeps the
+/// connection in use (a new one would not reach that primary) while the
+/// frozen primary's keys fall back, and the other primaries' calls are not
+/// slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_without_a_replica_slows_no_other_node() {
+    let cluster = cluster_or_skip!();
+    let store = impatient(RedisStore::cluster_builder(cluster.urls()), 3).await;
+    let quota = Quota::new(Window::per_day(1_000));
+    let (frozen, answering, victim) = one_on_and_one_off(&cluster, &store, &quota, None).await;
+    cluster.freeze(victim);
+    let mut waits = Vec::new();
+    let started = Instant::now();
+    // Calls lost to the frozen primary, and new connections tried, every
+    // cool-down (100 ms).
+    while started.elapsed() < Duration::from_secs(2) {
+        let sent = Instant::now();
+        decide(&store, T0, &[answering]).await;
+        waits.push(sent.elapsed());
+        let outcome = decide(&store, T0, &[frozen]).await;
+        assert_eq!(outcome.basis(), Basis::LocalFallback);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    assert!(
+        median < Duration::from_millis(20),
+        "the other primary's calls waited {median:?} at the median: {store:?}"
+    );
+    assert!(store.reconnects() >= 1, "{store:?}");
+    assert_eq!(store.short_circuits(), 0, "{store:?}");
 }

@@ -142,8 +142,6 @@ impl RedisStoreBuilder {
 
     /// The longest one attempt to (re)connect may take (default 500 ms). It
     /// runs in the background: requests still wait at most the deadline.
-    /// On a cluster, a connection to one node gets at most the deadline: the
-    /// cluster client makes it while holding the calls to every node.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout.max(Duration::from_millis(1));
         self
@@ -269,11 +267,8 @@ impl RedisStoreBuilder {
                 Backend::Single(Box::new(Server::new(client, config)?))
             }
             Target::Cluster(urls) => {
-                // The cluster client connects to a node while it holds the
-                // calls to every node (when it looks for a node it lost):
-                // no connection may keep them past their deadline.
                 let client = clients::cluster_builder(urls, &self.tls)?
-                    .connection_timeout(self.connect_timeout.min(self.deadline))
+                    .connection_timeout(self.connect_timeout)
                     .retries(1)
                     .build()
                     .map_err(|_| bad_url())?;

@@ -12,6 +12,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
 
 use crate::error::ConfigError;
@@ -87,6 +88,48 @@ struct ClusterShared {
     connect_timeout: Duration,
 }
 
+impl ClusterShared {
+    /// A new connection, once it is connected to the primary of every slot
+    /// range and each answers `PING`. The cluster client sends a call whose
+    /// node it holds no connection to elsewhere, and each answer `MOVED`
+    /// makes it look for that node again, holding the calls to every node
+    /// meanwhile: a connection made while a primary is silent and not yet
+    /// replaced would slow every call down to nearly the deadline.
+    async fn reaching_every_primary(&self) -> RedisResult<ClusterConnection> {
+        let mut connection = self.client.get_async_connection().await?;
+        let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut connection)
+            .await?;
+        for primary in ranges.iter().filter_map(|range| primary_of(range)) {
+            let (host, port) = primary;
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+            connection
+                .route_command(redis::cmd("PING"), routing)
+                .await?;
+        }
+        Ok(connection)
+    }
+}
+
+/// The address of the primary of a `CLUSTER SLOTS` range (`[first, last,
+/// [host, port, id, …], replicas…]`), if it names one.
+fn primary_of(range: &[redis::Value]) -> Option<(String, u16)> {
+    let redis::Value::Array(node) = range.get(2)? else {
+        return None;
+    };
+    let host = match node.first()? {
+        redis::Value::BulkString(host) => String::from_utf8(host.clone()).ok()?,
+        redis::Value::SimpleString(host) => host.clone(),
+        _ => return None,
+    };
+    let redis::Value::Int(port) = node.get(1)? else {
+        return None;
+    };
+    let port = u16::try_from(*port).ok()?;
+    (!host.is_empty() && host != "?").then_some((host, port))
+}
+
 impl Cluster {
     /// A cluster reached through `client`, connected on first use, each
     /// node within `connect_timeout`.
@@ -138,12 +181,11 @@ impl Cluster {
         }
         runtime.spawn(async move {
             let limit = shared.connect_timeout.saturating_mul(4);
-            let connecting = shared.client.get_async_connection();
-            match tokio::time::timeout(limit, connecting).await {
+            match tokio::time::timeout(limit, shared.reaching_every_primary()).await {
                 Ok(Ok(connection)) => shared.connection.store(Some(Arc::new(connection))),
                 Ok(Err(error)) => tracing::warn!(
                     %error,
-                    "rate-limit store: cannot make a new connection to the Redis Cluster; the one in use stays"
+                    "rate-limit store: a new connection to the Redis Cluster does not reach every primary; the one in use stays"
                 ),
                 Err(_) => tracing::warn!(
                     "rate-limit store: a new connection to the Redis Cluster took over {limit:?}; the one in use stays"

@@ -8,7 +8,7 @@
 //! | `ratelimit_breaker_open` | `store="redis"` | 1 while the circuit breaker is open, else 0 |
 //! | `ratelimit_store_duration_seconds` | `store="redis"` | each decision's call to Redis, from sending to its answer or its deadline |
 //! | `ratelimit_cached_refusals_total` | `store="redis"` | requests refused from the [deny cache](super#the-deny-cache), without a call |
-//! | `ratelimit_store_reconnects_total` | `store="redis"` | new connections made because Redis seemed silent on the one in use (the breaker opened, a probe failed, or a call went unanswered a cool-down past its deadline) |
+//! | `ratelimit_store_reconnects_total` | `store="redis"` | new connections set out for because Redis seemed silent on the one in use (the breaker opened, a probe failed, or a call went unanswered a cool-down past its deadline); see [`RedisStore::reconnects`](super::RedisStore::reconnects) |
 //!
 //! The handles are registered when the store is built, except the
 //! fallback counters, registered at a limit's first fallback.

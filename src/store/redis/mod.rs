@@ -175,13 +175,14 @@
 //! connection too. A call unanswered at its deadline still waits, in a task
 //! of its own, one cool-down (at least one deadline) for a late answer
 //! (which the breaker hears); unanswered even then, it is given up and its
-//! connection taken for silent. On a cluster, where a silent node leaves the breaker closed, the
-//! store then makes a new connection to every node in the background (at
-//! most once a cool-down), with the topology as it is then, and uses it
-//! once made: the silent node's keys, or those of a frozen primary whose
-//! replica took over, are decided in Redis again. (A connection to one
-//! node of a cluster gets at most the deadline: the cluster client makes it
-//! while holding the calls to every node.)
+//! connection taken for silent. On a cluster, where a silent node leaves
+//! the breaker closed, the store then makes a new connection to every node
+//! in the background (at most once a cool-down), with the topology as it is
+//! then, and moves to it once it reaches the primary of every slot range:
+//! the silent node's keys, or those of a frozen primary whose replica took
+//! over, are decided in Redis again. While a primary is silent and no
+//! replica has taken over, the connection in use stays, and the other
+//! nodes' calls are not slowed.
 //!
 //! The store's future never fails and never panics on Redis's account: the
 //! layer never sees a store error from it, so a failure never becomes the

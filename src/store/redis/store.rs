@@ -151,9 +151,10 @@ impl RedisStore {
         self.inner.counters.cached_refusals.load(Ordering::Relaxed)
     }
 
-    /// Times the store gave up its connection for a new one because Redis
+    /// Times the store set out to replace its connection because Redis
     /// seemed silent on it: the circuit breaker opened, a probe failed, or
-    /// a call went unanswered a cool-down past its deadline (see
+    /// a call went unanswered a cool-down past its deadline (on a cluster,
+    /// the new connection is used once it reaches every primary; see
     /// [the module documentation](crate::store::redis)).
     pub fn reconnects(&self) -> u64 {
         self.inner.counters.reconnects.load(Ordering::Relaxed)
