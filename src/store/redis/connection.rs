@@ -305,3 +305,38 @@ fn dropped(error: &redis::RedisError) -> bool {
         && !error.is_timeout()
         && !error.is_connection_refusal()
 }
+
+#[cfg(test)]
+mod tests {
+    use redis::Value::{Array, BulkString, Int, SimpleString};
+
+    use super::primary_of;
+
+    #[test]
+    fn a_slot_range_names_its_primary_by_host_and_port() {
+        let node = |host: redis::Value, port: i64| {
+            Array(vec![host, Int(port), BulkString(b"id".to_vec())])
+        };
+        let range = |primary: redis::Value| vec![Int(0), Int(5460), primary];
+        let ip = || BulkString(b"10.0.0.7".to_vec());
+        assert_eq!(
+            primary_of(&range(node(ip(), 7000))),
+            Some(("10.0.0.7".to_owned(), 7000))
+        );
+        assert_eq!(
+            primary_of(&range(node(SimpleString("redis-a".into()), 6379))),
+            Some(("redis-a".to_owned(), 6379))
+        );
+        // Unknown endpoints, ports out of range and other shapes name none.
+        for unnamed in [
+            range(node(BulkString(Vec::new()), 7000)),
+            range(node(BulkString(b"?".to_vec()), 7000)),
+            range(node(ip(), 70_000)),
+            range(node(ip(), -1)),
+            range(Int(3)),
+            vec![Int(0), Int(5460)],
+        ] {
+            assert_eq!(primary_of(&unnamed), None, "{unnamed:?}");
+        }
+    }
+}
