@@ -314,9 +314,9 @@ impl RedisStoreBuilder {
         // Connections that went silent are given up (a failover, a
         // middlebox that forgot them): when the breaker opens, the probe
         // after the cool-down goes out on a new one; on a cluster, where one
-        // silent node does not open it, the calls that follow a lost one go
-        // out on a new one. The resets listener subscribes again on a new
-        // one too.
+        // silent node does not open it, a lost call starts a new one, used
+        // once it reaches every primary. The resets listener subscribes
+        // again on a new one too.
         let inner = Arc::downgrade(&store.inner);
         let renew = Arc::new(tokio::sync::Notify::new());
         let renew_listener = Arc::clone(&renew);

@@ -101,8 +101,7 @@ impl ClusterShared {
             .arg("SLOTS")
             .query_async(&mut connection)
             .await?;
-        for primary in ranges.iter().filter_map(|range| primary_of(range)) {
-            let (host, port) = primary;
+        for (host, port) in ranges.iter().filter_map(|range| primary_of(range)) {
             let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
             connection
                 .route_command(redis::cmd("PING"), routing)
