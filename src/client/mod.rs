@@ -47,6 +47,7 @@
 //! # }
 //! ```
 
+mod jitter;
 mod pace;
 mod pool;
 mod retry;

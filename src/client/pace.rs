@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::jitter::SplitMix;
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 use crate::policy::Quota;
@@ -65,6 +66,10 @@ impl Error for PaceError {
     }
 }
 
+/// The most a paced caller wakes after its turn has come, at random (10 ms;
+/// see [`Pacer`]).
+const MAX_JITTER_NANOS: u64 = 10_000_000;
+
 /// Paces work under a [`Quota`]: a caller over the quota waits for its turn
 /// rather than being refused.
 ///
@@ -74,7 +79,11 @@ impl Error for PaceError {
 /// the quota's windows allow (for GCRA: at most `limit + floor(t / (period /
 /// limit))` over any interval `t`), and processes that share a
 /// `RedisStore` share one pace: give their pacers the same
-/// [`Pacer::name`].
+/// [`Pacer::name`]. With such a store, a refused caller wakes a little
+/// after the store's `retry_after`, at random (up to a sixteenth of the
+/// wait, at most 10 ms), so that the pacers of several processes take the
+/// turns of a shared pace in random order rather than the first winner
+/// taking them all; in one process, turns come exactly on time.
 ///
 /// In one process, each key's callers take turns first come, first served:
 /// only the first asks the store; the others wait behind it, at most
@@ -94,6 +103,8 @@ pub struct Pacer<St = MemoryStore> {
     max_queue: usize,
     max_wait: Duration,
     lines: Mutex<HashMap<String, Arc<Line>>>,
+    /// The jitter of each wake-up (see [`Pacer::sleep_for`]).
+    jitter: SplitMix,
 }
 
 /// The callers of one key: the one whose turn it is holds `turn`.
@@ -138,6 +149,7 @@ impl<St: Store> Pacer<St> {
             max_queue: 1_000,
             max_wait: Duration::from_secs(60),
             lines: Mutex::new(HashMap::new()),
+            jitter: SplitMix::from_os(),
         })
     }
 
@@ -227,12 +239,24 @@ impl<St: Store> Pacer<St> {
     }
 
     /// Sleeps `nanos` (at least 1), or fails at once if that ends after
-    /// `deadline`.
+    /// `deadline`; then, with a store that other processes share, a little
+    /// more at random: up to a sixteenth of `nanos`, at most
+    /// [`MAX_JITTER_NANOS`] (not past `deadline`). Pacers of several
+    /// processes that share a pace wake for the same turn: without the
+    /// jitter the one that won a turn woke first for the next one too, and
+    /// took every turn for seconds on end. (Each late wake-up delays the
+    /// pace by as much: some 0.5 % at the cap.)
     pub(crate) async fn sleep_for(&self, nanos: u64, deadline: Instant) -> Result<(), PaceError> {
         let at = Instant::now().checked_add(Duration::from_nanos(nanos.max(1)));
         match at {
             Some(at) if at <= deadline => {
-                tokio::time::sleep_until(at).await;
+                let jitter = if self.store.shares_counts() {
+                    self.jitter.up_to((nanos / 16).min(MAX_JITTER_NANOS))
+                } else {
+                    0
+                };
+                let later = at.checked_add(Duration::from_nanos(jitter));
+                tokio::time::sleep_until(later.map_or(deadline, |t| t.min(deadline))).await;
                 Ok(())
             }
             _ => Err(self.too_long()),

@@ -2,7 +2,6 @@
 //! the server says to, and backs off with full jitter when it does not.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -11,6 +10,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Policy;
 
+use super::jitter::SplitMix;
 use crate::clock::{Clock, SystemClock, NANOS};
 
 /// Below this, an `X-RateLimit-Reset` value is delta seconds; from it on,
@@ -95,7 +95,7 @@ impl Clone for Settings {
         Settings {
             budget: Arc::clone(&self.budget),
             clock: Arc::clone(&self.clock),
-            rng: SplitMix(AtomicU64::new(self.rng.0.load(Ordering::Relaxed))),
+            rng: self.rng.fork(),
             ..*self
         }
     }
@@ -120,7 +120,7 @@ impl RetryPolicy {
                 max_wait: Duration::from_secs(60),
                 non_idempotent: false,
                 budget: Arc::new(TpsBudget::default()),
-                rng: SplitMix(AtomicU64::new(getrandom::u64().unwrap_or(0x5eed))),
+                rng: SplitMix::from_os(),
                 clock: Arc::new(SystemClock::new()),
             }),
             waits: Vec::new(),
@@ -174,7 +174,7 @@ impl RetryPolicy {
     /// system), for reproducible waits.
     #[must_use]
     pub fn seed(self, seed: u64) -> Self {
-        self.with(|s| s.rng = SplitMix(AtomicU64::new(seed)))
+        self.with(|s| s.rng = SplitMix::seeded(seed))
     }
 
     /// The clock HTTP dates and Unix-time resets are read against (by
@@ -203,10 +203,7 @@ impl RetryPolicy {
             .saturating_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX))
             .min(s.max_backoff);
         let ceiling = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        let nanos = match ceiling.checked_add(1) {
-            Some(span) => s.rng.next() % span,
-            None => s.rng.next(),
-        };
+        let nanos = s.rng.up_to(ceiling);
         (Duration::from_nanos(nanos), Hint::Backoff)
     }
 }
@@ -285,23 +282,6 @@ impl RetryPolicy {
                 .extensions_mut()
                 .insert(std::mem::take(&mut self.waits));
         }
-    }
-}
-
-/// A source of random numbers for the jitter: SplitMix64 over an atomic
-/// counter, shared by the policy's clones.
-struct SplitMix(AtomicU64);
-
-impl SplitMix {
-    fn next(&self) -> u64 {
-        const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut z = self
-            .0
-            .fetch_add(GAMMA, Ordering::Relaxed)
-            .wrapping_add(GAMMA);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
