@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A source of random numbers, shared by the clones of what holds it.
+/// A source of random numbers that many tasks may draw from at once.
 #[derive(Debug)]
 pub(crate) struct SplitMix(AtomicU64);
 
