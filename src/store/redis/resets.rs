@@ -10,8 +10,9 @@
 //! may have missed resets while it was not listening: its next requests ask
 //! Redis, which is always right. The listener retries with a backoff (up to
 //! 5 s) while Redis cannot be reached, subscribes again on a new connection
-//! each time the store's breaker opens (its connection may have gone silent
-//! without closing), and stops with the store.
+//! each time the store gives up its own as silent (its breaker opened, or a
+//! call was lost: this connection may have gone silent without closing
+//! too), and stops with the store.
 //!
 //! A message is the deleted buckets and penalty keys as text, `b` or `p`
 //! and 16 hexadecimal digits each, separated by spaces. Anything else in a
@@ -133,8 +134,8 @@ pub(crate) async fn listen(
                             );
                             break;
                         }
-                        // The store gave up its connection (the breaker
-                        // opened): this one may have gone silent too.
+                        // The store gave up its connection as silent:
+                        // this one may have gone silent too.
                         Either::Right(((), _)) => {
                             tracing::debug!(
                                 "rate-limit store: subscribing to resets on a new connection"
