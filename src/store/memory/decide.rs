@@ -131,8 +131,7 @@ impl MemoryStore {
         let shards = &mut guards[..];
         for shard in shards.iter_mut() {
             if now >= shard.next_sweep {
-                shard.sweep(now);
-                self.tracked.swept(shard);
+                self.sweep_shard(shard, now);
                 shard.next_sweep = now.saturating_add(self.sweep_interval);
             }
         }
@@ -213,9 +212,10 @@ impl MemoryStore {
         // Where each new state goes. A bucket with a live estimate stays
         // counted in its overflow sketch until the estimate is fresh (so that
         // every entry is exact); a shard without room for all of its new
-        // entries, even after a sweep, counts them in its sketches too. A
-        // sweep moves entries (and drops fresh ones the first pass found),
-        // so after one every state is written by looking its entry up again.
+        // entries (the store's room under its cap, reserved here), even after
+        // a sweep, counts them in its sketches too. A sweep moves entries
+        // (and drops fresh ones the first pass found), so after one every
+        // state is written by looking its entry up again.
         let targets = || {
             checks.iter().flat_map(|c| {
                 let algorithm = c.quota.algorithm_kind();
@@ -227,24 +227,24 @@ impl MemoryStore {
         };
         let mut swept = false;
         let mut full: SmallVec<[bool; 4]> = SmallVec::from_elem(false, shards.len());
+        // Each shard's entries before its insertions, and the room reserved.
+        let mut room: SmallVec<[(usize, usize); 4]> = SmallVec::new();
         for (i, shard) in shards.iter_mut().enumerate().filter(|_| unseen) {
             let new = |s: &Slot| s.shard == i && charged(s) && !s.estimated;
             let needed = slots.iter().filter(|s| new(s) && s.entry.is_none()).count();
-            let cap = self.caps[ids[i]].load(Ordering::Relaxed);
-            if shard.entries + needed <= cap {
-                continue;
-            }
-            if now >= shard.full_until {
-                shard.sweep(now);
-                self.tracked.swept(shard);
+            let mut reserved = self.reserve(needed).then_some(needed);
+            if reserved.is_none() && now >= shard.full_until {
+                self.sweep_shard(shard, now);
                 swept = true;
+                let needed = slots
+                    .iter()
+                    .zip(targets())
+                    .filter(|(s, (a, p, b))| new(s) && !shard.contains(*a, *p, *b))
+                    .count();
+                reserved = self.reserve(needed).then_some(needed);
             }
-            let needed = slots
-                .iter()
-                .zip(targets())
-                .filter(|(s, (a, p, b))| new(s) && !shard.contains(*a, *p, *b))
-                .count();
-            full[i] = shard.entries + needed > cap;
+            full[i] = reserved.is_none();
+            room.push((shard.entries, reserved.unwrap_or(0)));
         }
 
         // Entries the first pass found are written where it found them,
@@ -271,6 +271,9 @@ impl MemoryStore {
                     self.at_cap.warn(now, || self.max_entries());
                 }
             }
+        }
+        for (shard, &(before, reserved)) in shards.iter().zip(&room) {
+            self.settle(reserved, shard.entries - before);
         }
         outcome.decide(true, !shadow_admitted);
     }

@@ -64,10 +64,13 @@ use crate::shard::Padded;
 ///
 /// * every key already tracked keeps its exact count: nothing is ever
 ///   evicted early;
-/// * a window that needs a new entry in a full shard is counted in that
-///   shard's **overflow sketch** for its window period: a count-min sketch
-///   of two rows, each bucket owning one cell per row (placed by its keyed
-///   hash, so a client cannot choose its neighbours). A cell holds the
+/// * the cap is the whole store's, not each shard's: every window is
+///   counted exactly while the store holds fewer than `max_entries`
+///   entries, whichever shards the keys land in;
+/// * once it holds them all, a window that needs a new entry is counted in
+///   its shard's **overflow sketch** for its window period: a count-min
+///   sketch of two rows, each bucket owning one cell per row (placed by
+///   its keyed hash, so a client cannot choose its neighbours). A cell holds the
 ///   greatest state charged to any bucket placed there, and a bucket is
 ///   decided by the least of its two cells. So a key counted there is
 ///   **never admitted past its quota**; it may be **refused early**, by at
@@ -110,11 +113,14 @@ pub struct MemoryStore {
     /// For each 1/256 of that hash space, the shard where it starts (so
     /// finding a bucket's shard takes a step or two, not a binary search).
     starts: Box<[usize]>,
-    /// The most entries each shard keeps: its share of the cap (changed by
-    /// [`MemoryStore::set_max_entries`]).
+    /// Each shard's share of the cap, which sizes its overflow sketches
+    /// (changed by [`MemoryStore::set_max_entries`]).
     caps: Box<[AtomicUsize]>,
     /// The cap last asked for.
     requested: AtomicUsize,
+    /// The entries of every shard: a new entry is made only while this is
+    /// under the cap (room is reserved here before a shard inserts).
+    entries: Padded<AtomicUsize>,
     sweep_interval: u64,
     /// The bans and counted refusals of checks with a penalty.
     penalties: PenaltyBox,
@@ -180,6 +186,7 @@ impl Settings {
                 .map(AtomicUsize::new)
                 .collect(),
             requested: AtomicUsize::new(self.max_entries),
+            entries: Padded(AtomicUsize::new(0)),
             sweep_interval: self.sweep_interval,
             penalties: PenaltyBox::with_max_keys(self.max_banned_keys)
                 .sweep_interval(std::time::Duration::from_nanos(self.sweep_interval)),
@@ -264,8 +271,8 @@ impl MemoryStore {
     }
 
     /// A store that keeps at most `max` `(key, window)` entries at once
-    /// (at least 1); each shard holds at most its share, rounded up
-    /// ([`MemoryStore::max_entries`] reads the sum back).
+    /// (at least 1), in all its shards together: no key is counted in an
+    /// overflow sketch while the store has room for it.
     pub fn with_max_entries(max: usize) -> Self {
         Settings {
             max_entries: max.max(1),
@@ -324,10 +331,9 @@ impl MemoryStore {
 
     /// The most `(key, window)` entries the store keeps: the cap it was made
     /// with ([`MemoryStore::with_max_entries`]) or last given
-    /// ([`MemoryStore::set_max_entries`]), plus under one entry per shard
-    /// (each shard's share is rounded up).
+    /// ([`MemoryStore::set_max_entries`]).
     pub fn max_entries(&self) -> usize {
-        self.caps.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.requested.load(Ordering::Relaxed)
     }
 
     /// Changes the cap (at least 1) while the store is in use; whether it
@@ -361,9 +367,7 @@ impl MemoryStore {
     /// returns spare memory.
     pub fn sweep(&self, now: u64) {
         for shard in self.shards.iter() {
-            let mut shard = shard.0.lock();
-            shard.sweep(now);
-            self.tracked.swept(&mut shard);
+            self.sweep_shard(&mut shard.0.lock(), now);
         }
         self.penalties.sweep(now);
     }
@@ -372,6 +376,44 @@ impl MemoryStore {
     /// that still count.
     pub fn penalized_keys(&self) -> usize {
         self.penalties.len()
+    }
+
+    /// Sweeps `shard` at `now`: the entries it drops leave room under the
+    /// cap.
+    fn sweep_shard(&self, shard: &mut Shard, now: u64) {
+        let before = shard.entries;
+        shard.sweep(now);
+        self.release(before - shard.entries);
+        self.tracked.swept(shard);
+    }
+
+    /// Reserves room under the cap for `needed` new entries; whether there
+    /// is room (no entry is reserved if not).
+    fn reserve(&self, needed: usize) -> bool {
+        let max = self.requested.load(Ordering::Relaxed);
+        needed == 0
+            || (self.entries.0)
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n + needed <= max).then_some(n + needed)
+                })
+                .is_ok()
+    }
+
+    /// A shard made `made` new entries where it reserved room for
+    /// `reserved`: the difference goes back (or is added).
+    fn settle(&self, reserved: usize, made: usize) {
+        if made < reserved {
+            self.release(reserved - made);
+        } else if made > reserved {
+            self.entries.0.fetch_add(made - reserved, Ordering::Relaxed);
+        }
+    }
+
+    /// `n` entries were dropped: their room is free again.
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.entries.0.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     fn shard_of(&self, bucket: u64) -> usize {
@@ -464,7 +506,9 @@ impl Store for MemoryStore {
     fn forget(&self, checks: &[Check<'_>]) -> Answer<()> {
         for check in checks {
             let mut shard = self.shards[self.shard_of(check.bucket)].0.lock();
+            let before = shard.entries;
             shard.forget(check.bucket);
+            self.release(before - shard.entries);
             if let Some((key, _)) = check.penalty {
                 self.penalties.forget(key);
             }
