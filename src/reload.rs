@@ -25,9 +25,9 @@
 //!   limit name and key, like buckets.
 //! * The **key secret**: a policy that sets none hashes under the process's
 //!   own, as the running one did. A policy that sets another secret moves
-//!   every key to new buckets (and drops the runtime overrides); one that
-//!   sets none in place of a running policy's own is refused.
-//!
+//!   every key to new buckets (and drops the runtime overrides), as
+//!   [`Changes::key_secret`] says; one that sets none in place of a running
+//!   policy's own is refused.
 //! * The **memory cap**: a new policy's
 //!   [`memory_max_entries`](crate::Policy::memory_max_entries), if it sets
 //!   one, becomes the cap of the memory store that
@@ -165,6 +165,10 @@ pub struct Changes {
     /// Runtime overrides not kept: their limit or plan is gone, or the key
     /// secret changed.
     pub overrides_dropped: usize,
+    /// Whether the key secret changed: every key is counted afresh, in new
+    /// buckets (limits with exempt keys show as changed too: their keys are
+    /// hashed anew).
+    pub key_secret: bool,
     /// The memory store's new cap, when the new policy sets another
     /// [`memory_max_entries`](crate::Policy::memory_max_entries) and the
     /// layer made its store from its policy
@@ -176,7 +180,10 @@ impl Changes {
     fn between(old: &PolicyInner, new: &PolicyInner) -> Self {
         let find =
             |policy: &PolicyInner, name: &str| policy.limits.iter().position(|l| &*l.name == name);
-        let mut changes = Changes::default();
+        let mut changes = Changes {
+            key_secret: old.secret != new.secret,
+            ..Changes::default()
+        };
         for limit in new.limits.iter() {
             let name = limit.name.to_string();
             match find(old, &limit.name) {
@@ -193,12 +200,14 @@ impl Changes {
         changes
     }
 
-    /// Whether nothing changed: no limit added, removed or changed, and no
-    /// new memory cap.
+    /// Whether nothing changed: no limit added, removed or changed, no
+    /// runtime override dropped, the same key secret and no new memory cap.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty()
             && self.removed.is_empty()
             && self.changed.is_empty()
+            && self.overrides_dropped == 0
+            && !self.key_secret
             && self.memory_max_entries.is_none()
     }
 }
@@ -214,6 +223,9 @@ impl fmt::Display for Changes {
             if !names.is_empty() {
                 parts.push(format!("{what}: {}", names.join(", ")));
             }
+        }
+        if self.key_secret {
+            parts.push(String::from("key secret changed: every key counts afresh"));
         }
         if let Some(max) = self.memory_max_entries {
             parts.push(format!("memory cap: {max} entries"));
