@@ -289,8 +289,9 @@ impl PolicyBuilder {
     }
 
     /// Sets the `Retry-After` of a "busy" refusal (default 1 s; rounded up
-    /// to whole seconds). No one knows when a request in flight will end,
-    /// so this is a hint, not a promise.
+    /// to whole seconds, from 1 s to 1 day: another is a [`ConfigError`]).
+    /// No one knows when a request in flight will end, so this is a hint,
+    /// not a promise.
     pub fn busy_retry_after(mut self, after: Duration) -> Self {
         self.busy_retry_after = after;
         self
@@ -343,11 +344,17 @@ impl PolicyBuilder {
                 ));
             }
         }
-        let busy_retry_after = self
-            .busy_retry_after
-            .as_nanos()
-            .div_ceil(1_000_000_000)
-            .clamp(1, 86_400) as u64;
+        let busy_retry_after = self.busy_retry_after.as_nanos().div_ceil(1_000_000_000);
+        if !(1..=86_400).contains(&busy_retry_after) {
+            return Err(ConfigError::invalid(
+                "busy_retry_after",
+                format!(
+                    "{:?} is not from 1 s to 1 day (rounded up to whole seconds)",
+                    self.busy_retry_after
+                ),
+            ));
+        }
+        let busy_retry_after = busy_retry_after as u64;
         let secret_given = self.secret.is_some();
         let secret = self.secret.unwrap_or_else(KeySecret::of_process);
         let mut limits = Vec::with_capacity(self.limits.len());

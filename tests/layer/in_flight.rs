@@ -191,6 +191,24 @@ async fn the_busy_answer_has_its_status_retry_after_headers_and_json_body() {
     assert_eq!(gate.entered(), 2);
 }
 
+#[test]
+fn a_busy_retry_after_outside_a_second_to_a_day_is_refused() {
+    for after in [Duration::ZERO, Duration::from_secs(86_401)] {
+        let err = calls(Quota::in_flight(1))
+            .busy_retry_after(after)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "busy_retry_after", "{err}");
+        assert!(err.message().contains("from 1 s to 1 day"), "{err}");
+    }
+    for after in [Duration::from_millis(1), Duration::from_secs(86_400)] {
+        assert!(calls(Quota::in_flight(1))
+            .busy_retry_after(after)
+            .build()
+            .is_ok());
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn busy_status_retry_after_and_format_come_from_the_policy() {
     let layer = layer(

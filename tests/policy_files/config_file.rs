@@ -1346,6 +1346,16 @@ fn bad_top_level_values() {
         1,
         18,
     );
+    for (after, column) in [("\"0s\"", 20), ("\"100000d\"", 20), ("\"24h 1s\"", 20)] {
+        let err = check(
+            &format!("busy_retry_after = {after}\n{rest}"),
+            ConfigErrorKind::InvalidValue,
+            "busy_retry_after",
+            1,
+            column,
+        );
+        assert!(err.message().contains("from 1 s to 1 day"), "{err}");
+    }
     check(
         &format!("max_key_len = 0\n{rest}"),
         ConfigErrorKind::InvalidValue,
