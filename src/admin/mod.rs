@@ -12,8 +12,17 @@
 //!
 //! The key travels percent-encoded in the path (`tp%2Fkey` for `tp/key`),
 //! is hashed like any request's key, and is never logged. It is read as the
-//! limit's key would be (for a [`FirstOf`](crate::key::FirstOf), as its
-//! first source's), and its quota is its override's or each route's
+//! limit's key extractor reads a request's key
+//! ([`KeyExtractor::key_from_text`](crate::key::KeyExtractor::key_from_text)):
+//! for a limit keyed by the client's IP
+//! ([`PeerIp`](crate::key::PeerIp), [`ForwardedIp`](crate::key::ForwardedIp)),
+//! an address (`10.1.2.3`, `2001:db8::1`, `::ffff:10.1.2.3`), which names
+//! the bucket of its IPv4 address or IPv6 group; for a global limit, `global`;
+//! for a header, the value as a header line would carry it (the token, for
+//! a bearer token); for a [`FirstOf`](crate::key::FirstOf), as the first of
+//! its sources that can read it. A key that no request could carry (empty
+//! once trimmed, not an address, too long …) is a 400. Its quota is its
+//! override's or each route's
 //! default: the plan a request would carry is not known here. Answers are
 //! JSON; errors are `{"error": "...", "field": "..."}` with 404 for an
 //! unknown limit, 400 or 422 for a bad key, body, rate or plan, 501 for a

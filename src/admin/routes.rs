@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::reply::{config_error, json, store_error, Fault, Reply};
 use super::Admin;
 use crate::clock::NANOS;
-use crate::key::{Key, KeySecret};
+use crate::key::KeySecret;
 use crate::policy::{rate_text, Own, PolicyInner, Quota};
 use crate::service::Shared;
 use crate::store::protocol::Check;
@@ -25,7 +25,13 @@ struct Target<St> {
     shared: Arc<Shared<St>>,
     index: usize,
     limit: String,
+    /// The key as the path writes it (what the override handle reads).
     key: String,
+    /// The id of the key the limit reads from a request whose key is
+    /// `key`.
+    id: u64,
+    /// That key's override, if it has one.
+    own: Option<Own>,
 }
 
 impl<St> Target<St> {
@@ -38,18 +44,28 @@ impl<St> Target<St> {
         })?;
         let shared = admin.current.load_full();
         let policy = &shared.policy.inner;
-        let Some((index, _)) = policy.limit(&limit) else {
+        let Some((index, compiled)) = policy.limit(&limit) else {
             let message = format!("the policy has no limit named `{}`", limit.escape_debug());
             return Err(Fault::new(StatusCode::NOT_FOUND, "limit", message));
         };
-        if key.is_empty() || key.len() > policy.max_key_len {
+        // Read as the limit reads a request's key: an address for a limit
+        // keyed by the client's IP, `global` for a global limit …
+        let read = compiled.key.key_from_text(&key).map_err(|e| {
+            let message = format!("no request of limit `{limit}` has this key: {e}");
+            Fault::new(StatusCode::BAD_REQUEST, "key", message)
+        })?;
+        if read.is_empty() || read.len() > policy.max_key_len {
             let message = format!("a key is 1 to {} bytes", policy.max_key_len);
             return Err(Fault::new(StatusCode::BAD_REQUEST, "key", message));
         }
+        let id = compiled.key_id(&policy.secret, &read);
+        let own = policy.override_of(index, &read);
         Ok(Target {
             index,
             limit,
             key,
+            id,
+            own,
             shared,
         })
     }
@@ -58,22 +74,10 @@ impl<St> Target<St> {
         &self.shared.policy.inner
     }
 
-    /// The key's id in its limit.
-    fn id(&self) -> u64 {
-        let limit = &self.policy().limits[self.index];
-        limit.key_id(&self.policy().secret, &Key::from(self.key.as_str()))
-    }
-
-    /// The key's override, if it has one.
-    fn own(&self) -> Option<Own> {
-        self.policy()
-            .override_of(self.index, &Key::from(self.key.as_str()))
-    }
-
     /// One check per route of the limit, at the key's override or the
     /// route's default quota.
-    fn checks<'a>(&'a self, own: Option<&'a Own>) -> Vec<Check<'a>> {
-        let id = self.id();
+    fn checks(&self) -> Vec<Check<'_>> {
+        let (id, own) = (self.id, self.own.as_ref());
         let limit = &self.policy().limits[self.index];
         let penalty = limit.penalty.as_ref();
         let penalty_key = KeySecret::derive(id, limit.penalty_domain);
@@ -100,9 +104,9 @@ pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPat
         Ok(target) => target,
         Err(fault) => return fault.reply(),
     };
-    let own = target.own();
+    let own = target.own.as_ref();
     let now = target.shared.clock.now();
-    let answer = target.shared.store.peek(now, &target.checks(own.as_ref()));
+    let answer = target.shared.store.peek(now, &target.checks());
     let peeked = match answer.await {
         Ok(peeked) => peeked,
         Err(e) => return store_error(&e),
@@ -115,7 +119,7 @@ pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPat
         .iter()
         .enumerate()
         .map(|(ri, route)| {
-            let quota = route.quota_of(own.as_ref());
+            let quota = route.quota_of(own);
             let windows: Vec<Value> = peeked
                 .windows
                 .iter()
@@ -136,12 +140,12 @@ pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPat
     let capped = limit
         .routes
         .iter()
-        .any(|r| r.quota_of(own.as_ref()).in_flight_cap().is_some());
-    let key = KeySecret::derive(target.id(), limit.concurrency_domain);
+        .any(|r| r.quota_of(own).in_flight_cap().is_some());
+    let key = KeySecret::derive(target.id, limit.concurrency_domain);
     let in_flight = match target.shared.store.shared_slots() {
         _ if !capped => None,
         None => Some(target.shared.in_flight.in_flight(key)),
-        Some(slots) => match slots.in_flight(key, target.id()).await {
+        Some(slots) => match slots.in_flight(key, target.id).await {
             Ok(held) => Some(held),
             Err(e) if e.is_unsupported() => None,
             Err(e) => return store_error(&e),
@@ -152,7 +156,7 @@ pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPat
         StatusCode::OK,
         &json!({
             "limit": target.limit,
-            "override": own.as_ref().map(|own| own_json(limit.plans.as_ref(), own)),
+            "override": own.map(|own| own_json(limit.plans.as_ref(), own)),
             "routes": routes,
             "in_flight": in_flight,
             "banned_for": banned_for,
@@ -166,8 +170,7 @@ pub(super) async fn forget<St: Store>(State(admin): State<Admin<St>>, path: KeyP
         Ok(target) => target,
         Err(fault) => return fault.reply(),
     };
-    let own = target.own();
-    let answer = target.shared.store.forget(&target.checks(own.as_ref()));
+    let answer = target.shared.store.forget(&target.checks());
     match answer.await {
         Ok(()) => {
             tracing::info!(limit = %target.limit, "rate-limit admin: a key's counts were reset");

@@ -108,6 +108,30 @@ impl KeyExtractor for Header {
     fn describe(&self) -> Cow<'_, str> {
         Cow::Borrowed(&self.display)
     }
+
+    /// `text` trimmed of spaces and tabs, as a header line is: the token,
+    /// for [`Header::bearer`]. A text that no header line could carry
+    /// (control characters, or a comma where commas separate values) is
+    /// an error.
+    fn key_from_text<'t>(&self, text: &'t str) -> Result<Key<'t>, KeyError> {
+        let bytes = trim_spaces(text.as_bytes());
+        if self.bearer {
+            return token_key(bytes);
+        }
+        let malformed = |detail: &'static str| {
+            KeyError::new(KeyErrorKind::Malformed, self.display.to_string()).with_detail(detail)
+        };
+        if HeaderValue::from_bytes(bytes).is_err() {
+            return Err(malformed("A header cannot hold control characters."));
+        }
+        if self.commas == Commas::Separate && bytes.contains(&b',') {
+            return Err(malformed(
+                "Its commas separate values, so a key read from it never holds one.",
+            ));
+        }
+        // UTF-8 already, as a `str`: no need to check it again.
+        text_key(bytes, true, &self.display)
+    }
 }
 
 const BEARER_SOURCE: &str = "Bearer token in the Authorization header";
@@ -125,7 +149,12 @@ fn bearer_token(credentials: &[u8]) -> Result<Key<'_>, KeyError> {
         );
     }
     let start = token.iter().position(|&b| b != b' ').unwrap_or(token.len());
-    let token = &token[start..];
+    token_key(&token[start..])
+}
+
+/// The key of a bearer token: a non-empty RFC 6750 `b64token`.
+#[inline]
+fn token_key(token: &[u8]) -> Result<Key<'_>, KeyError> {
     let key = text_key(token, false, BEARER_SOURCE)?;
     if !is_b64token(token) {
         return Err(

@@ -59,6 +59,13 @@ impl KeyExtractor for PeerIp {
     fn describe(&self) -> Cow<'_, str> {
         Cow::Borrowed(PEER_SOURCE)
     }
+
+    /// The key of a request from the address `text` (`192.0.2.1`,
+    /// `[2001:db8::1]:443`, `::ffff:192.0.2.1` …).
+    fn key_from_text<'t>(&self, text: &'t str) -> Result<Key<'t>, KeyError> {
+        address_key(text, self.v6_prefix)
+            .ok_or_else(|| not_an_address(text, "Expected an IP address"))
+    }
 }
 
 /// Which header a trusted proxy writes the client's address into.
@@ -212,6 +219,26 @@ impl KeyExtractor for ForwardedIp {
     fn describe(&self) -> Cow<'_, str> {
         Cow::Borrowed(PEER_SOURCE)
     }
+
+    /// The key of a client at the address `text` (`192.0.2.1`,
+    /// `[2001:db8::1]:443`, `::ffff:192.0.2.1` …), or with
+    /// [`ForwardedIp::forwarded`], of an obfuscated identifier (`_hidden`).
+    fn key_from_text<'t>(&self, text: &'t str) -> Result<Key<'t>, KeyError> {
+        if self.header == ForwardedHeader::Forwarded {
+            let token = text.trim();
+            if is_obfuscated(token) {
+                return Ok(obfuscated_key(token));
+            }
+            return address_key(text, self.v6_prefix).ok_or_else(|| {
+                not_an_address(
+                    text,
+                    "Expected an IP address or an obfuscated identifier (`_hidden`)",
+                )
+            });
+        }
+        address_key(text, self.v6_prefix)
+            .ok_or_else(|| not_an_address(text, "Expected an IP address"))
+    }
 }
 
 const PEER_SOURCE: &str = "client IP address";
@@ -299,6 +326,25 @@ fn ip_key<'a>(ip: IpAddr, v6_prefix: u8) -> Key<'a> {
     }
 }
 
+/// The key of a client whose address an operator wrote as `text`, as
+/// [`parse_forwarded_address`] reads it (`192.0.2.1`, `[2001:db8::1]:443`,
+/// `::ffff:192.0.2.1` …, with spaces around): the key of a request from
+/// that address.
+fn address_key<'a>(text: &str, v6_prefix: u8) -> Option<Key<'a>> {
+    parse_forwarded_address(text.trim()).map(|ip| ip_key(ip, v6_prefix))
+}
+
+/// Why `text` is not a client's address: empty, or `expected` followed by
+/// examples.
+fn not_an_address(text: &str, expected: &str) -> KeyError {
+    if text.trim().is_empty() {
+        return KeyError::new(KeyErrorKind::Empty, PEER_SOURCE);
+    }
+    KeyError::new(KeyErrorKind::Malformed, PEER_SOURCE).with_detail(format!(
+        "{expected}, such as `192.0.2.1`, `2001:db8::1` or `::ffff:192.0.2.1`."
+    ))
+}
+
 /// An address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
 /// `[2001:db8::1]:80`; [`canonical`], so `::ffff:1.2.3.4` is `1.2.3.4`.
 fn parse_forwarded_address(text: &str) -> Option<IpAddr> {
@@ -335,16 +381,22 @@ fn forwarded_for(element: &str) -> Option<Client<'_>> {
     }
     let value = value.trim().trim_matches('"');
     let token = value.split_once(':').map_or(value, |(node, _port)| node);
-    let obfuscated = token.len() > 1
-        && token.starts_with('_')
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if obfuscated {
+    if is_obfuscated(token) {
         Some(Client::Obfuscated(token))
     } else {
         parse_forwarded_address(value).map(Client::Ip)
     }
+}
+
+/// Whether `token` is an RFC 7239 obfuscated identifier: `_` then letters,
+/// digits, `.`, `_` or `-`.
+#[inline]
+fn is_obfuscated(token: &str) -> bool {
+    token.len() > 1
+        && token.starts_with('_')
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The key of an obfuscated identifier. It starts with `ff 00`, so it can
@@ -466,6 +518,51 @@ mod tests {
         );
         assert_eq!(forwarded_for("for=_"), None);
         assert_eq!(forwarded_for("proto=https"), None);
+    }
+
+    #[test]
+    fn an_operator_s_address_is_the_key_of_a_request_from_it() {
+        let peer = PeerIp::new().ipv6_prefix(48).unwrap();
+        let from = |ip: &str| {
+            let mut req = http::Request::new(());
+            req.extensions_mut().insert(ip.parse::<IpAddr>().unwrap());
+            peer.extract(&RequestView::from_request(&req))
+                .unwrap()
+                .to_bytes()
+                .into_owned()
+        };
+        let text = |t: &str| peer.key_from_text(t).unwrap().to_bytes().into_owned();
+        for (t, ip) in [
+            ("10.1.2.3", "10.1.2.3"),
+            (" ::ffff:10.1.2.3 ", "10.1.2.3"),
+            ("10.1.2.3:443", "::ffff:10.1.2.3"),
+            ("[2001:db8::1]", "2001:db8:0:ffff::2"),
+            ("[2001:DB8::1]:443", "2001:db8::9"),
+        ] {
+            assert_eq!(text(t), from(ip), "{t}");
+        }
+        assert_ne!(text("2001:db8:1::1"), from("2001:db8::1"));
+        for bad in [
+            "",
+            " ",
+            "10.1.2",
+            "10.1.2.3/8",
+            "_hidden",
+            "::ffff:10.1.2.256",
+        ] {
+            assert!(peer.key_from_text(bad).is_err(), "{bad}");
+        }
+        let forwarded = ForwardedIp::new(["10.0.0.0/8"]).unwrap();
+        assert!(forwarded.key_from_text("_hidden").is_err());
+        let forwarded = forwarded.forwarded();
+        assert_eq!(
+            forwarded.key_from_text("_hidden").unwrap(),
+            obfuscated_key("_hidden")
+        );
+        assert_eq!(
+            forwarded.key_from_text("::ffff:10.1.2.3").unwrap(),
+            ip_key("10.1.2.3".parse().unwrap(), 64)
+        );
     }
 
     #[test]

@@ -89,6 +89,31 @@ pub trait KeyExtractor: Send + Sync + 'static {
     fn required_capture(&self) -> Option<&str> {
         None
     }
+
+    /// The key this extractor reads from a request whose key, as an
+    /// operator writes it (in the admin API's paths, in a key's override),
+    /// is `text`: the same bytes, and for a [`FirstOf`] the same
+    /// alternative, so that it names that request's buckets and override.
+    ///
+    /// [`PeerIp`] and [`ForwardedIp`] read an address (`192.0.2.1`,
+    /// `2001:db8::1`, `[2001:db8::1]:443`, `::ffff:192.0.2.1`) as a
+    /// request's, IPv4-mapped addresses as IPv4 and IPv6 grouped by the
+    /// extractor's prefix; a [`Header`] trims the text as it trims a header
+    /// line, and [`Header::bearer`] reads the token; a global limit's one
+    /// key is `global`; a [`FirstOf`] reads it as the first of its
+    /// alternatives that can. A text that no request could carry (empty,
+    /// not an address …) is a [`KeyError`]. Only operators' texts are read
+    /// this way, never requests. The default is `text`'s bytes, refused
+    /// only when empty.
+    fn key_from_text<'t>(&self, text: &'t str) -> Result<Key<'t>, KeyError> {
+        if text.is_empty() {
+            return Err(KeyError::new(
+                KeyErrorKind::Empty,
+                self.describe().into_owned(),
+            ));
+        }
+        Ok(Key::from(text))
+    }
 }
 
 impl<F, K> KeyExtractor for F

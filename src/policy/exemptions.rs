@@ -4,7 +4,7 @@ use ipnet::IpNet;
 use std::collections::HashSet;
 
 use crate::error::ConfigError;
-use crate::key::{domain_id, parse_net, peer_ip, Key, KeySecret, RequestView};
+use crate::key::{domain_id, parse_net, peer_ip, Key, KeyExtractor, KeySecret, RequestView};
 
 /// A limit's allowlist: keyed hashes of exempt keys (never the keys) and
 /// exempt peer ranges.
@@ -17,8 +17,13 @@ pub(crate) struct Exemptions {
 }
 
 impl Exemptions {
+    /// The exemptions of the limit named `limit`, whose keys `extractor`
+    /// reads: `keys` as an operator writes them (an address for a limit
+    /// keyed by the client's IP: see [`KeyExtractor::key_from_text`]), and
+    /// `ranges` of peer addresses.
     pub(crate) fn compile(
         limit: &str,
+        extractor: &dyn KeyExtractor,
         keys: &[String],
         ranges: &[String],
         secret: &KeySecret,
@@ -27,15 +32,12 @@ impl Exemptions {
         let keys = keys
             .iter()
             .enumerate()
-            .map(|(i, key)| {
-                if key.is_empty() {
-                    Err(ConfigError::invalid(
-                        format!("exempt_keys[{i}]"),
-                        "an exempt key cannot be empty",
-                    ))
-                } else {
-                    Ok(secret.named(domain, &Key::from(key.as_str())))
-                }
+            .map(|(i, text)| match extractor.key_from_text(text) {
+                Ok(key) => Ok(secret.named(domain, &key)),
+                Err(e) => Err(ConfigError::invalid(
+                    format!("exempt_keys[{i}]"),
+                    format!("no request of this limit has this key: {e}"),
+                )),
             })
             .collect::<Result<_, _>>()?;
         let ranges = ranges

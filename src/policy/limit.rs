@@ -185,9 +185,13 @@ impl Limit {
     }
 
     /// Gives `key` its own quota on every route of this limit, whatever plan
-    /// its requests carry. Keys listed here are kept only as keyed hashes;
+    /// its requests carry. `key` is read as this limit reads a request's
+    /// key (an address for a limit keyed by the client's IP: see
+    /// [`KeyExtractor::key_from_text`]); one that no request carries is
+    /// reported by [`PolicyBuilder::build`](crate::PolicyBuilder::build).
+    /// Keys listed here are kept only as keyed hashes;
     /// [`Policy::overrides`](crate::Policy::overrides) changes them at
-    /// runtime. A later entry for the same key replaces an earlier one.
+    /// runtime. Two entries for one key are a [`ConfigError`].
     #[must_use]
     pub fn key_quota(mut self, key: impl Into<String>, quota: Quota) -> Self {
         self.overrides.push((key.into(), OwnQuota::Quota(quota)));
@@ -349,6 +353,7 @@ impl Limit {
             concurrency_domain: domain_id(&self.name, 3),
             exemptions: Exemptions::compile(
                 &self.name,
+                &*self.key,
                 &self.exempt_keys,
                 &self.exempt_ips,
                 secret,
@@ -371,10 +376,24 @@ impl Limit {
                 let own = limit
                     .own(value)
                     .map_err(|e| e.within(format!("overrides[{i}]")))?;
-                let hash = secret.named(limit.override_domain, &Key::from(key.as_str()));
+                let key = limit
+                    .key_from_text(key)
+                    .map_err(|e| e.within(format!("overrides[{i}]")))?;
+                let hash = secret.named(limit.override_domain, &key);
                 Ok((hash, own))
             })
             .collect::<Result<_, ConfigError>>()?;
+        // Two entries for one key (in any of its spellings): which one
+        // applies would be a guess.
+        let mut first = std::collections::HashMap::with_capacity(limit.listed.len());
+        for (j, (hash, _)) in limit.listed.iter().enumerate() {
+            if let Some(i) = first.insert(*hash, j) {
+                return Err(ConfigError::invalid(
+                    format!("overrides[{j}].key"),
+                    format!("the same key as overrides[{i}]: a key has one override"),
+                ));
+            }
+        }
         Ok(limit)
     }
 }
@@ -523,6 +542,15 @@ impl CompiledLimit {
     #[inline]
     pub(crate) fn key_id(&self, secret: &KeySecret, key: &Key<'_>) -> u64 {
         secret.id(self.key_domain, key)
+    }
+
+    /// The key a request of this limit carries when an operator writes it
+    /// as `text` (see [`KeyExtractor::key_from_text`]), or why no request
+    /// carries it: an error on the field `key` that never repeats the key.
+    pub(crate) fn key_from_text<'t>(&self, text: &'t str) -> Result<Key<'t>, ConfigError> {
+        self.key.key_from_text(text).map_err(|e| {
+            ConfigError::invalid("key", format!("no request of this limit has this key: {e}"))
+        })
     }
 
     /// The index of the plan named `name`, if a route names it.

@@ -10,7 +10,6 @@ use parking_lot::{Mutex, RwLock};
 use super::quota::Quota;
 use super::{CompiledLimit, PolicyInner};
 use crate::error::{ConfigError, ConfigErrorKind};
-use crate::key::Key;
 use crate::shard::KeyMap;
 
 /// A key's own quotas in one limit, in place of those of its plan
@@ -227,25 +226,41 @@ impl Overrides {
         })
     }
 
+    /// The keyed hash of the key a request of `limit` carries when an
+    /// operator writes it as `key` (an address for a limit keyed by the
+    /// client's IP …; see [`CompiledLimit::key_from_text`]).
     fn hash(policy: &PolicyInner, limit: &CompiledLimit, key: &str) -> Result<u64, ConfigError> {
         if key.is_empty() {
             return Err(ConfigError::invalid("key", "a key cannot be empty"));
         }
-        Ok(policy.secret.named(limit.override_domain, &Key::from(key)))
+        let key = limit.key_from_text(key)?;
+        if key.len() > policy.max_key_len {
+            return Err(ConfigError::invalid(
+                "key",
+                format!("a key is at most {} bytes", policy.max_key_len),
+            ));
+        }
+        Ok(policy.secret.named(limit.override_domain, &key))
     }
 
     /// Gives `key` its own quota on every route of the limit named `limit`,
     /// from its next request on, in place of any plan or quota it had.
-    /// Errors name what is wrong: an unknown limit, an empty key, or a
-    /// quota that could never admit a request.
+    /// `key` is read as the limit reads a request's key (an address for a
+    /// limit keyed by the client's IP: see
+    /// [`KeyExtractor::key_from_text`](crate::key::KeyExtractor::key_from_text)).
+    /// Errors name what is wrong: an unknown limit, a key no request of
+    /// the limit carries (empty, not an address …), or a quota that could
+    /// never admit a request.
     pub fn set_quota(&self, limit: &str, key: &str, quota: Quota) -> Result<(), ConfigError> {
         self.set(limit, key, &OwnQuota::Quota(quota))
     }
 
     /// Puts `key` on the plan named `plan` in the limit named `limit`
     /// (whatever plan its requests carry), from its next request on, in
-    /// place of any plan or quota it had. Errors name what is wrong: an
-    /// unknown limit, an empty key, or a plan no route of the limit names.
+    /// place of any plan or quota it had. `key` is read as in
+    /// [`Overrides::set_quota`]. Errors name what is wrong: an unknown
+    /// limit, a key no request of the limit carries, or a plan no route of
+    /// the limit names.
     pub fn set_plan(&self, limit: &str, key: &str, plan: &str) -> Result<(), ConfigError> {
         self.set(limit, key, &OwnQuota::Plan(plan.to_owned()))
     }

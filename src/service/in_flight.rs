@@ -21,7 +21,13 @@ impl<St: Store> Shared<St> {
     ) -> Option<crate::inflight::SlotFuture> {
         let policy = &self.policy.inner;
         let (_, compiled) = policy.limit(limit)?;
-        let id = compiled.key_id(&policy.secret, &crate::key::Key::from(account));
+        // Read as the limit reads a request's key, so that the account's
+        // requests and its jobs share their slots.
+        let key = compiled
+            .key
+            .key_from_text(account)
+            .unwrap_or_else(|_| crate::key::Key::from(account));
+        let id = compiled.key_id(&policy.secret, &key);
         let key = crate::key::KeySecret::derive(id, compiled.concurrency_domain);
         Some(match self.store.shared_slots() {
             Some(slots) => slots.acquire(key, id, cap, mode, &compiled.name),

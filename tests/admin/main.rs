@@ -358,6 +358,7 @@ async fn the_raw_key_never_reaches_the_logs() {
     assert!(!log.contains(SECRET), "{log}");
 }
 
+mod addresses;
 #[path = "../support/admin_call.rs"]
 mod admin_call;
 #[path = "../support/log_text.rs"]

@@ -203,6 +203,43 @@ async fn an_exempt_key_is_never_refused_nor_counted() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_exempt_key_of_a_limit_keyed_by_ip_is_an_address() {
+    // Written as an operator writes addresses: the IPv4-mapped form of a
+    // peer, and an IPv6 address whose /64 the limit groups.
+    let h = Harness::new(
+        Policy::builder().limit(
+            Limit::new("per_ip", tower_ratelimit::key::PeerIp::new())
+                .quota(per_minute(1))
+                .exempt_keys(["::ffff:10.1.2.3", "2001:db8::1"]),
+        ),
+    );
+    for peer in ["10.1.2.3", "::ffff:10.1.2.3", "2001:db8::ffff"] {
+        for _ in 0..3 {
+            assert_eq!(h.send(None, peer).await.status(), StatusCode::OK, "{peer}");
+        }
+    }
+    assert_eq!(remaining(&h.send(None, "10.1.2.4").await), 0);
+    assert_eq!(
+        h.send(None, "10.1.2.4").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // A text that no request of the limit has is an error, not a silent
+    // no-op.
+    let err = Policy::builder()
+        .limit(
+            Limit::new("per_ip", tower_ratelimit::key::PeerIp::new())
+                .quota(per_minute(1))
+                .exempt_keys(["10.1.2.3", "partner-key"]),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].exempt_keys[1]");
+    assert!(err.message().contains("IP address"), "{err}");
+    assert!(!err.to_string().contains("partner-key"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_exempt_range_is_never_refused_and_other_limits_still_apply() {
     let h = Harness::new(
         Policy::builder()

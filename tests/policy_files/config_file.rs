@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::Clock;
-use tower_ratelimit::key::{Extension, FirstOf, ForwardedIp, Header, Key, PathCapture};
+use tower_ratelimit::key::{Extension, FirstOf, ForwardedIp, Header, Key, PathCapture, PeerIp};
 use tower_ratelimit::policy::CustomKeys;
 use tower_ratelimit::store::MemoryStore;
 use tower_ratelimit::{
@@ -1630,4 +1630,52 @@ async fn a_header_key_may_read_commas_as_part_of_the_key() {
     assert_eq!(err.kind(), ConfigErrorKind::InvalidValue);
     assert_eq!(err.field(), "limits[0].key.allow_commas");
     assert!(err.message().contains("goes with `header`"), "{err}");
+}
+
+#[test]
+fn two_overrides_of_one_key_are_an_error() {
+    let text = r#"[[limits]]
+name = "per_key"
+key = { header = "X-API-Key" }
+routes = [{ windows = ["10/minute"] }]
+
+[[limits.overrides]]
+key = "k_1"
+windows = ["1/minute"]
+
+[[limits.overrides]]
+key = "k_2"
+windows = ["20/minute"]
+
+[[limits.overrides]]
+key = "k_1"
+windows = ["50/minute"]
+"#;
+    let err = check(
+        text,
+        ConfigErrorKind::InvalidValue,
+        "limits[0].overrides[2].key",
+        15,
+        7,
+    );
+    assert!(
+        err.message().contains("the same key as overrides[0]"),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("k_1"),
+        "keys are never shown: {err}"
+    );
+
+    // One address in two spellings is one key of a limit keyed by IP.
+    let err = Policy::builder()
+        .limit(
+            Limit::new("per_ip", PeerIp::new())
+                .quota(Quota::new(Window::per_minute(10)))
+                .key_quota("10.1.2.3", Quota::new(Window::per_minute(1)))
+                .key_quota("::ffff:10.1.2.3", Quota::new(Window::per_minute(2))),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].overrides[1].key");
 }
