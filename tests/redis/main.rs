@@ -19,6 +19,7 @@ mod cluster;
 mod cluster_nodes;
 mod failures;
 mod in_flight;
+mod local_fallback;
 mod model;
 mod outages;
 mod penalties;

@@ -13,6 +13,7 @@ use super::breaker::Breaker;
 use super::clients::{self, bad_url, Tls};
 use super::connection::{Backend, Cluster, Server};
 use super::deny::DenyCache;
+use super::failure::LocalCounts;
 use super::failure_policy::FailurePolicy;
 use super::keys::{valid_prefix, MAX_PREFIX_LEN};
 use super::metrics::StoreMetrics;
@@ -22,7 +23,7 @@ use super::script;
 use super::store::{ClockSource, Counters, Inner, RedisStore};
 use crate::error::ConfigError;
 use crate::penalty::PenaltyBox;
-use crate::store::{MemoryStore, StoreError};
+use crate::store::StoreError;
 
 /// Where the builder connects.
 #[derive(Clone)]
@@ -123,10 +124,10 @@ impl RedisStoreBuilder {
     /// default, which keeps every node on one clock however far apart their
     /// own clocks are): for tests with a
     /// [`ManualClock`](crate::clock::ManualClock), and for running side by
-    /// side with a [`MemoryStore`]. Nodes must then agree on the time. The
-    /// keys' TTLs run on Redis's clock, so each gets one more period and one
-    /// second of slack: the layer's clock must not fall behind real time by
-    /// more than that.
+    /// side with a [`MemoryStore`](crate::store::MemoryStore). Nodes must
+    /// then agree on the time. The keys' TTLs run on Redis's clock, so each
+    /// gets one more period and one second of slack: the layer's clock must
+    /// not fall behind real time by more than that.
     pub fn layer_clock(mut self) -> Self {
         self.clock = ClockSource::Layer;
         self
@@ -302,7 +303,7 @@ impl RedisStoreBuilder {
                 breaker: Arc::new(breaker),
                 on_failure: self.on_failure,
                 per_limit: self.per_limit,
-                local: MemoryStore::new(),
+                local: LocalCounts::default(),
                 counters: Counters::default(),
                 metrics: StoreMetrics::new(),
                 slots: super::slots::Slots::new(self.slot_lease, self.slot_poll, self.deadline),

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use parking_lot::Mutex;
 use smallvec::SmallVec;
 
 use super::breaker::{Breaker, Ticket, Transition};
@@ -13,6 +14,38 @@ use crate::decision::Basis;
 use crate::policy::{Quota, Window};
 use crate::store::protocol::{Check, Decided, Outcome, WindowStatus};
 use crate::store::{MemoryStore, Store};
+
+/// This process's own counts of the requests Redis could not decide, kept
+/// on a time that never goes back.
+///
+/// A request whose call to Redis fails falls back when the call fails (up
+/// to the store's deadline after it arrived), while one that skips Redis
+/// (the breaker is open) falls back at once: decided at the times they
+/// arrived, a later request could be counted before an earlier one, and the
+/// earlier one would find its bucket counted ahead of its time: refused
+/// within its share, with a made-up wait. So each request is decided at the
+/// latest time any was decided at here, if that is later than its own, one
+/// request at a time: the counts see time in the order they count.
+#[derive(Debug, Default)]
+pub(super) struct LocalCounts {
+    store: MemoryStore,
+    /// The latest time a request was decided at here (the layer's clock),
+    /// held while one is decided.
+    latest: Mutex<u64>,
+}
+
+impl LocalCounts {
+    /// The outcome for `checks` (see [`decide`]), decided at `now` or at
+    /// the latest time a request was decided at here, whichever is later;
+    /// with that time, from which every duration in the outcome is
+    /// measured.
+    pub(super) fn decide(&self, checks: &[Planned], now: u64, retry_after: u64) -> (Outcome, u64) {
+        let mut latest = self.latest.lock();
+        let now = now.max(*latest);
+        *latest = now;
+        (decide(checks, &self.store, now, retry_after), now)
+    }
+}
 
 /// The outcome for `checks` when Redis could not decide at `now` (the
 /// layer's clock); a fail-closed refusal asks to retry in `retry_after` ns.
@@ -296,6 +329,36 @@ mod tests {
         assert!(o.windows().iter().all(|w| w.check == 1));
         assert_eq!(o.windows()[0].limit, 3);
         assert_eq!(o.windows()[1].limit, 30);
+    }
+
+    #[test]
+    fn a_request_that_falls_back_late_is_decided_on_the_latest_time() {
+        // 5 an hour: one every 720 s.
+        let quota = Quota::new(Window::per_hour(5));
+        let local = LocalCounts::default();
+        let checks = [planned(1, &quota, FailurePolicy::local(100))];
+        let later = T0 + 1_000_000_000;
+        for _ in 0..3 {
+            let (outcome, at) = local.decide(&checks, later, 1);
+            assert!(outcome.admitted());
+            assert_eq!(at, later);
+        }
+        // Requests that arrived a second earlier, decided now: the 2 left
+        // of the share, then a refusal until the share frees a request.
+        let mut admitted = 0;
+        for _ in 0..5 {
+            let (outcome, at) = local.decide(&checks, T0, 1);
+            assert_eq!(at, later, "never before a time already decided at");
+            if outcome.admitted() {
+                admitted += 1;
+            } else {
+                assert_eq!(outcome.retry_after(), 720 * 1_000_000_000);
+            }
+        }
+        assert_eq!(admitted, 2);
+        let (outcome, at) = local.decide(&checks, later + 720 * 1_000_000_000, 1);
+        assert!(outcome.admitted(), "admitted once its wait is over");
+        assert_eq!(at, later + 720 * 1_000_000_000);
     }
 
     #[test]

@@ -30,7 +30,11 @@ pub enum FailurePolicy {
     /// request's cost per window), with the same algorithm and periods: with
     /// `n` nodes, `100 / n` keeps the whole fleet near the real limit. The
     /// local counts are this process's own: they do not start from Redis's,
-    /// and they are not merged back.
+    /// and they are not merged back. A request is counted when it falls
+    /// back (up to the store's deadline after it arrived, if its call
+    /// failed), no earlier than any request counted here before it: time
+    /// never goes back for the local counts, so a request within the share
+    /// is admitted, and a refusal's wait is measured from then.
     /// Refusals made here count towards the limit's penalty in this process,
     /// and a ban they start holds in this process only.
     Local {

@@ -15,7 +15,7 @@ use redis::Script;
 use super::breaker::{self, Breaker, Permit, Ticket, Transition};
 use super::connection::Backend;
 use super::deny::DenyCache;
-use super::failure::{self, Failure};
+use super::failure::{self, Failure, LocalCounts};
 use super::failure_policy::FailurePolicy;
 use super::metrics::{Limits, StoreMetrics};
 use super::peek;
@@ -23,7 +23,7 @@ use super::resets::Reset;
 use super::script::{self, Planned};
 use crate::penalty::PenaltyBox;
 use crate::store::protocol::{Answer, Check, Decided, Outcome, Peeked};
-use crate::store::{MemoryStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Whose clock decisions use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,7 +74,8 @@ pub(super) struct Inner {
     pub(super) breaker: Arc<Breaker>,
     pub(super) on_failure: FailurePolicy,
     pub(super) per_limit: HashMap<Box<str>, FailurePolicy>,
-    pub(super) local: MemoryStore,
+    /// The counts of the limits that fall back to this process's memory.
+    pub(super) local: LocalCounts,
     pub(super) counters: Counters,
     /// The store's metrics' handles (feature `metrics`).
     pub(super) metrics: StoreMetrics,
@@ -240,18 +241,17 @@ impl Inner {
     }
 
     /// The outcome when Redis did not decide, with the failure recorded
-    /// (`limits`: the checks' limits, for the metrics).
+    /// (`limits`: the checks' limits, for the metrics). `now` is when the
+    /// request arrived: one whose call failed falls back later, and is
+    /// decided no earlier than the requests that fell back meanwhile (see
+    /// [`LocalCounts`]).
     fn fall_back(&self, checks: &[Planned], limits: &Limits, now: u64) -> Outcome {
         self.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
         self.metrics.fallback(limits, checks);
         let retry = self.breaker.retry_hint().as_nanos();
-        let outcome = failure::decide(
-            checks,
-            &self.local,
-            now,
-            u64::try_from(retry).unwrap_or(u64::MAX),
-        );
-        self.note_ban(checks, &outcome, now);
+        let retry = u64::try_from(retry).unwrap_or(u64::MAX);
+        let (outcome, decided_at) = self.local.decide(checks, now, retry);
+        self.note_ban(checks, &outcome, decided_at);
         outcome
     }
 
