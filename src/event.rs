@@ -21,8 +21,8 @@ pub enum EventKind {
     Banned,
 }
 
-/// One refusal, shadow refusal or key rejection, for the hook set with
-/// [`RateLimitLayer::on_event`](crate::RateLimitLayer::on_event). It names
+/// One refusal, shadow refusal, key rejection or ban started, for the hook
+/// set with [`RateLimitLayer::on_event`](crate::RateLimitLayer::on_event). It names
 /// the limit and carries the keyed hash of the request's bucket, never the
 /// key itself.
 ///

@@ -129,8 +129,8 @@ impl<St: Store> RateLimitLayer<St> {
         self.set(|shared| shared.current_decision = enabled)
     }
 
-    /// Calls `hook` for every refusal, shadow refusal and key rejection, on
-    /// the request's task (keep it quick: count, log, or send to a channel).
+    /// Calls `hook` for every refusal, shadow refusal, key rejection and
+    /// ban started ([`EventKind`](crate::EventKind)), on the request's task (keep it quick: count, log, or send to a channel).
     /// The layer also emits a `tracing` event for each, at `debug` level
     /// (shadow refusals at `info`).
     pub fn on_event<F>(self, hook: F) -> Self
