@@ -12,7 +12,7 @@ use super::reply::{config_error, json, store_error, Fault, Reply};
 use super::Admin;
 use crate::clock::NANOS;
 use crate::key::KeySecret;
-use crate::policy::{rate_text, Own, PolicyInner, Quota};
+use crate::policy::{operator_key, rate_text, Own, PolicyInner, Quota};
 use crate::service::Shared;
 use crate::store::protocol::Check;
 use crate::store::Store;
@@ -50,14 +50,8 @@ impl<St> Target<St> {
         };
         // Read as the limit reads a request's key: an address for a limit
         // keyed by the client's IP, `global` for a global limit …
-        let read = compiled.key.key_from_text(&key).map_err(|e| {
-            let message = format!("no request of limit `{limit}` has this key: {e}");
-            Fault::new(StatusCode::BAD_REQUEST, "key", message)
-        })?;
-        if read.is_empty() || read.len() > policy.max_key_len {
-            let message = format!("a key is 1 to {} bytes", policy.max_key_len);
-            return Err(Fault::new(StatusCode::BAD_REQUEST, "key", message));
-        }
+        let read = operator_key(&*compiled.key, &key, policy.max_key_len)
+            .map_err(|why| Fault::new(StatusCode::BAD_REQUEST, "key", why))?;
         let id = compiled.key_id(&policy.secret, &read);
         let own = policy.override_of(index, &read);
         Ok(Target {

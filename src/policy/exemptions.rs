@@ -3,6 +3,7 @@
 use ipnet::IpNet;
 use std::collections::HashSet;
 
+use super::limit::operator_key;
 use crate::error::ConfigError;
 use crate::key::{domain_id, parse_net, peer_ip, Key, KeyExtractor, KeySecret, RequestView};
 
@@ -19,11 +20,12 @@ pub(crate) struct Exemptions {
 impl Exemptions {
     /// The exemptions of the limit named `limit`, whose keys `extractor`
     /// reads: `keys` as an operator writes them (an address for a limit
-    /// keyed by the client's IP: see [`KeyExtractor::key_from_text`]), and
-    /// `ranges` of peer addresses.
+    /// keyed by the client's IP: see [`operator_key`]), at most
+    /// `max_key_len` bytes, and `ranges` of peer addresses.
     pub(crate) fn compile(
         limit: &str,
         extractor: &dyn KeyExtractor,
+        max_key_len: usize,
         keys: &[String],
         ranges: &[String],
         secret: &KeySecret,
@@ -32,13 +34,12 @@ impl Exemptions {
         let keys = keys
             .iter()
             .enumerate()
-            .map(|(i, text)| match extractor.key_from_text(text) {
-                Ok(key) => Ok(secret.named(domain, &key)),
-                Err(e) => Err(ConfigError::invalid(
-                    format!("exempt_keys[{i}]"),
-                    format!("no request of this limit has this key: {e}"),
-                )),
-            })
+            .map(
+                |(i, text)| match operator_key(extractor, text, max_key_len) {
+                    Ok(key) => Ok(secret.named(domain, &key)),
+                    Err(why) => Err(ConfigError::invalid(format!("exempt_keys[{i}]"), why)),
+                },
+            )
             .collect::<Result<_, _>>()?;
         let ranges = ranges
             .iter()

@@ -270,7 +270,13 @@ impl Limit {
         self
     }
 
-    pub(crate) fn compile(&self, secret: &KeySecret) -> Result<CompiledLimit, ConfigError> {
+    /// The limit as requests use it, its keys hashed under `secret`; keys an
+    /// operator listed are at most `max_key_len` bytes, as requests' are.
+    pub(crate) fn compile(
+        &self,
+        secret: &KeySecret,
+        max_key_len: usize,
+    ) -> Result<CompiledLimit, ConfigError> {
         let valid_name = !self.name.is_empty()
             && self.name.len() <= 64
             && self
@@ -354,6 +360,7 @@ impl Limit {
             exemptions: Exemptions::compile(
                 &self.name,
                 &*self.key,
+                max_key_len,
                 &self.exempt_keys,
                 &self.exempt_ips,
                 secret,
@@ -377,7 +384,7 @@ impl Limit {
                     .own(value)
                     .map_err(|e| e.within(format!("overrides[{i}]")))?;
                 let key = limit
-                    .key_from_text(key)
+                    .key_from_text(key, max_key_len)
                     .map_err(|e| e.within(format!("overrides[{i}]")))?;
                 let hash = secret.named(limit.override_domain, &key);
                 Ok((hash, own))
@@ -544,13 +551,14 @@ impl CompiledLimit {
         secret.id(self.key_domain, key)
     }
 
-    /// The key a request of this limit carries when an operator writes it
-    /// as `text` (see [`KeyExtractor::key_from_text`]), or why no request
-    /// carries it: an error on the field `key` that never repeats the key.
-    pub(crate) fn key_from_text<'t>(&self, text: &'t str) -> Result<Key<'t>, ConfigError> {
-        self.key.key_from_text(text).map_err(|e| {
-            ConfigError::invalid("key", format!("no request of this limit has this key: {e}"))
-        })
+    /// [`operator_key`] of this limit's extractor, as an error on the
+    /// field `key`.
+    pub(crate) fn key_from_text<'t>(
+        &self,
+        text: &'t str,
+        max_len: usize,
+    ) -> Result<Key<'t>, ConfigError> {
+        operator_key(&*self.key, text, max_len).map_err(|why| ConfigError::invalid("key", why))
     }
 
     /// The index of the plan named `name`, if a route names it.
@@ -669,4 +677,22 @@ impl Route {
             .and_then(Option::as_ref)
             .unwrap_or(&self.quota)
     }
+}
+
+/// The key a request of a limit keyed by `extractor` carries when an
+/// operator writes it as `text` (see [`KeyExtractor::key_from_text`]), 1 to
+/// `max_len` bytes like a request's; or why no request carries it, in words
+/// that never repeat the key.
+pub(crate) fn operator_key<'t>(
+    extractor: &dyn KeyExtractor,
+    text: &'t str,
+    max_len: usize,
+) -> Result<Key<'t>, String> {
+    let key = extractor
+        .key_from_text(text)
+        .map_err(|e| format!("no request of this limit has this key: {e}"))?;
+    if key.is_empty() || key.len() > max_len {
+        return Err(format!("a key is 1 to {max_len} bytes"));
+    }
+    Ok(key)
 }

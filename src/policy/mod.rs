@@ -38,7 +38,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 pub use limit::Limit;
-pub(crate) use limit::{CompiledLimit, Route};
+pub(crate) use limit::{operator_key, CompiledLimit, Route};
 pub use overrides::Overrides;
 #[cfg(feature = "toml")]
 pub(crate) use overrides::OwnQuota;
@@ -367,7 +367,7 @@ impl PolicyBuilder {
             }
             limits.push(
                 limit
-                    .compile(&secret)
+                    .compile(&secret, self.max_key_len)
                     .map_err(|e| e.within(format!("limits[{i}]")))?,
             );
         }

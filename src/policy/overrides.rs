@@ -230,16 +230,7 @@ impl Overrides {
     /// operator writes it as `key` (an address for a limit keyed by the
     /// client's IP …; see [`CompiledLimit::key_from_text`]).
     fn hash(policy: &PolicyInner, limit: &CompiledLimit, key: &str) -> Result<u64, ConfigError> {
-        if key.is_empty() {
-            return Err(ConfigError::invalid("key", "a key cannot be empty"));
-        }
-        let key = limit.key_from_text(key)?;
-        if key.len() > policy.max_key_len {
-            return Err(ConfigError::invalid(
-                "key",
-                format!("a key is at most {} bytes", policy.max_key_len),
-            ));
-        }
+        let key = limit.key_from_text(key, policy.max_key_len)?;
         Ok(policy.secret.named(limit.override_domain, &key))
     }
 

@@ -1679,3 +1679,30 @@ windows = ["50/minute"]
         .unwrap_err();
     assert_eq!(err.field(), "limits[0].overrides[1].key");
 }
+
+#[test]
+fn a_listed_key_longer_than_any_request_s_is_an_error() {
+    let long = "k".repeat(65);
+    let limit = || {
+        Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+            .quota(Quota::new(Window::per_minute(10)))
+    };
+    let err = Policy::builder()
+        .max_key_len(64)
+        .limit(limit().key_quota(long.as_str(), Quota::new(Window::per_minute(1))))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].overrides[0].key");
+    assert!(err.message().contains("1 to 64 bytes"), "{err}");
+    let err = Policy::builder()
+        .max_key_len(64)
+        .limit(limit().exempt_keys([long.as_str()]))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].exempt_keys[0]");
+    assert!(Policy::builder()
+        .max_key_len(65)
+        .limit(limit().key_quota(long.as_str(), Quota::new(Window::per_minute(1))))
+        .build()
+        .is_ok());
+}
