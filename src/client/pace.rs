@@ -169,7 +169,8 @@ impl<St: Store> Pacer<St> {
         self
     }
 
-    /// The longest a caller waits for its turn (default 60 s).
+    /// The longest a caller waits for its turn (default 60 s);
+    /// `Duration::MAX` (or any wait past some 30 years) is no bound.
     #[must_use]
     pub fn max_wait(mut self, max: Duration) -> Self {
         self.max_wait = max;
@@ -214,8 +215,8 @@ impl<St: Store> Pacer<St> {
     /// When a caller that starts now must have had its turn.
     pub(crate) fn deadline(&self) -> Instant {
         let now = Instant::now();
-        now.checked_add(self.max_wait)
-            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+        let unbounded = Duration::from_secs(86_400 * 365 * 30);
+        now.checked_add(self.max_wait.min(unbounded)).unwrap_or(now)
     }
 
     pub(crate) fn too_long(&self) -> PaceError {

@@ -70,8 +70,10 @@ pub struct Wait {
 /// errors of the inner service are never retried. The request must be
 /// clonable (`http::Request<B>` with `B: Clone`: `String`, `Bytes`, `Full`…).
 ///
-/// Clones share the budget and the random source; each request counts its
-/// own retries.
+/// Clones share the budget and the random source, and so do policies
+/// configured from one (`base.clone().max_retries(5)`): their waits are
+/// drawn one after another, never the same; each request counts its own
+/// retries.
 #[derive(Clone)]
 pub struct RetryPolicy {
     settings: Arc<Settings>,
@@ -86,7 +88,9 @@ struct Settings {
     max_wait: Duration,
     non_idempotent: bool,
     budget: Arc<dyn Budget + Send + Sync>,
-    rng: SplitMix,
+    /// Shared by every policy configured from this one too, so that no two
+    /// of them draw the same waits.
+    rng: Arc<SplitMix>,
     clock: Arc<dyn Clock>,
 }
 
@@ -95,7 +99,7 @@ impl Clone for Settings {
         Settings {
             budget: Arc::clone(&self.budget),
             clock: Arc::clone(&self.clock),
-            rng: self.rng.fork(),
+            rng: Arc::clone(&self.rng),
             ..*self
         }
     }
@@ -120,7 +124,7 @@ impl RetryPolicy {
                 max_wait: Duration::from_secs(60),
                 non_idempotent: false,
                 budget: Arc::new(TpsBudget::default()),
-                rng: SplitMix::from_os(),
+                rng: Arc::new(SplitMix::from_os()),
                 clock: Arc::new(SystemClock::new()),
             }),
             waits: Vec::new(),
@@ -174,7 +178,7 @@ impl RetryPolicy {
     /// system), for reproducible waits.
     #[must_use]
     pub fn seed(self, seed: u64) -> Self {
-        self.with(|s| s.rng = SplitMix::seeded(seed))
+        self.with(|s| s.rng = Arc::new(SplitMix::seeded(seed)))
     }
 
     /// The clock HTTP dates and Unix-time resets are read against (by
@@ -295,7 +299,7 @@ fn text(headers: &HeaderMap, name: &str) -> Option<String> {
 /// wait).
 fn retry_after(headers: &HeaderMap, now: u64) -> Option<Duration> {
     let value = text(headers, RETRY_AFTER.as_str())?;
-    if let Ok(secs) = value.parse::<u64>() {
+    if let Some(secs) = seconds(&value) {
         return Some(Duration::from_secs(secs));
     }
     let date = httpdate::parse_http_date(&value).ok()?;
@@ -311,15 +315,15 @@ fn ratelimit_t(headers: &HeaderMap) -> Option<Duration> {
     for item in split_outside_quotes(&value, ',') {
         let item = item.trim();
         if let Some(reset) = item.strip_prefix("reset=") {
-            longest = longest.max(reset.trim().parse().ok());
+            longest = longest.max(seconds(reset.trim()));
             continue;
         }
         let mut r = None;
         let mut t = None;
         for param in split_outside_quotes(item, ';').skip(1) {
             match param.trim().split_once('=') {
-                Some(("r", v)) => r = v.parse::<u64>().ok(),
-                Some(("t", v)) => t = v.parse::<u64>().ok(),
+                Some(("r", v)) => r = seconds(v),
+                Some(("t", v)) => t = seconds(v),
                 _ => {}
             }
         }
@@ -333,12 +337,23 @@ fn ratelimit_t(headers: &HeaderMap) -> Option<Duration> {
 /// `X-RateLimit-Reset`: delta seconds under 10^9, Unix seconds from it on
 /// (a time in the past is no wait).
 fn x_ratelimit_reset(headers: &HeaderMap, now: u64) -> Option<Duration> {
-    let value: u64 = text(headers, "x-ratelimit-reset")?.parse().ok()?;
+    let value = seconds(&text(headers, "x-ratelimit-reset")?)?;
     if value < UNIX_RESET_FROM {
         return Some(Duration::from_secs(value));
     }
     let at = value.saturating_mul(NANOS);
     Some(Duration::from_nanos(at.saturating_sub(now)))
+}
+
+/// A whole number of seconds (or a count), as digits: one too large for a
+/// `u64` is the largest (a server asking for longer than anyone waits, not
+/// a value to ignore).
+fn seconds(text: &str) -> Option<u64> {
+    match text.parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Some(u64::MAX),
+        Err(_) => None,
+    }
 }
 
 /// `text` split at `separator`s that are not inside a quoted string.
@@ -404,6 +419,27 @@ mod tests {
         assert_eq!(x_ratelimit_reset(&h, NOW), Some(Duration::from_secs(45)));
         let h = headers(&[("x-ratelimit-reset", "1600000000")]);
         assert_eq!(x_ratelimit_reset(&h, NOW), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_hint_too_large_for_a_u64_is_the_longest_wait_not_none() {
+        let huge = "99999999999999999999";
+        let h = headers(&[("retry-after", huge)]);
+        assert_eq!(retry_after(&h, NOW), Some(Duration::from_secs(u64::MAX)));
+        let h = headers(&[("ratelimit", &*format!(r#""a";r=0;t={huge}"#))]);
+        assert_eq!(ratelimit_t(&h), Some(Duration::from_secs(u64::MAX)));
+        let h = headers(&[("ratelimit", &*format!("limit=1, remaining=0, reset={huge}"))]);
+        assert_eq!(ratelimit_t(&h), Some(Duration::from_secs(u64::MAX)));
+        let h = headers(&[("x-ratelimit-reset", huge)]);
+        assert_eq!(
+            x_ratelimit_reset(&h, NOW),
+            Some(Duration::from_nanos(u64::MAX - NOW))
+        );
+        // Not digits: no hint at all (the backoff decides).
+        for bad in ["-5", "1.5", "0x10", "9e99"] {
+            let h = headers(&[("retry-after", bad)]);
+            assert_eq!(retry_after(&h, NOW), None, "{bad}");
+        }
     }
 
     #[test]

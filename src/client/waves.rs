@@ -26,8 +26,12 @@ const WAIT: Mode = Mode::Queue {
 ///
 /// Cheap to clone; clones share the counts. Each [`Campaign`] runs its jobs
 /// at most `min(account cap, max_concurrent)` at once, and the account's
-/// campaigns together at most the account cap. A job holds its slots until
-/// it ends; the next waiting job (first come, first served) then starts.
+/// campaigns together at most the account cap. (Campaigns of one account
+/// that give it different caps: the account's slots follow the cap its
+/// latest job asked under, as in-flight caps follow their latest request,
+/// and each campaign still runs at most its own limit.) A job holds its
+/// slots until it ends; the next waiting job (first come, first served)
+/// then starts.
 /// The slots are those of the crate's in-flight limiter: see
 /// [`Quota::in_flight`](crate::Quota::in_flight).
 ///
@@ -208,13 +212,12 @@ impl Campaign {
         .await
     }
 
-    /// A slot of the campaign, then one of the account.
+    /// A slot of the campaign (under its [`limit`](Campaign::limit), so
+    /// that it holds whatever cap the account's other campaigns give), then
+    /// one of the account.
     async fn slots(&self) -> Result<Slots, Busy> {
         let waves = &self.waves;
-        let own = waves
-            .campaigns
-            .acquire(self.id, self.max_concurrent, WAIT)
-            .await?;
+        let own = waves.campaigns.acquire(self.id, self.limit(), WAIT).await?;
         let account = waves
             .account_slot(&self.account, self.account_cap, WAIT)
             .await?;

@@ -168,3 +168,16 @@ async fn the_pace_layer_delays_each_keys_requests_and_leaves_unkeyed_ones() {
     let expected: Vec<(String, u64)> = expected.iter().map(|(b, t)| (b.to_string(), *t)).collect();
     assert_eq!(sent, expected);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_max_wait_of_duration_max_is_no_bound() {
+    // One turn in 366 days: the second caller waits for it.
+    let window = Window::new(1, Duration::from_secs(366 * 86_400)).unwrap();
+    let pacer = Pacer::new(Quota::new(window))
+        .unwrap()
+        .max_wait(Duration::MAX);
+    pacer.wait("k").await.unwrap();
+    let start = tokio::time::Instant::now();
+    pacer.wait("k").await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(366 * 86_400));
+}

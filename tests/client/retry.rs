@@ -205,6 +205,24 @@ async fn without_a_hint_each_backoff_is_within_full_jitter_bounds() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn policies_configured_from_one_draw_different_waits() {
+    // Two clients configured from one base policy retry at different
+    // moments, not in lockstep: they share its random source.
+    let base = RetryPolicy::new()
+        .budget(TpsBudget::new(Duration::from_secs(1), 1_000_000, 1000.0))
+        .seed(7);
+    let drawn = |policy: RetryPolicy| async move {
+        let (service, _) = refusing(usize::MAX, StatusCode::SERVICE_UNAVAILABLE, &[]);
+        let (response, _) = retried(policy, service, get()).await;
+        waits(&response).iter().map(|w| w.delay).collect::<Vec<_>>()
+    };
+    let a = drawn(base.clone().max_retries(5)).await;
+    let b = drawn(base.clone().max_retries(5)).await;
+    assert_eq!((a.len(), b.len()), (5, 5));
+    assert_ne!(a, b);
+}
+
+#[tokio::test(start_paused = true)]
 async fn retries_stop_at_the_cap_and_return_the_last_response() {
     let (service, calls) = refusing(
         usize::MAX,
@@ -269,20 +287,24 @@ async fn post_is_not_retried_unless_allowed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_wait_past_max_wait_is_not_honoured() {
-    let (service, calls) = refusing(
-        1,
-        StatusCode::TOO_MANY_REQUESTS,
+    // A number of seconds too large for a u64 is longer still, not noise.
+    let hints: [Headers; 2] = [
         &[("retry-after", "86400")],
-    );
-    let (response, took) = retried(
-        RetryPolicy::new().max_wait(Duration::from_secs(60)),
-        service,
-        get(),
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(response.headers()["retry-after"], "86400");
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!(took, Duration::ZERO);
-    assert!(waits(&response).is_empty());
+        &[("retry-after", "99999999999999999999")],
+    ];
+    for headers in hints {
+        let after = headers[0].1;
+        let (service, calls) = refusing(1, StatusCode::TOO_MANY_REQUESTS, headers);
+        let (response, took) = retried(
+            RetryPolicy::new().max_wait(Duration::from_secs(60)),
+            service,
+            get(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], after);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{after}");
+        assert_eq!(took, Duration::ZERO);
+        assert!(waits(&response).is_empty());
+    }
 }

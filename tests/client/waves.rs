@@ -99,6 +99,21 @@ async fn an_accounts_campaigns_share_its_cap() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_campaign_keeps_its_limit_when_another_gives_its_account_a_higher_cap() {
+    let waves = Waves::new();
+    let (small, large) = (Gauge::default(), Gauge::default());
+    let a = waves.campaign("acct_1", 2, 5);
+    let b = waves.campaign("acct_1", 10, 5);
+    assert_eq!((a.limit(), b.limit()), (2, 5));
+    let (ran_a, ran_b) = tokio::join!(
+        a.run((0..30).map(|i| Gauge::job(vec![&small], 100, i))),
+        b.run((0..30).map(|i| Gauge::job(vec![&large], 100, i))),
+    );
+    assert_eq!((ran_a.unwrap().len(), ran_b.unwrap().len()), (30, 30));
+    assert_eq!((small.peak(), large.peak()), (2, 5));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dropped_campaign_frees_its_slots() {
     let waves = Waves::new();
     let first = waves.campaign("acct_1", 2, 2);
