@@ -116,6 +116,24 @@ pub trait KeyExtractor: Send + Sync + 'static {
     }
 }
 
+/// The key a request of a limit keyed by `extractor` carries when an
+/// operator writes it as `text` (see [`KeyExtractor::key_from_text`]), 1 to
+/// `max_len` bytes like a request's; or why no request carries it, in words
+/// that never repeat the key.
+pub(crate) fn operator_key<'t>(
+    extractor: &dyn KeyExtractor,
+    text: &'t str,
+    max_len: usize,
+) -> Result<Key<'t>, String> {
+    let key = extractor
+        .key_from_text(text)
+        .map_err(|e| format!("no request of this limit has this key: {e}"))?;
+    if key.is_empty() || key.len() > max_len {
+        return Err(format!("a key is 1 to {max_len} bytes"));
+    }
+    Ok(key)
+}
+
 impl<F, K> KeyExtractor for F
 where
     F: Fn(&RequestView<'_>) -> Option<K> + Send + Sync + 'static,

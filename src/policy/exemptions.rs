@@ -3,9 +3,10 @@
 use ipnet::IpNet;
 use std::collections::HashSet;
 
-use super::limit::operator_key;
 use crate::error::ConfigError;
-use crate::key::{domain_id, parse_net, peer_ip, Key, KeyExtractor, KeySecret, RequestView};
+use crate::key::{
+    domain_id, operator_key, parse_net, peer_ip, Key, KeyExtractor, KeySecret, RequestView,
+};
 
 /// A limit's allowlist: keyed hashes of exempt keys (never the keys) and
 /// exempt peer ranges.

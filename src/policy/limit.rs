@@ -7,7 +7,7 @@ use super::overrides::{Own, OwnQuota};
 use super::quota::Quota;
 use super::tiers::Tiers;
 use crate::error::{ConfigError, ConfigErrorKind};
-use crate::key::{domain_id, key_domain, route_id, Key, KeyExtractor, KeySecret};
+use crate::key::{domain_id, key_domain, operator_key, route_id, Key, KeyExtractor, KeySecret};
 use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
 use crate::route::{self, Captures, Methods, PathSegments};
@@ -677,22 +677,4 @@ impl Route {
             .and_then(Option::as_ref)
             .unwrap_or(&self.quota)
     }
-}
-
-/// The key a request of a limit keyed by `extractor` carries when an
-/// operator writes it as `text` (see [`KeyExtractor::key_from_text`]), 1 to
-/// `max_len` bytes like a request's; or why no request carries it, in words
-/// that never repeat the key.
-pub(crate) fn operator_key<'t>(
-    extractor: &dyn KeyExtractor,
-    text: &'t str,
-    max_len: usize,
-) -> Result<Key<'t>, String> {
-    let key = extractor
-        .key_from_text(text)
-        .map_err(|e| format!("no request of this limit has this key: {e}"))?;
-    if key.is_empty() || key.len() > max_len {
-        return Err(format!("a key is 1 to {max_len} bytes"));
-    }
-    Ok(key)
 }

@@ -38,7 +38,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 pub use limit::Limit;
-pub(crate) use limit::{operator_key, CompiledLimit, Route};
+pub(crate) use limit::{CompiledLimit, Route};
 pub use overrides::Overrides;
 #[cfg(feature = "toml")]
 pub(crate) use overrides::OwnQuota;
