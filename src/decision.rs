@@ -55,6 +55,10 @@ pub enum Basis {
     /// The store could not decide, and a limit that fails closed refused the
     /// request ([`RefusalReason::Unavailable`]).
     FailedClosed,
+    /// No limit applied to the request (no route of any limit matched, its
+    /// key is exempt, or a limit skipped its missing key): it went through
+    /// uncounted, with no window.
+    Uncounted,
 }
 
 /// One window the request was counted in (or checked against).
@@ -221,9 +225,15 @@ impl Decision {
 
     /// A decision with no window, for a request only capped in flight.
     pub(crate) fn admitted() -> Self {
+        Self::admitted_on(Basis::Counted)
+    }
+
+    /// An admitted request, with no window, on `basis` (a request no limit
+    /// applied to, or that a failed store let through).
+    pub(crate) fn admitted_on(basis: Basis) -> Self {
         Decision {
             refusal: None,
-            basis: Basis::Counted,
+            basis,
             shadow_refused: false,
             retry_after: 0,
             reported: 0,
@@ -283,9 +293,13 @@ impl Decision {
 }
 
 /// With the `axum` feature, handlers take the decision as an extractor: from
-/// the request's extensions if it is there, else [`Decision::current`]. A
-/// handler not behind a rate-limit layer gets a 500, as for a missing
-/// `Extension`.
+/// the request's extensions if it is there, else [`Decision::current`].
+/// Every request a layer lets through has one (one no limit applied to is
+/// [`Basis::Uncounted`]), unless the layer keeps none
+/// ([`RateLimitLayer::current_decision`](crate::RateLimitLayer::current_decision)
+/// off, without extensions). A handler not behind a rate-limit layer gets a
+/// 500, as for a missing `Extension`; one that may be takes
+/// `Option<Decision>`.
 #[cfg(feature = "axum")]
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Decision {
     type Rejection = (http::StatusCode, &'static str);
@@ -294,14 +308,36 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Decision {
         parts: &mut http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
+        Decision::of_parts(parts).ok_or((
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no rate-limit decision: the handler is not behind a RateLimitLayer",
+        ))
+    }
+}
+
+/// `Option<Decision>` as an axum extractor: `None` for a handler that no
+/// rate-limit layer is in front of.
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Decision {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(Decision::of_parts(parts))
+    }
+}
+
+#[cfg(feature = "axum")]
+impl Decision {
+    /// The decision about the request of `parts`: in its extensions, or
+    /// current.
+    fn of_parts(parts: &http::request::Parts) -> Option<Decision> {
         parts
             .extensions
             .get::<Decision>()
             .cloned()
             .or_else(Decision::current)
-            .ok_or((
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                "no rate-limit decision: the handler is not behind a RateLimitLayer",
-            ))
     }
 }

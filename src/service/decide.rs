@@ -4,6 +4,7 @@
 //! can be decided at once is, in `call`; what must wait (a slot, a store
 //! that answers later) goes on in the response future from where it stopped.
 
+use std::future::poll_fn;
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -15,7 +16,7 @@ use super::respond::{busy, finish};
 use super::Shared;
 use crate::future::ResponseFuture;
 use crate::inflight::Busy;
-use crate::store::protocol::Decided;
+use crate::store::protocol::{Decided, Outcome};
 use crate::store::Store;
 
 /// How far a request's decision has got.
@@ -101,9 +102,12 @@ impl Applied {
     }
 }
 
-/// Goes on deciding in the response future, from `step`: the ready inner
-/// service moves into it (a clone takes its place) and is called once the
-/// decision is made.
+/// Goes on deciding in the response future, from `step`. A clone of the
+/// inner service goes with it, made ready only once the request is
+/// admitted: the ready service stays in place for the next request, so a
+/// request that waits (for a slot, for Redis) holds nothing of the inner
+/// service meanwhile (a `ConcurrencyLimit` inside the layer, say, keeps its
+/// permits for requests that run).
 pub(super) fn later<S, St, ReqBody, ResBody>(
     shared: &Arc<Shared<St>>,
     inner: &mut S,
@@ -119,22 +123,28 @@ where
     ReqBody: Send + 'static,
     ResBody: Send + 'static,
 {
-    let clone = inner.clone();
-    let mut ready = std::mem::replace(inner, clone);
+    let mut inner = inner.clone();
     let shared = Arc::clone(shared);
     ResponseFuture::deciding(Box::pin(async move {
         let mut step = step;
         loop {
             step = match step {
                 Step::Asked(Decided::Ready(answer)) => {
-                    let ready = &mut ready;
-                    return finish(&shared, Some(&answer), &mut applied, request, ready).await;
+                    // Admitted: on the store's count, or let through by a
+                    // store that failed (refusals never reach the inner
+                    // service, so they do not wait for it).
+                    if answer.as_ref().map_or(true, Outcome::admitted) {
+                        poll_fn(|cx| inner.poll_ready(cx)).await?;
+                    }
+                    let inner = &mut inner;
+                    return finish(&shared, Some(&answer), &mut applied, request, inner).await;
                 }
                 Step::Asked(Decided::Pending(pending)) => {
                     Step::Asked(Decided::Ready(pending.await))
                 }
                 Step::Uncounted => {
-                    return finish(&shared, None, &mut applied, request, &mut ready).await;
+                    poll_fn(|cx| inner.poll_ready(cx)).await?;
+                    return finish(&shared, None, &mut applied, request, &mut inner).await;
                 }
                 Step::Busy(i, why) => {
                     let now = shared.clock.now();

@@ -23,7 +23,7 @@ use self::applied::{Applied, Checks};
 use self::decide::{later, Step};
 pub(crate) use self::metrics::Metrics;
 use self::plan::{plan, Plan};
-use self::respond::{banned, busy, finish, reject};
+use self::respond::{banned, busy, finish, pass, reject};
 pub(crate) use self::shared::{Current, Shared};
 use crate::body::ResponseBody;
 use crate::future::ResponseFuture;
@@ -115,9 +115,7 @@ where
         let mut checks = Checks::new();
         match plan(shared, &request, &mut applied, &mut checks) {
             Plan::Apply => {}
-            Plan::Pass => {
-                return ResponseFuture::inner(inner.call(request), None, None, false, None)
-            }
+            Plan::Pass => return pass(shared, request, inner),
             Plan::Reject(error) => return reject(&error, &request),
             Plan::Banned(ban) => return banned(shared, ban, now, &request),
         }

@@ -15,7 +15,7 @@ use super::verdict::{decide_counted, emit};
 use super::Shared;
 use crate::body::{ResponseBody, Slots};
 use crate::clock::NANOS;
-use crate::decision::{Decision, RefusalReason};
+use crate::decision::{Basis, Decision, RefusalReason};
 use crate::event::EventKind;
 use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Reported, Standing};
@@ -96,7 +96,7 @@ where
             tracing::warn!(%error, "rate-limit store failed; request let through unlimited");
             metrics::admitted(shared, applied, None);
             let slots = slots(&mut applied.held);
-            return ResponseFuture::inner(inner.call(request), None, None, false, slots);
+            return uncounted(shared, Basis::FailedOpen, request, inner, slots);
         }
     };
     let policy = &*shared.policy.inner;
@@ -164,6 +164,47 @@ where
     let headers = headers_for(shared, &decision, counted);
     let slots = slots(&mut applied.held);
     respond(shared, decision, headers, request, inner, slots)
+}
+
+/// A request no limit applies to: it goes through uncounted, and handlers
+/// that read the decision find one saying so ([`Basis::Uncounted`]).
+#[inline]
+pub(super) fn pass<S, St, ReqBody, ResBody>(
+    shared: &Shared<St>,
+    request: Request<ReqBody>,
+    inner: &mut S,
+) -> ResponseFuture<S::Future, ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    uncounted(shared, Basis::Uncounted, request, inner, None)
+}
+
+/// Calls the inner service with no rate-limit headers, for a request let
+/// through uncounted on `basis` (with the slots it holds); the decision
+/// says so, if it is kept.
+fn uncounted<S, St, ReqBody, ResBody>(
+    shared: &Shared<St>,
+    basis: Basis,
+    request: Request<ReqBody>,
+    inner: &mut S,
+    slots: Slots,
+) -> ResponseFuture<S::Future, ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    if !shared.keeps_decision() {
+        return ResponseFuture::inner(inner.call(request), None, None, false, slots);
+    }
+    let decision = Decision::admitted_on(basis);
+    respond(
+        shared,
+        decision,
+        PendingHeaders::default(),
+        request,
+        inner,
+        slots,
+    )
 }
 
 /// The 401 for a key a limit rejected: nothing was counted, so no

@@ -425,16 +425,21 @@ async fn a_store_error_in_the_async_path_lets_requests_through_unlimited() {
         ] {
             assert_eq!(header(&response, name), None, "{name}");
         }
-        assert!(response.extensions().get::<Decision>().is_none());
+        let decision = response.extensions().get::<Decision>().unwrap();
+        assert_eq!(decision.basis(), tower_ratelimit::Basis::FailedOpen);
+        assert!(decision.is_admitted() && decision.windows().is_empty());
     }
     assert_eq!(record.calls.load(Ordering::SeqCst), 5);
     assert_eq!(record.unready_calls.load(Ordering::SeqCst), 0);
-    assert_eq!(
-        *record.seen.lock().unwrap(),
-        vec![None; 5],
-        "no decision was made"
-    );
-    assert_eq!(*record.current.lock().unwrap(), vec![None; 5]);
+    // The request's extensions and `Decision::current` said the same.
+    let failed_open = |seen: &[Option<Decision>]| {
+        seen.len() == 5
+            && seen.iter().all(|d| {
+                d.as_ref().map(Decision::basis) == Some(tower_ratelimit::Basis::FailedOpen)
+            })
+    };
+    assert!(failed_open(&record.seen.lock().unwrap()));
+    assert!(failed_open(&record.current.lock().unwrap()));
 
     // The inner service's own error still comes through unchanged.
     let error = svc

@@ -158,3 +158,63 @@ async fn a_refused_request_never_reaches_the_handler_and_leaves_nothing_current(
     assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(Decision::current().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_no_limit_applies_to_has_an_uncounted_decision() {
+    use tower_ratelimit::Basis;
+
+    // An exempt key, a path no route matches: both go through uncounted,
+    // and the handler's extractor says so rather than answering 500.
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .route("GET /v1/*", Quota::new(Window::per_minute(5)))
+                .exempt_keys(["k_internal"]),
+        )
+        .build()
+        .unwrap();
+    let describe = |decision: Decision| async move {
+        format!(
+            "{:?} {} {}",
+            decision.basis(),
+            decision.is_admitted(),
+            decision.windows().len()
+        )
+    };
+    let app = Router::new()
+        .route("/v1/calls", get(describe))
+        .route("/health", get(describe))
+        .layer(RateLimitLayer::new(policy.clone()));
+    for (path, key) in [("/v1/calls", "k_internal"), ("/health", "k_1")] {
+        let response = app.clone().oneshot(call(path, key)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(response.headers().get("x-ratelimit-limit").is_none());
+        assert_eq!(text(response).await, "Uncounted true 0", "{path}");
+    }
+    // A counted request is still counted.
+    let response = app.clone().oneshot(call("/v1/calls", "k_1")).await.unwrap();
+    assert_eq!(text(response).await, "Counted true 1");
+
+    // With extensions on, the response carries it too.
+    let service = RateLimitLayer::new(policy)
+        .decision_extensions(true)
+        .layer(echo_remaining());
+    let response = service.oneshot(call("/health", "k_1")).await.unwrap();
+    let decision = response.extensions().get::<Decision>().unwrap();
+    assert_eq!(decision.basis(), Basis::Uncounted);
+    assert!(decision.reported().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn option_of_decision_is_none_for_a_handler_without_a_layer() {
+    let handler = |decision: Option<Decision>| async move { remaining(decision) };
+    let bare = Router::new().route("/", get(handler));
+    let response = bare.oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "none");
+    let limited = Router::new()
+        .route("/", get(handler))
+        .layer(RateLimitLayer::new(per_key("per_key", 10)));
+    let response = limited.oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(text(response).await, "9");
+}

@@ -118,7 +118,9 @@ fn route_of(response: &Res) -> (u16, u16) {
 #[track_caller]
 fn uncounted(response: &Res) {
     assert_eq!(counted(response), (StatusCode::OK, None, None));
-    assert!(response.extensions().get::<Decision>().is_none());
+    let decision = response.extensions().get::<Decision>().unwrap();
+    assert_eq!(decision.basis(), tower_ratelimit::Basis::Uncounted);
+    assert!(decision.windows().is_empty());
 }
 
 // ---------------------------------------------------------------------------

@@ -1289,12 +1289,19 @@ async fn requests_that_match_no_limit_pass_untouched() {
             assert_eq!(value(&response, name), None, "{name}");
         }
         assert_eq!(value(&response, "x-inner"), Some("kept"));
-        assert!(response.extensions().get::<Decision>().is_none());
+        let decision = response.extensions().get::<Decision>().unwrap();
+        assert_eq!(decision.basis(), tower_ratelimit::Basis::Uncounted);
+        assert!(decision.is_admitted() && decision.windows().is_empty());
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"inner body");
     }
     assert_eq!(h.calls(), 5);
-    assert_eq!(*h.seen.lock().unwrap(), vec![None; 5]);
+    // The inner service saw the same decision in the request.
+    let seen = h.seen.lock().unwrap();
+    assert_eq!(seen.len(), 5);
+    assert!(seen
+        .iter()
+        .all(|d| d.as_ref().map(Decision::basis) == Some(tower_ratelimit::Basis::Uncounted)));
 }
 
 /// When nothing reads the decision (no extensions, not current), admitted

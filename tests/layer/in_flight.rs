@@ -935,3 +935,36 @@ async fn x_ratelimit_headers_report_the_cap_of_a_route_with_only_an_in_flight_ca
         assert_eq!(layer.now(), T0 * NS);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_its_slot_holds_no_permit_of_a_concurrency_limit_inside() {
+    use tower::limit::ConcurrencyLimitLayer;
+    use tower::util::BoxCloneService;
+
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = Arc::clone(&release);
+    let inner = service_fn(move |request: Request<String>| {
+        let gate = Arc::clone(&gate);
+        async move {
+            if request.headers().contains_key("x-hold") {
+                gate.acquire().await.unwrap().forget();
+            }
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        }
+    });
+    // Two requests at once in the inner service; one of key `k` at once in
+    // the layer, the next queued.
+    let layer = layer(calls(queue(10, Duration::from_secs(5))));
+    let svc: Svc = BoxCloneService::new(layer.layer(ConcurrencyLimitLayer::new(2).layer(inner)));
+    let mut a = start(&svc, call("k", "a", true));
+    still_waiting(&mut a).await;
+    let mut b = start(&svc, call("k", "b", false));
+    still_waiting(&mut b).await;
+    // `b` waits for `k`'s slot without a permit of the inner limit, so the
+    // other key's request finds the second permit free and runs at once.
+    let other = answered_at_once(&mut start(&svc, call("j", "j", false))).await;
+    assert_eq!(other.status(), StatusCode::OK);
+    release.add_permits(1);
+    assert_eq!(a.await.status(), StatusCode::OK);
+    assert_eq!(b.await.status(), StatusCode::OK);
+}
