@@ -91,7 +91,21 @@ impl RedisServer {
 
     /// Starts a server with more command-line options.
     pub(crate) fn start_with(extra: &[&str]) -> Self {
-        let mut server = Self::unstarted(free_port(), extra);
+        Self::start_on(free_port, extra)
+    }
+
+    /// Starts a server on a port `pick` chooses, and chooses again if the
+    /// server exits at start (another process took the port between the
+    /// choice and the start: other test binaries start servers too).
+    fn start_on(pick: fn() -> u16, extra: &[&str]) -> Self {
+        for _ in 0..4 {
+            let mut server = Self::unstarted(pick(), extra);
+            server.spawn();
+            if server.came_up() {
+                return server;
+            }
+        }
+        let mut server = Self::unstarted(pick(), extra);
         server.launch();
         server
     }
@@ -126,13 +140,19 @@ impl RedisServer {
     }
 
     fn wait_until_it_answers(&mut self) {
+        assert!(
+            self.came_up(),
+            "redis-server on port {} exited at start",
+            self.port
+        );
+    }
+
+    /// Waits until the server answers: `false` if it exited first.
+    fn came_up(&mut self) -> bool {
         let started = Instant::now();
         while !self.answers() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!(
-                    "redis-server on port {} exited at start: {status}",
-                    self.port
-                );
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
@@ -141,6 +161,7 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// Whether the server answers PING.
@@ -398,10 +419,10 @@ impl Cluster {
     /// reports `cluster_state:ok` (and, with replicas, until each primary
     /// has its replicas).
     pub(crate) fn start(replicas: usize) -> Self {
-        let mut nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
-                RedisServer::unstarted(
-                    free_cluster_port(),
+                RedisServer::start_on(
+                    free_cluster_port,
                     &[
                         "--cluster-enabled",
                         "yes",
@@ -419,10 +440,6 @@ impl Cluster {
                 )
             })
             .collect();
-        nodes.iter_mut().for_each(RedisServer::spawn);
-        nodes
-            .iter_mut()
-            .for_each(RedisServer::wait_until_it_answers);
         let cluster = Cluster { nodes };
 
         let addresses: Vec<String> = cluster
