@@ -485,16 +485,27 @@ async fn quotas_of_three_windows_and_their_changes_decide_and_peek_as_the_memory
     let gcra = Quota::new(Window::per_second(5))
         .and(Window::per_minute(20))
         .and(Window::per_hour(100));
-    // Other rates in two of the periods, and a period dropped.
+    // Other rates in all three periods (every window rescaled); other
+    // rates in two of the periods, and a period dropped.
+    let rescaled = Quota::new(Window::per_second(4))
+        .and(Window::per_minute(30))
+        .and(Window::per_hour(60));
     let changed = Quota::new(Window::per_second(3)).and(Window::per_minute(7));
     let fixed = Quota::new(Window::new(4, ms(700)).unwrap())
         .and(Window::per_second(6))
         .and(Window::new(9, ms(2500)).unwrap())
         .algorithm(Algorithm::FixedWindow);
     let mut now = T0 * S + 123_456_789;
-    for step in 0..40u64 {
+    // Three windows, three at other rates, two, and three again (the
+    // dropped period back): each change read from a value of another quota.
+    for step in 0..64u64 {
         now += (step % 7) * 97_000_000;
-        let quota = if step < 25 { &gcra } else { &changed };
+        let quota = match step {
+            0..16 => &gcra,
+            16..32 => &rescaled,
+            32..48 => &changed,
+            _ => &gcra,
+        };
         let checks = [Check::new(1, quota).based_on(&gcra), Check::new(2, &fixed)];
         for checks in [&checks[..1], &checks[1..], &checks[..]] {
             let expected = match memory.check(now, checks) {

@@ -534,6 +534,25 @@ mod tests {
     }
 
     #[test]
+    fn a_window_a_quota_dropped_is_converted_from_its_own_rate_when_it_returns() {
+        let store = MemoryStore::new();
+        let base = Quota::new(Window::per_minute(1000)).and(Window::per_hour(100));
+        let slower = Quota::new(Window::per_minute(1000)).and(Window::per_hour(60));
+        let no_hour = Quota::new(Window::per_minute(1000));
+        let under = |quota| [Check::new(7, quota).based_on(&base)];
+        // 30 requests at 60 an hour; one without the hour window (its state
+        // is kept, charged at 60 an hour); then the default of 100 an hour:
+        // 31 used, 69 left.
+        for _ in 0..30 {
+            assert!(ready(&store, T0, &under(&slower)).admitted());
+        }
+        assert!(ready(&store, T0, &under(&no_hour)).admitted());
+        let back = ready(&store, T0, &under(&base));
+        assert!(back.admitted());
+        assert_eq!(back.windows()[1].remaining, 69);
+    }
+
+    #[test]
     fn a_refusal_in_one_check_charges_no_other_check() {
         let store = MemoryStore::new();
         let wide = Quota::new(Window::per_minute(100));

@@ -147,8 +147,9 @@ impl Shard {
         let rate_in = |rates: &[(u64, u64)], period: u64| {
             rates.iter().find(|(p, _)| *p == period).map(|(_, i)| *i)
         };
-        // Whether the rates on record are this quota's already.
-        let mut recorded = last.is_some_and(|r| r.len() == check.quota.windows().len());
+        // Whether the rates on record are this quota's already (besides
+        // those of periods it does not have).
+        let mut recorded = last.is_some();
         for window in check.quota.windows() {
             let period = window.period_ns();
             let from = last.and_then(|r| rate_in(r, period));
@@ -164,7 +165,21 @@ impl Shard {
             }
         }
         if custom && !recorded {
-            rates.insert(check.bucket, gcra_rates(check.quota));
+            // The rates of periods this quota does not have stay on record
+            // while their states do: a quota that has them again converts
+            // those states from the rate they were charged at.
+            let mut now_rates = gcra_rates(check.quota).into_vec();
+            let kept = last.into_iter().flatten().filter(|(period, _)| {
+                rate_in(&now_rates, *period).is_none()
+                    && tables.iter().any(|t| {
+                        t.algorithm == Algorithm::Gcra
+                            && t.period_ns == *period
+                            && t.contains(check.bucket)
+                    })
+            });
+            let kept: Vec<(u64, u64)> = kept.copied().collect();
+            now_rates.extend(kept);
+            rates.insert(check.bucket, now_rates.into());
         }
     }
 

@@ -244,8 +244,11 @@ for c = 1, C do
       end
     end
     if raw and m1 == nil then
+      -- Past two windows every tag is in `more` (`tag2` is for two).
       local tags = { tag1, tag2 }
-      for w = 3, W do tags[w] = more[5 * w - 4] end
+      if W > 2 then
+        for w = 2, W do tags[w] = more[5 * w - 4] end
+      end
       m, rescaled, kept = R.read(raw, W, tags)
       if not m then
         return redis.error_reply('tower-ratelimit: unexpected value at key ' .. key)
