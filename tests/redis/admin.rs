@@ -252,6 +252,52 @@ async fn a_reset_on_one_process_reaches_the_refusals_and_bans_others_remember() 
     assert_eq!(store_a.failures() + store_b.failures(), 0);
 }
 
+#[tokio::test]
+async fn a_user_refused_the_resets_channel_resets_all_the_same_and_is_told() {
+    let server = redis_or_skip!();
+    let warnings = crate::log_text::LogText::up_to(tracing::Level::WARN);
+    let _logs = tracing::subscriber::set_default(warnings.clone());
+    // A least-privilege user: every key and command, but no channel.
+    let mut root = server.client().await;
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "app",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ])
+        .query_async::<()>(&mut root)
+        .await
+        .unwrap();
+    let url = format!("redis://app:pw@127.0.0.1:{}", server.port());
+    let store = on_layer_clock(RedisStore::builder(&url)).await;
+    let a = Harness::new(policy(false, false), store.clone());
+    for _ in 0..60 {
+        assert_eq!(a.send("k").await.0, StatusCode::OK);
+    }
+    assert_eq!(a.send("k").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(store.cached_refusals(), 0, "the first refusal is Redis's");
+
+    // The keys are deleted and this process forgets the refusal: a 200,
+    // not a 503, and no failure of Redis (the breaker stays closed).
+    let (status, body) = a.admin(Method::DELETE, "/limits/per_key/keys/k", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        a.send("k").await,
+        (StatusCode::OK, "60".into(), "59".into())
+    );
+    assert_eq!(store.failures(), 0);
+
+    // What other processes miss is said at `warn`: the subscription and
+    // the reset Redis would not publish.
+    let said = warnings.text();
+    assert!(said.contains("cannot subscribe to resets"), "{said}");
+    assert!(said.contains("refused to publish"), "{said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_a_reset_reaches_every_store_whichever_node_holds_the_key() {
     let cluster = cluster_or_skip!();

@@ -20,6 +20,8 @@ mod cluster_nodes;
 mod failures;
 mod in_flight;
 mod local_fallback;
+#[path = "../support/log_text.rs"]
+mod log_text;
 mod model;
 mod outages;
 mod penalties;

@@ -9,12 +9,16 @@
 -- ARGV[1] = 'f': forgets KEYS (buckets, bans and refusals), and publishes
 --   ARGV[3] (what was reset, see resets.rs) on the channel ARGV[2], so that
 --   every store forgets what it remembers of them; returns how many keys
---   there were.
+--   there were, and 1 if the reset was published, 0 if Redis refused it
+--   (an ACL without the channel): the keys are deleted either way.
 
 if ARGV[1] == 'f' then
   local deleted = redis.call('DEL', unpack(KEYS))
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return deleted
+  local published = redis.pcall('PUBLISH', ARGV[2], ARGV[3])
+  if type(published) == 'table' and published.err then
+    return { deleted, 0 }
+  end
+  return { deleted, 1 }
 end
 local t = redis.call('TIME')
 local out = { t[1], t[2] }

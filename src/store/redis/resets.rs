@@ -104,6 +104,9 @@ pub(crate) async fn listen(
     mut tell: impl FnMut(Heard<'_>) -> bool,
 ) {
     let mut backoff = Duration::from_millis(50);
+    // Whether a failure to subscribe was told at `warn` since the last
+    // subscription (once per spell: the attempts repeat every few seconds).
+    let mut warned = false;
     for client in clients.iter().cycle() {
         if !tell(Heard::Subscribing) {
             return;
@@ -117,6 +120,7 @@ pub(crate) async fn listen(
         match subscribed {
             Ok(Ok(mut pubsub)) => {
                 backoff = Duration::from_millis(50);
+                warned = false;
                 if !tell(Heard::Subscribed) {
                     return;
                 }
@@ -144,6 +148,18 @@ pub(crate) async fn listen(
                         }
                     }
                 }
+            }
+            Ok(Err(error)) if !warned => {
+                // Redis refuses it (an ACL without the channel, no room for
+                // another client), or is away: said once per spell.
+                warned = true;
+                tracing::warn!(
+                    %error,
+                    %channel,
+                    "rate-limit store: cannot subscribe to resets (is Redis away, or does \
+                     it refuse this user the channel? ACL `&<channel>`): until it can, \
+                     resets made by other processes do not reach this one's deny cache"
+                );
             }
             Ok(Err(error)) => {
                 tracing::debug!(%error, "rate-limit store: cannot subscribe to resets");

@@ -414,7 +414,16 @@ impl Store for RedisStore {
                 .iter()
                 .map(|group| peek::forget_call(&inner.prefix, &planned, group))
                 .collect();
-            inner.operate::<i64>(calls).await?;
+            let answers = inner.operate::<(i64, i64)>(calls).await?;
+            if answers.iter().any(|&(_, published)| published == 0) {
+                tracing::warn!(
+                    channel = %super::resets::channel(&inner.prefix),
+                    "rate-limit store: a reset deleted its keys in Redis, but Redis refused to \
+                     publish it: other processes keep refusing from what they remember until \
+                     each refusal's time; let the Redis user publish and subscribe on the \
+                     channel (ACL `&<channel>`)"
+                );
+            }
             for check in &planned {
                 if let Some(deny) = &inner.deny {
                     deny.forget(check.bucket);
