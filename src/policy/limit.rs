@@ -345,7 +345,24 @@ impl Limit {
                 }
                 Ok(route)
             })
-            .collect::<Result<_, ConfigError>>()?;
+            .collect::<Result<Box<[Route]>, ConfigError>>()?;
+        // The first matching route wins: one that an earlier route matches
+        // every request of would never count anything.
+        for (j, later) in routes.iter().enumerate() {
+            if let Some(i) = routes[..j]
+                .iter()
+                .position(|earlier| earlier.matcher.covers(&later.matcher))
+            {
+                return Err(ConfigError::invalid(
+                    format!("routes[{j}]"),
+                    format!(
+                        "`{}` can never match: routes[{i}] (`{}`) comes first and matches \
+                         every request it would (put the narrower route first)",
+                        later.matcher, routes[i].matcher
+                    ),
+                ));
+            }
+        }
         let mut limit = CompiledLimit {
             name: self.name.as_str().into(),
             key: Arc::clone(&self.key),

@@ -65,6 +65,11 @@ impl Methods {
         Methods(bit(method))
     }
 
+    /// Whether every method of `other` is in this set.
+    pub(crate) const fn contains(self, other: Methods) -> bool {
+        self.0 & other.0 == other.0
+    }
+
     /// Whether the two sets share a method.
     #[inline]
     pub(crate) fn meets(self, other: Methods) -> bool {

@@ -100,6 +100,13 @@ impl Route {
     }
 
     /// The path pattern.
+    /// Whether this route matches every request `other` matches (so that
+    /// `other`, after it in a limit, never matches). Literals are compared
+    /// as written: two spellings of one segment are not seen as the same.
+    pub(crate) fn covers(&self, other: &Route) -> bool {
+        self.matched.contains(other.matched) && self.pattern.covers(&other.pattern)
+    }
+
     pub(crate) fn pattern(&self) -> &PathPattern {
         &self.pattern
     }

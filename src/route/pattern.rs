@@ -123,6 +123,27 @@ impl PathPattern {
 
     /// Matches a request path; on success, its captures.
     #[inline(never)]
+    /// Whether this pattern matches every path `other` matches: segment by
+    /// segment, a final `*` takes whatever is left, a capture any one
+    /// segment but a `*`, a literal the same literal.
+    pub(crate) fn covers(&self, other: &PathPattern) -> bool {
+        let mut theirs = other.segments.iter();
+        for mine in self.segments.iter() {
+            if *mine == Segment::Rest {
+                return true;
+            }
+            let covered = match (mine, theirs.next()) {
+                (Segment::Capture(_), Some(Segment::Literal(..) | Segment::Capture(_))) => true,
+                (Segment::Literal(a, _), Some(Segment::Literal(b, _))) => a == b,
+                _ => false,
+            };
+            if !covered {
+                return false;
+            }
+        }
+        theirs.next().is_none()
+    }
+
     pub(crate) fn matches<'p>(&'p self, path: &'p PathSegments<'p>) -> Option<Captures<'p>> {
         let mut i = 0;
         for segment in self.segments.iter() {
@@ -346,11 +367,52 @@ mod tests {
                 }
             }
 
+            /// A pattern that covers another matches every path the other
+            /// matches (so that a route it shadows is rightly refused).
+            #[test]
+            fn a_covering_pattern_matches_whatever_the_covered_one_does(
+                a in "(/(\\{[ab]\\}|[xy]|\\*)){0,3}",
+                b in "(/(\\{[cd]\\}|[xy]|\\*)){0,3}",
+                paths in prop::collection::vec("(/[xyz]){0,4}", 1..8),
+            ) {
+                let (Ok(a), Ok(b)) = (PathPattern::parse(&a), PathPattern::parse(&b)) else {
+                    return Ok(());
+                };
+                if a.covers(&b) {
+                    for path in &paths {
+                        let segments = PathSegments::new(path);
+                        if b.matches(&segments).is_some() {
+                            prop_assert!(a.matches(&segments).is_some(), "{:?} {:?} {:?}", a, b, path);
+                        }
+                    }
+                }
+            }
+
             #[test]
             fn methods_parse_or_fail(text in any::<String>()) {
                 let _ = text.parse::<Methods>();
             }
         }
+    }
+
+    #[test]
+    fn which_patterns_cover_which() {
+        let covers = |a: &str, b: &str| {
+            PathPattern::parse(a)
+                .unwrap()
+                .covers(&PathPattern::parse(b).unwrap())
+        };
+        assert!(covers("*", "/v1/calls/{id}"));
+        assert!(covers("*", "*"));
+        assert!(covers("/v1/*", "/v1/calls/{id}/control"));
+        assert!(covers("/v1/*", "/v1"));
+        assert!(covers("/v1/{any}", "/v1/calls"));
+        assert!(covers("/v1/{a}/x", "/v1/{b}/x"));
+        assert!(!covers("/v1/calls", "/v1/*"));
+        assert!(!covers("/v1/{a}", "/v1/*"));
+        assert!(!covers("/v1/{a}", "/v1/calls/x"));
+        assert!(!covers("/v1/calls", "/v1/keys"));
+        assert!(!covers("/v1/calls/*", "*"));
     }
 
     #[test]

@@ -1706,3 +1706,66 @@ fn a_listed_key_longer_than_any_request_s_is_an_error() {
         .build()
         .is_ok());
 }
+
+#[test]
+fn a_route_an_earlier_route_shadows_is_an_error() {
+    // `quota` is a route for every request: one after it never matches.
+    let err = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(10)))
+                .route("GET /slow", Quota::in_flight(1)),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].routes[1]");
+    assert!(
+        err.message().contains("can never match: routes[0]"),
+        "{err}"
+    );
+    // A GET route matches HEAD: a HEAD route after it never does, unless
+    // the GET route leaves HEAD out.
+    let limit = || Limit::new("per_key", Header::parse("X-API-Key").unwrap());
+    let err = Policy::builder()
+        .limit(
+            limit()
+                .route("GET /v1/calls/{id}", Quota::new(Window::per_minute(10)))
+                .route("HEAD /v1/calls/c_1", Quota::new(Window::per_minute(1))),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].routes[1]");
+    assert!(Policy::builder()
+        .limit(
+            limit()
+                .route_without_head("GET /v1/calls/{id}", Quota::new(Window::per_minute(10)))
+                .route("HEAD /v1/calls/c_1", Quota::new(Window::per_minute(1))),
+        )
+        .build()
+        .is_ok());
+    // The narrower route first is what was meant.
+    assert!(Policy::builder()
+        .limit(
+            limit()
+                .route("GET /slow", Quota::in_flight(1))
+                .quota(Quota::new(Window::per_minute(10))),
+        )
+        .build()
+        .is_ok());
+
+    // In a file, the error points at the route.
+    check(
+        r#"[[limits]]
+name = "per_key"
+key = { header = "X-API-Key" }
+routes = [
+  { path = "/v1/*", windows = ["10/minute"] },
+  { methods = ["POST"], path = "/v1/keys", windows = ["1/hour"] },
+]
+"#,
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[1]",
+        6,
+        3,
+    );
+}
