@@ -2,7 +2,7 @@
 //! as its page says: per account (from the path), each API category counted
 //! on its own with a 10/second burst and a 100/minute sustained limit, both;
 //! temporary throttling after repeated violations; no concurrent actions on
-//! one leg; a 429 with `Retry-After` and Exotel's body, whose `request_id`
+//! one leg or one bridge; a 429 with `Retry-After` and Exotel's body, whose `request_id`
 //! is the response's `x-request-id`.
 
 use std::time::Duration;
@@ -235,4 +235,25 @@ async fn paths_outside_an_account_are_not_limited() {
         assert!(!response.headers().contains_key("x-ratelimit-limit"));
     }
     assert_eq!(p.served(), 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_action_at_a_time_per_bridge() {
+    let p = exotel();
+    let path = "/v2/accounts/AC1/bridges/B1/actions";
+    let first = tokio::spawn(p.send("POST", &format!("{path}?hold_ms=1000"), &[]));
+    while p.served() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let busy = p.send("POST", path, &[("x-request-id", "r2")]).await;
+    assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&busy, "x-ratelimit-limit"), "1");
+    // Another bridge is free, and so is a leg of the same account.
+    let other = p
+        .send("POST", "/v2/accounts/AC1/bridges/B2/actions", &[])
+        .await;
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(p.send("POST", path, &[]).await.status(), StatusCode::OK);
 }
