@@ -104,15 +104,18 @@ impl<St> ReloadHandle<St> {
             }
             let next = Arc::new(old.with_policy(policy.clone()));
             // Swapped only if no other reload got in first: else, again.
+            // The store's cap follows in the same step, so that reloads
+            // that race leave it as the policy that stays sets it.
             let (dropped, swapped) = carry_over(before, after, || {
                 let previous = self.current.compare_and_swap(&old, next);
-                Arc::ptr_eq(&previous, &old)
+                Arc::ptr_eq(&previous, &old).then(|| match (old.resize, after.memory_max_entries) {
+                    (Some(resize), Some(max)) => resize(&old.store, max).then_some(max),
+                    _ => None,
+                })
             });
-            if swapped {
+            if let Some(resized) = swapped {
                 changes.overrides_dropped = dropped;
-                if let (Some(resize), Some(max)) = (old.resize, after.memory_max_entries) {
-                    changes.memory_max_entries = resize(&old.store, max).then_some(max);
-                }
+                changes.memory_max_entries = resized;
                 return Ok(changes);
             }
         }

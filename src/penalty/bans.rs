@@ -173,23 +173,24 @@ impl PenaltyBox {
         }
     }
 
-    /// Records that a request of `key` was refused at `now`, under `penalty`.
-    ///
-    /// Returns the new ban's length in nanoseconds if this refusal started a
-    /// ban, `None` otherwise: too few refusals yet, a ban already in force
-    /// (the refusal is ignored, see the [module documentation](self)), or the
-    /// box is full and `key` not tracked (see [`PenaltyBox`]).
+    /// Records that a request of `key` was refused at `now`, under `penalty`:
+    /// counted, with the new ban's length in nanoseconds if this refusal
+    /// started one; or not counted, under a ban already in force (see the
+    /// [module documentation](self)), with the time it has left; `None` if
+    /// the box is full and `key` not tracked (see [`PenaltyBox`]).
     ///
     /// If one key is recorded under different penalties (a policy changed at
     /// runtime), the times it kept are judged by the penalty of each call.
-    pub(crate) fn record_refusal(&self, key: u64, now: u64, penalty: &Penalty) -> Option<u64> {
+    pub(crate) fn record(&self, key: u64, now: u64, penalty: &Penalty) -> Option<Recorded> {
         self.upsert(
             key,
             now,
             |state| state.refused(now, penalty),
-            || State::first(now, penalty),
+            || {
+                let (state, started) = State::first(now, penalty);
+                (state, Recorded::Counted(started))
+            },
         )
-        .flatten()
     }
 
     /// Records that `key` is banned until `until` (ns since the Unix epoch):
@@ -340,6 +341,15 @@ enum State {
     Counting { times: VecDeque<u64>, until: u64 },
 }
 
+/// What one more refusal did to a key's penalty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Counted; with the length (ns) of the ban it started, if it did.
+    Counted(Option<u64>),
+    /// Not counted: the key is banned for this many more nanoseconds.
+    Banned(u64),
+}
+
 impl State {
     /// The state of a key never seen after one refusal at `now`.
     fn first(now: u64, penalty: &Penalty) -> (State, Option<u64>) {
@@ -357,11 +367,11 @@ impl State {
         (State::Banned { until }, Some(penalty.ban_ns))
     }
 
-    /// Applies one more refusal at `now`; returns the length of the ban it
-    /// started, if it started one.
-    fn refused(&mut self, now: u64, penalty: &Penalty) -> Option<u64> {
+    /// Applies one more refusal at `now`: counted (with the length of the
+    /// ban it started, if it started one), or not, under a ban in force.
+    fn refused(&mut self, now: u64, penalty: &Penalty) -> Recorded {
         let (next, started) = match self {
-            State::Banned { until } if now < *until => return None,
+            State::Banned { until } if now < *until => return Recorded::Banned(*until - now),
             State::Banned { .. } => Self::first(now, penalty),
             State::Counting { times, until } => {
                 let now = times.back().map_or(now, |&newest| now.max(newest));
@@ -374,13 +384,13 @@ impl State {
                 if times.len() + 1 < penalty.refusals as usize {
                     times.push_back(now);
                     *until = now.saturating_add(penalty.within_ns);
-                    return None;
+                    return Recorded::Counted(None);
                 }
                 Self::ban(now, penalty)
             }
         };
         *self = next;
-        started
+        Recorded::Counted(started)
     }
 
     /// When this state becomes a fresh key's (a time `<= now` means it is).
@@ -437,8 +447,18 @@ mod tests {
     use std::sync::{Arc, Barrier};
     use std::time::Duration;
 
-    use super::{Penalty, PenaltyBox};
+    use super::{Penalty, PenaltyBox, Recorded};
     use crate::ConfigErrorKind;
+
+    impl PenaltyBox {
+        /// The length of the ban a refusal started, if it started one.
+        fn record_refusal(&self, key: u64, now: u64, penalty: &Penalty) -> Option<u64> {
+            match self.record(key, now, penalty)? {
+                Recorded::Counted(started) => started,
+                Recorded::Banned(_) => None,
+            }
+        }
+    }
 
     const S: u64 = 1_000_000_000;
     const T0: u64 = 1_700_000_000 * S;

@@ -51,5 +51,5 @@
 mod bans;
 mod rule;
 
-pub(crate) use bans::PenaltyBox;
+pub(crate) use bans::{PenaltyBox, Recorded};
 pub use rule::Penalty;

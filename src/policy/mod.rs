@@ -385,7 +385,7 @@ impl PolicyBuilder {
                 ));
             }
         }
-        let overrides = OverrideTable::new(limits.len());
+        let mut overrides = OverrideTable::new(limits.len());
         for (i, limit) in limits.iter_mut().enumerate() {
             let listed = std::mem::take(&mut limit.listed);
             overrides.load(i, listed);

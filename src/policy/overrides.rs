@@ -46,6 +46,9 @@ struct Slots {
     /// Entries in `map`: lets a limit with none skip hashing the key.
     len: AtomicUsize,
     map: RwLock<KeyMap<Entry>>,
+    /// The overrides the policy lists: what `map` starts from whenever the
+    /// policy is put in place (see [`carry_over`]).
+    listed: KeyMap<Own>,
 }
 
 /// An override, and where it comes from.
@@ -93,19 +96,32 @@ impl OverrideTable {
     }
 
     /// Lists the policy's own overrides of limit `index`.
-    pub(crate) fn load(&self, index: usize, listed: Vec<(u64, Own)>) {
-        for (key, own) in listed {
+    pub(crate) fn load(&mut self, index: usize, listed: Vec<(u64, Own)>) {
+        self.limits[index].listed = listed.into_iter().collect();
+        self.restart(index);
+    }
+
+    /// Puts limit `index`'s overrides back to those the policy lists,
+    /// without any set at runtime.
+    fn restart(&self, index: usize) {
+        let slots = &self.limits[index];
+        let mut map = slots.map.write();
+        map.clear();
+        for (&key, own) in &slots.listed {
+            let own = own.clone();
             let runtime = false;
-            self.set(index, key, Some(Entry { own, runtime }));
+            map.insert(key, Entry { own, runtime });
         }
+        slots.len.store(map.len(), Ordering::Relaxed);
     }
 }
 
 /// Copies the overrides set at runtime in `old` into `new`, a policy that
 /// replaces it, for the limits `new` still has (by name): a quota as it
 /// is, a plan by its name. Returns how many it could not keep (their limit
-/// or plan is gone, or the key secret changed). A runtime override takes
-/// the place of one `new` lists for the same key.
+/// or plan is gone, or the key secret changed). `new` starts from the
+/// overrides it lists (whatever it held from an earlier time in place), and
+/// a runtime override takes the place of one it lists for the same key.
 ///
 /// `write` runs with both tables held against writes through handles, after
 /// the copy: the caller swaps `new` in there, so that a handle's write lands
@@ -115,8 +131,18 @@ pub(crate) fn carry_over<R>(
     new: &PolicyInner,
     write: impl FnOnce() -> R,
 ) -> (usize, R) {
+    if std::ptr::eq(old, new) {
+        // The running policy put in place again: its overrides stay.
+        let _held = old.overrides.writes.lock();
+        return (0, write());
+    }
     let _old = old.overrides.writes.lock();
     let _new = new.overrides.writes.lock();
+    // `new` may have run before, or have been half filled by a reload that
+    // another got ahead of: it starts from its own list again.
+    for index in 0..new.limits.len() {
+        new.overrides.restart(index);
+    }
     let mut dropped = 0;
     for (limit, slots) in old.limits.iter().zip(old.overrides.limits.iter()) {
         let map = slots.map.read();

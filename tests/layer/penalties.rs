@@ -335,3 +335,46 @@ async fn a_store_that_keeps_no_banned_key_bans_nobody() {
     assert_eq!(h.bans(), 0);
     assert_eq!(h.layer.store().penalized_keys(), 0);
 }
+
+#[test]
+fn under_contention_the_ban_starts_at_the_nth_refusal_and_answers_every_later_one() {
+    use tower_ratelimit::store::protocol::{Check, Decided};
+    use tower_ratelimit::store::Store;
+
+    // 5 a minute; the third refusal within a minute bans for 300 s. Four
+    // threads send at one frozen moment: 5 admitted, 2 refusals by the
+    // window, the third starts the ban, and every one after it is the
+    // ban's, whichever thread it came from and however they interleave.
+    let quota = Quota::new(Window::per_minute(5));
+    let penalty = Penalty::new(3, Duration::from_secs(60), Duration::from_secs(300)).unwrap();
+    let now = T0 * NS;
+    for round in 0..40 {
+        let store = MemoryStore::new();
+        let tally = Mutex::new([0usize; 4]);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let check = [Check::new(7, &quota).with_penalty(9, &penalty)];
+                        let Decided::Ready(Ok(outcome)) = store.check(now, &check) else {
+                            panic!("the memory store decides at once");
+                        };
+                        let kind = match outcome.ban() {
+                            _ if outcome.admitted() => 0,
+                            None => 1,
+                            Some(ban) if ban.started => 2,
+                            Some(_) => 3,
+                        };
+                        tally.lock().unwrap()[kind] += 1;
+                    }
+                });
+            }
+        });
+        let [admitted, by_window, started, banned] = *tally.lock().unwrap();
+        assert_eq!(
+            (admitted, by_window, started, banned),
+            (5, 2, 1, 200 - 8),
+            "round {round}"
+        );
+    }
+}

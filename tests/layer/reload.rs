@@ -419,3 +419,46 @@ async fn a_reload_that_changes_the_key_secret_says_so() {
     assert_eq!(limit_remaining(&get(&svc, "k").await), (10, 9));
     assert_eq!(limit_remaining(&get(&svc, "vip").await), (10, 9));
 }
+
+#[tokio::test]
+async fn putting_the_running_policy_in_place_again_changes_nothing_and_blocks_nothing() {
+    let (layer, svc) = harness(policy(&[], per_minute(10), 100));
+    let overrides = layer.overrides();
+    overrides
+        .set_quota("per_key", "vip", per_minute(30))
+        .unwrap();
+    let handle = layer.reload_handle();
+    // On a thread of its own: a reload that waited on itself would hang.
+    let (done, finished) = std::sync::mpsc::channel();
+    let again = handle.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(again.replace(again.policy()));
+    });
+    let changes = finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the reload returned")
+        .unwrap();
+    assert!(changes.is_empty(), "{changes}");
+    // Overrides and reloads go on working, and the override stayed.
+    overrides
+        .set_quota("per_key", "big", per_minute(50))
+        .unwrap();
+    assert_eq!(overrides.quota_of("per_key", "vip"), Some(per_minute(30)));
+    assert_eq!(calls_window(&svc, "big").await, (50, 49));
+    assert!(handle.replace(policy(&[], per_minute(10), 100)).is_ok());
+}
+
+#[tokio::test]
+async fn a_policy_put_back_in_place_does_not_bring_back_a_removed_override() {
+    let first = policy(&[], per_minute(10), 100);
+    let (layer, svc) = harness(first.clone());
+    let (overrides, handle) = (layer.overrides(), layer.reload_handle());
+    overrides
+        .set_quota("per_key", "k0", per_minute(30))
+        .unwrap();
+    handle.replace(policy(&[], per_minute(12), 100)).unwrap();
+    assert!(overrides.remove("per_key", "k0").unwrap());
+    handle.replace(first).unwrap();
+    assert_eq!(overrides.quota_of("per_key", "k0"), None);
+    assert_eq!(calls_window(&svc, "k0").await, (10, 9));
+}

@@ -3,7 +3,7 @@
 //! towards the penalties of the checks that refused (see
 //! [`Store`](crate::store::Store)).
 
-use crate::penalty::{Penalty, PenaltyBox};
+use crate::penalty::{Penalty, PenaltyBox, Recorded};
 use crate::store::protocol::{Check, Outcome};
 
 /// The enforced checks that have a penalty, with their index.
@@ -37,18 +37,25 @@ pub(crate) fn count_refusal(
         return;
     }
     let mut started = None;
+    let mut in_force = None;
     for (i, (key, penalty)) in penalized(checks) {
         let refused = outcome
             .windows()
             .iter()
             .any(|w| w.check == i && w.retry_after > 0);
         if refused {
-            if let Some(ban) = bans.record_refusal(key, now, penalty) {
-                started = started.or(Some((i, ban)));
+            match bans.record(key, now, penalty) {
+                Some(Recorded::Counted(Some(ban))) => started = started.or(Some((i, ban))),
+                Some(Recorded::Banned(left)) => in_force = in_force.or(Some((i, left))),
+                Some(Recorded::Counted(None)) | None => {}
             }
         }
     }
     if let Some((i, ban)) = started {
         outcome.mark_ban_started(i, ban);
+    } else if let Some((i, left)) = in_force {
+        // A ban that another request's refusal started since this one
+        // looked: it answers this refusal, which it did not count.
+        *outcome = Outcome::banned(i, left);
     }
 }
