@@ -196,34 +196,42 @@ async fn refusals_spread_over_more_than_60_seconds_do_not_throttle() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn one_action_at_a_time_per_leg() {
+async fn one_action_at_a_time_per_leg_and_per_bridge() {
     let p = exotel();
-    let path = "/v2/accounts/AC1/legs/L1/actions";
-    let first = tokio::spawn(p.send("POST", &format!("{path}?hold_ms=1000"), &[]));
-    while p.served() < 1 {
-        tokio::task::yield_now().await;
+    for (path, other) in [
+        (
+            "/v2/accounts/AC1/legs/L1/actions",
+            "/v2/accounts/AC1/legs/L2/actions",
+        ),
+        (
+            "/v2/accounts/AC1/bridges/B1/actions",
+            "/v2/accounts/AC1/bridges/B2/actions",
+        ),
+    ] {
+        let served = p.served();
+        let first = tokio::spawn(p.send("POST", &format!("{path}?hold_ms=1000"), &[]));
+        while p.served() < served + 1 {
+            tokio::task::yield_now().await;
+        }
+        let busy = p.send("POST", path, &[("x-request-id", "r2")]).await;
+        assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS, "{path}");
+        assert_eq!(header(&busy, "retry-after"), "1");
+        assert_eq!(header(&busy, "x-ratelimit-limit"), "1");
+        assert_eq!(header(&busy, "x-ratelimit-remaining"), "0");
+        assert_eq!(
+            body(busy).await,
+            json!({"request_id": "r2", "http_code": 429,
+                "response": {"error": {"code": "rate_limit_exceeded",
+                    "message": "too many concurrent requests please retry after some time"}}})
+        );
+        // Another leg (bridge) is free; the refused action reached nothing.
+        assert_eq!(p.send("POST", other, &[]).await.status(), StatusCode::OK);
+        assert_eq!(p.served(), served + 2);
+        // Once the first action is done, the leg (bridge) takes the next.
+        assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(p.send("POST", path, &[]).await.status(), StatusCode::OK);
     }
-    let busy = p.send("POST", path, &[("x-request-id", "r2")]).await;
-    assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(header(&busy, "retry-after"), "1");
-    assert_eq!(header(&busy, "x-ratelimit-limit"), "1");
-    assert_eq!(header(&busy, "x-ratelimit-remaining"), "0");
-    assert_eq!(
-        body(busy).await,
-        json!({"request_id": "r2", "http_code": 429,
-            "response": {"error": {"code": "rate_limit_exceeded",
-                "message": "too many concurrent requests please retry after some time"}}})
-    );
-    // Another leg is free; the refused action reached nothing.
-    let other = p
-        .send("POST", "/v2/accounts/AC1/legs/L2/actions", &[])
-        .await;
-    assert_eq!(other.status(), StatusCode::OK);
-    assert_eq!(p.served(), 2);
-    // Once the first action is done, the leg takes the next.
-    assert_eq!(first.await.unwrap().status(), StatusCode::OK);
-    tokio::time::advance(Duration::from_millis(1)).await;
-    assert_eq!(p.send("POST", path, &[]).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -235,25 +243,4 @@ async fn paths_outside_an_account_are_not_limited() {
         assert!(!response.headers().contains_key("x-ratelimit-limit"));
     }
     assert_eq!(p.served(), 50);
-}
-
-#[tokio::test(start_paused = true)]
-async fn one_action_at_a_time_per_bridge() {
-    let p = exotel();
-    let path = "/v2/accounts/AC1/bridges/B1/actions";
-    let first = tokio::spawn(p.send("POST", &format!("{path}?hold_ms=1000"), &[]));
-    while p.served() < 1 {
-        tokio::task::yield_now().await;
-    }
-    let busy = p.send("POST", path, &[("x-request-id", "r2")]).await;
-    assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(header(&busy, "x-ratelimit-limit"), "1");
-    // Another bridge is free, and so is a leg of the same account.
-    let other = p
-        .send("POST", "/v2/accounts/AC1/bridges/B2/actions", &[])
-        .await;
-    assert_eq!(other.status(), StatusCode::OK);
-    assert_eq!(first.await.unwrap().status(), StatusCode::OK);
-    tokio::time::advance(Duration::from_millis(1)).await;
-    assert_eq!(p.send("POST", path, &[]).await.status(), StatusCode::OK);
 }
