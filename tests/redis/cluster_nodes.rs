@@ -487,3 +487,93 @@ async fn a_frozen_primary_without_a_replica_slows_no_other_node() {
     assert!(store.reconnects() >= 1, "{store:?}");
     assert_eq!(store.short_circuits(), 0, "{store:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_caught_mid_migration_falls_back_at_once_without_a_renewal() {
+    let cluster = cluster_or_skip!();
+    let store = RedisStore::cluster_builder(cluster.urls())
+        .layer_clock()
+        .deny_cache(false)
+        .deadline(Duration::from_millis(300))
+        .connect()
+        .await
+        .expect("the cluster answers");
+    // Two limits of one principal: two keys in its slot.
+    let quota = Quota::new(Window::per_minute(100));
+    let checks = [
+        Check::new(1, &quota).of_principal(0x77),
+        Check::new(u64::MAX / 3, &quota).of_principal(0x77),
+    ];
+    assert!(decide(&store, T0, &checks).await.admitted());
+
+    // The slot starts moving to another node, and one of its two keys has.
+    let mut keys = Vec::new();
+    let mut source = None;
+    for index in 0..3 {
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut cluster.node(index).await)
+            .await
+            .unwrap();
+        if !found.is_empty() {
+            (keys, source) = (found, Some(index));
+        }
+    }
+    let (source, target) = (source.expect("a node holds the keys"), 0);
+    let target = if source == target { 1 } else { target };
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let (mut from, mut to) = (cluster.node(source).await, cluster.node(target).await);
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&keys[0])
+        .query_async(&mut from)
+        .await
+        .unwrap();
+    let id = async |node: &mut redis::aio::MultiplexedConnection| -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(node)
+            .await
+            .unwrap()
+    };
+    let (from_id, to_id) = (id(&mut from).await, id(&mut to).await);
+    let setslot = |state: &str, node: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
+        cmd
+    };
+    let _: () = setslot("IMPORTING", &from_id)
+        .query_async(&mut to)
+        .await
+        .unwrap();
+    let _: () = setslot("MIGRATING", &to_id)
+        .query_async(&mut from)
+        .await
+        .unwrap();
+    let port = cluster.urls()[target]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .arg(&keys[0])
+        .arg(0)
+        .arg(5000)
+        .query_async(&mut from)
+        .await
+        .unwrap();
+
+    // Redis refuses the script over the split slot (TRYAGAIN): the request
+    // follows its failure policy at once, counted as a failure, not as a
+    // wait to the deadline, and nothing takes the node for a silent one.
+    let sent = Instant::now();
+    let outcome = decide(&store, T0, &checks).await;
+    let took = sent.elapsed();
+    assert_eq!(outcome.basis(), Basis::LocalFallback);
+    assert!(took < Duration::from_millis(250), "{took:?}");
+    assert_eq!((store.failures(), store.timeouts()), (1, 0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.reconnects(), 0);
+}

@@ -533,6 +533,11 @@ impl Cluster {
         primaries
     }
 
+    /// A plain connection to node `index`.
+    pub(crate) async fn node(&self, index: usize) -> redis::aio::MultiplexedConnection {
+        self.nodes[index].client().await
+    }
+
     /// Every node's `redis://127.0.0.1:PORT`, to seed a cluster client.
     pub(crate) fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()

@@ -268,9 +268,14 @@ impl RedisStoreBuilder {
                 Backend::Single(Box::new(Server::new(client, config)?))
             }
             Target::Cluster(urls) => {
+                // Retried once, soon: a redirection, or a `TRYAGAIN` while
+                // a slot migrates, is worth another try only within the
+                // deadline (the client's own first wait is over a second).
                 let client = clients::cluster_builder(urls, &self.tls)?
                     .connection_timeout(self.connect_timeout)
                     .retries(1)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
                     .build()
                     .map_err(|_| bad_url())?;
                 Backend::Cluster(Box::new(Cluster::new(client, self.connect_timeout)))

@@ -133,8 +133,11 @@ impl RedisStore {
     }
 
     /// Requests decided so far by their limits' [`FailurePolicy`] instead
-    /// of Redis ([failures](RedisStore::failures) plus
-    /// [short circuits](RedisStore::short_circuits)).
+    /// of Redis: every call that failed or missed its deadline
+    /// ([failures](RedisStore::failures) and
+    /// [timeouts](RedisStore::timeouts), the latter counted in both when
+    /// Redis was silent), and every
+    /// [short circuit](RedisStore::short_circuits).
     pub fn fallbacks(&self) -> u64 {
         self.inner.counters.fallbacks.load(Ordering::Relaxed)
     }
