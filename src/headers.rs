@@ -89,12 +89,12 @@ struct IetfFields {
 }
 
 impl PendingHeaders {
-    /// The headers for `decision` in `style`; for draft-10's fields, `name`
-    /// names a window and `standing(i, w)` says what window `i` has.
+    /// The headers for `decision` in `style`; for draft-10's fields,
+    /// `name(i, w)` names window `i` and `standing(i, w)` says what it has.
     pub(crate) fn for_decision(
         style: HeaderStyle,
         decision: &Decision,
-        name: impl Fn(&WindowReport) -> String,
+        name: impl Fn(usize, &WindowReport) -> String,
         standing: impl Fn(usize, &WindowReport) -> Standing,
     ) -> Self {
         let x = matches!(style, HeaderStyle::XRateLimit | HeaderStyle::Both)
@@ -165,7 +165,7 @@ impl PendingHeaders {
 /// Draft-10's fields: one item per window (see [`HeaderStyle::Ietf`]).
 fn ietf_fields(
     windows: &[WindowReport],
-    name: impl Fn(&WindowReport) -> String,
+    name: impl Fn(usize, &WindowReport) -> String,
     standing: impl Fn(usize, &WindowReport) -> Standing,
 ) -> Option<Box<IetfFields>> {
     if windows.is_empty() {
@@ -175,7 +175,7 @@ fn ietf_fields(
     let mut state = String::new();
     for (i, w) in windows.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
-        let name = name(w);
+        let name = name(i, w);
         let now = standing(i, w);
         if w.concurrent {
             // An in-flight cap has no window and no reset.

@@ -157,9 +157,10 @@ impl Policy {
         self.inner.memory_max_entries
     }
 
-    /// A window's name in the IETF headers: `<limit>.<period>`.
-    /// (`<limit>.concurrency` for an in-flight cap).
-    pub(crate) fn window_name(&self, w: &WindowReport) -> String {
+    /// A window's name in the IETF headers: `<limit>.<period>`
+    /// (`<limit>.concurrency` for an in-flight cap), of its exact period
+    /// (ns) when known (`per_key.500ms`), else of its period in seconds.
+    pub(crate) fn window_name(&self, w: &WindowReport, exact: Option<u64>) -> String {
         let limit = &self.inner.limits[usize::from(w.limit_index)];
         if w.concurrent {
             return format!("{}.concurrency", limit.name);
@@ -170,7 +171,8 @@ impl Policy {
                 rate_text::fmt_period(self.0, f)
             }
         }
-        format!("{}.{}", limit.name, Period(Duration::from_secs(w.period)))
+        let period = exact.map_or(Duration::from_secs(w.period), Duration::from_nanos);
+        format!("{}.{}", limit.name, Period(period))
     }
 }
 

@@ -21,10 +21,10 @@ use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Reported, Standing};
 use crate::inflight::Busy;
 use crate::key::KeyError;
-use crate::policy::PolicyInner;
+use crate::policy::{Algorithm, PolicyInner, Window};
 use crate::report::{cap_report, standing};
 use crate::response::{self, Produced};
-use crate::store::protocol::Outcome;
+use crate::store::protocol::{Outcome, WindowStatus};
 use crate::store::StoreError;
 
 /// What the store said of a request's windows, beside the decision built
@@ -39,10 +39,27 @@ impl Counted<'_> {
     /// What window `i` of the outcome has (`None` past its windows: the
     /// in-flight caps that follow them in the decision).
     fn standing(&self, policy: &PolicyInner, i: usize) -> Option<Standing> {
+        let (status, algorithm, window) = self.window(policy, i)?;
+        Some(standing(status, algorithm, window.period_ns()))
+    }
+
+    /// The exact period (ns) of window `i` of the outcome (`None` past its
+    /// windows).
+    fn period_ns(&self, policy: &PolicyInner, i: usize) -> Option<u64> {
+        Some(self.window(policy, i)?.2.period_ns())
+    }
+
+    /// Window `i` of the outcome: the store's status of it, and its
+    /// quota's algorithm and window.
+    fn window<'p>(
+        &'p self,
+        policy: &'p PolicyInner,
+        i: usize,
+    ) -> Option<(&'p WindowStatus, Algorithm, &'p Window)> {
         let status = self.outcome.windows().get(i)?;
         let quota = self.applied.quota(policy, usize::from(status.check));
         let window = quota.windows().get(usize::from(status.window))?;
-        Some(standing(status, quota.algorithm_kind(), window.period_ns()))
+        Some((status, quota.algorithm_kind(), window))
     }
 }
 
@@ -64,7 +81,10 @@ fn headers_for<St>(
     PendingHeaders::for_decision(
         policy.inner.headers,
         decision,
-        |w| policy.window_name(w),
+        |i, w| {
+            let exact = counted.and_then(|c| c.period_ns(&policy.inner, i));
+            policy.window_name(w, exact)
+        },
         |i, w| {
             counted
                 .and_then(|c| c.standing(&policy.inner, i))

@@ -537,6 +537,33 @@ async fn ietf_style_sends_one_policy_item_per_window() {
 }
 
 #[tokio::test]
+async fn ietf_windows_under_a_second_have_names_of_their_own() {
+    // 4 per 500 ms and 6 a second: two names, each its own window's.
+    let h = Harness::new(
+        Policy::builder()
+            .limit(
+                Limit::new("per_key", api_key()).quota(
+                    Quota::new(Window::new(4, Duration::from_millis(500)).unwrap())
+                        .and(Window::per_second(6)),
+                ),
+            )
+            .header_style(HeaderStyle::Ietf)
+            .build()
+            .unwrap(),
+    );
+    let response = h.get().await;
+    assert_eq!(
+        value(&response, "ratelimit-policy"),
+        Some(r#""per_key.500ms";q=4;w=1, "per_key.second";q=6;w=1"#)
+    );
+    let state = value(&response, "ratelimit").unwrap();
+    assert!(
+        state.starts_with(r#""per_key.500ms";r=3"#) && state.contains(r#""per_key.second";r=5"#),
+        "{state}"
+    );
+}
+
+#[tokio::test]
 async fn ietf_style_names_every_stacked_limit() {
     let policy = Policy::builder()
         .limit(Limit::new("per_key", api_key()).quota(Quota::new(Window::per_minute(100))))
