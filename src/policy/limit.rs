@@ -391,17 +391,13 @@ impl Limit {
             .iter()
             .enumerate()
             .map(|(i, (key, value))| {
-                if key.is_empty() {
-                    return Err(ConfigError::invalid(
-                        format!("overrides[{i}].key"),
-                        "an override's key cannot be empty",
-                    ));
-                }
-                let own = limit
-                    .own(value)
-                    .map_err(|e| e.within(format!("overrides[{i}]")))?;
+                // An empty key is one no request carries, as is too long a
+                // one or (for a limit keyed by IP) one that is no address.
                 let key = limit
                     .key_from_text(key, max_key_len)
+                    .map_err(|e| e.within(format!("overrides[{i}]")))?;
+                let own = limit
+                    .own(value)
                     .map_err(|e| e.within(format!("overrides[{i}]")))?;
                 let hash = secret.named(limit.override_domain, &key);
                 Ok((hash, own))
