@@ -9,7 +9,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::body::{ResponseBody, Slots};
-use crate::decision::Decision;
+use crate::decision::{Decision, Kept};
 use crate::headers::PendingHeaders;
 
 type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
@@ -32,8 +32,8 @@ pin_project! {
             headers: Option<PendingHeaders>,
             // The decision, current while `future` is polled (see
             // `Decision::current`), and put into the response's extensions
-            // if `extend`.
-            decision: Option<Decision>,
+            // if `extend` (then it is built).
+            decision: Option<Kept>,
             extend: bool,
             slots: Slots,
         },
@@ -55,7 +55,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn inner(
         future: F,
         headers: Option<PendingHeaders>,
-        decision: Option<Decision>,
+        decision: Option<Kept>,
         extend: bool,
         slots: Slots,
     ) -> Self {
@@ -106,7 +106,7 @@ where
                     headers.write(&mut parts.headers);
                 }
                 if *extend {
-                    if let Some(decision) = decision.take() {
+                    if let Some(Kept::Built(decision)) = decision.take() {
                         parts.extensions.insert(decision);
                     }
                 }

@@ -8,7 +8,9 @@
 use smallvec::SmallVec;
 
 use crate::clock::NANOS;
-use crate::decision::{Basis, Decision, RefusalReason, WindowReport};
+use crate::decision::{
+    reset_at, Admission, Basis, CountedWindow, Decision, RefusalReason, WindowReport,
+};
 use crate::headers::{Reported, Standing};
 use crate::policy::{Algorithm, Quota, Window};
 use crate::reporting::ReportedWindow;
@@ -79,20 +81,9 @@ impl Decision {
             reported: 0,
             windows: SmallVec::new(),
         };
-        // The statuses come check by check: each check is looked up once.
-        let mut last = None;
-        for status in outcome.windows() {
-            let check = usize::from(status.check);
-            let (origin, windows) = match last {
-                Some((c, found)) if c == check => found,
-                _ => last.insert((check, check_of(check))).1,
-            };
-            let period = windows
-                .get(usize::from(status.window))
-                .map_or(0, Window::period_ns);
-            let w = status_report(outcome, status, origin, now, period);
-            decision.windows.push(w);
-        }
+        for_each_window(outcome, check_of, |_, w| {
+            decision.windows.push(w.report(now))
+        });
         let reported = pick(outcome, report, |i| decision.windows[i].period);
         // At most 256 checks of 8 windows each: it fits.
         decision.reported = reported as u16;
@@ -110,7 +101,7 @@ impl Decision {
     }
 
     /// The `X-RateLimit-*` values of an *admitted* request (its reported
-    /// window's), with the check that window belongs to, without building
+    /// window's), with that window's index in the outcome, without building
     /// the whole decision.
     pub(crate) fn reported_values(
         outcome: &Outcome,
@@ -124,42 +115,68 @@ impl Decision {
             let w: &WindowStatus = &statuses[i];
             period_ns(usize::from(w.check), usize::from(w.window)).div_ceil(NANOS)
         };
-        let w = statuses.get(pick(outcome, report, period))?;
+        let i = pick(outcome, report, period);
+        let w = statuses.get(i)?;
         let values = Reported {
             limit: w.limit,
             remaining: w.remaining,
             reset: reset_at(now, w.reset_after),
         };
-        Some((usize::from(w.check), values))
+        Some((i, values))
     }
 }
 
-/// What the headers say about one window of an outcome.
+/// The decision of a plain admission `outcome` (admitted, with no shadow
+/// refusal, and one an [`Admission`] holds), whose reported window is
+/// `reported`, kept as its figures; `check_of` as for
+/// [`Decision::from_outcome`].
 #[inline]
-fn status_report(
+pub(crate) fn admission<'q>(
     outcome: &Outcome,
-    w: &WindowStatus,
-    (limit_index, route_index): WindowOrigin,
+    check_of: impl Fn(usize) -> (WindowOrigin, &'q [Window]),
     now: u64,
-    period: u64,
-) -> WindowReport {
-    WindowReport {
-        limit_index,
-        route_index,
-        window_index: w.window,
-        limit: w.limit,
-        remaining: if outcome.admitted() { w.remaining } else { 0 },
-        reset: reset_at(now, w.reset_after),
-        reset_after: w.reset_after.div_ceil(NANOS),
-        period: period.div_ceil(NANOS),
-        concurrent: false,
-    }
+    reported: usize,
+) -> Admission {
+    debug_assert!(outcome.admitted() && !outcome.shadow_refused());
+    let mut admission = Admission::new(now, outcome.basis(), reported);
+    for_each_window(outcome, check_of, |_, w| admission.push(w));
+    admission
 }
 
-/// When a window `reset_after` ns from `now` resets, in Unix seconds
-/// (rounded up: never before it does).
-fn reset_at(now: u64, reset_after: u64) -> u64 {
-    (now + reset_after).div_ceil(NANOS)
+/// Calls `f` with each window of `outcome` (its index, and what its report
+/// is made from); `check_of` as for [`Decision::from_outcome`].
+#[inline]
+fn for_each_window<'q>(
+    outcome: &Outcome,
+    check_of: impl Fn(usize) -> (WindowOrigin, &'q [Window]),
+    mut f: impl FnMut(usize, CountedWindow),
+) {
+    // The statuses come check by check: each check is looked up once.
+    let mut last = None;
+    for (i, status) in outcome.windows().iter().enumerate() {
+        let check = usize::from(status.check);
+        let (origin, windows) = match last {
+            Some((c, found)) if c == check => found,
+            _ => last.insert((check, check_of(check))).1,
+        };
+        let period = windows
+            .get(usize::from(status.window))
+            .map_or(0, Window::period_ns);
+        let remaining = if outcome.admitted() {
+            status.remaining
+        } else {
+            0
+        };
+        let counted = CountedWindow {
+            origin,
+            window: status.window,
+            limit: status.limit,
+            remaining,
+            reset_after: status.reset_after,
+            period,
+        };
+        f(i, counted);
+    }
 }
 
 /// The index of the reported window; `period_secs(i)` is window `i`'s period

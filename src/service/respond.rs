@@ -15,14 +15,14 @@ use super::verdict::{decide_counted, emit};
 use super::Shared;
 use crate::body::{ResponseBody, Slots};
 use crate::clock::NANOS;
-use crate::decision::{Basis, Decision, RefusalReason};
+use crate::decision::{Admission, Basis, Decision, Kept, RefusalReason};
 use crate::event::EventKind;
 use crate::future::ResponseFuture;
 use crate::headers::{PendingHeaders, Reported, Standing};
 use crate::inflight::Busy;
 use crate::key::KeyError;
 use crate::policy::{Algorithm, PolicyInner, Window};
-use crate::report::{cap_report, standing};
+use crate::report::{admission, cap_report, standing};
 use crate::response::{self, Produced};
 use crate::store::protocol::{Outcome, WindowStatus};
 use crate::store::StoreError;
@@ -138,7 +138,8 @@ where
             Some(outcome) => {
                 let period = applied.period_of(policy);
                 let reported = Decision::reported_values(outcome, now, policy.report, period);
-                reported.map(|(check, values)| {
+                reported.map(|(i, values)| {
+                    let check = usize::from(outcome.windows()[i].check);
                     metrics::near_limit(shared, applied.origin(check).0, &values);
                     values
                 })
@@ -151,6 +152,15 @@ where
         let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
         let slots = slots(&mut applied.held);
         return ResponseFuture::inner(inner.call(request), headers, None, false, slots);
+    }
+    if let (true, Some(outcome)) = (quiet, outcome) {
+        if outcome.windows().len() <= Admission::WINDOWS
+            && applied.claims.is_empty()
+            && !shared.decision_extensions
+            && !policy.headers.has_ietf()
+        {
+            return admit_plainly(shared, outcome, applied, request, inner);
+        }
     }
     let mut decision = match outcome {
         Some(outcome) => decide_counted(shared, outcome, applied),
@@ -184,6 +194,40 @@ where
     let headers = headers_for(shared, &decision, counted);
     let slots = slots(&mut applied.held);
     respond(shared, decision, headers, request, inner, slots)
+}
+
+/// Admits a request of a plain admission (see [`Admission`]) whose decision
+/// only handlers read: it is built if one asks.
+#[inline(never)]
+fn admit_plainly<S, St, ReqBody, ResBody>(
+    shared: &Shared<St>,
+    outcome: &Outcome,
+    applied: &mut Applied,
+    request: Request<ReqBody>,
+    inner: &mut S,
+) -> ResponseFuture<S::Future, ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let policy = &*shared.policy.inner;
+    let now = applied.now;
+    let period = applied.period_of(policy);
+    let reported = Decision::reported_values(outcome, now, policy.report, period);
+    let check_of = |check| {
+        let quota = applied.quota(policy, check);
+        (applied.origin(check), quota.windows())
+    };
+    let at = reported.map_or(0, |(i, _)| i);
+    let kept = Kept::Admission(admission(outcome, check_of, now, at));
+    let reported = reported.map(|(i, values)| {
+        let check = usize::from(outcome.windows()[i].check);
+        metrics::near_limit(shared, applied.origin(check).0, &values);
+        values
+    });
+    metrics::admitted(shared, applied, Some(outcome));
+    let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
+    let future = Decision::in_scope(Some(&kept), || inner.call(request));
+    ResponseFuture::inner(future, headers, Some(kept), false, None)
 }
 
 /// A request no limit applies to: it goes through uncounted, and handlers
@@ -268,10 +312,10 @@ where
     if extend {
         request.extensions_mut().insert(decision.clone());
     }
-    // Moved once, into the future (it is some 200 bytes).
     if shared.keeps_decision() {
-        let future = Decision::in_scope(Some(&decision), || inner.call(request));
-        ResponseFuture::inner(future, Some(headers), Some(decision), extend, slots)
+        let kept = Kept::Built(decision);
+        let future = Decision::in_scope(Some(&kept), || inner.call(request));
+        ResponseFuture::inner(future, Some(headers), Some(kept), extend, slots)
     } else {
         ResponseFuture::inner(inner.call(request), Some(headers), None, false, slots)
     }

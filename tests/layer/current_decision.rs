@@ -218,3 +218,66 @@ async fn option_of_decision_is_none_for_a_handler_without_a_layer() {
     let response = limited.oneshot(call("/", "k_1")).await.unwrap();
     assert_eq!(text(response).await, "9");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_admission_s_current_decision_is_the_one_the_extensions_carry() {
+    use std::time::Duration;
+    use tower_ratelimit::clock::ManualClock;
+
+    // GETs are counted in two windows: a handler's decision is built from
+    // the admission's figures only when it asks. POSTs are counted in five
+    // (more than such figures hold): built at once. Either way it must be
+    // the decision a layer with extensions puts on the response.
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_second(3)).and(Window::per_minute(100))),
+        )
+        .limit(
+            Limit::new("per_account", Header::parse("X-API-Key").unwrap()).route(
+                "POST /v1/*",
+                Quota::new(Window::per_minute(50))
+                    .and(Window::per_hour(1_000))
+                    .and(Window::per_day(5_000)),
+            ),
+        )
+        .report_period(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let handler = service_fn(|_: Request<Body>| async {
+        let mut response = Response::new(String::new());
+        response
+            .extensions_mut()
+            .insert(Decision::current().expect("under the layer"));
+        Ok::<_, Infallible>(response)
+    });
+    let clock = ManualClock::at_unix_secs(1_700_000_000);
+    let current = RateLimitLayer::new(policy.clone())
+        .clock(clock.clone())
+        .layer(handler);
+    let extended = RateLimitLayer::new(policy)
+        .clock(clock.clone())
+        .decision_extensions(true)
+        .layer(handler);
+    for i in 0..16u32 {
+        let key = if i % 3 == 0 { "k_1" } else { "k_2" };
+        let request = || {
+            let method = if i % 2 == 0 { "GET" } else { "POST" };
+            Request::builder()
+                .method(method)
+                .uri("/v1/calls")
+                .header("x-api-key", key)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let asked = current.clone().oneshot(request()).await.unwrap();
+        let carried = extended.clone().oneshot(request()).await.unwrap();
+        let asked = asked.extensions().get::<Decision>().unwrap();
+        let carried = carried.extensions().get::<Decision>().unwrap();
+        assert_eq!(asked, carried, "request {i}");
+        assert!(asked.is_admitted(), "request {i}");
+        assert_eq!(asked.windows().len(), if i % 2 == 0 { 2 } else { 5 });
+        assert_eq!(asked.reported().unwrap().period, 60, "request {i}");
+        clock.advance(Duration::from_millis(350));
+    }
+}

@@ -5,6 +5,10 @@ use smallvec::SmallVec;
 
 use crate::clock::NANOS;
 
+mod kept;
+
+pub(crate) use kept::{reset_at, Admission, CountedWindow, Kept};
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -122,7 +126,7 @@ impl Clone for Decision {
     }
 }
 
-scoped_tls::scoped_thread_local!(static CURRENT: Decision);
+scoped_tls::scoped_thread_local!(static CURRENT: Kept);
 
 impl Decision {
     /// The decision about the request whose inner service is running on this
@@ -164,12 +168,12 @@ impl Decision {
     /// # }
     /// ```
     pub fn current() -> Option<Decision> {
-        CURRENT.is_set().then(|| CURRENT.with(Decision::clone))
+        CURRENT.is_set().then(|| CURRENT.with(Kept::decision))
     }
 
     /// Runs `f` with `decision` as [`Decision::current`] (when there is one).
     #[inline]
-    pub(crate) fn in_scope<R>(decision: Option<&Decision>, f: impl FnOnce() -> R) -> R {
+    pub(crate) fn in_scope<R>(decision: Option<&Kept>, f: impl FnOnce() -> R) -> R {
         match decision {
             Some(decision) => CURRENT.set(decision, f),
             None => f(),
