@@ -101,14 +101,14 @@ impl Decision {
     }
 
     /// The `X-RateLimit-*` values of an *admitted* request (its reported
-    /// window's), with that window's index in the outcome, without building
-    /// the whole decision.
+    /// window's), with that window's index in the outcome and the check it
+    /// belongs to, without building the whole decision.
     pub(crate) fn reported_values(
         outcome: &Outcome,
         now: u64,
         report: ReportedWindow,
         period_ns: impl Fn(usize, usize) -> u64,
-    ) -> Option<(usize, Reported)> {
+    ) -> Option<(usize, usize, Reported)> {
         debug_assert!(outcome.admitted(), "refusals build the whole decision");
         let statuses = outcome.windows();
         let period = |i: usize| {
@@ -122,7 +122,7 @@ impl Decision {
             remaining: w.remaining,
             reset: reset_at(now, w.reset_after),
         };
-        Some((i, values))
+        Some((i, usize::from(w.check), values))
     }
 }
 

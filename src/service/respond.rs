@@ -138,8 +138,7 @@ where
             Some(outcome) => {
                 let period = applied.period_of(policy);
                 let reported = Decision::reported_values(outcome, now, policy.report, period);
-                reported.map(|(i, values)| {
-                    let check = usize::from(outcome.windows()[i].check);
+                reported.map(|(_, check, values)| {
                     metrics::near_limit(shared, applied.origin(check).0, &values);
                     values
                 })
@@ -217,10 +216,9 @@ where
         let quota = applied.quota(policy, check);
         (applied.origin(check), quota.windows())
     };
-    let at = reported.map_or(0, |(i, _)| i);
+    let at = reported.map_or(0, |(i, _, _)| i);
     let kept = Kept::Admission(admission(outcome, check_of, now, at));
-    let reported = reported.map(|(i, values)| {
-        let check = usize::from(outcome.windows()[i].check);
+    let reported = reported.map(|(_, check, values)| {
         metrics::near_limit(shared, applied.origin(check).0, &values);
         values
     });
