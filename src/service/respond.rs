@@ -134,21 +134,13 @@ where
     let quiet =
         outcome.is_none_or(|o| o.admitted() && !o.shadow_refused()) && applied.shadow_busy == 0;
     if quiet && !shared.keeps_decision() && !policy.headers.has_ietf() {
-        let reported = match outcome {
-            Some(outcome) => {
-                let period = applied.period_of(policy);
-                let reported = Decision::reported_values(outcome, now, policy.report, period);
-                reported.map(|(_, check, values)| {
-                    metrics::near_limit(shared, applied.origin(check).0, &values);
-                    values
-                })
-            }
+        let headers = match outcome {
+            Some(outcome) => reported_headers(shared, outcome, applied).map(|(_, h)| h),
             None => caps()
                 .min_by_key(|w| w.remaining)
-                .map(|w| Reported::from(&w)),
+                .map(|w| PendingHeaders::x_only(policy.headers, Reported::from(&w))),
         };
         metrics::admitted(shared, applied, outcome);
-        let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
         let slots = slots(&mut applied.held);
         return ResponseFuture::inner(inner.call(request), headers, None, false, slots);
     }
@@ -195,6 +187,23 @@ where
     respond(shared, decision, headers, request, inner, slots)
 }
 
+/// The `X-RateLimit-*` headers of an admitted `outcome`, with the index of
+/// their window in it (`None` if it has no window); that window is counted
+/// near its limit in the metrics if it is.
+#[inline(always)]
+fn reported_headers<St>(
+    shared: &Shared<St>,
+    outcome: &Outcome,
+    applied: &Applied,
+) -> Option<(usize, PendingHeaders)> {
+    let policy = &*shared.policy.inner;
+    let period = applied.period_of(policy);
+    let (i, check, values) =
+        Decision::reported_values(outcome, applied.now, policy.report, period)?;
+    metrics::near_limit(shared, applied.origin(check).0, &values);
+    Some((i, PendingHeaders::x_only(policy.headers, values)))
+}
+
 /// Admits a request of a plain admission (see [`Admission`]) whose decision
 /// only handlers read: it is built if one asks.
 #[inline(never)]
@@ -209,21 +218,15 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     let policy = &*shared.policy.inner;
-    let now = applied.now;
-    let period = applied.period_of(policy);
-    let reported = Decision::reported_values(outcome, now, policy.report, period);
+    let reported = reported_headers(shared, outcome, applied);
     let check_of = |check| {
         let quota = applied.quota(policy, check);
         (applied.origin(check), quota.windows())
     };
-    let at = reported.map_or(0, |(i, _, _)| i);
-    let kept = Kept::Admission(admission(outcome, check_of, now, at));
-    let reported = reported.map(|(_, check, values)| {
-        metrics::near_limit(shared, applied.origin(check).0, &values);
-        values
-    });
+    let at = reported.as_ref().map_or(0, |(i, _)| *i);
+    let kept = Kept::Admission(admission(outcome, check_of, applied.now, at));
+    let headers = reported.map(|(_, headers)| headers);
     metrics::admitted(shared, applied, Some(outcome));
-    let headers = reported.map(|r| PendingHeaders::x_only(policy.headers, r));
     let future = Decision::in_scope(Some(&kept), || inner.call(request));
     ResponseFuture::inner(future, headers, Some(kept), false, None)
 }
