@@ -115,6 +115,11 @@ impl<St: Store> RateLimitLayer<St> {
     /// (an empty one boxes its map and its table on the first insert, and
     /// it boxes every value). Handlers need not turn it on: they read the
     /// decision with [`Decision::current`](crate::Decision::current).
+    /// Under stacked layers that both put it there, the request's
+    /// extensions end up with the innermost layer's decision (the one its
+    /// handler sees) and the response's with the outermost's, which is the
+    /// one its `X-RateLimit-*` headers describe (each layer writes them on
+    /// the way out).
     pub fn decision_extensions(self, enabled: bool) -> Self {
         self.set(|shared| shared.decision_extensions = enabled)
     }

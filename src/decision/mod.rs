@@ -218,12 +218,14 @@ impl Decision {
     }
 
     /// Adds the in-flight caps a request holds slots of (after its windows).
-    /// They become the reported window only when no window was counted.
+    /// When no window was counted, the reported one is the cap with the
+    /// fewest free slots (the first of those).
     pub(crate) fn add_caps(&mut self, caps: impl IntoIterator<Item = WindowReport>) {
-        let counted = !self.windows.is_empty();
+        let counted = self.windows.len();
         self.windows.extend(caps);
-        if !counted {
-            self.reported = 0;
+        if counted == 0 {
+            let fewest = (0..self.windows.len()).min_by_key(|&i| self.windows[i].remaining);
+            self.reported = fewest.unwrap_or(0) as u16;
         }
     }
 
@@ -296,9 +298,13 @@ impl Decision {
     }
 }
 
-/// With the `axum` feature, handlers take the decision as an extractor: from
-/// the request's extensions if it is there, else [`Decision::current`].
-/// Every request a layer lets through has one (one no limit applied to is
+/// With the `axum` feature, handlers take the decision as an extractor:
+/// [`Decision::current`], else the request's extensions (for a handler
+/// that runs apart from the layer's task, behind `tower::buffer` say, under
+/// a layer with
+/// [`decision_extensions`](crate::RateLimitLayer::decision_extensions)).
+/// Under stacked layers it is the innermost decision either way: a layer
+/// that keeps a decision makes it current. Every request a layer lets through has one (one no limit applied to is
 /// [`Basis::Uncounted`]), unless the layer keeps none
 /// ([`RateLimitLayer::current_decision`](crate::RateLimitLayer::current_decision)
 /// off, without extensions). A handler not behind a rate-limit layer gets a
@@ -335,13 +341,9 @@ impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Decision {
 
 #[cfg(feature = "axum")]
 impl Decision {
-    /// The decision about the request of `parts`: in its extensions, or
-    /// current.
+    /// The decision about the request of `parts`: current (the innermost
+    /// layer's), or in its extensions.
     fn of_parts(parts: &http::request::Parts) -> Option<Decision> {
-        parts
-            .extensions
-            .get::<Decision>()
-            .cloned()
-            .or_else(Decision::current)
+        Decision::current().or_else(|| parts.extensions.get::<Decision>().cloned())
     }
 }

@@ -126,6 +126,50 @@ async fn under_stacked_layers_the_innermost_decision_is_current() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn under_stacked_layers_the_extractor_takes_the_innermost_decision_too() {
+    // The outer layer puts its decision into the request's extensions; the
+    // inner one (the defaults) only makes its own current. The extractor
+    // must agree with `Decision::current`: the inner layer's.
+    let describe = |decision: Decision| async move {
+        let current = Decision::current().unwrap();
+        let limit = |d: &Decision| d.reported().unwrap().limit;
+        format!("{} {}", limit(&decision), limit(&current))
+    };
+    let app = Router::new().route("/", get(describe));
+    let inner = RateLimitLayer::new(per_key("inner", 7)).layer(app);
+    let service = RateLimitLayer::new(per_key("outer", 100))
+        .decision_extensions(true)
+        .layer(inner);
+    let response = service.oneshot(call("/", "k_1")).await.unwrap();
+    assert_eq!(text(response).await, "7 7");
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_stacked_layers_with_extensions_the_response_carries_the_outermost_decision() {
+    // Each layer writes its headers on the way out, so the response's
+    // headers are the outermost layer's, and so is its extension; the
+    // request's extension is the innermost's, as the handler sees it.
+    let handler = service_fn(|request: Request<Body>| async move {
+        let seen = request.extensions().get::<Decision>().unwrap();
+        let current = Decision::current().unwrap();
+        let limit = |d: &Decision| d.reported().unwrap().limit;
+        let text = format!("{} {}", limit(seen), limit(&current));
+        Ok::<_, Infallible>(Response::new(Body::from(text)))
+    });
+    let inner = RateLimitLayer::new(per_key("inner", 7))
+        .decision_extensions(true)
+        .layer(handler);
+    let service = RateLimitLayer::new(per_key("outer", 100))
+        .decision_extensions(true)
+        .layer(inner);
+    let response = service.oneshot(call("/", "k_1")).await.unwrap();
+    let carried = response.extensions().get::<Decision>().unwrap();
+    assert_eq!(carried.reported().unwrap().limit, 100);
+    assert_eq!(response.headers()["x-ratelimit-limit"], "100");
+    assert_eq!(text(response).await, "7 7");
+}
+
+#[tokio::test(start_paused = true)]
 async fn with_current_decision_off_handlers_get_none_and_the_extractor_answers_500() {
     let handler = echo_remaining();
     let layer = RateLimitLayer::new(per_key("per_key", 10)).current_decision(false);

@@ -937,6 +937,44 @@ async fn x_ratelimit_headers_report_the_cap_of_a_route_with_only_an_in_flight_ca
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_caps_alone_the_headers_report_the_cap_with_the_fewest_free_slots() {
+    // Two limits cap the request in flight, none counts it in a window:
+    // whether the decision is built or not, the trio reports the cap with
+    // the fewest free slots (the first of those), as the decision does.
+    let policy = || {
+        Policy::builder()
+            .limit(Limit::new("wide", api_key()).route("POST /v1/calls", Quota::in_flight(5)))
+            .limit(Limit::new("narrow", api_key()).route("POST /v1/calls", Quota::in_flight(2)))
+    };
+    for (extensions, current) in [(true, true), (false, true), (false, false)] {
+        let layer = layer(policy())
+            .decision_extensions(extensions)
+            .current_decision(current);
+        let gate = Gate::new();
+        let svc = gate.behind(&layer);
+        let mut held = Vec::new();
+        for (i, left) in [(0u64, 1u64), (1, 0)] {
+            let response =
+                answered_at_once(&mut start(&svc, call("k", &i.to_string(), false))).await;
+            let setting = format!("extensions {extensions}, current {current}");
+            assert_eq!(response.status(), StatusCode::OK, "{setting}");
+            assert_eq!(limit_remaining(&response), (2, left), "{setting}");
+            if extensions {
+                let reported = *decision(&response).reported().unwrap();
+                assert_eq!((reported.limit, u64::from(reported.remaining)), (2, left));
+                assert_eq!(reported.limit_index, 1, "{setting}");
+            }
+            held.push(response);
+        }
+        let refused = answered_at_once(&mut start(&svc, call("k", "2", false))).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limit_remaining(&refused), (2, 0));
+        drop(held);
+        assert_eq!(layer.keys_in_flight(), 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_waiting_for_its_slot_holds_no_permit_of_a_concurrency_limit_inside() {
     use tower::limit::ConcurrencyLimitLayer;
     use tower::util::BoxCloneService;
