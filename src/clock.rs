@@ -32,6 +32,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Nanoseconds in a second.
 pub(crate) const NANOS: u64 = 1_000_000_000;
 
+/// The latest time the layer counts at: 2^63 ns after the Unix epoch (in
+/// the year 2262). A clock that reads later is taken to read this, so that
+/// no sum of a time, a period and a carried-over debt can overflow.
+pub(crate) const LATEST: u64 = 1 << 63;
+
 /// Where decisions get the time.
 ///
 /// `now` never goes back (on any one thread: readings taken on different
@@ -39,7 +44,8 @@ pub(crate) const NANOS: u64 = 1_000_000_000;
 /// apart, and the stores count a reading a little behind where the one ahead
 /// counted) and reads as nanoseconds since the Unix epoch, so that windows
 /// align to wall-clock minutes and `X-RateLimit-Reset` can be printed
-/// without a second clock.
+/// without a second clock. The layer reads a time after 2^63 ns (the year
+/// 2262) as that moment.
 pub trait Clock: Send + Sync + 'static {
     /// The current time, in nanoseconds since the Unix epoch.
     fn now(&self) -> u64;
@@ -233,16 +239,23 @@ pub struct ManualClock {
 }
 
 impl ManualClock {
-    /// A clock reading `secs` seconds after the Unix epoch.
+    /// A clock reading `secs` seconds after the Unix epoch (or the last
+    /// nanosecond a `u64` holds, if that is later).
     pub fn at_unix_secs(secs: u64) -> Self {
         ManualClock {
-            nanos: Arc::new(AtomicU64::new(secs * 1_000_000_000)),
+            nanos: Arc::new(AtomicU64::new(secs.saturating_mul(NANOS))),
         }
     }
 
-    /// Moves the clock forward.
+    /// Moves the clock forward (up to the last nanosecond a `u64` holds).
     pub fn advance(&self, by: Duration) {
-        self.nanos.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // Never fails: the closure always gives a value.
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_add(by))
+            });
     }
 
     /// Sets the clock to `nanos` since the Unix epoch; moving it backwards

@@ -75,6 +75,12 @@ impl ConfigError {
         self
     }
 
+    /// The same error, under the key `key` of its parent (`plans.pro`,
+    /// `plans."a.b"`: a key that is not bare is quoted).
+    pub(crate) fn within_key(self, parent: &str, key: &str) -> Self {
+        self.within(format!("{parent}.{}", key_segment(key)))
+    }
+
     /// Sets the position in the policy file, unless one is set already.
     #[cfg(feature = "toml")]
     pub(crate) fn at(mut self, line: usize, column: usize) -> Self {
@@ -122,3 +128,17 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// One key of a field's path: as it is if it is bare (letters, digits, `_`,
+/// `-`), else quoted as `escape_debug` writes it.
+pub(crate) fn key_segment(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        key.to_owned()
+    } else {
+        format!("\"{}\"", key.escape_debug())
+    }
+}

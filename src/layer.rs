@@ -181,7 +181,7 @@ impl<St: Store> RateLimitLayer<St> {
 
     /// The current time on the layer's clock, in nanoseconds since the Unix epoch.
     pub fn now(&self) -> u64 {
-        self.current.load().clock.now()
+        self.current.load().now()
     }
 
     /// Campaign waves whose accounts' slots are this layer's in-flight slots

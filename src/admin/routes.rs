@@ -99,7 +99,7 @@ pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPat
         Err(fault) => return fault.reply(),
     };
     let own = target.own.as_ref();
-    let now = target.shared.clock.now();
+    let now = target.shared.now();
     let answer = target.shared.store.peek(now, &target.checks());
     let peeked = match answer.await {
         Ok(peeked) => peeked,
@@ -275,7 +275,12 @@ fn parse_override(body: &[u8]) -> Result<Wanted, Fault> {
                     Some(quota) => quota.and(window),
                 });
             }
-            Ok(Wanted::Quota(quota.expect("at least one window")))
+            let quota = quota.expect("at least one window");
+            // Checked here, where its fields are the body's own (`windows`).
+            quota
+                .validate()
+                .map_err(|e| unprocessable(e.field(), e.message().to_string()))?;
+            Ok(Wanted::Quota(quota))
         }
         (None, Some(plan)) => match plan.as_str() {
             Some(plan) => Ok(Wanted::Plan(plan.to_string())),

@@ -19,7 +19,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::jitter::SplitMix;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, LATEST};
 use crate::error::ConfigError;
 use crate::policy::Quota;
 use crate::store::protocol::{Check, Decided, Outcome};
@@ -268,7 +268,7 @@ impl<St: Store> Pacer<St> {
     pub(crate) async fn decide(&self, key: &str) -> Result<Outcome, PaceError> {
         let bucket = self.bucket(key);
         let checks = [Check::new(bucket, &self.quota)];
-        let decided = match self.store.check(self.clock.now(), &checks) {
+        let decided = match self.store.check(self.clock.now().min(LATEST), &checks) {
             Decided::Ready(result) => result,
             Decided::Pending(pending) => pending.await,
         };

@@ -264,8 +264,29 @@ impl OverrideSpec {
                     "give an override either a `plan` or its own quota (`windows`, `concurrency`), not both",
                 ))
             }
-            (Some(plan), false) => OwnQuota::Plan(plan),
-            (None, _) => OwnQuota::Quota(quota.into_quota(default_algorithm)?),
+            (Some(plan), false) => {
+                // The plan's quota is whole: a field of the override's own
+                // would be ignored.
+                let own = [
+                    ("cost", quota.cost.is_some()),
+                    ("algorithm", quota.algorithm.is_some()),
+                    ("queue", quota.queue.is_some()),
+                ];
+                if let Some(&(field, _)) = own.iter().find(|(_, given)| *given) {
+                    return Err(invalid(
+                        field,
+                        "an override on a `plan` takes the plan's quota as it is: give it its own quota (`windows`, `concurrency`) instead",
+                    ));
+                }
+                OwnQuota::Plan(plan)
+            }
+            (None, _) => {
+                // Checked here, where its fields are the override's own
+                // (`cost`, not `quota.cost`).
+                let quota = quota.into_quota(default_algorithm)?;
+                quota.validate()?;
+                OwnQuota::Quota(quota)
+            }
         };
         Ok((key, value))
     }
@@ -359,13 +380,10 @@ impl RouteSpec {
                 ),
             ));
         }
-        let path = self.path.as_deref().unwrap_or("*");
-        // Errors quote the pattern as written. As in a route's text
-        // (`Route::parse`), trailing whitespace is not part of the path.
-        let mut pattern = PathPattern::parse(path).map_err(|e| e.within("path"))?;
-        if path.trim_end() != path {
-            pattern = PathPattern::parse(path.trim_end()).map_err(|e| e.within("path"))?;
-        }
+        // As in a route's text (`Route::parse`), whitespace around the path
+        // is not part of it, whichever kind it is.
+        let path = self.path.as_deref().unwrap_or("*").trim();
+        let pattern = PathPattern::parse(path).map_err(|e| e.within("path"))?;
 
         let own = QuotaSpec {
             windows: self.windows,
@@ -378,7 +396,7 @@ impl RouteSpec {
         for (name, spec) in self.plans {
             let quota = spec
                 .into_quota(default_algorithm)
-                .map_err(|e| e.within(format!("plans.{name}")))?;
+                .map_err(|e| e.within_key("plans", &name))?;
             tiers = tiers.plan(name, quota);
         }
         Ok((

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::error::{ConfigError, ConfigErrorKind};
+use crate::error::{key_segment, ConfigError, ConfigErrorKind};
 
 /// The parsed document, to find where a field is.
 pub(super) struct Document<'i> {
@@ -166,26 +166,65 @@ impl Search {
     }
 }
 
-/// Splits `limits[1].routes[0].windows` into its steps.
+/// Splits `limits[1].routes[0].windows` into its steps; a key that is not
+/// bare is quoted, as [`key_segment`](crate::error::key_segment) writes it (`plans."a.b".windows`).
 fn parse_field(field: &str) -> Vec<Step> {
     let mut steps = Vec::new();
-    for part in field.split('.') {
-        let (name, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
-        if !name.is_empty() {
-            steps.push(Step::Key(name.to_owned()));
+    let mut rest = field;
+    loop {
+        rest = rest.strip_prefix('.').unwrap_or(rest);
+        if rest.is_empty() {
+            return steps;
         }
-        while let Some(inner) = rest.strip_prefix('[') {
+        if let Some(inner) = rest.strip_prefix('[') {
             let Some((index, tail)) = inner.split_once(']') else {
-                break;
+                return steps;
             };
             match index.parse() {
                 Ok(i) => steps.push(Step::Index(i)),
                 Err(_) => return steps,
             }
             rest = tail;
+        } else if let Some(quoted) = rest.strip_prefix('"') {
+            let Some((key, tail)) = unquote(quoted) else {
+                return steps;
+            };
+            steps.push(Step::Key(key));
+            rest = tail;
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            steps.push(Step::Key(rest[..end].to_owned()));
+            rest = &rest[end..];
         }
     }
-    steps
+}
+
+/// The key at the start of `text` (just after its opening quote), written
+/// as `escape_debug` writes it, and the text after its closing quote.
+fn unquote(text: &str) -> Option<(String, &str)> {
+    let mut key = String::new();
+    let mut chars = text.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return Some((key, &text[at + 1..])),
+            '\\' => match chars.next()?.1 {
+                'n' => key.push('\n'),
+                'r' => key.push('\r'),
+                't' => key.push('\t'),
+                '0' => key.push('\0'),
+                'u' => {
+                    let (open, _) = chars.next()?;
+                    let close = text[open..].find('}')? + open;
+                    let code = u32::from_str_radix(&text[open + 1..close], 16).ok()?;
+                    key.push(char::from_u32(code)?);
+                    while chars.next()?.0 < close {}
+                }
+                other => key.push(other),
+            },
+            c => key.push(c),
+        }
+    }
+    None
 }
 
 fn format_field(steps: &[Step]) -> String {
@@ -197,14 +236,7 @@ fn format_field(steps: &[Step]) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                let bare = !k.is_empty()
-                    && k.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                if bare {
-                    out.push_str(k);
-                } else {
-                    out.push_str(&format!("\"{}\"", k.escape_debug()));
-                }
+                out.push_str(&key_segment(k));
             }
         }
     }

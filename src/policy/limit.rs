@@ -640,9 +640,7 @@ impl Route {
         let id = id(matcher.to_string());
         tiers.default.validate()?;
         for (name, quota) in &tiers.plans {
-            quota
-                .validate()
-                .map_err(|e| e.within(format!("plans.{name}")))?;
+            quota.validate().map_err(|e| e.within_key("plans", name))?;
         }
         let plans = plans
             .iter()

@@ -316,8 +316,11 @@ impl Quota {
         self.algorithm
     }
 
-    /// Checks that the quota can ever admit a request: a cost of at least 1
-    /// that fits in every window, and no two windows of the same period.
+    /// Checks that the quota can ever admit a request, and that it means
+    /// all it says: a cost of at least 1 that fits in every window, no two
+    /// windows of the same period, none finer than a request per
+    /// nanosecond, an in-flight cap of at least 1, and no cost or algorithm
+    /// on a quota without windows.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.windows.is_empty() && self.in_flight.is_none() {
             return Err(ConfigError::invalid(
@@ -334,6 +337,24 @@ impl Quota {
         if self.cost == 0 {
             return Err(ConfigError::invalid("cost", "must be at least 1"));
         }
+        if self.in_flight == Some(0) {
+            return Err(ConfigError::invalid(
+                "concurrency",
+                "an in-flight cap of 0 would refuse every request",
+            ));
+        }
+        if self.windows.is_empty() && self.cost != 1 {
+            return Err(ConfigError::invalid(
+                "cost",
+                "a quota with no window counts no cost (an in-flight cap holds one slot per request)",
+            ));
+        }
+        if self.windows.is_empty() && self.algorithm != Algorithm::default() {
+            return Err(ConfigError::invalid(
+                "algorithm",
+                "a quota with no window has nothing to count with an algorithm",
+            ));
+        }
         if self.windows.len() > MAX_WINDOWS {
             return Err(ConfigError::invalid(
                 "windows",
@@ -341,6 +362,12 @@ impl Quota {
             ));
         }
         for (i, w) in self.windows.iter().enumerate() {
+            if w.period_ns < u64::from(w.limit) {
+                return Err(ConfigError::invalid(
+                    "windows",
+                    format!("{w} is finer than one request per nanosecond"),
+                ));
+            }
             if self.cost > w.limit {
                 return Err(ConfigError::invalid(
                     "cost",

@@ -147,7 +147,7 @@ where
                     return finish(&shared, None, &mut applied, request, &mut inner).await;
                 }
                 Step::Busy(i, why) => {
-                    let now = shared.clock.now();
+                    let now = shared.now();
                     let claim = &applied.claims[i];
                     return busy::<S::Future, _, _, _, _>(&shared, claim, why, now, &request).await;
                 }
@@ -160,7 +160,7 @@ where
                     } = &mut applied;
                     match take_waiting(&shared, claims, from, held, shadow_busy).await {
                         Ok(()) => {
-                            applied.now = shared.clock.now();
+                            applied.now = shared.now();
                             applied.ask_store(&shared)
                         }
                         Err((i, why)) => Step::Busy(i, why),

@@ -108,7 +108,7 @@ where
         // The policy as it stands now, kept to the end of this request's
         // decision whatever a reload swaps in meanwhile.
         let shared: &Arc<Shared<St>> = current.load();
-        let now = shared.clock.now();
+        let now = shared.now();
 
         // 1. match and 2. key: which limits apply, to whose key, at which quota.
         let mut applied = Applied::new(now);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, LATEST};
 use crate::event::Hook;
 use crate::inflight::ConcurrencyLimiter;
 use crate::policy::Policy;
@@ -65,6 +65,12 @@ impl<St> Shared<St> {
 }
 
 impl<St> Shared<St> {
+    /// The time by the layer's clock, no later than [`LATEST`].
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now().min(LATEST)
+    }
+
     /// Whether anything reads the decision of an admitted request.
     #[inline]
     pub(crate) fn keeps_decision(&self) -> bool {

@@ -63,10 +63,31 @@ pub(crate) fn expires_at(algorithm: Algorithm, period_ns: u64, state: u64, now: 
     }
 }
 
+/// When every state of a window of `period_ns` last written before
+/// `written_before` counts nothing any more, whatever it holds: a fixed
+/// window's state keeps its window's index only modulo 2^32, so after some
+/// 2^32 windows without a write it would read as current again; it must be
+/// dropped unread by then. (A GCRA state is a time: it never reads wrong.)
+pub(crate) fn all_expired_at(algorithm: Algorithm, period_ns: u64, written_before: u64) -> u64 {
+    match algorithm {
+        Algorithm::Gcra => u64::MAX,
+        Algorithm::FixedWindow => {
+            written_before.saturating_add(u64::from(AHEAD + 1).saturating_mul(period_ns))
+        }
+    }
+}
+
+/// The most time debt a quota change carries over (about 146 years), as
+/// the Redis store's script caps it: with times below
+/// [`LATEST`](crate::clock::LATEST) and periods of at most 366 days, no
+/// sum of the arithmetic here can overflow.
+pub(crate) const MAX_DEBT: u64 = 1 << 62;
+
 /// A GCRA state charged at `from` ns per request, expressed at `to` ns per
 /// request with the same number of requests used: the state is a time debt
-/// of `used × interval`, so the debt scales with the interval. (A fixed
-/// window's state is its count, which carries over as it is.)
+/// of `used × interval`, so the debt scales with the interval, up to
+/// [`MAX_DEBT`]. (A fixed window's state is its count, which carries over
+/// as it is.)
 pub(crate) fn carry_over(from: u64, to: u64, tat: u64, now: u64) -> u64 {
     if tat <= now || from == to || from == 0 {
         return tat;
@@ -74,7 +95,7 @@ pub(crate) fn carry_over(from: u64, to: u64, tat: u64, now: u64) -> u64 {
     // Rounded up, as the Redis store does: a conversion never frees a
     // fraction of a request.
     let debt = (u128::from(tat - now) * u128::from(to)).div_ceil(u128::from(from));
-    now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX))
+    now.saturating_add(u64::try_from(debt).unwrap_or(MAX_DEBT).min(MAX_DEBT))
 }
 
 #[inline]

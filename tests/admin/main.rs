@@ -259,6 +259,14 @@ async fn errors_are_json_and_name_the_field() {
             "windows[0]",
         ),
         (
+            // The body's own field, not a `quota` it does not have.
+            Method::PUT,
+            "/limits/per_key/keys/k/override",
+            r#"{"windows": ["60/minute", "100/60s"]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "windows",
+        ),
+        (
             Method::PUT,
             "/limits/per_key/keys/k/override",
             r#"{"windows": ["1/minute"], "plan": "scale"}"#,

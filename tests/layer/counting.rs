@@ -604,3 +604,94 @@ async fn concurrent_stacked_limits_admit_exactly_the_tighter_total() {
     assert_eq!(admitted, BTreeMap::from([("a", 1000), ("b", 500)]));
     assert_eq!(h.calls(), 1500);
 }
+
+/// A year of 366 days.
+const YEAR: Duration = Duration::from_secs(366 * 86_400);
+
+#[tokio::test]
+async fn a_quota_cut_to_a_sliver_carries_a_debt_capped_as_redis_caps_it() {
+    // 1,000 of a 1,000-a-year quota used, then the key's own quota is 1 a
+    // year: the debt is 1,000 years, more than a nanosecond count holds
+    // next to the time. It is capped at 2^62 ns (about 146 years), as the
+    // Redis store's script caps it: refused, never admitted by an overflow.
+    let policy = single(Quota::new(Window::new(1000, YEAR).unwrap()).cost(1000));
+    let layer = RateLimitLayer::new(policy);
+    let overrides = layer.overrides();
+    let h = Harness::with_layer(layer, ManualClock::at_unix_secs(T0));
+    assert_eq!(h.send("GET", "/", "k").await.status(), StatusCode::OK);
+    let sliver = Quota::new(Window::new(1, YEAR).unwrap());
+    overrides.set_quota("per_key", "k", sliver).unwrap();
+    h.advance(Duration::from_secs(1));
+    let refused = h.send("GET", "/", "k").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let cap_secs = (1u64 << 62).div_ceil(NS);
+    assert_eq!(
+        refused.headers()["retry-after"],
+        cap_secs.to_string().as_str()
+    );
+    assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_clock_past_the_year_2262_reads_as_then_and_counts_without_overflow() {
+    // Times past 2^63 ns are read as 2^63 ns: no sum overflows (it did
+    // near the end of a u64, in debug builds a panic).
+    for quota in [
+        Quota::new(Window::per_day(1)),
+        Quota::new(Window::per_day(1)).algorithm(Algorithm::FixedWindow),
+    ] {
+        let clock = ManualClock::default();
+        clock.set(u64::MAX - 3_600 * NS);
+        let h = Harness::at(single(quota), clock.clone());
+        let admitted = h.send("GET", "/", "k").await;
+        assert_eq!(admitted.status(), StatusCode::OK);
+        let reset: u64 = admitted.headers()["x-ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(reset > (1u64 << 63) / NS, "reset {reset} is after 2262");
+        clock.advance(Duration::from_secs(7_200));
+        let refused = h.send("GET", "/", "k").await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.headers().contains_key("retry-after"));
+    }
+}
+
+#[test]
+fn a_manual_clock_saturates_rather_than_wrapping() {
+    let clock = ManualClock::at_unix_secs(u64::MAX);
+    assert_eq!(clock.now(), u64::MAX);
+    let clock = ManualClock::default();
+    clock.set(u64::MAX - 5);
+    clock.advance(Duration::from_nanos(10));
+    assert_eq!(clock.now(), u64::MAX, "never goes back");
+    clock.advance(Duration::MAX);
+    assert_eq!(clock.now(), u64::MAX);
+}
+
+#[tokio::test]
+async fn a_fixed_window_idle_for_2_pow_32_windows_does_not_count_again() {
+    // A fixed window's state keeps its window's index modulo 2^32: idle
+    // for just under 2^32 windows, an old count read as current again
+    // (refused, `Retry-After` 1). The store drops it unread.
+    for (period, gap) in [
+        (
+            Duration::from_millis(1),
+            Duration::from_millis((1 << 32) - 5),
+        ),
+        (Duration::from_secs(1), Duration::from_secs((1 << 32) - 100)),
+    ] {
+        let quota = Quota::new(Window::new(1, period).unwrap()).algorithm(Algorithm::FixedWindow);
+        let h = Harness::new(single(quota));
+        assert_eq!(h.send("GET", "/", "k").await.status(), StatusCode::OK);
+        h.advance(gap);
+        let again = h.send("GET", "/", "k").await;
+        assert_eq!(again.status(), StatusCode::OK, "after {gap:?}");
+        assert_eq!(
+            h.send("GET", "/", "k").await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+}

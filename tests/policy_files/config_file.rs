@@ -1769,3 +1769,119 @@ routes = [
         3,
     );
 }
+
+#[test]
+fn a_field_that_would_mean_nothing_is_an_error_at_its_place() {
+    // An override on a plan takes the plan's quota whole: its own cost,
+    // algorithm or queue would be ignored (and were, unchecked).
+    let on_plan = |field: &str| {
+        with_routes(&format!(
+            "[[limits.routes]]\nwindows = [\"3/minute\"]\nplans.pro = {{ windows = [\"10/minute\"] }}\n\
+             [[limits.overrides]]\nkey = \"ov\"\nplan = \"pro\"\n{field}\n"
+        ))
+    };
+    for (field, name, column) in [
+        ("cost = 7", "cost", 8),
+        ("algorithm = \"fixed_window\"", "algorithm", 13),
+        ("queue = { max_queued = 1, max_wait = \"1s\" }", "queue", 9),
+    ] {
+        let err = check(
+            &on_plan(field),
+            ConfigErrorKind::InvalidValue,
+            &format!("limits[0].overrides[0].{name}"),
+            10,
+            column,
+        );
+        assert!(err.message().contains("plan's quota"), "{err}");
+    }
+    // An override's own quota is checked where its fields are.
+    check(
+        &with_routes(
+            "overrides = [{ key = \"a\", windows = [\"5/minute\"], cost = 6 }]\n\
+             routes = [{ windows = [\"3/minute\"] }]\n",
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].overrides[0].cost",
+        4,
+        58,
+    );
+    // An in-flight cap of 0 would refuse everything; a cost or an
+    // algorithm on a quota with no window would count nothing.
+    check(
+        &with_routes("[[limits.routes]]\nconcurrency = 0\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].concurrency",
+        5,
+        15,
+    );
+    check(
+        &with_routes("[[limits.routes]]\nconcurrency = 2\ncost = 5\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].cost",
+        6,
+        8,
+    );
+    check(
+        &with_routes("[[limits.routes]]\nconcurrency = 2\nalgorithm = \"fixed_window\"\n"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].algorithm",
+        6,
+        13,
+    );
+    // A plan whose name is not bare is quoted in the path, and found.
+    check(
+        &with_routes(
+            "[[limits.routes]]\nwindows = [\"3/minute\"]\n[limits.routes.plans]\n\"a.b\" = { windows = [\"0/minute\"] }\n",
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[0].plans.\"a.b\".windows[0]",
+        7,
+        22,
+    );
+}
+
+#[test]
+fn a_window_finer_than_a_request_per_nanosecond_is_refused_from_code_too() {
+    use tower_ratelimit::key::Header;
+    use tower_ratelimit::{Limit, Quota, Window};
+    // `Window::new` refuses it; the const constructors cannot, so the
+    // policy's build does.
+    assert!(Window::new(u32::MAX, std::time::Duration::from_secs(1)).is_err());
+    let err = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_second(u32::MAX))),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ConfigErrorKind::InvalidValue);
+    assert!(err.field().ends_with("windows"), "{err}");
+    assert!(err.message().contains("nanosecond"), "{err}");
+    let err = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(Quota::in_flight(0)),
+        )
+        .build()
+        .unwrap_err();
+    assert!(err.field().ends_with("concurrency"), "{err}");
+}
+
+#[tokio::test]
+async fn whitespace_around_a_route_s_path_is_not_part_of_it_of_any_kind() {
+    // As in the builder's route text: an ASCII space (refused before) and
+    // a no-break space (dropped before) alike.
+    for path in ["/a ", " /a", "/a\u{a0}", "\u{2028}/a"] {
+        let text = with_routes(&format!(
+            "[[limits.routes]]\npath = \"{path}\"\nwindows = [\"2/minute\"]\n"
+        ));
+        let policy = Policy::from_toml(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        let svc = service(policy, SystemClock::new());
+        let reply = send(&svc, request("GET", "/a", Some("k_1"))).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path:?}");
+        let remaining = reply
+            .headers
+            .iter()
+            .find(|(name, _)| name == "x-ratelimit-remaining");
+        assert_eq!(remaining.map(|(_, v)| v.as_str()), Some("1"), "{path:?}");
+    }
+}

@@ -18,6 +18,7 @@ use self::shard::Shard;
 use super::algorithm::step;
 use super::protocol::{Answer, Ban, Check, Decided, Outcome, Peeked};
 use super::{Store, StoreError};
+use crate::clock::LATEST;
 use crate::penalty::PenaltyBox;
 use crate::shard::Padded;
 
@@ -460,6 +461,9 @@ impl Store for MemoryStore {
     type Pending = Pending<Result<Outcome, StoreError>>;
 
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<Self::Pending> {
+        // A time past the latest one counted at is that one: no sum of the
+        // arithmetic overflows.
+        let now = now.min(LATEST);
         // One way out, so the outcome is built where it is returned.
         let mut decided = Decided::Ready(Ok(Outcome::building()));
         if let Decided::Ready(Ok(outcome)) = &mut decided {
@@ -475,10 +479,12 @@ impl Store for MemoryStore {
     }
 
     fn banned_for(&self, key: u64, now: u64) -> Option<u64> {
+        let now = now.min(LATEST);
         self.penalties.banned_for(key, now)
     }
 
     fn peek(&self, now: u64, checks: &[Check<'_>]) -> Answer<Peeked> {
+        let now = now.min(LATEST);
         let mut peeked = Peeked::default();
         for (ci, check) in checks.iter().enumerate() {
             let shard = self.shards[self.shard_of(check.bucket)].0.lock();

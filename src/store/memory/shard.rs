@@ -6,7 +6,7 @@ use hashbrown::hash_table::{Entry, HashTable};
 
 use crate::policy::{Algorithm, Quota, Window};
 use crate::shard::{sparse, KeyMap};
-use crate::store::algorithm::{carry_over, expires_at};
+use crate::store::algorithm::{all_expired_at, carry_over, expires_at};
 use crate::store::overflow::Overflow;
 use crate::store::protocol::Check;
 
@@ -296,8 +296,17 @@ impl Shard {
         // Fresh since before `horizon`: a reading a little behind `now`
         // (another thread's clock) sees it fresh too.
         let horizon = now.saturating_sub(GRACE);
+        // Every entry was written before the sweep that is due now was:
+        // a write at a later time would have swept first.
+        let written_before = self.next_sweep;
         for table in &mut self.tables {
             let (algorithm, period) = (table.algorithm, table.period_ns);
+            if horizon >= all_expired_at(algorithm, period, written_before) {
+                // Unread: a fixed window's state idle this long may read as
+                // current again.
+                table.map.clear();
+                table.overflow = None;
+            }
             let fresh = |o: &Overflow| o.expires_at(algorithm, period, horizon) <= horizon;
             if table.overflow.as_deref().is_some_and(fresh) {
                 table.overflow = None;

@@ -17,9 +17,6 @@ pub(crate) const SOURCE: &str = include_str!("admin.lua");
 
 const NS_PER_S: u64 = 1_000_000_000;
 
-/// The most a rescale adds to a moment, as the decision script caps it.
-const MAX_DEBT: u64 = 1 << 62;
-
 /// The checks owned, for a call off a request's path: unlike a decision's,
 /// a shadow check's penalty is looked at too, as the memory store does.
 pub(crate) fn planned(checks: &[Check<'_>]) -> Vec<Planned> {
@@ -255,7 +252,7 @@ fn state_of(
             let tat = time(entry.x, entry.y)?;
             let (from, to) = (entry.interval.unwrap_or(0), window.interval_ns());
             if tat > now && from != 0 && from != to {
-                Ok(carry_over(from, to, tat, now).min(now.saturating_add(MAX_DEBT)))
+                Ok(carry_over(from, to, tat, now))
             } else {
                 Ok(tat)
             }

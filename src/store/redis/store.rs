@@ -21,6 +21,7 @@ use super::metrics::{Limits, StoreMetrics};
 use super::peek;
 use super::resets::Reset;
 use super::script::{self, Planned};
+use crate::clock::LATEST;
 use crate::penalty::PenaltyBox;
 use crate::store::protocol::{Answer, Check, Decided, Outcome, Peeked};
 use crate::store::{Store, StoreError};
@@ -308,12 +309,14 @@ impl Store for RedisStore {
 
     /// Answers from the bans this process has seen in Redis's answers.
     fn banned_for(&self, key: u64, now: u64) -> Option<u64> {
-        self.inner.bans.banned_for(key, now)
+        self.inner.bans.banned_for(key, now.min(LATEST))
     }
 
     /// Never fails: when Redis cannot decide, each check follows its limit's
     /// [`FailurePolicy`] (and the failure is logged and counted).
     fn check(&self, now: u64, checks: &[Check<'_>]) -> Decided<PendingDecision> {
+        // As the memory store: no later than the latest time counted at.
+        let now = now.min(LATEST);
         let inner = &self.inner;
         let planned: Vec<Planned> = checks
             .iter()
@@ -375,6 +378,7 @@ impl Store for RedisStore {
     /// (on Redis's clock, unless the store uses the layer's). Fails when
     /// Redis cannot answer within the deadline or the breaker is open.
     fn peek(&self, now: u64, checks: &[Check<'_>]) -> Answer<Peeked> {
+        let now = now.min(LATEST);
         let planned = peek::planned(checks);
         let inner = Arc::clone(&self.inner);
         let layer_now = (inner.clock == ClockSource::Layer).then_some(now);
