@@ -12,7 +12,8 @@
 //! * A route whose **default quota changed** keeps them too, converted the
 //!   way a key's changed plan or override is: the number of requests used
 //!   in each window carries over to the new window of the same period (a
-//!   window of a new period starts fresh; see
+//!   window of a new period, or counted by the other algorithm, starts
+//!   fresh; see
 //!   [`Check::base`](crate::store::protocol::Check::base)).
 //! * A **new limit** or route starts fresh; a removed one's counts are left
 //!   to expire in the store.
