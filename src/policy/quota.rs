@@ -79,6 +79,9 @@ const MIN_PERIOD: Duration = Duration::from_millis(1);
 /// certainly a unit mistake.
 const MAX_PERIOD: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// The most requests a queue holds per key.
+const MAX_QUEUED: usize = 1_000_000;
+
 impl Window {
     /// A window of `limit` per `period`.
     ///
@@ -319,8 +322,9 @@ impl Quota {
     /// Checks that the quota can ever admit a request, and that it means
     /// all it says: a cost of at least 1 that fits in every window, no two
     /// windows of the same period, none finer than a request per
-    /// nanosecond, an in-flight cap of at least 1, and no cost or algorithm
-    /// on a quota without windows.
+    /// nanosecond, an in-flight cap of at least 1, a queue of at most
+    /// 1,000,000 requests waiting at most 366 days, and no cost or
+    /// algorithm on a quota without windows.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.windows.is_empty() && self.in_flight.is_none() {
             return Err(ConfigError::invalid(
@@ -336,6 +340,24 @@ impl Quota {
         }
         if self.cost == 0 {
             return Err(ConfigError::invalid("cost", "must be at least 1"));
+        }
+        if let Mode::Queue {
+            max_queued,
+            max_wait,
+        } = self.mode
+        {
+            if max_queued > MAX_QUEUED {
+                return Err(ConfigError::invalid(
+                    "queue.max_queued",
+                    format!("at most {MAX_QUEUED} requests may wait per key"),
+                ));
+            }
+            if max_wait > MAX_PERIOD {
+                return Err(ConfigError::invalid(
+                    "queue.max_wait",
+                    format!("{max_wait:?} is longer than 366 days"),
+                ));
+            }
         }
         if self.in_flight == Some(0) {
             return Err(ConfigError::invalid(

@@ -1864,6 +1864,23 @@ fn a_window_finer_than_a_request_per_nanosecond_is_refused_from_code_too() {
         .build()
         .unwrap_err();
     assert!(err.field().ends_with("concurrency"), "{err}");
+    // The builder's queue has the file's bounds.
+    for (quota, field) in [
+        (
+            Quota::in_flight(1).queue(2_000_000, std::time::Duration::from_secs(1)),
+            "queue.max_queued",
+        ),
+        (
+            Quota::in_flight(1).queue(10, std::time::Duration::from_secs(400 * 86_400)),
+            "queue.max_wait",
+        ),
+    ] {
+        let err = Policy::builder()
+            .limit(Limit::new("per_key", Header::parse("X-API-Key").unwrap()).quota(quota))
+            .build()
+            .unwrap_err();
+        assert!(err.field().ends_with(field), "{err}");
+    }
 }
 
 #[tokio::test]
