@@ -153,7 +153,9 @@ fn reported_window(text: &str) -> Result<ReportedWindow, ConfigError> {
 }
 
 fn algorithm(text: &str, field: &str) -> Result<Algorithm, ConfigError> {
-    match text {
+    // Names are read without regard to ASCII case, as `headers` and
+    // `report` are.
+    match text.to_ascii_lowercase().as_str() {
         "gcra" => Ok(Algorithm::Gcra),
         "fixed_window" => Ok(Algorithm::FixedWindow),
         _ => Err(invalid(
@@ -169,7 +171,8 @@ impl LimitSpec {
             .key
             .extractor(custom, true)
             .map_err(|e| e.within("key"))?;
-        let skip_missing_key = match self.on_missing_key.as_deref() {
+        let on_missing_key = self.on_missing_key.as_deref().map(str::to_ascii_lowercase);
+        let skip_missing_key = match on_missing_key.as_deref() {
             None | Some("reject") => false,
             Some("skip") => true,
             Some(other) => {

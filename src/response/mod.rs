@@ -150,12 +150,12 @@ impl RefusalFormat {
 
     /// The format registered as `name`, as a policy file's `refusal` names
     /// it: `json`, `problem_json`, or a platform's preset (`flireo`,
-    /// `nixflex`, `talkpilot`, `exotel`). Names are exact (lower case).
+    /// `nixflex`, `talkpilot`, `exotel`), without regard to ASCII case.
     pub fn named(name: &str) -> Option<Self> {
         FORMATS
             .iter()
             .chain(presets::PRESETS.iter())
-            .find(|p| p.name == name)
+            .find(|p| p.name.eq_ignore_ascii_case(name))
             .map(|p| RefusalFormat(Format::Preset(p)))
     }
 

@@ -1902,3 +1902,25 @@ async fn whitespace_around_a_route_s_path_is_not_part_of_it_of_any_kind() {
         assert_eq!(remaining.map(|(_, v)| v.as_str()), Some("1"), "{path:?}");
     }
 }
+
+#[test]
+fn names_are_read_without_regard_to_case_everywhere() {
+    // As `headers` and `report` always were.
+    let text = "refusal = \"Nixflex\"\n[[limits]]\nname = \"per_key\"\n\
+                key = { header = \"X-API-Key\" }\non_missing_key = \"Skip\"\n\
+                algorithm = \"FIXED_WINDOW\"\n[[limits.routes]]\nwindows = [\"2/minute\"]\n\
+                algorithm = \"GCRA\"\n";
+    Policy::from_toml(text).unwrap();
+    // Rates: units once each, largest first; limits as TOML writes numbers.
+    for (window, field) in [
+        ("\"2/1m1m\"", "limits[0].routes[0].windows[0]"),
+        ("\"+2/minute\"", "limits[0].routes[0].windows[0]"),
+        ("\"2__0/minute\"", "limits[0].routes[0].windows[0]"),
+    ] {
+        let err = Policy::from_toml(&with_routes(&format!(
+            "[[limits.routes]]\nwindows = [{window}]\n"
+        )))
+        .unwrap_err();
+        assert_eq!(err.field(), field, "{window}: {err}");
+    }
+}
