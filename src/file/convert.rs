@@ -337,6 +337,9 @@ impl QuotaSpec {
         }
         let algorithm = match &self.algorithm {
             Some(text) => algorithm(text, "algorithm")?,
+            // The limit's algorithm is for quotas that count: a quota with
+            // only an in-flight cap takes none.
+            None if quota.windows().is_empty() => return Ok(quota),
             None => default_algorithm,
         };
         Ok(quota.algorithm(algorithm))

@@ -213,7 +213,10 @@ fn unquote(text: &str) -> Option<(String, &str)> {
                 't' => key.push('\t'),
                 '0' => key.push('\0'),
                 'u' => {
-                    let (open, _) = chars.next()?;
+                    let (open, brace) = chars.next()?;
+                    if brace != '{' {
+                        return None;
+                    }
                     let close = text[open..].find('}')? + open;
                     let code = u32::from_str_radix(&text[open + 1..close], 16).ok()?;
                     key.push(char::from_u32(code)?);
@@ -281,6 +284,27 @@ mod tests {
         }
         assert_eq!(parse_field("a[x].b"), vec![Step::Key("a".into())]);
         assert_eq!(format_field(&[Step::Key("a b".into())]), "\"a b\"");
+        // Keys that are not bare are quoted, and read back.
+        for key in [
+            "a.b",
+            "",
+            "x[0]",
+            "a\"b",
+            "tab\there",
+            "e\u{301}",
+            "back\\slash",
+        ] {
+            let steps = vec![
+                Step::Key("plans".into()),
+                Step::Key(key.into()),
+                Step::Index(2),
+            ];
+            assert_eq!(parse_field(&format_field(&steps)), steps, "{key:?}");
+        }
+        // Odd text stops the parse; it never panics.
+        for field in ["\"\\u}", "\"\\u\u{e9}}", "\"open", "\"\\", "a.\"\\u{zz}\""] {
+            let _ = parse_field(field);
+        }
     }
 
     #[test]

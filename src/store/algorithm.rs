@@ -77,17 +77,18 @@ pub(crate) fn all_expired_at(algorithm: Algorithm, period_ns: u64, written_befor
     }
 }
 
-/// The most time debt a quota change carries over (about 146 years), as
-/// the Redis store's script caps it: with times below
-/// [`LATEST`](crate::clock::LATEST) and periods of at most 366 days, no
-/// sum of the arithmetic here can overflow.
-pub(crate) const MAX_DEBT: u64 = 1 << 62;
+/// The latest arrival time a quota change carries a GCRA state to (2^64 -
+/// 2^57 ns, in the year 2550), as the Redis store's script caps it: a debt
+/// of up to some 500 years is kept exactly, and with times below
+/// [`LATEST`](crate::clock::LATEST) and periods of at most 366 days no sum
+/// of the arithmetic here can overflow.
+pub(crate) const LATEST_TAT: u64 = u64::MAX - (1 << 57) + 1;
 
 /// A GCRA state charged at `from` ns per request, expressed at `to` ns per
 /// request with the same number of requests used: the state is a time debt
 /// of `used × interval`, so the debt scales with the interval, up to
-/// [`MAX_DEBT`]. (A fixed window's state is its count, which carries over
-/// as it is.)
+/// [`LATEST_TAT`]. (A fixed window's state is its count, which carries
+/// over as it is.)
 pub(crate) fn carry_over(from: u64, to: u64, tat: u64, now: u64) -> u64 {
     if tat <= now || from == to || from == 0 {
         return tat;
@@ -95,7 +96,8 @@ pub(crate) fn carry_over(from: u64, to: u64, tat: u64, now: u64) -> u64 {
     // Rounded up, as the Redis store does: a conversion never frees a
     // fraction of a request.
     let debt = (u128::from(tat - now) * u128::from(to)).div_ceil(u128::from(from));
-    now.saturating_add(u64::try_from(debt).unwrap_or(MAX_DEBT).min(MAX_DEBT))
+    let room = LATEST_TAT.saturating_sub(now);
+    now + u64::try_from(debt).unwrap_or(room).min(room)
 }
 
 #[inline]

@@ -612,8 +612,9 @@ const YEAR: Duration = Duration::from_secs(366 * 86_400);
 async fn a_quota_cut_to_a_sliver_carries_a_debt_capped_as_redis_caps_it() {
     // 1,000 of a 1,000-a-year quota used, then the key's own quota is 1 a
     // year: the debt is 1,000 years, more than a nanosecond count holds
-    // next to the time. It is capped at 2^62 ns (about 146 years), as the
-    // Redis store's script caps it: refused, never admitted by an overflow.
+    // next to the time. The arrival time is capped at 2^64 - 2^57 ns (in
+    // 2550), as the Redis store's script caps it: refused, never admitted
+    // by an overflow.
     let policy = single(Quota::new(Window::new(1000, YEAR).unwrap()).cost(1000));
     let layer = RateLimitLayer::new(policy);
     let overrides = layer.overrides();
@@ -624,12 +625,37 @@ async fn a_quota_cut_to_a_sliver_carries_a_debt_capped_as_redis_caps_it() {
     h.advance(Duration::from_secs(1));
     let refused = h.send("GET", "/", "k").await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    let cap_secs = (1u64 << 62).div_ceil(NS);
-    assert_eq!(
-        refused.headers()["retry-after"],
-        cap_secs.to_string().as_str()
-    );
+    let latest_tat = u64::MAX - (1 << 57) + 1;
+    let wait = (latest_tat - (T0 + 1) * NS).div_ceil(NS);
+    assert_eq!(refused.headers()["retry-after"], wait.to_string().as_str());
     assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_key_suspended_then_restored_owes_what_it_used() {
+    // A day's whole quota used, the key suspended (1 a day: a debt of
+    // 100,000 days), then restored the same second: it still owes its day.
+    let per_day = Window::new(100_000, Duration::from_secs(86_400)).unwrap();
+    let policy = single(Quota::new(per_day).cost(100_000));
+    let layer = RateLimitLayer::new(policy);
+    let overrides = layer.overrides();
+    let h = Harness::with_layer(layer, ManualClock::at_unix_secs(T0));
+    assert_eq!(h.send("GET", "/", "k").await.status(), StatusCode::OK);
+    let suspended = Quota::new(Window::per_day(1));
+    overrides.set_quota("per_key", "k", suspended).unwrap();
+    h.advance(Duration::from_millis(500));
+    assert_eq!(
+        h.send("GET", "/", "k").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    overrides.remove("per_key", "k").unwrap();
+    h.advance(Duration::from_millis(500));
+    let refused = h.send("GET", "/", "k").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Half a second drained at each rate: at the suspended one, next to
+    // nothing.
+    assert_eq!(refused.headers()["retry-after"], "86400");
     assert_eq!(h.calls(), 1);
 }
 
@@ -684,7 +710,9 @@ async fn a_fixed_window_idle_for_2_pow_32_windows_does_not_count_again() {
         (Duration::from_secs(1), Duration::from_secs((1 << 32) - 100)),
     ] {
         let quota = Quota::new(Window::new(1, period).unwrap()).algorithm(Algorithm::FixedWindow);
-        let h = Harness::new(single(quota));
+        // However seldom the store is asked to sweep: at most daily.
+        let store = Arc::new(MemoryStore::new().sweep_interval(Duration::MAX));
+        let h = Harness::on_store(single(quota), &store, ManualClock::at_unix_secs(T0));
         assert_eq!(h.send("GET", "/", "k").await.status(), StatusCode::OK);
         h.advance(gap);
         let again = h.send("GET", "/", "k").await;

@@ -1911,6 +1911,13 @@ fn names_are_read_without_regard_to_case_everywhere() {
                 algorithm = \"FIXED_WINDOW\"\n[[limits.routes]]\nwindows = [\"2/minute\"]\n\
                 algorithm = \"GCRA\"\n";
     Policy::from_toml(text).unwrap();
+    // A limit's algorithm is for its quotas that count: one with only an
+    // in-flight cap takes none (and is no error).
+    let text = "[[limits]]\nname = \"per_key\"\nkey = { header = \"X-API-Key\" }\n\
+                algorithm = \"fixed_window\"\n\
+                overrides = [{ key = \"k\", concurrency = 3 }]\n\
+                [[limits.routes]]\nconcurrency = 2\n";
+    Policy::from_toml(text).unwrap();
     // Rates: units once each, largest first; limits as TOML writes numbers.
     for (window, field) in [
         ("\"2/1m1m\"", "limits[0].routes[0].windows[0]"),

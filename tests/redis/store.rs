@@ -523,3 +523,38 @@ async fn quotas_of_three_windows_and_their_changes_decide_and_peek_as_the_memory
     }
     assert_eq!(redis.failures(), 0);
 }
+
+#[tokio::test]
+async fn a_debt_past_any_window_converts_and_comes_back_as_in_the_memory_store() {
+    let server = redis_or_skip!();
+    let redis = RedisStore::builder(server.url())
+        .layer_clock()
+        .deny_cache(false)
+        .deadline(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let memory = tower_ratelimit::store::MemoryStore::new();
+    let year = Duration::from_secs(366 * 86_400);
+    // A year's quota used at once; then 1 a year (a debt of 1,000 years,
+    // past the latest arrival time kept: capped alike), back, then 10 a
+    // year (100 years: kept exactly), back.
+    let base = Quota::new(Window::new(1000, year).unwrap()).cost(1000);
+    let sliver = Quota::new(Window::new(1, year).unwrap());
+    let tenth = Quota::new(Window::new(10, year).unwrap());
+    let mut now = T0 * S;
+    for (step, quota) in [&base, &sliver, &base, &tenth, &base, &sliver]
+        .into_iter()
+        .enumerate()
+    {
+        let checks = [Check::new(1, quota).based_on(&base)];
+        let expected = match memory.check(now, &checks) {
+            Decided::Ready(outcome) => outcome.unwrap(),
+            Decided::Pending(_) => unreachable!(),
+        };
+        assert_eq!(decide(&redis, now, &checks).await, expected, "step {step}");
+        assert_eq!(expected.admitted(), step == 0, "step {step}");
+        now += 500_000_000;
+    }
+    assert_eq!(redis.failures(), 0);
+}

@@ -294,12 +294,15 @@ impl MemoryStore {
     }
 
     /// Sets how often a shard drops idle keys when a decision touches it
-    /// (default 5 seconds). The store comes back empty, so set it before the
-    /// store is used.
+    /// (default 5 seconds, at most a day: a shard idle longer must be swept
+    /// when next touched, for a fixed window's count read long after its
+    /// window could read as current). The store comes back empty, so set
+    /// it before the store is used.
     #[must_use]
     pub fn sweep_interval(self, interval: std::time::Duration) -> Self {
+        const DAY: u128 = 86_400 * 1_000_000_000;
         Settings {
-            sweep_interval: interval.as_nanos().min(u128::from(u64::MAX)) as u64,
+            sweep_interval: interval.as_nanos().min(DAY) as u64,
             ..self.settings()
         }
         .build()

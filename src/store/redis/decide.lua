@@ -176,12 +176,12 @@ for c = 1, C do
       -- expressed at `new` (decimal strings) with the same number of
       -- requests used: the debt (tat - now) scaled by new / old, rounded
       -- up, so that a conversion never frees a fraction of a request; at
-      -- most 2^62 ns.
+      -- most 2^64 - 2^57 ns after the epoch (as the Rust side caps it).
       local function rescale(ts, tn, new, old)
         local debt = Y.sub(big_time(ts, tn), big_time(S, N))
         local q, r = Y.divmod(Y.mul(debt, Y.dec(new)), Y.dec(old))
         if not Y.is_zero(r) then q = Y.add(q, Y.ONE) end
-        local cap = Y.dec('4611686018427387904')
+        local cap = Y.sub(Y.dec('18302628885633695744'), big_time(S, N))
         if Y.cmp(q, cap) > 0 then q = cap end
         local qs, qn = Y.divmod(q, Y.from_int(B))
         local s, n = S + Y.to_num(qs), N + Y.to_num(qn)

@@ -233,7 +233,8 @@ fn pair(bytes: &[u8]) -> Option<(u64, u64)> {
 /// The state `window` is decided on at `now`, in the memory store's
 /// encoding, from a bucket's stored windows: a GCRA window charged at
 /// another interval is rescaled as the decision script would (rounded up,
-/// at most 2^62 ns of debt); a window the value does not hold is fresh (0).
+/// up to the latest arrival time a conversion keeps); a window the value
+/// does not hold is fresh (0).
 fn state_of(
     algorithm: Algorithm,
     window: &Window,
