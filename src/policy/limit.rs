@@ -362,6 +362,24 @@ impl Limit {
                     ),
                 ));
             }
+            if let Some(by) = later
+                .matcher
+                .covered_by(routes[..j].iter().map(|r| &r.matcher))
+            {
+                let named: Vec<String> = by
+                    .iter()
+                    .map(|&i| format!("routes[{i}] (`{}`)", routes[i].matcher))
+                    .collect();
+                return Err(ConfigError::invalid(
+                    format!("routes[{j}]"),
+                    format!(
+                        "`{}` can never match: {} come first and together match every \
+                         request it would (put the narrower route first)",
+                        later.matcher,
+                        named.join(", ")
+                    ),
+                ));
+            }
         }
         let mut limit = CompiledLimit {
             name: self.name.as_str().into(),

@@ -37,6 +37,8 @@ const OTHER: u16 = 1 << 15;
 impl Methods {
     /// Every method, including extension methods.
     pub(crate) const ANY: Methods = Methods(u16::MAX);
+    /// No method.
+    pub(crate) const NONE: Methods = Methods(0);
     /// `GET`.
     pub(crate) const GET: Methods = Methods(1);
     /// `HEAD`.

@@ -107,6 +107,24 @@ impl Route {
         self.matched.contains(other.matched) && self.pattern.covers(&other.pattern)
     }
 
+    /// Whether `earlier` routes, together, match every request this one
+    /// matches: each of its methods is matched, on every path it matches,
+    /// by one of them (the indices of those that take part, if so).
+    pub(crate) fn covered_by<'r>(
+        &self,
+        earlier: impl IntoIterator<Item = &'r Route>,
+    ) -> Option<Vec<usize>> {
+        let mut methods = Methods::NONE;
+        let mut by = Vec::new();
+        for (i, route) in earlier.into_iter().enumerate() {
+            if route.matched.meets(self.matched) && route.pattern.covers(&self.pattern) {
+                methods = methods.or(route.matched);
+                by.push(i);
+            }
+        }
+        methods.contains(self.matched).then_some(by)
+    }
+
     pub(crate) fn pattern(&self) -> &PathPattern {
         &self.pattern
     }

@@ -1931,3 +1931,33 @@ fn names_are_read_without_regard_to_case_everywhere() {
         assert_eq!(err.field(), field, "{window}: {err}");
     }
 }
+
+#[test]
+fn a_route_earlier_routes_shadow_together_is_an_error() {
+    // GET and POST each have a route first: `GET,POST /a` never matches.
+    let limit = || Limit::new("per_key", Header::parse("X-API-Key").unwrap());
+    let err = Policy::builder()
+        .limit(
+            limit()
+                .route("GET /a", Quota::new(Window::per_minute(10)))
+                .route("POST /{any}", Quota::new(Window::per_minute(5)))
+                .route("GET,POST /a", Quota::new(Window::per_minute(1))),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].routes[2]");
+    assert!(
+        err.message().contains("routes[0]") && err.message().contains("routes[1]"),
+        "{err}"
+    );
+    // One method left over: it can match, so it is no error.
+    assert!(Policy::builder()
+        .limit(
+            limit()
+                .route("GET /a", Quota::new(Window::per_minute(10)))
+                .route("POST /a", Quota::new(Window::per_minute(5)))
+                .route("GET,POST,PUT /a", Quota::new(Window::per_minute(1))),
+        )
+        .build()
+        .is_ok());
+}
