@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{Key, KeyError, KeyErrorKind, KeyExtractor, RequestView};
+use crate::error::ConfigError;
 
 /// The first alternative that finds a key: an API key, else the client IP.
 ///
@@ -49,6 +50,22 @@ impl fmt::Debug for FirstOf {
 }
 
 impl KeyExtractor for FirstOf {
+    /// No alternative would find no key in any request: an error.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.alternatives.is_empty() {
+            return Err(ConfigError::invalid(
+                "first_of",
+                "list at least one alternative (`FirstOf::new().or(...)`)",
+            ));
+        }
+        for (k, alternative) in self.alternatives.iter().enumerate() {
+            alternative
+                .check()
+                .map_err(|e| e.within(format!("first_of[{k}]")))?;
+        }
+        Ok(())
+    }
+
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         for (i, alternative) in self.alternatives.iter().enumerate() {
             match alternative.extract(request) {

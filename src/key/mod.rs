@@ -67,6 +67,7 @@ pub use ip::{ForwardedIp, PeerIp};
 pub use path::PathCapture;
 pub use view::RequestView;
 
+use crate::error::ConfigError;
 use crate::route::PercentDecode;
 
 /// Reads the key a request counts against.
@@ -88,6 +89,14 @@ pub trait KeyExtractor: Send + Sync + 'static {
     /// The policy refuses to build when a route lacks one.
     fn required_capture(&self) -> Option<&str> {
         None
+    }
+
+    /// Checks the extractor when a policy with it is built: an error (its
+    /// field under the limit's `key`) refuses the policy, for an extractor
+    /// that could never find a key ([`FirstOf`] with no alternative). The
+    /// default accepts.
+    fn check(&self) -> Result<(), ConfigError> {
+        Ok(())
     }
 
     /// The key this extractor reads from a request whose key, as an

@@ -304,6 +304,7 @@ impl Limit {
                 format!("a limit has at most {MAX_ROUTES} routes"),
             ));
         }
+        self.key.check().map_err(|e| e.within("key"))?;
         let mut plans: Vec<Box<str>> = Vec::new();
         for route in &self.routes {
             for (name, _) in &route.tiers.plans {

@@ -1961,3 +1961,19 @@ fn a_route_earlier_routes_shadow_together_is_an_error() {
         .build()
         .is_ok());
 }
+
+#[test]
+fn a_first_of_with_no_alternative_is_refused_from_code_as_from_a_file() {
+    // It would find no key in any request: every request a 401.
+    let err = Policy::builder()
+        .limit(Limit::new("per_key", FirstOf::new()).quota(Quota::new(Window::per_minute(1))))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].key.first_of", "{err}");
+    let nested = FirstOf::new().or(FirstOf::new());
+    let err = Policy::builder()
+        .limit(Limit::new("per_key", nested).quota(Quota::new(Window::per_minute(1))))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].key.first_of[0].first_of", "{err}");
+}
