@@ -264,9 +264,9 @@ fn check_prefix(prefix: u8) -> Result<u8, ConfigError> {
 /// addresses (`::ffff:10.0.0.0/104`) is the IPv4 range (`10.0.0.0/8`).
 pub(crate) fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
     let text = text.trim();
-    text.parse::<IpNet>()
+    let net = text
+        .parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map(canonical_net)
         .map_err(|_| {
             ConfigError::invalid(
                 "",
@@ -275,7 +275,21 @@ pub(crate) fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
                     text.escape_debug()
                 ),
             )
-        })
+        })?;
+    // `10.0.0.1/8` is all of 10/8: most likely one host or the range was
+    // meant, and trusting or exempting 16 million addresses by a typo is
+    // not what an operator wants.
+    if net.addr() != net.network() {
+        return Err(ConfigError::invalid(
+            "",
+            format!(
+                "`{}` has host bits set: write the range as `{}`, or the address alone",
+                text.escape_debug(),
+                net.trunc()
+            ),
+        ));
+    }
+    Ok(canonical_net(net))
 }
 
 /// A range of IPv4-mapped IPv6 addresses as the IPv4 range it maps; any
@@ -487,7 +501,12 @@ mod tests {
         assert_eq!(net("::ffff:127.0.0.1"), "127.0.0.1/32");
         assert_eq!(net("::ffff:10.0.0.0/104"), "10.0.0.0/8");
         assert_eq!(net("::ffff:0:0/96"), "0.0.0.0/0");
-        assert_eq!(net("::ffff:0:0/95"), "::ffff:0.0.0.0/95");
+        assert_eq!(net("::fffe:0:0/95"), "::fffe:0:0/95");
+        // Host bits set: a typo, not a range.
+        for text in ["10.0.0.1/8", "::ffff:0:0/95", "2001:db8::1/64"] {
+            let err = parse_net(text).unwrap_err();
+            assert!(err.message().contains("host bits"), "{text}: {err}");
+        }
         assert_eq!(net("::/0"), "::/0");
         assert_eq!(net(" 2001:db8::/32 "), "2001:db8::/32");
         assert_eq!(net("10.0.0.0/8"), "10.0.0.0/8");
