@@ -234,6 +234,64 @@ pub(super) async fn remove_override<St: Store>(
     }
 }
 
+/// A key the JSON object `body` (valid JSON) gives twice at its top level,
+/// if any: a JSON value keeps only the last, which would be applied in
+/// silence.
+fn duplicate_key(body: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen: Vec<String> = Vec::new();
+            let mut twice = None;
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if twice.is_none() && seen.contains(&key) {
+                    twice = Some(key.clone());
+                }
+                seen.push(key);
+            }
+            Ok(twice)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    (&mut reader).deserialize_any(Keys).ok().flatten()
+}
+
 /// What a `PUT` of an override asks for.
 enum Wanted {
     Quota(Quota),
@@ -246,6 +304,10 @@ fn parse_override(body: &[u8]) -> Result<Wanted, Fault> {
         |field: &str, message: String| Fault::new(StatusCode::UNPROCESSABLE_ENTITY, field, message);
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Fault::new(StatusCode::BAD_REQUEST, "body", format!("not JSON: {e}")))?;
+    if let Some(field) = duplicate_key(body) {
+        let message = format!("`{}` is given twice", field.escape_debug());
+        return Err(unprocessable(&field, message));
+    }
     let Some(object) = value.as_object() else {
         let message = r#"expected {"windows": [...]} or {"plan": "..."}"#.to_string();
         return Err(unprocessable("body", message));

@@ -259,6 +259,14 @@ async fn errors_are_json_and_name_the_field() {
             "windows[0]",
         ),
         (
+            // Not the last one given, applied in silence.
+            Method::PUT,
+            "/limits/per_key/keys/k/override",
+            r#"{"windows": ["1/minute"], "windows": ["100/minute"]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "windows",
+        ),
+        (
             // The body's own field, not a `quota` it does not have.
             Method::PUT,
             "/limits/per_key/keys/k/override",
