@@ -8,12 +8,12 @@ use std::time::Duration;
 use http::StatusCode;
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::{Header, PathCapture};
-use tower_ratelimit::store::protocol::{Check, Decided};
+use tower_ratelimit::store::protocol::{Check, Decided, Outcome};
 use tower_ratelimit::store::redis::RedisStore;
 use tower_ratelimit::store::{MemoryStore, Store};
 use tower_ratelimit::{Algorithm, Limit, Policy, Quota, RateLimitLayer, Window};
 
-use crate::support::{decide, header, on_layer_clock, per_key, send, service, SECRET};
+use crate::support::{decide, header, on_layer_clock, per_key, send, service, RedisServer, SECRET};
 
 const S: u64 = 1_000_000_000;
 /// 2023-11-14T22:13:20Z: not aligned to a minute or an hour.
@@ -469,10 +469,10 @@ async fn keys_of_other_prefixes_and_stores_do_not_mix() {
     assert!(RedisStore::builder("not a url").build().is_err());
 }
 
-#[tokio::test]
-async fn quotas_of_three_windows_and_their_changes_decide_and_peek_as_the_memory_store() {
-    let server = redis_or_skip!();
-    // Every refusal decided by Redis, reporting every window.
+/// A Redis store on the layer's clock that decides every refusal itself
+/// (no deny cache: every window is reported), beside a memory store to
+/// compare it with.
+async fn beside_memory(server: &RedisServer) -> (RedisStore, MemoryStore) {
     let redis = RedisStore::builder(server.url())
         .layer_clock()
         .deny_cache(false)
@@ -480,7 +480,21 @@ async fn quotas_of_three_windows_and_their_changes_decide_and_peek_as_the_memory
         .connect()
         .await
         .unwrap();
-    let memory = tower_ratelimit::store::MemoryStore::new();
+    (redis, MemoryStore::new())
+}
+
+/// The memory store's outcome of `checks` at `now`.
+fn decided_in(memory: &MemoryStore, now: u64, checks: &[Check<'_>]) -> Outcome {
+    match memory.check(now, checks) {
+        Decided::Ready(outcome) => outcome.unwrap(),
+        Decided::Pending(_) => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn quotas_of_three_windows_and_their_changes_decide_and_peek_as_the_memory_store() {
+    let server = redis_or_skip!();
+    let (redis, memory) = beside_memory(&server).await;
     let ms = Duration::from_millis;
     let gcra = Quota::new(Window::per_second(5))
         .and(Window::per_minute(20))
@@ -508,10 +522,7 @@ async fn quotas_of_three_windows_and_their_changes_decide_and_peek_as_the_memory
         };
         let checks = [Check::new(1, quota).based_on(&gcra), Check::new(2, &fixed)];
         for checks in [&checks[..1], &checks[1..], &checks[..]] {
-            let expected = match memory.check(now, checks) {
-                Decided::Ready(outcome) => outcome.unwrap(),
-                Decided::Pending(_) => unreachable!(),
-            };
+            let expected = decided_in(&memory, now, checks);
             assert_eq!(decide(&redis, now, checks).await, expected, "step {step}");
             let peeked = redis.peek(now, checks).await.unwrap();
             assert_eq!(
@@ -527,14 +538,7 @@ async fn quotas_of_three_windows_and_their_changes_decide_and_peek_as_the_memory
 #[tokio::test]
 async fn a_debt_past_any_window_converts_and_comes_back_as_in_the_memory_store() {
     let server = redis_or_skip!();
-    let redis = RedisStore::builder(server.url())
-        .layer_clock()
-        .deny_cache(false)
-        .deadline(Duration::from_secs(2))
-        .connect()
-        .await
-        .unwrap();
-    let memory = tower_ratelimit::store::MemoryStore::new();
+    let (redis, memory) = beside_memory(&server).await;
     let year = Duration::from_secs(366 * 86_400);
     // A year's quota used at once; then 1 a year (a debt of 1,000 years,
     // past the latest arrival time kept: capped alike), back, then 10 a
@@ -548,10 +552,7 @@ async fn a_debt_past_any_window_converts_and_comes_back_as_in_the_memory_store()
         .enumerate()
     {
         let checks = [Check::new(1, quota).based_on(&base)];
-        let expected = match memory.check(now, &checks) {
-            Decided::Ready(outcome) => outcome.unwrap(),
-            Decided::Pending(_) => unreachable!(),
-        };
+        let expected = decided_in(&memory, now, &checks);
         assert_eq!(decide(&redis, now, &checks).await, expected, "step {step}");
         assert_eq!(expected.admitted(), step == 0, "step {step}");
         now += 500_000_000;
