@@ -50,6 +50,14 @@ impl<'i> Document<'i> {
     /// the innermost value or key whose span holds the error.
     fn syntax_error(&self, error: &toml::de::Error) -> ConfigError {
         let message = error.message().trim();
+        // The TOML reader hands a date or time on as a table of one private
+        // field, which is all a field that takes none could say of it.
+        let message = if message.contains("$__toml_private_datetime") {
+            "a date or time cannot go here (a rate is a string, such as \"60/minute\"; \
+             a duration, such as \"30s\")"
+        } else {
+            message
+        };
         let Some(span) = error.span() else {
             return ConfigError::new(ConfigErrorKind::Syntax, "", message).at(1, 1);
         };

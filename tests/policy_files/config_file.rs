@@ -1977,3 +1977,13 @@ fn a_first_of_with_no_alternative_is_refused_from_code_as_from_a_file() {
         .unwrap_err();
     assert_eq!(err.field(), "limits[0].key.first_of[0].first_of", "{err}");
 }
+
+#[test]
+fn a_date_where_a_window_goes_is_named_as_one() {
+    let err = Policy::from_toml(&with_routes(
+        "[[limits.routes]]\nwindows = [1979-05-27T07:32:00Z]\n",
+    ))
+    .unwrap_err();
+    assert!(!err.message().contains("$__toml"), "{err}");
+    assert!(err.message().contains("date"), "{err}");
+}
