@@ -6,7 +6,7 @@
 //! | request | does |
 //! |---|---|
 //! | `GET /limits/{limit}/keys/{key}` | where the key stands, consuming nothing: each route's windows (limit, remaining, reset in Unix seconds), its requests in flight, its ban's time left |
-//! | `DELETE /limits/{limit}/keys/{key}` | forgets its counts and its ban: its next request is a fresh key's |
+//! | `DELETE /limits/{limit}/keys/{key}` | forgets its counts and its ban: its next request is a fresh key's (409 if the memory store, at its entry cap, counts the key in its overflow sketch: that count is shared with other keys and stays until its window has passed) |
 //! | `PUT /limits/{limit}/keys/{key}/override` | `{"windows": ["120/minute", "5000/hour"]}` or `{"plan": "scale"}`: its own quota or plan, from its next request on |
 //! | `DELETE /limits/{limit}/keys/{key}/override` | takes its override back |
 //!
@@ -25,7 +25,8 @@
 //! override's or each route's
 //! default: the plan a request would carry is not known here. Answers are
 //! JSON; errors are `{"error": "...", "field": "..."}` with 404 for an
-//! unknown limit, 400 or 422 for a bad key, body, rate or plan, 501 for a
+//! unknown limit or route, 405 for a method a route does not take, 400 or
+//! 422 for a bad key, body, rate or plan, 413 for a body over 64 KiB, 501 for a
 //! store that cannot peek or forget (both stores this crate ships can), and
 //! 503 for a store that failed to (Redis did not answer in time). The
 //! router does no authentication: mount it behind your own, apart from the
@@ -50,6 +51,7 @@ mod routes;
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, put};
 use axum::Router;
 
@@ -74,6 +76,9 @@ pub fn router<St: Store>(layer: &RateLimitLayer<St>) -> Router {
             "/limits/{limit}/keys/{key}/override",
             put(routes::set_override::<St>).delete(routes::remove_override::<St>),
         )
+        .fallback(routes::unknown)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(routes::MAX_BODY))
         .with_state(admin)
 }
 

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use super::reply::{config_error, json, store_error, Fault, Reply};
+use super::reply::{config_error, error, json, store_error, Fault, Reply};
 use super::Admin;
 use crate::clock::NANOS;
 use crate::key::{operator_key, KeySecret};
@@ -16,6 +16,9 @@ use crate::policy::{rate_text, Own, PolicyInner, Quota};
 use crate::service::Shared;
 use crate::store::protocol::Check;
 use crate::store::Store;
+
+/// The longest override body taken, in bytes (a few windows' rates).
+pub(super) const MAX_BODY: usize = 64 * 1024;
 
 /// The path's limit and key, percent-decoded.
 type KeyPath = Result<Path<(String, String)>, PathRejection>;
@@ -158,20 +161,42 @@ pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPat
     )
 }
 
+/// Any other path: a 404 that lists the routes.
+pub(super) async fn unknown() -> Reply {
+    let message = "the admin API's routes are /limits/{limit}/keys/{key} (GET, DELETE) and \
+        /limits/{limit}/keys/{key}/override (PUT, DELETE)";
+    error(StatusCode::NOT_FOUND, "path", message)
+}
+
+/// A method a route does not take: a 405.
+pub(super) async fn method_not_allowed() -> Reply {
+    let message = "/limits/{limit}/keys/{key} takes GET and DELETE; its /override, PUT and DELETE";
+    error(StatusCode::METHOD_NOT_ALLOWED, "method", message)
+}
+
 /// `DELETE /limits/{limit}/keys/{key}`: forgets the key's counts and ban.
 pub(super) async fn forget<St: Store>(State(admin): State<Admin<St>>, path: KeyPath) -> Reply {
     let target = match Target::of(&admin, path) {
         Ok(target) => target,
         Err(fault) => return fault.reply(),
     };
-    let answer = target.shared.store.forget(&target.checks());
+    let now = target.shared.now();
+    let answer = target.shared.store.forget(now, &target.checks());
     match answer.await {
-        Ok(()) => {
+        Ok(true) => {
             tracing::info!(limit = %target.limit, "rate-limit admin: a key's counts were reset");
             json(
                 StatusCode::OK,
                 &json!({ "limit": target.limit, "reset": true }),
             )
+        }
+        Ok(false) => {
+            tracing::warn!(limit = %target.limit, "rate-limit admin: a key's reset left a count shared with other keys");
+            let message = "the key's own counts and ban were forgotten, but the store is at \
+                its entry cap and counts the key in its overflow sketch, shared with other \
+                keys: that count cannot be forgotten for one key, and lasts until its window \
+                has passed";
+            error(StatusCode::CONFLICT, "key", message)
         }
         Err(e) => store_error(&e),
     }
@@ -182,11 +207,19 @@ pub(super) async fn forget<St: Store>(State(admin): State<Admin<St>>, path: KeyP
 pub(super) async fn set_override<St: Store>(
     State(admin): State<Admin<St>>,
     path: KeyPath,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Reply {
     let target = match Target::of(&admin, path) {
         Ok(target) => target,
         Err(fault) => return fault.reply(),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let message = format!("the body is longer than the {MAX_BODY} bytes an override takes");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body", message);
+        }
+        Err(rejection) => return error(rejection.status(), "body", rejection.body_text()),
     };
     let (limit, key) = (&target.limit, &target.key);
     let set = match parse_override(&body) {

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use super::overrides::{Own, OwnQuota};
 use super::quota::Quota;
 use super::tiers::Tiers;
-use crate::error::{ConfigError, ConfigErrorKind};
+use crate::error::{key_segment, ConfigError, ConfigErrorKind};
 use crate::key::{domain_id, key_domain, operator_key, route_id, Key, KeyExtractor, KeySecret};
 use crate::penalty::Penalty;
 use crate::policy::exemptions::Exemptions;
@@ -382,6 +382,7 @@ impl Limit {
                 ));
             }
         }
+        one_cap_per_key(&routes, &plans)?;
         let mut limit = CompiledLimit {
             name: self.name.as_str().into(),
             key: Arc::clone(&self.key),
@@ -466,6 +467,50 @@ pub(crate) struct RouteEntry {
     /// built).
     route: Result<route::Route, ConfigError>,
     tiers: Tiers,
+}
+
+/// Refuses routes that would give one key two in-flight caps: the routes of
+/// a limit share each key's count of requests in flight, so under each plan
+/// (and with none) every route with a cap must have the same one.
+fn one_cap_per_key(routes: &[Route], plans: &[Box<str>]) -> Result<(), ConfigError> {
+    let plan_indices = (0..plans.len()).map(|p| Some(p as u8));
+    for plan in std::iter::once(None).chain(plan_indices) {
+        let mut first: Option<(usize, u32)> = None;
+        for (j, route) in routes.iter().enumerate() {
+            let Some(cap) = route.plan_quota(plan).in_flight_cap() else {
+                continue;
+            };
+            let Some((i, before)) = first else {
+                first = Some((j, cap));
+                continue;
+            };
+            if cap == before {
+                continue;
+            }
+            let own_plan = plan.filter(|&p| route.plans[usize::from(p)].is_some());
+            let field = match own_plan {
+                Some(p) => format!(
+                    "routes[{j}].plans.{}.concurrency",
+                    key_segment(&plans[usize::from(p)])
+                ),
+                None => format!("routes[{j}].concurrency"),
+            };
+            let under = plan.map_or(String::new(), |p| {
+                format!(" on plan `{}`", plans[usize::from(p)])
+            });
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "`{}` caps a key's requests in flight at {cap}{under}, but routes[{i}] \
+                     (`{}`) at {before}: the routes of a limit share each key's count of \
+                     requests in flight, so they take one cap (put a route with a cap of \
+                     its own in a limit of its own)",
+                    route.matcher, routes[i].matcher
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A limit ready to match requests.

@@ -236,7 +236,9 @@ impl Quota {
     /// A quota that only caps the requests in flight at `max`: a request
     /// over the cap is refused at once ("busy"), unless [`Quota::queue`]
     /// lets it wait. The slot is held until the response body has been sent
-    /// or dropped. Counted per key across every route of the limit.
+    /// or dropped. Counted per key across every route of the limit, so the
+    /// routes of a limit that cap take one cap under each plan (the
+    /// policy's build refuses two).
     pub fn in_flight(max: u32) -> Self {
         Quota {
             windows: Vec::new(),

@@ -4,7 +4,7 @@
 //!
 //! | metric | labels | counts |
 //! |---|---|---|
-//! | `ratelimit_decisions_total` | `limit`, `outcome` | one per applying limit per request: `admitted`, `refused` (a window had no room), `busy`, `banned`, `key_rejected`, `shadow_refused`, `capacity` (the memory store's estimate for a key it had no room for refused) or `unavailable` (the store could not decide and the limit fails closed) |
+//! | `ratelimit_decisions_total` | `limit`, `outcome` | one per limit that decided a request: `admitted` (every limit that counted an admitted request), `refused` (the refusing limit: a window had no room; the other limits, which counted nothing, record nothing), `busy`, `banned`, `key_rejected`, `shadow_refused`, `capacity` (the memory store's estimate for a key it had no room for refused) or `unavailable` (the store could not decide and the limit fails closed) |
 //! | `ratelimit_near_limit_total` | `limit` | admitted requests with 20 % or less of the reported window left |
 //!
 //! The handles are registered with the recorder **when the layer is

@@ -114,12 +114,15 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Drops the counts of the checks' buckets, in every window, and the
-    /// bans and counted refusals of their penalty keys: their next request
-    /// is decided as a fresh key's. For operators (the admin API), not on a
-    /// request's path. The default answers a [`StoreError`] saying this
-    /// store cannot forget.
-    fn forget(&self, checks: &[Check<'_>]) -> Answer<()> {
-        let _ = checks;
+    /// bans and counted refusals of their penalty keys, at `now`: their next
+    /// request is decided as a fresh key's. Answers whether every count is
+    /// gone: `false` when a bucket is still counted, live, where it shares
+    /// its count with other buckets (the memory store's overflow sketch),
+    /// which cannot be forgotten for one bucket alone. For operators (the
+    /// admin API), not on a request's path. The default answers a
+    /// [`StoreError`] saying this store cannot forget.
+    fn forget(&self, now: u64, checks: &[Check<'_>]) -> Answer<bool> {
+        let _ = (now, checks);
         unsupported("forget")
     }
 }

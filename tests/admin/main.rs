@@ -180,6 +180,8 @@ async fn overrides_apply_on_the_next_request_and_delete_removes_them() {
 #[tokio::test]
 async fn errors_are_json_and_name_the_field() {
     let h = Harness::new();
+    // Past the 64 KiB an override body may take.
+    let huge = format!(r#"{{"windows": ["{}/minute"]}}"#, "1".repeat(3 << 20));
     let cases = [
         (
             Method::GET,
@@ -295,6 +297,28 @@ async fn errors_are_json_and_name_the_field() {
             StatusCode::BAD_REQUEST,
             "path",
         ),
+        (
+            // No key: a path no route serves.
+            Method::GET,
+            "/limits/per_key/keys/",
+            "",
+            StatusCode::NOT_FOUND,
+            "path",
+        ),
+        (
+            Method::POST,
+            "/limits/per_key/keys/k",
+            "",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+        ),
+        (
+            Method::PUT,
+            "/limits/per_key/keys/k/override",
+            &huge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body",
+        ),
     ];
     for (method, path, body, status, field) in cases {
         let (got, value) = h.admin(method.clone(), path, body).await;
@@ -302,6 +326,58 @@ async fn errors_are_json_and_name_the_field() {
         assert_eq!(value["field"], field, "{method} {path} {body}: {value}");
         assert!(value["error"].is_string(), "{value}");
     }
+}
+
+#[tokio::test]
+async fn a_reset_of_a_key_counted_in_the_overflow_sketch_says_it_cannot_be_whole() {
+    logs();
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("pk", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_hour(2))),
+        )
+        .build()
+        .unwrap();
+    let layer = RateLimitLayer::with_store(policy, MemoryStore::with_max_entries(1))
+        .clock(ManualClock::at_unix_secs(T0));
+    let inner = service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    });
+    let svc = layer.layer(inner);
+    let admin = admin::router(&layer);
+    let send = |key: &'static str| {
+        let request = Request::get("/").header("x-api-key", key);
+        let svc = svc.clone();
+        async move {
+            let response = svc.oneshot(request.body(String::new()).unwrap()).await;
+            response.unwrap().status()
+        }
+    };
+    // `tracked` takes the only entry; `sketched` is counted in the sketch.
+    assert_eq!(send("tracked").await, StatusCode::OK);
+    for status in [
+        StatusCode::OK,
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        assert_eq!(send("sketched").await, status);
+    }
+    let (status, value) =
+        admin_call::admin_call(&admin, Method::DELETE, "/limits/pk/keys/sketched", "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{value}");
+    assert_eq!(value["field"], "key", "{value}");
+    assert!(
+        value["error"].as_str().unwrap().contains("overflow sketch"),
+        "{value}"
+    );
+    // As the answer says: the count is still there.
+    assert_eq!(send("sketched").await, StatusCode::TOO_MANY_REQUESTS);
+    // The tracked key's own entry is forgotten whole.
+    assert_eq!(send("tracked").await, StatusCode::OK);
+    let (status, value) =
+        admin_call::admin_call(&admin, Method::DELETE, "/limits/pk/keys/tracked", "").await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(value, json!({ "limit": "pk", "reset": true }));
 }
 
 #[tokio::test]

@@ -1987,3 +1987,56 @@ fn a_date_where_a_window_goes_is_named_as_one() {
     assert!(!err.message().contains("$__toml"), "{err}");
     assert!(err.message().contains("date"), "{err}");
 }
+
+#[test]
+fn the_routes_of_a_limit_that_cap_in_flight_take_one_cap() {
+    // One count per key across the routes: two caps would let the larger
+    // one's requests hand the smaller one's line more slots than it has.
+    let err = check(
+        &with_routes(
+            "[[limits.routes]]\npath = \"/small\"\nconcurrency = 1\n\
+             [[limits.routes]]\npath = \"/big\"\nconcurrency = 5\n",
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[1].concurrency",
+        9,
+        15,
+    );
+    assert!(err.message().contains("at 5, but routes[0]"), "{err}");
+    assert!(err.message().contains("limit of its own"), "{err}");
+    // Under a plan too, where the plan's own quota sets it.
+    let err = check(
+        &with_routes(
+            "[[limits.routes]]\npath = \"/a\"\nconcurrency = 10\nplans.pro = { concurrency = 25 }\n\
+             [[limits.routes]]\npath = \"/b\"\nconcurrency = 10\nplans.pro = { concurrency = 50 }\n",
+        ),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].routes[1].plans.pro.concurrency",
+        11,
+        29,
+    );
+    assert!(err.message().contains("on plan `pro`"), "{err}");
+    // The same cap in another mode, and a route with no cap, are one cap.
+    let text = with_routes(
+        "[[limits.routes]]\npath = \"/in\"\nconcurrency = 10\nplans.pro = { concurrency = 25 }\n\
+         [[limits.routes]]\npath = \"/out\"\nconcurrency = 10\nqueue = { max_queued = 5, max_wait = \"1s\" }\n\
+         plans.pro = { concurrency = 25, queue = { max_queued = 5, max_wait = \"1s\" } }\n\
+         [[limits.routes]]\npath = \"/free\"\nwindows = [\"5/second\"]\n",
+    );
+    Policy::from_toml(&text).unwrap();
+    // In code.
+    use tower_ratelimit::key::Header;
+    use tower_ratelimit::{Limit, Quota};
+    let err = Policy::builder()
+        .limit(
+            Limit::new("calls", Header::parse("X-API-Key").unwrap())
+                .route(
+                    "GET /small",
+                    Quota::in_flight(1).queue(10, std::time::Duration::from_secs(30)),
+                )
+                .route("GET /big", Quota::in_flight(5)),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "limits[0].routes[1].concurrency", "{err}");
+}

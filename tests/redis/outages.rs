@@ -321,7 +321,7 @@ async fn after_a_silence_resets_from_other_processes_still_arrive() {
     assert_eq!(decide(&a, 0, &checks).await.basis(), Basis::DenyCache);
     // The operator resets the key through B: A hears of it, on the
     // subscription it made again when its breaker opened, and asks Redis.
-    b.forget(&checks).await.unwrap();
+    assert!(b.forget(0, &checks).await.unwrap());
     let started = Instant::now();
     while !decide(&a, 0, &checks).await.admitted() {
         assert!(

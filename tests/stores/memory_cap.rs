@@ -283,7 +283,10 @@ async fn a_forgotten_key_leaves_its_room_under_the_cap_to_another() {
         2,
         "no room for a second key (it is in the sketch)"
     );
-    store.forget(&[Check::new(1, &quota)]).await.unwrap();
+    assert!(store
+        .forget(T0 * NS, &[Check::new(1, &quota)])
+        .await
+        .unwrap());
     assert_eq!(store.len(), 0);
     // A third key takes the room (the second stays in the sketch until its
     // estimate there is fresh, so that every entry is exact).

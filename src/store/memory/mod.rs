@@ -512,17 +512,19 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(peeked)))
     }
 
-    fn forget(&self, checks: &[Check<'_>]) -> Answer<()> {
+    fn forget(&self, now: u64, checks: &[Check<'_>]) -> Answer<bool> {
+        let now = now.min(LATEST);
+        let mut all = true;
         for check in checks {
             let mut shard = self.shards[self.shard_of(check.bucket)].0.lock();
             let before = shard.entries;
-            shard.forget(check.bucket);
+            all &= shard.forget(check, now);
             self.release(before - shard.entries);
             if let Some((key, _)) = check.penalty {
                 self.penalties.forget(key);
             }
         }
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(std::future::ready(Ok(all)))
     }
 }
 

@@ -215,9 +215,12 @@ impl Shard {
         }
     }
 
-    /// Drops `bucket`'s entries in every table (a count in an overflow
-    /// sketch stays: it is shared with other buckets).
-    pub(super) fn forget(&mut self, bucket: u64) {
+    /// Drops `check`'s bucket's entries in every table; whether, at `now`,
+    /// none of its quota's windows decides it by a live estimate in an
+    /// overflow sketch (a count there stays: it is shared with other
+    /// buckets).
+    pub(super) fn forget(&mut self, check: &Check<'_>, now: u64) -> bool {
+        let bucket = check.bucket;
         for table in &mut self.tables {
             if let Ok(entry) = table.map.find_entry(bucket, |e| e.0 == bucket) {
                 entry.remove();
@@ -225,6 +228,11 @@ impl Shard {
             }
         }
         self.rates.remove(&bucket);
+        let algorithm = check.quota.algorithm_kind();
+        check.quota.windows().iter().all(|w| {
+            self.table(algorithm, w.period_ns())
+                .is_none_or(|t| t.estimate(bucket, now) == 0)
+        })
     }
 
     pub(super) fn table_index(&self, algorithm: Algorithm, period_ns: u64) -> Option<usize> {

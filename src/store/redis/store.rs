@@ -410,12 +410,12 @@ impl Store for RedisStore {
     /// remembers of them (refusals in the deny cache, bans); every other
     /// store on the same Redis and prefix hears of it and forgets them too
     /// (see [the deny cache](super#the-deny-cache)).
-    fn forget(&self, checks: &[Check<'_>]) -> Answer<()> {
+    fn forget(&self, _now: u64, checks: &[Check<'_>]) -> Answer<bool> {
         let planned = peek::planned(checks);
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             if planned.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
             let calls = script::groups(&planned)
                 .iter()
@@ -439,7 +439,7 @@ impl Store for RedisStore {
                     inner.bans.forget(key);
                 }
             }
-            Ok(())
+            Ok(true)
         })
     }
 }
