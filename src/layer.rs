@@ -189,8 +189,11 @@ impl<St: Store> RateLimitLayer<St> {
     /// jobs and its requests under that limit's in-flight caps count
     /// together, in this process or, on a store that shares slots, in every
     /// process. A campaign's `account` is the key as the limit reads it from
-    /// a request (the API key, say). After a reload that removes the limit,
-    /// an account's campaigns share slots of their own.
+    /// a request (the API key, say). A campaign runs no more jobs at once
+    /// than the limit's cap for the account (its override's, or the routes'
+    /// own; a plan a request carries is not known here): a campaign's
+    /// `account_cap` can lower it, not raise it. After a reload that removes
+    /// the limit, an account's campaigns share slots of their own.
     ///
     /// Fails if the policy has no limit named `limit`.
     #[cfg(feature = "client")]

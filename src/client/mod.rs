@@ -2,10 +2,12 @@
 //! servers announce, and work that paces itself under limits of its own.
 //!
 //! * [`RetryPolicy`] is a [`tower::retry::Policy`]: it retries 429 and 503
-//!   after the wait the response asks for (`Retry-After`, then the IETF
-//!   `RateLimit` field's `t`, then `X-RateLimit-Reset`), or after an
-//!   exponential backoff with full jitter, within a cap on retries, a cap on
-//!   the wait it honours and a retry budget.
+//!   of idempotent requests after the wait the response asks for
+//!   (`Retry-After`, then the IETF `RateLimit` field, then
+//!   `X-RateLimit-Reset`, a reset only when its window has nothing left), or
+//!   after an exponential backoff with full jitter when there is no hint or
+//!   it asks for no wait, within a cap on retries, a cap on the wait it
+//!   honours and a retry budget.
 //! * [`Pacer`] counts work under a [`Quota`](crate::Quota) in the crate's
 //!   stores, but a caller over the quota *waits* for its turn instead of
 //!   being refused; [`Pacer::layer`] paces a client's requests by a key read

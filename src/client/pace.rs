@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::error::Error;
 use std::fmt;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::hash::Hasher;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -118,8 +118,9 @@ struct Line {
 impl Pacer<MemoryStore> {
     /// A pacer of `quota` that counts in this process's memory.
     ///
-    /// Fails when the quota could never admit a request, or has no window
-    /// (an in-flight cap alone does not pace).
+    /// Fails when the quota could never admit a request, has no window (an
+    /// in-flight cap alone does not pace), or has an in-flight cap (a pacer
+    /// counts turns, it holds no slots, so the cap would be ignored).
     pub fn new(quota: Quota) -> Result<Self, ConfigError> {
         Self::with_store(quota, MemoryStore::new())
     }
@@ -127,18 +128,25 @@ impl Pacer<MemoryStore> {
 
 impl<St: Store> Pacer<St> {
     /// A pacer of `quota` that counts in `store` (a `RedisStore` shares the
-    /// pace with other processes).
+    /// pace with other processes); fails as [`Pacer::new`] does.
     pub fn with_store(quota: Quota, store: St) -> Result<Self, ConfigError> {
         Self::with_shared_store(quota, Arc::new(store))
     }
 
-    /// A pacer of `quota` that counts in a store shared with others.
+    /// A pacer of `quota` that counts in a store shared with others; fails
+    /// as [`Pacer::new`] does.
     pub fn with_shared_store(quota: Quota, store: Arc<St>) -> Result<Self, ConfigError> {
         quota.validate()?;
         if quota.windows().is_empty() {
             return Err(ConfigError::invalid(
                 "windows",
                 "a pacer needs a window: an in-flight cap alone does not pace",
+            ));
+        }
+        if let Some(cap) = quota.in_flight_cap() {
+            return Err(ConfigError::invalid(
+                "in_flight",
+                format!("a pacer holds no in-flight slots: remove the in-flight cap of {cap}"),
             ));
         }
         Ok(Pacer {
@@ -368,6 +376,16 @@ impl<S, K: Clone, St> Layer<S> for PaceLayer<K, St> {
 
 /// A service whose requests wait their turn under a [`Pacer`] before they
 /// are sent; its errors are the inner service's or a [`PaceError`], boxed.
+///
+/// It is always ready, and reserves nothing of the inner service: each
+/// request's future first waits its turn, then waits for a clone of the
+/// inner service to be ready, then calls it. So a request waiting its turn
+/// holds none of the inner service's capacity (a
+/// `tower::limit::ConcurrencyLimit` permit, say), and requests of other keys
+/// go ahead of it. A request is sent no earlier than its turn, later if the
+/// inner service is not ready then; an error of the inner service's
+/// readiness, found once the turn is taken (the turn is spent), is the
+/// future's error.
 #[derive(Debug)]
 pub struct Pace<S, K, St = MemoryStore> {
     inner: S,
@@ -399,20 +417,23 @@ where
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    /// Always ready: the inner service's readiness is each request's to
+    /// wait for, after its turn.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The ready service goes with this request; a clone stays for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = self.inner.clone();
         let key = (self.layer.key)(&request);
         let pacer = Arc::clone(&self.layer.pacer);
         Box::pin(async move {
             if let Some(key) = key {
                 pacer.wait(&key).await?;
             }
+            poll_fn(|cx| inner.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
             inner.call(request).await.map_err(Into::into)
         })
     }

@@ -22,14 +22,17 @@ const UNIX_RESET_FROM: u64 = 1_000_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Hint {
-    /// `Retry-After`: delta seconds or an HTTP date.
+    /// `Retry-After`: the longest of its delta seconds and HTTP dates, over
+    /// every line.
     RetryAfter,
     /// The IETF `RateLimit` field: the largest `t` of the windows with `r=0`
-    /// (draft 10), or `reset` (draft 7).
+    /// (draft 10), or `reset` when `remaining` is 0 or absent (draft 7).
     RateLimit,
-    /// `X-RateLimit-Reset`: Unix seconds, or delta seconds when under 10^9.
+    /// `X-RateLimit-Reset` when `X-RateLimit-Remaining` is 0 or absent: Unix
+    /// seconds, or delta seconds when under 10^9.
     XRateLimitReset,
-    /// No hint: exponential backoff with full jitter.
+    /// No usable hint (none, or one of no wait): exponential backoff with
+    /// full jitter.
     Backoff,
 }
 
@@ -53,22 +56,36 @@ pub struct Wait {
 /// It retries a `429 Too Many Requests` or `503 Service Unavailable`,
 /// waiting what the response says, in this order of trust:
 ///
-/// 1. `Retry-After` (delta seconds, or an HTTP date read against the
-///    policy's clock);
-/// 2. the IETF `RateLimit` field: the largest `t` among the windows that
-///    have nothing left (`r=0`; draft 10), or `reset` (draft 7);
-/// 3. `X-RateLimit-Reset`: a value under 10^9 is delta seconds, a larger one
-///    Unix seconds;
+/// 1. `Retry-After`, every line of it: a line that is an HTTP date (read
+///    against the policy's clock) is one value, any other line is split at
+///    commas into delta seconds; values it cannot read are skipped, and the
+///    longest wait of the rest is the hint;
+/// 2. the IETF `RateLimit` field, every line of it: the largest `t` among
+///    the windows that have nothing left (`r=0`; draft 10), or the largest
+///    `reset` (draft 7) when the lowest `remaining` is 0 or there is none;
+/// 3. `X-RateLimit-Reset`, when the lowest `X-RateLimit-Remaining` is 0 or
+///    there is none to read: the longest of its values, each delta seconds
+///    under 10^9 and Unix seconds from it on;
 /// 4. otherwise exponential backoff with full jitter: before retry `n`
 ///    (from 0), a uniformly random wait in `[0, min(base × 2^n, max_backoff)]`.
+///
+/// A reset of a window that still has room (`remaining` above 0) says
+/// nothing about this response: it is no hint, and the next source
+/// applies. A hint of no wait (`Retry-After: 0`, or a time in the past) is
+/// no usable wait either: the policy waits the backoff instead (logged as
+/// [`Hint::Backoff`]), so that a server that always says "now" is not sent
+/// a burst.
 ///
 /// It gives up, returning the last response, when the hint is longer than
 /// [`RetryPolicy::max_wait`] (a `Retry-After: 86400` is not waited for),
 /// after [`RetryPolicy::max_retries`] retries, or when the retry budget is
-/// spent. Requests whose method is not idempotent (POST, PATCH, CONNECT)
-/// are sent once unless [`RetryPolicy::retry_non_idempotent`] allows them;
-/// errors of the inner service are never retried. The request must be
-/// clonable (`http::Request<B>` with `B: Clone`: `String`, `Bytes`, `Full`…).
+/// spent. Only requests whose method RFC 9110 defines as idempotent (GET,
+/// HEAD, OPTIONS, TRACE, PUT, DELETE; methods are case-sensitive) are
+/// retried, unless [`RetryPolicy::retry_non_idempotent`] allows every
+/// method; errors of the inner service are never retried. A retry is a
+/// copy of the request: its method, URI, version, headers, extensions and
+/// body. The request must be clonable (`http::Request<B>` with `B: Clone`:
+/// `String`, `Bytes`, `Full`…).
 ///
 /// Clones share the budget and the random source, and so do policies
 /// configured from one (`base.clone().max_retries(5)`): their waits are
@@ -159,9 +176,10 @@ impl RetryPolicy {
         self.with(|s| s.max_wait = max)
     }
 
-    /// Whether POST, PATCH and CONNECT requests are retried too (default
-    /// `false`). A refusal by a rate limiter did not run the request, but a
-    /// 503 may have.
+    /// Whether requests of every method are retried, not only those RFC
+    /// 9110 defines as idempotent (GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
+    /// (default `false`). A refusal by a rate limiter did not run the
+    /// request, but a 503 may have.
     #[must_use]
     pub fn retry_non_idempotent(self, retry: bool) -> Self {
         self.with(|s| s.non_idempotent = retry)
@@ -189,17 +207,15 @@ impl RetryPolicy {
     }
 
     /// The wait before retrying a response with these headers, and why; the
-    /// backoff is for retry `retry` (from 0).
+    /// backoff is for retry `retry` (from 0). A hint of no wait is no hint.
     fn delay(&self, headers: &HeaderMap, retry: u32) -> (Duration, Hint) {
         let now = self.settings.clock.now();
-        if let Some(d) = retry_after(headers, now) {
-            return (d, Hint::RetryAfter);
-        }
-        if let Some(d) = ratelimit_t(headers) {
-            return (d, Hint::RateLimit);
-        }
-        if let Some(d) = x_ratelimit_reset(headers, now) {
-            return (d, Hint::XRateLimitReset);
+        let hint = retry_after(headers, now)
+            .map(|d| (d, Hint::RetryAfter))
+            .or_else(|| ratelimit_t(headers).map(|d| (d, Hint::RateLimit)))
+            .or_else(|| x_ratelimit_reset(headers, now).map(|d| (d, Hint::XRateLimitReset)));
+        if let Some((delay, hint)) = hint.filter(|(d, _)| !d.is_zero()) {
+            return (delay, hint);
         }
         let s = &self.settings;
         let ceiling = s
@@ -262,9 +278,15 @@ impl<B: Clone, ResB, E> Policy<Request<B>, Response<ResB>, E> for RetryPolicy {
     }
 
     fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
-        let idempotent = !matches!(
+        // RFC 9110, section 9.2.2: the methods defined as idempotent.
+        let idempotent = matches!(
             *req.method(),
-            Method::POST | Method::PATCH | Method::CONNECT
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
         );
         if !idempotent && !self.settings.non_idempotent {
             return None;
@@ -274,6 +296,7 @@ impl<B: Clone, ResB, E> Policy<Request<B>, Response<ResB>, E> for RetryPolicy {
         *clone.uri_mut() = req.uri().clone();
         *clone.version_mut() = req.version();
         *clone.headers_mut() = req.headers().clone();
+        *clone.extensions_mut() = req.extensions().clone();
         Some(clone)
     }
 }
@@ -289,60 +312,98 @@ impl RetryPolicy {
     }
 }
 
-/// A header's value as text, if it is there once and is visible ASCII.
-fn text(headers: &HeaderMap, name: &str) -> Option<String> {
-    let value = headers.get(name)?.to_str().ok()?;
-    Some(value.trim().to_owned())
+/// Every line of the header `name` that is visible ASCII, trimmed.
+fn lines<'h>(headers: &'h HeaderMap, name: &str) -> impl Iterator<Item = &'h str> {
+    let values = headers.get_all(name).iter();
+    values.filter_map(|v| v.to_str().ok()).map(str::trim)
 }
 
-/// `Retry-After`: delta seconds, or an HTTP date (a date in the past is no
-/// wait).
+/// The comma-separated numbers of every line of the header `name`, those
+/// [`seconds`] reads.
+fn numbers<'h>(headers: &'h HeaderMap, name: &str) -> impl Iterator<Item = u64> + 'h {
+    lines(headers, name).flat_map(|line| line.split(',').filter_map(|v| seconds(v.trim())))
+}
+
+/// `Retry-After`: the longest wait of every line's values (`None` when no
+/// value is readable). A line that is an HTTP date is one value (a date in
+/// the past is no wait); any other line is delta seconds, split at commas.
 fn retry_after(headers: &HeaderMap, now: u64) -> Option<Duration> {
-    let value = text(headers, RETRY_AFTER.as_str())?;
-    if let Some(secs) = seconds(&value) {
-        return Some(Duration::from_secs(secs));
-    }
-    let date = httpdate::parse_http_date(&value).ok()?;
-    let at = date.duration_since(UNIX_EPOCH).ok()?;
-    Some(at.saturating_sub(Duration::from_nanos(now)))
-}
-
-/// The IETF `RateLimit` field: draft 10's largest `t` among items with
-/// `r=0`, or draft 7's `reset`.
-fn ratelimit_t(headers: &HeaderMap) -> Option<Duration> {
-    let value = text(headers, "ratelimit")?;
-    let mut longest: Option<u64> = None;
-    for item in split_outside_quotes(&value, ',') {
-        let item = item.trim();
-        if let Some(reset) = item.strip_prefix("reset=") {
-            longest = longest.max(seconds(reset.trim()));
+    let mut longest = None;
+    for line in lines(headers, RETRY_AFTER.as_str()) {
+        if let Ok(date) = httpdate::parse_http_date(line) {
+            let at = date.duration_since(UNIX_EPOCH).unwrap_or_default();
+            longest = longest.max(Some(at.saturating_sub(Duration::from_nanos(now))));
             continue;
         }
-        let mut r = None;
-        let mut t = None;
-        for param in split_outside_quotes(item, ';').skip(1) {
-            match param.trim().split_once('=') {
-                Some(("r", v)) => r = seconds(v),
-                Some(("t", v)) => t = seconds(v),
-                _ => {}
+        for value in line.split(',') {
+            longest = longest.max(seconds(value.trim()).map(Duration::from_secs));
+        }
+    }
+    longest
+}
+
+/// The IETF `RateLimit` field, over every line: draft 10's largest `t`
+/// among items with `r=0`, or draft 7's largest `reset` when its lowest
+/// `remaining` is 0 or there is none.
+fn ratelimit_t(headers: &HeaderMap) -> Option<Duration> {
+    let mut longest: Option<u64> = None;
+    let mut reset: Option<u64> = None;
+    let mut remaining: Option<u64> = None;
+    for line in lines(headers, "ratelimit") {
+        for item in split_outside_quotes(line, ',') {
+            let item = item.trim();
+            if let Some(value) = item.strip_prefix("reset=") {
+                reset = reset.max(seconds(value.trim()));
+                continue;
+            }
+            if let Some(value) = item.strip_prefix("remaining=") {
+                remaining = lowest(remaining, seconds(value.trim()));
+                continue;
+            }
+            let mut r = None;
+            let mut t = None;
+            for param in split_outside_quotes(item, ';').skip(1) {
+                match param.trim().split_once('=') {
+                    Some(("r", v)) => r = seconds(v),
+                    Some(("t", v)) => t = seconds(v),
+                    _ => {}
+                }
+            }
+            if r == Some(0) {
+                longest = longest.max(t);
             }
         }
-        if r == Some(0) {
-            longest = longest.max(t);
-        }
+    }
+    if matches!(remaining, None | Some(0)) {
+        longest = longest.max(reset);
     }
     longest.map(Duration::from_secs)
 }
 
-/// `X-RateLimit-Reset`: delta seconds under 10^9, Unix seconds from it on
-/// (a time in the past is no wait).
+/// `X-RateLimit-Reset`, when the lowest `X-RateLimit-Remaining` is 0 or
+/// none is readable: the longest wait of its values, each delta seconds
+/// under 10^9 and Unix seconds from it on (a time in the past is no wait).
 fn x_ratelimit_reset(headers: &HeaderMap, now: u64) -> Option<Duration> {
-    let value = seconds(&text(headers, "x-ratelimit-reset")?)?;
-    if value < UNIX_RESET_FROM {
-        return Some(Duration::from_secs(value));
+    let remaining = numbers(headers, "x-ratelimit-remaining").min();
+    if remaining.is_some_and(|left| left > 0) {
+        return None;
     }
-    let at = value.saturating_mul(NANOS);
-    Some(Duration::from_nanos(at.saturating_sub(now)))
+    let wait = |value: u64| {
+        if value < UNIX_RESET_FROM {
+            return Duration::from_secs(value);
+        }
+        let at = value.saturating_mul(NANOS);
+        Duration::from_nanos(at.saturating_sub(now))
+    };
+    numbers(headers, "x-ratelimit-reset").map(wait).max()
+}
+
+/// The lower of two counts, either of which may be missing.
+fn lowest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// A whole number of seconds (or a count), as digits: one too large for a
@@ -440,6 +501,62 @@ mod tests {
             let h = headers(&[("retry-after", bad)]);
             assert_eq!(retry_after(&h, NOW), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn every_retry_after_line_is_read_and_the_longest_wait_wins() {
+        let both = [("retry-after", "1"), ("retry-after", "86400")];
+        for pairs in [both, [both[1], both[0]]] {
+            assert_eq!(
+                retry_after(&headers(&pairs), NOW),
+                Some(Duration::from_secs(86_400))
+            );
+        }
+        let h = headers(&[("retry-after", "5, 7")]);
+        assert_eq!(retry_after(&h, NOW), Some(Duration::from_secs(7)));
+        // A date is one value, commas and all; what cannot be read is skipped.
+        let h = headers(&[
+            ("retry-after", "Tue, 14 Nov 2023 22:13:32 GMT"),
+            ("retry-after", "soon, 3"),
+        ]);
+        assert_eq!(retry_after(&h, NOW), Some(Duration::from_secs(12)));
+        let h = headers(&[("retry-after", "soon"), ("retry-after", ",")]);
+        assert_eq!(retry_after(&h, NOW), None);
+    }
+
+    #[test]
+    fn a_reset_is_a_hint_only_when_nothing_is_left() {
+        let h = headers(&[("ratelimit", "limit=60, remaining=5, reset=9")]);
+        assert_eq!(ratelimit_t(&h), None);
+        let h = headers(&[
+            ("ratelimit", "limit=60, remaining=5, reset=9"),
+            ("ratelimit", "limit=600, remaining=0, reset=30"),
+        ]);
+        assert_eq!(ratelimit_t(&h), Some(Duration::from_secs(30)));
+        let h = headers(&[("ratelimit", "limit=60, reset=9")]);
+        assert_eq!(ratelimit_t(&h), Some(Duration::from_secs(9)));
+
+        let h = headers(&[
+            ("x-ratelimit-remaining", "999"),
+            ("x-ratelimit-reset", "30"),
+        ]);
+        assert_eq!(x_ratelimit_reset(&h, NOW), None);
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "30")]);
+        assert_eq!(x_ratelimit_reset(&h, NOW), Some(Duration::from_secs(30)));
+        // Several lines: the lowest remaining, the longest reset.
+        let h = headers(&[
+            ("x-ratelimit-remaining", "4"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1700000045"),
+            ("x-ratelimit-reset", "30"),
+        ]);
+        assert_eq!(x_ratelimit_reset(&h, NOW), Some(Duration::from_secs(45)));
+        // No remaining to read: the reset is a hint, as without the header.
+        let h = headers(&[
+            ("x-ratelimit-remaining", "many"),
+            ("x-ratelimit-reset", "30"),
+        ]);
+        assert_eq!(x_ratelimit_reset(&h, NOW), Some(Duration::from_secs(30)));
     }
 
     #[test]

@@ -28,8 +28,9 @@ const WAIT: Mode = Mode::Queue {
 /// at most `min(account cap, max_concurrent)` at once, and the account's
 /// campaigns together at most the account cap. (Campaigns of one account
 /// that give it different caps: the account's slots follow the cap its
-/// latest job asked under, as in-flight caps follow their latest request,
-/// and each campaign still runs at most its own limit.) A job holds its
+/// latest job asked under, and each campaign still runs at most its own
+/// limit. Under a layer, that cap is never above the limit's cap for the
+/// account.) A job holds its
 /// slots until it ends; the next waiting job (first come, first served)
 /// then starts.
 /// The slots are those of the crate's in-flight limiter: see

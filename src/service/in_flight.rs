@@ -11,7 +11,10 @@ impl<St: Store> Shared<St> {
     /// A slot of `account`'s in-flight cap of `cap` in the limit named
     /// `limit`, counted with the requests that cap counts (in the store's
     /// shared slots if it has them): `account` is the key as the limit
-    /// reads it from a request. `None` if the policy has no such limit.
+    /// reads it from a request. The cap is never above the one the limit
+    /// gives the account's requests (its override's, or the routes' own: a
+    /// plan a request carries is not known here). `None` if the policy has
+    /// no such limit.
     pub(crate) fn account_slot(
         &self,
         limit: &str,
@@ -20,13 +23,18 @@ impl<St: Store> Shared<St> {
         mode: Mode,
     ) -> Option<crate::inflight::SlotFuture> {
         let policy = &self.policy.inner;
-        let (_, compiled) = policy.limit(limit)?;
+        let (index, compiled) = policy.limit(limit)?;
         // Read as the limit reads a request's key, so that the account's
         // requests and its jobs share their slots.
         let key = compiled
             .key
             .key_from_text(account)
             .unwrap_or_else(|_| crate::key::Key::from(account));
+        let own = policy.override_of(index, &key);
+        let limit_cap = (compiled.routes.iter())
+            .filter_map(|route| route.quota_of(own.as_ref()).in_flight_cap())
+            .min();
+        let cap = limit_cap.map_or(cap, |most| cap.min(most));
         let id = compiled.key_id(&policy.secret, &key);
         let key = crate::key::KeySecret::derive(id, compiled.concurrency_domain);
         Some(match self.store.shared_slots() {

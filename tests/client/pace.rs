@@ -4,12 +4,15 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tower::{service_fn, Layer, ServiceExt};
+use tower::limit::ConcurrencyLimitLayer;
+use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_ratelimit::client::{PaceError, Pacer};
-use tower_ratelimit::{Quota, Window};
+use tower_ratelimit::store::MemoryStore;
+use tower_ratelimit::{ConfigErrorKind, Quota, Window};
 
 use super::ms_since;
 
@@ -180,4 +183,97 @@ async fn a_max_wait_of_duration_max_is_no_bound() {
     let start = tokio::time::Instant::now();
     pacer.wait("k").await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(366 * 86_400));
+}
+
+#[test]
+fn a_pacer_refuses_an_in_flight_cap() {
+    let quota = || Quota::new(Window::per_second(100)).max_in_flight(1);
+    let errors = [
+        Pacer::new(quota()).unwrap_err(),
+        Pacer::with_store(quota(), MemoryStore::new()).unwrap_err(),
+        Pacer::with_shared_store(quota(), Arc::new(MemoryStore::new())).unwrap_err(),
+    ];
+    for error in errors {
+        assert_eq!(error.kind(), ConfigErrorKind::InvalidValue);
+        assert_eq!(error.field(), "in_flight");
+        assert_eq!(
+            error.to_string(),
+            "invalid rate-limit policy, field `in_flight`: \
+             a pacer holds no in-flight slots: remove the in-flight cap of 1"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_its_turn_holds_none_of_the_inner_services_capacity() {
+    // One request a minute per key, one request at a time inside.
+    let pacer = Pacer::new(Quota::new(Window::per_minute(1))).unwrap();
+    let sent: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let start = tokio::time::Instant::now();
+    let log = Arc::clone(&sent);
+    let client = pacer
+        .layer(|request: &Request<String>| {
+            let to = request.headers().get("x-to")?;
+            to.to_str().ok().map(str::to_owned)
+        })
+        .layer(
+            ConcurrencyLimitLayer::new(1).layer(service_fn(move |request: Request<String>| {
+                log.lock()
+                    .unwrap()
+                    .push((request.body().clone(), ms_since(start)));
+                async { Ok::<_, Infallible>(Response::new(())) }
+            })),
+        );
+    let request = |to: &str, body: &str| {
+        let builder = Request::get("/").header("x-to", to);
+        builder.body(body.to_owned()).unwrap()
+    };
+    client.clone().oneshot(request("a", "a1")).await.unwrap();
+    // The second request of "a" waits a minute for its turn...
+    let a2 = tokio::spawn(client.clone().oneshot(request("a", "a2")));
+    tokio::task::yield_now().await;
+    // ... and "b" goes ahead of it at once.
+    client.clone().oneshot(request("b", "b1")).await.unwrap();
+    assert_eq!(ms_since(start), 0);
+    a2.await.unwrap().unwrap();
+    let expected = [("a1", 0), ("b1", 0), ("a2", 60_000)];
+    let expected: Vec<(String, u64)> = expected.iter().map(|(b, t)| (b.to_string(), *t)).collect();
+    assert_eq!(*sent.lock().unwrap(), expected);
+}
+
+/// A service that is never ready: its readiness fails.
+#[derive(Clone)]
+struct Down;
+
+impl Service<Request<String>> for Down {
+    type Response = Response<()>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Response<()>, std::io::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Err(std::io::Error::other("down")))
+    }
+
+    fn call(&mut self, _request: Request<String>) -> Self::Future {
+        unreachable!("called without being ready")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_of_the_inner_services_readiness_comes_back_after_the_turn() {
+    let pacer = Pacer::new(Quota::new(Window::per_second(1))).unwrap();
+    let client = pacer
+        .layer(|_: &Request<String>| Some(String::from("k")))
+        .layer(Down);
+    let start = tokio::time::Instant::now();
+    for at in [0, 1_000] {
+        let error = client
+            .clone()
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(error.to_string(), "down");
+        // Each request took a turn before it found the service down.
+        assert_eq!(ms_since(start), at);
+    }
 }

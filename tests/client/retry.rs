@@ -3,14 +3,14 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use tower::retry::budget::TpsBudget;
 use tower::retry::RetryLayer;
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
-use tower_ratelimit::client::{Hint, RetryPolicy, Wait};
+use tower_ratelimit::client::{Hint, Pacer, RetryPolicy, Wait};
 use tower_ratelimit::clock::ManualClock;
 use tower_ratelimit::key::Header;
 use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
@@ -18,8 +18,9 @@ use tower_ratelimit::{Limit, Policy, Quota, RateLimitLayer, Window};
 /// `(name, value)` headers of a canned response.
 type Headers = &'static [(&'static str, &'static str)];
 
-/// A service that answers `status` with `headers` to its first `refusals`
-/// requests, then 200; and how many requests it got.
+/// A service that answers `status` with `headers` (a name given twice is
+/// two lines) to its first `refusals` requests, then 200; and how many
+/// requests it got.
 fn refusing(
     refusals: usize,
     status: StatusCode,
@@ -37,7 +38,7 @@ fn refusing(
             if n < refusals {
                 *response.status_mut() = status;
                 for (name, value) in headers {
-                    response.headers_mut().insert(*name, value.parse().unwrap());
+                    response.headers_mut().append(*name, value.parse().unwrap());
                 }
             }
             Ok::<_, Infallible>(response)
@@ -306,5 +307,208 @@ async fn a_wait_past_max_wait_is_not_honoured() {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "{after}");
         assert_eq!(took, Duration::ZERO);
         assert!(waits(&response).is_empty());
+    }
+}
+
+/// A paused-time wait of `delay`: Tokio's timers round it up to the next
+/// millisecond.
+fn slept(delay: Duration) -> Duration {
+    Duration::from_millis(delay.as_nanos().div_ceil(1_000_000) as u64)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_of_a_window_with_room_left_is_no_hint() {
+    // A 503 from a server that sends its rate-limit headers on every
+    // response: the window resets in 2800 s but has 999 requests left.
+    let room_left: [Headers; 2] = [
+        &[
+            ("x-ratelimit-remaining", "999"),
+            ("x-ratelimit-reset", "1700002800"),
+        ],
+        &[("ratelimit", "limit=1000, remaining=5, reset=2800")],
+    ];
+    for headers in room_left {
+        let (service, calls) = refusing(1, StatusCode::SERVICE_UNAVAILABLE, headers);
+        let policy = RetryPolicy::new()
+            .seed(1)
+            .clock(ManualClock::at_unix_secs(1_700_000_000));
+        let (response, took) = retried(policy, service, get()).await;
+        assert_eq!(response.status(), StatusCode::OK, "{headers:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let waits = waits(&response);
+        assert_eq!(waits.len(), 1);
+        assert_eq!(waits[0].hint, Hint::Backoff);
+        assert!(waits[0].delay <= Duration::from_millis(100), "{waits:?}");
+        assert_eq!(took, slept(waits[0].delay));
+    }
+
+    // Nothing left: the reset is waited for.
+    let empty: [(Headers, Hint); 2] = [
+        (
+            &[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "1700000003"),
+            ],
+            Hint::XRateLimitReset,
+        ),
+        (
+            &[("ratelimit", "limit=1000, remaining=0, reset=3")],
+            Hint::RateLimit,
+        ),
+    ];
+    for (headers, hint) in empty {
+        let (service, calls) = refusing(1, StatusCode::TOO_MANY_REQUESTS, headers);
+        let policy = RetryPolicy::new().clock(ManualClock::at_unix_secs(1_700_000_000));
+        let (response, took) = retried(policy, service, get()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(took, Duration::from_secs(3));
+        assert_eq!(
+            waits(&response),
+            [Wait {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                delay: Duration::from_secs(3),
+                hint,
+            }]
+        );
+    }
+}
+
+/// The account a request is sent for, as a request extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Account(&'static str);
+
+/// When each request was sent (ms), and the account it carried.
+type Sent = Arc<Mutex<Vec<(u64, Option<Account>)>>>;
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_carries_the_requests_extensions_and_is_paced_by_them() {
+    // One request per 10 s per account, read from an extension; the server
+    // refuses the first with `Retry-After: 1`.
+    let window = Window::new(1, Duration::from_secs(10)).unwrap();
+    let pacer = Pacer::new(Quota::new(window)).unwrap();
+    let sent: Sent = Arc::default();
+    let log = Arc::clone(&sent);
+    let start = tokio::time::Instant::now();
+    let (refuse, _) = refusing(1, StatusCode::TOO_MANY_REQUESTS, &[("retry-after", "1")]);
+    let inner = service_fn(move |request: Request<String>| {
+        let account = request.extensions().get::<Account>().cloned();
+        log.lock()
+            .unwrap()
+            .push((start.elapsed().as_millis() as u64, account));
+        refuse.clone().oneshot(request)
+    });
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryPolicy::new()))
+        .layer(pacer.layer(|request: &Request<String>| {
+            let account = request.extensions().get::<Account>()?;
+            Some(account.0.to_owned())
+        }))
+        .service(inner);
+    let mut request = get();
+    request.extensions_mut().insert(Account("acct_1"));
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        waits(&response),
+        [Wait {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            delay: Duration::from_secs(1),
+            hint: Hint::RetryAfter,
+        }]
+    );
+    // The retry, ready at 1 s, waits for the account's next turn at 10 s.
+    let account = Some(Account("acct_1"));
+    assert_eq!(
+        *sent.lock().unwrap(),
+        [(0, account.clone()), (10_000, account)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_of_no_wait_is_replaced_by_the_backoff() {
+    // 1_700_000_000 is Tue, 14 Nov 2023 22:13:20 GMT.
+    let now: [Headers; 4] = [
+        &[("retry-after", "0")],
+        &[("retry-after", "Tue, 14 Nov 2023 22:13:00 GMT")],
+        &[("x-ratelimit-reset", "1600000000")],
+        &[("ratelimit", "\"a\";r=0;t=0")],
+    ];
+    let base = Duration::from_millis(100);
+    for headers in now {
+        let (service, calls) = refusing(usize::MAX, StatusCode::SERVICE_UNAVAILABLE, headers);
+        let policy = RetryPolicy::new()
+            .max_retries(3)
+            .budget(TpsBudget::new(Duration::from_secs(1), 1_000_000, 1000.0))
+            .clock(ManualClock::at_unix_secs(1_700_000_000))
+            .seed(3);
+        let (response, took) = retried(policy, service, get()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let waits = waits(&response);
+        assert_eq!(waits.len(), 3, "{headers:?}");
+        let mut total = Duration::ZERO;
+        for (n, wait) in waits.iter().enumerate() {
+            assert_eq!(wait.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(wait.hint, Hint::Backoff, "{headers:?}");
+            assert!(wait.delay <= base * 2u32.pow(n as u32), "{wait:?}");
+            total += slept(wait.delay);
+        }
+        assert!(took > Duration::ZERO, "{headers:?}");
+        assert_eq!(took, total);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_methods_rfc_9110_defines_as_idempotent_are_retried() {
+    let request = |method: &str| {
+        Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri("/v1/calls")
+            .body(String::new())
+            .unwrap()
+    };
+    let sends = |policy: RetryPolicy, method: &'static str| async move {
+        let (service, calls) = refusing(1, StatusCode::TOO_MANY_REQUESTS, &[("retry-after", "1")]);
+        retried(policy, service, request(method)).await;
+        calls.load(Ordering::SeqCst)
+    };
+    for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+        assert_eq!(sends(RetryPolicy::new(), method).await, 2, "{method}");
+    }
+    // Methods are case-sensitive: `post` is an extension method.
+    for method in ["POST", "PATCH", "CONNECT", "LOCK", "PURGE", "MKCOL", "post"] {
+        assert_eq!(sends(RetryPolicy::new(), method).await, 1, "{method}");
+        let anyway = RetryPolicy::new().retry_non_idempotent(true);
+        assert_eq!(sends(anyway, method).await, 2, "{method}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_retry_after_of_every_line_is_the_hint() {
+    // Two lines, in either order: 86400 s is past `max_wait`.
+    let two: [Headers; 2] = [
+        &[("retry-after", "1"), ("retry-after", "86400")],
+        &[("retry-after", "86400"), ("retry-after", "1")],
+    ];
+    for headers in two {
+        let (service, calls) = refusing(1, StatusCode::TOO_MANY_REQUESTS, headers);
+        let (response, took) = retried(RetryPolicy::new(), service, get()).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{headers:?}");
+        assert_eq!(took, Duration::ZERO);
+    }
+    // One folded line, and a line that cannot be read beside one that can.
+    let longest_seven: [Headers; 2] = [
+        &[("retry-after", "5, 7")],
+        &[("retry-after", "soon"), ("retry-after", "7")],
+    ];
+    for headers in longest_seven {
+        let (service, calls) = refusing(1, StatusCode::TOO_MANY_REQUESTS, headers);
+        let (response, took) = retried(RetryPolicy::new(), service, get()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(took, Duration::from_secs(7), "{headers:?}");
+        assert_eq!(waits(&response)[0].hint, Hint::RetryAfter);
     }
 }

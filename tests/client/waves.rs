@@ -214,3 +214,31 @@ async fn waves_from_a_layer_share_the_account_cap_with_its_requests() {
     // Only a limit the policy has can lend its slots.
     assert!(layer.waves("no such limit").is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_campaign_under_a_layer_runs_no_more_at_once_than_the_layers_cap() {
+    use tower_ratelimit::RateLimitLayer;
+
+    // The layer caps `acct_1` at 3 calls at once; the campaign asks for 10.
+    let layer = RateLimitLayer::new(calls_policy());
+    let waves = layer.waves("concurrent_calls").unwrap();
+    let campaign = waves.campaign("acct_1", 10, 10);
+    let gauge = Gauge::default();
+    let start = tokio::time::Instant::now();
+    let done = campaign
+        .run((0..9).map(|i| Gauge::job(vec![&gauge], 100, i)))
+        .await
+        .unwrap();
+    assert_eq!(done, (0..9).collect::<Vec<_>>());
+    assert_eq!(gauge.peak(), 3);
+    assert_eq!(ms_since(start), 300);
+    // A lower campaign cap still lowers it.
+    let campaign = waves.campaign("acct_1", 2, 10);
+    let gauge = Gauge::default();
+    let start = tokio::time::Instant::now();
+    campaign
+        .run((0..4).map(|i| Gauge::job(vec![&gauge], 100, i)))
+        .await
+        .unwrap();
+    assert_eq!((gauge.peak(), ms_since(start)), (2, 200));
+}
