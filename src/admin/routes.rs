@@ -193,9 +193,9 @@ pub(super) async fn forget<St: Store>(State(admin): State<Admin<St>>, path: KeyP
         Ok(false) => {
             tracing::warn!(limit = %target.limit, "rate-limit admin: a key's reset left a count shared with other keys");
             let message = "the key's own counts and ban were forgotten, but the store is at \
-                its entry cap and counts the key in its overflow sketch, shared with other \
-                keys: that count cannot be forgotten for one key, and lasts until its window \
-                has passed";
+                its entry cap: the key's next request is decided by its overflow sketch, \
+                whose count it shares with other keys and which cannot be forgotten for one \
+                key (it lasts until its window has passed)";
             error(StatusCode::CONFLICT, "key", message)
         }
         Err(e) => store_error(&e),

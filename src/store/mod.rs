@@ -115,10 +115,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops the counts of the checks' buckets, in every window, and the
     /// bans and counted refusals of their penalty keys, at `now`: their next
-    /// request is decided as a fresh key's. Answers whether every count is
-    /// gone: `false` when a bucket is still counted, live, where it shares
-    /// its count with other buckets (the memory store's overflow sketch),
-    /// which cannot be forgotten for one bucket alone. For operators (the
+    /// request is decided as a fresh key's. Answers whether it is: `false`
+    /// when a bucket's next request is still decided by a live count it
+    /// shares with other buckets (the memory store's overflow sketch, at its
+    /// cap), which cannot be forgotten for one bucket alone. For operators (the
     /// admin API), not on a request's path. The default answers a
     /// [`StoreError`] saying this store cannot forget.
     fn forget(&self, now: u64, checks: &[Check<'_>]) -> Answer<bool> {
