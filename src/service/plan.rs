@@ -102,12 +102,13 @@ pub(super) fn plan<'p, St: Store, B>(
         if let (Some(key), false) = (penalty_key, limit.shadow) {
             if let Some(left) = shared.store.banned_for(key, now) {
                 let report = quota_report(quota, li, ri, policy.report);
-                return Plan::Banned(Ban {
+                let ban = Ban {
                     limit: li,
                     left,
                     bucket,
                     report,
-                });
+                };
+                return Plan::Banned(longest_ban(shared, request, &path, now, li + 1, ban));
             }
         }
         let origin = (li as u16, ri as u16);
@@ -156,6 +157,52 @@ pub(super) fn plan<'p, St: Store, B>(
     } else {
         Plan::Apply
     }
+}
+
+/// Of `ban` and the bans in force at `now` on the limits from `from` on
+/// that apply to `request`, the longest: the answer waits for every one.
+#[cold]
+#[inline(never)]
+fn longest_ban<St: Store, B>(
+    shared: &Shared<St>,
+    request: &Request<B>,
+    path: &PathSegments<'_>,
+    now: u64,
+    from: usize,
+    mut ban: Ban,
+) -> Ban {
+    let policy = &*shared.policy.inner;
+    let method = Methods::of(request.method());
+    let later = policy.limits.iter().enumerate().skip(from);
+    for (li, limit) in later.filter(|(_, l)| l.penalty.is_some() && !l.shadow) {
+        let Some((ri, route, captures)) = limit.route_for(method, path) else {
+            continue;
+        };
+        let view = RequestView::new(request, Some(captures));
+        let Ok(key) = limit.key.extract(&view) else {
+            continue;
+        };
+        let usable = (1..=policy.max_key_len).contains(&key.len());
+        if !usable || limit.exemptions.covers(&key, &view, &policy.secret) {
+            continue;
+        }
+        let id = limit.key_id(&policy.secret, &key);
+        let penalty_key = KeySecret::derive(id, limit.penalty_domain);
+        match shared.store.banned_for(penalty_key, now) {
+            Some(left) if left > ban.left => {
+                let own = resolve(policy, li, limit, &key, &view);
+                let quota = route.quota_of(own.as_ref());
+                ban = Ban {
+                    limit: li,
+                    left,
+                    bucket: KeySecret::derive(id, route.id),
+                    report: quota_report(quota, li, ri, policy.report),
+                };
+            }
+            _ => {}
+        }
+    }
+    ban
 }
 
 /// Why `extracted`, the request's key for `limit`, is not usable: no key,

@@ -10,7 +10,8 @@ use crate::report::{quota_report, refusal_reason};
 use crate::store::protocol::Outcome;
 
 /// The decision for a store outcome; a refusal that started a ban answers
-/// as the ban (its `Retry-After` is the ban's, so it stays honest).
+/// as the ban, and waits for the longest of the bans it started and the
+/// windows that refused it (so its `Retry-After` stays honest).
 pub(super) fn decide_counted<St>(
     shared: &Shared<St>,
     outcome: &Outcome,
@@ -53,7 +54,8 @@ pub(super) fn decide_counted<St>(
 /// window makes the client wait longest (or whose ban is in force); a
 /// shadow refusal names each shadow limit that would have refused. Returns
 /// the check whose ban refused the request or was started by its refusal
-/// (the store counts refusals towards penalties), with the ban's length.
+/// (the store counts refusals towards penalties; of several, the longest),
+/// with the time the answer waits for.
 fn report<St>(
     shared: &Shared<St>,
     outcome: &Outcome,
@@ -113,16 +115,24 @@ fn report<St>(
     );
     let ban = ban?;
     let check = usize::from(ban.check);
-    if ban.started {
+    if !ban.started {
+        return Some((check, ban.left));
+    }
+    // Every ban the refusal started; the answer waits for the longest of
+    // them and of the windows that refused (a request sent when the ban
+    // lifts must find its windows open, or it would start the next).
+    // (The outcome's bits name checks below 64 only.)
+    let beyond = (check >= 64).then_some(check);
+    for started in outcome.bans_started().map(usize::from).chain(beyond) {
         emit(
             shared,
             EventKind::Banned,
-            limit_of(check),
-            bucket_of(check),
+            limit_of(started),
+            bucket_of(started),
             decision,
         );
     }
-    Some((check, ban.left))
+    Some((check, outcome.retry_after()))
 }
 
 /// Tells the logs and the event hook about one refusal, ban or shadow

@@ -71,6 +71,9 @@ pub struct Ban {
 pub struct Outcome {
     admitted: bool,
     ban: Option<Ban>,
+    /// The checks (bit `i` for check `i` < 64) whose penalties this
+    /// refusal started a ban of; `ban` is the longest.
+    bans_started: u64,
     /// Nanoseconds until the request would be admitted, when a refusal is
     /// due to the store's memory cap (an estimate made for a key it has no
     /// room for) rather than an exact count.
@@ -90,6 +93,7 @@ impl Outcome {
         Outcome {
             admitted,
             ban: None,
+            bans_started: 0,
             capacity_retry_after: None,
             shadow_refused: false,
             basis: Basis::Counted,
@@ -103,6 +107,7 @@ impl Outcome {
         Outcome {
             admitted: true,
             ban: None,
+            bans_started: 0,
             capacity_retry_after: None,
             shadow_refused: false,
             basis: Basis::Counted,
@@ -182,7 +187,8 @@ impl Outcome {
     }
 
     /// Marks a refusal whose count started a ban of check `check`'s penalty
-    /// key, lasting `ban` nanoseconds.
+    /// key, lasting `ban` nanoseconds. Marked once for each ban a refusal
+    /// started, the outcome reports the longest as its [`Outcome::ban`].
     #[must_use]
     pub fn with_ban_started(mut self, check: u8, ban: u64) -> Self {
         self.mark_ban_started(check, ban);
@@ -192,13 +198,31 @@ impl Outcome {
     /// Marks this refusal as the start of a ban (see
     /// [`Outcome::with_ban_started`]).
     pub(crate) fn mark_ban_started(&mut self, check: u8, ban: u64) {
-        if !self.admitted {
-            self.ban = Some(Ban {
-                check,
-                left: ban.max(1),
-                started: true,
-            });
+        if self.admitted {
+            return;
         }
+        self.note_ban_started(check);
+        let ban = Ban {
+            check,
+            left: ban.max(1),
+            started: true,
+        };
+        if self.ban.is_none_or(|b| b.started && b.left < ban.left) {
+            self.ban = Some(ban);
+        }
+    }
+
+    /// Notes that this refusal started a ban of check `check`'s penalty key
+    /// too, one no longer than [`Outcome::ban`].
+    pub(crate) fn note_ban_started(&mut self, check: u8) {
+        if !self.admitted && check < 64 {
+            self.bans_started |= 1 << check;
+        }
+    }
+
+    /// The checks whose penalties this refusal started a ban of, in order.
+    pub(crate) fn bans_started(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..64u8).filter(move |&c| self.bans_started & (1 << c) != 0)
     }
 
     /// The ban that refused the request, or that its refusal started.

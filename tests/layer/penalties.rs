@@ -378,3 +378,96 @@ fn under_contention_the_ban_starts_at_the_nth_refusal_and_answers_every_later_on
         );
     }
 }
+
+#[tokio::test]
+async fn a_ban_shorter_than_the_refusing_window_waits_for_the_window() {
+    // One an hour, and a 10 s ban on the first refusal: the window refuses
+    // for an hour, so an answer of 10 s would send the client into the
+    // next ban, and the next, for the whole hour.
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_hour(1)))
+                .penalty(
+                    Penalty::new(1, Duration::from_secs(60), Duration::from_secs(10)).unwrap(),
+                ),
+        )
+        .build()
+        .unwrap();
+    let h = Harness::new(policy);
+    h.at(0);
+    assert_eq!(h.send("/", "k").await.status(), StatusCode::OK);
+    let refused = h.send("/", "k").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&refused), 3600);
+    assert_eq!(
+        refused.headers()["x-ratelimit-reset"],
+        (T0 + 3600).to_string().as_str()
+    );
+    let decision = refused.extensions().get::<Decision>().unwrap();
+    assert_eq!(decision.refusal(), Some(RefusalReason::Banned));
+    assert_eq!(h.bans(), 1);
+    // The ban itself lasts its 10 s: refused by it until then, uncounted.
+    h.at(9);
+    let banned = h.send("/", "k").await;
+    assert_eq!(retry_after(&banned), 1);
+    // As the first answer said: admitted an hour on, with no second ban.
+    h.at(3600);
+    assert_eq!(h.send("/", "k").await.status(), StatusCode::OK);
+    assert_eq!(h.bans(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_that_starts_two_bans_reports_both_and_waits_for_the_longer() {
+    let key = || Header::parse("X-API-Key").unwrap();
+    let banning = |secs| Penalty::new(2, Duration::from_secs(60), Duration::from_secs(secs));
+    let policy = Policy::builder()
+        .limit(
+            Limit::new("a", key())
+                .quota(Quota::new(Window::per_minute(1)))
+                .penalty(banning(100).unwrap()),
+        )
+        .limit(
+            Limit::new("b", key())
+                .quota(Quota::new(Window::per_minute(1)))
+                .penalty(banning(300).unwrap()),
+        )
+        .build()
+        .unwrap();
+    let clock = ManualClock::at_unix_secs(T0);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&events);
+    let layer = RateLimitLayer::new(policy)
+        .clock(clock.clone())
+        .on_event(move |e| {
+            record
+                .lock()
+                .unwrap()
+                .push((e.kind(), e.limit().to_owned()))
+        });
+    let inner = service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    });
+    let svc = layer.layer(inner);
+    let send = || {
+        let request = Request::get("/").header("x-api-key", "k");
+        svc.clone().oneshot(request.body(String::new()).unwrap())
+    };
+    assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        send().await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let started = send().await.unwrap();
+    assert_eq!(retry_after(&started), 300);
+    let banned: Vec<String> = (events.lock().unwrap().iter())
+        .filter(|(kind, _)| *kind == EventKind::Banned)
+        .map(|(_, limit)| limit.clone())
+        .collect();
+    assert_eq!(banned, ["a", "b"]);
+    // A request in the bans hears of the longer one too.
+    clock.set((T0 + 50) * NS);
+    assert_eq!(retry_after(&send().await.unwrap()), 250);
+    clock.set((T0 + 300) * NS);
+    assert_eq!(send().await.unwrap().status(), StatusCode::OK);
+}

@@ -194,3 +194,67 @@ async fn while_redis_is_down_the_local_share_counts_refusals_and_bans_in_this_pr
     assert_eq!(store.fallbacks(), 6, "{store:?}");
     assert_eq!(store.decisions(), 0);
 }
+
+#[tokio::test]
+async fn a_refusal_that_starts_two_bans_in_redis_reports_both_and_every_node_waits_for_the_longer()
+{
+    let server = redis_or_skip!();
+    let clock = ManualClock::at_unix_secs(T0);
+    let key = || Header::parse("X-API-Key").unwrap();
+    let banning = |secs| Penalty::new(2, Duration::from_secs(60), Duration::from_secs(secs));
+    let policy = || {
+        Policy::builder()
+            .key_secret(SECRET)
+            .limit(
+                Limit::new("a", key())
+                    .quota(Quota::new(Window::per_minute(1)))
+                    .penalty(banning(100).unwrap()),
+            )
+            .limit(
+                Limit::new("b", key())
+                    .quota(Quota::new(Window::per_minute(1)))
+                    .penalty(banning(300).unwrap()),
+            )
+            .build()
+            .unwrap()
+    };
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::builder(server.url())
+            .layer_clock()
+            .deadline(Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap();
+        let record = std::sync::Arc::clone(&events);
+        let layer = RateLimitLayer::with_store(policy(), store)
+            .clock(clock.clone())
+            .on_event(move |e| {
+                if e.kind() == tower_ratelimit::EventKind::Banned {
+                    record.lock().unwrap().push(e.limit().to_owned());
+                }
+            });
+        nodes.push(service(&layer));
+    }
+    let (one, other) = (&nodes[0], &nodes[1]);
+    assert_eq!(status(one, "k").await, (StatusCode::OK, None));
+    assert_eq!(
+        status(one, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(60))
+    );
+    // Both limits' second refusal: both ban; the answer waits for the longer.
+    assert_eq!(
+        status(one, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(300))
+    );
+    assert_eq!(*events.lock().unwrap(), ["a", "b"]);
+    // The other node has seen neither ban: Redis answers with the longer.
+    clock.advance(Duration::from_secs(50));
+    assert_eq!(
+        status(other, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(250))
+    );
+    clock.advance(Duration::from_secs(250));
+    assert_eq!(status(other, "k").await.0, StatusCode::OK);
+}

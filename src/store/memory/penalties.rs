@@ -17,16 +17,18 @@ fn penalized<'c, 'a>(
         .filter_map(|(i, c)| Some((i as u8, c.penalty?)))
 }
 
-/// The refusal for a ban in force on one of `checks` at `now`, if any.
+/// The refusal for the bans in force on `checks` at `now`, if any: the
+/// longest answers.
 pub(crate) fn ban_in_force(bans: &PenaltyBox, now: u64, checks: &[Check<'_>]) -> Option<Outcome> {
-    penalized(checks).find_map(|(i, (key, _))| {
-        bans.banned_for(key, now)
-            .map(|left| Outcome::banned(i, left))
-    })
+    penalized(checks)
+        .filter_map(|(i, (key, _))| Some((i, bans.banned_for(key, now)?)))
+        .max_by_key(|&(_, left)| left)
+        .map(|(i, left)| Outcome::banned(i, left))
 }
 
 /// Counts a refusal at `now` against the penalty of each enforced check
-/// whose windows refused, and marks the first ban it starts.
+/// whose windows refused, and marks every ban it starts (the longest
+/// answers).
 pub(crate) fn count_refusal(
     bans: &PenaltyBox,
     now: u64,
@@ -36,8 +38,8 @@ pub(crate) fn count_refusal(
     if outcome.admitted() || outcome.is_capacity_refusal() || outcome.ban().is_some() {
         return;
     }
-    let mut started = None;
-    let mut in_force = None;
+    let mut started = false;
+    let mut in_force: Option<(u8, u64)> = None;
     for (i, (key, penalty)) in penalized(checks) {
         let refused = outcome
             .windows()
@@ -45,15 +47,21 @@ pub(crate) fn count_refusal(
             .any(|w| w.check == i && w.retry_after > 0);
         if refused {
             match bans.record(key, now, penalty) {
-                Some(Recorded::Counted(Some(ban))) => started = started.or(Some((i, ban))),
-                Some(Recorded::Banned(left)) => in_force = in_force.or(Some((i, left))),
-                Some(Recorded::Counted(None)) | None => {}
+                Some(Recorded::Counted(Some(ban))) => {
+                    outcome.mark_ban_started(i, ban);
+                    started = true;
+                }
+                Some(Recorded::Banned(left)) if in_force.is_none_or(|(_, l)| l < left) => {
+                    in_force = Some((i, left));
+                }
+                Some(_) | None => {}
             }
         }
     }
-    if let Some((i, ban)) = started {
-        outcome.mark_ban_started(i, ban);
-    } else if let Some((i, left)) = in_force {
+    if started {
+        return;
+    }
+    if let Some((i, left)) = in_force {
         // A ban that another request's refusal started since this one
         // looked: it answers this refusal, which it did not count.
         *outcome = Outcome::banned(i, left);

@@ -59,8 +59,10 @@
 -- only the ban follows) or + 8 if this refusal started one; two per window:
 -- the state it was decided on (GCRA: the arrival time, rescaled to the
 -- current interval, as seconds and nanoseconds; fixed window: index and
--- count as stored; 0 0 for none); and with a ban, its check (1-based) and
--- time left (seconds, nanoseconds). The caller recomputes every status from
+-- count as stored; 0 0 for none); and with a ban, its check (1-based; for
+-- bans this refusal started, the longest's, plus 256 times the bits of
+-- every check whose ban it started, bit check - 1) and time left (seconds,
+-- nanoseconds). The caller recomputes every status from
 -- these with the same integer arithmetic as its in-memory store.
 
 local B = 1000000000
@@ -74,7 +76,9 @@ if not layer then
   S, N = t[1] + 0, t[2] * 1000
 end
 
--- A ban in force refuses before any window is read.
+-- A ban in force refuses before any window is read; of several, the
+-- longest answers.
+local held, held_s, held_n
 for p = 1, P do
   local key = KEYS[C + 2 * p - 1]
   local raw = redis.call('GET', key)
@@ -86,10 +90,13 @@ for p = 1, P do
     if es > S or (es == S and en > N) then
       local ls, ln = es - S, en - N
       if ln < 0 then ls, ln = ls - 1, ln + B end
-      return struct.pack('<dddddd', S, N, 4, struct.unpack('<d', A, Q + 48 * (p - 1)), ls, ln)
+      if not held or ls > held_s or (ls == held_s and ln > held_n) then
+        held, held_s, held_n = struct.unpack('<d', A, Q + 48 * (p - 1)), ls, ln
+      end
     end
   end
 end
+if held then return struct.pack('<dddddd', S, N, 4, held, held_s, held_n) end
 
 -- The states, in a table when there are many; one check of one or two
 -- windows keeps them in locals.
@@ -391,8 +398,10 @@ elseif keep then
   redis.call('SET', KEYS[1], keep, 'PX', keep_ttl)
 end
 local verdict = (admitted and 1 or 0) + (shadow_admitted and 2 or 0)
--- A ban this refusal started: its check and time left.
+-- The longest ban this refusal started: its check and time left; and the
+-- checks of every ban it started (bit check - 1).
 local ban, ban_s, ban_n
+local started = 0
 
 -- A refusal counts towards the penalty of each check that refused.
 for p = 1, admitted and 0 or P do
@@ -435,10 +444,12 @@ for p = 1, admitted and 0 or P do
       if en >= B then es, en = es + 1, en - B end
       redis.call('SET', bkey, struct.pack('<dd', es, en), 'PX', ttl_until(es, en, bs, bn))
       redis.call('DEL', rkey)
-      if not ban then
-        ban, ban_s, ban_n = check, es - S, en - N
-        if ban_n < 0 then ban_s, ban_n = ban_s - 1, ban_n + B end
-        verdict = verdict + 8
+      local ls, ln = es - S, en - N
+      if ln < 0 then ls, ln = ls - 1, ln + B end
+      if not ban then verdict = verdict + 8 end
+      started = started + 2 ^ (check - 1)
+      if not ban or ls > ban_s or (ls == ban_s and ln > ban_n) then
+        ban, ban_s, ban_n = check, ls, ln
       end
     else
       redis.call('LPUSH', rkey, struct.pack('<dd', ts, tn))
@@ -449,6 +460,8 @@ for p = 1, admitted and 0 or P do
     end
   end
 end
+-- The check sent with a started ban carries the others' bits above it.
+if ban then ban = ban + 256 * started end
 if out then
   out[3] = verdict
   if ban then out[o + 1], out[o + 2], out[o + 3], o = ban, ban_s, ban_n, o + 3 end

@@ -125,7 +125,12 @@ pub(crate) fn decide(
             return Outcome::banned(origin[usize::from(ban.check)], ban.left)
                 .on_basis(Basis::LocalFallback)
         }
-        Some(ban) => local.mark_ban_started(origin[usize::from(ban.check)], ban.left),
+        Some(ban) => {
+            local.mark_ban_started(origin[usize::from(ban.check)], ban.left);
+            for check in outcome.bans_started() {
+                local.note_ban_started(origin[usize::from(check)]);
+            }
+        }
         None => {}
     }
     local

@@ -228,8 +228,11 @@ pub(crate) struct Reply {
     pub(crate) states: Vec<u64>,
     /// A ban that refused the request or that its refusal started: the
     /// check (its index among all the request's checks), the ns left, and
-    /// whether it started now.
+    /// whether it started now (of several started, the longest).
     pub(crate) ban: Option<(u8, u64, bool)>,
+    /// The checks (bit `i` for check `i` < 64) whose bans this refusal
+    /// started.
+    pub(crate) bans_started: u64,
 }
 
 /// Reads the script's answer (little-endian doubles, see `decide.lua`) for
@@ -282,16 +285,33 @@ pub(crate) fn parse_reply(
             reply.len() / 8
         ));
     }
+    // A check of the group (1-based) that has a penalty, as an index among
+    // all the request's checks.
+    let penalized = |nth: usize| {
+        nth.checked_sub(1)
+            .and_then(|n| group.get(n))
+            .copied()
+            .filter(|&i| checks[i].penalty.is_some())
+            .ok_or_else(|| format!("the script named check {nth}, which has no penalty"))
+    };
+    let mut bans_started = 0u64;
     let ban = match kind {
         0 => None,
         _ => {
-            let nth = usize::try_from(at(ban_at)?).unwrap_or(0);
-            let check = nth
-                .checked_sub(1)
-                .and_then(|n| group.get(n))
-                .filter(|&&i| checks[i].penalty.is_some())
-                .ok_or_else(|| format!("the script named check {nth}, which has no penalty"))?;
-            Some((*check as u8, time(ban_at + 1)?, kind == 2))
+            let named = at(ban_at)?;
+            let check = penalized(usize::try_from(named % 256).unwrap_or(0))?;
+            // Above the longest's check: the bits of every check whose ban
+            // this refusal started (none for a ban in force).
+            let mut bits = named / 256;
+            while bits != 0 {
+                let nth = bits.trailing_zeros() as usize + 1;
+                bits &= bits - 1;
+                let i = penalized(nth)?;
+                if i < 64 {
+                    bans_started |= 1 << i;
+                }
+            }
+            Some((check as u8, time(ban_at + 1)?, kind == 2))
         }
     };
     let mut states = Vec::with_capacity(windows);
@@ -320,6 +340,7 @@ pub(crate) fn parse_reply(
         shadow_admitted,
         states,
         ban,
+        bans_started,
     })
 }
 
@@ -348,9 +369,11 @@ impl Decided<'_> {
 /// status is computed here from the states they were made on, exactly as
 /// the memory store computes them, and each group's verdict must agree.
 pub(crate) fn outcome(checks: &[Planned], decided: &[Decided<'_>]) -> Result<Outcome, String> {
+    // Of the bans in force the groups found, the longest answers.
     if let Some((check, left, _)) = decided
         .iter()
-        .find_map(|d| d.reply.ban.filter(|&(_, _, started)| !started))
+        .filter_map(|d| d.reply.ban.filter(|&(_, _, started)| !started))
+        .max_by_key(|&(_, left, _)| left)
     {
         return Ok(Outcome::banned(check, left));
     }
@@ -408,18 +431,22 @@ pub(crate) fn outcome(checks: &[Planned], decided: &[Decided<'_>]) -> Result<Out
             step(check.algorithm, window, state, now, 0)
         },
     );
-    let started = decided
-        .iter()
-        .filter_map(|d| d.reply.ban)
-        .min_by_key(|&(check, _, _)| check);
+    let mut started = decided.iter().filter_map(|d| d.reply.ban).peekable();
     if !admitted {
-        let outcome = Outcome::from_statuses(false, statuses);
-        return Ok(match started {
-            Some((check, left, true)) => outcome.with_ban_started(check, left),
-            _ => outcome,
-        });
+        let mut outcome = Outcome::from_statuses(false, statuses);
+        // Each group's longest ban; the longest of those answers.
+        for (check, left, _) in started.filter(|&(_, _, started)| started) {
+            outcome.mark_ban_started(check, left);
+        }
+        for d in decided {
+            let bits = d.reply.bans_started;
+            for check in (0..64u8).filter(|&c| bits & (1 << c) != 0) {
+                outcome.note_ban_started(check);
+            }
+        }
+        return Ok(outcome);
     }
-    if started.is_some() {
+    if started.peek().is_some() {
         return Err("the script started a ban for an admitted request".into());
     }
     Ok(Outcome::from_statuses(true, statuses).with_shadow_refusal(!shadow_admitted))
