@@ -13,7 +13,7 @@ use crate::store::protocol::Check;
 /// What `key` has on a route of limit `index`: its override, else its
 /// plan, else nothing (the route's default applies; see
 /// [`Route::quota_of`]).
-#[inline]
+#[inline(always)]
 pub(super) fn resolve(
     policy: &PolicyInner,
     index: usize,

@@ -121,8 +121,8 @@ fn report<St>(
     // Every ban the refusal started; the answer waits for the longest of
     // them and of the windows that refused (a request sent when the ban
     // lifts must find its windows open, or it would start the next).
-    // (The outcome's bits name checks below 64 only.)
-    let beyond = (check >= 64).then_some(check);
+    // (The outcome's bits name checks below 32 only.)
+    let beyond = (check >= 32).then_some(check);
     for started in outcome.bans_started().map(usize::from).chain(beyond) {
         emit(
             shared,

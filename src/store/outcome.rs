@@ -71,9 +71,9 @@ pub struct Ban {
 pub struct Outcome {
     admitted: bool,
     ban: Option<Ban>,
-    /// The checks (bit `i` for check `i` < 64) whose penalties this
+    /// The checks (bit `i` for check `i` < 32) whose penalties this
     /// refusal started a ban of; `ban` is the longest.
-    bans_started: u64,
+    bans_started: u32,
     /// Nanoseconds until the request would be admitted, when a refusal is
     /// due to the store's memory cap (an estimate made for a key it has no
     /// room for) rather than an exact count.
@@ -215,14 +215,14 @@ impl Outcome {
     /// Notes that this refusal started a ban of check `check`'s penalty key
     /// too, one no longer than [`Outcome::ban`].
     pub(crate) fn note_ban_started(&mut self, check: u8) {
-        if !self.admitted && check < 64 {
+        if !self.admitted && check < 32 {
             self.bans_started |= 1 << check;
         }
     }
 
     /// The checks whose penalties this refusal started a ban of, in order.
     pub(crate) fn bans_started(&self) -> impl Iterator<Item = u8> + '_ {
-        (0..64u8).filter(move |&c| self.bans_started & (1 << c) != 0)
+        (0..32u8).filter(move |&c| self.bans_started & (1 << c) != 0)
     }
 
     /// The ban that refused the request, or that its refusal started.
