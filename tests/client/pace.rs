@@ -131,10 +131,7 @@ async fn the_pace_layer_delays_each_keys_requests_and_leaves_unkeyed_ones() {
     let start = tokio::time::Instant::now();
     let log = Arc::clone(&sent);
     let client = pacer
-        .layer(|request: &Request<String>| {
-            let to = request.headers().get("x-to")?;
-            to.to_str().ok().map(str::to_owned)
-        })
+        .layer(recipient)
         .layer(service_fn(move |request: Request<String>| {
             log.lock()
                 .unwrap()
@@ -212,10 +209,7 @@ async fn a_request_waiting_its_turn_holds_none_of_the_inner_services_capacity() 
     let start = tokio::time::Instant::now();
     let log = Arc::clone(&sent);
     let client = pacer
-        .layer(|request: &Request<String>| {
-            let to = request.headers().get("x-to")?;
-            to.to_str().ok().map(str::to_owned)
-        })
+        .layer(recipient)
         .layer(
             ConcurrencyLimitLayer::new(1).layer(service_fn(move |request: Request<String>| {
                 log.lock()
@@ -276,4 +270,10 @@ async fn an_error_of_the_inner_services_readiness_comes_back_after_the_turn() {
         // Each request took a turn before it found the service down.
         assert_eq!(ms_since(start), at);
     }
+}
+
+/// The pacing key of a request: its `X-To` header.
+fn recipient(request: &Request<String>) -> Option<String> {
+    let to = request.headers().get("x-to")?;
+    to.to_str().ok().map(str::to_owned)
 }

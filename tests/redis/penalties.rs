@@ -34,6 +34,17 @@ fn policy() -> Policy {
 /// Two nodes on one Redis, on one manual clock (the layer's, so that the
 /// test can move time).
 async fn two_nodes(server: &crate::support::RedisServer, clock: &ManualClock) -> [Svc; 2] {
+    nodes_of(server, clock, policy, |layer| layer).await
+}
+
+/// Two nodes of `policy()` on one Redis and one manual clock, each layer
+/// finished by `finish`.
+async fn nodes_of(
+    server: &crate::support::RedisServer,
+    clock: &ManualClock,
+    policy: impl Fn() -> Policy,
+    finish: impl Fn(RateLimitLayer<RedisStore>) -> RateLimitLayer<RedisStore>,
+) -> [Svc; 2] {
     let mut nodes = Vec::new();
     for _ in 0..2 {
         let store = RedisStore::builder(server.url())
@@ -42,9 +53,8 @@ async fn two_nodes(server: &crate::support::RedisServer, clock: &ManualClock) ->
             .connect()
             .await
             .unwrap();
-        nodes.push(service(
-            &RateLimitLayer::with_store(policy(), store).clock(clock.clone()),
-        ));
+        let layer = RateLimitLayer::with_store(policy(), store).clock(clock.clone());
+        nodes.push(service(&finish(layer)));
     }
     nodes.try_into().ok().unwrap()
 }
@@ -219,25 +229,15 @@ async fn a_refusal_that_starts_two_bans_in_redis_reports_both_and_every_node_wai
             .unwrap()
     };
     let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let store = RedisStore::builder(server.url())
-            .layer_clock()
-            .deadline(Duration::from_secs(2))
-            .connect()
-            .await
-            .unwrap();
+    let hook = |layer: RateLimitLayer<RedisStore>| {
         let record = std::sync::Arc::clone(&events);
-        let layer = RateLimitLayer::with_store(policy(), store)
-            .clock(clock.clone())
-            .on_event(move |e| {
-                if e.kind() == tower_ratelimit::EventKind::Banned {
-                    record.lock().unwrap().push(e.limit().to_owned());
-                }
-            });
-        nodes.push(service(&layer));
-    }
-    let (one, other) = (&nodes[0], &nodes[1]);
+        layer.on_event(move |e| {
+            if e.kind() == tower_ratelimit::EventKind::Banned {
+                record.lock().unwrap().push(e.limit().to_owned());
+            }
+        })
+    };
+    let [one, other] = &nodes_of(&server, &clock, policy, hook).await;
     assert_eq!(status(one, "k").await, (StatusCode::OK, None));
     assert_eq!(
         status(one, "k").await,
