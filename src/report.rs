@@ -88,8 +88,11 @@ impl Decision {
         // At most 256 checks of 8 windows each: it fits.
         decision.reported = reported as u16;
         if refusal.is_some() {
-            // Never advertise a reset before the moment a retry is admitted.
-            let retry_at = now.div_ceil(NANOS) + retry_after;
+            // Never advertise a reset before the moment a retry is admitted
+            // (that moment's second, rounded up, as every reset is).
+            let retry_at = now
+                .saturating_add(outcome.retry_after().max(1))
+                .div_ceil(NANOS);
             if let Some(w) = decision.windows.get_mut(reported) {
                 if w.reset < retry_at {
                     w.reset = retry_at;

@@ -184,26 +184,24 @@ impl Decision {
     /// `reported` is the banning limit's window, reported as empty until the
     /// ban ends.
     pub(crate) fn banned(ban_left: u64, now: u64, reported: WindowReport) -> Self {
-        let retry_after = ban_left.div_ceil(NANOS).max(1);
-        Self::refused_by(RefusalReason::Banned, retry_after, now, reported)
+        Self::refused_by(RefusalReason::Banned, ban_left, now, reported)
     }
 
     /// A refusal because a key had no free in-flight slot; `reported` is the
     /// cap that refused it.
     pub(crate) fn busy(retry_after: u64, now: u64, reported: WindowReport) -> Self {
-        Self::refused_by(RefusalReason::Busy, retry_after, now, reported)
+        let wait = retry_after.saturating_mul(NANOS);
+        Self::refused_by(RefusalReason::Busy, wait, now, reported)
     }
 
     /// A refusal for `reason` that is not a window's: `reported` is shown
-    /// empty until `retry_after` seconds from `now`.
-    fn refused_by(
-        reason: RefusalReason,
-        retry_after: u64,
-        now: u64,
-        mut reported: WindowReport,
-    ) -> Self {
+    /// empty until `wait` nanoseconds from `now` (its reset the second that
+    /// moment falls in, its `Retry-After` the whole seconds to it, at least
+    /// one).
+    fn refused_by(reason: RefusalReason, wait: u64, now: u64, mut reported: WindowReport) -> Self {
+        let retry_after = wait.div_ceil(NANOS).max(1);
         reported.remaining = 0;
-        reported.reset = now.div_ceil(NANOS) + retry_after;
+        reported.reset = now.saturating_add(wait.max(1)).div_ceil(NANOS);
         reported.reset_after = retry_after;
         let mut windows = SmallVec::new();
         windows.push(reported);

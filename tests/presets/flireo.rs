@@ -98,6 +98,24 @@ async fn the_refusal_is_the_published_429() {
 }
 
 #[tokio::test]
+async fn between_whole_seconds_the_refusal_still_resets_when_the_minute_does() {
+    // A real clock is never on a whole second: 44.7 s before the boundary,
+    // the wait says 45 and the reset is still the boundary, as on the
+    // admitted responses of the same minute.
+    let f = Flireo::new();
+    f.clock.set(RESET * NS - 44_700_000_000);
+    for _ in 0..100 {
+        let admitted = f.get("key_a").await;
+        assert_eq!(header(&admitted, "x-ratelimit-reset"), RESET.to_string());
+    }
+    let refused = f.get("key_a").await;
+    assert_eq!(header(&refused, "retry-after"), "45");
+    assert_eq!(header(&refused, "x-ratelimit-reset"), RESET.to_string());
+    f.clock.set(RESET * NS);
+    assert_eq!(f.get("key_a").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn call_control_is_10_commands_a_minute_per_call_on_top_of_the_key_limit() {
     let f = Flireo::new();
     for i in 0..10u32 {
