@@ -68,6 +68,12 @@ impl KeySpec {
                 ))
             }
         };
+        if self.within.is_some() && self.path.is_none() {
+            return Err(invalid(
+                "within",
+                "`within` goes with `path`: only a path capture is counted within another key",
+            ));
+        }
         if let Some(allow) = self.allow_commas {
             if self.header.is_none() {
                 return Err(invalid(
@@ -101,7 +107,16 @@ impl KeySpec {
                     ),
                 ));
             }
-            return Ok(Arc::new(PathCapture::new(capture.as_str())));
+            let capture = PathCapture::new(capture.as_str());
+            return Ok(Arc::new(match &self.within {
+                Some(scope) => {
+                    let scope = scope
+                        .extractor(custom, top)
+                        .map_err(|e| e.within("within"))?;
+                    capture.within_shared(scope)
+                }
+                None => capture,
+            }));
         }
         if let Some(peer) = &self.peer_ip {
             let extractor = match peer {

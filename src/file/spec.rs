@@ -130,6 +130,8 @@ pub(super) struct KeySpec {
     pub(super) allow_commas: Option<bool>,
     pub(super) bearer: Option<bool>,
     pub(super) path: Option<String>,
+    /// With `path`: the key the capture is counted within.
+    pub(super) within: Option<Box<KeySpec>>,
     pub(super) peer_ip: Option<PeerIpSpec>,
     pub(super) forwarded_ip: Option<ForwardedIpSpec>,
     pub(super) global: Option<bool>,

@@ -87,8 +87,8 @@ pub trait KeyExtractor: Send + Sync + 'static {
 
     /// The path captures this extractor needs from every route of its limit.
     /// The policy refuses to build when a route lacks one.
-    fn required_capture(&self) -> Option<&str> {
-        None
+    fn required_captures(&self) -> Vec<&str> {
+        Vec::new()
     }
 
     /// Checks the extractor when a policy with it is built: an error (its
@@ -218,6 +218,11 @@ impl<'a> Key<'a> {
     pub(crate) fn tagged(mut self, index: usize) -> Self {
         self.tag = self.tag.rotate_left(16) ^ (index as u64 % 0xffff + 1);
         self
+    }
+
+    /// Which alternatives of [`FirstOf`]s produced the key (0: none).
+    pub(crate) fn tag(&self) -> u64 {
+        self.tag
     }
 
     /// The key's length in bytes (decoded, for a path segment).

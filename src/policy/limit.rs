@@ -332,7 +332,7 @@ impl Limit {
                     id
                 })
                 .map_err(|e| e.within(format!("routes[{i}]")))?;
-                if let Some(capture) = self.key.required_capture() {
+                for capture in self.key.required_captures() {
                     if !route.matcher.pattern().capture_names().any(|c| c == capture) {
                         return Err(ConfigError::new(
                             crate::error::ConfigErrorKind::UnknownName,

@@ -465,3 +465,44 @@ fn logs() -> &'static log_text::LogText {
         log
     })
 }
+
+#[tokio::test]
+async fn a_capture_within_a_key_is_named_by_the_key_and_the_value() {
+    logs();
+    let policy = Policy::builder()
+        .limit(
+            Limit::new(
+                "per_call",
+                tower_ratelimit::key::PathCapture::new("call_id")
+                    .within(Header::parse("X-API-Key").unwrap()),
+            )
+            .route(
+                "POST /calls/{call_id}/control",
+                Quota::new(Window::per_minute(5)),
+            ),
+        )
+        .build()
+        .unwrap();
+    let layer = RateLimitLayer::new(policy).clock(ManualClock::at_unix_secs(T0));
+    let inner = service_fn(|_req: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    });
+    let svc = layer.layer(inner);
+    let admin = admin::router(&layer);
+    for _ in 0..2 {
+        let request = Request::post("/calls/c%31/control").header("x-api-key", "tp/key");
+        let response = svc.clone().oneshot(request.body(String::new()).unwrap());
+        assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    }
+    // The key and the value (decoded) joined by the last `/`: the key may
+    // hold one.
+    let path = "/limits/per_call/keys/tp%2Fkey%2Fc1";
+    let (status, peek) = admin_call::admin_call(&admin, Method::GET, path, "").await;
+    assert_eq!(status, StatusCode::OK, "{peek}");
+    let windows = admin_call::limits_and_remaining(&peek["routes"][0]);
+    assert_eq!(windows, [(5, 3)], "{peek}");
+    let (status, value) =
+        admin_call::admin_call(&admin, Method::GET, "/limits/per_call/keys/c1", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
+    assert_eq!(value["field"], "key");
+}

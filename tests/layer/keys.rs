@@ -757,6 +757,57 @@ mod isolation {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_capture_within_another_key_is_counted_per_pair() {
+        let h = Harness::one_limit(
+            Limit::new(
+                "per_call",
+                PathCapture::new("call_id").within(Header::bearer()),
+            )
+            .route("POST /v1/calls/{call_id}/control", per_minute(2)),
+        );
+        let control = |call: &str, token: &str| {
+            Request::post(format!("/v1/calls/{call}/control"))
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+                .body(String::new())
+                .unwrap()
+        };
+        for _ in 0..2 {
+            assert_eq!(h.status(control("c1", "owner")).await, StatusCode::OK);
+        }
+        assert_eq!(
+            h.status(control("c%31", "owner")).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the capture is still decoded"
+        );
+        // Another key naming the same call spends its own budget of it; the
+        // same key's other call is another pair.
+        assert_eq!(h.status(control("c1", "other")).await, StatusCode::OK);
+        assert_eq!(h.status(control("c2", "owner")).await, StatusCode::OK);
+        // Pairs never run together: `ownerc` + `1` is not `owner` + `c1`.
+        assert_eq!(h.status(control("1", "ownerc")).await, StatusCode::OK);
+        // Without the scope's key there is no key: a 401, nothing counted.
+        let calls = h.calls();
+        let anonymous = Request::post("/v1/calls/c1/control").body(String::new());
+        let reply = h.send(anonymous.unwrap()).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(h.calls(), calls);
+    }
+
+    #[test]
+    fn a_scope_s_captures_are_required_of_every_route() {
+        let limit = Limit::new(
+            "per_leg",
+            PathCapture::new("leg").within(PathCapture::new("account")),
+        );
+        let err = Policy::builder()
+            .limit(limit.route("POST /legs/{leg}/actions", per_minute(1)))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "limits[0].routes[0].path");
+        assert!(err.message().contains("`{account}`"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn long_path_capture_keys_are_decoded_across_chunk_boundaries() {
         let h = Harness::one_limit(
             Limit::new("per_call", PathCapture::new("call_id"))

@@ -2040,3 +2040,39 @@ fn the_routes_of_a_limit_that_cap_in_flight_take_one_cap() {
         .unwrap_err();
     assert_eq!(err.field(), "limits[0].routes[1].concurrency", "{err}");
 }
+
+#[test]
+fn a_path_capture_is_counted_within_another_key_from_a_file() {
+    let limit = |key: &str| {
+        format!(
+            "[[limits]]\nname = \"per_leg\"\nkey = {key}\n\
+             routes = [{{ path = \"/v2/accounts/{{account_sid}}/legs/{{leg_sid}}\", windows = [\"1/minute\"] }}]\n"
+        )
+    };
+    Policy::from_toml(&limit(
+        "{ path = \"leg_sid\", within = { path = \"account_sid\" } }",
+    ))
+    .unwrap();
+    // `within` is a path capture's, and its own table is checked in place.
+    check(
+        &limit("{ header = \"X-API-Key\", within = { path = \"account_sid\" } }"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.within",
+        3,
+        40,
+    );
+    check(
+        &limit("{ path = \"leg_sid\", within = { path = \"account\" } }"),
+        ConfigErrorKind::UnknownName,
+        "limits[0].routes[0].path",
+        4,
+        20,
+    );
+    check(
+        &limit("{ path = \"leg_sid\", within = { header = \"\" } }"),
+        ConfigErrorKind::InvalidValue,
+        "limits[0].key.within.header",
+        3,
+        47,
+    );
+}

@@ -227,6 +227,14 @@ async fn one_action_at_a_time_per_leg_and_per_bridge() {
         // Another leg (bridge) is free; the refused action reached nothing.
         assert_eq!(p.send("POST", other, &[]).await.status(), StatusCode::OK);
         assert_eq!(p.served(), served + 2);
+        // Another account naming the same id names a leg (bridge) of its
+        // own: it neither waits for the first action nor holds its slot.
+        let elsewhere = path.replace("AC1", "AC2");
+        assert_eq!(
+            p.send("POST", &elsewhere, &[]).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(p.served(), served + 3);
         // Once the first action is done, the leg (bridge) takes the next.
         assert_eq!(first.await.unwrap().status(), StatusCode::OK);
         tokio::time::advance(Duration::from_millis(1)).await;
