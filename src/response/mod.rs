@@ -32,8 +32,9 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// names a policy file's `refusal` takes), with the real number of seconds.
 /// Formats with a request id use the request's own `x-request-id` (when it
 /// is 1 to 128 visible ASCII characters) or generate one, and set it as the
-/// response's `x-request-id`. Requests with a `application/grpc` content
-/// type get a gRPC answer instead: HTTP 200 with `grpc-status: 8`
+/// response's `x-request-id`. Requests with a gRPC or gRPC-web content type
+/// (`application/grpc…`, in any case) get a trailers-only gRPC answer
+/// instead, in their own content type: HTTP 200 with `grpc-status: 8`
 /// (`RESOURCE_EXHAUSTED`) and a `grpc-message`.
 ///
 /// ```
@@ -289,13 +290,16 @@ pub(crate) fn refusal(
     let reason = decision.refusal();
     let banned = reason == Some(RefusalReason::Banned);
     let busy = reason == Some(RefusalReason::Busy);
-    if is_grpc(request_headers) {
+    if let Some(content_type) = grpc_type(request_headers) {
         let what = if busy {
             "too many requests in flight"
+        } else if banned {
+            "temporarily blocked after repeated rate-limit violations"
         } else {
             "rate limit exceeded"
         };
-        return grpc(8, &format!("{what}, retry after {}", seconds(retry)));
+        let message = format!("{what}, retry after {}", seconds(retry));
+        return grpc(content_type, 8, &message);
     }
     let request_id = request_id(request_headers);
     let preset = match &format.0 {
@@ -360,8 +364,8 @@ pub(crate) fn refusal(
 
 /// The answer to a request without a usable key: 401 and a JSON error.
 pub(crate) fn key_error(error: &KeyError, request_headers: &HeaderMap) -> Produced {
-    if is_grpc(request_headers) {
-        return grpc(16, &error.to_string());
+    if let Some(content_type) = grpc_type(request_headers) {
+        return grpc(content_type, 16, &error.to_string());
     }
     let body = json!({"error": {"code": error.kind().code(), "message": error.to_string()}});
     let mut headers = HeaderMap::new();
@@ -373,20 +377,34 @@ pub(crate) fn key_error(error: &KeyError, request_headers: &HeaderMap) -> Produc
     }
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
-    // `application/grpc`, `application/grpc+proto`, `application/grpc;…`,
-    // but not gRPC-web, whose clients expect their own framing.
-    headers.get(CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.strip_prefix(b"application/grpc")
-            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
-    })
+/// The content type of the answer to a gRPC request, `None` for any other:
+/// `application/grpc` for `application/grpc`, `application/grpc+proto`,
+/// `application/grpc;…`; for gRPC-web (`application/grpc-web`,
+/// `…-web+proto`, `…-web-text` …), whose clients read a trailers-only
+/// answer's status from its headers too, the request's own media type. Media
+/// types are read in any case.
+fn grpc_type(headers: &HeaderMap) -> Option<HeaderValue> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let media = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let rest = media.strip_prefix("application/grpc")?;
+    let suffix_ok = |s: &str| s.is_empty() || s.starts_with('+');
+    if suffix_ok(rest) {
+        return Some(HeaderValue::from_static("application/grpc"));
+    }
+    let web = rest.strip_prefix("-web")?;
+    let web = web.strip_prefix("-text").unwrap_or(web);
+    suffix_ok(web).then(|| HeaderValue::from_str(&media).ok())?
 }
 
-/// A trailers-only gRPC answer with `code` and `message`.
-fn grpc(code: u8, message: &str) -> Produced {
+/// A trailers-only gRPC answer of `content_type` with `code` and `message`.
+fn grpc(content_type: HeaderValue, code: u8, message: &str) -> Produced {
     let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(CONTENT_TYPE, content_type);
     headers.insert(
         HeaderName::from_static("grpc-status"),
         HeaderValue::from(u16::from(code)),

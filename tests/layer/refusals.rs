@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::key::Header;
+use tower_ratelimit::penalty::Penalty;
 use tower_ratelimit::{
     CustomBody, Decision, Limit, Policy, PolicyBuilder, Quota, RateLimitLayer, RefusalFormat,
     ResponseBody, Window,
@@ -580,7 +581,7 @@ mod custom {
 mod grpc {
     use super::*;
 
-    fn grpc_request(content_type: &'static str) -> Request<String> {
+    fn grpc_request(content_type: &str) -> Request<String> {
         Request::post("/pkg.Service/Method")
             .header("x-api-key", "k_1")
             .header("content-type", content_type)
@@ -609,7 +610,16 @@ mod grpc {
 
     #[tokio::test(start_paused = true)]
     async fn grpc_refusal_is_http_200_with_grpc_status_8_and_retry_after() {
-        for content_type in ["application/grpc", "application/grpc+proto"] {
+        // gRPC-web too (its clients read a trailers-only answer's status
+        // from its headers), in any case, answered in its own media type.
+        for (content_type, answered) in [
+            ("application/grpc", "application/grpc"),
+            ("application/grpc+proto", "application/grpc"),
+            ("Application/GRPC; charset=utf-8", "application/grpc"),
+            ("application/grpc-web", "application/grpc-web"),
+            ("application/grpc-web+proto", "application/grpc-web+proto"),
+            ("APPLICATION/GRPC-WEB-TEXT", "application/grpc-web-text"),
+        ] {
             let h = Harness::new(|b| b.refusal(RefusalFormat::named("talkpilot").unwrap()));
             let reply = h.refusal_after(15, grpc_request(content_type)).await;
             assert_eq!(
@@ -623,7 +633,7 @@ mod grpc {
                 "{}",
                 grpc_message(&reply)
             );
-            assert_eq!(reply.header("content-type"), "application/grpc");
+            assert_eq!(reply.header("content-type"), answered);
             assert_eq!(reply.header("retry-after"), "45");
             assert_eq!(reply.header("x-ratelimit-limit"), "1");
             assert_eq!(reply.header("x-ratelimit-remaining"), "0");
@@ -655,15 +665,46 @@ mod grpc {
 
     #[tokio::test(start_paused = true)]
     async fn a_non_grpc_content_type_gets_the_json_body() {
-        let h = Harness::new(|b| b);
-        let request = key_request()
-            .header("content-type", "application/json")
-            .body(String::new())
-            .unwrap();
-        let reply = h.refusal_after(0, request).await;
-        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
-        assert!(reply.headers.get("grpc-status").is_none());
-        assert_eq!(reply.json()["error"]["retry_after"], 60);
+        for content_type in [
+            "application/json",
+            "application/grpcx",
+            "application/grpc-webx",
+        ] {
+            let h = Harness::new(|b| b);
+            let request = key_request()
+                .header("content-type", content_type)
+                .body(String::new())
+                .unwrap();
+            let reply = h.refusal_after(0, request).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::TOO_MANY_REQUESTS,
+                "{content_type}"
+            );
+            assert!(reply.headers.get("grpc-status").is_none());
+            assert_eq!(reply.json()["error"]["retry_after"], 60);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_banned_grpc_request_hears_it_is_a_temporary_block() {
+        let penalty = Penalty::new(1, Duration::from_secs(60), Duration::from_secs(600));
+        let h = Harness::with_policy(
+            Policy::builder()
+                .limit(
+                    Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                        .quota(Quota::new(Window::per_minute(1)))
+                        .penalty(penalty.unwrap()),
+                )
+                .build()
+                .unwrap(),
+        );
+        let reply = h.refusal_after(0, grpc_request("application/grpc")).await;
+        assert_eq!(reply.header("grpc-status"), "8");
+        assert_eq!(
+            grpc_message(&reply),
+            "temporarily blocked after repeated rate-limit violations, retry after 600 seconds"
+        );
     }
 }
 
