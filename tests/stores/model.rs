@@ -345,8 +345,10 @@ fn run(setup: Setup, start: u64, steps: &[(u64, usize, usize)]) -> Result<(), Te
         if let Some(wait) = expected.retry_after {
             prop_assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
             let reset = number(&response, "x-ratelimit-reset").expect("X-RateLimit-Reset");
+            // Never before the wait ends (its second, rounded up): after
+            // the moment a second short of Retry-After.
             prop_assert!(
-                reset >= now.div_ceil(NS) + wait,
+                reset * NS > now + (wait - 1) * NS,
                 "reset {} before the retry",
                 reset
             );
