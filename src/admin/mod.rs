@@ -67,19 +67,21 @@ pub fn router<St: Store>(layer: &RateLimitLayer<St>) -> Router {
         current: Arc::clone(layer.current()),
         overrides: layer.overrides(),
     };
-    Router::new()
+    // Nested, so that its JSON 404 answers only under `/limits` and the
+    // router merges into an application that has a fallback of its own.
+    let limits = Router::new()
         .route(
-            "/limits/{limit}/keys/{key}",
+            "/{limit}/keys/{key}",
             get(routes::peek::<St>).delete(routes::forget::<St>),
         )
         .route(
-            "/limits/{limit}/keys/{key}/override",
+            "/{limit}/keys/{key}/override",
             put(routes::set_override::<St>).delete(routes::remove_override::<St>),
         )
         .fallback(routes::unknown)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(routes::MAX_BODY))
-        .with_state(admin)
+        .layer(DefaultBodyLimit::max(routes::MAX_BODY));
+    Router::new().nest("/limits", limits).with_state(admin)
 }
 
 /// What the routes share: the layer's current state and its overrides.

@@ -161,7 +161,7 @@ pub(super) async fn peek<St: Store>(State(admin): State<Admin<St>>, path: KeyPat
     )
 }
 
-/// Any other path: a 404 that lists the routes.
+/// Any other path under `/limits/`: a 404 that lists the routes.
 pub(super) async fn unknown() -> Reply {
     let message = "the admin API's routes are /limits/{limit}/keys/{key} (GET, DELETE) and \
         /limits/{limit}/keys/{key}/override (PUT, DELETE)";

@@ -292,6 +292,14 @@ impl<'a> Key<'a> {
         self
     }
 
+    /// Appends the key's bytes (decoded, for a path segment) to `out`.
+    pub(crate) fn extend_into(&self, out: &mut impl Extend<u8>) {
+        match &self.repr {
+            Repr::PercentEncoded(b) => out.extend(PercentDecode::new(b)),
+            _ => out.extend(self.to_bytes().iter().copied()),
+        }
+    }
+
     /// The key's bytes (decoded, for a path segment).
     pub fn to_bytes(&self) -> Cow<'_, [u8]> {
         match &self.repr {

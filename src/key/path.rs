@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::{Key, KeyError, KeyErrorKind, KeyExtractor, RequestView};
 use crate::error::ConfigError;
 
@@ -44,7 +46,11 @@ impl PathCapture {
 
     /// The capture counted within the key `scope` reads: one count for each
     /// pair of that key and the capture's value. A request without the
-    /// scope's key has no key (as `scope` says: missing, or an error).
+    /// scope's key has no key (as `scope` says: missing, or an error). The
+    /// pair is a key of its own, copied: over 32 bytes, it costs one
+    /// allocation per request. In the admin API it is written as the
+    /// scope's key and the value joined by `/`, so a value with a `/` (sent
+    /// as `%2F`) cannot be named there.
     #[must_use]
     pub fn within(self, scope: impl KeyExtractor) -> Self {
         self.within_shared(Arc::new(scope))
@@ -68,14 +74,14 @@ impl fmt::Debug for PathCapture {
 }
 
 /// The key of `inner` within `outer`: the outer key's tag and length, then
-/// both keys' bytes, so that no two pairs make one key.
+/// both keys' bytes, so that no two pairs make one key. Built on the stack;
+/// a pair of more than 32 bytes in all is then copied to the heap.
 fn scoped(outer: &Key<'_>, inner: &Key<'_>) -> Key<'static> {
-    let (outer_bytes, inner_bytes) = (outer.to_bytes(), inner.to_bytes());
-    let mut bytes = Vec::with_capacity(12 + outer_bytes.len() + inner_bytes.len());
+    let mut bytes: SmallVec<[u8; 192]> = SmallVec::new();
     bytes.extend_from_slice(&outer.tag().to_le_bytes());
-    bytes.extend_from_slice(&(outer_bytes.len() as u32).to_le_bytes());
-    bytes.extend_from_slice(&outer_bytes);
-    bytes.extend_from_slice(&inner_bytes);
+    bytes.extend_from_slice(&(outer.len() as u32).to_le_bytes());
+    outer.extend_into(&mut bytes);
+    inner.extend_into(&mut bytes);
     Key::copied(&bytes)
 }
 

@@ -379,26 +379,33 @@ pub(crate) fn key_error(error: &KeyError, request_headers: &HeaderMap) -> Produc
 
 /// The content type of the answer to a gRPC request, `None` for any other:
 /// `application/grpc` for `application/grpc`, `application/grpc+proto`,
-/// `application/grpc;…`; for gRPC-web (`application/grpc-web`,
-/// `…-web+proto`, `…-web-text` …), whose clients read a trailers-only
-/// answer's status from its headers too, the request's own media type. Media
-/// types are read in any case.
+/// `application/grpc;…`; for gRPC-web, whose clients read a trailers-only
+/// answer's status from its headers too, its own kind
+/// (`application/grpc-web` or `application/grpc-web-text`, `+proto` kept).
+/// Media types are read in any case; nothing else of the request's is
+/// echoed.
 fn grpc_type(headers: &HeaderMap) -> Option<HeaderValue> {
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    let media = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let media = value.split(';').next().unwrap_or("").trim();
+    let media = media.to_ascii_lowercase();
     let rest = media.strip_prefix("application/grpc")?;
     let suffix_ok = |s: &str| s.is_empty() || s.starts_with('+');
     if suffix_ok(rest) {
         return Some(HeaderValue::from_static("application/grpc"));
     }
     let web = rest.strip_prefix("-web")?;
-    let web = web.strip_prefix("-text").unwrap_or(web);
-    suffix_ok(web).then(|| HeaderValue::from_str(&media).ok())?
+    let (text, suffix) = match web.strip_prefix("-text") {
+        Some(suffix) => (true, suffix),
+        None => (false, web),
+    };
+    let answer = match (text, suffix) {
+        (_, s) if !suffix_ok(s) => return None,
+        (false, "+proto") => "application/grpc-web+proto",
+        (false, _) => "application/grpc-web",
+        (true, "+proto") => "application/grpc-web-text+proto",
+        (true, _) => "application/grpc-web-text",
+    };
+    Some(HeaderValue::from_static(answer))
 }
 
 /// A trailers-only gRPC answer of `content_type` with `code` and `message`.

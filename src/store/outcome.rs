@@ -207,7 +207,11 @@ impl Outcome {
             left: ban.max(1),
             started: true,
         };
-        if self.ban.is_none_or(|b| b.started && b.left < ban.left) {
+        // The longest answers; of equal ones, the first check's.
+        let longer = |b: Ban| {
+            (ban.left, std::cmp::Reverse(ban.check)) > (b.left, std::cmp::Reverse(b.check))
+        };
+        if self.ban.is_none_or(|b| b.started && longer(b)) {
             self.ban = Some(ban);
         }
     }

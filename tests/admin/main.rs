@@ -506,3 +506,34 @@ async fn a_capture_within_a_key_is_named_by_the_key_and_the_value() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
     assert_eq!(value["field"], "key");
 }
+
+#[tokio::test]
+async fn the_router_merges_into_an_application_with_a_fallback_of_its_own() {
+    let h = Harness::new();
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "the app's own 404") })
+        .merge(h.admin.clone());
+    let call = |path: &str| {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(bytes.to_vec()).unwrap())
+        }
+    };
+    assert_eq!(call("/health").await, (StatusCode::OK, "ok".into()));
+    assert_eq!(
+        call("/elsewhere").await,
+        (StatusCode::NOT_FOUND, "the app's own 404".into())
+    );
+    let (status, body) = call("/limits/per_key/keys/k").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Under `/limits`, the admin API's own JSON 404.
+    let (status, body) = call("/limits/per_key/keys/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let value: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(value["field"], "path", "{body}");
+}

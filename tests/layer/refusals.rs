@@ -619,6 +619,8 @@ mod grpc {
             ("application/grpc-web", "application/grpc-web"),
             ("application/grpc-web+proto", "application/grpc-web+proto"),
             ("APPLICATION/GRPC-WEB-TEXT", "application/grpc-web-text"),
+            // Nothing else of the client's text comes back.
+            ("application/grpc-web+x, text/html", "application/grpc-web"),
         ] {
             let h = Harness::new(|b| b.refusal(RefusalFormat::named("talkpilot").unwrap()));
             let reply = h.refusal_after(15, grpc_request(content_type)).await;

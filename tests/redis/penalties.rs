@@ -258,3 +258,99 @@ async fn a_refusal_that_starts_two_bans_in_redis_reports_both_and_every_node_wai
     clock.advance(Duration::from_secs(250));
     assert_eq!(status(other, "k").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn of_equal_bans_the_first_limit_s_answers_in_redis_as_in_memory() {
+    use tower::ServiceExt;
+    let server = redis_or_skip!();
+    let banning = || Penalty::new(2, Duration::from_secs(60), Duration::from_secs(300));
+    // Two limits of two principals (two script calls), banning alike.
+    let policy = || {
+        Policy::builder()
+            .key_secret(SECRET)
+            .limit(
+                Limit::new("a", Header::parse("X-API-Key").unwrap())
+                    .quota(Quota::new(Window::per_minute(1)))
+                    .penalty(banning().unwrap()),
+            )
+            .limit(
+                Limit::new("b", Header::parse("X-Tenant").unwrap())
+                    .quota(Quota::new(Window::per_hour(1)))
+                    .penalty(banning().unwrap()),
+            )
+            .build()
+            .unwrap()
+    };
+    // The limit each answer names: the ban starting, then in force.
+    async fn named(svc: &Svc, clock: &ManualClock, key: &str) -> Vec<u16> {
+        let mut limits = Vec::new();
+        for step in 0..4 {
+            if step == 3 {
+                clock.advance(Duration::from_secs(10));
+            }
+            let request = http::Request::get("/v1/calls")
+                .header("x-api-key", key)
+                .header("x-tenant", key)
+                .body(String::new())
+                .unwrap();
+            let response = svc.clone().oneshot(request).await.unwrap();
+            let decision = response.extensions().get::<tower_ratelimit::Decision>();
+            if step >= 2 {
+                assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+                limits.push(decision.unwrap().reported().unwrap().limit_index);
+            }
+        }
+        limits
+    }
+    for n in 0..8 {
+        let key = format!("k{n}");
+        let clock = ManualClock::at_unix_secs(T0);
+        let memory = RateLimitLayer::new(policy())
+            .clock(clock.clone())
+            .decision_extensions(true);
+        let in_memory = named(&service(&memory), &clock, &key).await;
+        let clock = ManualClock::at_unix_secs(T0 + 1_000 * (n + 1));
+        let store = RedisStore::builder(server.url())
+            .layer_clock()
+            .deadline(Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap();
+        let redis = RateLimitLayer::with_store(policy(), store)
+            .clock(clock.clone())
+            .decision_extensions(true);
+        let in_redis = named(&service(&redis), &clock, &key).await;
+        assert_eq!(in_memory, [0, 0], "{key}");
+        assert_eq!(in_redis, in_memory, "{key}");
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_that_starts_bans_on_many_limits_is_still_a_refusal() {
+    let server = redis_or_skip!();
+    let clock = ManualClock::at_unix_secs(T0);
+    // 46 limits of one principal: one script call, which names the checks
+    // that banned in one number (the first 32 of them).
+    let many = || {
+        let mut policy = Policy::builder().key_secret(SECRET);
+        for i in 0..46 {
+            let penalty = Penalty::new(1, Duration::from_secs(60), Duration::from_secs(300));
+            policy = policy.limit(
+                Limit::new(format!("l{i}"), Header::parse("X-API-Key").unwrap())
+                    .quota(Quota::new(Window::per_minute(1)))
+                    .penalty(penalty.unwrap()),
+            );
+        }
+        policy.build().unwrap()
+    };
+    let [node, _] = &nodes_of(&server, &clock, many, |layer| layer).await;
+    assert_eq!(status(node, "k").await, (StatusCode::OK, None));
+    assert_eq!(
+        status(node, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(300))
+    );
+    assert_eq!(
+        status(node, "k").await,
+        (StatusCode::TOO_MANY_REQUESTS, Some(300))
+    );
+}

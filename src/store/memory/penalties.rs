@@ -18,11 +18,11 @@ fn penalized<'c, 'a>(
 }
 
 /// The refusal for the bans in force on `checks` at `now`, if any: the
-/// longest answers.
+/// longest answers (of equal ones, the first check's).
 pub(crate) fn ban_in_force(bans: &PenaltyBox, now: u64, checks: &[Check<'_>]) -> Option<Outcome> {
     penalized(checks)
         .filter_map(|(i, (key, _))| Some((i, bans.banned_for(key, now)?)))
-        .max_by_key(|&(_, left)| left)
+        .max_by_key(|&(i, left)| (left, std::cmp::Reverse(i)))
         .map(|(i, left)| Outcome::banned(i, left))
 }
 

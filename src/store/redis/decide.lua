@@ -61,8 +61,8 @@
 -- current interval, as seconds and nanoseconds; fixed window: index and
 -- count as stored; 0 0 for none); and with a ban, its check (1-based; for
 -- bans this refusal started, the longest's, plus 256 times the bits of
--- every check whose ban it started, bit check - 1) and time left (seconds,
--- nanoseconds). The caller recomputes every status from
+-- every check of the first 32 whose ban it started, bit check - 1) and
+-- time left (seconds, nanoseconds). The caller recomputes every status from
 -- these with the same integer arithmetic as its in-memory store.
 
 local B = 1000000000
@@ -398,8 +398,9 @@ elseif keep then
   redis.call('SET', KEYS[1], keep, 'PX', keep_ttl)
 end
 local verdict = (admitted and 1 or 0) + (shadow_admitted and 2 or 0)
--- The longest ban this refusal started: its check and time left; and the
--- checks of every ban it started (bit check - 1).
+-- The longest ban this refusal started (of equal ones, the first): its
+-- check and time left; and the checks of every ban it started (bit
+-- check - 1, of the first 32).
 local ban, ban_s, ban_n
 local started = 0
 
@@ -447,7 +448,8 @@ for p = 1, admitted and 0 or P do
       local ls, ln = es - S, en - N
       if ln < 0 then ls, ln = ls - 1, ln + B end
       if not ban then verdict = verdict + 8 end
-      started = started + 2 ^ (check - 1)
+      -- (The first 32 checks only: the sum stays exact in a double.)
+      if check <= 32 then started = started + 2 ^ (check - 1) end
       if not ban or ls > ban_s or (ls == ban_s and ln > ban_n) then
         ban, ban_s, ban_n = check, ls, ln
       end

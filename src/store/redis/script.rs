@@ -373,7 +373,7 @@ pub(crate) fn outcome(checks: &[Planned], decided: &[Decided<'_>]) -> Result<Out
     if let Some((check, left, _)) = decided
         .iter()
         .filter_map(|d| d.reply.ban.filter(|&(_, _, started)| !started))
-        .max_by_key(|&(_, left, _)| left)
+        .max_by_key(|&(check, left, _)| (left, std::cmp::Reverse(check)))
     {
         return Ok(Outcome::banned(check, left));
     }
