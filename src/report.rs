@@ -81,10 +81,12 @@ impl Decision {
             reported: 0,
             windows: SmallVec::new(),
         };
+        let mut periods: SmallVec<[u64; 4]> = SmallVec::new();
         for_each_window(outcome, check_of, |_, w| {
+            periods.push(w.period);
             decision.windows.push(w.report(now))
         });
-        let reported = pick(outcome, report, |i| decision.windows[i].period);
+        let reported = pick(outcome, report, |i| periods[i]);
         // At most 256 checks of 8 windows each: it fits.
         decision.reported = reported as u16;
         if refusal.is_some() {
@@ -116,7 +118,7 @@ impl Decision {
         let statuses = outcome.windows();
         let period = |i: usize| {
             let w: &WindowStatus = &statuses[i];
-            period_ns(usize::from(w.check), usize::from(w.window)).div_ceil(NANOS)
+            period_ns(usize::from(w.check), usize::from(w.window))
         };
         let i = pick(outcome, report, period);
         let w = statuses.get(i)?;
@@ -182,14 +184,14 @@ fn for_each_window<'q>(
     }
 }
 
-/// The index of the reported window; `period_secs(i)` is window `i`'s period
-/// in whole seconds.
+/// The index of the reported window; `period_ns(i)` is window `i`'s period
+/// in nanoseconds.
 #[inline]
-fn pick(outcome: &Outcome, report: ReportedWindow, period_secs: impl Fn(usize) -> u64) -> usize {
+fn pick(outcome: &Outcome, report: ReportedWindow, period_ns: impl Fn(usize) -> u64) -> usize {
     let statuses = outcome.windows();
     if let ReportedWindow::Period(period) = report {
-        let secs = period.as_nanos().div_ceil(u128::from(NANOS)) as u64;
-        if let Some(i) = (0..statuses.len()).find(|&i| period_secs(i) == secs) {
+        let wanted = period.as_nanos();
+        if let Some(i) = (0..statuses.len()).find(|&i| u128::from(period_ns(i)) == wanted) {
             return i;
         }
     }

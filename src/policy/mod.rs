@@ -159,12 +159,23 @@ impl Policy {
 
     /// A window's name in the IETF headers: `<limit>.<period>`
     /// (`<limit>.concurrency` for an in-flight cap), of its exact period
-    /// (ns) when known (`per_key.500ms`), else of its period in seconds.
+    /// (ns) when known (`per_key.500ms`), else of the period of the window
+    /// its route's quotas have at its index, if one rounds to its period in
+    /// seconds, else of that period.
     pub(crate) fn window_name(&self, w: &WindowReport, exact: Option<u64>) -> String {
         let limit = &self.inner.limits[usize::from(w.limit_index)];
         if w.concurrent {
             return format!("{}.concurrency", limit.name);
         }
+        let exact = exact.or_else(|| {
+            let route = limit.routes.get(usize::from(w.route_index))?;
+            let plans = route.plans.iter().flatten();
+            std::iter::once(&route.quota)
+                .chain(plans)
+                .filter_map(|q| q.windows().get(usize::from(w.window_index)))
+                .map(Window::period_ns)
+                .find(|ns| ns.div_ceil(crate::clock::NANOS) == w.period)
+        });
         struct Period(std::time::Duration);
         impl fmt::Display for Period {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

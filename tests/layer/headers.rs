@@ -17,6 +17,7 @@ use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_ratelimit::clock::{Clock, ManualClock};
 use tower_ratelimit::key::{Header, PathCapture};
+use tower_ratelimit::penalty::Penalty;
 use tower_ratelimit::{
     Algorithm, Decision, HeaderStyle, Limit, Policy, Quota, RateLimitLayer, RefusalReason,
     ResponseBody, Window,
@@ -564,6 +565,42 @@ async fn ietf_windows_under_a_second_have_names_of_their_own() {
         state.starts_with(r#""per_key.500ms";r=3"#) && state.contains(r#""per_key.second";r=5"#),
         "{state}"
     );
+}
+
+#[tokio::test]
+async fn a_window_under_a_second_is_reported_and_named_as_itself_by_every_answer() {
+    // 6 a second and 4 per 500 ms, the 500 ms one reported; 1 refusal bans.
+    let penalty = Penalty::new(1, Duration::from_secs(60), Duration::from_secs(5)).unwrap();
+    let h = Harness::new(
+        Policy::builder()
+            .limit(
+                Limit::new("k", api_key())
+                    .quota(
+                        Quota::new(Window::per_second(6))
+                            .and(Window::new(4, Duration::from_millis(500)).unwrap()),
+                    )
+                    .penalty(penalty),
+            )
+            .report_period(Duration::from_millis(500))
+            .header_style(HeaderStyle::Both)
+            .build()
+            .unwrap(),
+    );
+    let admitted = h.get().await;
+    assert_eq!(trio(&admitted).0, 4, "the 500 ms window, not the second's");
+    for _ in 0..3 {
+        h.get().await;
+    }
+    let refused = h.get().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(trio(&refused).0, 4);
+    let banned = h.get().await;
+    assert_eq!(trio(&banned).0, 4);
+    // The ban names the 500 ms window by its own name, as every answer does.
+    for answer in [&refused, &banned] {
+        let policy = value(answer, "ratelimit-policy").unwrap();
+        assert!(policy.starts_with(r#""k.500ms";q=4"#), "{policy}");
+    }
 }
 
 #[tokio::test]
