@@ -31,6 +31,15 @@ fn policy() -> Policy {
         .unwrap()
 }
 
+/// A limit of one `window` per value of `header`, whose `refusals`
+/// refusals within 60 s ban that value for `ban_secs`.
+fn banning(name: String, header: &str, window: Window, refusals: u32, ban_secs: u64) -> Limit {
+    let ban = Duration::from_secs(ban_secs);
+    Limit::new(name, Header::parse(header).unwrap())
+        .quota(Quota::new(window))
+        .penalty(Penalty::new(refusals, Duration::from_secs(60), ban).unwrap())
+}
+
 /// Two nodes on one Redis, on one manual clock (the layer's, so that the
 /// test can move time).
 async fn two_nodes(server: &crate::support::RedisServer, clock: &ManualClock) -> [Svc; 2] {
@@ -210,21 +219,23 @@ async fn a_refusal_that_starts_two_bans_in_redis_reports_both_and_every_node_wai
 {
     let server = redis_or_skip!();
     let clock = ManualClock::at_unix_secs(T0);
-    let key = || Header::parse("X-API-Key").unwrap();
-    let banning = |secs| Penalty::new(2, Duration::from_secs(60), Duration::from_secs(secs));
     let policy = || {
         Policy::builder()
             .key_secret(SECRET)
-            .limit(
-                Limit::new("a", key())
-                    .quota(Quota::new(Window::per_minute(1)))
-                    .penalty(banning(100).unwrap()),
-            )
-            .limit(
-                Limit::new("b", key())
-                    .quota(Quota::new(Window::per_minute(1)))
-                    .penalty(banning(300).unwrap()),
-            )
+            .limit(banning(
+                "a".into(),
+                "X-API-Key",
+                Window::per_minute(1),
+                2,
+                100,
+            ))
+            .limit(banning(
+                "b".into(),
+                "X-API-Key",
+                Window::per_minute(1),
+                2,
+                300,
+            ))
             .build()
             .unwrap()
     };
@@ -263,21 +274,18 @@ async fn a_refusal_that_starts_two_bans_in_redis_reports_both_and_every_node_wai
 async fn of_equal_bans_the_first_limit_s_answers_in_redis_as_in_memory() {
     use tower::ServiceExt;
     let server = redis_or_skip!();
-    let banning = || Penalty::new(2, Duration::from_secs(60), Duration::from_secs(300));
     // Two limits of two principals (two script calls), banning alike.
     let policy = || {
         Policy::builder()
             .key_secret(SECRET)
-            .limit(
-                Limit::new("a", Header::parse("X-API-Key").unwrap())
-                    .quota(Quota::new(Window::per_minute(1)))
-                    .penalty(banning().unwrap()),
-            )
-            .limit(
-                Limit::new("b", Header::parse("X-Tenant").unwrap())
-                    .quota(Quota::new(Window::per_hour(1)))
-                    .penalty(banning().unwrap()),
-            )
+            .limit(banning(
+                "a".into(),
+                "X-API-Key",
+                Window::per_minute(1),
+                2,
+                300,
+            ))
+            .limit(banning("b".into(), "X-Tenant", Window::per_hour(1), 2, 300))
             .build()
             .unwrap()
     };
@@ -332,16 +340,12 @@ async fn a_refusal_that_starts_bans_on_many_limits_is_still_a_refusal() {
     // 46 limits of one principal: one script call, which names the checks
     // that banned in one number (the first 32 of them).
     let many = || {
-        let mut policy = Policy::builder().key_secret(SECRET);
-        for i in 0..46 {
-            let penalty = Penalty::new(1, Duration::from_secs(60), Duration::from_secs(300));
-            policy = policy.limit(
-                Limit::new(format!("l{i}"), Header::parse("X-API-Key").unwrap())
-                    .quota(Quota::new(Window::per_minute(1)))
-                    .penalty(penalty.unwrap()),
-            );
-        }
-        policy.build().unwrap()
+        let limits =
+            (0..46).map(|i| banning(format!("l{i}"), "X-API-Key", Window::per_minute(1), 1, 300));
+        limits
+            .fold(Policy::builder().key_secret(SECRET), |p, l| p.limit(l))
+            .build()
+            .unwrap()
     };
     let [node, _] = &nodes_of(&server, &clock, many, |layer| layer).await;
     assert_eq!(status(node, "k").await, (StatusCode::OK, None));
