@@ -126,13 +126,19 @@ fn parse_args() -> Result<Options, String> {
         match arg.as_str() {
             "--addr" => {
                 let text = value("--addr")?;
-                options.addr = text.parse().map_err(|_| {
+                options.addr = socket_addr(&text).ok_or_else(|| {
                     format!("--addr: `{text}` is not HOST:PORT (such as 127.0.0.1:3000)")
                 })?;
             }
+            "--config" | "--preset" if options.config.is_some() => {
+                return Err(format!(
+                    "--config and --preset name the one policy served: give one of them, once\n{}",
+                    usage()
+                ));
+            }
             "--config" => options.config = Some(value("--config")?),
             "--preset" => {
-                let name = value("--preset")?;
+                let name = value("--preset")?.to_ascii_lowercase();
                 let known = preset_names();
                 if !known.contains(&name) {
                     return Err(format!(
@@ -172,7 +178,7 @@ fn parse_args() -> Result<Options, String> {
                          cargo run -p voice-api --features admin -- --admin HOST:PORT",
                     ));
                 }
-                let addr = text.parse().map_err(|_| {
+                let addr = socket_addr(&text).ok_or_else(|| {
                     format!("--admin: `{text}` is not HOST:PORT (such as 127.0.0.1:9000)")
                 })?;
                 options.admin = Some(addr);
@@ -198,11 +204,23 @@ fn parse_args() -> Result<Options, String> {
                         format!("--max-connections: `{text}` is not a positive number")
                     })?;
             }
-            "-h" | "--help" => return Err(usage().to_owned()),
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
             other => return Err(format!("unknown argument `{other}`\n{}", usage())),
         }
     }
     Ok(options)
+}
+
+/// The address `text` names: an IP address and port, or a host name (such
+/// as `localhost:3000`) and port, resolved now.
+fn socket_addr(text: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    text.parse()
+        .ok()
+        .or_else(|| text.to_socket_addrs().ok()?.next())
 }
 
 fn load_policy(config: Option<&str>) -> Result<Policy, String> {
@@ -325,9 +343,7 @@ fn with_layer<St: Store>(
     load: reload::Load,
 ) -> (axum::Router, LimitsAdmin) {
     let outbound = outbound::routes(config.as_deref(), &layer);
-    if let Some(path) = config {
-        reload::on_sighup(layer.reload_handle(), path, load);
-    }
+    reload::on_sighup(layer.reload_handle(), config, load);
     #[cfg(feature = "admin")]
     let limits_admin = tower_ratelimit::admin::router(&layer);
     #[cfg(not(feature = "admin"))]
@@ -396,17 +412,24 @@ async fn main() -> ExitCode {
         }
     };
     let addr = listener.local_addr().unwrap_or(options.addr);
-    println!("voice_api listening on http://{addr}");
+    // Both listeners first: nothing says "listening" before both are.
     #[cfg(feature = "admin")]
-    if let Some((admin_addr, handle)) = admin {
-        let admin_listener = match tokio::net::TcpListener::bind(admin_addr).await {
-            Ok(listener) => listener,
+    let admin = match admin {
+        None => None,
+        Some((admin_addr, handle)) => match tokio::net::TcpListener::bind(admin_addr).await {
+            Ok(listener) => Some((listener, handle)),
             Err(e) => {
                 eprintln!("cannot listen on {admin_addr}: {e}");
                 return ExitCode::FAILURE;
             }
-        };
-        let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
+        },
+    };
+    println!("voice_api listening on http://{addr}");
+    #[cfg(feature = "admin")]
+    if let Some((admin_listener, handle)) = admin {
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
         println!("metrics at http://{admin_addr}/metrics, rate-limit admin at http://{admin_addr}/limits/");
         let app = admin::router(handle, limits_admin);
         let serving = server::serve(admin_listener, app, options.guards, std::future::pending());
@@ -429,9 +452,43 @@ async fn main() -> ExitCode {
         println!("  {}", line.replace("ADDR", &addr.to_string()));
     }
 
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    server::serve(listener, app, options.guards, shutdown).await;
+    server::serve(listener, app, options.guards, stop_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// Completes on the first Ctrl-C (`SIGINT`) or `SIGTERM`: the server then
+/// stops taking connections and lets the requests in flight finish. A
+/// second signal ends the process at once.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminated => {}
+    }
+    eprintln!("shutting down: finishing the requests in flight (Ctrl-C again to stop now)");
+    tokio::spawn(async move {
+        let again = async {
+            match term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = again => {}
+        }
+        eprintln!("stopped with requests in flight");
+        std::process::exit(130);
+    });
 }

@@ -10,8 +10,9 @@ use tower_ratelimit::{Policy, ReloadHandle};
 pub(crate) type Load = fn(Option<&str>) -> Result<Policy, String>;
 
 /// Reloads the policy file at `path` with `load` into `handle` on every
-/// `SIGHUP`, until the process ends.
-pub(crate) fn on_sighup<St: Store>(handle: ReloadHandle<St>, path: String, load: Load) {
+/// `SIGHUP`, until the process ends; without a file (the built-in policy),
+/// a `SIGHUP` is logged and changes nothing (it does not end the process).
+pub(crate) fn on_sighup<St: Store>(handle: ReloadHandle<St>, path: Option<String>, load: Load) {
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
         Err(e) => {
@@ -21,7 +22,13 @@ pub(crate) fn on_sighup<St: Store>(handle: ReloadHandle<St>, path: String, load:
     };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match load(Some(&path))
+            let Some(path) = &path else {
+                tracing::warn!(
+                    "SIGHUP: the built-in policy has no file to reload (start with --config)"
+                );
+                continue;
+            };
+            match load(Some(path))
                 .and_then(|policy| handle.replace(policy).map_err(|e| e.to_string()))
             {
                 Ok(changes) => tracing::info!(%path, %changes, "policy reloaded"),
