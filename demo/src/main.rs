@@ -462,6 +462,17 @@ async fn main() -> ExitCode {
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).ok();
+    interrupted(&mut term).await;
+    eprintln!("shutting down: finishing the requests in flight (Ctrl-C again to stop now)");
+    tokio::spawn(async move {
+        interrupted(&mut term).await;
+        eprintln!("stopped with requests in flight");
+        std::process::exit(130);
+    });
+}
+
+/// The next Ctrl-C, or `SIGTERM` if `term` listens for it.
+async fn interrupted(term: &mut Option<tokio::signal::unix::Signal>) {
     let terminated = async {
         match term.as_mut() {
             Some(term) => {
@@ -474,21 +485,4 @@ async fn stop_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminated => {}
     }
-    eprintln!("shutting down: finishing the requests in flight (Ctrl-C again to stop now)");
-    tokio::spawn(async move {
-        let again = async {
-            match term.as_mut() {
-                Some(term) => {
-                    term.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = again => {}
-        }
-        eprintln!("stopped with requests in flight");
-        std::process::exit(130);
-    });
 }
