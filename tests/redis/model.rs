@@ -179,3 +179,44 @@ fn redis_and_memory_stores_decide_alike_on_random_sequences() {
         "and refusals from the deny cache"
     );
 }
+
+/// Two checks of one request that share a ban key (the protocol allows it):
+/// the first check's refusal starts the ban, the second finds it in force
+/// and starts none, in Redis as in memory.
+#[tokio::test]
+async fn checks_that_share_a_ban_key_start_one_ban_in_both_stores() {
+    let Some(server) = crate::support::server() else {
+        return;
+    };
+    let quota = Quota::new(Window::per_second(1));
+    let other = Quota::new(Window::per_minute(5));
+    let instant = Penalty::new(1, Duration::from_secs(1), Duration::from_millis(1500)).unwrap();
+    let checks = [
+        Check::new(1, &quota).with_penalty(7, &instant),
+        Check::new(2, &other),
+        Check::new(1, &quota).with_penalty(7, &instant),
+    ];
+    let redis = RedisStore::builder(server.url())
+        .prefix("shared-ban-key")
+        .layer_clock()
+        .deadline(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    let memory_store = MemoryStore::new();
+    let mut answers = Vec::new();
+    for now in [T0, T0 + 1] {
+        let expected = memory(&memory_store, now, &checks);
+        let got = match redis.check(now, &checks) {
+            Decided::Pending(pending) => pending.await.unwrap(),
+            Decided::Ready(result) => result.unwrap(),
+        };
+        assert_eq!(got, expected, "at +{} ns", now - T0);
+        answers.push(got);
+    }
+    // The second request is refused and starts one ban, on the first check
+    // (the outcomes compared above include the checks that started one).
+    let refused = &answers[1];
+    assert!(!refused.admitted());
+    assert_eq!(refused.ban().map(|b| (b.check, b.started)), Some((0, true)));
+}

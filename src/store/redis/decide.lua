@@ -403,13 +403,17 @@ local verdict = (admitted and 1 or 0) + (shadow_admitted and 2 or 0)
 -- check - 1, of the first 32).
 local ban, ban_s, ban_n
 local started = 0
+-- The ban keys this refusal banned: a check that shares one with an earlier
+-- check finds its ban in force and counts nothing (as in the memory store).
+local banned = {}
 
 -- A refusal counts towards the penalty of each check that refused.
 for p = 1, admitted and 0 or P do
   local check, refusals, ws, wn, bs, bn = struct.unpack('<dddddd', A, Q + 48 * (p - 1))
   local refused
   if plan then refused = not plan[5 * check - 4] else refused = not ok end
-  if refused then
+  local bkey, rkey = KEYS[C + 2 * p - 1], KEYS[C + 2 * p]
+  if refused and not banned[bkey] then
     -- ms from now until the moment (s, n), rounded up, plus one; on a layer's
     -- clock with the slack of the duration (s2, n2) and a second.
     local function ttl_until(s, n, s2, n2)
@@ -421,7 +425,6 @@ for p = 1, admitted and 0 or P do
       end
       return t
     end
-    local bkey, rkey = KEYS[C + 2 * p - 1], KEYS[C + 2 * p]
     local kept = redis.call('LRANGE', rkey, 0, -1)
     -- A key's time never runs backwards: a refusal earlier than the newest
     -- one kept counts at that newest time.
@@ -445,6 +448,7 @@ for p = 1, admitted and 0 or P do
       if en >= B then es, en = es + 1, en - B end
       redis.call('SET', bkey, struct.pack('<dd', es, en), 'PX', ttl_until(es, en, bs, bn))
       redis.call('DEL', rkey)
+      banned[bkey] = true
       local ls, ln = es - S, en - N
       if ln < 0 then ls, ln = ls - 1, ln + B end
       if not ban then verdict = verdict + 8 end
