@@ -35,7 +35,9 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// response's `x-request-id`. Requests with a gRPC or gRPC-web content type
 /// (`application/grpc…`, in any case) get a trailers-only gRPC answer
 /// instead, in their own content type: HTTP 200 with `grpc-status: 8`
-/// (`RESOURCE_EXHAUSTED`) and a `grpc-message`.
+/// (`RESOURCE_EXHAUSTED`), a `grpc-message`, and the wait in
+/// `grpc-retry-pushback-ms` (the `Retry-After` in milliseconds), which
+/// gRPC clients with a retry policy honour.
 ///
 /// ```
 /// use tower_ratelimit::RefusalFormat;
@@ -299,7 +301,7 @@ pub(crate) fn refusal(
             "rate limit exceeded"
         };
         let message = format!("{what}, retry after {}", seconds(retry));
-        return grpc(content_type, 8, &message);
+        return grpc(content_type, 8, &message, Some(retry.saturating_mul(1000)));
     }
     let request_id = request_id(request_headers);
     let preset = match &format.0 {
@@ -365,7 +367,7 @@ pub(crate) fn refusal(
 /// The answer to a request without a usable key: 401 and a JSON error.
 pub(crate) fn key_error(error: &KeyError, request_headers: &HeaderMap) -> Produced {
     if let Some(content_type) = grpc_type(request_headers) {
-        return grpc(content_type, 16, &error.to_string());
+        return grpc(content_type, 16, &error.to_string(), None);
     }
     let body = json!({"error": {"code": error.kind().code(), "message": error.to_string()}});
     let mut headers = HeaderMap::new();
@@ -408,14 +410,22 @@ fn grpc_type(headers: &HeaderMap) -> Option<HeaderValue> {
     Some(HeaderValue::from_static(answer))
 }
 
-/// A trailers-only gRPC answer of `content_type` with `code` and `message`.
-fn grpc(content_type: HeaderValue, code: u8, message: &str) -> Produced {
+/// A trailers-only gRPC answer of `content_type` with `code` and `message`,
+/// and `grpc-retry-pushback-ms` if `pushback_ms` is given: how long a gRPC
+/// client with a retry policy waits before it tries again.
+fn grpc(content_type: HeaderValue, code: u8, message: &str, pushback_ms: Option<u64>) -> Produced {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, content_type);
     headers.insert(
         HeaderName::from_static("grpc-status"),
         HeaderValue::from(u16::from(code)),
     );
+    if let Some(ms) = pushback_ms {
+        headers.insert(
+            HeaderName::from_static("grpc-retry-pushback-ms"),
+            HeaderValue::from(ms),
+        );
+    }
     let encoded: String = message
         .bytes()
         .map(|b| {

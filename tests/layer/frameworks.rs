@@ -501,6 +501,10 @@ mod tonic_server {
         assert!(refused.message().contains("60"), "{}", refused.message());
         assert_eq!(refused.metadata().get("retry-after").unwrap(), "60");
         assert_eq!(
+            refused.metadata().get("grpc-retry-pushback-ms").unwrap(),
+            "60000"
+        );
+        assert_eq!(
             refused.metadata().get("x-ratelimit-remaining").unwrap(),
             "0"
         );
@@ -550,5 +554,7 @@ mod tonic_server {
         assert_eq!(refused.headers()["grpc-status"], "8");
         assert!(refused.headers().contains_key("grpc-message"));
         assert_eq!(refused.headers()["retry-after"], "60");
+        // gRPC's own retry pushback says the same wait, in milliseconds.
+        assert_eq!(refused.headers()["grpc-retry-pushback-ms"], "60000");
     }
 }

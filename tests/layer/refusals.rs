@@ -637,6 +637,7 @@ mod grpc {
             );
             assert_eq!(reply.header("content-type"), answered);
             assert_eq!(reply.header("retry-after"), "45");
+            assert_eq!(reply.header("grpc-retry-pushback-ms"), "45000");
             assert_eq!(reply.header("x-ratelimit-limit"), "1");
             assert_eq!(reply.header("x-ratelimit-remaining"), "0");
             assert!(
@@ -656,6 +657,8 @@ mod grpc {
         let reply = h.send(request).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.header("grpc-status"), "16", "UNAUTHENTICATED");
+        // Retrying cannot help: no pushback invites it.
+        assert!(!reply.headers.contains_key("grpc-retry-pushback-ms"));
         assert!(
             grpc_message(&reply).contains("X-API-Key"),
             "{}",
@@ -707,6 +710,7 @@ mod grpc {
             grpc_message(&reply),
             "temporarily blocked after repeated rate-limit violations, retry after 600 seconds"
         );
+        assert_eq!(reply.header("grpc-retry-pushback-ms"), "600000");
     }
 }
 
