@@ -577,3 +577,88 @@ async fn a_slot_caught_mid_migration_falls_back_at_once_without_a_renewal() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(store.reconnects(), 0);
 }
+
+/// A slot caught mid-migration with every key of a request already moved:
+/// Redis answers the old node's `ASK` only to a command sent right after
+/// `ASKING` on the same connection. Many calls at once on the connections
+/// both stores share are each decided on the new node, exactly: none is
+/// taken for a failure, none admitted past the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_a_moved_key_of_a_migrating_slot_are_decided_exactly() {
+    let cluster = cluster_or_skip!();
+    let stores = [store(&cluster).await, store(&cluster).await];
+    let quota = Quota::new(Window::per_hour(5));
+    let checks = [Check::new(0x5eed, &quota)];
+    for i in 0..5 {
+        let outcome = decide(&stores[i % 2], T0, &checks).await;
+        assert!(outcome.admitted(), "request {i}: {outcome:?}");
+    }
+
+    // The key's slot starts moving to another node, and the key has moved.
+    let mut found = None;
+    for index in 0..3 {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut cluster.node(index).await)
+            .await
+            .unwrap();
+        if let [key] = &keys[..] {
+            found = Some((index, key.clone()));
+        }
+    }
+    let (source, key) = found.expect("one node holds the key");
+    let target = (source + 1) % 3;
+    let (mut from, mut to) = (cluster.node(source).await, cluster.node(target).await);
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query_async(&mut from)
+        .await
+        .unwrap();
+    let id = async |node: &mut redis::aio::MultiplexedConnection| -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(node)
+            .await
+            .unwrap()
+    };
+    let (from_id, to_id) = (id(&mut from).await, id(&mut to).await);
+    let setslot = |state: &str, node: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
+        cmd
+    };
+    let _: () = setslot("IMPORTING", &from_id)
+        .query_async(&mut to)
+        .await
+        .unwrap();
+    let _: () = setslot("MIGRATING", &to_id)
+        .query_async(&mut from)
+        .await
+        .unwrap();
+    let port = cluster.urls()[target]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .arg(&key)
+        .arg(0)
+        .arg(5000)
+        .query_async(&mut from)
+        .await
+        .unwrap();
+
+    // 50 calls at once, half on each store: every one refused by Redis.
+    let calls = (0..50).map(|i| decide(&stores[i % 2], T0 + 1, &checks));
+    let outcomes = futures::future::join_all(calls).await;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert_eq!(outcome.basis(), Basis::Counted, "call {i}: {outcome:?}");
+        assert!(!outcome.admitted(), "call {i}: {outcome:?}");
+    }
+    for store in &stores {
+        assert_eq!(store.failures(), 0, "{store:?}");
+    }
+}

@@ -234,7 +234,13 @@ impl Backend {
                 eval_on(&mut server.connection(), script, keys, args, loads).await
             }
             Backend::Cluster(cluster) => {
-                eval_on(&mut cluster.connection().await?, script, keys, args, loads).await
+                let mut connection = cluster.connection().await?;
+                match eval_on(&mut connection, script, keys, args, loads).await {
+                    Err(error) if error.redirect_node().is_some() => {
+                        eval_asking(&mut connection, script, keys, args, loads).await
+                    }
+                    other => other,
+                }
             }
         }
     }
@@ -295,6 +301,43 @@ async fn eval_on<C: ConnectionLike, A: ToRedisArgs + Sync, T: FromRedisValue>(
         }
         other => other,
     }
+}
+
+/// The script call once more, after a redirection the cluster client did
+/// not get through: `ASKING` and `EVALSHA` in one pipeline. A slot in
+/// migration answers `ASK` for a key already moved, and its new node runs
+/// only a command sent right after `ASKING` on the same connection. The
+/// cluster client sends the two as separate requests on a connection that
+/// other calls share, so another call's command can come between them and
+/// this one is sent back (`MOVED`) until the client gives up. In one
+/// pipeline nothing comes between them (and on a node that owns the slot,
+/// `ASKING` changes nothing). A node without the script (`NOSCRIPT`) has
+/// it loaded on every primary, and the pair is sent again.
+async fn eval_asking<A: ToRedisArgs + Sync, T: FromRedisValue>(
+    connection: &mut ClusterConnection,
+    script: &Script,
+    keys: &[String],
+    args: &[A],
+    loads: &AtomicU64,
+) -> RedisResult<T> {
+    let mut pipeline = redis::pipe();
+    pipeline
+        .cmd("ASKING")
+        .ignore()
+        .cmd("EVALSHA")
+        .arg(script.get_hash())
+        .arg(keys.len())
+        .arg(keys)
+        .arg(args);
+    let answer = match pipeline.query_async::<(T,)>(connection).await {
+        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            loads.fetch_add(1, Ordering::Relaxed);
+            script.load_async(connection).await?;
+            pipeline.query_async(connection).await
+        }
+        other => other,
+    };
+    answer.map(|(answer,)| answer)
 }
 
 /// Whether `error` is the loss of the connection a command was queued on
