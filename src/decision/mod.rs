@@ -194,6 +194,16 @@ impl Decision {
         Self::refused_by(RefusalReason::Busy, wait, now, reported)
     }
 
+    /// A refusal because a shared in-flight count could not be asked and
+    /// the limit fails closed ([`Basis::FailedClosed`]); `reported` is the
+    /// cap that could not be checked.
+    pub(crate) fn unavailable(retry_after: u64, now: u64, reported: WindowReport) -> Self {
+        let wait = retry_after.saturating_mul(NANOS);
+        let mut decision = Self::refused_by(RefusalReason::Unavailable, wait, now, reported);
+        decision.basis = Basis::FailedClosed;
+        decision
+    }
+
     /// A refusal for `reason` that is not a window's: `reported` is shown
     /// empty until `wait` nanoseconds from `now` (its reset the second that
     /// moment falls in, its `Retry-After` the whole seconds to it, at least

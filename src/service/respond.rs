@@ -355,10 +355,17 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
         _ => claim.cap,
     };
     let report = cap_report(claim.origin, claim.cap, in_flight, 0);
-    let decision = Decision::busy(shared.policy.inner.busy_retry_after, now, report);
-    shared
-        .metrics
-        .count(usize::from(claim.origin.0), Verdict::Busy);
+    let retry_after = shared.policy.inner.busy_retry_after;
+    // A store that could not be asked, and a limit that fails closed: the
+    // refusal says so, as one of the windows' would.
+    let (decision, verdict) = match why {
+        Busy::Unavailable => (
+            Decision::unavailable(retry_after, now, report),
+            Verdict::Unavailable,
+        ),
+        _ => (Decision::busy(retry_after, now, report), Verdict::Busy),
+    };
+    shared.metrics.count(usize::from(claim.origin.0), verdict);
     emit(
         shared,
         EventKind::Refused,

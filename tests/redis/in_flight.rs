@@ -801,3 +801,45 @@ async fn two_layers_on_two_stores_share_one_in_flight_cap() {
         "{names:?}"
     );
 }
+
+/// A cap that fails closed, with Redis gone: the refusal says the count
+/// could not be reached (`Unavailable`, on `FailedClosed`), as a window's
+/// would, not that the key is busy.
+#[tokio::test]
+async fn a_cap_failing_closed_is_refused_as_unavailable_not_busy() {
+    let mut server = redis_or_skip!();
+    let policy = Policy::builder()
+        .key_secret(SECRET)
+        .limit(
+            Limit::new("calls", Header::parse("X-API-Key").unwrap())
+                .route("POST /v1/calls", Quota::in_flight(2)),
+        )
+        .build()
+        .unwrap();
+    let store = builder(&server)
+        .on_failure(FailurePolicy::Closed)
+        .connect()
+        .await
+        .unwrap();
+    let layer = RateLimitLayer::with_store(policy, store).decision_extensions(true);
+    let svc = layer.layer(service_fn(|_: Request<String>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let admitted = svc.clone().oneshot(request("k")).await.unwrap();
+    assert_eq!(admitted.status(), StatusCode::OK);
+    drop(admitted);
+
+    server.kill();
+    let refused = svc.oneshot(request("k")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let decision = refused
+        .extensions()
+        .get::<tower_ratelimit::Decision>()
+        .expect("the decision");
+    assert_eq!(
+        decision.refusal(),
+        Some(tower_ratelimit::RefusalReason::Unavailable)
+    );
+    assert_eq!(decision.basis(), tower_ratelimit::Basis::FailedClosed);
+    assert_eq!(refused.headers()["retry-after"], "1");
+}

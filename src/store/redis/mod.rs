@@ -44,6 +44,12 @@
 //! loaded when the store connects, and loaded again whenever Redis answers
 //! `NOSCRIPT` (a restarted or flushed server), transparently.
 //!
+//! Every key the store writes has a TTL, so Redis may evict it under any
+//! `maxmemory-policy` but `noeviction`, and an evicted count starts afresh
+//! with no error to notice: give the store a Redis that runs with
+//! `noeviction`, where a full Redis answers `OOM` and the failure policy
+//! decides.
+//!
 //! A request over several principals (Flireo's API key *and* the call id
 //! in its path) is decided group by group, in the order of the principals,
 //! the same on every node. Each group charges only if all its windows
@@ -260,7 +266,9 @@
 //! Every call has the store's deadline and goes through its circuit
 //! breaker. When Redis cannot answer, the limit's [`FailurePolicy`] decides:
 //! `Open` gives a permit that holds nothing, `Closed` answers
-//! [`Busy::Unavailable`](crate::store::protocol::Busy::Unavailable), and
+//! [`Busy::Unavailable`](crate::store::protocol::Busy::Unavailable) (the
+//! layer refuses it as [`RefusalReason::Unavailable`](crate::RefusalReason::Unavailable),
+//! on [`Basis::FailedClosed`](crate::Basis::FailedClosed)), and
 //! `Local { percent }` takes a slot of this node's share of the cap (`max ×
 //! percent / 100`, rounded up, at least 1) in a local limiter. A waiting
 //! request never waits past its `max_wait`. Slots of permits that outlive
