@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -661,4 +663,88 @@ async fn concurrent_calls_on_a_moved_key_of_a_migrating_slot_are_decided_exactly
     for store in &stores {
         assert_eq!(store.failures(), 0, "{store:?}");
     }
+}
+
+/// A primary killed under steady concurrent load on keys of every shard
+/// (bursts of 48 calls every 20 ms): until its replica takes over, its own
+/// keys fall back, and the keys of the other primaries are still decided in
+/// Redis the whole time (the map of the slots is made again aside, and no
+/// call waits for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_load_leaves_the_other_shards_decided_in_redis() {
+    let mut cluster = cluster_or_skip!(replicated);
+    let store = impatient(RedisStore::cluster_builder(cluster.urls()), 3).await;
+    let quota = Quota::new(Window::per_day(1_000_000));
+    let (on, _, victim) = one_on_and_one_off(&cluster, &store, &quota, None).await;
+    // Principals on the other primaries.
+    let primaries = cluster.primaries().await;
+    let mut others = Vec::new();
+    let mut before = cluster.key_counts().await;
+    for principal in 1_000..1_200u64 {
+        let check = Check::new(principal, &quota).of_principal(principal);
+        decide(&store, T0, &[check]).await;
+        let after = cluster.key_counts().await;
+        if primaries
+            .iter()
+            .any(|&n| n != victim && after[n] > before[n])
+        {
+            others.push(check);
+        }
+        before = after;
+        if others.len() == 8 {
+            break;
+        }
+    }
+    assert_eq!(others.len(), 8);
+    cluster.replicated(victim).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(HashMap::<(bool, String), usize>::new()));
+    let principals: Vec<(bool, u64)> = others
+        .iter()
+        .map(|c| (false, c.principal))
+        .chain(std::iter::repeat_n((true, on.principal), 4))
+        .collect();
+    let driver = {
+        let (store, stop, tally) = (store.clone(), Arc::clone(&stop), Arc::clone(&tally));
+        tokio::spawn(async move {
+            let mut bursts = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..4 {
+                    for &(victim, principal) in &principals {
+                        let (store, tally) = (store.clone(), Arc::clone(&tally));
+                        bursts.push(tokio::spawn(async move {
+                            let quota = Quota::new(Window::per_day(1_000_000));
+                            let check = Check::new(principal, &quota).of_principal(principal);
+                            let outcome = decide(&store, T0, &[check]).await;
+                            *tally
+                                .lock()
+                                .unwrap()
+                                .entry((victim, format!("{:?}", outcome.basis())))
+                                .or_default() += 1;
+                        }));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for burst in bursts {
+                burst.await.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.kill(victim);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    driver.await.unwrap();
+    let tally = tally.lock().unwrap().clone();
+    let others_fell_back: usize = tally
+        .iter()
+        .filter(|((victims, basis), _)| !victims && basis != "Counted")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(others_fell_back, 0, "{tally:?}: {store:?}");
+    let victim_fell_back = tally.get(&(true, "LocalFallback".to_owned()));
+    assert!(victim_fell_back.is_some(), "the kill was heard: {tally:?}");
+    assert_eq!(store.short_circuits(), 0, "{store:?}");
 }

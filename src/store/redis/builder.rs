@@ -10,7 +10,7 @@ use redis::aio::ConnectionManagerConfig;
 use redis::Script;
 
 use super::breaker::Breaker;
-use super::clients::{self, bad_url, Tls};
+use super::clients::{self, Tls};
 use super::connection::{Backend, Cluster, Server};
 use super::deny::DenyCache;
 use super::failure::LocalCounts;
@@ -256,29 +256,23 @@ impl RedisStoreBuilder {
                 ),
             ));
         }
+        // A connection to a server or to each cluster node, reconnected at
+        // once when it drops (retried once, soon).
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
         let backend = match &self.target {
             Target::Server(url) => {
                 let client = clients::server_client(url, &self.tls)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(None)
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(Duration::from_millis(100));
                 Backend::Single(Box::new(Server::new(client, config)?))
             }
             Target::Cluster(urls) => {
-                // Retried once, soon: a redirection, or a `TRYAGAIN` while
-                // a slot migrates, is worth another try only within the
-                // deadline (the client's own first wait is over a second).
-                let client = clients::cluster_builder(urls, &self.tls)?
-                    .connection_timeout(self.connect_timeout)
-                    .retries(1)
-                    .min_retry_wait(10)
-                    .max_retry_wait(100)
-                    .build()
-                    .map_err(|_| bad_url())?;
-                Backend::Cluster(Box::new(Cluster::new(client, self.connect_timeout)))
+                let seeds = clients::cluster_seeds(urls, &self.tls)?;
+                let cluster = Cluster::new(seeds, config, self.connect_timeout, self.deadline);
+                Backend::Cluster(Box::new(cluster))
             }
         };
         let breaker = Breaker::new(self.failure_threshold, self.cool_down);

@@ -4,8 +4,6 @@
 
 use std::fmt;
 
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-
 use crate::error::ConfigError;
 
 /// How `rediss://` connections are verified.
@@ -148,12 +146,10 @@ pub(crate) fn server_client(url: &str, tls: &Tls) -> Result<redis::Client, Confi
     Ok(client)
 }
 
-/// A builder for a client of the cluster reached through `urls`, verified
-/// as `tls` says over TLS.
-pub(crate) fn cluster_builder(
-    urls: &[String],
-    tls: &Tls,
-) -> Result<ClusterClientBuilder, ConfigError> {
+/// The clients of a cluster's seeds, `urls`, verified as `tls` says over
+/// TLS: where the store first asks for the cluster's map, and whose
+/// settings (credentials, TLS) its connections to every node take.
+pub(crate) fn cluster_seeds(urls: &[String], tls: &Tls) -> Result<Vec<redis::Client>, ConfigError> {
     if urls.is_empty() {
         return Err(ConfigError::invalid(
             "redis",
@@ -161,12 +157,7 @@ pub(crate) fn cluster_builder(
         ));
     }
     check_tls(urls.iter().map(String::as_str), tls)?;
-    let builder = ClusterClient::builder(urls.iter().map(String::as_str));
-    #[cfg(feature = "redis-tls")]
-    if let Some(certificates) = certificates(tls) {
-        return Ok(builder.certs(certificates));
-    }
-    Ok(builder)
+    urls.iter().map(|url| server_client(url, tls)).collect()
 }
 
 #[cfg(test)]
@@ -188,7 +179,7 @@ mod tests {
         assert!(server_client("redis://127.0.0.1:6379", &Tls::default()).is_ok());
         let e = server_client("not a url", &Tls::default()).unwrap_err();
         assert_eq!(e.field(), "redis");
-        let e = cluster_builder(&[], &Tls::default()).unwrap_err();
+        let e = cluster_seeds(&[], &Tls::default()).unwrap_err();
         assert_eq!(e.field(), "redis");
     }
 
@@ -200,7 +191,7 @@ mod tests {
         assert!(e.to_string().contains("`redis-tls`"), "{e}");
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let urls = ["redis://a:1".to_owned(), "rediss://b:2".to_owned()];
-        let e = cluster_builder(&urls, &Tls::default()).unwrap_err();
+        let e = cluster_seeds(&urls, &Tls::default()).unwrap_err();
         assert!(e.to_string().contains("`redis-tls`"), "{e}");
     }
 
@@ -209,7 +200,7 @@ mod tests {
     fn tls_urls_with_the_feature_make_clients() {
         assert!(server_client("rediss://127.0.0.1:6380", &Tls::default()).is_ok());
         let urls = ["rediss://a:1".to_owned()];
-        assert!(cluster_builder(&urls, &Tls::default()).is_ok());
+        assert!(cluster_seeds(&urls, &Tls::default()).is_ok());
     }
 
     #[cfg(feature = "redis-tls")]

@@ -182,13 +182,11 @@
 //! of its own, one cool-down (at least one deadline) for a late answer
 //! (which the breaker hears); unanswered even then, it is given up and its
 //! connection taken for silent. On a cluster, where a silent node leaves
-//! the breaker closed, the store then makes a new connection to every node
-//! in the background (at most once a cool-down), with the topology as it is
-//! then, and moves to it once it reaches the primary of every slot range:
-//! the silent node's keys, or those of a frozen primary whose replica took
-//! over, are decided in Redis again. While a primary is silent and no
-//! replica has taken over, the connection in use stays, and the other
-//! nodes' calls are not slowed.
+//! the breaker closed, the store then gives up the connection of each node
+//! that leaves a call waiting and has not answered for a deadline, and maps
+//! the cluster's slots again in the background: the silent node's keys, or
+//! those of a frozen primary whose replica took over, are decided in Redis
+//! again, and the other nodes keep their connections.
 //!
 //! The store's future never fails and never panics on Redis's account: the
 //! layer never sees a store error from it, so a failure never becomes the
@@ -300,6 +298,19 @@
 //! as described in [One script, all or nothing](#one-script-all-or-nothing).
 //! A node's renewals of in-flight slots go in one call per principal.
 //!
+//! The store routes its calls itself: it maps the slots to their primaries
+//! (`CLUSTER SLOTS`, asked of the seeds on first use), keeps one connection
+//! per primary, and sends each call to its slot's primary, so a call waits
+//! for its own node only. A primary that dies, or goes silent, costs its
+//! own keys their failure policy until its replica takes over, and no other
+//! node's call is slowed meanwhile: the map is made again in a task of its
+//! own, whenever a node stops answering or a slot moves. A `MOVED` answer
+//! sends the call at once to the slot's new primary; an `ASK` answer (a
+//! slot in migration whose key has moved) sends it with `ASKING`, the two
+//! as one pipeline that no other call can come between; a `TRYAGAIN` (a
+//! migrating slot whose keys are split between its two nodes) is tried once
+//! more, 10 ms later, and then follows the failure policy.
+//!
 //! # Why the crate's own engine
 //!
 //! The decisions are not made by `governor`: a policy here needs one atomic
@@ -313,6 +324,7 @@
 mod breaker;
 mod builder;
 mod clients;
+mod cluster;
 mod connection;
 mod deny;
 mod failure;
