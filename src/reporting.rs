@@ -32,8 +32,9 @@ pub enum HeaderStyle {
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
     /// (Unix seconds: when the window is full again, or ends) for the
     /// reported window. On a refusal, `Remaining` is 0 and `Reset` is never
-    /// before `Retry-After`: the trio answers "when may I send again". The
-    /// default; built without allocating.
+    /// before `Retry-After` (with GCRA it is when the window is full again,
+    /// which may be later: `Retry-After` says when the next request is
+    /// admitted). The default; built without allocating.
     #[default]
     XRateLimit,
     /// `RateLimit-Policy` and `RateLimit` of draft-ietf-httpapi-ratelimit-headers-10,
@@ -54,7 +55,9 @@ pub enum HeaderStyle {
     /// room may say a later `t` than `Retry-After`: it is not what the
     /// client waits for, and the draft has `Retry-After` take precedence.
     /// A window with nothing used has no `t`: no more is to come. An
-    /// in-flight cap has no `t` either.
+    /// in-flight cap has no `t` either. `w` is in whole seconds, as the
+    /// draft has it: a window under a second says `w=1` (its name keeps its
+    /// own period, `"all.500ms"`).
     Ietf,
     /// Both of the above.
     Both,

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use super::{Key, KeyError, KeyErrorKind, KeyExtractor, RequestView};
 
 /// Every request has the same key: the key of a global limit
-/// ([`Limit::global`](crate::Limit::global), `key = "global"` in a policy
+/// ([`Limit::global`](crate::Limit::global), `key = { global = true }` in a policy
 /// file).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Global;

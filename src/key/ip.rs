@@ -139,9 +139,7 @@ impl ForwardedIp {
         let trusted = trusted
             .into_iter()
             .enumerate()
-            .map(|(i, s)| {
-                parse_net(s.as_ref()).map_err(|e| e.within(format!("trusted_proxies[{i}]")))
-            })
+            .map(|(i, s)| parse_net(s.as_ref()).map_err(|e| e.within(format!("trusted[{i}]"))))
             .collect::<Result<_, _>>()?;
         Ok(ForwardedIp {
             trusted,
@@ -202,8 +200,14 @@ impl ForwardedIp {
     }
 
     fn malformed(&self) -> KeyError {
-        KeyError::new(KeyErrorKind::Malformed, self.header.display())
-            .with_detail("Expected a comma-separated list of IP addresses.")
+        let expected = match self.header {
+            ForwardedHeader::XForwardedFor => "Expected a comma-separated list of IP addresses.",
+            ForwardedHeader::Forwarded => {
+                "Expected comma-separated elements with `for=` an IP address \
+                 (`for=\"[2001:db8::1]\"` for IPv6) or an obfuscated `_token`."
+            }
+        };
+        KeyError::new(KeyErrorKind::Malformed, self.header.display()).with_detail(expected)
     }
 }
 

@@ -69,7 +69,7 @@ impl Limit {
     }
 
     /// A global limit named `name`: every request it applies to counts in
-    /// one bucket, a whole-API ceiling (`key = "global"` in a policy file).
+    /// one bucket, a whole-API ceiling (`key = { global = true }` in a policy file).
     /// It has no key to miss, so a request without one is counted like any
     /// other; no keyed limit ever falls back to it by accident.
     ///

@@ -1144,6 +1144,33 @@ mod forwarded_ip {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_malformed_forwarded_header_is_explained_in_its_own_syntax() {
+        let h = Harness::one_limit(
+            Limit::new(
+                "per_ip",
+                ForwardedIp::new(["10.0.0.0/8"]).unwrap().forwarded(),
+            )
+            .quota(per_minute(1)),
+        );
+        let reply = h
+            .send(from_peer(
+                "10.0.0.1",
+                get("/").header("forwarded", "for=unknown"),
+            ))
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        let message = reply.json()["error"]["message"].to_string();
+        assert!(message.contains("for="), "{message}");
+        assert!(!message.contains("list of IP addresses"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_is_named_by_its_place_in_the_list() {
+        let error = ForwardedIp::new(["10.0.0.0/8", "nope"]).unwrap_err();
+        assert_eq!(error.field(), "trusted[1]");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_untrusted_peer_cannot_spoof_its_address() {
         let h = per_client(1);
         assert_eq!(

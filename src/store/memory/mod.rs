@@ -82,8 +82,8 @@ use crate::shard::Padded;
 ///   until its estimate there is a fresh key's state again, so every entry
 ///   is exact, and a key moving back in loses nothing.
 /// * A sketch has a fixed size, made when its shard first overflows: about
-///   one cell (8 bytes) per entry of the shard's share of the cap, rows
-///   rounded up to a power of two. So memory stays under about
+///   one cell (8 bytes) per entry of the shard's share of the cap in each
+///   of its two rows, rows rounded up to a power of two. So memory stays under about
 ///   `max_entries` × (28 + 16 × the number of window periods that
 ///   overflowed) bytes, whatever the flood. A sketch is dropped when every
 ///   state in it is fresh again.
