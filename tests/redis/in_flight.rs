@@ -843,3 +843,38 @@ async fn a_cap_failing_closed_is_refused_as_unavailable_not_busy() {
     assert_eq!(decision.basis(), tower_ratelimit::Basis::FailedClosed);
     assert_eq!(refused.headers()["retry-after"], "1");
 }
+
+/// Slots Redis lost (flushed here; a restart without persistence alike)
+/// while their requests are still in flight are held again at the next
+/// renewal: the cap holds across nodes again, rather than letting a second
+/// round of requests in beside the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_redis_lost_are_held_again_while_their_requests_run() {
+    let server = redis_or_skip!();
+    let lease = Duration::from_millis(300);
+    let a = builder(&server).slot_lease(lease).connect().await.unwrap();
+    let b = builder(&server).slot_lease(lease).connect().await.unwrap();
+    let key = 0xf105;
+    let held = now(&a, key, 1, Mode::Refuse).await.unwrap();
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Lost: another node's request gets the slot (until the renewal).
+    let between = now(&b, key, 1, Mode::Refuse).await.unwrap();
+    drop(between);
+    // A renewal (every third of a lease) holds it again.
+    tokio::time::sleep(lease).await;
+    assert_eq!(
+        now(&b, key, 1, Mode::Refuse).await.unwrap_err(),
+        Busy::Full { in_flight: 1 }
+    );
+    drop(held);
+    tokio::time::sleep(lease / 2).await;
+    assert!(now(&b, key, 1, Mode::Refuse).await.is_ok());
+}

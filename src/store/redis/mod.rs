@@ -255,7 +255,9 @@
 //! node renews every third of a lease, in one call for all its slots, and
 //! that also sends the releases of dropped permits and cancelled waiters. A
 //! node that dies stops renewing: its slots come free when their leases run
-//! out, and its waiters leave the line within a few polls. A waiting request
+//! out, and its waiters leave the line within a few polls. A renewal that
+//! finds its slot gone (Redis restarted or flushed, or out of reach for a
+//! whole lease) holds it again: its request is still in flight. A waiting request
 //! asks again every [`RedisStoreBuilder::slot_poll`] (default 25 ms), or as
 //! soon as a slot of its key is freed on the same node; it leaves the line
 //! when its `max_wait` runs out or its future is dropped. Every key expires

@@ -26,7 +26,9 @@
 --   those ids (held slots, waiters, or both), the number of held ids to
 --   renew, those ids.
 --   Returns the 0-based indexes (counted over every group's renewals) of the
---   ids that could not be renewed: their lease had run out.
+--   ids that were missing (Redis restarted or flushed, or their lease ran
+--   out while the node could not reach it): they are held again, for their
+--   requests are still in flight.
 
 if redis.replicate_commands then
   pcall(redis.replicate_commands)
@@ -182,12 +184,10 @@ if ARGV[1] == 'm' then
     at = at + 1
     for i = 1, n_renew do
       local id = ARGV[at + i - 1]
-      local until_ms = redis.call('ZSCORE', held, id)
-      if until_ms and tonumber(until_ms) > now then
-        redis.call('ZADD', held, now + lease, id)
-      else
+      if not redis.call('ZSCORE', held, id) then
         lost[#lost + 1] = renewed
       end
+      redis.call('ZADD', held, now + lease, id)
       renewed = renewed + 1
     end
     at = at + n_renew

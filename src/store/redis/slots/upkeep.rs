@@ -85,20 +85,17 @@ impl Upkeep {
                 Vec::new()
             };
             match upkeep(&store, &frees, &renewals).await {
-                Ok(lost) => {
+                Ok(restored) => {
                     for f in frees.drain(..) {
                         p.slots.wake(f.key.key);
                     }
                     retry_at = None;
-                    if !lost.is_empty() {
+                    if restored > 0 {
                         tracing::warn!(
-                            lost = lost.len(),
-                            "rate-limit store: in-flight slots held here outlived their lease \
-                             (Redis unreachable too long?); no longer counted"
+                            restored,
+                            "rate-limit store: in-flight slots held here were missing in Redis \
+                             (restarted, flushed, or unreachable past their lease); held again"
                         );
-                        for (key, n) in lost {
-                            forget(&mut held, key, n);
-                        }
                     }
                     if renew {
                         next_renew = Instant::now() + renew_every;
@@ -147,13 +144,14 @@ fn forget(held: &mut HashMap<Count, Vec<u64>>, key: Count, n: u64) {
 }
 
 /// Frees `frees` and renews `renewals` (key, holder counter) in as few
-/// script calls as the batch limits allow; the renewals whose lease had run
-/// out come back. Stops at the first call that fails.
+/// script calls as the batch limits allow: how many renewals found their
+/// slot missing in Redis, and held it again. Stops at the first call that
+/// fails.
 async fn upkeep<T: Send + Sync + 'static>(
     owner: &Owner<T>,
     frees: &[Pending],
     renewals: &[(Count, u64)],
-) -> Result<Vec<(Count, u64)>, ()> {
+) -> Result<usize, ()> {
     let p = &owner.parts();
     // Group by key, keeping the order of first appearance.
     let mut order: Vec<Count> = Vec::new();
@@ -171,10 +169,9 @@ async fn upkeep<T: Send + Sync + 'static>(
         groups.entry(key).or_default().1.push(n);
     }
     let lease = millis(p.slots.lease);
-    let mut lost = Vec::new();
+    let mut restored = 0;
     let mut keys: Vec<String> = Vec::new();
     let mut args: Vec<String> = Vec::new();
-    let mut renewed: Vec<(Count, u64)> = Vec::new();
     let mut ids = 0;
     // On a cluster one call holds the keys of one principal (one hash
     // slot) only: the keys go principal by principal.
@@ -189,7 +186,6 @@ async fn upkeep<T: Send + Sync + 'static>(
         args.extend(free.iter().map(|&n| p.slots.holder(n)));
         args.push(renew.len().to_string());
         args.extend(renew.iter().map(|&n| p.slots.holder(n)));
-        renewed.extend(renew.iter().map(|&n| (*key, n)));
         ids += free.len() + renew.len();
         let last = i + 1 == order.len();
         let slot_ends = cluster
@@ -204,15 +200,10 @@ async fn upkeep<T: Send + Sync + 'static>(
             let reply = call(owner, &keys, &call_args, p.deadline)
                 .await
                 .map_err(drop)?;
-            for index in reply {
-                if let Some(&gone) = usize::try_from(index).ok().and_then(|i| renewed.get(i)) {
-                    lost.push(gone);
-                }
-            }
+            restored += reply.len();
             keys.clear();
-            renewed.clear();
             ids = 0;
         }
     }
-    Ok(lost)
+    Ok(restored)
 }
