@@ -265,3 +265,40 @@ async fn a_store_built_while_redis_is_down_starts_enforcing_when_it_comes_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A connect that Redis answers with an error (a wrong password, a
+/// database that does not exist) says Redis refused, not that it did not
+/// answer, and never shows the password.
+#[tokio::test]
+async fn a_connect_redis_refuses_says_so_without_the_password() {
+    if crate::support::skipped() {
+        return;
+    }
+    let server = crate::support::RedisServer::start();
+    let mut admin = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret-pass")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let port = server.port();
+    for url in [
+        format!("redis://:wrong-pass@127.0.0.1:{port}"),
+        format!("redis://:s3cret-pass@127.0.0.1:{port}/99"),
+    ] {
+        let error = RedisStore::builder(url.as_str())
+            .connect()
+            .await
+            .expect_err("refused");
+        let text = error.to_string();
+        assert!(text.contains("Redis refused the store"), "{text}");
+        assert!(!text.contains("did not answer"), "{text}");
+        assert!(!text.contains("pass"), "{text}");
+    }
+}

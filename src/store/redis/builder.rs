@@ -365,14 +365,17 @@ impl RedisStoreBuilder {
         {
             Ok(Ok(())) => return Ok(store),
             Ok(Err(e)) => {
-                let message = format!("Redis did not answer: {e}");
+                let unanswered =
+                    |what: fn(String) -> StoreError| what(format!("Redis did not answer: {e}"));
                 let error = if e.is_timeout() {
-                    StoreError::timeout(message)
+                    unanswered(StoreError::timeout)
                 } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped()
                 {
-                    StoreError::connection(message)
+                    unanswered(StoreError::connection)
                 } else {
-                    StoreError::protocol(message)
+                    // A wrong password, a database that does not exist, a
+                    // replica that refuses the script: Redis did answer.
+                    StoreError::protocol(format!("Redis refused the store: {e}"))
                 };
                 error.with_source(e)
             }
