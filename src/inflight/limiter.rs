@@ -175,6 +175,20 @@ pub struct Permit {
     key: u64,
     in_flight: u32,
     release: Release,
+    source: Source,
+}
+
+/// What granted a permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The limiter or store that counts the key's slots.
+    Counted,
+    /// A store that could not count it, in this process's share of the cap
+    /// (its failure policy).
+    Fallback,
+    /// A store that could not count it, letting it through (its failure
+    /// policy): the permit holds nothing.
+    FailedOpen,
 }
 
 /// What dropping a permit does.
@@ -321,7 +335,34 @@ impl Permit {
             key,
             in_flight,
             release: Release::Shared(Some(Box::new(release))),
+            source: Source::Counted,
         }
+    }
+
+    /// A permit that holds nothing, for a store that could not count the
+    /// slot and lets the request through (its failure policy fails open):
+    /// no rate-limit header reports its cap, and the decision says it
+    /// failed open.
+    pub fn failed_open(key: u64) -> Self {
+        Permit {
+            key,
+            in_flight: 0,
+            release: Release::Shared(None),
+            source: Source::FailedOpen,
+        }
+    }
+
+    /// This permit, marked as taken in this process's share of the cap by a
+    /// store that could not count it (its failure policy): the decision
+    /// says it fell back.
+    pub fn fallen_back(mut self) -> Self {
+        self.source = Source::Fallback;
+        self
+    }
+
+    /// What granted it.
+    pub(crate) fn source(&self) -> Source {
+        self.source
     }
 
     /// The key whose slot this is.

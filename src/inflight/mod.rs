@@ -10,5 +10,5 @@
 
 mod limiter;
 
-pub(crate) use limiter::ConcurrencyLimiter;
 pub use limiter::{Busy, Mode, Permit, SlotFuture};
+pub(crate) use limiter::{ConcurrencyLimiter, Source};

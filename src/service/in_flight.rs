@@ -3,7 +3,8 @@
 
 use super::applied::{Claim, Held};
 use super::Shared;
-use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit};
+use crate::decision::Basis;
+use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit, Source};
 use crate::store::Store;
 
 #[cfg(feature = "client")]
@@ -128,9 +129,23 @@ fn can_wait(mode: Mode) -> bool {
 }
 
 /// The requests in flight that `claim`'s headers report: those when its
-/// slot was granted, or the whole cap when it got none.
-pub(super) fn in_flight_of(claim: &Claim, held: &[Permit]) -> u32 {
-    held.iter()
-        .find(|p| p.key() == claim.key)
-        .map_or(claim.cap, Permit::in_flight)
+/// slot was granted, or the whole cap when it got none; `None` when its
+/// slot was let through uncounted (the store failed open), so that no
+/// made-up number is reported.
+pub(super) fn in_flight_of(claim: &Claim, held: &[Permit]) -> Option<u32> {
+    match held.iter().find(|p| p.key() == claim.key) {
+        Some(permit) if permit.source() == Source::FailedOpen => None,
+        Some(permit) => Some(permit.in_flight()),
+        None => Some(claim.cap),
+    }
+}
+
+/// What stood in for the store's count of the slots `held`, if anything
+/// did: a failure policy's fallback or pass.
+pub(super) fn slots_basis(held: &[Permit]) -> Option<Basis> {
+    held.iter().find_map(|permit| match permit.source() {
+        Source::Counted => None,
+        Source::Fallback => Some(Basis::LocalFallback),
+        Source::FailedOpen => Some(Basis::FailedOpen),
+    })
 }

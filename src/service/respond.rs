@@ -8,7 +8,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::applied::{Applied, Claim, Held};
-use super::in_flight::in_flight_of;
+use super::in_flight::{in_flight_of, slots_basis};
 use super::metrics::{self, Verdict};
 use super::plan::Ban;
 use super::verdict::{decide_counted, emit};
@@ -122,13 +122,9 @@ where
     let policy = &*shared.policy.inner;
     let now = applied.now;
     let caps = || {
-        applied.claims.iter().map(|c| {
-            cap_report(
-                c.origin,
-                c.cap,
-                in_flight_of(c, &applied.held),
-                now.div_ceil(NANOS),
-            )
+        applied.claims.iter().filter_map(|c| {
+            let in_flight = in_flight_of(c, &applied.held)?;
+            Some(cap_report(c.origin, c.cap, in_flight, now.div_ceil(NANOS)))
         })
     };
     let quiet =
@@ -158,6 +154,11 @@ where
         None => Decision::admitted(),
     };
     decision.add_shadow_refusal(applied.shadow_busy != 0);
+    if decision.basis == Basis::Counted {
+        if let Some(basis) = slots_basis(&applied.held) {
+            decision.basis = basis;
+        }
+    }
     let counted = outcome.map(|outcome| Counted {
         outcome,
         applied: &*applied,

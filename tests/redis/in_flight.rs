@@ -844,6 +844,69 @@ async fn a_cap_failing_closed_is_refused_as_unavailable_not_busy() {
     assert_eq!(refused.headers()["retry-after"], "1");
 }
 
+/// A cap that fails open, or falls back to a local share, with Redis gone:
+/// the decision says what stood in for the count, and a cap let through
+/// uncounted reports no made-up numbers.
+#[tokio::test]
+async fn a_cap_failing_open_or_falling_back_says_so() {
+    use tower_ratelimit::{Basis, Decision};
+    let mut server = redis_or_skip!();
+    let policy = || {
+        Policy::builder()
+            .key_secret(SECRET)
+            .limit(
+                Limit::new("calls", Header::parse("X-API-Key").unwrap())
+                    .route("POST /v1/calls", Quota::in_flight(2)),
+            )
+            .build()
+            .unwrap()
+    };
+    let layer = |store: RedisStore| {
+        RateLimitLayer::with_store(policy(), store)
+            .decision_extensions(true)
+            .layer(service_fn(|_: Request<String>| async {
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }))
+    };
+    let open = layer(
+        builder(&server)
+            .on_failure(FailurePolicy::Open)
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let local = layer(
+        builder(&server)
+            .on_failure(FailurePolicy::local(50))
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let counted = open.clone().oneshot(request("k")).await.unwrap();
+    let decision = counted.extensions().get::<Decision>().unwrap();
+    assert_eq!(decision.basis(), Basis::Counted);
+    assert_eq!(counted.headers()["x-ratelimit-remaining"], "1");
+    drop(counted);
+
+    server.kill();
+    let passed = open.oneshot(request("k")).await.unwrap();
+    assert_eq!(passed.status(), StatusCode::OK);
+    let decision = passed.extensions().get::<Decision>().unwrap();
+    assert_eq!(decision.basis(), Basis::FailedOpen);
+    assert!(
+        !passed.headers().contains_key("x-ratelimit-remaining"),
+        "{:?}",
+        passed.headers()
+    );
+    let fell_back = local.oneshot(request("k")).await.unwrap();
+    assert_eq!(fell_back.status(), StatusCode::OK);
+    let decision = fell_back.extensions().get::<Decision>().unwrap();
+    assert_eq!(decision.basis(), Basis::LocalFallback);
+    // The cap, and the requests this process counts in its share.
+    assert_eq!(fell_back.headers()["x-ratelimit-limit"], "2");
+    assert_eq!(fell_back.headers()["x-ratelimit-remaining"], "1");
+}
+
 /// Slots Redis lost (flushed here; a restart without persistence alike)
 /// while their requests are still in flight are held again at the next
 /// renewal: the cap holds across nodes again, rather than letting a second

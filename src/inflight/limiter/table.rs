@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use super::{Busy, Mode, Permit, Release, SHARDS};
+use super::{Busy, Mode, Permit, Release, Source, SHARDS};
 use crate::shard::{sparse, MixedKeyMap, Padded};
 
 /// The shared state: keys spread over padded, locked shards.
@@ -100,6 +100,7 @@ impl Inner {
             key,
             in_flight,
             release: Release::Local(Arc::clone(self)),
+            source: Source::Counted,
         }
     }
 

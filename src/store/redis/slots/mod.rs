@@ -531,7 +531,7 @@ async fn fall_back(
 ) -> Result<Permit, Busy> {
     p.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
     match policy {
-        FailurePolicy::Open => Ok(Permit::shared(key, 0, || {})),
+        FailurePolicy::Open => Ok(Permit::failed_open(key)),
         FailurePolicy::Closed => Err(Busy::Unavailable),
         FailurePolicy::Local { percent } => {
             let elapsed = started.elapsed();
@@ -555,7 +555,7 @@ async fn fall_back(
                 Err(Busy::TimedOut { waited }) => Err(Busy::TimedOut {
                     waited: waited.saturating_add(elapsed),
                 }),
-                other => other,
+                other => other.map(Permit::fallen_back),
             }
         }
     }
