@@ -13,10 +13,13 @@ use crate::error::ConfigError;
 /// present but bad (empty, conflicting, too long …) is an error, so a client
 /// cannot escape its own bucket by sending a broken key. Keys from different
 /// alternatives never collide, even with equal bytes. A key an operator
-/// writes (in the admin API, in an override) is read by the first
-/// alternative that can read it ([`KeyExtractor::key_from_text`]), as
-/// that alternative's key. A header reads any text, so the alternatives
-/// after one are reached only by texts it refuses.
+/// writes (in the admin API, in an override or an exemption) is read by the
+/// first alternative that can read it ([`KeyExtractor::key_from_text`]),
+/// as that alternative's key only: a client that sends the same bytes
+/// through another alternative gets neither its override nor its
+/// exemption. A header reads any text, so the alternatives after one are
+/// reached only by texts it refuses (exempt addresses with
+/// [`Limit::exempt_ips`](crate::Limit::exempt_ips)).
 #[derive(Clone, Default)]
 pub struct FirstOf {
     alternatives: Vec<Arc<dyn KeyExtractor>>,

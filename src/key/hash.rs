@@ -62,13 +62,16 @@ impl KeySecret {
         }
     }
 
-    /// The id of `key`'s bytes under `domain`, whichever alternative of a
-    /// [`FirstOf`](super::FirstOf) produced it: how keys that an operator
-    /// names (allowlists, overrides) are matched.
+    /// The id of `key` under `domain`, as the alternative of a
+    /// [`FirstOf`](super::FirstOf) that produced it: how keys that an
+    /// operator names (allowlists, overrides) are matched. An operator's
+    /// text is read as one alternative's key, so a client that sends the
+    /// same bytes through another (a header of its choosing) does not get
+    /// its exemption or its quota.
     pub(crate) fn named(&self, domain: u64, key: &Key<'_>) -> u64 {
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
         h.write_u64(domain);
-        key.hash_bytes_into(&mut h);
+        key.hash_into(&mut h);
         h.finish()
     }
 

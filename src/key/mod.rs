@@ -249,9 +249,8 @@ impl<'a> Key<'a> {
         self.hash_bytes_into(hasher);
     }
 
-    /// Feeds the key's bytes into a hasher, whichever alternative of a
-    /// [`FirstOf`] produced it.
-    pub(crate) fn hash_bytes_into(&self, hasher: &mut impl Hasher) {
+    /// Feeds the key's bytes (not its tag) into a hasher.
+    fn hash_bytes_into(&self, hasher: &mut impl Hasher) {
         match &self.repr {
             Repr::Borrowed(b) => hasher.write(b),
             Repr::Inline { len, bytes } => hasher.write(&bytes[..usize::from(*len)]),

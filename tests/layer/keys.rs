@@ -477,6 +477,56 @@ mod bad_keys {
         rejects_uncounted(&h, bad, KeyErrorKind::Missing, "Account", good).await;
     }
 
+    /// A limit keyed by the account an auth layer found, else a header the
+    /// client chooses: an exemption and an override written for an
+    /// account are the account's, and a client that sends its id in the
+    /// header gets neither.
+    #[tokio::test(start_paused = true)]
+    async fn an_operator_key_of_first_of_is_one_alternative_s_not_the_client_s() {
+        let h = Harness::one_limit(
+            Limit::new(
+                "per_caller",
+                FirstOf::new()
+                    .or(Extension::new(|a: &Account| Key::from(a.id.as_str())))
+                    .or(Header::parse("X-Anon-Id").unwrap()),
+            )
+            .quota(per_minute(2))
+            .exempt_keys(["acct_internal"])
+            .key_quota("acct_big", per_minute(1000)),
+        );
+        let as_account = |id: &str| {
+            let mut request = get("/v1/calls").body(String::new()).unwrap();
+            request.extensions_mut().insert(Account { id: id.into() });
+            request
+        };
+        let anonymous = |id: &str| {
+            get("/v1/calls")
+                .header("x-anon-id", id)
+                .body(String::new())
+                .unwrap()
+        };
+        for _ in 0..5 {
+            assert_eq!(h.status(as_account("acct_internal")).await, StatusCode::OK);
+            assert_eq!(h.status(as_account("acct_big")).await, StatusCode::OK);
+        }
+        for id in ["acct_internal", "acct_big"] {
+            let statuses = [
+                h.status(anonymous(id)).await,
+                h.status(anonymous(id)).await,
+                h.status(anonymous(id)).await,
+            ];
+            assert_eq!(
+                statuses,
+                [
+                    StatusCode::OK,
+                    StatusCode::OK,
+                    StatusCode::TOO_MANY_REQUESTS
+                ],
+                "{id} through the header is an anonymous caller's key"
+            );
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn empty_extension_value_is_401_empty_key_naming_the_type() {
         let h = guarded(

@@ -588,7 +588,16 @@ async fn a_slot_caught_mid_migration_falls_back_at_once_without_a_renewal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_on_a_moved_key_of_a_migrating_slot_are_decided_exactly() {
     let cluster = cluster_or_skip!();
-    let stores = [store(&cluster).await, store(&cluster).await];
+    // Every call asks Redis: no refusal is answered from memory.
+    let uncached = || async {
+        RedisStore::cluster_builder(cluster.urls())
+            .deny_cache(false)
+            .deadline(Duration::from_secs(2))
+            .connect()
+            .await
+            .expect("the cluster answers")
+    };
+    let stores = [uncached().await, uncached().await];
     let quota = Quota::new(Window::per_hour(5));
     let checks = [Check::new(0x5eed, &quota)];
     for i in 0..5 {

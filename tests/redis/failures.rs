@@ -142,7 +142,15 @@ async fn redis_killed_mid_run_gives_each_failure_policy_within_the_deadline() {
     for store in [&open_store, &closed_store, &local_store] {
         assert!(store.failures() >= 3, "{store:?}");
         assert!(store.short_circuits() > 0, "the breaker opened: {store:?}");
-        assert_eq!(store.fallbacks(), store.failures() + store.short_circuits());
+        // Every failure and short circuit fell back, and so did any call
+        // that waited behind this process's own past its deadline while
+        // Redis still answered (a timeout that is no failure: a loaded
+        // test machine).
+        let failed = store.failures() + store.short_circuits();
+        assert!(
+            (failed..=failed + store.timeouts()).contains(&store.fallbacks()),
+            "{store:?}"
+        );
     }
 }
 
