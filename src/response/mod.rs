@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderName, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::json;
 
 use crate::decision::{Decision, RefusalReason};
@@ -32,8 +32,9 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// names a policy file's `refusal` takes), with the real number of seconds.
 /// Formats with a request id use the request's own `x-request-id` (when it
 /// is 1 to 128 visible ASCII characters) or generate one, and set it as the
-/// response's `x-request-id`. Requests with a gRPC or gRPC-web content type
-/// (`application/grpc…`, in any case) get a trailers-only gRPC answer
+/// response's `x-request-id`. Every answer the layer makes itself says
+/// `Cache-Control: no-store`. gRPC and gRPC-web calls (a `POST` with a
+/// content type `application/grpc…`, in any case) get a trailers-only gRPC answer
 /// instead, in their own content type: HTTP 200 with `grpc-status: 8`
 /// (`RESOURCE_EXHAUSTED`), a `grpc-message`, and the wait in
 /// `grpc-retry-pushback-ms` (the `Retry-After` in milliseconds), which
@@ -286,13 +287,14 @@ pub(crate) fn refusal(
     format: &RefusalFormat,
     status: StatusCode,
     decision: &Decision,
+    method: &Method,
     request_headers: &HeaderMap,
 ) -> Produced {
     let retry = decision.retry_after().unwrap_or(1);
     let reason = decision.refusal();
     let banned = reason == Some(RefusalReason::Banned);
     let busy = reason == Some(RefusalReason::Busy);
-    if let Some(content_type) = grpc_type(request_headers) {
+    if let Some(content_type) = grpc_type(method, request_headers) {
         let what = if busy {
             "too many requests in flight"
         } else if banned {
@@ -365,8 +367,12 @@ pub(crate) fn refusal(
 }
 
 /// The answer to a request without a usable key: 401 and a JSON error.
-pub(crate) fn key_error(error: &KeyError, request_headers: &HeaderMap) -> Produced {
-    if let Some(content_type) = grpc_type(request_headers) {
+pub(crate) fn key_error(
+    error: &KeyError,
+    method: &Method,
+    request_headers: &HeaderMap,
+) -> Produced {
+    if let Some(content_type) = grpc_type(method, request_headers) {
         return grpc(content_type, 16, &error.to_string(), None);
     }
     let body = json!({"error": {"code": error.kind().code(), "message": error.to_string()}});
@@ -379,14 +385,19 @@ pub(crate) fn key_error(error: &KeyError, request_headers: &HeaderMap) -> Produc
     }
 }
 
-/// The content type of the answer to a gRPC request, `None` for any other:
+/// The content type of the answer to a gRPC request (a `POST`, as every gRPC
+/// call is), `None` for any other: a `GET` that claims a gRPC content type
+/// gets the HTTP answer, never a `200` a cache could keep for its URL.
 /// `application/grpc` for `application/grpc`, `application/grpc+proto`,
 /// `application/grpc;…`; for gRPC-web, whose clients read a trailers-only
 /// answer's status from its headers too, its own kind
 /// (`application/grpc-web` or `application/grpc-web-text`, `+proto` kept).
 /// Media types are read in any case; nothing else of the request's is
 /// echoed.
-fn grpc_type(headers: &HeaderMap) -> Option<HeaderValue> {
+fn grpc_type(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
+    if method != Method::POST {
+        return None;
+    }
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
     let media = value.split(';').next().unwrap_or("").trim();
     let media = media.to_ascii_lowercase();

@@ -4,7 +4,8 @@
 
 use std::mem::take;
 
-use http::{Request, Response};
+use http::header::CACHE_CONTROL;
+use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
 use super::applied::{Applied, Claim, Held};
@@ -279,7 +280,7 @@ pub(super) fn reject<F, B, E, ReqBody>(
     error: &KeyError,
     request: &Request<ReqBody>,
 ) -> ResponseFuture<F, B, E> {
-    let produced = response::key_error(error, request.headers());
+    let produced = response::key_error(error, request.method(), request.headers());
     ResponseFuture::produced(build(produced, PendingHeaders::default(), None))
 }
 
@@ -338,7 +339,8 @@ pub(super) fn refuse<F, B, E, St, ReqBody>(
     } else {
         policy.inner.refusal_status
     };
-    let produced = response::refusal(&policy.inner.refusal, status, &decision, request.headers());
+    let (method, asked) = (request.method(), request.headers());
+    let produced = response::refusal(&policy.inner.refusal, status, &decision, method, asked);
     let decision = shared.decision_extensions.then_some(decision);
     ResponseFuture::produced(build(produced, headers, decision))
 }
@@ -395,6 +397,9 @@ pub(super) fn build<B>(
         body,
     } = produced;
     headers.write(&mut map);
+    // An answer about this client at this moment: no cache may keep it
+    // (a gRPC refusal is a `200`).
+    map.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = status;
     *response.headers_mut() = map;

@@ -647,6 +647,36 @@ mod grpc {
         }
     }
 
+    /// gRPC calls are `POST`s: a `GET` that claims a gRPC content type gets
+    /// the HTTP answer, never a `200` that a cache in front could keep for
+    /// its URL; and no answer of the limiter may be kept by a cache.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_post_gets_the_grpc_answer_and_no_answer_is_cacheable() {
+        let h = Harness::new(|b| b);
+        let get = |key: Option<&str>| {
+            let request = Request::get("/public/page").header("content-type", "application/grpc");
+            match key {
+                Some(key) => request.header("x-api-key", key),
+                None => request,
+            }
+            .body(String::new())
+            .unwrap()
+        };
+        let no_key = h.send(get(None)).await;
+        assert_eq!(no_key.status, StatusCode::UNAUTHORIZED);
+        assert!(!no_key.headers.contains_key("grpc-status"));
+        assert_eq!(no_key.header("cache-control"), "no-store");
+        let refused = h.refusal_after(0, get(Some("k_1"))).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(!refused.headers.contains_key("grpc-status"));
+        assert_eq!(refused.header("cache-control"), "no-store");
+        let h = Harness::new(|b| b);
+        let grpc = h.refusal_after(0, grpc_request("application/grpc")).await;
+        assert_eq!(grpc.status, StatusCode::OK);
+        assert_eq!(grpc.header("grpc-status"), "8");
+        assert_eq!(grpc.header("cache-control"), "no-store");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn grpc_request_without_a_key_gets_grpc_status_16() {
         let h = Harness::new(|b| b);
