@@ -590,3 +590,54 @@ fn the_cap_changes_at_runtime_and_setters_keep_the_new_one() {
     let store = store.shards(8);
     assert_eq!(store.max_entries(), 640);
 }
+
+/// A lowered quota (an override, a plan changed) carries the count over for
+/// a key counted in the overflow sketch as for a known key: neither is
+/// admitted again until its debt at the new rate is paid.
+#[tokio::test]
+async fn a_lowered_quota_carries_the_count_of_a_key_in_the_sketch_too() {
+    let store = MemoryStore::with_max_entries(3)
+        .shards(1)
+        .sweep_interval(HOUR);
+    let h = Harness::new(per_key(Quota::new(Window::per_minute(100))), store);
+    h.at(T0);
+    for key in ["a", "b", "known"] {
+        assert_eq!(h.get(key).await.status(), StatusCode::OK);
+    }
+    // `known` has an entry; `flooded` finds none and is counted in the
+    // sketch. Each uses 90 of its 100 a minute.
+    for _ in 0..89 {
+        assert_eq!(h.get("known").await.status(), StatusCode::OK);
+    }
+    for _ in 0..90 {
+        let response = h.get("flooded").await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(h.len(), 3);
+    // Both throttled to 10 a minute: 90 used is 9 minutes of the new rate.
+    for key in ["known", "flooded"] {
+        h.layer
+            .overrides()
+            .set_quota("per_key", key, Quota::new(Window::per_minute(10)))
+            .unwrap();
+    }
+    // At once (the next second): each key's 53 s of debt at 100 a minute is
+    // 530 s at 10.
+    for minutes in [0, 1, 2, 5, 7] {
+        h.at(T0 + 1 + minutes * 60);
+        for key in ["known", "flooded"] {
+            let response = h.get(key).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "{key} at +{minutes} min"
+            );
+        }
+    }
+    // Paid off after 8 minutes: the debt less the 54 s of burst the new
+    // quota allows before its next request.
+    h.at(T0 + 8 * 60 + 1);
+    for key in ["known", "flooded"] {
+        assert_eq!(h.get(key).await.status(), StatusCode::OK, "{key}");
+    }
+}

@@ -157,11 +157,27 @@ impl Shard {
             let Some(from) = from.or_else(|| base_interval(check, period)) else {
                 continue;
             };
-            let table = tables
+            let to = window.interval_ns();
+            let Some(table) = tables
                 .iter_mut()
-                .find(|t| t.algorithm == Algorithm::Gcra && t.period_ns == period);
-            if let Some(tat) = table.and_then(|t| t.get_mut(check.bucket)) {
-                *tat = carry_over(from, window.interval_ns(), *tat, now);
+                .find(|t| t.algorithm == Algorithm::Gcra && t.period_ns == period)
+            else {
+                continue;
+            };
+            if let Some(tat) = table.get_mut(check.bucket) {
+                *tat = carry_over(from, to, *tat, now);
+            } else if let Some(sketch) = table.overflow.as_deref_mut() {
+                // A key counted in the sketch: its estimate, converted,
+                // raises its cells. They are shared, so they are never
+                // lowered: a raised quota's key may be refused early, as a
+                // key in the sketch may be, and a lowered one's keeps its
+                // debt.
+                let (gcra, bucket) = (Algorithm::Gcra, check.bucket);
+                let estimate = sketch.estimate(gcra, period, bucket, now);
+                let converted = carry_over(from, to, estimate, now);
+                if converted > estimate {
+                    sketch.charge(gcra, period, bucket, converted, now);
+                }
             }
         }
         if custom && !recorded {
