@@ -83,10 +83,13 @@ use crate::shard::Padded;
 ///   is exact, and a key moving back in loses nothing.
 /// * A sketch has a fixed size, made when its shard first overflows: about
 ///   one cell (8 bytes) per entry of the shard's share of the cap in each
-///   of its two rows, rows rounded up to a power of two. So memory stays under about
-///   `max_entries` × (28 + 16 × the number of window periods that
-///   overflowed) bytes, whatever the flood. A sketch is dropped when every
-///   state in it is fresh again.
+///   of its two rows, rows rounded up to a power of two. So memory stays
+///   under about `max_entries` × (28 + 16 × the number of window periods
+///   that overflowed) bytes, whatever the flood, plus, for keys on a quota
+///   other than their route's (an override, a plan), the rates they were
+///   counted at: about 64 bytes per such key seen since its shard's last
+///   sweep ([`MemoryStore::sweep_interval`]). A sketch is dropped when
+///   every state in it is fresh again.
 /// * Reaching the cap is logged at `warn` level, at most once a minute.
 ///
 /// How early a key in a sketch may be refused depends on the flood: with
