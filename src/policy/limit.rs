@@ -119,11 +119,15 @@ impl Limit {
     /// [`PolicyBuilder::build`](crate::PolicyBuilder::build) reports it; the
     /// error's field is `head`).
     ///
+    /// Only for a service that answers `HEAD` cheaply: axum and hyper run
+    /// the `GET` handler for a `HEAD` (and drop the body), so there a `HEAD`
+    /// costs what a `GET` does, and this route's quota would not hold it.
+    ///
     /// ```
     /// use tower_ratelimit::{key::Header, Limit, Quota, Window};
     ///
-    /// // Downloads are 10/minute; a HEAD that only asks for their size is
-    /// // counted by the next route instead.
+    /// // Downloads are 10/minute; a HEAD, which the service answers from
+    /// // its index without reading the file, is counted by the next route.
     /// let per_key = Limit::new("per_key", Header::bearer())
     ///     .route_without_head("GET /v1/recordings/{id}", Quota::new(Window::per_minute(10)))
     ///     .route("GET *", Quota::new(Window::per_minute(600)));
