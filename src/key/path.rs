@@ -85,6 +85,21 @@ fn scoped(outer: &Key<'_>, inner: &Key<'_>) -> Key<'static> {
     Key::copied(&bytes)
 }
 
+impl PathCapture {
+    /// The key of a captured segment: decoded, it must be UTF-8, as every
+    /// key (`%FF` is a 401, as axum's `Path<String>` refuses it too).
+    fn segment<'a>(&self, raw: &'a str) -> Result<Key<'a>, KeyError> {
+        let key = Key::path_segment(raw);
+        if raw.contains('%') && std::str::from_utf8(&key.to_bytes()).is_err() {
+            return Err(KeyError::new(
+                KeyErrorKind::NotUtf8,
+                self.describe().into_owned(),
+            ));
+        }
+        Ok(key)
+    }
+}
+
 impl KeyExtractor for PathCapture {
     fn extract<'a>(&self, request: &RequestView<'a>) -> Result<Key<'a>, KeyError> {
         let Some(raw) = request.capture(&self.name) else {
@@ -93,9 +108,10 @@ impl KeyExtractor for PathCapture {
                 self.describe().into_owned(),
             ));
         };
+        let segment = self.segment(raw)?;
         match &self.scope {
-            None => Ok(Key::path_segment(raw)),
-            Some(scope) => Ok(scoped(&scope.extract(request)?, &Key::path_segment(raw))),
+            None => Ok(segment),
+            Some(scope) => Ok(scoped(&scope.extract(request)?, &segment)),
         }
     }
 

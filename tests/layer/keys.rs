@@ -889,6 +889,33 @@ mod isolation {
         assert_eq!(h.status(control(&"c".repeat(201))).await, StatusCode::OK);
     }
 
+    /// A capture that decodes to bytes that are not UTF-8 is a 401, as any
+    /// key that is not UTF-8 (and as axum's `Path<String>` refuses it); a
+    /// `%` sequence that decodes to UTF-8 is a key like its plain spelling.
+    #[tokio::test(start_paused = true)]
+    async fn a_capture_that_decodes_to_invalid_utf8_is_401_and_uncounted() {
+        let h = Harness::one_limit(
+            Limit::new("per_call", PathCapture::new("call_id"))
+                .route("POST /v1/calls/{call_id}/control", per_minute(1)),
+        );
+        let control = |id: &str| {
+            Request::post(format!("/v1/calls/{id}/control"))
+                .body(String::new())
+                .unwrap()
+        };
+        for id in ["%FF", "c%C3", "%e2%82", "%C3%28"] {
+            let reply = h.send(control(id)).await;
+            assert_key_error(&reply, KeyErrorKind::NotUtf8, "`call_id` path segment");
+        }
+        assert_eq!(h.calls(), 0);
+        assert_eq!(h.status(control("%C3%A9")).await, StatusCode::OK);
+        assert_eq!(
+            h.status(control("%c3%a9")).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "one call, however its bytes are written"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn odd_percent_encodings_in_a_capture_never_panic_and_stay_isolated() {
         let h = Harness::one_limit(
