@@ -524,48 +524,7 @@ async fn a_slot_caught_mid_migration_falls_back_at_once_without_a_renewal() {
     let (source, target) = (source.expect("a node holds the keys"), 0);
     let target = if source == target { 1 } else { target };
     assert_eq!(keys.len(), 2, "{keys:?}");
-    let (mut from, mut to) = (cluster.node(source).await, cluster.node(target).await);
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(&keys[0])
-        .query_async(&mut from)
-        .await
-        .unwrap();
-    let id = async |node: &mut redis::aio::MultiplexedConnection| -> String {
-        redis::cmd("CLUSTER")
-            .arg("MYID")
-            .query_async(node)
-            .await
-            .unwrap()
-    };
-    let (from_id, to_id) = (id(&mut from).await, id(&mut to).await);
-    let setslot = |state: &str, node: &str| {
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
-        cmd
-    };
-    let _: () = setslot("IMPORTING", &from_id)
-        .query_async(&mut to)
-        .await
-        .unwrap();
-    let _: () = setslot("MIGRATING", &to_id)
-        .query_async(&mut from)
-        .await
-        .unwrap();
-    let port = cluster.urls()[target]
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
-    let _: () = redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(&port)
-        .arg(&keys[0])
-        .arg(0)
-        .arg(5000)
-        .query_async(&mut from)
-        .await
-        .unwrap();
+    start_migration(&cluster, source, target, &keys[0]).await;
 
     // Redis refuses the script over the split slot (TRYAGAIN): the request
     // follows its failure policy at once, counted as a failure, not as a
@@ -619,48 +578,7 @@ async fn concurrent_calls_on_a_moved_key_of_a_migrating_slot_are_decided_exactly
     }
     let (source, key) = found.expect("one node holds the key");
     let target = (source + 1) % 3;
-    let (mut from, mut to) = (cluster.node(source).await, cluster.node(target).await);
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(&key)
-        .query_async(&mut from)
-        .await
-        .unwrap();
-    let id = async |node: &mut redis::aio::MultiplexedConnection| -> String {
-        redis::cmd("CLUSTER")
-            .arg("MYID")
-            .query_async(node)
-            .await
-            .unwrap()
-    };
-    let (from_id, to_id) = (id(&mut from).await, id(&mut to).await);
-    let setslot = |state: &str, node: &str| {
-        let mut cmd = redis::cmd("CLUSTER");
-        cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
-        cmd
-    };
-    let _: () = setslot("IMPORTING", &from_id)
-        .query_async(&mut to)
-        .await
-        .unwrap();
-    let _: () = setslot("MIGRATING", &to_id)
-        .query_async(&mut from)
-        .await
-        .unwrap();
-    let port = cluster.urls()[target]
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
-    let _: () = redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(&port)
-        .arg(&key)
-        .arg(0)
-        .arg(5000)
-        .query_async(&mut from)
-        .await
-        .unwrap();
+    start_migration(&cluster, source, target, &key).await;
 
     // 50 calls at once, half on each store: every one refused by Redis.
     let calls = (0..50).map(|i| decide(&stores[i % 2], T0 + 1, &checks));
@@ -756,4 +674,52 @@ async fn a_primary_killed_under_load_leaves_the_other_shards_decided_in_redis() 
     let victim_fell_back = tally.get(&(true, "LocalFallback".to_owned()));
     assert!(victim_fell_back.is_some(), "the kill was heard: {tally:?}");
     assert_eq!(store.short_circuits(), 0, "{store:?}");
+}
+
+/// Starts moving the slot of `key` from node `source` to node `target`
+/// (`IMPORTING`, `MIGRATING`), and moves `key` itself (`MIGRATE`); the
+/// slot's other keys stay where they are.
+async fn start_migration(cluster: &Cluster, source: usize, target: usize, key: &str) {
+    let (mut from, mut to) = (cluster.node(source).await, cluster.node(target).await);
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut from)
+        .await
+        .unwrap();
+    let id = async |node: &mut redis::aio::MultiplexedConnection| -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(node)
+            .await
+            .unwrap()
+    };
+    let (from_id, to_id) = (id(&mut from).await, id(&mut to).await);
+    let setslot = |state: &str, node: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(node);
+        cmd
+    };
+    let _: () = setslot("IMPORTING", &from_id)
+        .query_async(&mut to)
+        .await
+        .unwrap();
+    let _: () = setslot("MIGRATING", &to_id)
+        .query_async(&mut from)
+        .await
+        .unwrap();
+    let port = cluster.urls()[target]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .arg(key)
+        .arg(0)
+        .arg(5000)
+        .query_async(&mut from)
+        .await
+        .unwrap();
 }

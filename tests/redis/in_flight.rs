@@ -681,6 +681,18 @@ fn gated<St: Store>(
     BoxCloneService::new(layer.layer(inner))
 }
 
+/// `POST /v1/calls`, at most 2 in flight per API key.
+fn calls_capped_at_2() -> Policy {
+    Policy::builder()
+        .key_secret(SECRET)
+        .limit(
+            Limit::new("calls", Header::parse("X-API-Key").unwrap())
+                .route("POST /v1/calls", Quota::in_flight(2)),
+        )
+        .build()
+        .unwrap()
+}
+
 fn request(key: &str) -> Request<String> {
     Request::post("/v1/calls")
         .header("x-api-key", key)
@@ -691,25 +703,15 @@ fn request(key: &str) -> Request<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_layers_on_two_stores_share_one_in_flight_cap() {
     let server = redis_or_skip!();
-    let policy = || {
-        Policy::builder()
-            .key_secret(SECRET)
-            .limit(
-                Limit::new("calls", Header::parse("X-API-Key").unwrap())
-                    .route("POST /v1/calls", Quota::in_flight(2)),
-            )
-            .build()
-            .unwrap()
-    };
     let gate = Arc::new(Semaphore::new(0));
     let entered = Arc::new(AtomicUsize::new(0));
     let one = gated(
-        &RateLimitLayer::with_store(policy(), node(&server).await),
+        &RateLimitLayer::with_store(calls_capped_at_2(), node(&server).await),
         &gate,
         &entered,
     );
     let two = gated(
-        &RateLimitLayer::with_store(policy(), node(&server).await),
+        &RateLimitLayer::with_store(calls_capped_at_2(), node(&server).await),
         &gate,
         &entered,
     );
@@ -808,20 +810,12 @@ async fn two_layers_on_two_stores_share_one_in_flight_cap() {
 #[tokio::test]
 async fn a_cap_failing_closed_is_refused_as_unavailable_not_busy() {
     let mut server = redis_or_skip!();
-    let policy = Policy::builder()
-        .key_secret(SECRET)
-        .limit(
-            Limit::new("calls", Header::parse("X-API-Key").unwrap())
-                .route("POST /v1/calls", Quota::in_flight(2)),
-        )
-        .build()
-        .unwrap();
     let store = builder(&server)
         .on_failure(FailurePolicy::Closed)
         .connect()
         .await
         .unwrap();
-    let layer = RateLimitLayer::with_store(policy, store).decision_extensions(true);
+    let layer = RateLimitLayer::with_store(calls_capped_at_2(), store).decision_extensions(true);
     let svc = layer.layer(service_fn(|_: Request<String>| async {
         Ok::<_, Infallible>(Response::new(String::new()))
     }));
@@ -851,18 +845,8 @@ async fn a_cap_failing_closed_is_refused_as_unavailable_not_busy() {
 async fn a_cap_failing_open_or_falling_back_says_so() {
     use tower_ratelimit::{Basis, Decision};
     let mut server = redis_or_skip!();
-    let policy = || {
-        Policy::builder()
-            .key_secret(SECRET)
-            .limit(
-                Limit::new("calls", Header::parse("X-API-Key").unwrap())
-                    .route("POST /v1/calls", Quota::in_flight(2)),
-            )
-            .build()
-            .unwrap()
-    };
     let layer = |store: RedisStore| {
-        RateLimitLayer::with_store(policy(), store)
+        RateLimitLayer::with_store(calls_capped_at_2(), store)
             .decision_extensions(true)
             .layer(service_fn(|_: Request<String>| async {
                 Ok::<_, Infallible>(Response::new(String::new()))
