@@ -413,6 +413,56 @@ async fn a_node_gone_silent_is_reached_on_a_new_connection() {
     assert_eq!(store.short_circuits(), 0, "{store:?}");
 }
 
+/// The same silence with sparse traffic (one call every 1.2 s, each given
+/// up before the next is sent): the silent node's connection is still
+/// replaced, and its keys decided in Redis again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gone_silent_under_sparse_traffic_is_reached_on_a_new_connection() {
+    let cluster = cluster_or_skip!();
+    let proxy = cluster.behind_proxy(0).await;
+    let store = impatient(RedisStore::cluster_builder(cluster.urls()), 3).await;
+    let quota = Quota::new(Window::per_hour(1_000));
+    let (silenced, _, _) = one_on_and_one_off(&cluster, &store, &quota, Some(0)).await;
+    proxy.silence();
+    let started = Instant::now();
+    let mut fell_back = 0;
+    loop {
+        match decide(&store, T0, &[silenced]).await.basis() {
+            Basis::Counted => break,
+            Basis::LocalFallback => fell_back += 1,
+            other => panic!("decided by {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "never decided in Redis again: {store:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    assert!(fell_back >= 1, "the silence was heard: {store:?}");
+    assert!(store.reconnects() >= 1, "{store:?}");
+}
+
+/// A seed that is a cluster node outside the cluster (it answers `CLUSTER
+/// SLOTS` with no slot) does not decide the map: the next seed is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_outside_the_cluster_is_passed_over() {
+    let cluster = cluster_or_skip!();
+    let stray = crate::support::RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    let mut seeds = vec![stray.url()];
+    seeds.extend(cluster.urls());
+    let store = RedisStore::cluster_builder(seeds)
+        .deadline(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("the cluster answers through the other seeds");
+    let quota = Quota::new(Window::per_hour(10));
+    for principal in 1..=20u64 {
+        let check = Check::new(principal, &quota).of_principal(principal);
+        assert_eq!(decide(&store, T0, &[check]).await.basis(), Basis::Counted);
+    }
+    assert_eq!(store.failures(), 0, "{store:?}");
+}
+
 /// A primary that stops answering (its host frozen, or cut off) is replaced
 /// by its replica after the cluster's node timeout (1 s here). The
 /// connection the store holds to it stays open and silent; once a call to

@@ -271,7 +271,7 @@ impl RedisStoreBuilder {
             }
             Target::Cluster(urls) => {
                 let seeds = clients::cluster_seeds(urls, &self.tls)?;
-                let cluster = Cluster::new(seeds, config, self.connect_timeout, self.deadline);
+                let cluster = Cluster::new(seeds, config, self.connect_timeout);
                 Backend::Cluster(Box::new(cluster))
             }
         };

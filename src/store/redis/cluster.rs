@@ -11,9 +11,10 @@
 //! node. A `MOVED` answer points its slot at the new node at once (and
 //! refreshes the map in the background); an `ASK` answer is followed with
 //! `ASKING` and the call in one pipeline, which no other call's command can
-//! come between; a `TRYAGAIN` is tried once more, soon.
+//! come between; a `TRYAGAIN` is tried again with a growing pause; at most
+//! [`MAX_HOPS`] of these in one call.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,10 @@ const SLOTS: usize = 16_384;
 /// No primary known for a slot.
 const NONE: u16 = u16::MAX;
 
+/// The most redirections (and `TRYAGAIN`s) one call follows; the store's
+/// deadline bounds them too.
+const MAX_HOPS: usize = 5;
+
 /// A Redis Cluster reached through its seeds: mapped on first use, and
 /// mapped again when a node says a slot moved or stops answering.
 pub(crate) struct Cluster {
@@ -43,9 +48,6 @@ struct Shared {
     config: ConnectionManagerConfig,
     /// How long asking one node for the map may take.
     connect_timeout: Duration,
-    /// How long a node may leave a call unanswered before it is taken for
-    /// silent (the store's deadline).
-    quiet: Duration,
     /// What the nodes' times of their last answers count from.
     epoch: Instant,
     map: ArcSwapOption<SlotMap>,
@@ -63,31 +65,40 @@ struct SlotMap {
     nodes: Vec<Arc<Node>>,
 }
 
+impl SlotMap {
+    /// How many slots have a known primary.
+    fn covered(&self) -> usize {
+        self.slots.iter().filter(|&&i| i != NONE).count()
+    }
+}
+
 /// A primary and the connection to it.
 struct Node {
     host: String,
     port: u16,
     client: redis::Client,
     connection: ArcSwap<ConnectionManager>,
-    /// Calls sent to it and not answered yet.
-    waiting: AtomicU32,
     /// When it last answered (ms since the cluster's epoch).
     answered_ms: AtomicU64,
+    /// When a call to it was last given up unanswered (the store stops
+    /// waiting for a call a grace period past its deadline).
+    abandoned_ms: AtomicU64,
 }
 
-/// A call under way on a node: counted as waiting until dropped.
-struct Waiting<'n>(&'n Node);
-
-impl<'n> Waiting<'n> {
-    fn on(node: &'n Node) -> Self {
-        node.waiting.fetch_add(1, Ordering::Relaxed);
-        Waiting(node)
-    }
+/// A call under way on a node: one dropped before it ended was given up
+/// unanswered, and the node is noted for it.
+struct Waiting<'n> {
+    node: &'n Node,
+    shared: &'n Shared,
+    ended: bool,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        if !self.ended {
+            let now = self.shared.now_ms();
+            self.node.abandoned_ms.fetch_max(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -101,8 +112,8 @@ impl Node {
             port,
             client,
             connection: ArcSwap::from_pointee(connection),
-            waiting: AtomicU32::new(0),
             answered_ms: AtomicU64::new(shared.now_ms()),
+            abandoned_ms: AtomicU64::new(0),
         }))
     }
 
@@ -148,19 +159,16 @@ impl Cluster {
     /// A cluster reached through `seeds`, each node over a connection made
     /// as `config` says; mapped on first use, asking each node at most
     /// `connect_timeout`.
-    /// A node that leaves a call unanswered for `quiet` is silent.
     pub(crate) fn new(
         seeds: Vec<redis::Client>,
         config: ConnectionManagerConfig,
         connect_timeout: Duration,
-        quiet: Duration,
     ) -> Self {
         Cluster {
             shared: Arc::new(Shared {
                 seeds,
                 config,
                 connect_timeout,
-                quiet,
                 epoch: Instant::now(),
                 map: ArcSwapOption::empty(),
                 mapping: tokio::sync::Mutex::new(()),
@@ -210,52 +218,57 @@ impl Cluster {
         loads: &AtomicU64,
     ) -> RedisResult<T> {
         let slot = keys.first().map_or(0, |key| slot_of(key.as_bytes()));
-        let node = self.node_of(slot).await?;
         let shared = &self.shared;
-        let mut connection = node.connection();
-        let call = eval_on(&mut connection, script, keys, args, loads);
-        let error = match shared.call(&node, call).await {
-            Ok(answer) => return Ok(answer),
-            Err(error) => error,
-        };
-        let kind = error.kind();
-        let redirect = error.redirect_node().and_then(|(to, _)| address(to));
-        match (kind, redirect) {
-            (ErrorKind::Server(ServerErrorKind::Moved), Some((host, port))) => {
-                let node = shared.moved(slot, host, port)?;
-                let mut connection = node.connection();
-                let call = eval_on(&mut connection, script, keys, args, loads);
-                shared.call(&node, call).await
-            }
-            (ErrorKind::Server(ServerErrorKind::Ask), Some((host, port))) => {
-                let node = shared.node_at(&host, port)?;
-                let mut connection = node.connection();
+        let mut node = self.node_of(slot).await?;
+        let mut asking = false;
+        let mut hops = 0;
+        loop {
+            let mut connection = node.connection();
+            let result = if asking {
                 let call = eval_asking(&mut connection, script, keys, args, loads);
                 shared.call(&node, call).await
-            }
-            (ErrorKind::Server(ServerErrorKind::TryAgain), _) => {
-                // A slot in migration, its keys split between two nodes:
-                // worth one more try, soon.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                let mut connection = node.connection();
+            } else {
                 let call = eval_on(&mut connection, script, keys, args, loads);
                 shared.call(&node, call).await
-            }
-            _ => {
-                if unanswered(&error)
-                    || matches!(
-                        kind,
-                        ErrorKind::Server(
-                            ServerErrorKind::ClusterDown | ServerErrorKind::MasterDown
-                        )
-                    )
-                {
-                    // A node gone, or failing over: its slots may have a new
-                    // primary.
-                    shared.refresh();
+            };
+            let error = match result {
+                Ok(answer) => return Ok(answer),
+                Err(error) => error,
+            };
+            hops += 1;
+            let kind = error.kind();
+            let redirect = error.redirect_node().and_then(|(to, _)| address(to));
+            (node, asking) = match (kind, redirect) {
+                _ if hops > MAX_HOPS => return Err(error),
+                (ErrorKind::Server(ServerErrorKind::Moved), Some((host, port))) => {
+                    (shared.moved(slot, &host, port)?, false)
                 }
-                Err(error)
-            }
+                (ErrorKind::Server(ServerErrorKind::Ask), Some((host, port))) => {
+                    (shared.node_at(&host, port)?, true)
+                }
+                (ErrorKind::Server(ServerErrorKind::TryAgain), _) => {
+                    // A slot in migration, and not every key of the call on
+                    // one of its nodes (a call's keys include ones not
+                    // created yet): soon the migration may be over.
+                    tokio::time::sleep(Duration::from_millis(10 * hops as u64)).await;
+                    (self.node_of(slot).await?, false)
+                }
+                _ => {
+                    if unanswered(&error)
+                        || matches!(
+                            kind,
+                            ErrorKind::Server(
+                                ServerErrorKind::ClusterDown | ServerErrorKind::MasterDown
+                            )
+                        )
+                    {
+                        // A node gone, or failing over: its slots may have a
+                        // new primary.
+                        shared.refresh();
+                    }
+                    return Err(error);
+                }
+            };
         }
     }
 
@@ -268,22 +281,21 @@ impl Cluster {
         Ok(())
     }
 
-    /// Gives the connection of each node that seems silent (a call
-    /// waiting, and no answer for the store's deadline: its host frozen or
-    /// cut off, a middlebox that forgot the connection; TCP gives up on a
-    /// lost host after many minutes, and never on a frozen process) up for
-    /// a new one, and maps the cluster again in the background (the node
+    /// Gives the connection of each node that seems silent (a call given
+    /// up unanswered since its last answer: its host frozen or cut off, a
+    /// middlebox that forgot the connection; TCP gives up on a lost host
+    /// after many minutes, and never on a frozen process) up for a new one, and maps the cluster again in the background (the node
     /// may have failed over). The nodes that answer keep their connections.
     pub(crate) fn renew(&self) {
         let shared = &self.shared;
         if let Some(map) = shared.map.load_full() {
-            let now = shared.now_ms();
-            let quiet = u64::try_from(shared.quiet.as_millis()).unwrap_or(u64::MAX);
             for node in &map.nodes {
                 let answered = node.answered_ms.load(Ordering::Relaxed);
-                if node.waiting.load(Ordering::Relaxed) > 0 && now.saturating_sub(answered) >= quiet
-                {
+                if node.abandoned_ms.load(Ordering::Relaxed) > answered {
                     node.reconnect(&shared.config);
+                    // Once: the next silence is timed from now.
+                    node.answered_ms
+                        .fetch_max(shared.now_ms(), Ordering::Relaxed);
                 }
             }
         }
@@ -305,19 +317,24 @@ impl Shared {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Runs `call` on `node`, counted as waiting until it ends, and notes
-    /// when the node answered (an error reply is an answer too).
+    /// Runs `call` on `node`, and notes when the node answered (an error
+    /// reply is an answer too) or, if `call` is dropped unfinished, that a
+    /// call to it was given up.
     async fn call<T>(
         &self,
         node: &Node,
         call: impl std::future::Future<Output = RedisResult<T>>,
     ) -> RedisResult<T> {
-        let waiting = Waiting::on(node);
+        let mut waiting = Waiting {
+            node,
+            shared: self,
+            ended: false,
+        };
         let result = call.await;
+        waiting.ended = true;
         if !matches!(&result, Err(error) if unanswered(error)) {
-            node.answered_ms.store(self.now_ms(), Ordering::Relaxed);
+            node.answered_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
         }
-        drop(waiting);
         result
     }
 
@@ -332,6 +349,15 @@ impl Shared {
         }
         let shared = Arc::clone(self);
         runtime.spawn(async move {
+            // Cleared even if the task is dropped (its runtime shutting
+            // down), so that a later refresh may run.
+            struct Refreshing<'s>(&'s AtomicBool);
+            impl Drop for Refreshing<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _refreshing = Refreshing(&shared.refreshing);
             let current = shared.map.load_full();
             match shared.ask_for_map(current.as_deref()).await {
                 Ok(map) => shared.map.store(Some(Arc::new(map))),
@@ -340,9 +366,9 @@ impl Shared {
                     "rate-limit store: cannot map the Redis Cluster's slots again; the map in use stays"
                 ),
             }
-            // At most one refresh per connect timeout.
+            // At most one refresh every 100 ms (or connect timeout, if
+            // shorter).
             tokio::time::sleep(shared.connect_timeout.min(Duration::from_millis(100))).await;
-            shared.refreshing.store(false, Ordering::Release);
         });
     }
 
@@ -353,8 +379,13 @@ impl Shared {
     async fn ask_for_map(&self, current: Option<&SlotMap>) -> RedisResult<SlotMap> {
         let known = current.map_or(&[][..], |map| &map.nodes[..]);
         let mut last_error = None;
-        let asked = known
-            .iter()
+        let mut best = None;
+        // The nodes that answered last first: the one whose call just
+        // failed is the least likely to know.
+        let mut by_answer: Vec<&Arc<Node>> = known.iter().collect();
+        by_answer.sort_by_key(|n| std::cmp::Reverse(n.answered_ms.load(Ordering::Relaxed)));
+        let asked = by_answer
+            .into_iter()
             .map(|node| (node.client.clone(), node.host.clone()))
             .chain(self.seeds.iter().map(|seed| {
                 let host = match seed.get_connection_info().addr() {
@@ -373,8 +404,19 @@ impl Shared {
                     .await
             })
             .await;
-            match ranges {
-                Ok(Ok(ranges)) => return self.map_of(&ranges, &host, known),
+            match ranges.map(|ranges| ranges.and_then(|r| self.map_of(&r, &host, known))) {
+                // A node outside the cluster, or one that has not heard of
+                // every slot's primary yet, does not decide the map: the
+                // next node is asked, and the fullest map kept.
+                Ok(Ok(map)) if map.covered() == SLOTS => return Ok(map),
+                Ok(Ok(map)) => {
+                    if best
+                        .as_ref()
+                        .is_none_or(|b: &SlotMap| b.covered() < map.covered())
+                    {
+                        best = Some(map);
+                    }
+                }
                 Ok(Err(error)) => last_error = Some(error),
                 Err(_) => {
                     last_error = Some(redis::RedisError::from((
@@ -383,6 +425,9 @@ impl Shared {
                     )))
                 }
             }
+        }
+        if let Some(map) = best {
+            return Ok(map);
         }
         Err(last_error.unwrap_or_else(|| {
             redis::RedisError::from((ErrorKind::Client, "no Redis Cluster node to ask"))
@@ -445,23 +490,28 @@ impl Shared {
 
     /// Points `slot` at the node at `host:port` (a `MOVED` answer), and
     /// maps the whole cluster again in the background: the node.
-    fn moved(self: &Arc<Self>, slot: u16, host: String, port: u16) -> RedisResult<Arc<Node>> {
-        let node = self.node_at(&host, port)?;
-        if let Some(map) = self.map.load_full() {
+    fn moved(self: &Arc<Self>, slot: u16, host: &str, port: u16) -> RedisResult<Arc<Node>> {
+        let new = self.node_at(host, port)?;
+        let at = |n: &Arc<Node>| n.host == host && n.port == port;
+        self.map.rcu(|map| {
+            let map = map.as_deref()?;
             let mut nodes = map.nodes.clone();
-            let index = match nodes.iter().position(|n| Arc::ptr_eq(n, &node)) {
-                Some(index) => index,
-                None => {
-                    nodes.push(Arc::clone(&node));
-                    nodes.len() - 1
-                }
-            };
+            let index = nodes.iter().position(at).unwrap_or_else(|| {
+                nodes.push(Arc::clone(&new));
+                nodes.len() - 1
+            });
             let mut slots = map.slots.clone();
             slots[usize::from(slot)] = index as u16;
-            self.map.store(Some(Arc::new(SlotMap { slots, nodes })));
-        }
+            Some(Arc::new(SlotMap { slots, nodes }))
+        });
         self.refresh();
-        Ok(node)
+        // The map's node for the address, one connection per node.
+        let known = self
+            .map
+            .load()
+            .as_deref()
+            .and_then(|map| map.nodes.iter().find(|n| at(n)).cloned());
+        Ok(known.unwrap_or(new))
     }
 
     /// The node at `host:port`: the map's, or a new one.

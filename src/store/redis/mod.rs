@@ -306,12 +306,19 @@
 //! for its own node only. A primary that dies, or goes silent, costs its
 //! own keys their failure policy until its replica takes over, and no other
 //! node's call is slowed meanwhile: the map is made again in a task of its
-//! own, whenever a node stops answering or a slot moves. A `MOVED` answer
-//! sends the call at once to the slot's new primary; an `ASK` answer (a
-//! slot in migration whose key has moved) sends it with `ASKING`, the two
-//! as one pipeline that no other call can come between; a `TRYAGAIN` (a
-//! migrating slot whose keys are split between its two nodes) is tried once
-//! more, 10 ms later, and then follows the failure policy.
+//! own, whenever a node stops answering or a slot moves (asking the nodes
+//! that answered last first, and passing over one that knows no primary).
+//! A `MOVED` answer sends the call at once to the slot's new primary; an
+//! `ASK` answer (a slot in migration whose keys have moved) sends it with
+//! `ASKING`, the two as one pipeline that no other call can come between.
+//! While a slot migrates, Redis answers `TRYAGAIN` to a call whose keys are
+//! not all on the node asked, and a call's keys include ones not created
+//! yet (a ban not started, a second limit not counted, the in-flight
+//! keys): such a call is tried again, 10 ms later, then 20, up to five
+//! redirections in all within its deadline, and then follows the failure
+//! policy. A migration of a few milliseconds a slot (`redis-cli --cluster
+//! reshard`) is followed without a failure; a slot held in migration for
+//! longer costs those calls their failure policy meanwhile.
 //!
 //! # Why the crate's own engine
 //!
