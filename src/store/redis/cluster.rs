@@ -208,8 +208,8 @@ impl Cluster {
     }
 
     /// Runs `script` on `keys` (all of one slot) and `args` on that slot's
-    /// primary, following a redirection once; `loads` counts the times the
-    /// script had to be loaded.
+    /// primary, following up to [`MAX_HOPS`] redirections; `loads` counts
+    /// the times the script had to be loaded.
     pub(crate) async fn eval<A: ToRedisArgs + Sync, T: FromRedisValue>(
         &self,
         script: &Script,
@@ -284,8 +284,9 @@ impl Cluster {
     /// Gives the connection of each node that seems silent (a call given
     /// up unanswered since its last answer: its host frozen or cut off, a
     /// middlebox that forgot the connection; TCP gives up on a lost host
-    /// after many minutes, and never on a frozen process) up for a new one, and maps the cluster again in the background (the node
-    /// may have failed over). The nodes that answer keep their connections.
+    /// after many minutes, and never on a frozen process) up for a new
+    /// one, and maps the cluster again in the background (the node may have
+    /// failed over). The nodes that answer keep their connections.
     pub(crate) fn renew(&self) {
         let shared = &self.shared;
         if let Some(map) = shared.map.load_full() {
