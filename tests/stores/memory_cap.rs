@@ -599,27 +599,32 @@ async fn a_lowered_quota_carries_the_count_of_a_key_in_the_sketch_too() {
     let store = MemoryStore::with_max_entries(3)
         .shards(1)
         .sweep_interval(HOUR);
-    let h = Harness::new(per_key(Quota::new(Window::per_minute(100))), store);
+    let h = Harness::new(per_key(Quota::new(Window::per_minute(1000))), store);
+    let throttle = |key: &str, per_minute: u32| {
+        h.layer
+            .overrides()
+            .set_quota("per_key", key, Quota::new(Window::per_minute(per_minute)))
+            .unwrap();
+    };
     h.at(T0);
     for key in ["a", "b", "known"] {
         assert_eq!(h.get(key).await.status(), StatusCode::OK);
     }
     // `known` has an entry; `flooded` finds none and is counted in the
-    // sketch. Each uses 90 of its 100 a minute.
+    // sketch. On 100 a minute of their own, each uses 90.
+    for key in ["known", "flooded"] {
+        throttle(key, 100);
+    }
     for _ in 0..89 {
         assert_eq!(h.get("known").await.status(), StatusCode::OK);
     }
     for _ in 0..90 {
-        let response = h.get("flooded").await;
-        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(h.get("flooded").await.status(), StatusCode::OK);
     }
     assert_eq!(h.len(), 3);
     // Both throttled to 10 a minute: 90 used is 9 minutes of the new rate.
     for key in ["known", "flooded"] {
-        h.layer
-            .overrides()
-            .set_quota("per_key", key, Quota::new(Window::per_minute(10)))
-            .unwrap();
+        throttle(key, 10);
     }
     // At once (the next second): each key's 53 s of debt at 100 a minute is
     // 530 s at 10.
@@ -639,5 +644,33 @@ async fn a_lowered_quota_carries_the_count_of_a_key_in_the_sketch_too() {
     h.at(T0 + 8 * 60 + 1);
     for key in ["known", "flooded"] {
         assert_eq!(h.get(key).await.status(), StatusCode::OK, "{key}");
+    }
+}
+
+/// A key in the sketch on a quota below its route's, sending at its own
+/// rate while sweeps run every second: admitted every time (a sweep that
+/// forgets the rate it was counted at converts nothing, so no debt grows).
+#[tokio::test]
+async fn sweeps_never_grow_the_debt_of_a_key_in_the_sketch() {
+    let store = MemoryStore::with_max_entries(3)
+        .shards(1)
+        .sweep_interval(Duration::from_secs(1));
+    let h = Harness::new(per_key(Quota::new(Window::per_minute(100))), store);
+    h.layer
+        .overrides()
+        .set_quota("per_key", "slow", Quota::new(Window::per_minute(10)))
+        .unwrap();
+    h.at(T0);
+    for key in ["a", "b", "c"] {
+        assert_eq!(h.get(key).await.status(), StatusCode::OK);
+    }
+    for _ in 0..5 {
+        assert_eq!(h.get("slow").await.status(), StatusCode::OK);
+    }
+    assert_eq!(h.len(), 3, "`slow` is counted in the sketch");
+    for step in 1..=20 {
+        h.at(T0 + step * 6);
+        let response = h.get("slow").await;
+        assert_eq!(response.status(), StatusCode::OK, "step {step}");
     }
 }

@@ -152,12 +152,15 @@ impl Shard {
         let mut recorded = last.is_some();
         for window in check.quota.windows() {
             let period = window.period_ns();
-            let from = last.and_then(|r| rate_in(r, period));
-            recorded &= from == Some(window.interval_ns());
-            let Some(from) = from.or_else(|| base_interval(check, period)) else {
+            let on_record = last.and_then(|r| rate_in(r, period));
+            recorded &= on_record == Some(window.interval_ns());
+            let Some(from) = on_record.or_else(|| base_interval(check, period)) else {
                 continue;
             };
             let to = window.interval_ns();
+            if from == to {
+                continue;
+            }
             let Some(table) = tables
                 .iter_mut()
                 .find(|t| t.algorithm == Algorithm::Gcra && t.period_ns == period)
@@ -166,12 +169,15 @@ impl Shard {
             };
             if let Some(tat) = table.get_mut(check.bucket) {
                 *tat = carry_over(from, to, *tat, now);
-            } else if let Some(sketch) = table.overflow.as_deref_mut() {
-                // A key counted in the sketch: its estimate, converted,
-                // raises its cells. They are shared, so they are never
-                // lowered: a raised quota's key may be refused early, as a
-                // key in the sketch may be, and a lowered one's keeps its
-                // debt.
+            } else if let (Some(_), Some(sketch)) = (on_record, table.overflow.as_deref_mut()) {
+                // A key counted in the sketch, at a rate on record (its
+                // own, so the estimate is its count, not only other keys'):
+                // its estimate, converted, raises its cells. They are
+                // shared, so they are never lowered: a raised quota's key
+                // may be refused early, as a key in the sketch may be, and
+                // a lowered one's keeps its debt. (Without a record, from a
+                // key's first request or after a sweep, nothing is
+                // converted: the estimate may be other keys' alone.)
                 let (gcra, bucket) = (Algorithm::Gcra, check.bucket);
                 let estimate = sketch.estimate(gcra, period, bucket, now);
                 let converted = carry_over(from, to, estimate, now);
