@@ -51,10 +51,12 @@ pub enum Basis {
     /// `store::redis` module's docs, feature `redis`).
     DenyCache,
     /// The store could not decide, and the limits' failure policies counted
-    /// it in this process's memory instead.
+    /// it in this process's memory instead (its windows, or an in-flight
+    /// slot taken in this process's share of the cap).
     LocalFallback,
     /// The store could not decide, and the limits fail open: the request
-    /// went through uncounted.
+    /// went through uncounted (or, with windows counted, an in-flight slot
+    /// let through uncounted).
     FailedOpen,
     /// The store could not decide, and a limit that fails closed refused the
     /// request ([`RefusalReason::Unavailable`]).
@@ -276,6 +278,17 @@ impl Decision {
     #[inline]
     pub fn refusal(&self) -> Option<RefusalReason> {
         self.refusal
+    }
+
+    /// Whether an in-flight cap refused the request: no free slot, or a
+    /// shared count that could not be asked (answered as busy, with the
+    /// busy status and body, whatever the reason says).
+    pub(crate) fn refused_by_cap(&self) -> bool {
+        match self.refusal {
+            Some(RefusalReason::Busy) => true,
+            Some(RefusalReason::Unavailable) => self.reported().is_some_and(|w| w.concurrent),
+            _ => false,
+        }
     }
 
     /// What decided the request: the store's count, its deny cache, or a

@@ -68,11 +68,9 @@ impl KeySecret {
     /// text is read as one alternative's key, so a client that sends the
     /// same bytes through another (a header of its choosing) does not get
     /// its exemption or its quota.
+    #[inline]
     pub(crate) fn named(&self, domain: u64, key: &Key<'_>) -> u64 {
-        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
-        h.write_u64(domain);
-        key.hash_into(&mut h);
-        h.finish()
+        self.id(domain, key)
     }
 
     /// The id of `key` under `domain` (a limit's [`key_domain`]): the one

@@ -90,7 +90,12 @@ impl PathCapture {
     /// key (`%FF` is a 401, as axum's `Path<String>` refuses it too).
     fn segment<'a>(&self, raw: &'a str) -> Result<Key<'a>, KeyError> {
         let key = Key::path_segment(raw);
-        if raw.contains('%') && std::str::from_utf8(&key.to_bytes()).is_err() {
+        let decoded = |key: &Key<'_>| {
+            let mut bytes: SmallVec<[u8; 128]> = SmallVec::new();
+            key.extend_into(&mut bytes);
+            std::str::from_utf8(&bytes).is_ok()
+        };
+        if raw.contains('%') && !decoded(&key) {
             return Err(KeyError::new(
                 KeyErrorKind::NotUtf8,
                 self.describe().into_owned(),

@@ -293,7 +293,7 @@ pub(crate) fn refusal(
     let retry = decision.retry_after().unwrap_or(1);
     let reason = decision.refusal();
     let banned = reason == Some(RefusalReason::Banned);
-    let busy = reason == Some(RefusalReason::Busy);
+    let busy = decision.refused_by_cap();
     if let Some(content_type) = grpc_type(method, request_headers) {
         let what = if busy {
             "too many requests in flight"

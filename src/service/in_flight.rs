@@ -129,12 +129,15 @@ fn can_wait(mode: Mode) -> bool {
 }
 
 /// The requests in flight that `claim`'s headers report: those when its
-/// slot was granted, or the whole cap when it got none; `None` when its
-/// slot was let through uncounted (the store failed open), so that no
-/// made-up number is reported.
+/// slot was granted, or the whole cap when it got none; `None` when a
+/// failure policy stood in for the shared count (the slot let through
+/// uncounted, or taken in this process's share), so that no made-up
+/// number is reported.
 pub(super) fn in_flight_of(claim: &Claim, held: &[Permit]) -> Option<u32> {
     match held.iter().find(|p| p.key() == claim.key) {
-        Some(permit) if permit.source() == Source::FailedOpen => None,
+        // Uncounted, or counted in this process's share only: the cap's
+        // numbers would be made up.
+        Some(permit) if permit.source() != Source::Counted => None,
         Some(permit) => Some(permit.in_flight()),
         None => Some(claim.cap),
     }

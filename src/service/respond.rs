@@ -155,17 +155,19 @@ where
         None => Decision::admitted(),
     };
     decision.add_shadow_refusal(applied.shadow_busy != 0);
-    if decision.basis == Basis::Counted {
-        if let Some(basis) = slots_basis(&applied.held) {
-            decision.basis = basis;
-        }
-    }
     let counted = outcome.map(|outcome| Counted {
         outcome,
         applied: &*applied,
     });
     if !decision.is_admitted() {
         return refuse(shared, decision, counted, &request);
+    }
+    // Admitted by the windows the store counted, and by slots a failure
+    // policy may have stood in for: the decision says so.
+    if decision.basis == Basis::Counted {
+        if let Some(basis) = slots_basis(&applied.held) {
+            decision.basis = basis;
+        }
     }
     for (i, claim) in applied.claims.iter().enumerate() {
         if applied.shadow_busy & (1 << i) != 0 {
@@ -334,7 +336,7 @@ pub(super) fn refuse<F, B, E, St, ReqBody>(
 ) -> ResponseFuture<F, B, E> {
     let policy = &shared.policy;
     let headers = headers_for(shared, &decision, counted);
-    let status = if decision.refusal() == Some(RefusalReason::Busy) {
+    let status = if decision.refused_by_cap() {
         policy.inner.busy_status
     } else {
         policy.inner.refusal_status
