@@ -56,7 +56,7 @@ impl<St> Target<St> {
         let read = operator_key(&*compiled.key, &key, policy.max_key_len)
             .map_err(|why| Fault::new(StatusCode::BAD_REQUEST, "key", why))?;
         let id = compiled.key_id(&policy.secret, &read);
-        let own = policy.override_of(index, &read);
+        let own = policy.override_of(index, id);
         Ok(Target {
             index,
             limit,

@@ -62,17 +62,6 @@ impl KeySecret {
         }
     }
 
-    /// The id of `key` under `domain`, as the alternative of a
-    /// [`FirstOf`](super::FirstOf) that produced it: how keys that an
-    /// operator names (allowlists, overrides) are matched. An operator's
-    /// text is read as one alternative's key, so a client that sends the
-    /// same bytes through another (a header of its choosing) does not get
-    /// its exemption or its quota.
-    #[inline]
-    pub(crate) fn named(&self, domain: u64, key: &Key<'_>) -> u64 {
-        self.id(domain, key)
-    }
-
     /// The id of `key` under `domain` (a limit's [`key_domain`]): the one
     /// full hash of a request's key per limit, the same for every limit
     /// keyed the same way.

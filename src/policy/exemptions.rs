@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use crate::error::ConfigError;
 use crate::key::{
-    domain_id, operator_key, parse_net, peer_ip, Key, KeyExtractor, KeySecret, RequestView,
+    domain_id, operator_key, parse_net, peer_ip, KeyExtractor, KeySecret, RequestView,
 };
 
 /// A limit's allowlist: keyed hashes of exempt keys (never the keys) and
@@ -29,7 +29,7 @@ impl Exemptions {
         max_key_len: usize,
         keys: &[String],
         ranges: &[String],
-        secret: &KeySecret,
+        (secret, key_domain): (&KeySecret, u64),
     ) -> Result<Self, ConfigError> {
         let domain = domain_id(limit, 0);
         let keys = keys
@@ -37,7 +37,7 @@ impl Exemptions {
             .enumerate()
             .map(
                 |(i, text)| match operator_key(extractor, text, max_key_len) {
-                    Ok(key) => Ok(secret.named(domain, &key)),
+                    Ok(key) => Ok(KeySecret::derive(secret.id(key_domain, &key), domain)),
                     Err(why) => Err(ConfigError::invalid(format!("exempt_keys[{i}]"), why)),
                 },
             )
@@ -54,24 +54,25 @@ impl Exemptions {
         })
     }
 
-    /// Whether a request with `key` (as this limit extracted it) is exempt.
+    /// Whether a request whose key has the id `id` (see
+    /// [`CompiledLimit::key_id`](super::limit::CompiledLimit::key_id)) is
+    /// exempt. An operator's key is read as one alternative's of a
+    /// [`FirstOf`](crate::key::FirstOf), so a client that sends the same
+    /// bytes through another (a header of its choosing) is not exempt.
     #[inline]
-    pub(crate) fn covers(
-        &self,
-        key: &Key<'_>,
-        request: &RequestView<'_>,
-        secret: &KeySecret,
-    ) -> bool {
+    pub(crate) fn covers(&self, id: u64, request: &RequestView<'_>) -> bool {
         if self.keys.is_empty() && self.ranges.is_empty() {
             return false;
         }
-        self.listed_cover(key, request, secret)
+        self.listed_cover(id, request)
     }
 
-    /// Whether a request with `key` is exempt, the limit having exemptions.
+    /// Whether a request whose key has the id `id` is exempt, the limit
+    /// having exemptions.
     #[inline(never)]
-    fn listed_cover(&self, key: &Key<'_>, request: &RequestView<'_>, secret: &KeySecret) -> bool {
-        let by_key = !self.keys.is_empty() && self.keys.contains(&secret.named(self.domain, key));
+    fn listed_cover(&self, id: u64, request: &RequestView<'_>) -> bool {
+        let by_key =
+            !self.keys.is_empty() && self.keys.contains(&KeySecret::derive(id, self.domain));
         let by_ip = !self.ranges.is_empty()
             && peer_ip(request.extensions())
                 .is_some_and(|ip| self.ranges.iter().any(|r| r.contains(&ip)));

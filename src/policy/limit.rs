@@ -404,7 +404,7 @@ impl Limit {
                 max_key_len,
                 &self.exempt_keys,
                 &self.exempt_ips,
-                secret,
+                (secret, key_domain(&self.key.describe())),
             )?,
             plan: self.plan.clone(),
             plans: plans.into(),
@@ -423,7 +423,7 @@ impl Limit {
                 let own = limit
                     .own(value)
                     .map_err(|e| e.within(format!("overrides[{i}]")))?;
-                let hash = secret.named(limit.override_domain, &key);
+                let hash = KeySecret::derive(limit.key_id(secret, &key), limit.override_domain);
                 Ok((hash, own))
             })
             .collect::<Result<_, ConfigError>>()?;

@@ -51,7 +51,7 @@ pub use crate::key::CustomKeys;
 
 use crate::decision::WindowReport;
 use crate::error::ConfigError;
-use crate::key::{Key, KeySecret};
+use crate::key::KeySecret;
 use crate::reporting::{HeaderStyle, ReportedWindow};
 use crate::response::RefusalFormat;
 
@@ -94,21 +94,16 @@ impl PolicyInner {
             .find(|(_, l)| &*l.name == name)
     }
 
-    /// The override of `key` in limit `index`, if it has one.
+    /// The override of the key whose id is `id` (see
+    /// [`CompiledLimit::key_id`]) in limit `index`, if it has one.
     #[inline]
-    pub(crate) fn override_of(&self, index: usize, key: &Key<'_>) -> Option<Own> {
+    pub(crate) fn override_of(&self, index: usize, id: u64) -> Option<Own> {
         if !self.overrides.any(index) {
             return None;
         }
-        self.listed_override(index, key)
-    }
-
-    /// The override of `key` in limit `index`, which has some.
-    #[inline(never)]
-    fn listed_override(&self, index: usize, key: &Key<'_>) -> Option<Own> {
         let limit = &self.limits[index];
-        let hash = self.secret.named(limit.override_domain, key);
-        self.overrides.get(index, hash)
+        self.overrides
+            .get(index, KeySecret::derive(id, limit.override_domain))
     }
 }
 

@@ -257,7 +257,8 @@ impl Overrides {
     /// client's IP …; see [`CompiledLimit::key_from_text`]).
     fn hash(policy: &PolicyInner, limit: &CompiledLimit, key: &str) -> Result<u64, ConfigError> {
         let key = limit.key_from_text(key, policy.max_key_len)?;
-        Ok(policy.secret.named(limit.override_domain, &key))
+        let id = limit.key_id(&policy.secret, &key);
+        Ok(crate::key::KeySecret::derive(id, limit.override_domain))
     }
 
     /// Gives `key` its own quota on every route of the limit named `limit`,

@@ -5,23 +5,23 @@
 use smallvec::SmallVec;
 
 use crate::inflight::Mode;
-use crate::key::{Key, RequestView};
+use crate::key::RequestView;
 use crate::policy::{CompiledLimit, Own, PolicyInner, Quota, Route};
 use crate::report::WindowOrigin;
 use crate::store::protocol::Check;
 
-/// What `key` has on a route of limit `index`: its override, else its
-/// plan, else nothing (the route's default applies; see
+/// What the key whose id is `id` has on a route of limit `index`: its
+/// override, else its plan, else nothing (the route's default applies; see
 /// [`Route::quota_of`]).
 #[inline(always)]
 pub(super) fn resolve(
     policy: &PolicyInner,
     index: usize,
     limit: &CompiledLimit,
-    key: &Key<'_>,
+    id: u64,
     view: &RequestView<'_>,
 ) -> Option<Own> {
-    if let Some(own) = policy.override_of(index, key) {
+    if let Some(own) = policy.override_of(index, id) {
         return Some(own);
     }
     let plan = limit

@@ -31,12 +31,12 @@ impl<St: Store> Shared<St> {
             .key
             .key_from_text(account)
             .unwrap_or_else(|_| crate::key::Key::from(account));
-        let own = policy.override_of(index, &key);
+        let id = compiled.key_id(&policy.secret, &key);
+        let own = policy.override_of(index, id);
         let limit_cap = (compiled.routes.iter())
             .filter_map(|route| route.quota_of(own.as_ref()).in_flight_cap())
             .min();
         let cap = limit_cap.map_or(cap, |most| cap.min(most));
-        let id = compiled.key_id(&policy.secret, &key);
         let key = crate::key::KeySecret::derive(id, compiled.concurrency_domain);
         Some(match self.store.shared_slots() {
             Some(slots) => slots.acquire(key, id, cap, mode, &compiled.name),

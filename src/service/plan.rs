@@ -88,13 +88,13 @@ pub(super) fn plan<'p, St: Store, B>(
                 return Plan::Reject(error);
             }
         };
-        if limit.exemptions.covers(key, &view, &policy.secret) {
+        let id = limit.key_id(&policy.secret, key);
+        if limit.exemptions.covers(id, &view) {
             tracing::trace!(limit = %limit.name, "limit skipped: exempt");
             continue;
         }
-        let id = limit.key_id(&policy.secret, key);
         let bucket = KeySecret::derive(id, route.id);
-        let own = resolve(policy, li, limit, key, &view);
+        let own = resolve(policy, li, limit, id, &view);
         let quota = route.quota_of(own.as_ref());
         let penalty_key = limit
             .penalty
@@ -182,15 +182,17 @@ fn longest_ban<St: Store, B>(
         let Ok(key) = limit.key.extract(&view) else {
             continue;
         };
-        let usable = (1..=policy.max_key_len).contains(&key.len());
-        if !usable || limit.exemptions.covers(&key, &view, &policy.secret) {
+        if !(1..=policy.max_key_len).contains(&key.len()) {
             continue;
         }
         let id = limit.key_id(&policy.secret, &key);
+        if limit.exemptions.covers(id, &view) {
+            continue;
+        }
         let penalty_key = KeySecret::derive(id, limit.penalty_domain);
         match shared.store.banned_for(penalty_key, now) {
             Some(left) if left > ban.left => {
-                let own = resolve(policy, li, limit, &key, &view);
+                let own = resolve(policy, li, limit, id, &view);
                 let quota = route.quota_of(own.as_ref());
                 ban = Ban {
                     limit: li,
