@@ -18,6 +18,17 @@ pub(crate) type Held = SmallVec<[Permit; 1]>;
 /// pointer, one word in every response future and body.
 pub(crate) type Slots = Option<Box<Held>>;
 
+/// Adds `permit` to `slots`, boxing them at the first (so a request that
+/// takes no slot never touches the heap, and one that does boxes them once).
+pub(crate) fn hold(slots: &mut Slots, permit: Permit) {
+    slots.get_or_insert_with(Box::default).push(permit);
+}
+
+/// The permits in `slots`, in claim order.
+pub(crate) fn held(slots: &Slots) -> &[Permit] {
+    slots.as_deref().map_or(&[], |held| held.as_slice())
+}
+
 pin_project! {
     /// The inner service's body, or the body of a response the layer produced
     /// itself (a refusal). No foreign body type shows in the API.

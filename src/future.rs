@@ -101,17 +101,17 @@ where
                 slots,
             } => {
                 let polled = Decision::in_scope(decision.as_ref(), || future.poll(cx));
-                let (mut parts, body) = ready!(polled)?.into_parts();
+                let mut response = ready!(polled)?;
                 if let Some(headers) = headers.take() {
-                    headers.write(&mut parts.headers);
+                    headers.write(response.headers_mut());
                 }
                 if *extend {
                     if let Some(Kept::Built(decision)) = decision.take() {
-                        parts.extensions.insert(decision);
+                        response.extensions_mut().insert(decision);
                     }
                 }
-                let body = ResponseBody::holding(body, slots.take());
-                Poll::Ready(Ok(Response::from_parts(parts, body)))
+                let slots = slots.take();
+                Poll::Ready(Ok(response.map(|body| ResponseBody::holding(body, slots))))
             }
             StateProj::Produced { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),

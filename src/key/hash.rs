@@ -69,8 +69,8 @@ impl KeySecret {
     pub(crate) fn id(&self, domain: u64, key: &Key<'_>) -> u64 {
         if let Some((tag, bytes)) = key.contiguous() {
             return match tag {
-                0 => sip13(self.k0, self.k1, &[domain], bytes),
-                tag => sip13(self.k0, self.k1, &[domain, tag], bytes),
+                0 => sip13(self.k0, self.k1, [domain], bytes),
+                tag => sip13(self.k0, self.k1, [domain, tag], bytes),
             };
         }
         let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
@@ -147,29 +147,29 @@ fn hasher() -> SipHasher13 {
 /// `Hasher::write_u64` feeds them) followed by `bytes`, in one pass over
 /// whole words: the same value as [`SipHasher13`] fed the same, for a
 /// fraction of its bookkeeping.
-fn sip13(k0: u64, k1: u64, prefix: &[u64], bytes: &[u8]) -> u64 {
+#[inline(always)]
+fn sip13<const P: usize>(k0: u64, k1: u64, prefix: [u64; P], bytes: &[u8]) -> u64 {
     let mut v = Sip {
         v0: k0 ^ 0x736f_6d65_7073_6575,
         v1: k1 ^ 0x646f_7261_6e64_6f6d,
         v2: k0 ^ 0x6c79_6765_6e65_7261,
         v3: k1 ^ 0x7465_6462_7974_6573,
     };
-    for &m in prefix {
+    for m in prefix {
         v.compress(m);
     }
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut m = [0; 8];
-        m.copy_from_slice(chunk);
-        v.compress(u64::from_le_bytes(m));
+    let whole = bytes.len() & !7;
+    let (words, rest) = bytes.split_at(whole);
+    for word in words.chunks_exact(8) {
+        v.compress(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
     }
-    let rest = chunks.remainder();
-    let mut last = [0; 8];
-    if !rest.is_empty() {
-        last[..rest.len()].copy_from_slice(rest);
+    // The last word: the bytes left (fewer than eight), then the length's
+    // low byte on top.
+    let mut last = ((P * 8 + bytes.len()) as u64) << 56;
+    for (i, &b) in rest.iter().enumerate() {
+        last |= u64::from(b) << (8 * i);
     }
-    last[7] = (prefix.len() * 8 + bytes.len()) as u8;
-    v.compress(u64::from_le_bytes(last));
+    v.compress(last);
     v.v2 ^= 0xff;
     v.round();
     v.round();

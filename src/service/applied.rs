@@ -2,8 +2,11 @@
 //! quota (default, plan or override), which bucket, which in-flight slot,
 //! and the slots the request holds so far.
 
+use std::sync::Arc;
+
 use smallvec::SmallVec;
 
+use crate::body::Slots;
 use crate::inflight::Mode;
 use crate::key::RequestView;
 use crate::policy::{CompiledLimit, Own, PolicyInner, Quota, Route};
@@ -45,8 +48,16 @@ pub(super) struct Charge {
     /// The key in the limit's penalty box, if the limit has a penalty.
     pub(super) penalty_key: Option<u64>,
     /// The key's override or plan (see [`resolve`]).
-    pub(super) own: Option<Own>,
+    pub(super) own: Option<OwnAt>,
     pub(super) shadow: bool,
+}
+
+/// A charge's own quota: a plan of its limit, or the key's quota, kept in
+/// [`Applied::quotas`] (so that a charge is plain data, dropped for nothing).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum OwnAt {
+    Plan(u8),
+    Quota(u8),
 }
 
 /// One limit's in-flight cap on a request.
@@ -65,16 +76,17 @@ pub(super) struct Claim {
     pub(super) shadow: bool,
 }
 
-pub(super) use crate::body::Held;
-
 /// What the layer knows of the limits that apply to a request.
 pub(super) struct Applied {
     pub(super) charges: SmallVec<[Charge; 4]>,
+    /// The keys' own quotas the charges name (see [`OwnAt::Quota`]).
+    pub(super) quotas: Vec<Arc<Quota>>,
     pub(super) claims: SmallVec<[Claim; 1]>,
     /// When the charges are decided (after any wait for a slot).
     pub(super) now: u64,
-    /// The slots taken so far, in claim order.
-    pub(super) held: Held,
+    /// The slots taken so far, in claim order (boxed at the first: the
+    /// response body keeps the box).
+    pub(super) held: Slots,
     /// Bit `i`: shadow claim `i` had no free slot.
     pub(super) shadow_busy: u64,
 }
@@ -84,9 +96,10 @@ impl Applied {
     pub(super) fn new(now: u64) -> Self {
         Applied {
             charges: SmallVec::new(),
+            quotas: Vec::new(),
             claims: SmallVec::new(),
             now,
-            held: Held::new(),
+            held: None,
             shadow_busy: 0,
         }
     }
@@ -108,8 +121,32 @@ impl Applied {
     /// The quota of charge `check`.
     #[inline]
     pub(super) fn quota<'a>(&'a self, policy: &'a PolicyInner, check: usize) -> &'a Quota {
-        self.route(policy, check)
-            .quota_of(self.charges.as_slice()[check].own.as_ref())
+        self.quota_of(
+            self.route(policy, check),
+            self.charges.as_slice()[check].own,
+        )
+    }
+
+    /// The quota `own` gives on `route`.
+    #[inline]
+    fn quota_of<'a>(&'a self, route: &'a Route, own: Option<OwnAt>) -> &'a Quota {
+        match own {
+            Some(OwnAt::Quota(i)) => &self.quotas[usize::from(i)],
+            Some(OwnAt::Plan(p)) => route.plan_quota(Some(p)),
+            None => route.plan_quota(None),
+        }
+    }
+
+    /// Keeps `own` for a charge.
+    #[inline]
+    pub(super) fn keep(&mut self, own: Option<Own>) -> Option<OwnAt> {
+        match own? {
+            Own::Plan(p) => Some(OwnAt::Plan(p)),
+            Own::Quota(quota) => {
+                self.quotas.push(quota);
+                Some(OwnAt::Quota((self.quotas.len() - 1) as u8))
+            }
+        }
     }
 
     /// Puts the store's checks in `checks` (filled in place: it is large).
@@ -117,7 +154,7 @@ impl Applied {
         for (i, charge) in self.charges.iter().enumerate() {
             let route = self.route(policy, i);
             let limit = &policy.limits[usize::from(charge.origin.0)];
-            let quota = route.quota_of(charge.own.as_ref());
+            let quota = self.quota_of(route, charge.own);
             checks.push(Check {
                 bucket: charge.bucket,
                 principal: charge.principal,

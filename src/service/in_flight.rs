@@ -1,8 +1,9 @@
 //! In-flight caps: taking a request's slots, at once or after a wait, from
 //! the layer's own limiter or from a store that shares them.
 
-use super::applied::{Claim, Held};
+use super::applied::Claim;
 use super::Shared;
+use crate::body::{hold, Slots};
 use crate::decision::Basis;
 use crate::inflight::{Busy, ConcurrencyLimiter, Mode, Permit, Source};
 use crate::store::Store;
@@ -63,12 +64,12 @@ pub(super) fn take_now(
     limiter: &ConcurrencyLimiter,
     claims: &[Claim],
     from: usize,
-    held: &mut Held,
+    held: &mut Slots,
     shadow_busy: &mut u64,
 ) -> Taken {
     for (i, claim) in claims.iter().enumerate().skip(from) {
         match limiter.try_acquire(claim.key, claim.cap) {
-            Ok(permit) => held.push(permit),
+            Ok(permit) => hold(held, permit),
             // A shadow cap never makes a request wait or fail.
             Err(_) if claim.shadow => *shadow_busy |= 1 << i,
             Err(_) if can_wait(claim.mode) => return Taken::Wait(i),
@@ -86,7 +87,7 @@ pub(super) async fn take_waiting<St: Store>(
     shared: &Shared<St>,
     claims: &[Claim],
     mut from: usize,
-    held: &mut Held,
+    held: &mut Slots,
     shadow_busy: &mut u64,
 ) -> Result<(), (usize, Busy)> {
     if let Some(slots) = shared.store.shared_slots() {
@@ -102,7 +103,7 @@ pub(super) async fn take_waiting<St: Store>(
                 .acquire(claim.key, claim.principal, claim.cap, mode, limit)
                 .await
             {
-                Ok(permit) => held.push(permit),
+                Ok(permit) => hold(held, permit),
                 Err(_) if claim.shadow => *shadow_busy |= 1 << i,
                 Err(busy) => return Err((i, busy)),
             }
@@ -113,7 +114,7 @@ pub(super) async fn take_waiting<St: Store>(
     loop {
         let claim = &claims[from];
         match limiter.acquire(claim.key, claim.cap, claim.mode).await {
-            Ok(permit) => held.push(permit),
+            Ok(permit) => hold(held, permit),
             Err(busy) => return Err((from, busy)),
         }
         match take_now(limiter, claims, from + 1, held, shadow_busy) {

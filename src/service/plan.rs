@@ -142,6 +142,7 @@ pub(super) fn plan<'p, St: Store, B>(
                     penalty: penalty_key.zip(limit.penalty.as_ref()),
                 });
             }
+            let own = applied.keep(own);
             applied.charges.push(Charge {
                 origin,
                 bucket,

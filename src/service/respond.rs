@@ -2,19 +2,17 @@
 //! with headers, or one the layer produces itself (a refusal, a busy answer,
 //! a key error).
 
-use std::mem::take;
-
 use http::header::CACHE_CONTROL;
 use http::{HeaderValue, Request, Response};
 use tower_service::Service;
 
-use super::applied::{Applied, Claim, Held};
+use super::applied::{Applied, Claim};
 use super::in_flight::{in_flight_of, slots_basis};
 use super::metrics::{self, Verdict};
 use super::plan::Ban;
 use super::verdict::{decide_counted, emit};
 use super::Shared;
-use crate::body::{ResponseBody, Slots};
+use crate::body::{held, ResponseBody, Slots};
 use crate::clock::NANOS;
 use crate::decision::{Admission, Basis, Decision, Kept, RefusalReason};
 use crate::event::EventKind;
@@ -116,7 +114,7 @@ where
         Some(Err(error)) => {
             tracing::warn!(%error, "rate-limit store failed; request let through unlimited");
             metrics::admitted(shared, applied, None);
-            let slots = slots(&mut applied.held);
+            let slots = applied.held.take();
             return uncounted(shared, Basis::FailedOpen, request, inner, slots);
         }
     };
@@ -124,7 +122,7 @@ where
     let now = applied.now;
     let caps = || {
         applied.claims.iter().filter_map(|c| {
-            let in_flight = in_flight_of(c, &applied.held)?;
+            let in_flight = in_flight_of(c, held(&applied.held))?;
             Some(cap_report(c.origin, c.cap, in_flight, now.div_ceil(NANOS)))
         })
     };
@@ -138,7 +136,7 @@ where
                 .map(|w| PendingHeaders::x_only(policy.headers, Reported::from(&w))),
         };
         metrics::admitted(shared, applied, outcome);
-        let slots = slots(&mut applied.held);
+        let slots = applied.held.take();
         return ResponseFuture::inner(inner.call(request), headers, None, false, slots);
     }
     if let (true, Some(outcome)) = (quiet, outcome) {
@@ -165,7 +163,7 @@ where
     // Admitted by the windows the store counted, and by slots a failure
     // policy may have stood in for: the decision says so.
     if decision.basis == Basis::Counted {
-        if let Some(basis) = slots_basis(&applied.held) {
+        if let Some(basis) = slots_basis(held(&applied.held)) {
             decision.basis = basis;
         }
     }
@@ -187,7 +185,7 @@ where
     metrics::admitted(shared, applied, outcome);
     metrics::near_limit_decided(shared, &decision);
     let headers = headers_for(shared, &decision, counted);
-    let slots = slots(&mut applied.held);
+    let slots = applied.held.take();
     respond(shared, decision, headers, request, inner, slots)
 }
 
@@ -379,13 +377,6 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
         &decision,
     );
     refuse(shared, decision, None, request)
-}
-
-/// The slots a response body holds: those the request took (none, most
-/// often, without touching them).
-#[inline(always)]
-pub(super) fn slots(held: &mut Held) -> Slots {
-    (!held.is_empty()).then(|| Box::new(take(held)))
 }
 
 pub(super) fn build<B>(
