@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tower_layer::Layer;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, LayerClock, SystemClock};
 use crate::event::{Event, Hook};
 use crate::inflight::ConcurrencyLimiter;
 use crate::policy::{Overrides, Policy};
@@ -81,7 +81,7 @@ impl<St: Store> RateLimitLayer<St> {
             metrics: Metrics::new(&policy),
             policy,
             store: Arc::clone(&store),
-            clock: Arc::new(SystemClock::new()),
+            clock: LayerClock::System(SystemClock::new()),
             decision_extensions: false,
             current_decision: true,
             on_event: None,
@@ -105,7 +105,7 @@ impl<St: Store> RateLimitLayer<St> {
 
     /// Uses `clock` instead of the system clock (for tests).
     pub fn clock(self, clock: impl Clock) -> Self {
-        self.set(|shared| shared.clock = Arc::new(clock))
+        self.set(|shared| shared.clock = LayerClock::Given(Arc::new(clock)))
     }
 
     /// Whether the [`Decision`](crate::Decision) is also put into the

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::clock::{Clock, LATEST};
+use crate::clock::{LayerClock, LATEST};
 use crate::event::Hook;
 use crate::inflight::ConcurrencyLimiter;
 use crate::policy::Policy;
@@ -21,7 +21,7 @@ pub(crate) type Current<St> = ArcSwap<Shared<St>>;
 pub(crate) struct Shared<St> {
     pub(crate) policy: Policy,
     pub(crate) store: Arc<St>,
-    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clock: LayerClock,
     /// Whether the decision goes into the request's and the response's
     /// extensions.
     pub(crate) decision_extensions: bool,
@@ -42,7 +42,7 @@ impl<St> Clone for Shared<St> {
         Shared {
             policy: self.policy.clone(),
             store: Arc::clone(&self.store),
-            clock: Arc::clone(&self.clock),
+            clock: self.clock.clone(),
             decision_extensions: self.decision_extensions,
             current_decision: self.current_decision,
             on_event: self.on_event.clone(),
