@@ -35,11 +35,14 @@ pin_project! {
     ///
     /// A request of an in-flight-capped limit holds its slot in this body:
     /// the slot is freed when the body has been sent to its end, or dropped.
+    ///
+    /// The usual body, the inner service's holding nothing, is stored as it
+    /// is: a response with it is no larger than the inner service's (its
+    /// moves stay cheap). Anything else is boxed.
     #[derive(Debug)]
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
-        slots: Slots,
     }
 }
 
@@ -48,6 +51,18 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<B> {
         Inner { #[pin] body: B },
+        Other { other: Pin<Box<Other<B>>> },
+    }
+}
+
+pin_project! {
+    #[project = OtherProj]
+    #[derive(Debug)]
+    enum Other<B> {
+        /// The inner service's body, and the slots it holds until it ends
+        /// (`None` once it has).
+        Holding { #[pin] body: B, slots: Slots },
+        /// A complete body produced by the layer.
         Full { data: Option<Bytes> },
     }
 }
@@ -57,25 +72,29 @@ impl<B> ResponseBody<B> {
     pub fn new(body: B) -> Self {
         ResponseBody {
             kind: Kind::Inner { body },
-            slots: None,
         }
     }
 
     /// Wraps the inner service's body, which holds `slots` until it ends.
     pub(crate) fn holding(body: B, slots: Slots) -> Self {
-        ResponseBody {
-            kind: Kind::Inner { body },
-            slots,
+        match slots {
+            None => Self::new(body),
+            slots => Self::other(Other::Holding { body, slots }),
         }
     }
 
     /// A complete body produced by the layer.
     pub fn full(data: Bytes) -> Self {
+        Self::other(Other::Full {
+            data: (!data.is_empty()).then_some(data),
+        })
+    }
+
+    fn other(other: Other<B>) -> Self {
         ResponseBody {
-            kind: Kind::Full {
-                data: (!data.is_empty()).then_some(data),
+            kind: Kind::Other {
+                other: Box::pin(other),
             },
-            slots: None,
         }
     }
 }
@@ -92,35 +111,44 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = match this.kind.project() {
-            KindProj::Inner { body } => {
-                let frame = body.poll_frame(cx);
-                if this.slots.is_some() && matches!(frame, Poll::Ready(None)) {
-                    // The whole body is out: free the slots now, not when
-                    // the connection gets round to dropping it.
-                    *this.slots = None;
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Other { other } => match other.as_mut().project() {
+                OtherProj::Holding { body, slots } => {
+                    let frame = body.poll_frame(cx);
+                    if slots.is_some() && matches!(frame, Poll::Ready(None)) {
+                        // The whole body is out: free the slots now, not
+                        // when the connection gets round to dropping it.
+                        *slots = None;
+                    }
+                    frame
                 }
-                frame
-            }
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d.into())))),
-        };
-        frame
+                OtherProj::Full { data } => {
+                    Poll::Ready(data.take().map(|d| Ok(Frame::data(d.into()))))
+                }
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Full { data } => data.is_none(),
+            Kind::Other { other } => match &**other {
+                Other::Holding { body, .. } => body.is_end_stream(),
+                Other::Full { data } => data.is_none(),
+            },
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            Kind::Other { other } => match &**other {
+                Other::Holding { body, .. } => body.size_hint(),
+                Other::Full { data } => {
+                    SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+                }
+            },
         }
     }
 }
