@@ -64,29 +64,10 @@ pub(super) fn plan<'p, St: Store, B>(
         let extracted = limit.key.extract(&view);
         let key = match &extracted {
             Ok(key) if (1..=policy.max_key_len).contains(&key.len()) => key,
-            _ => {
-                let error = key_error(limit, extracted, policy.max_key_len);
-                if limit.skip_missing_key && error.kind() == KeyErrorKind::Missing {
-                    tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
-                    continue;
-                }
-                shared.metrics.count(li, Verdict::KeyRejected);
-                if let Some(hook) = &shared.on_event {
-                    (hook.0)(&Event {
-                        kind: EventKind::KeyRejected,
-                        limit: &limit.name,
-                        bucket: None,
-                        decision: None,
-                        key_error: Some(&error),
-                    });
-                }
-                if limit.shadow {
-                    tracing::info!(limit = %limit.name, %error, "shadow limit would have rejected the key");
-                    continue;
-                }
-                tracing::debug!(limit = %limit.name, %error, "request refused: no usable key");
-                return Plan::Reject(error);
-            }
+            _ => match unusable(shared, li, limit, extracted) {
+                Some(error) => return Plan::Reject(error),
+                None => continue,
+            },
         };
         let id = limit.key_id(&policy.secret, key);
         if limit.exemptions.covers(id, &view) {
@@ -208,10 +189,42 @@ fn longest_ban<St: Store, B>(
     ban
 }
 
-/// Why `extracted`, the request's key for `limit`, is not usable: no key,
-/// an empty one, or one longer than `max_len`.
+/// What becomes of a request whose key for limit `li` (`extracted`) is not
+/// usable: the error it is refused with, or `None` if the limit is skipped
+/// (a missing key the limit may skip, or a shadow limit's).
 #[cold]
 #[inline(never)]
+fn unusable<St>(
+    shared: &Shared<St>,
+    li: usize,
+    limit: &CompiledLimit,
+    extracted: Result<Key<'_>, KeyError>,
+) -> Option<KeyError> {
+    let error = key_error(limit, extracted, shared.policy.inner.max_key_len);
+    if limit.skip_missing_key && error.kind() == KeyErrorKind::Missing {
+        tracing::trace!(limit = %limit.name, %error, "limit skipped: no usable key");
+        return None;
+    }
+    shared.metrics.count(li, Verdict::KeyRejected);
+    if let Some(hook) = &shared.on_event {
+        (hook.0)(&Event {
+            kind: EventKind::KeyRejected,
+            limit: &limit.name,
+            bucket: None,
+            decision: None,
+            key_error: Some(&error),
+        });
+    }
+    if limit.shadow {
+        tracing::info!(limit = %limit.name, %error, "shadow limit would have rejected the key");
+        return None;
+    }
+    tracing::debug!(limit = %limit.name, %error, "request refused: no usable key");
+    Some(error)
+}
+
+/// Why `extracted`, the request's key for `limit`, is not usable: no key,
+/// an empty one, or one longer than `max_len`.
 fn key_error(
     limit: &CompiledLimit,
     extracted: Result<Key<'_>, KeyError>,
