@@ -58,8 +58,9 @@ pub(super) enum Taken {
 }
 
 /// Takes the slots of `claims[from..]` that are free now in the layer's
-/// own limiter, in order (the order is the policy's, so two requests never
-/// wait on each other's slots); stops at the first that is not.
+/// own limiter, in order (the order of their slot counts' keys, the same
+/// under every policy, so two requests never wait on each other's slots);
+/// stops at the first that is not.
 pub(super) fn take_now(
     limiter: &ConcurrencyLimiter,
     claims: &[Claim],

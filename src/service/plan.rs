@@ -134,6 +134,14 @@ pub(super) fn plan<'p, St: Store, B>(
             });
         }
     }
+    if applied.claims.len() > 1 {
+        // Slots are taken in this order, each held while the next is
+        // waited for: an order of the keys' slot counts themselves, which
+        // no policy decides, so that requests under two policies (a reload
+        // that reorders limits, processes sharing slots through a store)
+        // never each hold a slot the other waits for.
+        applied.claims.sort_unstable_by_key(|claim| claim.key);
+    }
     if applied.charges.is_empty() && applied.claims.is_empty() {
         Plan::Pass
     } else {

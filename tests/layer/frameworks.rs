@@ -558,3 +558,15 @@ mod tonic_server {
         assert_eq!(refused.headers()["grpc-retry-pushback-ms"], "60000");
     }
 }
+
+/// A response through the layer is as large as the inner service's (with
+/// axum's body): its moves cost what the inner service's do.
+#[test]
+fn a_response_through_the_layer_is_no_larger_than_the_inner_services() {
+    use std::mem::size_of;
+    use tower_ratelimit::ResponseBody;
+    assert_eq!(
+        size_of::<Response<ResponseBody<Body>>>(),
+        size_of::<Response<Body>>()
+    );
+}

@@ -462,3 +462,63 @@ async fn a_policy_put_back_in_place_does_not_bring_back_a_removed_override() {
     assert_eq!(overrides.quota_of("per_key", "k0"), None);
     assert_eq!(calls_window(&svc, "k0").await, (10, 9));
 }
+
+/// Two limits capped at one request in flight with a line, in one order or
+/// the other.
+fn two_caps(account_first: bool) -> Policy {
+    let cap = || Quota::in_flight(1).queue(10, std::time::Duration::from_secs(30));
+    let account = Limit::new("account", api_key()).quota(cap());
+    let line = Limit::global("line").quota(cap());
+    let (first, second) = if account_first {
+        (account, line)
+    } else {
+        (line, account)
+    };
+    Policy::builder()
+        .limit(first)
+        .limit(second)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_under_a_policy_and_its_reordered_reload_never_wait_on_each_other() {
+    let layer = RateLimitLayer::new(two_caps(true)).clock(ManualClock::at_unix_secs(T0));
+    let gate = Gate::new();
+    let svc = gate.behind(&layer);
+    let call = |seq: &str| {
+        Request::get("/v1/calls")
+            .header("x-api-key", "k")
+            .header("x-seq", seq)
+            .header("x-hold", "1")
+            .body(String::new())
+            .unwrap()
+    };
+    let mut holder = start(&svc, call("holder"));
+    still_waiting(&mut holder).await;
+    assert_eq!(gate.inside(), 1, "the holder has both slots");
+    // One request waits under the first order, one under the reordered
+    // policy: each would hold the slot the other waits for if each took
+    // its slots in its own policy's order.
+    // Each answer is dropped where it arrives: its body holds the slots.
+    let status = |pending: crate::common::Pending| async move { pending.await.status() };
+    let before = tokio::spawn(status(start(&svc, call("before"))));
+    crate::common::until("the first waiter is in line", || layer.keys_in_flight() > 0).await;
+    tokio::task::yield_now().await;
+    layer.reload_handle().replace(two_caps(false)).unwrap();
+    let after = tokio::spawn(status(start(&svc, call("after"))));
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(gate.entered(), 1, "both wait while the holder runs");
+
+    gate.open(1);
+    assert_eq!(holder.await.status(), StatusCode::OK);
+    crate::common::until("one waiter gets both slots", || gate.inside() == 1).await;
+    gate.open(1);
+    crate::common::until("the other gets them next", || gate.entered() == 3).await;
+    gate.open(1);
+    assert_eq!(before.await.unwrap(), StatusCode::OK);
+    assert_eq!(after.await.unwrap(), StatusCode::OK);
+    assert_eq!(layer.keys_in_flight(), 0);
+}
