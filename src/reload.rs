@@ -16,7 +16,9 @@
 //!   fresh; see
 //!   [`Check::base`](crate::store::protocol::Check::base)).
 //! * A **new limit** or route starts fresh; a removed one's counts are left
-//!   to expire in the store.
+//!   to expire in the store. One that comes back (the same limit name and
+//!   route text) while they may still live gets them back, converted from
+//!   the quota they were counted at, as a changed quota's are.
 //! * **Runtime overrides** set through the layer's
 //!   [`overrides`](crate::RateLimitLayer::overrides) handle stay for the
 //!   limits that keep their name (a plan by its name: one the new limit no
@@ -98,11 +100,7 @@ impl<St> ReloadHandle<St> {
                 ));
             }
             let mut changes = Changes::between(before, after);
-            for limit in after.limits.iter() {
-                if let Some(was) = before.limits.iter().find(|l| l.name == limit.name) {
-                    limit.succeed(was);
-                }
-            }
+            after.succeed(before, old.now());
             let next = Arc::new(old.with_policy(policy.clone()));
             // Swapped only if no other reload got in first: else, again.
             // The store's cap follows in the same step, so that reloads

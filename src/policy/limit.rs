@@ -608,22 +608,6 @@ impl CompiledLimit {
             && self.exemptions == old.exemptions)
     }
 
-    /// Takes over the counts of `old`, the limit of the same name in the
-    /// policy this one's replaces: a route of the same text whose default
-    /// quota changed has its buckets converted by the store (see
-    /// [`Route::base`]).
-    pub(crate) fn succeed(&self, old: &CompiledLimit) {
-        for route in self.routes.iter() {
-            let Some(before) = old.routes.iter().find(|r| r.id == route.id) else {
-                continue;
-            };
-            if *before.base() != route.quota {
-                // Set once, by the one reload that puts this policy in place.
-                let _ = route.counted_at.set(before.base().clone());
-            }
-        }
-    }
-
     /// The id of `key` in this limit, hashed under `secret`: the one full
     /// hash of a request's key per limit, from which its buckets, penalty
     /// key and in-flight count are derived (see [`KeySecret::derive`]).
@@ -693,7 +677,7 @@ pub(crate) struct Route {
     /// counts over (see [`Check::base`]); unset: the default itself.
     ///
     /// [`Check::base`]: crate::store::protocol::Check::base
-    counted_at: OnceLock<Quota>,
+    pub(crate) counted_at: OnceLock<Quota>,
 }
 
 impl Route {

@@ -309,6 +309,14 @@ impl Quota {
         &self.windows
     }
 
+    /// How long after its last request a bucket of this quota may still
+    /// hold a count (ns): two of its longest periods (a sliding window reads
+    /// the one before the current).
+    pub(crate) fn lifetime_ns(&self) -> u64 {
+        let longest = self.windows.iter().map(Window::period_ns).max();
+        longest.unwrap_or(0).saturating_mul(2)
+    }
+
     /// The cost of one request.
     #[inline]
     pub fn request_cost(&self) -> u32 {

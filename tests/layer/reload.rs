@@ -522,3 +522,34 @@ async fn requests_under_a_policy_and_its_reordered_reload_never_wait_on_each_oth
     assert_eq!(after.await.unwrap(), StatusCode::OK);
     assert_eq!(layer.keys_in_flight(), 0);
 }
+
+#[tokio::test]
+async fn a_route_or_limit_removed_and_added_again_gets_its_counts_back_converted() {
+    for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
+        let quota = |n| per_minute(n).algorithm(algorithm);
+        let (layer, svc) = harness(policy(&[], quota(10), 100));
+        for _ in 0..4 {
+            get(&svc, "k").await;
+        }
+        let handle = layer.reload_handle();
+        // The route goes, and comes back at twice the rate: the key's 4
+        // are 4 of 20, not 8 (its buckets counted at 10 a minute).
+        let without_route = Policy::builder()
+            .limit(Limit::new("per_key", api_key()).route("GET /v1/other", quota(10)))
+            .limit(Limit::new("global", api_key()).quota(per_minute(100)))
+            .build()
+            .unwrap();
+        handle.replace(without_route).unwrap();
+        handle.replace(policy(&[], quota(20), 100)).unwrap();
+        assert_eq!(calls_window(&svc, "k").await, (20, 15), "{algorithm:?}");
+        // The whole limit goes, and comes back at 6 a minute: 5 used of 6.
+        let without_limit = Policy::builder()
+            .limit(Limit::new("global", api_key()).quota(per_minute(100)))
+            .build()
+            .unwrap();
+        handle.replace(without_limit).unwrap();
+        handle.replace(policy(&[], quota(6), 100)).unwrap();
+        assert_eq!(calls_window(&svc, "k").await, (6, 0), "{algorithm:?}");
+        assert_eq!(get(&svc, "k").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+}
