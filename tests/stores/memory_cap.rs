@@ -674,3 +674,36 @@ async fn sweeps_never_grow_the_debt_of_a_key_in_the_sketch() {
         assert_eq!(response.status(), StatusCode::OK, "step {step}");
     }
 }
+
+#[tokio::test]
+async fn a_tracked_key_keeps_every_window_exact_at_the_cap_after_a_sweep() {
+    // 10 a minute and 100 an hour: a minute after its last request a key's
+    // minute entry equals a fresh one, its hour entry does not.
+    let quota = Quota::new(Window::per_minute(10)).and(Window::per_hour(100));
+    let store = MemoryStore::with_max_entries(4)
+        .shards(1)
+        .sweep_interval(HOUR);
+    let h = Harness::new(per_key(quota), store);
+    h.at(T0);
+    for _ in 0..5 {
+        assert_eq!(h.get("customer").await.status(), StatusCode::OK);
+    }
+    // Two minutes on, made-up keys fill the store (two entries each) and
+    // its sketches; ten seconds later a sweep drops what is fresh.
+    h.at(T0 + 120);
+    for i in 0..500 {
+        h.get(&format!("made-up-{i}")).await;
+    }
+    h.at(T0 + 130);
+    h.sweep();
+    // The customer still has its 10 of the minute (95 of the hour), all
+    // counted exactly: a key's windows are dropped together or not at all,
+    // so its minute is not left to the made-up keys' sketch.
+    for left in (0..10).rev() {
+        let response = h.get("customer").await;
+        assert_eq!(response.status(), StatusCode::OK, "{left} left");
+        assert_eq!(remaining(&response), left);
+    }
+    let refused = h.get("customer").await;
+    assert_eq!(refusal(&refused), Some(RefusalReason::Window));
+}

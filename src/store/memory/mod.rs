@@ -43,7 +43,9 @@ use crate::shard::Padded;
 /// [`MemoryStore::max_banned_keys`]); each returns a fresh, empty store.
 ///
 /// **Idle keys** are dropped a second after their state equals a fresh
-/// key's, so dropping them loses nothing (the second is for a request whose
+/// key's in every window of their shard (a key's windows go together, so
+/// a key still counted in one is never left to an overflow sketch in
+/// another), so dropping them loses nothing (the second is for a request whose
 /// clock reads a little behind the sweep's, on another thread: it still
 /// finds the count of the window it reads as current): every shard sweeps
 /// itself when a decision
@@ -665,7 +667,11 @@ mod tests {
         }
         assert_eq!(store.len(), 2000);
         store.sweep(T0 + 61 * S);
-        assert_eq!(store.len(), 1000, "the minute windows are back to fresh");
+        assert_eq!(
+            store.len(),
+            2000,
+            "a minute window back to fresh stays while its key's hour counts"
+        );
         store.sweep(T0 + 361 * S);
         assert!(store.is_empty());
     }

@@ -321,6 +321,39 @@ impl Shard {
     }
 
     /// Drops what has been a fresh key's state for [`GRACE`] at `now`.
+    /// For each table, the buckets whose entry there is fresh at `horizon`
+    /// but that have a live entry in another table (sorted): a bucket is
+    /// dropped from all its windows at once, so that a tracked key is never
+    /// counted in a sketch, at the cap, for the window it was dropped from.
+    fn tracked_elsewhere(&self, horizon: u64) -> Vec<Vec<u64>> {
+        let mut kept = vec![Vec::new(); self.tables.len()];
+        if self.tables.len() < 2 {
+            return kept;
+        }
+        let live = |table: &Table, state: u64| {
+            expires_at(table.algorithm, table.period_ns, state, horizon) > horizon
+        };
+        for (i, table) in self.tables.iter().enumerate() {
+            for &(bucket, state) in table.map.iter() {
+                if live(table, state) {
+                    continue;
+                }
+                let elsewhere = self.tables.iter().enumerate().any(|(j, other)| {
+                    j != i
+                        && other
+                            .map
+                            .find(bucket, |e| e.0 == bucket)
+                            .is_some_and(|e| live(other, e.1))
+                });
+                if elsewhere {
+                    kept[i].push(bucket);
+                }
+            }
+            kept[i].sort_unstable();
+        }
+        kept
+    }
+
     pub(super) fn sweep(&mut self, now: u64) {
         let mut earliest = u64::MAX;
         // Fresh since before `horizon`: a reading a little behind `now`
@@ -329,7 +362,8 @@ impl Shard {
         // Every entry was written before the sweep that is due now was:
         // a write at a later time would have swept first.
         let written_before = self.next_sweep;
-        for table in &mut self.tables {
+        let kept = self.tracked_elsewhere(horizon);
+        for (i, table) in self.tables.iter_mut().enumerate() {
             let (algorithm, period) = (table.algorithm, table.period_ns);
             if horizon >= all_expired_at(algorithm, period, written_before) {
                 // Unread: a fixed window's state idle this long may read as
@@ -341,12 +375,13 @@ impl Shard {
             if table.overflow.as_deref().is_some_and(fresh) {
                 table.overflow = None;
             }
-            table.map.retain(|&mut (_, state)| {
+            let kept = &kept[i];
+            table.map.retain(|&mut (bucket, state)| {
                 let expires = expires_at(algorithm, period, state, horizon);
                 if expires > horizon {
                     earliest = earliest.min(expires.saturating_add(GRACE));
                 }
-                expires > horizon
+                expires > horizon || kept.binary_search(&bucket).is_ok()
             });
             if sparse(table.map.len(), table.map.capacity()) {
                 table.map.shrink_to(table.map.len() * 2, |e| e.0);
