@@ -310,3 +310,63 @@ async fn a_connect_redis_refuses_says_so_without_the_password() {
         assert!(!text.contains("pass"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn calls_redis_runs_after_their_deadline_charge_nothing_and_start_no_ban() {
+    let server = redis_or_skip!();
+    // 2 a minute per key; 3 refusals within a minute ban the key for 5.
+    let penalty = tower_ratelimit::penalty::Penalty::new(
+        3,
+        Duration::from_secs(60),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    let policy = Policy::builder()
+        .key_secret(SECRET)
+        .limit(
+            Limit::new("per_key", Header::parse("X-API-Key").unwrap())
+                .quota(Quota::new(Window::per_minute(2)))
+                .penalty(penalty),
+        )
+        .build()
+        .unwrap();
+    let store = RedisStore::builder(server.url())
+        .deadline(Duration::from_millis(50))
+        .on_failure(FailurePolicy::Closed)
+        .connect()
+        .await
+        .unwrap();
+    let layer = RateLimitLayer::with_store(policy, store.clone()).decision_extensions(true);
+    let svc = service(&layer);
+    let first = bounded(&svc, "GET", "/", "k").await;
+    assert_eq!(header(&first, "x-ratelimit-remaining"), Some("1"));
+
+    // Redis stalls while 10 requests come at once: each is refused by the
+    // failure policy at its deadline, and its call waits in Redis.
+    server.freeze();
+    let stalled: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(bounded(&svc, "GET", "/", "k")))
+        .collect();
+    for request in stalled {
+        let response = request.await.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    server.thaw();
+    // Redis runs them now, past the moment they were given up: none may
+    // charge the key's window or count as a refusal towards a ban. (The
+    // breaker, open after the stall, lets a call through after 100 ms.)
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = bounded(&svc, "GET", "/", "k").await;
+    assert_eq!(after.status(), StatusCode::OK, "{store:?}");
+    assert_eq!(header(&after, "x-ratelimit-remaining"), Some("0"));
+    let refused = bounded(&svc, "GET", "/", "k").await;
+    let decision = refused
+        .extensions()
+        .get::<tower_ratelimit::Decision>()
+        .unwrap();
+    assert_eq!(
+        decision.refusal(),
+        Some(tower_ratelimit::RefusalReason::Window),
+        "refused by its window, not banned"
+    );
+}

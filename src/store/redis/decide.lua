@@ -16,7 +16,9 @@
 -- ARGV[1], the only argument: numbers as doubles, and text (a check's value
 -- layout, a window's tag) as its length (a double) then its bytes:
 --   the layer's time (seconds, nanoseconds), or -1 and 0 to read Redis's
---   clock (TIME); 1 if the group may charge (0: an earlier group refused
+--   clock (TIME); the moment on Redis's clock (seconds, nanoseconds) after
+--   which the caller no longer waits for this call, or -1 and 0 for none;
+--   1 if the group may charge (0: an earlier group refused
 --   the request, so this one only reads, and counts penalty refusals); 1 if
 --   shadow checks may be charged (0: an earlier group's shadow check
 --   refused); C, the number of checks; P, the number of penalties; Q, where
@@ -53,10 +55,15 @@
 -- that still count (a refusal counts for `within` after it); when that many
 -- are kept, this one starts a ban of `ban` and the list is dropped.
 --
+-- A call run after the moment its caller stopped waiting (Redis stalled, or
+-- paused, or busy with a slow script) writes nothing and returns only the
+-- time and the verdict 12: the caller has answered the request without it.
+--
 -- Returns one string of doubles: the time decided at (seconds,
 -- nanoseconds); the verdict: 1 if the enforced windows admit, + 2 if the
 -- shadow windows admit, + 4 if a ban in force refused the request (then
--- only the ban follows) or + 8 if this refusal started one; two per window:
+-- only the ban follows) or + 8 if this refusal started one, or 12 if the
+-- call came too late; two per window:
 -- the state it was decided on (GCRA: the arrival time, rescaled to the
 -- current interval, as seconds and nanoseconds; fixed window: index and
 -- count as stored; 0 0 for none); and with a ban, its check (1-based; for
@@ -68,12 +75,18 @@
 local B = 1000000000
 local A = ARGV[1]
 -- The header, and the first check's numbers, layout and first window.
-local S, N, charge, shadows, C, P, Q, kind, shadow, W, slack, length, exotic, layout, tag1,
-  f1, f2, f3, f4, at = struct.unpack('<ddddddddddddddc0dc0dddd', A)
+local S, N, US, UN, charge, shadows, C, P, Q, kind, shadow, W, slack, length, exotic, layout,
+  tag1, f1, f2, f3, f4, at = struct.unpack('<ddddddddddddddddc0dc0dddd', A)
 local layer = S >= 0
-if not layer then
+if not layer or US >= 0 then
   local t = redis.call('TIME')
-  S, N = t[1] + 0, t[2] * 1000
+  local s, n = t[1] + 0, t[2] * 1000
+  if US >= 0 and (s > US or (s == US and n > UN)) then
+    return struct.pack('<ddd', s, n, 12)
+  end
+  if not layer then
+    S, N = s, n
+  end
 end
 
 -- A ban in force refuses before any window is read; of several, the

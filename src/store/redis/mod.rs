@@ -84,6 +84,16 @@
 //! mid-request, the groups already charged are refunded and the request
 //! follows its limits' [`FailurePolicy`].
 //!
+//! A call that misses its deadline is not taken back from Redis: a stalled
+//! or paused Redis, or one busy with a slow script, runs it when it can.
+//! On Redis's clock (the default) each call tells Redis the moment, on its
+//! own clock, after which this process no longer waits for the answer
+//! (learned from Redis's earlier answers, and never later than the real
+//! one), and a call run after it writes nothing: a request answered by its
+//! failure policy is never also charged, nor counted towards a ban, when
+//! Redis catches up. (A call run just before that moment whose answer is
+//! late still counts; on the layer's clock the moment is not known.)
+//!
 //! # The same arithmetic as the memory store
 //!
 //! Both algorithms count in integer nanoseconds. Redis's Lua numbers are
@@ -341,6 +351,7 @@ mod failure_policy;
 mod keys;
 mod metrics;
 mod peek;
+mod redis_time;
 mod resets;
 mod script;
 mod slots;

@@ -94,7 +94,9 @@ fn pair(ns: u64) -> [String; 2] {
 }
 
 /// The keys and argument of one group's decision (see `decide.lua`);
-/// `now` is `None` to use Redis's clock. `charge`: whether the group may
+/// `now` is `None` to use Redis's clock; `until`, the moment on Redis's
+/// clock after which the call must write nothing (its caller no longer
+/// waits for it), if known. `charge`: whether the group may
 /// charge (no earlier group refused); `shadows`: whether its shadow checks
 /// may be charged (no earlier group's shadow check refused). The one
 /// argument holds every number as a little-endian double and every text (a
@@ -102,6 +104,7 @@ fn pair(ns: u64) -> [String; 2] {
 pub(crate) fn invocation(
     prefix: &str,
     now: Option<u64>,
+    until: Option<u64>,
     checks: &[Planned],
     group: &[usize],
     charge: bool,
@@ -126,6 +129,7 @@ pub(crate) fn invocation(
     let mut keys = Vec::with_capacity(group.len() + 2 * penalties);
     let mut arg = Vec::with_capacity(64 + 128 * group.len() + 48 * penalties);
     put(&mut arg, &now.map_or([-1.0, 0.0], split));
+    put(&mut arg, &until.map_or([-1.0, 0.0], split));
     // Where the penalties start is set once it is known.
     let header = [flag(charge), flag(shadows), group.len() as f64];
     put(&mut arg, &header);
@@ -200,7 +204,7 @@ pub(crate) fn invocation(
     }
     // The penalties last, where the header says (1-based, in bytes).
     let q = (1 + arg.len()) as f64;
-    arg[48..56].copy_from_slice(&q.to_le_bytes());
+    arg[Q_AT..Q_AT + 8].copy_from_slice(&q.to_le_bytes());
     for (nth, &i) in group.iter().enumerate() {
         let check = &checks[i];
         if let Some((key, penalty)) = &check.penalty {
@@ -212,6 +216,13 @@ pub(crate) fn invocation(
     }
     (keys, vec![arg])
 }
+
+/// Where the argument says where the penalties start (in bytes): after
+/// the two moments, and the group's flags and counts.
+const Q_AT: usize = 8 * 8;
+
+/// The verdict of a call that came after its caller stopped waiting.
+const TOO_LATE: u64 = 12;
 
 /// What the script answered for one group.
 #[derive(Debug, PartialEq, Eq)]
@@ -233,6 +244,13 @@ pub(crate) struct Reply {
     /// The checks (bit `i` for check `i` < 64) whose bans this refusal
     /// started.
     pub(crate) bans_started: u64,
+}
+
+/// Whether the script's answer says it ran after its caller stopped
+/// waiting for it, and wrote nothing (see `decide.lua`).
+pub(crate) fn too_late(reply: &[u8]) -> bool {
+    let verdict = reply.get(16..24).and_then(|b| b.try_into().ok());
+    reply.len() == 24 && verdict.map(f64::from_le_bytes) == Some(TOO_LATE as f64)
 }
 
 /// Reads the script's answer (little-endian doubles, see `decide.lua`) for
@@ -531,7 +549,7 @@ mod tests {
         ];
         let groups = groups(&checks);
         assert_eq!(groups.len(), 1);
-        let (keys, args) = invocation("rl", None, &checks, &groups[0], true, true);
+        let (keys, args) = invocation("rl", None, None, &checks, &groups[0], true, true);
         assert_eq!(
             keys,
             [
@@ -572,27 +590,31 @@ mod tests {
         assert_eq!(args.len(), 1, "one argument");
         #[rustfmt::skip]
         let expected = [
-            N(-1.0), N(0.0), N(1.0), N(1.0), N(2.0), N(0.0), N(368.0), // Redis's clock, charge, 2 checks
+            N(-1.0), N(0.0), N(-1.0), N(0.0), // Redis's clock, no moment to give up
+            N(1.0), N(1.0), N(2.0), N(0.0), N(384.0), // charge, 2 checks
             N(0.0), N(0.0), N(2.0), N(0.0), N(82.0), N(0.0), T("<c24ddc26dd"), // GCRA, 2 windows
             T("g60000000000@1000000000="), N(60.0), N(0.0), N(1.0), N(0.0), // 60 s, 1 s
             T("g3600000000000@3600000000="), N(3600.0), N(0.0), N(3.0), N(600_000_000.0),
             N(1.0), N(1.0), N(1.0), N(0.0), N(28.0), N(0.0), T("<c12dd"), // fixed, shadow
             T("f1000000000="), N(1000.0), N(10.0), N(2.0), N(0.0), // 1000 ms, limit 10, cost 2
         ];
-        let shape = "dddddddddddddttddddtdddd".to_owned() + "ddddddttdddd";
+        let shape = "dddddddddddddddttddddtdddd".to_owned() + "ddddddttdddd";
         assert_eq!(read(&args[0], &shape), expected);
         let now = 1_700_000_000_123_456_789;
-        let (_, args) = invocation("rl", Some(now), &checks, &[0], false, true);
+        let until = now + 50_000_000;
+        let (_, args) = invocation("rl", Some(now), Some(until), &checks, &[0], false, true);
         assert_eq!(
-            read(&args[0], "dddddddddddddttddddtdddd")[..11],
+            read(&args[0], "dddddddddddddddttddddtdddd")[..13],
             [
                 N(1_700_000_000.0),
                 N(123_456_789.0),
+                N(1_700_000_000.0),
+                N(173_456_789.0),
                 N(0.0),
                 N(1.0),
                 N(1.0),
                 N(0.0),
-                N(254.0),
+                N(270.0),
                 N(0.0),
                 N(0.0),
                 N(2.0),

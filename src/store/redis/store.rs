@@ -19,6 +19,7 @@ use super::failure::{self, Failure, LocalCounts};
 use super::failure_policy::FailurePolicy;
 use super::metrics::{Limits, StoreMetrics};
 use super::peek;
+use super::redis_time::RedisTime;
 use super::resets::Reset;
 use super::script::{self, Planned};
 use crate::clock::LATEST;
@@ -72,6 +73,8 @@ pub(super) struct Inner {
     pub(super) prefix: Box<str>,
     pub(super) clock: ClockSource,
     pub(super) deadline: Duration,
+    /// What this process knows of Redis's clock (see [`RedisTime`]).
+    pub(super) redis_time: RedisTime,
     pub(super) breaker: Arc<Breaker>,
     pub(super) on_failure: FailurePolicy,
     pub(super) per_limit: HashMap<Box<str>, FailurePolicy>,
@@ -519,16 +522,29 @@ impl Inner {
         for group in &groups {
             let charge = decided.iter().all(|d| d.reply.admitted);
             let shadows = decided.iter().all(|d| d.reply.shadow_admitted);
+            // On Redis's clock, Redis is told when this process stops
+            // waiting: a call it runs later (after a stall) writes nothing.
+            let until = match now {
+                None => self.redis_time.until(self.deadline),
+                Some(_) => None,
+            };
             let (keys, args) =
-                script::invocation(&self.prefix, now, checks, group, charge, shadows);
+                script::invocation(&self.prefix, now, until, checks, group, charge, shadows);
+            let sent = tokio::time::Instant::now();
             let reply = self
                 .call::<_, Vec<u8>>(|inner| &inner.script, keys, args)
                 .await
                 .and_then(|reply| {
+                    if script::too_late(&reply) {
+                        return Err(Failure::Timeout(self.deadline, sent));
+                    }
                     script::parse_reply(checks, group, &reply).map_err(Failure::Reply)
                 });
             match reply {
                 Ok(reply) => {
+                    if now.is_none() {
+                        self.redis_time.heard(reply.now);
+                    }
                     let banned = reply.ban.is_some_and(|(_, _, started)| !started);
                     decided.push(script::Decided {
                         group,
