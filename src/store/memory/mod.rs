@@ -27,8 +27,12 @@ use crate::shard::Padded;
 /// Keys are spread over shards, each a mutex around small hash tables (one per
 /// algorithm and window period) that map a bucket's 64-bit keyed hash to one
 /// `u64` of state: 16 bytes per key and window plus the table's control byte
-/// and free slots, about 28 bytes in all (shards get unequal shares of the
-/// keys so that their tables never all sit just after doubling at once).
+/// and free slots, about 28 bytes in all as keys arrive (shards get unequal
+/// shares of the keys so that their tables never all sit just after
+/// doubling at once). Where keys keep coming and going, a table's slots
+/// freed by sweeps are reused but the table shrinks only once it is a
+/// quarter full: plan for about twice that, 55-60 bytes per live key and
+/// window, in steady churn.
 /// A decision locks the shards of the request's buckets in index order, so
 /// decisions over several limits are atomic and cannot deadlock, and threads
 /// working on different keys rarely meet. The most common requests (one
@@ -63,7 +67,7 @@ use crate::shard::Padded;
 ///
 /// **At the cap** ([`MemoryStore::with_max_entries`], default 1,000,000
 /// entries, about 28 MB), a flood of made-up keys can neither grow memory
-/// nor lock anyone out:
+/// nor take anything from the keys already tracked:
 ///
 /// * every key already tracked keeps its exact count: nothing is ever
 ///   evicted early;
@@ -82,12 +86,18 @@ use crate::shard::Padded;
 ///   refusal reports [`RefusalReason::Capacity`](crate::RefusalReason::Capacity)
 ///   and counts towards no penalty. A key stays counted in the sketch
 ///   until its estimate there is a fresh key's state again, so every entry
-///   is exact, and a key moving back in loses nothing.
+///   is exact, and a key moving back in loses nothing. The price: a key new
+///   to the store whose cells a flood filled is decided by them too, even
+///   once the store has room again, until those counts expire (at most its
+///   window's period after the flood). The sketch cannot tell it from a key
+///   the flood counted there, which must not get its quota again.
 /// * A sketch has a fixed size, made when its shard first overflows: about
 ///   one cell (8 bytes) per entry of the shard's share of the cap in each
 ///   of its two rows, rows rounded up to a power of two. So memory stays
-///   under about `max_entries` × (28 + 16 × the number of window periods
-///   that overflowed) bytes, whatever the flood, plus, for keys on a quota
+///   under about `max_entries` × (28 + 24 × the number of window periods
+///   that overflowed) bytes for a flood that fills it once (and up to about
+///   `max_entries` × (45 + 24 × periods) while keys keep coming and going at
+///   the cap, as its tables churn), plus, for keys on a quota
 ///   other than their route's (an override, a plan), the rates they were
 ///   counted at: about 64 bytes per such key seen since its shard's last
 ///   sweep ([`MemoryStore::sweep_interval`]). A sketch is dropped when
