@@ -105,6 +105,12 @@ impl KeyExtractor for FirstOf {
         let sources: Vec<Cow<'_, str>> = self.alternatives.iter().map(|a| a.describe()).collect();
         Cow::Owned(sources.join(" or "))
     }
+
+    /// Every alternative's settings, in order.
+    fn settings(&self) -> Cow<'_, str> {
+        let settings: Vec<Cow<'_, str>> = self.alternatives.iter().map(|a| a.settings()).collect();
+        Cow::Owned(settings.join(" or "))
+    }
 }
 
 #[cfg(test)]

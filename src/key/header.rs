@@ -109,6 +109,10 @@ impl KeyExtractor for Header {
         Cow::Borrowed(&self.display)
     }
 
+    fn settings(&self) -> Cow<'_, str> {
+        Cow::Owned(format!("{self:?}"))
+    }
+
     /// `text` trimmed of spaces and tabs, as a header line is: the token,
     /// for [`Header::bearer`]. A text that no header line could carry
     /// (control characters, or a comma where commas separate values) is

@@ -60,6 +60,10 @@ impl KeyExtractor for PeerIp {
         Cow::Borrowed(PEER_SOURCE)
     }
 
+    fn settings(&self) -> Cow<'_, str> {
+        Cow::Owned(format!("{self:?}"))
+    }
+
     /// The key of a request from the address `text` (`192.0.2.1`,
     /// `[2001:db8::1]:443`, `::ffff:192.0.2.1` …).
     fn key_from_text<'t>(&self, text: &'t str) -> Result<Key<'t>, KeyError> {
@@ -222,6 +226,10 @@ impl KeyExtractor for ForwardedIp {
 
     fn describe(&self) -> Cow<'_, str> {
         Cow::Borrowed(PEER_SOURCE)
+    }
+
+    fn settings(&self) -> Cow<'_, str> {
+        Cow::Owned(format!("{self:?}"))
     }
 
     /// The key of a client at the address `text` (`192.0.2.1`,

@@ -85,6 +85,16 @@ pub trait KeyExtractor: Send + Sync + 'static {
         Cow::Borrowed("request's key")
     }
 
+    /// Everything that decides which key a request gets, as text: compared
+    /// when a reload replaces a policy, to say whether a limit's key
+    /// changed ([`Changes`](crate::Changes)). The default is
+    /// [`describe`](KeyExtractor::describe); an extractor with options that
+    /// change the key (which proxies are trusted, how commas are read)
+    /// names them too.
+    fn settings(&self) -> Cow<'_, str> {
+        self.describe()
+    }
+
     /// The path captures this extractor needs from every route of its limit.
     /// The policy refuses to build when a route lacks one.
     fn required_captures(&self) -> Vec<&str> {

@@ -131,6 +131,13 @@ impl KeyExtractor for PathCapture {
         }
     }
 
+    fn settings(&self) -> Cow<'_, str> {
+        match &self.scope {
+            None => self.describe(),
+            Some(scope) => Cow::Owned(format!("{} within {}", self.name, scope.settings())),
+        }
+    }
+
     fn required_captures(&self) -> Vec<&str> {
         let mut names = vec![&*self.name];
         if let Some(scope) = &self.scope {

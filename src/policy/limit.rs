@@ -595,8 +595,8 @@ impl CompiledLimit {
             });
         let describe = |l: &CompiledLimit| {
             (
-                l.key.describe().into_owned(),
-                l.plan.as_ref().map(|p| p.describe().into_owned()),
+                l.key.settings().into_owned(),
+                l.plan.as_ref().map(|p| p.settings().into_owned()),
             )
         };
         !(same_routes

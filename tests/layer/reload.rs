@@ -553,3 +553,34 @@ async fn a_route_or_limit_removed_and_added_again_gets_its_counts_back_converted
         assert_eq!(get(&svc, "k").await.status(), StatusCode::TOO_MANY_REQUESTS);
     }
 }
+
+#[tokio::test]
+async fn a_key_read_otherwise_is_a_changed_limit() {
+    let with = |key: Header| {
+        Policy::builder()
+            .limit(Limit::new("per_key", key).quota(per_minute(10)))
+            .build()
+            .unwrap()
+    };
+    let (layer, _svc) = harness(with(api_key()));
+    let handle = layer.reload_handle();
+    let changes = handle.replace(with(api_key().allow_commas())).unwrap();
+    assert_eq!(
+        changes.changed,
+        ["per_key"],
+        "commas read as part of the key"
+    );
+    let changes = handle.replace(with(api_key().allow_commas())).unwrap();
+    assert!(changes.changed.is_empty(), "{changes}");
+
+    let by_ip = |trusted: &str| {
+        let key = tower_ratelimit::key::ForwardedIp::new([trusted]).unwrap();
+        Policy::builder()
+            .limit(Limit::new("per_ip", key).quota(per_minute(10)))
+            .build()
+            .unwrap()
+    };
+    handle.replace(by_ip("10.0.0.0/8")).unwrap();
+    let changes = handle.replace(by_ip("192.168.0.0/16")).unwrap();
+    assert_eq!(changes.changed, ["per_ip"], "other proxies trusted");
+}
