@@ -142,6 +142,15 @@ pub enum Busy {
     /// A shared store could not be asked, and the limit's failure policy is
     /// to refuse.
     Unavailable,
+    /// A shared store could not be asked, and the limit's failure policy is
+    /// to count in this process's share of the cap: the share had no free
+    /// slot and the request could not wait.
+    LocalShareFull {
+        /// The requests of the key in flight in this process's share.
+        in_flight: u32,
+        /// This process's share of the cap.
+        share: u32,
+    },
 }
 
 impl fmt::Display for Busy {
@@ -154,6 +163,11 @@ impl fmt::Display for Busy {
                 write!(f, "no request slot came free within {waited:?}")
             }
             Busy::Unavailable => f.write_str("the shared in-flight count could not be reached"),
+            Busy::LocalShareFull { in_flight, share } => write!(
+                f,
+                "the shared in-flight count could not be reached, and this process's share \
+                 of the cap is full ({in_flight} of {share})"
+            ),
         }
     }
 }

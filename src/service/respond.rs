@@ -353,11 +353,14 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
     now: u64,
     request: &Request<ReqBody>,
 ) -> ResponseFuture<F, B, E> {
-    let in_flight = match why {
-        Busy::Full { in_flight } => in_flight,
-        _ => claim.cap,
+    // What is known of the cap: the store's count, or this process's
+    // share when the store could not be asked.
+    let (cap, in_flight) = match why {
+        Busy::Full { in_flight } => (claim.cap, in_flight),
+        Busy::LocalShareFull { in_flight, share } => (share, in_flight),
+        _ => (claim.cap, claim.cap),
     };
-    let report = cap_report(claim.origin, claim.cap, in_flight, 0);
+    let report = cap_report(claim.origin, cap, in_flight, 0);
     let retry_after = shared.policy.inner.busy_retry_after;
     // A store that could not be asked, and a limit that fails closed: the
     // refusal says so, as one of the windows' would.
@@ -366,6 +369,11 @@ pub(super) fn busy<F, B, E, St, ReqBody>(
             Decision::unavailable(retry_after, now, report),
             Verdict::Unavailable,
         ),
+        Busy::LocalShareFull { .. } => {
+            let mut decision = Decision::busy(retry_after, now, report);
+            decision.basis = Basis::LocalFallback;
+            (decision, Verdict::Busy)
+        }
         _ => (Decision::busy(retry_after, now, report), Verdict::Busy),
     };
     shared.metrics.count(usize::from(claim.origin.0), verdict);

@@ -17,8 +17,9 @@ use crate::inflight::{Mode, SlotFuture};
 /// served when `mode` queues, and dropping the [`Permit`] frees the slot. A
 /// store that cannot answer decides by its failure policy for `limit`: a
 /// permit that holds nothing ([`Permit::failed_open`]), [`Busy::Unavailable`]
-/// (fail closed), or a local share ([`Permit::fallen_back`]), so that the
-/// decision says what stood in for the count.
+/// (fail closed), or a local share ([`Permit::fallen_back`], refused with
+/// [`Busy::LocalShareFull`]), so that the decision says what stood in for
+/// the count.
 pub trait SharedSlots: Send + Sync {
     /// Asks for a slot of `key` (a keyed hash) under a cap of `max`, for the
     /// limit named `limit`, waiting as `mode` says. `principal` is the

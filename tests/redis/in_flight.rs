@@ -492,7 +492,10 @@ async fn with_redis_gone_each_failure_policy_answers_within_the_deadline() {
             .acquire(key, key, 4, Mode::Refuse, "local")
             .await
             .unwrap_err(),
-        Busy::Full { in_flight: 2 }
+        Busy::LocalShareFull {
+            in_flight: 2,
+            share: 2
+        }
     );
     // A queued request waits in the local line and still ends by max_wait.
     let started = Instant::now();
@@ -898,7 +901,7 @@ async fn a_cap_failing_open_or_falling_back_says_so() {
         "{:?}",
         passed.headers()
     );
-    let fell_back = local.oneshot(request("k")).await.unwrap();
+    let fell_back = local.clone().oneshot(request("k")).await.unwrap();
     assert_eq!(fell_back.status(), StatusCode::OK);
     let decision = fell_back.extensions().get::<Decision>().unwrap();
     assert_eq!(decision.basis(), Basis::LocalFallback);
@@ -908,6 +911,19 @@ async fn a_cap_failing_open_or_falling_back_says_so() {
         "{:?}",
         fell_back.headers()
     );
+    // The share (half of 2) is full while that response is held: refused
+    // as busy, on the local share, which is what the numbers are of.
+    let refused = local.oneshot(request("k")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let decision = refused.extensions().get::<Decision>().unwrap();
+    assert_eq!(
+        decision.refusal(),
+        Some(tower_ratelimit::RefusalReason::Busy)
+    );
+    assert_eq!(decision.basis(), Basis::LocalFallback);
+    assert_eq!(refused.headers()["x-ratelimit-limit"], "1");
+    assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+    drop(fell_back);
 }
 
 /// Slots Redis lost (flushed here; a restart without persistence alike)

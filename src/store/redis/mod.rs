@@ -280,7 +280,10 @@
 //! layer refuses it as [`RefusalReason::Unavailable`](crate::RefusalReason::Unavailable),
 //! on [`Basis::FailedClosed`](crate::Basis::FailedClosed)), and
 //! `Local { percent }` takes a slot of this node's share of the cap (`max ×
-//! percent / 100`, rounded up, at least 1) in a local limiter. A waiting
+//! percent / 100`, rounded up, at least 1) in a local limiter (refused
+//! there as [`Busy::LocalShareFull`](crate::store::protocol::Busy::LocalShareFull),
+//! which the layer reports on [`Basis::LocalFallback`](crate::Basis::LocalFallback),
+//! with the share's numbers). A waiting
 //! request never waits past its `max_wait`. Slots of permits that outlive
 //! every clone of their store are not released or renewed: they come free
 //! when their leases run out.

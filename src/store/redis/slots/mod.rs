@@ -551,10 +551,12 @@ async fn fall_back(
                 }
                 other => other,
             };
-            match p.slots.local.acquire(key, share(max, percent), mode).await {
+            let share = share(max, percent);
+            match p.slots.local.acquire(key, share, mode).await {
                 Err(Busy::TimedOut { waited }) => Err(Busy::TimedOut {
                     waited: waited.saturating_add(elapsed),
                 }),
+                Err(Busy::Full { in_flight }) => Err(Busy::LocalShareFull { in_flight, share }),
                 other => other.map(Permit::fallen_back),
             }
         }
