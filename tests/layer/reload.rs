@@ -138,14 +138,21 @@ async fn a_route_added_in_front_keeps_the_counts_of_the_others() {
     );
 }
 
+/// A harness whose key `k` used 4 of its 10 a minute on `GET /v1/calls`,
+/// counted by `algorithm`.
+async fn four_of_ten(algorithm: Algorithm) -> (RateLimitLayer, Svc) {
+    let (layer, svc) = harness(policy(&[], per_minute(10).algorithm(algorithm), 100));
+    for _ in 0..4 {
+        get(&svc, "k").await;
+    }
+    (layer, svc)
+}
+
 #[tokio::test]
 async fn changed_windows_carry_the_count_over_by_period() {
     for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
         let quota = |n| per_minute(n).algorithm(algorithm);
-        let (layer, svc) = harness(policy(&[], quota(10), 100));
-        for _ in 0..4 {
-            get(&svc, "k").await;
-        }
+        let (layer, svc) = four_of_ten(algorithm).await;
         let handle = layer.reload_handle();
         let changes = handle.replace(policy(&[], quota(20), 100)).unwrap();
         assert_eq!(changes.to_string(), "changed: per_key");
@@ -527,10 +534,7 @@ async fn requests_under_a_policy_and_its_reordered_reload_never_wait_on_each_oth
 async fn a_route_or_limit_removed_and_added_again_gets_its_counts_back_converted() {
     for algorithm in [Algorithm::Gcra, Algorithm::FixedWindow] {
         let quota = |n| per_minute(n).algorithm(algorithm);
-        let (layer, svc) = harness(policy(&[], quota(10), 100));
-        for _ in 0..4 {
-            get(&svc, "k").await;
-        }
+        let (layer, svc) = four_of_ten(algorithm).await;
         let handle = layer.reload_handle();
         // The route goes, and comes back at twice the rate: the key's 4
         // are 4 of 20, not 8 (its buckets counted at 10 a minute).
