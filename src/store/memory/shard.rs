@@ -86,6 +86,13 @@ impl Table {
         self.find(bucket).is_some()
     }
 
+    /// Whether `bucket` has an entry whose state is not a fresh key's at
+    /// `horizon`.
+    fn live(&self, bucket: u64, horizon: u64) -> bool {
+        let state = self.map.find(bucket, |e| e.0 == bucket).map(|e| e.1);
+        state.is_some_and(|s| expires_at(self.algorithm, self.period_ns, s, horizon) > horizon)
+    }
+
     /// Stores `state` for `bucket`; whether the entry is new.
     pub(super) fn insert(&mut self, bucket: u64, state: u64) -> bool {
         match self.map.entry(bucket, |e| e.0 == bucket, |e| e.0) {
@@ -320,40 +327,10 @@ impl Shard {
             .charge(algorithm, period_ns, bucket, state, now);
     }
 
-    /// Drops what has been a fresh key's state for [`GRACE`] at `now`.
-    /// For each table, the buckets whose entry there is fresh at `horizon`
-    /// but that have a live entry in another table (sorted): a bucket is
-    /// dropped from all its windows at once, so that a tracked key is never
+    /// Drops what has been a fresh key's state for [`GRACE`] at `now`. A
+    /// bucket's entries go together: a fresh one stays while the bucket has
+    /// a live entry in another table, so that a tracked key is never
     /// counted in a sketch, at the cap, for the window it was dropped from.
-    fn tracked_elsewhere(&self, horizon: u64) -> Vec<Vec<u64>> {
-        let mut kept = vec![Vec::new(); self.tables.len()];
-        if self.tables.len() < 2 {
-            return kept;
-        }
-        let live = |table: &Table, state: u64| {
-            expires_at(table.algorithm, table.period_ns, state, horizon) > horizon
-        };
-        for (i, table) in self.tables.iter().enumerate() {
-            for &(bucket, state) in table.map.iter() {
-                if live(table, state) {
-                    continue;
-                }
-                let elsewhere = self.tables.iter().enumerate().any(|(j, other)| {
-                    j != i
-                        && other
-                            .map
-                            .find(bucket, |e| e.0 == bucket)
-                            .is_some_and(|e| live(other, e.1))
-                });
-                if elsewhere {
-                    kept[i].push(bucket);
-                }
-            }
-            kept[i].sort_unstable();
-        }
-        kept
-    }
-
     pub(super) fn sweep(&mut self, now: u64) {
         let mut earliest = u64::MAX;
         // Fresh since before `horizon`: a reading a little behind `now`
@@ -362,8 +339,11 @@ impl Shard {
         // Every entry was written before the sweep that is due now was:
         // a write at a later time would have swept first.
         let written_before = self.next_sweep;
-        let kept = self.tracked_elsewhere(horizon);
-        for (i, table) in self.tables.iter_mut().enumerate() {
+        for i in 0..self.tables.len() {
+            let (before, rest) = self.tables.split_at_mut(i);
+            let Some((table, after)) = rest.split_first_mut() else {
+                break;
+            };
             let (algorithm, period) = (table.algorithm, table.period_ns);
             if horizon >= all_expired_at(algorithm, period, written_before) {
                 // Unread: a fixed window's state idle this long may read as
@@ -375,13 +355,17 @@ impl Shard {
             if table.overflow.as_deref().is_some_and(fresh) {
                 table.overflow = None;
             }
-            let kept = &kept[i];
+            let elsewhere = |bucket| {
+                let mut others = before.iter().chain(after.iter());
+                others.any(|other| other.live(bucket, horizon))
+            };
             table.map.retain(|&mut (bucket, state)| {
                 let expires = expires_at(algorithm, period, state, horizon);
                 if expires > horizon {
                     earliest = earliest.min(expires.saturating_add(GRACE));
+                    return true;
                 }
-                expires > horizon || kept.binary_search(&bucket).is_ok()
+                elsewhere(bucket)
             });
             if sparse(table.map.len(), table.map.capacity()) {
                 table.map.shrink_to(table.map.len() * 2, |e| e.0);

@@ -246,11 +246,20 @@ pub(crate) struct Reply {
     pub(crate) bans_started: u64,
 }
 
-/// Whether the script's answer says it ran after its caller stopped
-/// waiting for it, and wrote nothing (see `decide.lua`).
-pub(crate) fn too_late(reply: &[u8]) -> bool {
-    let verdict = reply.get(16..24).and_then(|b| b.try_into().ok());
-    reply.len() == 24 && verdict.map(f64::from_le_bytes) == Some(TOO_LATE as f64)
+/// If the script's answer says it ran after its caller stopped waiting for
+/// it, and wrote nothing (see `decide.lua`), the time on Redis's clock when
+/// it ran (ns since the Unix epoch).
+pub(crate) fn too_late(reply: &[u8]) -> Option<u64> {
+    let number = |i: usize| {
+        let bytes: [u8; 8] = reply.get(8 * i..8 * i + 8)?.try_into().ok()?;
+        Some(f64::from_le_bytes(bytes))
+    };
+    if reply.len() != 24 || number(2)? != TOO_LATE as f64 {
+        return None;
+    }
+    let (s, n) = (number(0)?, number(1)?);
+    let valid = |x: f64| x.fract() == 0.0 && x >= 0.0 && x < 1e15;
+    (valid(s) && valid(n) && n < NS_PER_S as f64).then(|| s as u64 * NS_PER_S + n as u64)
 }
 
 /// Reads the script's answer (little-endian doubles, see `decide.lua`) for
@@ -679,5 +688,18 @@ mod tests {
             reply: lying,
         }];
         assert!(outcome(&checks, &decided).is_err());
+    }
+
+    #[test]
+    fn a_late_answer_gives_redis_time_and_nothing_else_passes_for_one() {
+        let answer =
+            |numbers: &[f64]| -> Vec<u8> { numbers.iter().flat_map(|n| n.to_le_bytes()).collect() };
+        let late = answer(&[1_700_000_000.0, 5.0, 12.0]);
+        assert_eq!(too_late(&late), Some(1_700_000_000_000_000_005));
+        // An admission with no window, a refusal, a verdict 12 with more.
+        assert_eq!(too_late(&answer(&[1_700_000_000.0, 5.0, 1.0])), None);
+        assert_eq!(too_late(&answer(&[1_700_000_000.0, 5.0, 0.0])), None);
+        assert_eq!(too_late(&answer(&[1.0, 5.0, 12.0, 0.0])), None);
+        assert_eq!(too_late(&answer(&[1.0, 2e9, 12.0])), None, "not a time");
     }
 }

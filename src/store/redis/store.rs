@@ -522,11 +522,12 @@ impl Inner {
         for group in &groups {
             let charge = decided.iter().all(|d| d.reply.admitted);
             let shadows = decided.iter().all(|d| d.reply.shadow_admitted);
-            // On Redis's clock, Redis is told when this process stops
+            // On one server's clock, Redis is told when this process stops
             // waiting: a call it runs later (after a stall) writes nothing.
-            let until = match now {
-                None => self.redis_time.until(self.deadline),
-                Some(_) => None,
+            // (A cluster's nodes each have their own clock.)
+            let until = match (now, &self.backend) {
+                (None, Backend::Single(_)) => self.redis_time.until(self.deadline),
+                _ => None,
             };
             let (keys, args) =
                 script::invocation(&self.prefix, now, until, checks, group, charge, shadows);
@@ -535,7 +536,11 @@ impl Inner {
                 .call::<_, Vec<u8>>(|inner| &inner.script, keys, args)
                 .await
                 .and_then(|reply| {
-                    if script::too_late(&reply) {
+                    if let Some(redis_now) = script::too_late(&reply) {
+                        // Redis's clock may have stepped forward: what it
+                        // says now is heard too, so the next call is not
+                        // given up before it is sent.
+                        self.redis_time.heard(redis_now);
                         return Err(Failure::Timeout(self.deadline, sent));
                     }
                     script::parse_reply(checks, group, &reply).map_err(Failure::Reply)
