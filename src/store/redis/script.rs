@@ -258,7 +258,7 @@ pub(crate) fn too_late(reply: &[u8]) -> Option<u64> {
         return None;
     }
     let (s, n) = (number(0)?, number(1)?);
-    let valid = |x: f64| x.fract() == 0.0 && x >= 0.0 && x < 1e15;
+    let valid = |x: f64| x.fract() == 0.0 && (0.0..1e15).contains(&x);
     (valid(s) && valid(n) && n < NS_PER_S as f64).then(|| s as u64 * NS_PER_S + n as u64)
 }
 
