@@ -169,6 +169,20 @@ fn warm_key_makes_no_allocation_of_its_own() {
         unread, bare_count,
         "the layer allocated on its own for a known key: {unread} allocations against {bare_count}"
     );
+    // A key with a quota of its own (an override) allocates nothing more
+    // (its numbers below 10,000, so that no `Remaining` is built either).
+    let overridden = warm_sequence_allocations(|layer| {
+        let quota = Quota::new(Window::per_minute(5_000));
+        layer
+            .overrides()
+            .set_quota("per_key", "key_b", quota)
+            .unwrap();
+        layer
+    });
+    assert_eq!(
+        overridden, bare_count,
+        "the layer allocated for a key's own quota: {overridden} allocations against {bare_count}"
+    );
 }
 
 #[test]

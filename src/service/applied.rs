@@ -79,8 +79,9 @@ pub(super) struct Claim {
 /// What the layer knows of the limits that apply to a request.
 pub(super) struct Applied {
     pub(super) charges: SmallVec<[Charge; 4]>,
-    /// The keys' own quotas the charges name (see [`OwnAt::Quota`]).
-    pub(super) quotas: Vec<Arc<Quota>>,
+    /// The keys' own quotas the charges name (see [`OwnAt::Quota`]): the
+    /// first, then any more (a request rarely has two).
+    pub(super) quotas: (Option<Arc<Quota>>, Vec<Arc<Quota>>),
     pub(super) claims: SmallVec<[Claim; 1]>,
     /// When the charges are decided (after any wait for a slot).
     pub(super) now: u64,
@@ -96,7 +97,7 @@ impl Applied {
     pub(super) fn new(now: u64) -> Self {
         Applied {
             charges: SmallVec::new(),
-            quotas: Vec::new(),
+            quotas: (None, Vec::new()),
             claims: SmallVec::new(),
             now,
             held: None,
@@ -131,7 +132,8 @@ impl Applied {
     #[inline]
     fn quota_of<'a>(&'a self, route: &'a Route, own: Option<OwnAt>) -> &'a Quota {
         match own {
-            Some(OwnAt::Quota(i)) => &self.quotas[usize::from(i)],
+            Some(OwnAt::Quota(0)) => self.quotas.0.as_deref().unwrap_or(route.plan_quota(None)),
+            Some(OwnAt::Quota(i)) => &self.quotas.1[usize::from(i) - 1],
             Some(OwnAt::Plan(p)) => route.plan_quota(Some(p)),
             None => route.plan_quota(None),
         }
@@ -143,8 +145,13 @@ impl Applied {
         match own? {
             Own::Plan(p) => Some(OwnAt::Plan(p)),
             Own::Quota(quota) => {
-                self.quotas.push(quota);
-                Some(OwnAt::Quota((self.quotas.len() - 1) as u8))
+                let (first, more) = &mut self.quotas;
+                if first.is_none() {
+                    *first = Some(quota);
+                    return Some(OwnAt::Quota(0));
+                }
+                more.push(quota);
+                Some(OwnAt::Quota(more.len() as u8))
             }
         }
     }

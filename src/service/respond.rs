@@ -4,6 +4,7 @@
 
 use http::header::CACHE_CONTROL;
 use http::{HeaderValue, Request, Response};
+use smallvec::SmallVec;
 use tower_service::Service;
 
 use super::applied::{Applied, Claim};
@@ -120,8 +121,11 @@ where
     };
     let policy = &*shared.policy.inner;
     let now = applied.now;
+    // The caps in the policy's order (their slots were taken in another).
     let caps = || {
-        applied.claims.iter().filter_map(|c| {
+        let mut claims: SmallVec<[&Claim; 4]> = applied.claims.iter().collect();
+        claims.sort_unstable_by_key(|c| c.origin);
+        claims.into_iter().filter_map(|c| {
             let in_flight = in_flight_of(c, held(&applied.held))?;
             Some(cap_report(c.origin, c.cap, in_flight, now.div_ceil(NANOS)))
         })
