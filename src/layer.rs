@@ -80,6 +80,7 @@ impl<St: Store> RateLimitLayer<St> {
         let shared = Shared {
             metrics: Metrics::new(&policy),
             policy,
+            succession: Arc::default(),
             store: Arc::clone(&store),
             clock: LayerClock::System(SystemClock::new()),
             decision_extensions: false,

@@ -100,8 +100,7 @@ impl<St> ReloadHandle<St> {
                 ));
             }
             let mut changes = Changes::between(before, after);
-            after.succeed(before, old.now());
-            let next = Arc::new(old.with_policy(policy.clone()));
+            let next = Arc::new(old.with_policy(policy.clone(), old.now()));
             // Swapped only if no other reload got in first: else, again.
             // The store's cap follows in the same step, so that reloads
             // that race leave it as the policy that stays sets it.

@@ -83,7 +83,7 @@ impl<St> Target<St> {
             .iter()
             .map(|route| {
                 let check = Check::new(KeySecret::derive(id, route.id), route.quota_of(own))
-                    .based_on(route.base())
+                    .based_on(self.shared.succession.base(route))
                     .of_principal(id)
                     .in_limit(&limit.name);
                 match penalty {

@@ -1,7 +1,7 @@
 //! Limits: a named, independently counted limit with a key and a route table.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::overrides::{Own, OwnQuota};
 use super::quota::Quota;
@@ -672,12 +672,9 @@ pub(crate) struct Route {
     /// Stable id of the limit and the route's text, hashed into every
     /// bucket (see [`route_id`]).
     pub(crate) id: u64,
-    /// After a reload that changed the route's default quota, the default
-    /// its buckets were first counted at, so that the store carries their
-    /// counts over (see [`Check::base`]); unset: the default itself.
-    ///
-    /// [`Check::base`]: crate::store::protocol::Check::base
-    pub(crate) counted_at: OnceLock<Quota>,
+    /// The route's place among all the policy's routes, limit by limit
+    /// (see [`Succession`](super::Succession)).
+    pub(crate) flat: usize,
 }
 
 impl Route {
@@ -707,19 +704,10 @@ impl Route {
         Ok(Route {
             matcher,
             quota: tiers.default.clone(),
-            counted_at: OnceLock::new(),
+            flat: 0,
             plans,
             id,
         })
-    }
-
-    /// The quota the route's buckets are counted at when no plan or
-    /// override applies (see [`Check::base`]).
-    ///
-    /// [`Check::base`]: crate::store::protocol::Check::base
-    #[inline]
-    pub(crate) fn base(&self) -> &Quota {
-        self.counted_at.get().unwrap_or(&self.quota)
     }
 
     /// The quota of a request whose key has `own` (a plan, an index into

@@ -29,10 +29,11 @@ mod limit;
 mod overrides;
 mod quota;
 pub(crate) mod rate_text;
+mod succession;
 mod tiers;
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -44,6 +45,7 @@ pub use overrides::Overrides;
 pub(crate) use overrides::OwnQuota;
 pub(crate) use overrides::{carry_over, OverrideTable, Own};
 pub use quota::{Algorithm, Quota, Window};
+pub(crate) use succession::Succession;
 pub use tiers::Tiers;
 
 #[cfg(feature = "toml")]
@@ -83,60 +85,9 @@ pub(crate) struct PolicyInner {
     pub(crate) overrides: OverrideTable,
     /// The entry cap of the memory store `RateLimitLayer::new` builds.
     pub(crate) memory_max_entries: Option<usize>,
-    /// The routes of the policies this one replaced that it has not, while
-    /// their counts may live (set by the reload that puts it in place).
-    pub(crate) retired: OnceLock<Vec<Retired>>,
-}
-
-/// A route a reload removed, whose buckets may still hold counts: if a
-/// route of the same id comes back before `until`, they are converted from
-/// `base`, as for any route whose quota changed.
-#[derive(Debug, Clone)]
-pub(crate) struct Retired {
-    id: u64,
-    base: Quota,
-    /// When every count the route's buckets may hold has expired (ns).
-    until: u64,
 }
 
 impl PolicyInner {
-    /// Takes over the counts of `before`, the policy this one replaces at
-    /// `now`: a route whose quota changed since its buckets were counted (in
-    /// `before`, or in an earlier policy that had it, if it was removed and
-    /// comes back while its counts may live) has them converted by the
-    /// store (see [`Route::base`](limit::Route::base)); the routes `before`
-    /// had and this one has not are remembered as retired.
-    pub(crate) fn succeed(&self, before: &PolicyInner, now: u64) {
-        fn routes(policy: &PolicyInner) -> Vec<&Route> {
-            let limits = policy.limits.iter();
-            limits.flat_map(|limit| limit.routes.iter()).collect()
-        }
-        let (old, new) = (routes(before), routes(self));
-        let earlier = before.retired.get().map_or(&[][..], Vec::as_slice);
-        let live = earlier.iter().filter(|r| r.until > now);
-        for route in &new {
-            let base = match old.iter().find(|r| r.id == route.id) {
-                Some(was) => Some(was.base()),
-                None => live.clone().find(|r| r.id == route.id).map(|r| &r.base),
-            };
-            if let Some(base) = base.filter(|base| **base != route.quota) {
-                // Set once, by the one reload that puts this policy in place.
-                let _ = route.counted_at.set(base.clone());
-            }
-        }
-        let kept = |id: u64| new.iter().any(|r| r.id == id);
-        let mut retired: Vec<Retired> = live.filter(|r| !kept(r.id)).cloned().collect();
-        for route in old.iter().filter(|r| !kept(r.id)) {
-            let base = route.base().clone();
-            retired.push(Retired {
-                id: route.id,
-                until: now.saturating_add(base.lifetime_ns()),
-                base,
-            });
-        }
-        let _ = self.retired.set(retired);
-    }
-
     /// The limit named `name`, with its index.
     pub(crate) fn limit(&self, name: &str) -> Option<(usize, &CompiledLimit)> {
         self.limits
@@ -444,6 +395,10 @@ impl PolicyBuilder {
                 ));
             }
         }
+        let routes = limits.iter_mut().flat_map(|limit| limit.routes.iter_mut());
+        for (flat, route) in routes.enumerate() {
+            route.flat = flat;
+        }
         let mut overrides = OverrideTable::new(limits.len());
         for (i, limit) in limits.iter_mut().enumerate() {
             let listed = std::mem::take(&mut limit.listed);
@@ -463,7 +418,6 @@ impl PolicyBuilder {
                 secret,
                 secret_given,
                 memory_max_entries: self.memory_max_entries,
-                retired: OnceLock::new(),
             }),
         })
     }

@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 use crate::body::Slots;
 use crate::inflight::Mode;
 use crate::key::RequestView;
-use crate::policy::{CompiledLimit, Own, PolicyInner, Quota, Route};
+use crate::policy::{CompiledLimit, Own, PolicyInner, Quota, Route, Succession};
 use crate::report::WindowOrigin;
 use crate::store::protocol::Check;
 
@@ -157,7 +157,12 @@ impl Applied {
     }
 
     /// Puts the store's checks in `checks` (filled in place: it is large).
-    pub(super) fn checks<'a>(&'a self, policy: &'a PolicyInner, checks: &mut Checks<'a>) {
+    pub(super) fn checks<'a>(
+        &'a self,
+        policy: &'a PolicyInner,
+        succession: &'a Succession,
+        checks: &mut Checks<'a>,
+    ) {
         for (i, charge) in self.charges.iter().enumerate() {
             let route = self.route(policy, i);
             let limit = &policy.limits[usize::from(charge.origin.0)];
@@ -168,7 +173,7 @@ impl Applied {
                 quota,
                 shadow: charge.shadow,
                 limit: &limit.name,
-                base: route.base(),
+                base: succession.base(route),
                 penalty: charge.penalty_key.zip(limit.penalty.as_ref()),
             });
         }

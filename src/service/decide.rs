@@ -85,7 +85,7 @@ impl Applied {
     #[inline(never)]
     fn ask_rebuilt<St: Store>(&self, shared: &Shared<St>) -> Decided<St::Pending> {
         let mut checks = Checks::new();
-        self.checks(&shared.policy.inner, &mut checks);
+        self.checks(&shared.policy.inner, &shared.succession, &mut checks);
         shared.store.check(self.now, &checks)
     }
 
@@ -97,7 +97,7 @@ impl Applied {
             return Step::Uncounted;
         }
         let mut checks = Checks::new();
-        self.checks(&shared.policy.inner, &mut checks);
+        self.checks(&shared.policy.inner, &shared.succession, &mut checks);
         Step::Asked(shared.store.check(self.now, &checks))
     }
 }

@@ -119,7 +119,7 @@ pub(super) fn plan<'p, St: Store, B>(
                     quota,
                     shadow: limit.shadow,
                     limit: &limit.name,
-                    base: route.base(),
+                    base: shared.succession.base(route),
                     penalty: penalty_key.zip(limit.penalty.as_ref()),
                 });
             }

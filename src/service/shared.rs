@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use crate::clock::{LayerClock, LATEST};
 use crate::event::Hook;
 use crate::inflight::ConcurrencyLimiter;
-use crate::policy::Policy;
+use crate::policy::{Policy, Succession};
 
 use super::metrics::Metrics;
 
@@ -20,6 +20,8 @@ pub(crate) type Current<St> = ArcSwap<Shared<St>>;
 /// What every service of one layer shares.
 pub(crate) struct Shared<St> {
     pub(crate) policy: Policy,
+    /// What the policy took over from the ones before it, here.
+    pub(crate) succession: Arc<Succession>,
     pub(crate) store: Arc<St>,
     pub(crate) clock: LayerClock,
     /// Whether the decision goes into the request's and the response's
@@ -41,6 +43,7 @@ impl<St> Clone for Shared<St> {
     fn clone(&self) -> Self {
         Shared {
             policy: self.policy.clone(),
+            succession: Arc::clone(&self.succession),
             store: Arc::clone(&self.store),
             clock: self.clock.clone(),
             decision_extensions: self.decision_extensions,
@@ -54,10 +57,13 @@ impl<St> Clone for Shared<St> {
 }
 
 impl<St> Shared<St> {
-    /// The same, enforcing `policy` (with its own metrics' handles).
-    pub(crate) fn with_policy(&self, policy: Policy) -> Self {
+    /// The same, enforcing `policy` put in place at `now` (with its own
+    /// metrics' handles).
+    pub(crate) fn with_policy(&self, policy: Policy, now: u64) -> Self {
+        let succession = (self.succession).next(&self.policy.inner, &policy.inner, now);
         Shared {
             metrics: Metrics::new(&policy),
+            succession: Arc::new(succession),
             policy,
             ..self.clone()
         }

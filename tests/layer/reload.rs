@@ -588,3 +588,25 @@ async fn a_key_read_otherwise_is_a_changed_limit() {
     let changes = handle.replace(by_ip("192.168.0.0/16")).unwrap();
     assert_eq!(changes.changed, ["per_ip"], "other proxies trusted");
 }
+
+#[tokio::test]
+async fn a_policy_put_in_place_again_takes_over_from_the_one_it_replaces_each_time() {
+    // `quiet` has no `GET /v1/calls`; the same object is put in place
+    // several times, after different policies.
+    let quiet = Policy::builder()
+        .limit(Limit::new("global", api_key()).quota(per_minute(100)))
+        .build()
+        .unwrap();
+    let (layer, svc) = harness(quiet.clone());
+    let handle = layer.reload_handle();
+    handle.replace(quiet.clone()).unwrap();
+    handle.replace(policy(&[], per_minute(10), 100)).unwrap();
+    for _ in 0..4 {
+        get(&svc, "k").await;
+    }
+    // The route goes with `quiet` in place again, and comes back at 20 a
+    // minute: the key's 4 are 4 of 20 (counted at 10 a minute).
+    handle.replace(quiet.clone()).unwrap();
+    handle.replace(policy(&[], per_minute(20), 100)).unwrap();
+    assert_eq!(calls_window(&svc, "k").await, (20, 15));
+}
