@@ -283,11 +283,7 @@ async fn a_connect_redis_refuses_says_so_without_the_password() {
         return;
     }
     let server = crate::support::RedisServer::start();
-    let mut admin = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut admin = server.client().await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("requirepass")

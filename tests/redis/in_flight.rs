@@ -938,11 +938,7 @@ async fn slots_redis_lost_are_held_again_while_their_requests_run() {
     let b = builder(&server).slot_lease(lease).connect().await.unwrap();
     let key = 0xf105;
     let held = now(&a, key, 1, Mode::Refuse).await.unwrap();
-    let mut redis = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = server.client().await;
     let _: () = redis::cmd("FLUSHALL")
         .query_async(&mut redis)
         .await
