@@ -773,3 +773,38 @@ async fn start_migration(cluster: &Cluster, source: usize, target: usize, key: &
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_a_stalled_cluster_runs_late_charge_nothing() {
+    let cluster = cluster_or_skip!();
+    let store = RedisStore::cluster_builder(cluster.urls())
+        .deadline(Duration::from_millis(50))
+        .on_failure(FailurePolicy::Closed)
+        .connect()
+        .await
+        .expect("the cluster answers");
+    let layer = RateLimitLayer::with_store(per_key(Quota::new(Window::per_minute(3))), store);
+    let svc = service(&layer);
+    let first = send(&svc, "GET", "/", "k").await;
+    assert_eq!(header(&first, "x-ratelimit-remaining"), Some("2"));
+    // Every node stalls while 10 requests come at once: each is refused by
+    // the failure policy at its deadline, and its call waits in its node.
+    for node in 0..3 {
+        cluster.freeze(node);
+    }
+    let stalled: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(send(&svc, "GET", "/", "k")))
+        .collect();
+    for request in stalled {
+        let response = request.await.unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    for node in 0..3 {
+        cluster.thaw(node);
+    }
+    // The node runs them past the moment they were given up: none charges.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = send(&svc, "GET", "/", "k").await;
+    assert_eq!(after.status(), StatusCode::OK);
+    assert_eq!(header(&after, "x-ratelimit-remaining"), Some("1"));
+}

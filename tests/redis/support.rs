@@ -600,6 +600,11 @@ impl Cluster {
         self.nodes[index].freeze();
     }
 
+    /// Lets frozen node `index` run again (SIGCONT).
+    pub(crate) fn thaw(&self, index: usize) {
+        self.nodes[index].thaw();
+    }
+
     /// Puts node `index` behind a [`Proxy`]: the node announces the proxy's
     /// port as its own (`cluster-announce-port`), so clients reach it
     /// through the proxy once every node's `CLUSTER SLOTS` says so (waited

@@ -86,7 +86,7 @@
 //!
 //! A call that misses its deadline is not taken back from Redis: a stalled
 //! or paused Redis, or one busy with a slow script, runs it when it can.
-//! On one server's clock (the default) each call tells Redis the moment, on
+//! On Redis's clock (the default) each call tells Redis the moment, on
 //! Redis's clock, after which this process no longer waits for the answer
 //! (learned from Redis's earlier answers, so never later than the real one
 //! while Redis's clock runs on steadily), and a call run after it writes
@@ -94,9 +94,11 @@
 //! nor counted towards a ban, when Redis catches up. A clock of Redis's that
 //! steps forward costs the calls of that moment their failure policy, and is
 //! learned from their answers; one that steps back weakens this for a few
-//! seconds. (A call run just before that moment whose answer is late still
-//! counts. On the layer's clock, and on a cluster, whose nodes each have a
-//! clock of their own, the moment is not sent.)
+//! seconds. On a cluster the moment follows the fastest clock among the
+//! nodes that answered: a node whose clock is behind it is protected only
+//! from stalls longer than the difference (nodes kept in time by NTP differ
+//! by milliseconds). (A call run just before that moment whose answer is
+//! late still counts. On the layer's clock the moment is not sent.)
 //!
 //! # The same arithmetic as the memory store
 //!

@@ -522,12 +522,11 @@ impl Inner {
         for group in &groups {
             let charge = decided.iter().all(|d| d.reply.admitted);
             let shadows = decided.iter().all(|d| d.reply.shadow_admitted);
-            // On one server's clock, Redis is told when this process stops
+            // On Redis's clock, Redis is told when this process stops
             // waiting: a call it runs later (after a stall) writes nothing.
-            // (A cluster's nodes each have their own clock.)
-            let until = match (now, &self.backend) {
-                (None, Backend::Single(_)) => self.redis_time.until(self.deadline),
-                _ => None,
+            let until = match now {
+                None => self.redis_time.until(self.deadline),
+                Some(_) => None,
             };
             let (keys, args) =
                 script::invocation(&self.prefix, now, until, checks, group, charge, shadows);
