@@ -299,7 +299,6 @@ impl RedisStoreBuilder {
                 prefix: self.prefix.into_boxed_str(),
                 clock: self.clock,
                 deadline: self.deadline,
-                redis_time: super::redis_time::RedisTime::new(),
                 breaker: Arc::new(breaker),
                 on_failure: self.on_failure,
                 per_limit: self.per_limit,

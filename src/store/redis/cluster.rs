@@ -14,6 +14,7 @@
 //! come between; a `TRYAGAIN` is tried again with a growing pause; at most
 //! [`MAX_HOPS`] of these in one call.
 
+use super::redis_time::RedisTime;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +84,8 @@ struct Node {
     /// When a call to it was last given up unanswered (the store stops
     /// waiting for a call a grace period past its deadline).
     abandoned_ms: AtomicU64,
+    /// What is known of its clock.
+    clock: Arc<RedisTime>,
 }
 
 /// A call under way on a node: one dropped before it ended was given up
@@ -114,6 +117,7 @@ impl Node {
             connection: ArcSwap::from_pointee(connection),
             answered_ms: AtomicU64::new(shared.now_ms()),
             abandoned_ms: AtomicU64::new(0),
+            clock: Arc::new(RedisTime::new()),
         }))
     }
 
@@ -190,6 +194,18 @@ impl Cluster {
         let map = Arc::new(shared.ask_for_map(None).await?);
         shared.map.store(Some(Arc::clone(&map)));
         Ok(map)
+    }
+
+    /// What is known of the clock of the primary that serves `keys` (all
+    /// of one slot), if the cluster is mapped.
+    pub(crate) fn clock_for(&self, keys: &[String]) -> Option<Arc<RedisTime>> {
+        let slot = keys.first().map_or(0, |key| slot_of(key.as_bytes()));
+        let map = self.shared.map.load();
+        let map = map.as_deref()?;
+        let node = map
+            .nodes
+            .get(usize::from(*map.slots.get(usize::from(slot))?))?;
+        Some(Arc::clone(&node.clock))
     }
 
     /// The primary of `slot`.

@@ -3,6 +3,7 @@
 //! [`Cluster`]); and the script call that reloads the script when the server
 //! has lost it (`NOSCRIPT`).
 
+use super::redis_time::RedisTime;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub(crate) struct Server {
     client: redis::Client,
     config: ConnectionManagerConfig,
     manager: ArcSwap<ConnectionManager>,
+    /// What is known of its clock.
+    clock: Arc<RedisTime>,
 }
 
 impl Server {
@@ -42,6 +45,7 @@ impl Server {
             client,
             config,
             manager: ArcSwap::from_pointee(manager),
+            clock: Arc::new(RedisTime::new()),
         })
     }
 
@@ -104,6 +108,16 @@ impl Backend {
                 eval_on(&mut server.connection(), script, keys, args, loads).await
             }
             Backend::Cluster(cluster) => cluster.eval(script, keys, args, loads).await,
+        }
+    }
+
+    /// What is known of the clock of the server that serves `keys` (all
+    /// of one slot): each server's, or cluster node's, is learned from its
+    /// own answers.
+    pub(crate) fn clock_for(&self, keys: &[String]) -> Option<Arc<RedisTime>> {
+        match self {
+            Backend::Single(server) => Some(Arc::clone(&server.clock)),
+            Backend::Cluster(cluster) => cluster.clock_for(keys),
         }
     }
 

@@ -86,19 +86,17 @@
 //!
 //! A call that misses its deadline is not taken back from Redis: a stalled
 //! or paused Redis, or one busy with a slow script, runs it when it can.
-//! On Redis's clock (the default) each call tells Redis the moment, on
-//! Redis's clock, after which this process no longer waits for the answer
-//! (learned from Redis's earlier answers, so never later than the real one
-//! while Redis's clock runs on steadily), and a call run after it writes
-//! nothing: a request answered by its failure policy is never also charged,
-//! nor counted towards a ban, when Redis catches up. A clock of Redis's that
-//! steps forward costs the calls of that moment their failure policy, and is
-//! learned from their answers; one that steps back weakens this for a few
-//! seconds. On a cluster the moment follows the fastest clock among the
-//! nodes that answered: a node whose clock is behind it is protected only
-//! from stalls longer than the difference (nodes kept in time by NTP differ
-//! by milliseconds). (A call run just before that moment whose answer is
-//! late still counts. On the layer's clock the moment is not sent.)
+//! On Redis's clock (the default) each call tells the server (on a cluster,
+//! the node) the moment, on its own clock, after which this process no
+//! longer waits for the answer, a little before the deadline (learned from
+//! that server's earlier answers, so never later than the real one while
+//! its clock runs on steadily), and a call run after it writes nothing: a
+//! request answered by its failure policy is never also charged, nor
+//! counted towards a ban, when Redis catches up. A clock that steps forward
+//! costs the calls of that moment their failure policy, and is learned from
+//! their answers; one that steps back weakens this for a few seconds. (A
+//! call run just before that moment whose answer still comes back late
+//! counts. On the layer's clock the moment is not sent.)
 //!
 //! # The same arithmetic as the memory store
 //!

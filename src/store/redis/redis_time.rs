@@ -1,6 +1,7 @@
-//! What this process knows of Redis's clock, so that a decision call can
-//! tell Redis when the layer stops waiting for it: a call that Redis runs
-//! later (after a stall, a pause, behind a slow script) then writes nothing.
+//! What this process knows of a Redis server's clock (each server, and each
+//! node of a cluster, has its own), so that a decision call can tell it
+//! when the layer stops waiting for it: a call that Redis runs later (after
+//! a stall, a pause, behind a slow script) then writes nothing.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -11,6 +12,11 @@ const SPAN: u64 = 5_000_000_000;
 
 /// No offset known yet.
 const UNKNOWN: i64 = i64::MIN;
+
+/// How much before the deadline the moment is set, at most (ns): an answer
+/// takes a little time to come back, and one that comes too late must not
+/// have been charged.
+const MARGIN: u64 = 2_000_000;
 
 /// The offset of Redis's `TIME` from a local monotonic clock, as a lower
 /// bound: each answer that carries Redis's time gives one (Redis's time
@@ -63,8 +69,9 @@ impl RedisTime {
     }
 
     /// The moment on Redis's clock (ns since the Unix epoch) by which a
-    /// call sent now and waited for `deadline` has been given up here, or
-    /// earlier: `None` while no answer has told Redis's time.
+    /// call sent now and waited for `deadline` has been given up here, less
+    /// a tenth of the deadline (at most [`MARGIN`]) for its answer to come
+    /// back: `None` while no answer has told Redis's time.
     pub(super) fn until(&self, deadline: Duration) -> Option<u64> {
         let offset = self
             .current
@@ -74,7 +81,8 @@ impl RedisTime {
             return None;
         }
         let deadline = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
-        let local = i128::from(self.local().saturating_add(deadline));
+        let wait = deadline - (deadline / 10).min(MARGIN);
+        let local = i128::from(self.local().saturating_add(wait));
         u64::try_from(local + i128::from(offset)).ok()
     }
 }
@@ -92,9 +100,10 @@ mod tests {
         time.heard(redis - 1_000_000);
         let until = time.until(Duration::from_millis(50)).unwrap();
         // Redis's time now is at least `redis` (it answered before now):
-        // the moment is 50 ms on from about then, never later.
+        // the moment is 48 ms on from about then (50 less the margin),
+        // never later.
         let local_elapsed = time.local();
-        assert!(until >= redis + 50_000_000, "{until}");
-        assert!(until <= redis + 50_000_000 + local_elapsed, "{until}");
+        assert!(until >= redis + 48_000_000, "{until}");
+        assert!(until <= redis + 48_000_000 + local_elapsed, "{until}");
     }
 }

@@ -94,9 +94,8 @@ fn pair(ns: u64) -> [String; 2] {
 }
 
 /// The keys and argument of one group's decision (see `decide.lua`);
-/// `now` is `None` to use Redis's clock; `until`, the moment on Redis's
-/// clock after which the call must write nothing (its caller no longer
-/// waits for it), if known. `charge`: whether the group may
+/// `now` is `None` to use Redis's clock. The argument sets no moment after
+/// which the call writes nothing ([`set_until`] sets one). `charge`: whether the group may
 /// charge (no earlier group refused); `shadows`: whether its shadow checks
 /// may be charged (no earlier group's shadow check refused). The one
 /// argument holds every number as a little-endian double and every text (a
@@ -104,7 +103,6 @@ fn pair(ns: u64) -> [String; 2] {
 pub(crate) fn invocation(
     prefix: &str,
     now: Option<u64>,
-    until: Option<u64>,
     checks: &[Planned],
     group: &[usize],
     charge: bool,
@@ -129,7 +127,7 @@ pub(crate) fn invocation(
     let mut keys = Vec::with_capacity(group.len() + 2 * penalties);
     let mut arg = Vec::with_capacity(64 + 128 * group.len() + 48 * penalties);
     put(&mut arg, &now.map_or([-1.0, 0.0], split));
-    put(&mut arg, &until.map_or([-1.0, 0.0], split));
+    put(&mut arg, &[-1.0, 0.0]);
     // Where the penalties start is set once it is known.
     let header = [flag(charge), flag(shadows), group.len() as f64];
     put(&mut arg, &header);
@@ -217,9 +215,25 @@ pub(crate) fn invocation(
     (keys, vec![arg])
 }
 
+/// Where the argument holds the moment after which the call writes
+/// nothing (in bytes): after the layer's time.
+const UNTIL_AT: usize = 2 * 8;
+
 /// Where the argument says where the penalties start (in bytes): after
 /// the two moments, and the group's flags and counts.
 const Q_AT: usize = 8 * 8;
+
+/// Sets, in an argument [`invocation`] made, the moment on Redis's clock
+/// after which the call must write nothing.
+pub(crate) fn set_until(arg: &mut [u8], until: u64) {
+    let moment = [(until / NS_PER_S) as f64, (until % NS_PER_S) as f64];
+    for (i, n) in moment.iter().enumerate() {
+        let at = UNTIL_AT + 8 * i;
+        if let Some(bytes) = arg.get_mut(at..at + 8) {
+            bytes.copy_from_slice(&n.to_le_bytes());
+        }
+    }
+}
 
 /// The verdict of a call that came after its caller stopped waiting.
 const TOO_LATE: u64 = 12;
@@ -558,7 +572,7 @@ mod tests {
         ];
         let groups = groups(&checks);
         assert_eq!(groups.len(), 1);
-        let (keys, args) = invocation("rl", None, None, &checks, &groups[0], true, true);
+        let (keys, args) = invocation("rl", None, &checks, &groups[0], true, true);
         assert_eq!(
             keys,
             [
@@ -611,7 +625,8 @@ mod tests {
         assert_eq!(read(&args[0], &shape), expected);
         let now = 1_700_000_000_123_456_789;
         let until = now + 50_000_000;
-        let (_, args) = invocation("rl", Some(now), Some(until), &checks, &[0], false, true);
+        let (_, mut args) = invocation("rl", Some(now), &checks, &[0], false, true);
+        set_until(&mut args[0], until);
         assert_eq!(
             read(&args[0], "dddddddddddddddttddddtdddd")[..13],
             [

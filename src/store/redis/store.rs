@@ -19,7 +19,6 @@ use super::failure::{self, Failure, LocalCounts};
 use super::failure_policy::FailurePolicy;
 use super::metrics::{Limits, StoreMetrics};
 use super::peek;
-use super::redis_time::RedisTime;
 use super::resets::Reset;
 use super::script::{self, Planned};
 use crate::clock::LATEST;
@@ -73,8 +72,6 @@ pub(super) struct Inner {
     pub(super) prefix: Box<str>,
     pub(super) clock: ClockSource,
     pub(super) deadline: Duration,
-    /// What this process knows of Redis's clock (see [`RedisTime`]).
-    pub(super) redis_time: RedisTime,
     pub(super) breaker: Arc<Breaker>,
     pub(super) on_failure: FailurePolicy,
     pub(super) per_limit: HashMap<Box<str>, FailurePolicy>,
@@ -522,32 +519,38 @@ impl Inner {
         for group in &groups {
             let charge = decided.iter().all(|d| d.reply.admitted);
             let shadows = decided.iter().all(|d| d.reply.shadow_admitted);
-            // On Redis's clock, Redis is told when this process stops
-            // waiting: a call it runs later (after a stall) writes nothing.
-            let until = match now {
-                None => self.redis_time.until(self.deadline),
+            let (keys, mut args) =
+                script::invocation(&self.prefix, now, checks, group, charge, shadows);
+            // On Redis's clock, the server is told when this process stops
+            // waiting, on its own clock: a call it runs later (after a
+            // stall) writes nothing.
+            let clock = match now {
+                None => self.backend.clock_for(&keys),
                 Some(_) => None,
             };
-            let (keys, args) =
-                script::invocation(&self.prefix, now, until, checks, group, charge, shadows);
+            if let Some(until) = clock.as_ref().and_then(|c| c.until(self.deadline)) {
+                script::set_until(&mut args[0], until);
+            }
             let sent = tokio::time::Instant::now();
             let reply = self
                 .call::<_, Vec<u8>>(|inner| &inner.script, keys, args)
                 .await
                 .and_then(|reply| {
                     if let Some(redis_now) = script::too_late(&reply) {
-                        // Redis's clock may have stepped forward: what it
-                        // says now is heard too, so the next call is not
-                        // given up before it is sent.
-                        self.redis_time.heard(redis_now);
+                        // Its clock may have stepped forward: what it says
+                        // now is heard too, so the next call is not given
+                        // up before it is sent.
+                        if let Some(clock) = &clock {
+                            clock.heard(redis_now);
+                        }
                         return Err(Failure::Timeout(self.deadline, sent));
                     }
                     script::parse_reply(checks, group, &reply).map_err(Failure::Reply)
                 });
             match reply {
                 Ok(reply) => {
-                    if now.is_none() {
-                        self.redis_time.heard(reply.now);
+                    if let Some(clock) = &clock {
+                        clock.heard(reply.now);
                     }
                     let banned = reply.ban.is_some_and(|(_, _, started)| !started);
                     decided.push(script::Decided {
