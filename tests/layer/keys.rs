@@ -857,17 +857,24 @@ mod isolation {
         assert!(err.message().contains("`{account}`"), "{err}");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn long_path_capture_keys_are_decoded_across_chunk_boundaries() {
-        let h = Harness::one_limit(
+    /// A layer of one limit per call id, 1 a minute on call control.
+    fn per_call_harness() -> Harness {
+        Harness::one_limit(
             Limit::new("per_call", PathCapture::new("call_id"))
                 .route("POST /v1/calls/{call_id}/control", per_minute(1)),
-        );
-        let control = |id: &str| {
-            Request::post(format!("/v1/calls/{id}/control"))
-                .body(String::new())
-                .unwrap()
-        };
+        )
+    }
+
+    /// A call-control command for call `id` (as written in the path).
+    fn control(id: &str) -> Request<String> {
+        Request::post(format!("/v1/calls/{id}/control"))
+            .body(String::new())
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_path_capture_keys_are_decoded_across_chunk_boundaries() {
+        let h = per_call_harness();
         let plain = "c".repeat(200);
         assert_eq!(h.status(control(&plain)).await, StatusCode::OK);
         // The same 200 bytes with some of them percent-encoded, around the
@@ -894,15 +901,7 @@ mod isolation {
     /// `%` sequence that decodes to UTF-8 is a key like its plain spelling.
     #[tokio::test(start_paused = true)]
     async fn a_capture_that_decodes_to_invalid_utf8_is_401_and_uncounted() {
-        let h = Harness::one_limit(
-            Limit::new("per_call", PathCapture::new("call_id"))
-                .route("POST /v1/calls/{call_id}/control", per_minute(1)),
-        );
-        let control = |id: &str| {
-            Request::post(format!("/v1/calls/{id}/control"))
-                .body(String::new())
-                .unwrap()
-        };
+        let h = per_call_harness();
         for id in ["%FF", "c%C3", "%e2%82", "%C3%28"] {
             let reply = h.send(control(id)).await;
             assert_key_error(&reply, KeyErrorKind::NotUtf8, "`call_id` path segment");
@@ -918,15 +917,7 @@ mod isolation {
 
     #[tokio::test(start_paused = true)]
     async fn odd_percent_encodings_in_a_capture_never_panic_and_stay_isolated() {
-        let h = Harness::one_limit(
-            Limit::new("per_call", PathCapture::new("call_id"))
-                .route("POST /v1/calls/{call_id}/control", per_minute(1)),
-        );
-        let control = |id: &str| {
-            Request::post(format!("/v1/calls/{id}/control"))
-                .body(String::new())
-                .unwrap()
-        };
+        let h = per_call_harness();
         for id in ["c%", "c%3", "%G1", "%e2%82", "%00", "%2F", "%25", "%2525"] {
             let reply = h.send(control(id)).await;
             assert!(
