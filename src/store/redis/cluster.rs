@@ -199,7 +199,7 @@ impl Cluster {
     /// What is known of the clock of the primary that serves `keys` (all
     /// of one slot), if the cluster is mapped.
     pub(crate) fn clock_for(&self, keys: &[String]) -> Option<Arc<RedisTime>> {
-        let slot = keys.first().map_or(0, |key| slot_of(key.as_bytes()));
+        let slot = slot_of_keys(keys);
         let map = self.shared.map.load();
         let map = map.as_deref()?;
         let node = map
@@ -233,7 +233,7 @@ impl Cluster {
         args: &[A],
         loads: &AtomicU64,
     ) -> RedisResult<T> {
-        let slot = keys.first().map_or(0, |key| slot_of(key.as_bytes()));
+        let slot = slot_of_keys(keys);
         let shared = &self.shared;
         let mut node = self.node_of(slot).await?;
         let mut asking = false;
@@ -544,6 +544,11 @@ impl Shared {
             None => Node::new(self, host.to_owned(), port),
         }
     }
+}
+
+/// The slot of a call's `keys` (all of one slot; the first's).
+fn slot_of_keys(keys: &[String]) -> u16 {
+    keys.first().map_or(0, |key| slot_of(key.as_bytes()))
 }
 
 /// A slot number of a `CLUSTER SLOTS` range.
